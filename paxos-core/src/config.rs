@@ -1,0 +1,109 @@
+//! Replica configuration.
+
+use crate::error::ConfigError;
+use crate::types::NodeId;
+
+/// The most members a cluster may have (acknowledgements are tracked in a bitmask).
+pub const MAX_MEMBERS: usize = 64;
+
+/// How a [`Replica`](crate::Replica) behaves. Times are counted in ticks: the driver
+/// decides how long a tick is ([`NodeOptions::tick`](crate::NodeOptions)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This replica's id.
+    pub id: NodeId,
+    /// Every replica of the cluster, this one included.
+    pub members: Vec<NodeId>,
+    /// Seed of the replica's random number generator (election timeouts). Give each
+    /// replica a different seed; [`Config::new`] derives one from the id.
+    pub seed: u64,
+    /// A leader sends a heartbeat after this many ticks without other traffic.
+    pub heartbeat_ticks: u64,
+    /// A follower that hears nothing from its leader for a random number of ticks in
+    /// `election_ticks..2 * election_ticks` starts an election. Must exceed
+    /// `heartbeat_ticks`.
+    pub election_ticks: u64,
+    /// Unacknowledged proposals, prepares and fetches are sent again after this many ticks.
+    pub retransmit_ticks: u64,
+    /// The most slots a leader has in flight (proposed, not yet committed) at once.
+    pub max_inflight: u64,
+    /// The most entries in one ACCEPT, FETCH-REPLY or PROMISE batch of chosen entries.
+    pub max_batch: usize,
+    /// The most client requests a leader queues while its window is full; beyond that
+    /// it answers [`Response::Busy`](crate::Response::Busy). Also bounds the requests a
+    /// replica tracks for replies.
+    pub max_pending: usize,
+    /// The most client sessions kept; the least recently used is dropped beyond it.
+    pub max_sessions: usize,
+    #[cfg(test)]
+    pub(crate) mutation: crate::mutation::Mutation,
+}
+
+impl Config {
+    /// A configuration with defaults suited to a tick of about 10 ms.
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
+        Config {
+            id,
+            members,
+            seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5eed,
+            heartbeat_ticks: 3,
+            election_ticks: 20,
+            retransmit_ticks: 5,
+            max_inflight: 8192,
+            max_batch: 1024,
+            max_pending: 65_536,
+            max_sessions: 100_000,
+            #[cfg(test)]
+            mutation: crate::mutation::Mutation::None,
+        }
+    }
+
+    /// Checks that the configuration is usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.members.is_empty() {
+            return Err(ConfigError::NoMembers);
+        }
+        if self.members.len() > MAX_MEMBERS {
+            return Err(ConfigError::TooManyMembers {
+                max: MAX_MEMBERS,
+                got: self.members.len(),
+            });
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            if self.members[..i].contains(m) {
+                return Err(ConfigError::DuplicateMember(*m));
+            }
+        }
+        if !self.members.contains(&self.id) {
+            return Err(ConfigError::NotAMember(self.id));
+        }
+        let positive = [
+            ("heartbeat_ticks", self.heartbeat_ticks),
+            ("retransmit_ticks", self.retransmit_ticks),
+            ("max_inflight", self.max_inflight),
+            ("max_batch", self.max_batch as u64),
+            ("max_pending", self.max_pending as u64),
+            ("max_sessions", self.max_sessions as u64),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::OutOfRange {
+                    name,
+                    requirement: "positive",
+                });
+            }
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return Err(ConfigError::OutOfRange {
+                name: "election_ticks",
+                requirement: "greater than heartbeat_ticks",
+            });
+        }
+        Ok(())
+    }
+
+    /// The number of replicas that form a majority.
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+}

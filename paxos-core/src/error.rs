@@ -1,0 +1,107 @@
+//! Error types, one enum per concern.
+
+use thiserror::Error;
+
+/// A configuration was rejected by [`Config::validate`](crate::Config::validate).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// The member list is empty.
+    #[error("cluster has no members")]
+    NoMembers,
+    /// The replica's own id is not among the members.
+    #[error("node {0} is not a member of the cluster")]
+    NotAMember(u64),
+    /// A node id appears twice.
+    #[error("node {0} is listed twice")]
+    DuplicateMember(u64),
+    /// More members than the replica supports.
+    #[error("at most {max} members are supported, got {got}")]
+    TooManyMembers {
+        /// The limit.
+        max: usize,
+        /// The number given.
+        got: usize,
+    },
+    /// A numeric setting is out of range.
+    #[error("{name} must be {requirement}")]
+    OutOfRange {
+        /// The setting.
+        name: &'static str,
+        /// What it must be.
+        requirement: &'static str,
+    },
+}
+
+/// A [`Storage`](crate::Storage) failed. The core's errors carry no `io::Error`;
+/// implementations describe the cause in the message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StorageError {
+    /// Reading or writing the medium failed.
+    #[error("storage io failed: {0}")]
+    Io(String),
+    /// The stored data is damaged; serving from it would be wrong.
+    #[error("storage is corrupt: {0}")]
+    Corrupt(String),
+    /// The stored data belongs to another cluster or node.
+    #[error("storage belongs elsewhere: {0}")]
+    Mismatch(String),
+}
+
+/// A [`Transport`](crate::Transport) could not take a message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TransportError {
+    /// The transport was shut down.
+    #[error("transport closed")]
+    Closed,
+    /// The destination is not a known peer.
+    #[error("unknown peer {0}")]
+    UnknownPeer(u64),
+}
+
+/// A state machine snapshot could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("cannot restore snapshot: {reason}")]
+pub struct RestoreError {
+    reason: String,
+}
+
+impl RestoreError {
+    /// An error with a reason.
+    pub fn new(reason: impl Into<String>) -> Self {
+        RestoreError {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A request to a node through a [`NodeHandle`](crate::NodeHandle) failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NodeError {
+    /// The node has stopped (shut down, or its storage failed).
+    #[error("node stopped")]
+    Stopped,
+    /// The node could not be started.
+    #[error("node cannot start: {0}")]
+    Start(String),
+}
+
+/// A [`Client`](crate::Client) request did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ClientError {
+    /// The deadline passed; the request may or may not have been executed.
+    #[error("request timed out; it may or may not have been executed")]
+    Timeout,
+    /// The cluster dropped the client's session; the request may or may not have been
+    /// executed. Later requests run under a new session.
+    #[error("client session expired; the request may or may not have been executed")]
+    SessionExpired,
+    /// The command could not be encoded, or the output not decoded.
+    #[error("codec error: {0}")]
+    Codec(String),
+    /// The cluster rejected the command as undecodable.
+    #[error("command rejected: {0}")]
+    Invalid(String),
+    /// The client has no endpoints to talk to.
+    #[error("client has no endpoints")]
+    NoEndpoints,
+}

@@ -1,0 +1,20 @@
+//! Multi-Paxos with a stable leader.
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod config;
+mod error;
+mod message;
+#[cfg(test)]
+mod mutation;
+mod sessions;
+mod traits;
+mod types;
+
+pub use config::{Config, MAX_MEMBERS};
+pub use error::{ClientError, ConfigError, NodeError, RestoreError, StorageError, TransportError};
+pub use message::{Message, PromiseEntry};
+pub use sessions::{Session, SessionCheck, Sessions};
+pub use traits::{
+    apply_op, MemStorage, PersistOp, PersistentState, StateMachine, Storage, StoredEntry, Transport,
+};
+pub use types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot, Value};

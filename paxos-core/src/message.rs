@@ -1,0 +1,118 @@
+//! The peer-to-peer protocol messages.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Ballot, Slot, Value};
+
+/// A slot's state as reported in a [`Message::Promise`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromiseEntry {
+    /// The slot.
+    pub slot: Slot,
+    /// The ballot the value was accepted at.
+    pub ballot: Ballot,
+    /// The accepted value.
+    pub value: Value,
+    /// True when the acceptor knows this value is chosen (committed).
+    pub chosen: bool,
+}
+
+/// A message between replicas.
+///
+/// The protocol tolerates loss, duplication, delay and reordering of any message, so a
+/// [`Transport`](crate::Transport) may drop messages under pressure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Phase 1a: a candidate asks for promises not to accept lower ballots, for every slot
+    /// from `from_slot` up (the candidate's commit point).
+    Prepare {
+        /// The candidate's ballot.
+        ballot: Ballot,
+        /// Slots below this are already committed at the candidate.
+        from_slot: Slot,
+    },
+    /// Phase 1b: the acceptor promised `ballot` and reports what it accepted at or above
+    /// the candidate's `from_slot`.
+    Promise {
+        /// The ballot promised.
+        ballot: Ballot,
+        /// The acceptor's commit point: every slot below it is chosen at the acceptor.
+        commit_point: Slot,
+        /// Accepted entries at or above the requested slot. Chosen entries below
+        /// `commit_point` may be cut short (see [`Config::max_promise_entries`](crate::Config));
+        /// the candidate fetches those instead.
+        entries: Vec<PromiseEntry>,
+    },
+    /// The receiver refused a message at `ballot` because it promised `promised`.
+    Nack {
+        /// The ballot that was refused.
+        ballot: Ballot,
+        /// The higher ballot the sender has promised.
+        promised: Ballot,
+    },
+    /// Phase 2a: the leader asks acceptors to accept values in several slots at once.
+    Accept {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The leader's commit point (piggybacked commit notification).
+        commit_point: Slot,
+        /// The proposals, in any order.
+        entries: Vec<(Slot, Value)>,
+    },
+    /// The new leader's merged log, sent once when phase 1 completes: acceptors treat it
+    /// as an [`Message::Accept`] and record the view change.
+    NewView {
+        /// The new leader's ballot.
+        ballot: Ballot,
+        /// The leader's commit point.
+        commit_point: Slot,
+        /// Every slot from the merge point up: re-proposed values and no-op gap fillers.
+        entries: Vec<(Slot, Value)>,
+    },
+    /// Phase 2b: the acceptor accepted these slots at `ballot`.
+    Accepted {
+        /// The ballot accepted.
+        ballot: Ballot,
+        /// The slots accepted.
+        slots: Vec<Slot>,
+    },
+    /// The leader is alive; everything below `commit_point` is chosen, and the values
+    /// accepted at `ballot` are the chosen ones.
+    Heartbeat {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The leader's commit point.
+        commit_point: Slot,
+    },
+    /// Asks for the chosen values of slots in `from..to`.
+    Fetch {
+        /// First slot wanted.
+        from: Slot,
+        /// One past the last slot wanted.
+        to: Slot,
+    },
+    /// Chosen values answering a [`Message::Fetch`].
+    FetchReply {
+        /// The sender's commit point.
+        commit_point: Slot,
+        /// `(slot, value)` pairs, every one chosen.
+        entries: Vec<(Slot, Value)>,
+    },
+}
+
+impl Message {
+    /// A short name for the message kind, for tracing.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Prepare { .. } => "prepare",
+            Message::Promise { .. } => "promise",
+            Message::Nack { .. } => "nack",
+            Message::Accept { .. } => "accept",
+            Message::NewView { .. } => "new-view",
+            Message::Accepted { .. } => "accepted",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::Fetch { .. } => "fetch",
+            Message::FetchReply { .. } => "fetch-reply",
+        }
+    }
+}

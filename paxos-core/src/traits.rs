@@ -1,0 +1,231 @@
+//! The three seams of the library: what is replicated, how replicas talk, and where the
+//! acceptor's durable state lives.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::{StorageError, TransportError};
+use crate::message::Message;
+use crate::types::{Ballot, NodeId, Slot, Value};
+
+/// A deterministic state machine replicated by the cluster.
+///
+/// # Contract
+/// - [`apply`](StateMachine::apply) must be deterministic: the same sequence of commands
+///   applied to the same initial state gives the same outputs and the same state on every
+///   replica. No clocks, no randomness, no IO, no iteration over `HashMap`s whose order
+///   leaks into the output.
+/// - `apply` must not panic on any command; reject invalid ones through `Output`.
+/// - [`snapshot`](StateMachine::snapshot) followed by [`restore`](StateMachine::restore)
+///   on a fresh instance must give an equal state.
+///
+/// Commands and outputs travel as postcard-encoded bytes, so both are serde types.
+/// Exactly-once execution is the library's job, not the state machine's: a retried
+/// request is answered from the replicated session table and never applied twice.
+///
+/// # Example
+/// ```
+/// use paxos_core::{StateMachine, RestoreError};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Default)]
+/// struct Counter(i64);
+///
+/// #[derive(Serialize, Deserialize)]
+/// enum Op { Add(i64), Get }
+///
+/// impl StateMachine for Counter {
+///     type Command = Op;
+///     type Output = i64;
+///     fn apply(&mut self, op: Op) -> i64 {
+///         if let Op::Add(n) = op { self.0 = self.0.saturating_add(n); }
+///         self.0
+///     }
+///     fn snapshot(&self) -> Vec<u8> { self.0.to_le_bytes().to_vec() }
+///     fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
+///         let raw: [u8; 8] = bytes.try_into().map_err(|_| RestoreError::new("want 8 bytes"))?;
+///         self.0 = i64::from_le_bytes(raw);
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait StateMachine {
+    /// A command, as submitted by clients.
+    type Command: Serialize + DeserializeOwned;
+    /// The result of applying a command, returned to the client that submitted it.
+    type Output: Serialize + DeserializeOwned;
+
+    /// Applies one command and returns its output. Must be deterministic.
+    fn apply(&mut self, command: Self::Command) -> Self::Output;
+
+    /// Serializes the whole state.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the whole state with a snapshot taken by [`StateMachine::snapshot`].
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), crate::RestoreError>;
+}
+
+/// Moves [`Message`]s between replicas.
+///
+/// # Contract
+/// - `send` hands a message to the transport and returns without waiting for the
+///   network: a transport queues, and may drop under pressure or when the peer is
+///   unreachable. The protocol tolerates loss, duplication, delay and reordering.
+/// - `recv` waits for the next inbound message and returns it with the sender's id;
+///   `None` means the transport is closed for good and the node should stop.
+/// - `try_recv` returns an already-queued message without waiting, letting the driver
+///   batch many inputs into one persist (group commit). The default returns `None`.
+/// - A transport authenticates the sender's id as far as it can (the TCP transport
+///   checks a handshake); messages from unknown ids must not be delivered.
+#[async_trait]
+pub trait Transport: Send + 'static {
+    /// Queues `message` for `to`. Errors are for a closed transport or unknown peer;
+    /// a message dropped because the peer is slow or down is not an error.
+    async fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError>;
+
+    /// Waits for the next inbound message.
+    async fn recv(&mut self) -> Option<(NodeId, Message)>;
+
+    /// Returns a message that is already queued, without waiting.
+    fn try_recv(&mut self) -> Option<(NodeId, Message)> {
+        None
+    }
+}
+
+/// One log entry as the acceptor stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// The ballot the value was accepted at (meaningless when `chosen` came from a fetch).
+    pub ballot: Ballot,
+    /// The value.
+    pub value: Value,
+    /// True when the value is known to be chosen.
+    pub chosen: bool,
+}
+
+/// Everything an acceptor must find again after a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PersistentState {
+    /// The highest ballot promised.
+    pub promised: Ballot,
+    /// Accepted or chosen entries by slot.
+    pub log: BTreeMap<Slot, StoredEntry>,
+    /// Every slot below this is chosen and its stored value is the chosen one.
+    pub commit_point: Slot,
+}
+
+/// A write the core needs to be durable. Produced in [`Ready::persist`](crate::Ready).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PersistOp {
+    /// Raise the promised ballot.
+    Promise(Ballot),
+    /// Store `value` as accepted at `ballot` in `slot` (replacing any earlier value).
+    Accept {
+        /// The slot.
+        slot: Slot,
+        /// The ballot.
+        ballot: Ballot,
+        /// The value.
+        value: Value,
+    },
+    /// Store `value` as the chosen value of `slot`.
+    Learn {
+        /// The slot.
+        slot: Slot,
+        /// The chosen value.
+        value: Value,
+    },
+    /// Raise the commit point: every slot below it is chosen.
+    CommitPoint(Slot),
+}
+
+/// The acceptor's durable state.
+///
+/// # Contract
+/// - [`persist`](Storage::persist) applies the operations in order and returns only once
+///   they are durable (for a disk-backed store: written and fsync'ed). The driver calls it
+///   with every [`PersistOp`] of a [`Ready`](crate::Ready) *before* sending any of that
+///   `Ready`'s messages or replies, so a PROMISE or ACCEPTED never leaves a node before
+///   the state it vouches for is stored. One call covers a whole batch: an implementation
+///   should make it one fsync (group commit), never one per operation.
+/// - [`load`](Storage::load) returns what was persisted, for [`Replica::new`](crate::Replica::new).
+/// - The promised ballot and the commit point never go back: an implementation ignores a
+///   `Promise` or `CommitPoint` lower than what it holds.
+/// - An error from `persist` is fatal for the node: the driver stops rather than send
+///   replies that vouch for state that may not be stored.
+pub trait Storage: Send + 'static {
+    /// Reads the stored state.
+    fn load(&mut self) -> Result<PersistentState, StorageError>;
+
+    /// Makes `ops` durable, in order.
+    fn persist(&mut self, ops: &[PersistOp]) -> Result<(), StorageError>;
+}
+
+/// A [`Storage`] in memory: for tests, simulations and throwaway clusters.
+///
+/// It keeps its contents as long as the value lives, so a test can "restart" a replica
+/// by building a new one from the same `MemStorage`.
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    state: PersistentState,
+}
+
+impl MemStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The stored state, for inspection.
+    pub fn state(&self) -> &PersistentState {
+        &self.state
+    }
+}
+
+impl Storage for MemStorage {
+    fn load(&mut self) -> Result<PersistentState, StorageError> {
+        Ok(self.state.clone())
+    }
+
+    fn persist(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
+        for op in ops {
+            apply_op(&mut self.state, op);
+        }
+        Ok(())
+    }
+}
+
+/// Applies one operation to a [`PersistentState`]: the reference semantics every
+/// [`Storage`] implements.
+pub fn apply_op(state: &mut PersistentState, op: &PersistOp) {
+    match op {
+        PersistOp::Promise(b) => state.promised = state.promised.max(*b),
+        PersistOp::Accept {
+            slot,
+            ballot,
+            value,
+        } => {
+            let e = state.log.entry(*slot).or_insert_with(|| StoredEntry {
+                ballot: *ballot,
+                value: value.clone(),
+                chosen: false,
+            });
+            if !e.chosen {
+                e.ballot = *ballot;
+                e.value = value.clone();
+            }
+        }
+        PersistOp::Learn { slot, value } => {
+            let e = state.log.entry(*slot).or_insert_with(|| StoredEntry {
+                ballot: Ballot::ZERO,
+                value: value.clone(),
+                chosen: true,
+            });
+            e.value = value.clone();
+            e.chosen = true;
+        }
+        PersistOp::CommitPoint(c) => state.commit_point = state.commit_point.max(*c),
+    }
+}

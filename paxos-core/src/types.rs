@@ -1,0 +1,134 @@
+//! Identifiers and values shared by every layer.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Identifies a replica in the cluster. Any `u64` works; ids need only be unique.
+pub type NodeId = u64;
+
+/// A position in the replicated log. Slots start at 0.
+pub type Slot = u64;
+
+/// Identifies a client session. Clients pick ids that are unique among live clients
+/// (the [`Client`](crate::Client) handle draws a random one).
+pub type ClientId = u64;
+
+/// A Paxos ballot: `(round, node_id)`, totally ordered by round first, then node id.
+///
+/// A replica that wants to lead picks a round higher than any it has seen; the node id
+/// breaks ties so that two replicas never use the same ballot.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Ballot {
+    /// The round number; higher rounds win.
+    pub round: u64,
+    /// The replica that owns this ballot.
+    pub node: NodeId,
+}
+
+impl Ballot {
+    /// The lowest ballot: nobody has promised anything yet.
+    pub const ZERO: Ballot = Ballot { round: 0, node: 0 };
+
+    /// Creates a ballot.
+    pub const fn new(round: u64, node: NodeId) -> Self {
+        Ballot { round, node }
+    }
+}
+
+impl fmt::Display for Ballot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({}, n{})", self.round, self.node)
+    }
+}
+
+/// A client command as it travels through the protocol.
+///
+/// `(client, seq)` identifies the request for exactly-once execution: a client numbers
+/// its requests 1, 2, 3, ... and reuses the number when it retries. `seq == 0` is the
+/// session registration a client sends before its first command (see
+/// [`Sessions`](crate::Sessions)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The client's session id.
+    pub client: ClientId,
+    /// The request number within the session (0 = register the session).
+    pub seq: u64,
+    /// The state machine command, encoded with postcard.
+    pub payload: Bytes,
+}
+
+impl Request {
+    /// A session registration request for `client`.
+    pub fn register(client: ClientId) -> Self {
+        Request {
+            client,
+            seq: 0,
+            payload: Bytes::new(),
+        }
+    }
+
+    /// True when this request registers a session rather than carrying a command.
+    pub fn is_register(&self) -> bool {
+        self.seq == 0
+    }
+}
+
+/// The value of a log slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Value {
+    /// Fills a gap left by a failed leader; executing it changes nothing.
+    Noop,
+    /// A client request.
+    Request(Request),
+}
+
+impl Value {
+    /// A short human-readable summary, for logs and introspection.
+    pub fn summary(&self) -> String {
+        match self {
+            Value::Noop => "no-op".to_string(),
+            Value::Request(r) if r.is_register() => format!("register c{}", r.client),
+            Value::Request(r) => format!("c{}#{} ({} bytes)", r.client, r.seq, r.payload.len()),
+        }
+    }
+}
+
+/// What a replica tells a client about its request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The request was executed (now or earlier); the payload is the state machine's
+    /// output encoded with postcard. Session registrations answer with an empty payload.
+    Ok(Bytes),
+    /// This replica is not the leader. `leader` is the leader it believes in, if any.
+    Redirect {
+        /// The believed leader, or `None` when an election is under way.
+        leader: Option<NodeId>,
+    },
+    /// The client's session is unknown (never registered, or dropped to make room).
+    /// The outcome of the request is unknown; the client must register a new session.
+    SessionExpired,
+    /// The request number is older than the session's latest: a late duplicate.
+    Stale,
+    /// The leader's queue is full; retry later.
+    Busy,
+    /// The command could not be decoded by the state machine; it was not applied.
+    Invalid {
+        /// Why decoding failed.
+        reason: String,
+    },
+}
+
+/// A reply to a client request, produced by a replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The session the reply belongs to.
+    pub client: ClientId,
+    /// The request number the reply answers.
+    pub seq: u64,
+    /// The outcome.
+    pub response: Response,
+}
