@@ -6,13 +6,19 @@ mod error;
 mod message;
 #[cfg(test)]
 mod mutation;
+mod replica;
 mod sessions;
+#[cfg(test)]
+mod sim;
 mod traits;
 mod types;
 
 pub use config::{Config, MAX_MEMBERS};
 pub use error::{ClientError, ConfigError, NodeError, RestoreError, StorageError, TransportError};
 pub use message::{Message, PromiseEntry};
+pub use replica::{
+    Ready, Replica, ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection,
+};
 pub use sessions::{Session, SessionCheck, Sessions};
 pub use traits::{
     apply_op, MemStorage, PersistOp, PersistentState, StateMachine, Storage, StoredEntry, Transport,

@@ -39,9 +39,11 @@ pub enum Message {
         /// The acceptor's commit point: every slot below it is chosen at the acceptor.
         commit_point: Slot,
         /// Accepted entries at or above the requested slot. Chosen entries below
-        /// `commit_point` may be cut short (see [`Config::max_promise_entries`](crate::Config));
-        /// the candidate fetches those instead.
+        /// `commit_point` may be cut short at [`Config::max_batch`](crate::Config) entries;
+        /// the candidate then learns them and prepares again from its new commit point.
         entries: Vec<PromiseEntry>,
+        /// True when chosen entries below `commit_point` were left out for size.
+        truncated: bool,
     },
     /// The receiver refused a message at `ballot` because it promised `promised`.
     Nack {

@@ -1,0 +1,1511 @@
+//! The sans-IO Multi-Paxos replica.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ops::Range;
+
+use bytes::Bytes;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::message::{Message, PromiseEntry};
+use crate::sessions::{SessionCheck, Sessions};
+use crate::traits::{PersistOp, PersistentState, StateMachine};
+use crate::types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot, Value};
+
+#[cfg(test)]
+use crate::mutation::Mutation;
+
+/// How many view changes a replica remembers for inspection.
+const VIEW_HISTORY: usize = 1024;
+
+/// How far above its commit point an acceptor accepts proposals, in units of
+/// [`Config::max_inflight`]. Bounds the uncommitted entries an acceptor holds (and so the
+/// size of its PROMISE); a follower further behind catches up by fetching first.
+const ACCEPT_WINDOW_FACTOR: u64 = 4;
+
+/// The outputs of a [`Replica`], drained with [`Replica::take_ready`].
+///
+/// Handle them in this order: make every [`PersistOp`] in `persist` durable (one
+/// [`Storage::persist`](crate::Storage::persist) call), *then* send `messages`, *then*
+/// deliver `replies`. Messages and replies vouch for the persisted state (a PROMISE for
+/// the promised ballot, an ACCEPTED for the accepted value, a reply for a committed
+/// entry), so none may leave before the writes they depend on are stored.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Writes to make durable before anything else.
+    pub persist: Vec<PersistOp>,
+    /// Messages to send, as `(destination, message)`.
+    pub messages: Vec<(NodeId, Message)>,
+    /// Answers to client requests.
+    pub replies: Vec<Reply>,
+}
+
+impl Ready {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty() && self.messages.is_empty() && self.replies.is_empty()
+    }
+}
+
+/// A replica's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Runs phase 1 to become leader.
+    Candidate,
+    /// Leads: proposes, counts acceptances, commits.
+    Leader,
+}
+
+/// A slot's status, as PrintStatus shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotStatus {
+    /// Nothing known about the slot (`X`).
+    None,
+    /// A value was accepted but is not known to be chosen (`A`).
+    Accepted,
+    /// The value is known to be chosen but not executed yet (`C`).
+    Committed,
+    /// The value was executed (`E`).
+    Executed,
+}
+
+impl SlotStatus {
+    /// The one-letter code of the original system: `X`, `A`, `C` or `E`.
+    pub fn code(self) -> char {
+        match self {
+            SlotStatus::None => 'X',
+            SlotStatus::Accepted => 'A',
+            SlotStatus::Committed => 'C',
+            SlotStatus::Executed => 'E',
+        }
+    }
+}
+
+/// One slot of a replica's log, for inspection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    /// The slot.
+    pub slot: Slot,
+    /// Its status at this replica.
+    pub status: SlotStatus,
+    /// The ballot it was accepted at, if any.
+    pub ballot: Option<Ballot>,
+    /// The value, if any.
+    pub value: Option<Value>,
+}
+
+/// Whether a view change was announced by this replica or received from a new leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ViewDirection {
+    /// This replica won phase 1 and sent NEW-VIEW.
+    Sent,
+    /// This replica received a NEW-VIEW.
+    Received,
+    /// This replica adopted a new leader from its ACCEPT or heartbeat, its NEW-VIEW
+    /// having been lost or delayed.
+    Adopted,
+}
+
+/// One view change, as PrintView shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewChange {
+    /// The new leader's ballot.
+    pub ballot: Ballot,
+    /// The new leader.
+    pub leader: NodeId,
+    /// Sent or received.
+    pub direction: ViewDirection,
+    /// The slots the NEW-VIEW covered (`start..end`; empty when adopted).
+    pub slots: Range<Slot>,
+    /// How many of those were no-op gap fillers.
+    pub noops: u64,
+    /// The replica's tick count when it happened.
+    pub tick: u64,
+}
+
+/// A summary of a replica's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The replica's id.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// The highest ballot it promised.
+    pub promised: Ballot,
+    /// The leader it believes in.
+    pub leader: Option<NodeId>,
+    /// Every slot below this is chosen.
+    pub commit_point: Slot,
+    /// Every slot below this was executed.
+    pub executed: Slot,
+    /// One past the highest slot it knows anything about.
+    pub log_end: Slot,
+    /// Live client sessions.
+    pub sessions: usize,
+    /// Ticks since it started.
+    pub tick: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    ballot: Ballot,
+    value: Value,
+    chosen: bool,
+}
+
+#[derive(Debug)]
+struct Promised {
+    commit_point: Slot,
+    entries: Vec<PromiseEntry>,
+    truncated: bool,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    ballot: Ballot,
+    from_slot: Slot,
+    promises: BTreeMap<NodeId, Promised>,
+    deadline: u64,
+    last_sent: u64,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    value: Value,
+    acks: u64,
+    last_sent: u64,
+}
+
+#[derive(Debug)]
+struct Leader {
+    ballot: Ballot,
+    next_slot: Slot,
+    inflight: BTreeMap<Slot, Inflight>,
+    queue: VecDeque<Request>,
+    /// Requests proposed and not yet executed, by client.
+    proposed: HashMap<ClientId, u64>,
+    /// Proposals made since the last flush, to go out in one ACCEPT per peer.
+    fresh: Vec<(Slot, Value)>,
+    last_broadcast: u64,
+    announced_commit: Slot,
+    /// Tick at which each member (by index) was last heard from.
+    heard: Vec<u64>,
+}
+
+#[derive(Debug)]
+enum RoleState {
+    Follower,
+    Candidate(Candidate),
+    Leader(Leader),
+}
+
+/// A Multi-Paxos replica: proposer, acceptor and learner in one, with no IO.
+///
+/// `Replica` is synchronous and deterministic. It never reads a clock (time is the
+/// number of [`tick`](Replica::tick) calls), never touches the network or disk, and draws
+/// randomness only from [`Config::seed`]. The same inputs always give the same outputs,
+/// which is what lets the crate's simulation test it under every interleaving it likes.
+///
+/// # Driving it
+/// Feed it inputs, then drain its outputs:
+/// 1. inputs: [`handle_message`](Replica::handle_message) for a message from a peer,
+///    [`handle_request`](Replica::handle_request) for a client request, and
+///    [`tick`](Replica::tick) at a steady pace (heartbeats, elections and retransmissions
+///    count ticks);
+/// 2. outputs: [`take_ready`](Replica::take_ready) returns a [`Ready`]. Persist its
+///    writes, then send its messages, then deliver its replies — in that order.
+///
+/// Several inputs may be fed before one `take_ready`: the outputs accumulate, proposals
+/// are batched into one ACCEPT per peer and the writes into one persist call (group
+/// commit). Committed entries are executed inside the replica, strictly in slot order,
+/// against the [`StateMachine`] it owns; their replies wait in the `Ready` like every
+/// other output, so a client never hears of a result before the writes it depends on are
+/// durable.
+///
+/// ```
+/// use paxos_core::{Config, MemStorage, Replica, Request, Storage, StateMachine, RestoreError};
+/// # #[derive(Default)] struct Noop;
+/// # impl StateMachine for Noop {
+/// #     type Command = u8; type Output = u8;
+/// #     fn apply(&mut self, c: u8) -> u8 { c }
+/// #     fn snapshot(&self) -> Vec<u8> { vec![] }
+/// #     fn restore(&mut self, _: &[u8]) -> Result<(), RestoreError> { Ok(()) }
+/// # }
+/// let mut storage = MemStorage::new();
+/// let config = Config::new(1, vec![1]);
+/// let mut replica = Replica::new(config, Noop, storage.load().unwrap()).unwrap();
+/// // A single-member cluster elects itself after an election timeout.
+/// for _ in 0..100 {
+///     replica.tick();
+///     let ready = replica.take_ready();
+///     storage.persist(&ready.persist).unwrap(); // 1. persist
+///     assert!(ready.messages.is_empty());          // 2. send (no peers here)
+/// }
+/// replica.handle_request(Request::register(7));
+/// let ready = replica.take_ready();
+/// storage.persist(&ready.persist).unwrap();
+/// assert_eq!(ready.replies.len(), 1);                // 3. reply
+/// ```
+#[derive(Debug)]
+pub struct Replica<S> {
+    cfg: Config,
+    /// This replica's index in `cfg.members`.
+    me: usize,
+    quorum: u32,
+    rng: ChaCha8Rng,
+    sm: S,
+    sessions: Sessions,
+
+    promised: Ballot,
+    log: BTreeMap<Slot, Entry>,
+    commit_point: Slot,
+    executed: Slot,
+
+    role: RoleState,
+    leader: Option<NodeId>,
+    now: u64,
+    last_heard_leader: u64,
+    election_deadline: u64,
+    max_round_seen: u64,
+
+    known_commit: Slot,
+    fetch_from: Option<NodeId>,
+    last_fetch: u64,
+    fetch_attempts: u64,
+
+    awaiting: HashSet<(ClientId, u64)>,
+    views: VecDeque<ViewChange>,
+    ready: Ready,
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Builds a replica from its configuration, a fresh state machine and the state its
+    /// [`Storage`](crate::Storage) recovered. Entries below the recovered commit point are
+    /// executed again to rebuild the state machine and the session table.
+    pub fn new(cfg: Config, state_machine: S, state: PersistentState) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let first_timeout = cfg.election_ticks + rng.next_u64() % cfg.election_ticks;
+        let log: BTreeMap<Slot, Entry> = state
+            .log
+            .into_iter()
+            .map(|(s, e)| {
+                (
+                    s,
+                    Entry {
+                        ballot: e.ballot,
+                        value: e.value,
+                        chosen: e.chosen,
+                    },
+                )
+            })
+            .collect();
+        let quorum = cfg.quorum() as u32;
+        let me = cfg.members.iter().position(|m| *m == cfg.id).unwrap_or(0);
+        let mut r = Replica {
+            me,
+            quorum,
+            rng,
+            sm: state_machine,
+            sessions: Sessions::new(),
+            promised: state.promised,
+            log,
+            commit_point: 0,
+            executed: 0,
+            role: RoleState::Follower,
+            leader: None,
+            now: 0,
+            last_heard_leader: 0,
+            election_deadline: first_timeout,
+            max_round_seen: state.promised.round,
+            known_commit: state.commit_point,
+            fetch_from: None,
+            last_fetch: 0,
+            fetch_attempts: 0,
+            awaiting: HashSet::new(),
+            views: VecDeque::new(),
+            ready: Ready::default(),
+            cfg,
+        };
+        // Entries below the stored commit point are chosen; anything missing there is
+        // fetched like any other gap.
+        let stored_commit = state.commit_point;
+        for (_, e) in r.log.range_mut(..stored_commit) {
+            e.chosen = true;
+        }
+        r.commit_point = r.first_unchosen(0);
+        r.execute();
+        // Recovery itself writes nothing.
+        r.ready.persist.clear();
+        Ok(r)
+    }
+
+    /// The replica's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The state machine, for inspection.
+    pub fn state_machine(&self) -> &S {
+        &self.sm
+    }
+
+    /// The replicated session table.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        match self.role {
+            RoleState::Follower => Role::Follower,
+            RoleState::Candidate(_) => Role::Candidate,
+            RoleState::Leader(_) => Role::Leader,
+        }
+    }
+
+    /// True when this replica is the leader.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, RoleState::Leader(_))
+    }
+
+    /// The leader this replica believes in.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The highest ballot promised.
+    pub fn promised(&self) -> Ballot {
+        self.promised
+    }
+
+    /// Every slot below this is chosen.
+    pub fn commit_point(&self) -> Slot {
+        self.commit_point
+    }
+
+    /// Every slot below this was executed.
+    pub fn executed(&self) -> Slot {
+        self.executed
+    }
+
+    /// A summary of the replica's state.
+    pub fn status(&self) -> ReplicaStatus {
+        ReplicaStatus {
+            id: self.cfg.id,
+            role: self.role(),
+            promised: self.promised,
+            leader: self.leader,
+            commit_point: self.commit_point,
+            executed: self.executed,
+            log_end: self.log.last_key_value().map_or(0, |(s, _)| s + 1),
+            sessions: self.sessions.len(),
+            tick: self.now,
+        }
+    }
+
+    /// The status and value of one slot.
+    pub fn slot(&self, slot: Slot) -> SlotInfo {
+        match self.log.get(&slot) {
+            None => SlotInfo {
+                slot,
+                status: SlotStatus::None,
+                ballot: None,
+                value: None,
+            },
+            Some(e) => SlotInfo {
+                slot,
+                status: self.status_of(slot, e),
+                ballot: Some(e.ballot),
+                value: Some(e.value.clone()),
+            },
+        }
+    }
+
+    /// Every slot the replica knows about in `range`, in order (unknown slots are left out).
+    pub fn log(&self, range: Range<Slot>) -> Vec<SlotInfo> {
+        self.log
+            .range(range)
+            .map(|(s, e)| SlotInfo {
+                slot: *s,
+                status: self.status_of(*s, e),
+                ballot: Some(e.ballot),
+                value: Some(e.value.clone()),
+            })
+            .collect()
+    }
+
+    /// The view changes this replica sent or received, oldest first (the latest
+    /// 1024 are kept).
+    pub fn view_changes(&self) -> impl Iterator<Item = &ViewChange> {
+        self.views.iter()
+    }
+
+    fn status_of(&self, slot: Slot, e: &Entry) -> SlotStatus {
+        if slot < self.executed {
+            SlotStatus::Executed
+        } else if e.chosen {
+            SlotStatus::Committed
+        } else {
+            SlotStatus::Accepted
+        }
+    }
+
+    /// Drains the outputs accumulated since the last call. See [`Ready`] for the order
+    /// in which to handle them.
+    pub fn take_ready(&mut self) -> Ready {
+        self.flush_leader();
+        std::mem::take(&mut self.ready)
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    /// Advances the replica's clock by one tick: heartbeats, election timeouts,
+    /// retransmissions and catch-up all count ticks.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        match &mut self.role {
+            RoleState::Follower => {
+                if self.now >= self.election_deadline {
+                    self.start_election();
+                }
+            }
+            RoleState::Candidate(c) => {
+                if self.now >= c.deadline {
+                    self.start_election();
+                } else if self.now - c.last_sent >= self.cfg.retransmit_ticks {
+                    c.last_sent = self.now;
+                    let (ballot, from_slot) = (c.ballot, c.from_slot);
+                    let missing: Vec<NodeId> = self
+                        .cfg
+                        .members
+                        .iter()
+                        .copied()
+                        .filter(|m| *m != self.cfg.id && !c.promises.contains_key(m))
+                        .collect();
+                    for m in missing {
+                        self.send(m, Message::Prepare { ballot, from_slot });
+                    }
+                }
+            }
+            RoleState::Leader(_) => self.leader_tick(),
+        }
+        self.maybe_fetch();
+    }
+
+    /// Handles a client request. The answer comes later in [`Ready::replies`]: a
+    /// redirect when this replica is not the leader, the cached reply for a request
+    /// already executed, or the result once the request is chosen and executed.
+    pub fn handle_request(&mut self, request: Request) {
+        let RoleState::Leader(leader) = &mut self.role else {
+            let leader = self.leader.filter(|l| *l != self.cfg.id);
+            self.reply(request.client, request.seq, Response::Redirect { leader });
+            return;
+        };
+        if !request.is_register() {
+            match self.sessions.check(request.client, request.seq) {
+                SessionCheck::Duplicate(reply) => {
+                    self.reply(request.client, request.seq, Response::Ok(reply));
+                    return;
+                }
+                SessionCheck::Stale => {
+                    self.reply(request.client, request.seq, Response::Stale);
+                    return;
+                }
+                SessionCheck::Fresh | SessionCheck::Unknown => {}
+            }
+            if let Err(e) = postcard::from_bytes::<S::Command>(&request.payload) {
+                let reason = format!("undecodable command: {e}");
+                self.reply(request.client, request.seq, Response::Invalid { reason });
+                return;
+            }
+        }
+        let key = (request.client, request.seq);
+        if leader.proposed.get(&request.client) == Some(&request.seq)
+            || self.awaiting.contains(&key)
+        {
+            // Already proposed or queued: the reply goes out when it executes.
+            self.awaiting.insert(key);
+            return;
+        }
+        if self.awaiting.len() >= self.cfg.max_pending {
+            self.reply(request.client, request.seq, Response::Busy);
+            return;
+        }
+        self.awaiting.insert(key);
+        leader.queue.push_back(request);
+        self.pump();
+    }
+
+    /// Handles a message from peer `from`. Messages from non-members are ignored.
+    pub fn handle_message(&mut self, from: NodeId, message: Message) {
+        let Some(from_idx) = self.index_of(from) else {
+            return;
+        };
+        if from == self.cfg.id {
+            return;
+        }
+        if let RoleState::Leader(l) = &mut self.role {
+            l.heard[from_idx] = self.now;
+        }
+        match message {
+            Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
+            Message::Promise {
+                ballot,
+                commit_point,
+                entries,
+                truncated,
+            } => self.on_promise(
+                from,
+                ballot,
+                Promised {
+                    commit_point,
+                    entries,
+                    truncated,
+                },
+            ),
+            Message::Nack { ballot, promised } => self.on_nack(ballot, promised),
+            Message::Accept {
+                ballot,
+                commit_point,
+                entries,
+            } => self.on_accept(from, ballot, commit_point, entries, false),
+            Message::NewView {
+                ballot,
+                commit_point,
+                entries,
+            } => self.on_accept(from, ballot, commit_point, entries, true),
+            Message::Accepted { ballot, slots } => self.on_accepted(from_idx, ballot, &slots),
+            Message::Heartbeat {
+                ballot,
+                commit_point,
+            } => self.on_heartbeat(from, ballot, commit_point),
+            Message::Fetch { from: lo, to: hi } => self.on_fetch(from, lo, hi),
+            Message::FetchReply {
+                commit_point,
+                entries,
+            } => self.on_fetch_reply(from, commit_point, entries),
+        }
+    }
+
+    // ------------------------------------------------------------------ phase 1
+
+    fn start_election(&mut self) {
+        self.step_down_queue(None);
+        let round = self.max_round_seen.max(self.promised.round) + 1;
+        self.max_round_seen = round;
+        let ballot = Ballot::new(round, self.cfg.id);
+        self.set_promised(ballot);
+        self.leader = None;
+        let deadline = self.now + self.random_timeout();
+        let from_slot = self.commit_point;
+        self.role = RoleState::Candidate(Candidate {
+            ballot,
+            from_slot,
+            promises: BTreeMap::new(),
+            deadline,
+            last_sent: self.now,
+        });
+        for m in self.peers() {
+            self.send(m, Message::Prepare { ballot, from_slot });
+        }
+        self.check_promises();
+    }
+
+    fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
+        if ballot.node != from {
+            return;
+        }
+        self.saw_round(ballot.round);
+        if ballot < self.promised {
+            self.send(
+                from,
+                Message::Nack {
+                    ballot,
+                    promised: self.promised,
+                },
+            );
+            return;
+        }
+        if ballot > self.promised {
+            // Leader stickiness: while a live leader is heard, do not help depose it.
+            let leader_alive = match self.role {
+                RoleState::Leader(_) => true,
+                RoleState::Candidate(_) => false,
+                RoleState::Follower => {
+                    self.leader.is_some()
+                        && self.now - self.last_heard_leader < self.cfg.election_ticks
+                }
+            };
+            if leader_alive && self.leader != Some(from) {
+                return;
+            }
+            self.set_promised(ballot);
+            self.become_follower(None);
+            self.last_heard_leader = self.now;
+            self.election_deadline = self.now + self.random_timeout();
+        }
+        // Report everything at or above `from_slot`: chosen entries below our commit
+        // point up to a batch, then every entry from the commit point up (bounded by the
+        // acceptance window).
+        let mut entries = Vec::new();
+        let mut truncated = false;
+        let below = from_slot..self.commit_point.max(from_slot);
+        for (s, e) in self.log.range(below) {
+            if entries.len() >= self.cfg.max_batch {
+                truncated = true;
+                break;
+            }
+            entries.push(PromiseEntry {
+                slot: *s,
+                ballot: e.ballot,
+                value: e.value.clone(),
+                chosen: true,
+            });
+        }
+        if !truncated {
+            for (s, e) in self.log.range(self.commit_point.max(from_slot)..) {
+                entries.push(PromiseEntry {
+                    slot: *s,
+                    ballot: e.ballot,
+                    value: e.value.clone(),
+                    chosen: e.chosen,
+                });
+            }
+        }
+        let commit_point = self.commit_point;
+        self.send(
+            from,
+            Message::Promise {
+                ballot,
+                commit_point,
+                entries,
+                truncated,
+            },
+        );
+    }
+
+    fn on_promise(&mut self, from: NodeId, ballot: Ballot, promised: Promised) {
+        let RoleState::Candidate(c) = &mut self.role else {
+            return;
+        };
+        if c.ballot != ballot {
+            return;
+        }
+        c.promises.insert(from, promised);
+        self.check_promises();
+    }
+
+    fn check_promises(&mut self) {
+        let RoleState::Candidate(c) = &mut self.role else {
+            return;
+        };
+        if c.promises.len() as u32 + 1 < self.quorum {
+            return;
+        }
+        let candidate = match std::mem::replace(&mut self.role, RoleState::Follower) {
+            RoleState::Candidate(c) => c,
+            _ => return,
+        };
+        if candidate.promises.values().any(|p| p.truncated) {
+            // Too far behind to merge in one go: learn the chosen entries we were sent,
+            // then prepare again (same ballot) from the new commit point.
+            for p in candidate.promises.values() {
+                for e in &p.entries {
+                    if e.chosen {
+                        self.learn(e.slot, e.value.clone());
+                    }
+                }
+            }
+            self.advance_commit();
+            let from_slot = self.commit_point;
+            let ballot = candidate.ballot;
+            self.role = RoleState::Candidate(Candidate {
+                ballot,
+                from_slot,
+                promises: BTreeMap::new(),
+                deadline: candidate.deadline,
+                last_sent: self.now,
+            });
+            for m in self.peers() {
+                self.send(m, Message::Prepare { ballot, from_slot });
+            }
+            return;
+        }
+        self.become_leader(candidate);
+    }
+
+    fn become_leader(&mut self, c: Candidate) {
+        let ballot = c.ballot;
+        let promised_commit = c
+            .promises
+            .values()
+            .map(|p| p.commit_point)
+            .max()
+            .unwrap_or(0);
+        self.known_commit = self.known_commit.max(promised_commit);
+        // Merge: per slot, a chosen value wins; otherwise the highest ballot's value.
+        let mut merged: BTreeMap<Slot, (Ballot, Value, bool)> = self
+            .log
+            .range(c.from_slot..)
+            .map(|(s, e)| {
+                (
+                    *s,
+                    (
+                        e.ballot,
+                        e.value.clone(),
+                        e.chosen || *s < self.commit_point,
+                    ),
+                )
+            })
+            .collect();
+        #[cfg(test)]
+        let ignore_promises = self.cfg.mutation == Mutation::IgnorePromisedValues;
+        #[cfg(not(test))]
+        let ignore_promises = false;
+        if !ignore_promises {
+            for p in c.promises.into_values() {
+                for e in p.entries {
+                    match merged.get_mut(&e.slot) {
+                        None => {
+                            merged.insert(e.slot, (e.ballot, e.value, e.chosen));
+                        }
+                        Some(cur) => {
+                            if cur.2 {
+                                continue;
+                            }
+                            if e.chosen || self.merge_prefers(e.ballot, cur.0) {
+                                *cur = (e.ballot, e.value, e.chosen);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (s, (_, v, chosen)) in &merged {
+            if *chosen {
+                self.learn(*s, v.clone());
+            }
+        }
+        self.advance_commit();
+        let start = self.commit_point;
+        let end = merged
+            .last_key_value()
+            .map_or(start, |(s, _)| (s + 1).max(start));
+        let mut entries = Vec::with_capacity((end - start) as usize);
+        let mut inflight = BTreeMap::new();
+        let mut noops = 0;
+        let self_bit = 1u64 << self.me;
+        for s in start..end {
+            let (value, chosen) = match merged.remove(&s) {
+                Some((_, v, chosen)) => (v, chosen),
+                None => {
+                    noops += 1;
+                    (Value::Noop, false)
+                }
+            };
+            if !chosen {
+                self.accept_local(s, ballot, value.clone());
+                inflight.insert(
+                    s,
+                    Inflight {
+                        value: value.clone(),
+                        acks: self_bit,
+                        last_sent: self.now,
+                    },
+                );
+            }
+            entries.push((s, value));
+        }
+        self.leader = Some(self.cfg.id);
+        self.role = RoleState::Leader(Leader {
+            ballot,
+            next_slot: end,
+            inflight,
+            queue: VecDeque::new(),
+            proposed: HashMap::new(),
+            fresh: Vec::new(),
+            last_broadcast: self.now,
+            announced_commit: self.commit_point,
+            heard: vec![self.now; self.cfg.members.len()],
+        });
+        self.record_view(ViewChange {
+            ballot,
+            leader: self.cfg.id,
+            direction: ViewDirection::Sent,
+            slots: start..end,
+            noops,
+            tick: self.now,
+        });
+        let commit_point = self.commit_point;
+        for m in self.peers() {
+            self.send(
+                m,
+                Message::NewView {
+                    ballot,
+                    commit_point,
+                    entries: entries.clone(),
+                },
+            );
+        }
+        self.check_commits();
+        self.pump();
+    }
+
+    fn merge_prefers(&self, incoming: Ballot, current: Ballot) -> bool {
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::LowestBallotWins {
+            return incoming < current;
+        }
+        incoming > current
+    }
+
+    // ------------------------------------------------------------------ phase 2
+
+    fn on_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        commit_point: Slot,
+        entries: Vec<(Slot, Value)>,
+        new_view: bool,
+    ) {
+        if ballot.node != from {
+            return;
+        }
+        self.saw_round(ballot.round);
+        #[cfg(test)]
+        let below_ok = self.cfg.mutation == Mutation::AcceptBelowPromise;
+        #[cfg(not(test))]
+        let below_ok = false;
+        if ballot < self.promised && !below_ok {
+            self.send(
+                from,
+                Message::Nack {
+                    ballot,
+                    promised: self.promised,
+                },
+            );
+            return;
+        }
+        self.follow(from, ballot);
+        if new_view {
+            let start = entries
+                .iter()
+                .map(|(s, _)| *s)
+                .min()
+                .unwrap_or(commit_point);
+            let end = entries.iter().map(|(s, _)| s + 1).max().unwrap_or(start);
+            let noops = entries.iter().filter(|(_, v)| *v == Value::Noop).count() as u64;
+            if !self
+                .views
+                .iter()
+                .any(|v| v.ballot == ballot && v.direction == ViewDirection::Received)
+            {
+                self.views
+                    .retain(|v| !(v.ballot == ballot && v.direction == ViewDirection::Adopted));
+                self.record_view(ViewChange {
+                    ballot,
+                    leader: from,
+                    direction: ViewDirection::Received,
+                    slots: start..end,
+                    noops,
+                    tick: self.now,
+                });
+            }
+        }
+        let window_end = self.commit_point + ACCEPT_WINDOW_FACTOR * self.cfg.max_inflight;
+        let mut acked = Vec::with_capacity(entries.len());
+        for (slot, value) in entries {
+            if slot < self.commit_point || self.log.get(&slot).is_some_and(|e| e.chosen) {
+                acked.push(slot);
+                continue;
+            }
+            if slot >= window_end {
+                continue;
+            }
+            self.accept_local(slot, ballot, value);
+            acked.push(slot);
+        }
+        if !acked.is_empty() {
+            self.send(
+                from,
+                Message::Accepted {
+                    ballot,
+                    slots: acked,
+                },
+            );
+        }
+        self.learn_commit_point(from, ballot, commit_point);
+    }
+
+    fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit_point: Slot) {
+        if ballot.node != from {
+            return;
+        }
+        self.saw_round(ballot.round);
+        if ballot < self.promised {
+            self.send(
+                from,
+                Message::Nack {
+                    ballot,
+                    promised: self.promised,
+                },
+            );
+            return;
+        }
+        self.follow(from, ballot);
+        // An empty ACCEPTED acknowledges the heartbeat: the leader counts who it hears
+        // from to notice when it is cut off from a majority.
+        self.send(
+            from,
+            Message::Accepted {
+                ballot,
+                slots: Vec::new(),
+            },
+        );
+        self.learn_commit_point(from, ballot, commit_point);
+    }
+
+    /// Adopts `from` (owner of `ballot >= promised`) as leader.
+    fn follow(&mut self, from: NodeId, ballot: Ballot) {
+        if ballot > self.promised {
+            self.set_promised(ballot);
+        }
+        let changed = self.leader != Some(from) || !matches!(self.role, RoleState::Follower);
+        if changed {
+            self.become_follower(Some(from));
+            if !self.views.iter().any(|v| v.ballot == ballot) {
+                self.record_view(ViewChange {
+                    ballot,
+                    leader: from,
+                    direction: ViewDirection::Adopted,
+                    slots: 0..0,
+                    noops: 0,
+                    tick: self.now,
+                });
+            }
+        }
+        self.last_heard_leader = self.now;
+        self.election_deadline = self.now + self.random_timeout();
+    }
+
+    fn on_accepted(&mut self, from_idx: usize, ballot: Ballot, slots: &[Slot]) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if l.ballot != ballot {
+            return;
+        }
+        let bit = 1u64 << from_idx;
+        let mut newly_chosen = Vec::new();
+        for s in slots {
+            if let Some(inf) = l.inflight.get_mut(s) {
+                inf.acks |= bit;
+                if inf.acks.count_ones() >= self.quorum {
+                    newly_chosen.push(*s);
+                }
+            }
+        }
+        for s in newly_chosen {
+            if let Some(inf) = l.inflight.remove(&s) {
+                if let Some(e) = self.log.get_mut(&s) {
+                    e.chosen = true;
+                } else {
+                    self.log.insert(
+                        s,
+                        Entry {
+                            ballot,
+                            value: inf.value,
+                            chosen: true,
+                        },
+                    );
+                }
+            }
+        }
+        self.advance_commit();
+        self.pump();
+    }
+
+    fn check_commits(&mut self) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let quorum = self.quorum;
+        let done: Vec<Slot> = l
+            .inflight
+            .iter()
+            .filter(|(_, i)| i.acks.count_ones() >= quorum)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in done {
+            l.inflight.remove(&s);
+            if let Some(e) = self.log.get_mut(&s) {
+                e.chosen = true;
+            }
+        }
+        self.advance_commit();
+    }
+
+    fn on_nack(&mut self, ballot: Ballot, promised: Ballot) {
+        self.saw_round(promised.round);
+        let mine = match &self.role {
+            RoleState::Leader(l) => Some(l.ballot),
+            RoleState::Candidate(c) => Some(c.ballot),
+            RoleState::Follower => None,
+        };
+        if mine == Some(ballot) && promised > ballot {
+            self.set_promised(promised);
+            self.become_follower(None);
+            self.last_heard_leader = self.now;
+            self.election_deadline = self.now + self.random_timeout();
+        }
+    }
+
+    // ------------------------------------------------------------------ leader
+
+    fn leader_tick(&mut self) {
+        let me = self.me;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let now = self.now;
+        l.heard[me] = now;
+        let live = l
+            .heard
+            .iter()
+            .filter(|t| now - **t < self.cfg.election_ticks * 2)
+            .count() as u32;
+        if live < self.quorum {
+            // Cut off from a majority: stop accepting requests we cannot commit.
+            self.become_follower(None);
+            self.last_heard_leader = self.now;
+            self.election_deadline = self.now + self.random_timeout();
+            return;
+        }
+        // Retransmit proposals that have waited too long, batched per peer.
+        let mut per_peer: Vec<Vec<(Slot, Value)>> = vec![Vec::new(); self.cfg.members.len()];
+        for (s, inf) in l.inflight.iter_mut() {
+            if now - inf.last_sent < self.cfg.retransmit_ticks {
+                continue;
+            }
+            let mut any = false;
+            for (i, batch) in per_peer.iter_mut().enumerate() {
+                if i != me && inf.acks & (1 << i) == 0 && batch.len() < self.cfg.max_batch {
+                    batch.push((*s, inf.value.clone()));
+                    any = true;
+                }
+            }
+            if any {
+                inf.last_sent = now;
+            }
+        }
+        let ballot = l.ballot;
+        let commit_point = self.commit_point;
+        for (i, batch) in per_peer.into_iter().enumerate() {
+            if !batch.is_empty() {
+                let to = self.cfg.members[i];
+                self.send(
+                    to,
+                    Message::Accept {
+                        ballot,
+                        commit_point,
+                        entries: batch,
+                    },
+                );
+            }
+        }
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if now - l.last_broadcast >= self.cfg.heartbeat_ticks {
+            l.last_broadcast = now;
+            l.announced_commit = commit_point;
+            for m in self.peers() {
+                self.send(
+                    m,
+                    Message::Heartbeat {
+                        ballot,
+                        commit_point,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Moves queued requests into free slots of the window.
+    fn pump(&mut self) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let ballot = l.ballot;
+        let self_bit = 1u64 << self.me;
+        while l.next_slot < self.commit_point + self.cfg.max_inflight {
+            let Some(req) = l.queue.pop_front() else {
+                break;
+            };
+            let slot = l.next_slot;
+            l.next_slot += 1;
+            if !req.is_register() {
+                l.proposed.insert(req.client, req.seq);
+            }
+            let value = Value::Request(req);
+            l.inflight.insert(
+                slot,
+                Inflight {
+                    value: value.clone(),
+                    acks: self_bit,
+                    last_sent: self.now,
+                },
+            );
+            l.fresh.push((slot, value.clone()));
+            self.ready.persist.push(PersistOp::Accept {
+                slot,
+                ballot,
+                value: value.clone(),
+            });
+            self.log.insert(
+                slot,
+                Entry {
+                    ballot,
+                    value,
+                    chosen: false,
+                },
+            );
+        }
+        if self.quorum == 1 {
+            self.check_commits();
+        }
+    }
+
+    /// Turns the proposals made since the last flush into one ACCEPT per peer, and
+    /// tells followers about a commit point that moved.
+    fn flush_leader(&mut self) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let ballot = l.ballot;
+        let commit_point = self.commit_point;
+        if l.fresh.is_empty() {
+            if l.announced_commit == commit_point {
+                return;
+            }
+            l.announced_commit = commit_point;
+            l.last_broadcast = self.now;
+            for m in self.peers() {
+                self.send(
+                    m,
+                    Message::Heartbeat {
+                        ballot,
+                        commit_point,
+                    },
+                );
+            }
+            return;
+        }
+        let fresh = std::mem::take(&mut l.fresh);
+        l.announced_commit = commit_point;
+        l.last_broadcast = self.now;
+        let peers = self.peers();
+        for chunk in fresh.chunks(self.cfg.max_batch) {
+            for m in &peers {
+                self.send(
+                    *m,
+                    Message::Accept {
+                        ballot,
+                        commit_point,
+                        entries: chunk.to_vec(),
+                    },
+                );
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ learning
+
+    fn learn_commit_point(&mut self, from: NodeId, ballot: Ballot, commit_point: Slot) {
+        if commit_point > self.known_commit {
+            self.known_commit = commit_point;
+            self.fetch_from = Some(from);
+        }
+        let lo = self.commit_point;
+        if commit_point <= lo {
+            return;
+        }
+        for (_, e) in self.log.range_mut(lo..commit_point) {
+            if !e.chosen && e.ballot == ballot {
+                e.chosen = true;
+            }
+        }
+        self.advance_commit();
+    }
+
+    fn on_fetch(&mut self, from: NodeId, lo: Slot, hi: Slot) {
+        let entries: Vec<(Slot, Value)> = self
+            .log
+            .range(lo..hi.max(lo))
+            .filter(|(s, e)| e.chosen || **s < self.commit_point)
+            .take(self.cfg.max_batch)
+            .map(|(s, e)| (*s, e.value.clone()))
+            .collect();
+        let commit_point = self.commit_point;
+        self.send(
+            from,
+            Message::FetchReply {
+                commit_point,
+                entries,
+            },
+        );
+    }
+
+    fn on_fetch_reply(&mut self, from: NodeId, commit_point: Slot, entries: Vec<(Slot, Value)>) {
+        if commit_point > self.known_commit {
+            self.known_commit = commit_point;
+            self.fetch_from = Some(from);
+        }
+        for (s, v) in entries {
+            self.learn(s, v);
+        }
+        self.advance_commit();
+    }
+
+    fn maybe_fetch(&mut self) {
+        if self.known_commit <= self.commit_point {
+            self.fetch_attempts = 0;
+            return;
+        }
+        if self.now - self.last_fetch < self.cfg.retransmit_ticks {
+            return;
+        }
+        self.last_fetch = self.now;
+        self.fetch_attempts += 1;
+        let peers = self.peers();
+        if peers.is_empty() {
+            return;
+        }
+        // First ask whoever told us about the commit point, then go round the others.
+        let target = match self.fetch_from {
+            Some(f) if self.fetch_attempts % 2 == 1 => f,
+            _ => peers[(self.fetch_attempts / 2) as usize % peers.len()],
+        };
+        let lo = self.commit_point;
+        let hi = self.known_commit.min(lo + self.cfg.max_batch as u64);
+        self.send(target, Message::Fetch { from: lo, to: hi });
+    }
+
+    /// Records that `value` is chosen in `slot`.
+    fn learn(&mut self, slot: Slot, value: Value) {
+        if slot < self.commit_point {
+            return;
+        }
+        match self.log.get_mut(&slot) {
+            Some(e) if e.chosen => return,
+            Some(e) => {
+                e.value = value.clone();
+                e.chosen = true;
+            }
+            None => {
+                self.log.insert(
+                    slot,
+                    Entry {
+                        ballot: Ballot::ZERO,
+                        value: value.clone(),
+                        chosen: true,
+                    },
+                );
+            }
+        }
+        self.ready.persist.push(PersistOp::Learn { slot, value });
+    }
+
+    fn first_unchosen(&self, from: Slot) -> Slot {
+        let mut c = from;
+        #[cfg(test)]
+        let skip_gaps = self.cfg.mutation == Mutation::SkipGaps;
+        for (s, e) in self.log.range(from..) {
+            if *s != c {
+                #[cfg(test)]
+                if skip_gaps && e.chosen {
+                    c = *s + 1;
+                    continue;
+                }
+                break;
+            }
+            if !e.chosen {
+                break;
+            }
+            c += 1;
+        }
+        c
+    }
+
+    fn advance_commit(&mut self) {
+        let c = self.first_unchosen(self.commit_point);
+        if c > self.commit_point {
+            self.commit_point = c;
+            self.known_commit = self.known_commit.max(c);
+            self.ready.persist.push(PersistOp::CommitPoint(c));
+            self.execute();
+        }
+    }
+
+    // ------------------------------------------------------------------ execution
+
+    fn execute(&mut self) {
+        while self.executed < self.commit_point {
+            let slot = self.executed;
+            self.executed += 1;
+            let request = match self.log.get(&slot) {
+                Some(Entry {
+                    value: Value::Request(r),
+                    ..
+                }) => r.clone(),
+                _ => continue,
+            };
+            self.execute_request(slot, request);
+        }
+    }
+
+    fn execute_request(&mut self, slot: Slot, r: Request) {
+        if let RoleState::Leader(l) = &mut self.role {
+            if l.proposed.get(&r.client) == Some(&r.seq) {
+                l.proposed.remove(&r.client);
+            }
+        }
+        if r.is_register() {
+            self.sessions
+                .register(r.client, slot, self.cfg.max_sessions);
+            self.reply_awaited(r.client, 0, Response::Ok(Bytes::new()));
+            return;
+        }
+        #[allow(unused_mut)]
+        let mut check = self.sessions.check(r.client, r.seq);
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::LeaderLocalSessions && check != SessionCheck::Unknown {
+            check = SessionCheck::Fresh;
+        }
+        let response = match check {
+            SessionCheck::Fresh => match postcard::from_bytes::<S::Command>(&r.payload) {
+                Ok(cmd) => {
+                    let out = self.sm.apply(cmd);
+                    let bytes = Bytes::from(postcard::to_allocvec(&out).unwrap_or_default());
+                    self.sessions.record(r.client, r.seq, bytes.clone(), slot);
+                    Response::Ok(bytes)
+                }
+                Err(e) => {
+                    self.sessions.record(r.client, r.seq, Bytes::new(), slot);
+                    Response::Invalid {
+                        reason: format!("undecodable command: {e}"),
+                    }
+                }
+            },
+            SessionCheck::Duplicate(bytes) => Response::Ok(bytes),
+            SessionCheck::Stale => Response::Stale,
+            SessionCheck::Unknown => Response::SessionExpired,
+        };
+        self.reply_awaited(r.client, r.seq, response);
+    }
+
+    // ------------------------------------------------------------------ helpers
+
+    fn reply(&mut self, client: ClientId, seq: u64, response: Response) {
+        self.ready.replies.push(Reply {
+            client,
+            seq,
+            response,
+        });
+    }
+
+    fn reply_awaited(&mut self, client: ClientId, seq: u64, response: Response) {
+        if self.awaiting.remove(&(client, seq)) {
+            self.reply(client, seq, response);
+        }
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        self.ready.messages.push((to, message));
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        self.cfg
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != self.cfg.id)
+            .collect()
+    }
+
+    fn index_of(&self, id: NodeId) -> Option<usize> {
+        self.cfg.members.iter().position(|m| *m == id)
+    }
+
+    fn random_timeout(&mut self) -> u64 {
+        self.cfg.election_ticks + self.rng.next_u64() % self.cfg.election_ticks
+    }
+
+    fn saw_round(&mut self, round: u64) {
+        self.max_round_seen = self.max_round_seen.max(round);
+    }
+
+    fn set_promised(&mut self, ballot: Ballot) {
+        if ballot > self.promised {
+            self.promised = ballot;
+            self.ready.persist.push(PersistOp::Promise(ballot));
+        }
+    }
+
+    fn accept_local(&mut self, slot: Slot, ballot: Ballot, value: Value) {
+        self.ready.persist.push(PersistOp::Accept {
+            slot,
+            ballot,
+            value: value.clone(),
+        });
+        self.log.insert(
+            slot,
+            Entry {
+                ballot,
+                value,
+                chosen: false,
+            },
+        );
+    }
+
+    /// Leaves leadership or candidacy. Requests waiting here are answered with a
+    /// redirect so their clients retry elsewhere (with the same request numbers).
+    fn become_follower(&mut self, leader: Option<NodeId>) {
+        if !matches!(self.role, RoleState::Follower) {
+            self.step_down_queue(leader);
+            self.role = RoleState::Follower;
+        }
+        self.leader = leader;
+    }
+
+    fn step_down_queue(&mut self, leader: Option<NodeId>) {
+        if let RoleState::Leader(l) = &mut self.role {
+            l.queue.clear();
+        }
+        // Sorted: the replica's outputs must not depend on hash order.
+        let mut waiting: Vec<_> = self.awaiting.drain().collect();
+        waiting.sort_unstable();
+        for (client, seq) in waiting {
+            self.reply(client, seq, Response::Redirect { leader });
+        }
+    }
+
+    fn record_view(&mut self, v: ViewChange) {
+        if self.views.len() >= VIEW_HISTORY {
+            self.views.pop_front();
+        }
+        self.views.push_back(v);
+    }
+}
