@@ -65,7 +65,7 @@ pub(crate) struct Faults {
 
 impl Faults {
     fn draw(rng: &mut ChaCha8Rng) -> Self {
-        let nodes = if rng.next_u64() % 2 == 0 { 3 } else { 5 };
+        let nodes = if rng.next_u64().is_multiple_of(2) { 3 } else { 5 };
         Faults {
             nodes,
             loss: if chance(rng, 0.8) {

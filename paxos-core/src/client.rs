@@ -1,0 +1,279 @@
+//! The client handle: sessions, request numbers, redirects, retries.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{OsRng, RngCore, SeedableRng};
+use thiserror::Error;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::error::ClientError;
+use crate::traits::StateMachine;
+use crate::types::{ClientId, NodeId, Request, Response};
+
+/// A replica reachable by a client: a local [`NodeHandle`](crate::NodeHandle), or a
+/// remote node behind a network connection (the TCP transport provides one).
+#[async_trait]
+pub trait Endpoint: Send + Sync {
+    /// The id of the node behind this endpoint (redirects name nodes by id).
+    fn node(&self) -> NodeId;
+
+    /// Sends one request and waits for the node's answer.
+    async fn call(&self, request: Request) -> Result<Response, EndpointError>;
+}
+
+/// An [`Endpoint`] could not deliver a request or get its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("endpoint unavailable: {reason}")]
+pub struct EndpointError {
+    reason: String,
+}
+
+impl EndpointError {
+    /// An error with a reason.
+    pub fn new(reason: impl Into<String>) -> Self {
+        EndpointError {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Timing of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long one attempt at one node may take before the client tries another.
+    pub attempt_timeout: Duration,
+    /// The first backoff after a failed attempt; it doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// The longest backoff.
+    pub max_backoff: Duration,
+    /// The deadline [`Client::execute`] uses.
+    pub default_deadline: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            attempt_timeout: Duration::from_millis(500),
+            min_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(500),
+            default_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Submits commands to a cluster with exactly-once semantics.
+///
+/// A client owns a session: an id drawn at random, registered with the cluster before
+/// its first command, and a request number that grows by one per command. A command
+/// keeps its number across every retry — after a timeout, a redirect, a leader change —
+/// so the replicated session table executes it at most once and answers retries from
+/// its cache. The client never submits the same command under two numbers.
+///
+/// One command is in flight per client (`execute` takes `&mut self`); run several
+/// clients for concurrency. A command whose deadline passes may still execute later,
+/// but never after a later command of the same client.
+pub struct Client<S> {
+    id: ClientId,
+    next_seq: u64,
+    registered: bool,
+    endpoints: Vec<Arc<dyn Endpoint>>,
+    leader: Option<usize>,
+    rotation: usize,
+    options: ClientOptions,
+    rng: ChaCha8Rng,
+    _sm: PhantomData<fn() -> S>,
+}
+
+impl<S> std::fmt::Debug for Client<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("next_seq", &self.next_seq)
+            .finish()
+    }
+}
+
+impl<S: StateMachine> Client<S> {
+    /// A client with a random session id and default options.
+    pub fn new(endpoints: Vec<Arc<dyn Endpoint>>) -> Self {
+        Self::with_options(endpoints, ClientOptions::default())
+    }
+
+    /// A client with a random session id.
+    pub fn with_options(endpoints: Vec<Arc<dyn Endpoint>>, options: ClientOptions) -> Self {
+        let id = OsRng.next_u64() | 1;
+        Self::with_id(id, endpoints, options)
+    }
+
+    /// A client with a chosen session id. Ids must be unique among live clients: two
+    /// clients sharing one would be answered from each other's cached replies.
+    pub fn with_id(
+        id: ClientId,
+        endpoints: Vec<Arc<dyn Endpoint>>,
+        options: ClientOptions,
+    ) -> Self {
+        Client {
+            id,
+            next_seq: 1,
+            registered: false,
+            endpoints,
+            leader: None,
+            rotation: (id % 7) as usize,
+            options,
+            rng: ChaCha8Rng::seed_from_u64(id),
+            _sm: PhantomData,
+        }
+    }
+
+    /// The session id.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// The node this client currently believes leads.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader.map(|i| self.endpoints[i].node())
+    }
+
+    /// The number the next command will carry.
+    pub fn next_request_number(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Executes `command` with the default deadline.
+    pub async fn execute(&mut self, command: &S::Command) -> Result<S::Output, ClientError> {
+        let deadline = self.options.default_deadline;
+        self.execute_within(command, deadline).await
+    }
+
+    /// Executes `command`, retrying until it completes or `timeout` passes.
+    pub async fn execute_within(
+        &mut self,
+        command: &S::Command,
+        timeout: Duration,
+    ) -> Result<S::Output, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let payload = Bytes::from(
+            postcard::to_allocvec(command).map_err(|e| ClientError::Codec(e.to_string()))?,
+        );
+        if !self.registered {
+            self.call_until(Request::register(self.id), deadline)
+                .await?;
+            self.registered = true;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let bytes = self
+            .call_until(
+                Request {
+                    client: self.id,
+                    seq,
+                    payload,
+                },
+                deadline,
+            )
+            .await?;
+        postcard::from_bytes(&bytes).map_err(|e| ClientError::Codec(e.to_string()))
+    }
+
+    async fn call_until(
+        &mut self,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<Bytes, ClientError> {
+        if self.endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let mut backoff = self.options.min_backoff;
+        let mut redirects = 0;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            let target = self.pick();
+            let attempt = self.options.attempt_timeout.min(deadline - now);
+            let outcome =
+                tokio::time::timeout(attempt, self.endpoints[target].call(request.clone())).await;
+            let retry_now = match outcome {
+                Ok(Ok(Response::Ok(bytes))) => {
+                    self.leader = Some(target);
+                    return Ok(bytes);
+                }
+                Ok(Ok(Response::Redirect { leader: Some(l) })) => {
+                    self.leader = self.endpoints.iter().position(|e| e.node() == l);
+                    if self.leader.is_none() {
+                        self.rotate();
+                    }
+                    redirects += 1;
+                    // Follow a redirect at once, but back off if nodes keep pointing
+                    // at each other (a leader change in progress).
+                    redirects < self.endpoints.len()
+                }
+                Ok(Ok(Response::SessionExpired)) => {
+                    self.registered = false;
+                    self.id = OsRng.next_u64() | 1;
+                    self.next_seq = 1;
+                    return Err(ClientError::SessionExpired);
+                }
+                Ok(Ok(Response::Invalid { reason })) => return Err(ClientError::Invalid(reason)),
+                Ok(Ok(Response::Stale)) => {
+                    return Err(ClientError::Invalid(
+                        "request number is stale (client id reused?)".into(),
+                    ))
+                }
+                Ok(Ok(Response::Redirect { leader: None })) => {
+                    self.leader = None;
+                    self.rotate();
+                    false
+                }
+                Ok(Ok(Response::Busy)) => false,
+                Ok(Err(e)) => {
+                    debug!(client = self.id, node = self.endpoints[target].node(), error = %e, "attempt failed");
+                    self.leader = None;
+                    self.rotate();
+                    false
+                }
+                Err(_) => {
+                    debug!(
+                        client = self.id,
+                        node = self.endpoints[target].node(),
+                        "attempt timed out"
+                    );
+                    self.leader = None;
+                    self.rotate();
+                    false
+                }
+            };
+            if !retry_now {
+                redirects = 0;
+                let jitter = self.rng.next_u64() % (backoff.as_micros() as u64 / 2 + 1);
+                let pause = backoff + Duration::from_micros(jitter);
+                let now = Instant::now();
+                if now + pause >= deadline {
+                    tokio::time::sleep_until(deadline).await;
+                } else {
+                    tokio::time::sleep(pause).await;
+                }
+                backoff = (backoff * 2).min(self.options.max_backoff);
+            }
+        }
+    }
+
+    fn pick(&mut self) -> usize {
+        match self.leader {
+            Some(i) => i,
+            None => self.rotation % self.endpoints.len(),
+        }
+    }
+
+    fn rotate(&mut self) {
+        self.rotation = self.rotation.wrapping_add(1);
+    }
+}

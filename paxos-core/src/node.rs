@@ -1,0 +1,367 @@
+//! The async node driver: a tokio task that owns a replica and does its IO.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info};
+
+use crate::client::{Endpoint, EndpointError};
+use crate::config::Config;
+use crate::error::NodeError;
+use crate::replica::{Replica, ReplicaStatus, SlotInfo, ViewChange};
+use crate::traits::{StateMachine, Storage, Transport};
+use crate::types::{ClientId, NodeId, Reply, Request, Response, Slot};
+
+/// How the driver runs a replica.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The length of one replica tick. Heartbeat and election timeouts are counted in
+    /// ticks ([`Config::heartbeat_ticks`], [`Config::election_ticks`]).
+    pub tick: Duration,
+    /// The most inputs (messages, requests) folded into one persist-send-reply round.
+    pub max_inputs_per_round: usize,
+    /// Capacity of the handle's command queue; submitters wait when it is full.
+    pub queue_capacity: usize,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            tick: Duration::from_millis(10),
+            max_inputs_per_round: 512,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+type InspectFn<S> = Box<dyn FnOnce(&Replica<S>) + Send>;
+
+enum Command<S> {
+    Request(Request, oneshot::Sender<Response>),
+    Inspect(InspectFn<S>),
+    Shutdown,
+}
+
+/// A cloneable handle to a running node: submit requests, inspect the replica, shut it
+/// down. Dropping every handle also stops the node.
+pub struct NodeHandle<S> {
+    id: NodeId,
+    tx: mpsc::Sender<Command<S>>,
+    done: watch::Receiver<bool>,
+}
+
+impl<S> Clone for NodeHandle<S> {
+    fn clone(&self) -> Self {
+        NodeHandle {
+            id: self.id,
+            tx: self.tx.clone(),
+            done: self.done.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for NodeHandle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeHandle").field("id", &self.id).finish()
+    }
+}
+
+/// Starts a node on the current tokio runtime.
+///
+/// Loads the replica's state from `storage`, then spawns a task that turns a timer
+/// into ticks, feeds inbound messages and submitted requests to the [`Replica`], and
+/// handles its outputs in the required order: persist (one [`Storage::persist`] call
+/// for every input folded into the round: group commit), then send, then reply.
+/// A storage error stops the node (it will not vouch for writes it could not make).
+///
+/// ```
+/// # use paxos_core::*;
+/// # use async_trait::async_trait;
+/// # #[derive(Default)] struct Echo;
+/// # impl StateMachine for Echo {
+/// #     type Command = String; type Output = String;
+/// #     fn apply(&mut self, c: String) -> String { c }
+/// #     fn snapshot(&self) -> Vec<u8> { vec![] }
+/// #     fn restore(&mut self, _: &[u8]) -> Result<(), RestoreError> { Ok(()) }
+/// # }
+/// # struct Alone;
+/// # #[async_trait]
+/// # impl Transport for Alone {
+/// #     async fn send(&self, _: NodeId, _: Message) -> Result<(), TransportError> { Ok(()) }
+/// #     async fn recv(&mut self) -> Option<(NodeId, Message)> { std::future::pending().await }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::new(1, vec![1]);
+/// let node = spawn_node(config, Echo, Alone, MemStorage::new(), NodeOptions::default())?;
+/// let mut client: Client<Echo> = Client::new(vec![std::sync::Arc::new(node.clone())]);
+/// assert_eq!(client.execute(&"hello".to_string()).await?, "hello");
+/// node.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub fn spawn_node<S, T, St>(
+    config: Config,
+    state_machine: S,
+    transport: T,
+    mut storage: St,
+    options: NodeOptions,
+) -> Result<NodeHandle<S>, NodeError>
+where
+    S: StateMachine + Send + 'static,
+    T: Transport,
+    St: Storage,
+{
+    let id = config.id;
+    let state = storage
+        .load()
+        .map_err(|e| NodeError::Start(e.to_string()))?;
+    let replica =
+        Replica::new(config, state_machine, state).map_err(|e| NodeError::Start(e.to_string()))?;
+    let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+    let (done_tx, done_rx) = watch::channel(false);
+    let driver = Driver {
+        replica,
+        transport,
+        storage,
+        rx,
+        options,
+        waiters: HashMap::new(),
+    };
+    tokio::spawn(async move {
+        driver.run().await;
+        let _ = done_tx.send(true);
+    });
+    Ok(NodeHandle {
+        id,
+        tx,
+        done: done_rx,
+    })
+}
+
+struct Driver<S, T, St> {
+    replica: Replica<S>,
+    transport: T,
+    storage: St,
+    rx: mpsc::Receiver<Command<S>>,
+    options: NodeOptions,
+    waiters: HashMap<(ClientId, u64), Vec<oneshot::Sender<Response>>>,
+}
+
+enum Input<S> {
+    Command(Option<Command<S>>),
+    Message(Option<(NodeId, crate::Message)>),
+    Tick,
+}
+
+impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
+    async fn run(mut self) {
+        let id = self.replica.id();
+        info!(node = id, "node started");
+        let mut ticker = tokio::time::interval(self.options.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let input = tokio::select! {
+                c = self.rx.recv() => Input::Command(c),
+                m = self.transport.recv() => Input::Message(m),
+                _ = ticker.tick() => Input::Tick,
+            };
+            match input {
+                Input::Command(None) | Input::Command(Some(Command::Shutdown)) => break,
+                Input::Command(Some(c)) => self.command(c),
+                Input::Message(None) => {
+                    info!(node = id, "transport closed; stopping");
+                    break;
+                }
+                Input::Message(Some((from, m))) => self.replica.handle_message(from, m),
+                Input::Tick => self.replica.tick(),
+            }
+            // Fold whatever else is already queued into this round (group commit).
+            let mut stop = false;
+            for _ in 1..self.options.max_inputs_per_round {
+                if let Some((from, m)) = self.transport.try_recv() {
+                    self.replica.handle_message(from, m);
+                    continue;
+                }
+                match self.rx.try_recv() {
+                    Ok(Command::Shutdown) => {
+                        stop = true;
+                        break;
+                    }
+                    Ok(c) => self.command(c),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.flush().await {
+                error!(node = id, error = %e, "storage failed; stopping the node");
+                break;
+            }
+            if stop {
+                break;
+            }
+        }
+        info!(node = id, "node stopped");
+    }
+
+    fn command(&mut self, c: Command<S>) {
+        match c {
+            Command::Request(req, tx) => {
+                self.waiters
+                    .entry((req.client, req.seq))
+                    .or_default()
+                    .push(tx);
+                self.replica.handle_request(req);
+            }
+            Command::Inspect(f) => f(&self.replica),
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Persist, then send, then reply.
+    async fn flush(&mut self) -> Result<(), crate::StorageError> {
+        let ready = self.replica.take_ready();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        if !ready.persist.is_empty() {
+            self.storage.persist(&ready.persist)?;
+        }
+        for (to, m) in ready.messages {
+            if let Err(e) = self.transport.send(to, m).await {
+                debug!(to, error = %e, "send failed");
+            }
+        }
+        for Reply {
+            client,
+            seq,
+            response,
+        } in ready.replies
+        {
+            if let Some(waiters) = self.waiters.remove(&(client, seq)) {
+                for w in waiters {
+                    let _ = w.send(response.clone());
+                }
+            }
+        }
+        // Drop waiters whose callers gave up, so the map cannot grow without bound.
+        if self.waiters.len() > 2 * self.replica.config().max_pending {
+            self.waiters.retain(|_, ws| {
+                ws.retain(|w| !w.is_closed());
+                !ws.is_empty()
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<S: StateMachine + Send + 'static> NodeHandle<S> {
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Submits a raw request to this node and waits for its answer: the result, or a
+    /// redirect when this node is not the leader. Most callers want
+    /// [`Client`](crate::Client), which registers a session, numbers requests and
+    /// follows redirects.
+    pub async fn submit(&self, request: Request) -> Result<Response, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Request(request, tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Runs `f` on the replica inside the node's task and returns its result.
+    pub async fn inspect<R, F>(&self, f: F) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Replica<S>) -> R + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let f: InspectFn<S> = Box::new(move |r| {
+            let _ = tx.send(f(r));
+        });
+        self.tx
+            .send(Command::Inspect(f))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The replica's status (role, ballot, leader, commit point...).
+    pub async fn status(&self) -> Result<ReplicaStatus, NodeError> {
+        self.inspect(|r| r.status()).await
+    }
+
+    /// The slots the replica knows in `range`, with status and value.
+    pub async fn log(&self, range: Range<Slot>) -> Result<Vec<SlotInfo>, NodeError> {
+        self.inspect(move |r| r.log(range)).await
+    }
+
+    /// One slot's status and value.
+    pub async fn slot(&self, slot: Slot) -> Result<SlotInfo, NodeError> {
+        self.inspect(move |r| r.slot(slot)).await
+    }
+
+    /// The view changes the replica sent or received.
+    pub async fn view_changes(&self) -> Result<Vec<ViewChange>, NodeError> {
+        self.inspect(|r| r.view_changes().cloned().collect()).await
+    }
+
+    /// Reads the state machine through `f`.
+    pub async fn with_state<R, F>(&self, f: F) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&S) -> R + Send + 'static,
+    {
+        self.inspect(move |r| f(r.state_machine())).await
+    }
+
+    /// Stops the node and waits until its task has finished.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+        self.stopped().await;
+    }
+
+    /// Waits until the node has stopped (shut down, transport closed, storage failed).
+    pub async fn stopped(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// True once the node has stopped.
+    pub fn is_stopped(&self) -> bool {
+        *self.done.borrow()
+    }
+}
+
+#[async_trait]
+impl<S: StateMachine + Send + 'static> Endpoint for NodeHandle<S> {
+    fn node(&self) -> NodeId {
+        self.id
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, EndpointError> {
+        self.submit(request)
+            .await
+            .map_err(|e| EndpointError::new(e.to_string()))
+    }
+}
+
+/// Shared-ownership convenience: a handle behind an `Arc` is an endpoint too.
+#[async_trait]
+impl<E: Endpoint + ?Sized> Endpoint for Arc<E> {
+    fn node(&self) -> NodeId {
+        (**self).node()
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, EndpointError> {
+        (**self).call(request).await
+    }
+}

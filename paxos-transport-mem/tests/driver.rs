@@ -1,0 +1,298 @@
+//! The node driver and the client handle, end to end over the in-memory network.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use paxos_core::{
+    spawn_node, Client, ClientOptions, Config, Endpoint, MemStorage, NodeHandle, NodeOptions,
+    Request, Response, RestoreError, Role, StateMachine,
+};
+use paxos_transport_mem::{Faults, MemNetwork};
+use serde::{Deserialize, Serialize};
+use tokio::time::timeout;
+
+/// A key-value store whose `Add` makes double execution visible.
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Kv(BTreeMap<String, i64>);
+
+#[derive(Serialize, Deserialize)]
+enum Op {
+    Add(String, i64),
+    Get(String),
+}
+
+impl StateMachine for Kv {
+    type Command = Op;
+    type Output = i64;
+    fn apply(&mut self, op: Op) -> i64 {
+        match op {
+            Op::Add(k, n) => {
+                let v = self.0.entry(k).or_default();
+                *v += n;
+                *v
+            }
+            Op::Get(k) => self.0.get(&k).copied().unwrap_or(0),
+        }
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.0).unwrap_or_default()
+    }
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
+        self.0 = postcard::from_bytes(bytes).map_err(|e| RestoreError::new(e.to_string()))?;
+        Ok(())
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn options() -> NodeOptions {
+    NodeOptions {
+        tick: Duration::from_millis(2),
+        ..NodeOptions::default()
+    }
+}
+
+fn cluster(n: u64, seed: u64) -> (MemNetwork, Vec<NodeHandle<Kv>>) {
+    let ids: Vec<u64> = (1..=n).collect();
+    let (network, transports) = MemNetwork::cluster(seed, ids.clone());
+    let nodes = transports
+        .into_iter()
+        .zip(&ids)
+        .map(|(t, &id)| {
+            let mut cfg = Config::new(id, ids.clone());
+            cfg.seed = seed ^ id;
+            spawn_node(cfg, Kv::default(), t, MemStorage::new(), options()).expect("node starts")
+        })
+        .collect();
+    (network, nodes)
+}
+
+fn endpoints(nodes: &[NodeHandle<Kv>]) -> Vec<Arc<dyn Endpoint>> {
+    nodes
+        .iter()
+        .map(|n| Arc::new(n.clone()) as Arc<dyn Endpoint>)
+        .collect()
+}
+
+fn client(nodes: &[NodeHandle<Kv>]) -> Client<Kv> {
+    let options = ClientOptions {
+        attempt_timeout: Duration::from_millis(200),
+        ..ClientOptions::default()
+    };
+    Client::with_options(endpoints(nodes), options)
+}
+
+async fn leader(nodes: &[NodeHandle<Kv>], skip: &[u64]) -> NodeHandle<Kv> {
+    loop {
+        for n in nodes.iter().filter(|n| !skip.contains(&n.id())) {
+            if let Ok(s) = n.status().await {
+                if s.role == Role::Leader {
+                    return n.clone();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until every node in `nodes` has executed `upto` slots, then returns their states.
+async fn converge(nodes: &[NodeHandle<Kv>], upto: u64) -> Vec<BTreeMap<String, i64>> {
+    let mut states = Vec::new();
+    for n in nodes {
+        loop {
+            let s = n.status().await.expect("node runs");
+            if s.executed >= upto {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        states.push(n.with_state(|kv| kv.0.clone()).await.expect("node runs"));
+    }
+    states
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_and_agree() {
+    timeout(LIMIT, async {
+        let (_net, nodes) = cluster(3, 1);
+        let mut c = client(&nodes);
+        for i in 1..=50 {
+            assert_eq!(
+                c.execute(&Op::Add("x".into(), 1)).await.expect("executes"),
+                i
+            );
+        }
+        let done = leader(&nodes, &[])
+            .await
+            .status()
+            .await
+            .expect("runs")
+            .commit_point;
+        let states = converge(&nodes, done).await;
+        assert!(states.iter().all(|s| s.get("x") == Some(&50)), "{states:?}");
+        for n in &nodes {
+            n.shutdown().await;
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_redirects_to_the_leader() {
+    timeout(LIMIT, async {
+        let (_net, nodes) = cluster(3, 2);
+        let l = leader(&nodes, &[]).await;
+        // Wait until every follower knows the leader.
+        for n in nodes.iter().filter(|n| n.id() != l.id()) {
+            loop {
+                if n.status().await.expect("runs").leader == Some(l.id()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let r = n.submit(Request::register(99)).await.expect("answers");
+            assert_eq!(
+                r,
+                Response::Redirect {
+                    leader: Some(l.id())
+                }
+            );
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failure_elects_a_new_leader_and_keeps_serving() {
+    timeout(LIMIT, async {
+        let (net, nodes) = cluster(5, 3);
+        let mut c = client(&nodes);
+        for _ in 0..10 {
+            c.execute(&Op::Add("k".into(), 1)).await.expect("executes");
+        }
+        let old = leader(&nodes, &[]).await;
+        net.crash(old.id());
+        old.shutdown().await;
+        for _ in 0..10 {
+            c.execute(&Op::Add("k".into(), 1))
+                .await
+                .expect("executes after failover");
+        }
+        let new = leader(&nodes, &[old.id()]).await;
+        assert_ne!(new.id(), old.id());
+        let views = new.view_changes().await.expect("runs");
+        assert!(
+            views.iter().any(|v| v.leader == new.id()),
+            "the new leader recorded its NEW-VIEW: {views:?}"
+        );
+        let alive: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.id() != old.id())
+            .cloned()
+            .collect();
+        let done = new.status().await.expect("runs").commit_point;
+        let states = converge(&alive, done).await;
+        assert!(states.iter().all(|s| s.get("k") == Some(&20)), "{states:?}");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_retried_at_a_new_leader_is_not_executed_twice() {
+    timeout(LIMIT, async {
+        let (net, nodes) = cluster(3, 4);
+        let old = leader(&nodes, &[]).await;
+        let client_id = 4242;
+        assert_eq!(
+            old.submit(Request::register(client_id))
+                .await
+                .expect("answers"),
+            Response::Ok(Default::default())
+        );
+        let add = Request {
+            client: client_id,
+            seq: 1,
+            payload: postcard::to_allocvec(&Op::Add("m".into(), 5))
+                .expect("encodes")
+                .into(),
+        };
+        let first = old.submit(add.clone()).await.expect("answers");
+        assert!(matches!(first, Response::Ok(_)), "{first:?}");
+        // The leader fails; the client, unsure, retries the same request elsewhere.
+        net.crash(old.id());
+        old.shutdown().await;
+        let new = leader(&nodes, &[old.id()]).await;
+        let retry = new.submit(add.clone()).await.expect("answers");
+        assert_eq!(retry, first, "the retry gets the cached reply");
+        let again = new.submit(add).await.expect("answers");
+        assert_eq!(again, first);
+        let m = new
+            .with_state(|kv| kv.0.get("m").copied())
+            .await
+            .expect("runs");
+        assert_eq!(m, Some(5), "money moved once");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_complete_over_a_lossy_network() {
+    timeout(Duration::from_secs(40), async {
+        let (net, nodes) = cluster(3, 5);
+        net.set_faults(Faults {
+            drop_rate: 0.1,
+            duplicate_rate: 0.05,
+            min_delay: Duration::ZERO,
+            max_delay: Duration::from_millis(3),
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let mut c = client(&nodes);
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..10 {
+                    c.execute(&Op::Add("n".into(), 1)).await.expect("executes");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("client task");
+        }
+        net.set_faults(Faults::none());
+        let done = leader(&nodes, &[])
+            .await
+            .status()
+            .await
+            .expect("runs")
+            .commit_point;
+        let states = converge(&nodes, done).await;
+        assert!(states.iter().all(|s| s.get("n") == Some(&40)), "{states:?}");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_refuses_requests() {
+    timeout(LIMIT, async {
+        let (_net, nodes) = cluster(1, 6);
+        let mut c = client(&nodes);
+        assert_eq!(
+            c.execute(&Op::Add("a".into(), 2)).await.expect("executes"),
+            2
+        );
+        nodes[0].shutdown().await;
+        assert!(nodes[0].is_stopped());
+        assert!(nodes[0].submit(Request::register(1)).await.is_err());
+        let r = c
+            .execute_within(&Op::Get("a".into()), Duration::from_millis(100))
+            .await;
+        assert!(r.is_err());
+    })
+    .await
+    .expect("test finished in time");
+}
