@@ -1,4 +1,85 @@
-//! Multi-Paxos with a stable leader.
+//! Multi-Paxos with a stable leader, for replicating any deterministic state machine
+//! across `2f + 1` replicas while tolerating `f` crashed ones.
+//!
+//! # Layers
+//! - [`Replica`]: the protocol, sans-IO. Synchronous and deterministic: inputs are peer
+//!   messages, client requests and ticks; outputs ([`Ready`]) are writes to persist,
+//!   messages to send and replies to clients. It reads no clock, touches no socket and
+//!   draws randomness only from [`Config::seed`], so the crate's simulation can drive
+//!   whole clusters of it under seeded faults.
+//! - The seams: [`StateMachine`] (what is replicated), [`Transport`] (how replicas
+//!   talk) and [`Storage`] (where an acceptor's promises and accepted values live;
+//!   [`MemStorage`] for tests).
+//! - [`spawn_node`]: the tokio driver that owns a replica, a transport and a storage,
+//!   and gives out a cloneable [`NodeHandle`].
+//! - [`Client`]: exactly-once submission with sessions, redirects and retries.
+//!
+//! # The protocol
+//! Ballots are `(round, node_id)`. A replica that hears nothing from a leader for a
+//! randomized election timeout runs phase 1 once for every slot above its commit point:
+//! PREPARE, then PROMISEs carrying the acceptors' accepted entries. The new leader keeps,
+//! per slot, the value accepted at the highest ballot, fills gaps with no-ops, and
+//! announces the merged log in a NEW-VIEW. It then runs phase 2 (ACCEPT / ACCEPTED) with
+//! many slots in flight and many slots per ACCEPT; commit points ride on ACCEPTs and
+//! heartbeats, and replicas fetch chosen values they missed. Every replica executes the
+//! log strictly in slot order. A replicated session table ([`Sessions`]) answers a retried
+//! request from its cache, so each request is executed at most once even across leader
+//! changes.
+//!
+//! # Driving a replica by hand
+//! ```
+//! use paxos_core::{Config, MemStorage, Replica, Request, Response, Storage};
+//! # use paxos_core::{StateMachine, RestoreError};
+//! # #[derive(Default)] struct Counter(u64);
+//! # impl StateMachine for Counter {
+//! #     type Command = u64; type Output = u64;
+//! #     fn apply(&mut self, n: u64) -> u64 { self.0 += n; self.0 }
+//! #     fn snapshot(&self) -> Vec<u8> { self.0.to_le_bytes().to_vec() }
+//! #     fn restore(&mut self, b: &[u8]) -> Result<(), RestoreError> {
+//! #         self.0 = u64::from_le_bytes(b.try_into().map_err(|_| RestoreError::new("8 bytes"))?); Ok(())
+//! #     }
+//! # }
+//! // Three replicas, their storage, and a network that is a plain queue.
+//! let ids = vec![1, 2, 3];
+//! let mut storage: Vec<MemStorage> = ids.iter().map(|_| MemStorage::new()).collect();
+//! let mut replicas: Vec<Replica<Counter>> = ids
+//!     .iter()
+//!     .zip(&mut storage)
+//!     .map(|(&id, s)| Replica::new(Config::new(id, ids.clone()), Counter::default(), s.load().unwrap()).unwrap())
+//!     .collect();
+//! let mut in_flight = Vec::new();
+//! let mut replies = Vec::new();
+//! let payload = postcard::to_allocvec(&5u64).unwrap();
+//! for round in 0..200 {
+//!     for (i, r) in replicas.iter_mut().enumerate() {
+//!         r.tick();
+//!         if round == 100 && r.is_leader() {
+//!             r.handle_request(Request::register(9));
+//!         }
+//!         if round == 150 && r.is_leader() {
+//!             r.handle_request(Request { client: 9, seq: 1, payload: payload.clone().into() });
+//!         }
+//!         let ready = r.take_ready();
+//!         storage[i].persist(&ready.persist).unwrap(); // 1. persist
+//!         for (to, m) in ready.messages {                 // 2. send
+//!             in_flight.push((r.id(), to, m));
+//!         }
+//!         replies.extend(ready.replies);                  // 3. reply
+//!     }
+//!     for (from, to, m) in std::mem::take(&mut in_flight) {
+//!         let i = ids.iter().position(|id| *id == to).unwrap();
+//!         replicas[i].handle_message(from, m);
+//!     }
+//! }
+//! let five = postcard::to_allocvec(&5u64).unwrap();
+//! assert!(replies.iter().any(|r| r.seq == 1 && r.response == Response::Ok(five.clone().into())));
+//! assert!(replicas.iter().all(|r| r.state_machine().0 == 5));
+//! ```
+//!
+//! # Running nodes
+//! [`spawn_node`] does the above with real timers and a real [`Transport`] (the
+//! `paxos-transport-mem` and `paxos-transport-tcp` crates provide two); see its docs and
+//! the `kv` example (`cargo run --example kv`).
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod client;

@@ -65,7 +65,11 @@ pub(crate) struct Faults {
 
 impl Faults {
     fn draw(rng: &mut ChaCha8Rng) -> Self {
-        let nodes = if rng.next_u64().is_multiple_of(2) { 3 } else { 5 };
+        let nodes = if rng.next_u64().is_multiple_of(2) {
+            3
+        } else {
+            5
+        };
         Faults {
             nodes,
             loss: if chance(rng, 0.8) {
@@ -813,16 +817,18 @@ fn seeds(default: u64) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     #[test]
     fn simulation_holds_invariants_under_faults() {
-        run_seeds("simulation", seeds(60), |_| {});
+        run_seeds("simulation", seeds(1000), |_| {});
     }
 
     #[test]
     fn simulation_holds_invariants_under_stale_traffic() {
-        run_seeds("simulation (stale traffic)", seeds(30), stale_traffic);
+        run_seeds("simulation (stale traffic)", seeds(500), stale_traffic);
     }
 
     fn run_seeds(name: &str, seeds: Vec<u64>, tweak: fn(&mut Faults)) {
@@ -842,7 +848,8 @@ mod tests {
                 ),
             }
         }
-        println!(
+        // Written to stderr directly so the counts show without `--nocapture`.
+        let line = format!(
             "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes, {} new views, {} requests completed",
             seeds.len(),
             total.steps,
@@ -852,6 +859,7 @@ mod tests {
             total.elections,
             total.completed
         );
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
     }
 
     #[test]
