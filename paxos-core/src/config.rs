@@ -35,6 +35,10 @@ pub struct Config {
     pub max_pending: usize,
     /// The most client sessions kept; the least recently used is dropped beyond it.
     pub max_sessions: usize,
+    /// Every this many executed slots the replica checkpoints its state machine and
+    /// session table and compacts its log below the previous checkpoint. 0 disables
+    /// checkpoints (the log then grows without bound).
+    pub checkpoint_interval: u64,
     #[cfg(test)]
     pub(crate) mutation: crate::mutation::Mutation,
 }
@@ -53,6 +57,7 @@ impl Config {
             max_batch: 1024,
             max_pending: 65_536,
             max_sessions: 100_000,
+            checkpoint_interval: 1000,
             #[cfg(test)]
             mutation: crate::mutation::Mutation::None,
         }

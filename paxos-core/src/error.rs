@@ -32,6 +32,17 @@ pub enum ConfigError {
     },
 }
 
+/// A [`Replica`](crate::Replica) could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReplicaError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The recovered checkpoint is damaged or cannot be restored.
+    #[error("cannot install the recovered checkpoint: {0}")]
+    Checkpoint(String),
+}
+
 /// A [`Storage`](crate::Storage) failed. The core's errors carry no `io::Error`;
 /// implementations describe the cause in the message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -98,7 +98,9 @@ mod types;
 
 pub use client::{Client, ClientOptions, Endpoint, EndpointError};
 pub use config::{Config, MAX_MEMBERS};
-pub use error::{ClientError, ConfigError, NodeError, RestoreError, StorageError, TransportError};
+pub use error::{
+    ClientError, ConfigError, NodeError, ReplicaError, RestoreError, StorageError, TransportError,
+};
 pub use message::{Message, PromiseEntry};
 pub use node::{spawn_node, NodeHandle, NodeOptions};
 pub use replica::{
@@ -106,6 +108,7 @@ pub use replica::{
 };
 pub use sessions::{Session, SessionCheck, Sessions};
 pub use traits::{
-    apply_op, MemStorage, PersistOp, PersistentState, StateMachine, Storage, StoredEntry, Transport,
+    apply_op, Checkpoint, MemStorage, PersistOp, PersistentState, StateMachine, Storage,
+    StoredEntry, Transport,
 };
 pub use types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot, Value};

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::traits::Checkpoint;
 use crate::types::{Ballot, Slot, Value};
 
 /// A slot's state as reported in a [`Message::Promise`].
@@ -100,6 +101,12 @@ pub enum Message {
         /// `(slot, value)` pairs, every one chosen.
         entries: Vec<(Slot, Value)>,
     },
+    /// State transfer: the sender's latest checkpoint, answering a
+    /// [`Message::Fetch`] for slots it has compacted away.
+    Snapshot {
+        /// The checkpoint.
+        checkpoint: Checkpoint,
+    },
 }
 
 impl Message {
@@ -115,6 +122,7 @@ impl Message {
             Message::Heartbeat { .. } => "heartbeat",
             Message::Fetch { .. } => "fetch",
             Message::FetchReply { .. } => "fetch-reply",
+            Message::Snapshot { .. } => "snapshot",
         }
     }
 }

@@ -19,4 +19,7 @@ pub(crate) enum Mutation {
     SkipGaps,
     /// The new leader takes the value with the *lowest* ballot from promises.
     LowestBallotWins,
+    /// Checkpoints leave the session table out, so state transfer and recovery forget
+    /// which requests were executed.
+    CheckpointWithoutSessions,
 }

@@ -9,10 +9,10 @@ use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::error::ConfigError;
+use crate::error::ReplicaError;
 use crate::message::{Message, PromiseEntry};
-use crate::sessions::{SessionCheck, Sessions};
-use crate::traits::{PersistOp, PersistentState, StateMachine};
+use crate::sessions::{Session, SessionCheck, Sessions};
+use crate::traits::{Checkpoint, PersistOp, PersistentState, StateMachine};
 use crate::types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot, Value};
 
 #[cfg(test)]
@@ -72,6 +72,9 @@ pub enum SlotStatus {
     Committed,
     /// The value was executed (`E`).
     Executed,
+    /// The slot was executed and then compacted into a checkpoint; its value is gone
+    /// from the log (`E` in the original system's terms; shown as `K`).
+    Compacted,
 }
 
 impl SlotStatus {
@@ -82,6 +85,7 @@ impl SlotStatus {
             SlotStatus::Accepted => 'A',
             SlotStatus::Committed => 'C',
             SlotStatus::Executed => 'E',
+            SlotStatus::Compacted => 'K',
         }
     }
 }
@@ -143,12 +147,21 @@ pub struct ReplicaStatus {
     pub commit_point: Slot,
     /// Every slot below this was executed.
     pub executed: Slot,
+    /// Slots below this were compacted into the latest checkpoint.
+    pub checkpoint: Slot,
     /// One past the highest slot it knows anything about.
     pub log_end: Slot,
     /// Live client sessions.
     pub sessions: usize,
     /// Ticks since it started.
     pub tick: u64,
+}
+
+/// What a [`Checkpoint`]'s data holds.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    state_machine: Bytes,
+    sessions: Vec<(ClientId, Session)>,
 }
 
 #[derive(Clone, Debug)]
@@ -273,6 +286,12 @@ pub struct Replica<S> {
     election_deadline: u64,
     max_round_seen: u64,
 
+    /// Entries below this slot were compacted into `checkpoint`.
+    log_start: Slot,
+    /// The latest checkpoint. The log is kept from the checkpoint before it, so a
+    /// follower slightly behind can still fetch entries instead of a snapshot.
+    checkpoint: Option<Checkpoint>,
+
     known_commit: Slot,
     fetch_from: Option<NodeId>,
     last_fetch: u64,
@@ -285,9 +304,17 @@ pub struct Replica<S> {
 
 impl<S: StateMachine> Replica<S> {
     /// Builds a replica from its configuration, a fresh state machine and the state its
-    /// [`Storage`](crate::Storage) recovered. Entries below the recovered commit point are
-    /// executed again to rebuild the state machine and the session table.
-    pub fn new(cfg: Config, state_machine: S, state: PersistentState) -> Result<Self, ConfigError> {
+    /// [`Storage`](crate::Storage) recovered. The recovered checkpoint, if any, is
+    /// installed, then the entries between it and the recovered commit point are executed
+    /// again to rebuild the state machine and the session table.
+    ///
+    /// Fails on an invalid configuration, and on a checkpoint that is damaged or that
+    /// the state machine cannot restore.
+    pub fn new(
+        cfg: Config,
+        state_machine: S,
+        state: PersistentState,
+    ) -> Result<Self, ReplicaError> {
         cfg.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let first_timeout = cfg.election_ticks + rng.next_u64() % cfg.election_ticks;
@@ -323,6 +350,8 @@ impl<S: StateMachine> Replica<S> {
             last_heard_leader: 0,
             election_deadline: first_timeout,
             max_round_seen: state.promised.round,
+            log_start: 0,
+            checkpoint: None,
             known_commit: state.commit_point,
             fetch_from: None,
             last_fetch: 0,
@@ -334,14 +363,17 @@ impl<S: StateMachine> Replica<S> {
         };
         // Entries below the stored commit point are chosen; anything missing there is
         // fetched like any other gap.
+        if let Some(cp) = state.checkpoint {
+            r.install(cp).map_err(ReplicaError::Checkpoint)?;
+        }
         let stored_commit = state.commit_point;
-        for (_, e) in r.log.range_mut(..stored_commit) {
+        let start = r.log_start;
+        for (_, e) in r.log.range_mut(start..stored_commit.max(start)) {
             e.chosen = true;
         }
-        r.commit_point = r.first_unchosen(0);
+        r.commit_point = r.first_unchosen(r.commit_point);
+        // Replaying may take a checkpoint; its writes go out with the first `Ready`.
         r.execute();
-        // Recovery itself writes nothing.
-        r.ready.persist.clear();
         Ok(r)
     }
 
@@ -408,6 +440,7 @@ impl<S: StateMachine> Replica<S> {
             leader: self.leader,
             commit_point: self.commit_point,
             executed: self.executed,
+            checkpoint: self.log_start,
             log_end: self.log.last_key_value().map_or(0, |(s, _)| s + 1),
             sessions: self.sessions.len(),
             tick: self.now,
@@ -417,6 +450,12 @@ impl<S: StateMachine> Replica<S> {
     /// The status and value of one slot.
     pub fn slot(&self, slot: Slot) -> SlotInfo {
         match self.log.get(&slot) {
+            None if slot < self.log_start => SlotInfo {
+                slot,
+                status: SlotStatus::Compacted,
+                ballot: None,
+                value: None,
+            },
             None => SlotInfo {
                 slot,
                 status: SlotStatus::None,
@@ -443,6 +482,11 @@ impl<S: StateMachine> Replica<S> {
                 value: Some(e.value.clone()),
             })
             .collect()
+    }
+
+    /// The latest checkpoint, if one was taken or installed.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.checkpoint.as_ref()
     }
 
     /// The view changes this replica sent or received, oldest first (the latest
@@ -595,6 +639,7 @@ impl<S: StateMachine> Replica<S> {
                 commit_point,
                 entries,
             } => self.on_fetch_reply(from, commit_point, entries),
+            Message::Snapshot { checkpoint } => self.on_snapshot(from, checkpoint),
         }
     }
 
@@ -658,11 +703,13 @@ impl<S: StateMachine> Replica<S> {
         // Report everything at or above `from_slot`: chosen entries below our commit
         // point up to a batch, then every entry from the commit point up (bounded by the
         // acceptance window).
+        // Slots below our compaction point are gone from the log: the candidate must
+        // fetch our checkpoint first.
         let mut entries = Vec::new();
-        let mut truncated = false;
+        let mut truncated = from_slot < self.log_start;
         let below = from_slot..self.commit_point.max(from_slot);
         for (s, e) in self.log.range(below) {
-            if entries.len() >= self.cfg.max_batch {
+            if truncated || entries.len() >= self.cfg.max_batch {
                 truncated = true;
                 break;
             }
@@ -719,8 +766,14 @@ impl<S: StateMachine> Replica<S> {
         };
         if candidate.promises.values().any(|p| p.truncated) {
             // Too far behind to merge in one go: learn the chosen entries we were sent,
-            // then prepare again (same ballot) from the new commit point.
-            for p in candidate.promises.values() {
+            // then prepare again (same ballot) from the new commit point. What was
+            // compacted away at the promisers comes by state transfer (fetch).
+            let before = self.commit_point;
+            for (node, p) in &candidate.promises {
+                if p.commit_point > self.known_commit {
+                    self.known_commit = p.commit_point;
+                    self.fetch_from = Some(*node);
+                }
                 for e in &p.entries {
                     if e.chosen {
                         self.learn(e.slot, e.value.clone());
@@ -737,8 +790,11 @@ impl<S: StateMachine> Replica<S> {
                 deadline: candidate.deadline,
                 last_sent: self.now,
             });
-            for m in self.peers() {
-                self.send(m, Message::Prepare { ballot, from_slot });
+            // Without progress, wait for the catch-up and let the tick resend.
+            if from_slot > before {
+                for m in self.peers() {
+                    self.send(m, Message::Prepare { ballot, from_slot });
+                }
             }
             return;
         }
@@ -1251,6 +1307,12 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_fetch(&mut self, from: NodeId, lo: Slot, hi: Slot) {
+        if lo < self.log_start {
+            if let Some(checkpoint) = self.checkpoint.clone() {
+                self.send(from, Message::Snapshot { checkpoint });
+                return;
+            }
+        }
         let entries: Vec<(Slot, Value)> = self
             .log
             .range(lo..hi.max(lo))
@@ -1277,6 +1339,93 @@ impl<S: StateMachine> Replica<S> {
             self.learn(s, v);
         }
         self.advance_commit();
+    }
+
+    fn on_snapshot(&mut self, from: NodeId, checkpoint: Checkpoint) {
+        if checkpoint.slot <= self.commit_point {
+            return;
+        }
+        let slot = checkpoint.slot;
+        match self.install(checkpoint.clone()) {
+            Ok(()) => {
+                self.ready.persist.push(PersistOp::Checkpoint(checkpoint));
+                self.ready.persist.push(PersistOp::Compact(slot));
+                self.ready
+                    .persist
+                    .push(PersistOp::CommitPoint(self.commit_point));
+                self.execute();
+            }
+            Err(e) => {
+                tracing::warn!(node = self.cfg.id, from, slot, error = %e, "refused a snapshot");
+            }
+        }
+    }
+
+    /// Replaces the replicated state with a checkpoint: verifies its digest, restores the
+    /// state machine and the session table, and drops the log below it.
+    fn install(&mut self, checkpoint: Checkpoint) -> Result<(), String> {
+        if !checkpoint.verify() {
+            return Err(format!(
+                "checkpoint at slot {} fails its digest",
+                checkpoint.slot
+            ));
+        }
+        let body: SnapshotBody = postcard::from_bytes(&checkpoint.data)
+            .map_err(|e| format!("undecodable checkpoint: {e}"))?;
+        self.sm
+            .restore(&body.state_machine)
+            .map_err(|e| e.to_string())?;
+        self.sessions = Sessions::from_vec(body.sessions);
+        let slot = checkpoint.slot;
+        self.log = self.log.split_off(&slot);
+        self.log_start = slot;
+        self.executed = self.executed.max(slot);
+        self.commit_point = self.commit_point.max(slot);
+        self.known_commit = self.known_commit.max(slot);
+        self.commit_point = self.first_unchosen(self.commit_point);
+        if let RoleState::Leader(l) = &mut self.role {
+            l.inflight = l.inflight.split_off(&slot);
+            l.next_slot = l.next_slot.max(slot);
+        }
+        self.checkpoint = Some(checkpoint);
+        Ok(())
+    }
+
+    /// Snapshots the state machine and session table at `executed`, and compacts the
+    /// log below the previous checkpoint.
+    fn take_checkpoint(&mut self) {
+        #[allow(unused_mut)]
+        let mut body = SnapshotBody {
+            state_machine: Bytes::from(self.sm.snapshot()),
+            sessions: self.sessions.to_sorted_vec(),
+        };
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::CheckpointWithoutSessions {
+            body.sessions.clear();
+        }
+        let data = match postcard::to_allocvec(&body) {
+            Ok(d) => Bytes::from(d),
+            Err(e) => {
+                tracing::warn!(node = self.cfg.id, error = %e, "cannot encode a checkpoint");
+                return;
+            }
+        };
+        let slot = self.executed;
+        let checkpoint = Checkpoint {
+            slot,
+            digest: crc32fast::hash(&data),
+            data,
+        };
+        let compact_below = self.checkpoint.as_ref().map_or(0, |c| c.slot);
+        self.ready
+            .persist
+            .push(PersistOp::Checkpoint(checkpoint.clone()));
+        self.checkpoint = Some(checkpoint);
+        if compact_below > self.log_start {
+            self.ready.persist.push(PersistOp::Compact(compact_below));
+            self.log = self.log.split_off(&compact_below);
+            self.log_start = compact_below;
+        }
     }
 
     fn maybe_fetch(&mut self) {
@@ -1362,7 +1511,13 @@ impl<S: StateMachine> Replica<S> {
     // ------------------------------------------------------------------ execution
 
     fn execute(&mut self) {
+        let interval = self.cfg.checkpoint_interval;
         while self.executed < self.commit_point {
+            if interval > 0
+                && self.executed >= self.checkpoint.as_ref().map_or(0, |c| c.slot) + interval
+            {
+                self.take_checkpoint();
+            }
             let slot = self.executed;
             self.executed += 1;
             let request = match self.log.get(&slot) {

@@ -61,6 +61,9 @@ pub(crate) struct Faults {
     pub(crate) clients: usize,
     pub(crate) requests_per_client: u64,
     pub(crate) batch_inputs: bool,
+    /// Slots between checkpoints (0: never), small so that compaction and state
+    /// transfer happen within a run.
+    pub(crate) checkpoint_interval: u64,
 }
 
 impl Faults {
@@ -99,6 +102,11 @@ impl Faults {
             clients: 1 + (rng.next_u64() % 5) as usize,
             requests_per_client: 3 + rng.next_u64() % 20,
             batch_inputs: chance(rng, 0.5),
+            checkpoint_interval: if chance(rng, 0.7) {
+                2 + rng.next_u64() % 30
+            } else {
+                0
+            },
         }
     }
 }
@@ -134,6 +142,7 @@ pub(crate) struct Stats {
     pub(crate) elections: u64,
     pub(crate) completed: u64,
     pub(crate) max_slot: Slot,
+    pub(crate) snapshots: u64,
     /// A digest of every delivery, to show that a seed replays identically.
     pub(crate) trace: u64,
 }
@@ -218,7 +227,7 @@ impl Sim {
             .map(|&id| {
                 let storage = MemStorage::new();
                 let replica = Replica::new(
-                    Self::config(id, &members, seed, mutation),
+                    Self::config(id, &members, seed, mutation, &faults),
                     Recorder::default(),
                     crate::PersistentState::default(),
                 )
@@ -267,8 +276,15 @@ impl Sim {
         }
     }
 
-    fn config(id: NodeId, members: &[NodeId], seed: u64, mutation: Mutation) -> Config {
+    fn config(
+        id: NodeId,
+        members: &[NodeId],
+        seed: u64,
+        mutation: Mutation,
+        faults: &Faults,
+    ) -> Config {
         let mut cfg = Config::new(id, members.to_vec());
+        cfg.checkpoint_interval = faults.checkpoint_interval;
         cfg.seed = seed.wrapping_mul(31).wrapping_add(id);
         cfg.heartbeat_ticks = 2;
         cfg.election_ticks = 10;
@@ -385,7 +401,13 @@ impl Sim {
     fn restart(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let state = node.storage.load().expect("mem storage loads");
-        let cfg = Self::config(node.id, &self.members, self.seed ^ self.now, self.mutation);
+        let cfg = Self::config(
+            node.id,
+            &self.members,
+            self.seed ^ self.now,
+            self.mutation,
+            &self.faults,
+        );
         node.replica = Some(Replica::new(cfg, Recorder::default(), state).expect("valid config"));
         node.checked = 0;
     }
@@ -495,6 +517,9 @@ impl Sim {
         for (to, message) in ready.messages {
             if matches!(message, Message::NewView { .. }) {
                 self.stats.elections += 1;
+            }
+            if matches!(message, Message::Snapshot { .. }) {
+                self.stats.snapshots += 1;
             }
             self.send(Envelope::Peer {
                 from: id,
@@ -676,7 +701,10 @@ impl Sim {
                     }
                 }
             }
-            PersistOp::Promise(_) | PersistOp::CommitPoint(_) => {}
+            PersistOp::Promise(_)
+            | PersistOp::CommitPoint(_)
+            | PersistOp::Checkpoint(_)
+            | PersistOp::Compact(_) => {}
         }
         Ok(())
     }
@@ -842,6 +870,7 @@ mod tests {
                     total.crashes += s.crashes;
                     total.elections += s.elections;
                     total.completed += s.completed;
+                    total.snapshots += s.snapshots;
                 }
                 Err(v) => panic!(
                     "{name}: seed {seed} failed: {v}\nreplay: PAXOS_SIM_SEED={seed} cargo test --release -p paxos-core sim::tests -- --nocapture"
@@ -850,13 +879,14 @@ mod tests {
         }
         // Written to stderr directly so the counts show without `--nocapture`.
         let line = format!(
-            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes, {} new views, {} requests completed",
+            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes, {} new views, {} snapshots sent, {} requests completed",
             seeds.len(),
             total.steps,
             total.ticks,
             total.delivered,
             total.crashes,
             total.elections,
+            total.snapshots,
             total.completed
         );
         let _ = writeln!(std::io::stderr().lock(), "{line}");
@@ -935,6 +965,21 @@ mod tests {
         assert!(
             found.is_some(),
             "simulation did not catch a merge that prefers the lowest ballot"
+        );
+        println!("caught at seed {:?}", found);
+    }
+
+    #[test]
+    fn mutant_checkpointing_without_sessions_is_caught() {
+        let found = (0..300).find_map(|seed| {
+            Sim::with_faults(seed, Mutation::CheckpointWithoutSessions, stale_traffic)
+                .run()
+                .err()
+                .map(|v| (seed, v))
+        });
+        assert!(
+            found.is_some(),
+            "simulation did not catch checkpoints that drop the session table"
         );
         println!("caught at seed {:?}", found);
     }

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use serde::{de::DeserializeOwned, Serialize};
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::{StorageError, TransportError};
 use crate::message::Message;
@@ -64,6 +65,7 @@ pub trait StateMachine {
     fn snapshot(&self) -> Vec<u8>;
 
     /// Replaces the whole state with a snapshot taken by [`StateMachine::snapshot`].
+    /// On error the state must be left as it was.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), crate::RestoreError>;
 }
 
@@ -105,6 +107,28 @@ pub struct StoredEntry {
     pub chosen: bool,
 }
 
+/// A durable snapshot of the replicated state at a slot boundary: the state machine and
+/// the session table after executing every slot below `slot`.
+///
+/// `data` is opaque to storage; `digest` (CRC-32 of `data`) lets a receiver or a
+/// recovering replica detect damage before installing it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Every slot below this is reflected in the snapshot.
+    pub slot: Slot,
+    /// CRC-32 of `data`.
+    pub digest: u32,
+    /// The encoded state machine snapshot and session table.
+    pub data: Bytes,
+}
+
+impl Checkpoint {
+    /// True when `data` matches `digest`.
+    pub fn verify(&self) -> bool {
+        crc32fast::hash(&self.data) == self.digest
+    }
+}
+
 /// Everything an acceptor must find again after a restart.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PersistentState {
@@ -112,8 +136,11 @@ pub struct PersistentState {
     pub promised: Ballot,
     /// Accepted or chosen entries by slot.
     pub log: BTreeMap<Slot, StoredEntry>,
-    /// Every slot below this is chosen and its stored value is the chosen one.
+    /// Every slot below this is chosen and its stored value is the chosen one (or is
+    /// covered by the checkpoint).
     pub commit_point: Slot,
+    /// The latest checkpoint; log entries below its slot may be gone.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// A write the core needs to be durable. Produced in [`Ready::persist`](crate::Ready).
@@ -139,6 +166,11 @@ pub enum PersistOp {
     },
     /// Raise the commit point: every slot below it is chosen.
     CommitPoint(Slot),
+    /// Store a checkpoint, replacing an older one. Also raises the commit point to its
+    /// slot. Ignored when the stored checkpoint is at a higher slot.
+    Checkpoint(Checkpoint),
+    /// Drop log entries below this slot: a checkpoint covers them.
+    Compact(Slot),
 }
 
 /// The acceptor's durable state.
@@ -227,5 +259,19 @@ pub fn apply_op(state: &mut PersistentState, op: &PersistOp) {
             e.chosen = true;
         }
         PersistOp::CommitPoint(c) => state.commit_point = state.commit_point.max(*c),
+        PersistOp::Checkpoint(cp) => {
+            if state
+                .checkpoint
+                .as_ref()
+                .is_none_or(|old| old.slot < cp.slot)
+            {
+                state.commit_point = state.commit_point.max(cp.slot);
+                state.checkpoint = Some(cp.clone());
+            }
+        }
+        PersistOp::Compact(below) => {
+            let keep = state.log.split_off(below);
+            state.log = keep;
+        }
     }
 }
