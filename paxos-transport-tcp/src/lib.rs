@@ -1,1 +1,131 @@
-//! TCP transport (in progress).
+//! A [`Transport`](paxos_core::Transport) for `paxos-core` over TCP, and the client side
+//! of the same port.
+//!
+//! Each node listens on one address that serves both its peers and its clients.
+//! [`TcpTransport::bind`] returns the transport (give it to the node driver) and a
+//! [`ClientRequests`] stream of client calls (answer them from the application).
+//! [`TcpClient`] is the matching client: it sends opaque request bytes and returns the
+//! response bytes, so applications define their own request type without writing any
+//! framing.
+//!
+//! # Two nodes exchanging a message
+//!
+//! ```no_run
+//! use paxos_core::{Ballot, Message, Transport};
+//! use paxos_transport_tcp::{TcpConfig, TcpTransport};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! const CLUSTER: u64 = 0xC0FFEE;
+//! let a = "127.0.0.1:7001".parse()?;
+//! let b = "127.0.0.1:7002".parse()?;
+//!
+//! let (node1, _clients1) = TcpTransport::bind(TcpConfig::new(1, CLUSTER, a).with_peer(2, b)).await?;
+//! let (mut node2, _clients2) = TcpTransport::bind(TcpConfig::new(2, CLUSTER, b).with_peer(1, a)).await?;
+//!
+//! // `send` only queues: it never waits for the network.
+//! let hello = Message::Heartbeat { ballot: Ballot::new(1, 1), commit_point: 0 };
+//! node1.send(2, hello.clone()).await?;
+//!
+//! // Messages are attributed to the id the sender's connection proved in its handshake.
+//! assert_eq!(node2.recv().await, Some((1, hello)));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Serving clients
+//!
+//! ```
+//! use bytes::Bytes;
+//! use paxos_transport_tcp::{ClientConfig, TcpClient, TcpConfig, TcpTransport};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), paxos_transport_tcp::TcpError> {
+//! let config = TcpConfig::new(1, 7, "127.0.0.1:0".parse().unwrap());
+//! let (node, mut calls) = TcpTransport::bind(config).await?;
+//!
+//! // The application's loop: decode the request, act, respond.
+//! tokio::spawn(async move {
+//!     while let Some(call) = calls.recv().await {
+//!         let mut reply = b"echo: ".to_vec();
+//!         reply.extend_from_slice(call.request());
+//!         call.respond(Bytes::from(reply));
+//!     }
+//! });
+//!
+//! let mut client = TcpClient::connect(node.local_addr(), ClientConfig::new(7)).await?;
+//! let response = client.call(Bytes::from_static(b"hi")).await?;
+//! assert_eq!(&response[..], b"echo: hi");
+//! assert_eq!(client.server_node_id(), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Connections
+//!
+//! - **Framing.** Every frame is a 4-byte big-endian length followed by that many bytes
+//!   (tokio-util's `LengthDelimitedCodec`). A frame longer than
+//!   [`TcpConfig::max_frame_size`] closes the connection as soon as its length prefix is
+//!   read; until the handshake completes the limit is 1 KiB, so an unauthenticated
+//!   connection cannot make a node allocate much.
+//! - **Handshake.** The connecting side sends a first frame of `b"PXTC"`, the protocol
+//!   version ([`PROTOCOL_VERSION`], big-endian `u16`) and a postcard body with the cluster
+//!   id and its role: a peer node with its node id, or a client. The accepting side checks
+//!   the version, the cluster id and (for a peer) that the id is in its peer map, then
+//!   answers with the same preamble and its own cluster and node id, or with the reason
+//!   for refusing. Any mismatch, and a handshake not completed within
+//!   [`TcpConfig::handshake_timeout`], closes the connection with a `tracing` warning.
+//! - **Peers.** Each node keeps one outbound connection per peer, used only for sending,
+//!   and accepts inbound connections only for receiving; two nodes that dial each other
+//!   therefore have two connections, one per direction. Connections are not
+//!   deduplicated across directions, which keeps reconnection simple and symmetric. A
+//!   message received on an inbound connection is attributed to the node id proved by
+//!   that connection's handshake, never to anything inside the frame; a newer inbound
+//!   connection from the same peer replaces the older one.
+//! - **Sending.** [`Transport::send`](paxos_core::Transport::send) never waits for the
+//!   network: it puts the message on the peer's bounded queue
+//!   ([`TcpConfig::peer_queue_capacity`]) and returns. When the queue is full the message
+//!   is dropped (traced at debug level, counted by [`TcpTransport::dropped_messages`]),
+//!   which the protocol tolerates. A writer task per peer owns the connection: it encodes
+//!   messages with postcard, feeds a batch of frames and flushes once. When the
+//!   connection breaks it redials with capped exponential backoff
+//!   ([`TcpConfig::backoff_min`] to [`TcpConfig::backoff_max`], jittered); while the peer
+//!   is unreachable its queue is emptied rather than delivered stale. All sockets use
+//!   `TCP_NODELAY` and TCP keepalive, and a write that stalls longer than
+//!   [`TcpConfig::write_timeout`] drops the connection and redials.
+//! - **Receiving.** Inbound messages wait in one bounded queue for
+//!   [`Transport::recv`](paxos_core::Transport::recv) /
+//!   [`Transport::try_recv`](paxos_core::Transport::try_recv); when it is full, reading
+//!   pauses and TCP pushes back on the senders.
+//! - **Clients.** After a client handshake, each frame from the client is one request,
+//!   handed to the application as a [`ClientCall`]; each frame back is one response: a
+//!   tag byte (0 ok, 1 busy, 2 no response, 3 response too large) and the response
+//!   bytes. Responses go back in request order; a client may pipeline up to
+//!   [`TcpConfig::max_client_inflight`] requests ([`TcpClient`] sends one at a time).
+//! - **Bad input.** Random bytes, an HTTP request, a length prefix that is too large (or
+//!   negative as a signed number), a truncated frame, a frame that does not decode, or
+//!   silence until the handshake timeout close only that connection, with a warning; the
+//!   node keeps serving. [`TcpConfig::max_connections`] bounds open inbound connections.
+//! - **Shutdown.** Dropping the transport stops its listener, connections and tasks;
+//!   [`TcpTransport::shutdown`] does the same and waits for them.
+//!
+//! The handshake guards against misconfiguration, not against attackers: anyone who can
+//! reach the port and knows the cluster id can claim to be a peer. Run the cluster on a
+//! trusted network.
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod backoff;
+mod client;
+mod codec;
+mod config;
+mod error;
+mod transport;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use client::{ClientCall, ClientRequests, Responder, TcpClient};
+pub use config::{ClientConfig, TcpConfig, DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT};
+pub use error::TcpError;
+pub use transport::TcpTransport;
+pub use wire::PROTOCOL_VERSION;

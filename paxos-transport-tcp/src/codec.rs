@@ -1,0 +1,175 @@
+//! Length-delimited framing with precise errors.
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::error::TcpError;
+
+/// Bytes in a frame's length prefix (a big-endian `u32`).
+const HEAD_LEN: usize = 4;
+
+/// A [`LengthDelimitedCodec`] (4-byte big-endian length prefix) that reports oversized and
+/// truncated frames as [`TcpError`]s and whose limit can be raised after the handshake.
+///
+/// The limit is checked on the length prefix, before any of the frame is buffered, so a
+/// remote cannot make this side allocate more than the limit for one frame.
+#[derive(Debug)]
+pub(crate) struct FrameCodec {
+    inner: LengthDelimitedCodec,
+    max: usize,
+    /// True once the inner codec consumed a frame's length prefix and waits for its body.
+    in_frame: bool,
+}
+
+impl FrameCodec {
+    /// A codec that accepts frames of at most `max` bytes.
+    pub(crate) fn new(max: usize) -> Self {
+        let inner = LengthDelimitedCodec::builder()
+            .length_field_length(HEAD_LEN)
+            .big_endian()
+            .max_frame_length(max)
+            .new_codec();
+        FrameCodec {
+            inner,
+            max,
+            in_frame: false,
+        }
+    }
+
+    /// Changes the limit for later frames.
+    pub(crate) fn set_max_frame_size(&mut self, max: usize) {
+        self.max = max;
+        self.inner.set_max_frame_length(max);
+    }
+
+    /// The limit in force.
+    pub(crate) fn max_frame_size(&self) -> usize {
+        self.max
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = TcpError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, TcpError> {
+        if !self.in_frame {
+            if let Some(&[a, b, c, d]) = src.get(..HEAD_LEN) {
+                let len = u32::from_be_bytes([a, b, c, d]);
+                if u64::from(len) > self.max as u64 {
+                    return Err(TcpError::FrameTooLarge {
+                        len: u64::from(len),
+                        max: self.max,
+                    });
+                }
+            }
+        }
+        let before = src.len();
+        match self.inner.decode(src)? {
+            Some(frame) => {
+                self.in_frame = false;
+                Ok(Some(frame))
+            }
+            None => {
+                // The inner codec consumes the prefix as soon as it has it.
+                if src.len() < before {
+                    self.in_frame = true;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, TcpError> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() && !self.in_frame => Ok(None),
+            None => Err(TcpError::TruncatedFrame),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = TcpError;
+
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), TcpError> {
+        if item.len() > self.max {
+            return Err(TcpError::FrameTooLarge {
+                len: item.len() as u64,
+                max: self.max,
+            });
+        }
+        self.inner.encode(item, dst)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Result<Vec<BytesMut>, TcpError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(f) = codec.decode_eof(&mut buf)? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut codec = FrameCodec::new(16);
+        let mut buf = BytesMut::new();
+        codec.encode(Bytes::from_static(b"hello"), &mut buf).ok();
+        codec.encode(Bytes::new(), &mut buf).ok();
+        let frames = decode_all(&mut codec, &buf).ok();
+        assert_eq!(
+            frames,
+            Some(vec![BytesMut::from(&b"hello"[..]), BytesMut::new()])
+        );
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_buffering() {
+        let mut codec = FrameCodec::new(16);
+        let err = decode_all(&mut codec, &[0, 0, 0, 17]).err();
+        assert!(matches!(
+            err,
+            Some(TcpError::FrameTooLarge { len: 17, max: 16 })
+        ));
+        let mut codec = FrameCodec::new(16);
+        let err = decode_all(&mut codec, &[0xff, 0xff, 0xff, 0xff]).err();
+        assert!(matches!(
+            err,
+            Some(TcpError::FrameTooLarge {
+                len: 0xffff_ffff,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn truncation_is_detected_in_head_and_body() {
+        for bytes in [&[0u8, 0][..], &[0, 0, 0, 5][..], &[0, 0, 0, 5, 1, 2][..]] {
+            let mut codec = FrameCodec::new(16);
+            let err = decode_all(&mut codec, bytes).err();
+            assert!(
+                matches!(err, Some(TcpError::TruncatedFrame)),
+                "{bytes:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn encode_refuses_oversized() {
+        let mut codec = FrameCodec::new(4);
+        let mut buf = BytesMut::new();
+        let err = codec.encode(Bytes::from_static(b"12345"), &mut buf).err();
+        assert!(matches!(
+            err,
+            Some(TcpError::FrameTooLarge { len: 5, max: 4 })
+        ));
+        assert!(buf.is_empty());
+    }
+}

@@ -1,0 +1,251 @@
+//! Settings of a node's transport and of a client.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use paxos_core::NodeId;
+
+use crate::error::TcpError;
+use crate::wire::HANDSHAKE_MAX_FRAME;
+
+/// The default [`TcpConfig::max_frame_size`] and [`ClientConfig::max_frame_size`]: 16 MiB.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
+
+/// The largest frame limit a configuration may set: 1 GiB.
+pub const MAX_FRAME_SIZE_LIMIT: usize = 1 << 30;
+
+/// How a node's [`TcpTransport`](crate::TcpTransport) behaves.
+///
+/// Build one with [`TcpConfig::new`], which fills in defaults, then adjust fields:
+///
+/// ```
+/// use std::time::Duration;
+/// use paxos_transport_tcp::TcpConfig;
+///
+/// let mut config = TcpConfig::new(1, 0xC0FFEE, "127.0.0.1:7001".parse().unwrap())
+///     .with_peer(2, "127.0.0.1:7002".parse().unwrap())
+///     .with_peer(3, "127.0.0.1:7003".parse().unwrap());
+/// config.backoff_max = Duration::from_secs(1);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TcpConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The cluster's id. Every connection's handshake must carry the same id, so nodes of
+    /// two clusters (or a stale configuration) never talk to each other by mistake.
+    pub cluster_id: u64,
+    /// The address to listen on, for peers and clients alike. Port 0 picks a free port
+    /// ([`TcpTransport::local_addr`](crate::TcpTransport::local_addr) tells which).
+    pub listen: SocketAddr,
+    /// The other nodes: where to dial each one. Only these ids may connect as peers.
+    /// An entry for [`node_id`](Self::node_id) itself is allowed and ignored, so every
+    /// node can be given the same full member map.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The largest frame sent or accepted, in bytes. A peer message or client request
+    /// above it is refused: a remote announcing a larger frame is disconnected, a local
+    /// message that encodes larger is dropped with a warning.
+    pub max_frame_size: usize,
+    /// Messages queued per peer while its connection is busy or being established.
+    /// When the queue is full, [`send`](paxos_core::Transport::send) drops the message.
+    pub peer_queue_capacity: usize,
+    /// Inbound messages buffered for [`recv`](paxos_core::Transport::recv). When it is
+    /// full, reading from peers pauses (TCP back-pressure) until the node catches up.
+    pub inbound_queue_capacity: usize,
+    /// Client calls buffered for the application's [`ClientRequests`](crate::ClientRequests).
+    /// A request that finds it full is answered [`TcpError::Busy`].
+    pub client_queue_capacity: usize,
+    /// Requests a client connection may have outstanding (pipelined) at once; beyond it
+    /// the server stops reading from that connection until responses go out.
+    pub max_client_inflight: usize,
+    /// The most inbound connections (peers and clients) open at once; a connection
+    /// beyond it is closed at once with a warning.
+    pub max_connections: usize,
+    /// The first delay before redialing a peer; it doubles on each failure.
+    pub backoff_min: Duration,
+    /// The longest delay between two attempts to dial a peer.
+    pub backoff_max: Duration,
+    /// How long dialing a peer may take.
+    pub connect_timeout: Duration,
+    /// How long a connection may take to complete its handshake, on either side. A
+    /// connection that sends nothing is closed after it.
+    pub handshake_timeout: Duration,
+    /// How long a batch of writes to a peer may take. A peer that stops reading is
+    /// disconnected after it (and redialed), so a half-open connection does not stall
+    /// its queue forever.
+    pub write_timeout: Duration,
+}
+
+impl TcpConfig {
+    /// A configuration with no peers and default limits and timeouts.
+    pub fn new(node_id: NodeId, cluster_id: u64, listen: SocketAddr) -> Self {
+        TcpConfig {
+            node_id,
+            cluster_id,
+            listen,
+            peers: BTreeMap::new(),
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            peer_queue_capacity: 1024,
+            inbound_queue_capacity: 4096,
+            client_queue_capacity: 4096,
+            max_client_inflight: 64,
+            max_connections: 1024,
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Adds (or replaces) a peer.
+    pub fn with_peer(mut self, id: NodeId, addr: SocketAddr) -> Self {
+        self.peers.insert(id, addr);
+        self
+    }
+
+    /// Checks that every setting is usable.
+    pub fn validate(&self) -> Result<(), TcpError> {
+        check_frame_size(self.max_frame_size)?;
+        let positive = [
+            ("peer_queue_capacity", self.peer_queue_capacity),
+            ("inbound_queue_capacity", self.inbound_queue_capacity),
+            ("client_queue_capacity", self.client_queue_capacity),
+            ("max_client_inflight", self.max_client_inflight),
+            ("max_connections", self.max_connections),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(TcpError::config(format!("{name} must be at least 1")));
+            }
+        }
+        let durations = [
+            ("backoff_min", self.backoff_min),
+            ("backoff_max", self.backoff_max),
+            ("connect_timeout", self.connect_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("write_timeout", self.write_timeout),
+        ];
+        for (name, value) in durations {
+            if value.is_zero() {
+                return Err(TcpError::config(format!("{name} must be positive")));
+            }
+        }
+        if self.backoff_min > self.backoff_max {
+            return Err(TcpError::config("backoff_min must not exceed backoff_max"));
+        }
+        // Tokio's semaphore caps permits far above any sane value; stay well below it.
+        if self.max_connections > 1 << 20 {
+            return Err(TcpError::config("max_connections must be at most 1048576"));
+        }
+        Ok(())
+    }
+}
+
+/// How a [`TcpClient`](crate::TcpClient) behaves.
+///
+/// ```
+/// use std::time::Duration;
+/// use paxos_transport_tcp::ClientConfig;
+///
+/// let mut config = ClientConfig::new(0xC0FFEE);
+/// config.call_timeout = Duration::from_secs(2);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The cluster to talk to; the server refuses a client of another cluster.
+    pub cluster_id: u64,
+    /// How long opening the TCP connection may take.
+    pub connect_timeout: Duration,
+    /// How long the handshake may take once connected.
+    pub handshake_timeout: Duration,
+    /// How long one [`call`](crate::TcpClient::call) may take, reconnecting included.
+    pub call_timeout: Duration,
+    /// The largest request or response, in bytes. Keep it no larger than the server's.
+    pub max_frame_size: usize,
+}
+
+impl ClientConfig {
+    /// A configuration with default timeouts (connect 2 s, handshake 5 s, call 5 s) and
+    /// frame limit ([`DEFAULT_MAX_FRAME_SIZE`]).
+    pub fn new(cluster_id: u64) -> Self {
+        ClientConfig {
+            cluster_id,
+            connect_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(5),
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+        }
+    }
+
+    /// Checks that every setting is usable.
+    pub fn validate(&self) -> Result<(), TcpError> {
+        check_frame_size(self.max_frame_size)?;
+        let durations = [
+            ("connect_timeout", self.connect_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("call_timeout", self.call_timeout),
+        ];
+        for (name, value) in durations {
+            if value.is_zero() {
+                return Err(TcpError::config(format!("{name} must be positive")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_frame_size(size: usize) -> Result<(), TcpError> {
+    if !(HANDSHAKE_MAX_FRAME..=MAX_FRAME_SIZE_LIMIT).contains(&size) {
+        return Err(TcpError::config(format!(
+            "max_frame_size must be between {HANDSHAKE_MAX_FRAME} and {MAX_FRAME_SIZE_LIMIT}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(TcpConfig::new(1, 1, addr()).validate().is_ok());
+        assert!(ClientConfig::new(1).validate().is_ok());
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let base = TcpConfig::new(1, 1, addr());
+        let mut bad = Vec::new();
+        let mut c = base.clone();
+        c.max_frame_size = 10;
+        bad.push(c);
+        let mut c = base.clone();
+        c.max_frame_size = MAX_FRAME_SIZE_LIMIT + 1;
+        bad.push(c);
+        let mut c = base.clone();
+        c.peer_queue_capacity = 0;
+        bad.push(c);
+        let mut c = base.clone();
+        c.handshake_timeout = Duration::ZERO;
+        bad.push(c);
+        let mut c = base.clone();
+        c.backoff_min = Duration::from_secs(3);
+        bad.push(c);
+        for c in bad {
+            assert!(matches!(c.validate(), Err(TcpError::Config(_))), "{c:?}");
+        }
+        let mut c = ClientConfig::new(1);
+        c.call_timeout = Duration::ZERO;
+        assert!(matches!(c.validate(), Err(TcpError::Config(_))));
+    }
+}

@@ -1,0 +1,641 @@
+//! Wire-level tests: hostile and malformed connections, handshake refusals, client
+//! framing. Each runs on a current-thread runtime, so the log capture sees every task.
+
+use std::future::Future;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use paxos_core::{Ballot, Message, NodeId, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::wire::{self, Hello, HelloReply, Role, PROTOCOL_VERSION};
+use crate::{ClientConfig, ClientRequests, TcpClient, TcpConfig, TcpError, TcpTransport};
+
+const CLUSTER: u64 = 0xC1;
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Log output captured from the current thread.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Waits until a WARN line containing `needle` has been logged.
+    async fn wait_warn(&self, needle: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if self
+                    .text()
+                    .lines()
+                    .any(|l| l.contains("WARN") && l.contains(needle))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            found.is_ok(),
+            "no warning containing {needle:?}; logs:\n{}",
+            self.text()
+        );
+    }
+}
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    (logs, guard)
+}
+
+async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test step timed out")
+}
+
+fn test_config(id: NodeId, listen: SocketAddr) -> TcpConfig {
+    let mut c = TcpConfig::new(id, CLUSTER, listen);
+    c.backoff_min = Duration::from_millis(10);
+    c.backoff_max = Duration::from_millis(100);
+    c.handshake_timeout = Duration::from_millis(500);
+    c
+}
+
+async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+}
+
+/// Node 1 (under test, answering clients with an echo) and node 2 (a healthy peer).
+/// Node 1 also knows peer 3, which the raw tests impersonate.
+struct Cluster {
+    a: TcpTransport,
+    b: TcpTransport,
+    addr: SocketAddr,
+}
+
+async fn cluster(tweak: impl FnOnce(&mut TcpConfig)) -> Cluster {
+    let (la, lb) = (listener().await, listener().await);
+    let (addr_a, addr_b) = (
+        la.local_addr().expect("addr"),
+        lb.local_addr().expect("addr"),
+    );
+    // Nothing listens at peer 3's address; node 1 only ever receives from "3".
+    let nowhere = listener().await.local_addr().expect("addr");
+    let mut ca = test_config(1, addr_a)
+        .with_peer(2, addr_b)
+        .with_peer(3, nowhere);
+    tweak(&mut ca);
+    let cb = test_config(2, addr_b).with_peer(1, addr_a);
+    let (a, calls) = TcpTransport::from_listener(ca, la).expect("node 1");
+    let (b, _) = TcpTransport::from_listener(cb, lb).expect("node 2");
+    tokio::spawn(echo(calls));
+    Cluster { a, b, addr: addr_a }
+}
+
+async fn echo(mut calls: ClientRequests) {
+    while let Some(call) = calls.recv().await {
+        let reply = call.request().clone();
+        call.respond(reply);
+    }
+}
+
+fn heartbeat(round: u64) -> Message {
+    Message::Heartbeat {
+        ballot: Ballot::new(round, 2),
+        commit_point: round,
+    }
+}
+
+impl Cluster {
+    /// Node 1 still hears node 2 and still answers clients.
+    async fn assert_healthy(&mut self) {
+        within(async {
+            let mut round = 1000;
+            loop {
+                round += 1;
+                self.b.send(1, heartbeat(round)).await.expect("send");
+                let got = tokio::time::timeout(Duration::from_millis(100), self.a.recv()).await;
+                if let Ok(Some((2, Message::Heartbeat { .. }))) = got {
+                    break;
+                }
+            }
+        })
+        .await;
+        let mut client = within(TcpClient::connect(self.addr, ClientConfig::new(CLUSTER)))
+            .await
+            .expect("client connects");
+        let got = within(client.call(Bytes::from_static(b"ping")))
+            .await
+            .expect("call");
+        assert_eq!(&got[..], b"ping");
+    }
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+fn hello_frame(version: u16, cluster_id: u64, role: Role) -> Vec<u8> {
+    let body = wire::encode_handshake(version, &Hello { cluster_id, role }).expect("encode");
+    frame(&body)
+}
+
+async fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let len = stream.read_u32().await?;
+    let mut buf = vec![0; len as usize];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Connects and completes a handshake in `role`.
+async fn handshaken(addr: SocketAddr, role: Role) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&hello_frame(PROTOCOL_VERSION, CLUSTER, role))
+        .await
+        .expect("write");
+    let reply = within(read_frame(&mut s)).await.expect("reply");
+    let reply: HelloReply = wire::decode_handshake(&reply).expect("decode reply");
+    assert_eq!(
+        reply,
+        HelloReply::Accepted {
+            cluster_id: CLUSTER,
+            node_id: 1
+        }
+    );
+    s
+}
+
+/// Waits until the remote closes `stream`; returns what it sent before closing.
+async fn expect_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut seen = Vec::new();
+    within(async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+/// Sends `bytes` on a fresh connection (after a handshake as peer 3 when `handshake`),
+/// optionally half-closes, and checks the node closes the connection and logs `needle`.
+async fn bad_input(bytes: &[u8], handshake: bool, half_close: bool, needle: &str) {
+    let (logs, _guard) = capture();
+    let mut c = cluster(|_| {}).await;
+    let mut s = if handshake {
+        handshaken(c.addr, Role::Peer(3)).await
+    } else {
+        TcpStream::connect(c.addr).await.expect("connect")
+    };
+    s.write_all(bytes).await.expect("write");
+    if half_close {
+        s.shutdown().await.expect("shutdown");
+    }
+    expect_closed(&mut s).await;
+    logs.wait_warn(needle).await;
+    c.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn random_bytes_close_only_that_connection() {
+    // A fixed pseudo-random sequence (xorshift), so failures replay.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let bytes: Vec<u8> = (0..256)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    bad_input(&bytes, false, false, "handshake failed").await;
+}
+
+#[tokio::test]
+async fn random_bytes_after_handshake() {
+    bad_input(
+        &[0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff],
+        true,
+        false,
+        "malformed frame",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_length_prefix_before_handshake() {
+    // The pre-handshake limit is 1 KiB.
+    bad_input(
+        &[0, 0, 0x10, 0],
+        false,
+        false,
+        "frame of 4096 bytes exceeds",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_length_prefix_after_handshake() {
+    let too_big = (crate::DEFAULT_MAX_FRAME_SIZE as u32 + 1).to_be_bytes();
+    bad_input(&too_big, true, false, "exceeds the limit of 16777216").await;
+}
+
+#[tokio::test]
+async fn negative_length_prefix() {
+    bad_input(
+        &[0xff, 0xff, 0xff, 0xff],
+        false,
+        false,
+        "frame of 4294967295",
+    )
+    .await;
+    bad_input(&[0x80, 0, 0, 0], true, false, "frame of 2147483648").await;
+}
+
+#[tokio::test]
+async fn truncated_frame() {
+    // Before the handshake: a prefix announcing 100 bytes, then 10 and end of stream.
+    let mut bytes = vec![0, 0, 0, 100];
+    bytes.extend_from_slice(&[1; 10]);
+    bad_input(&bytes, false, true, "middle of a frame").await;
+    // After it, as a peer; and a bare length prefix.
+    bad_input(&bytes, true, true, "middle of a frame").await;
+    bad_input(&[0, 0, 0, 100], true, true, "middle of a frame").await;
+}
+
+#[tokio::test]
+async fn undecodable_frames() {
+    // A peer message that is not a Message.
+    bad_input(&frame(&[0xff; 16]), true, false, "malformed frame").await;
+    // A valid message followed by trailing garbage.
+    let mut msg = wire::encode_message(&heartbeat(1))
+        .expect("encode")
+        .to_vec();
+    msg.push(0);
+    bad_input(&frame(&msg), true, false, "trailing bytes").await;
+    // A handshake with the right magic and version but a garbage body.
+    let mut hello = b"PXTC".to_vec();
+    hello.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    hello.extend_from_slice(&[0xff; 12]);
+    bad_input(&frame(&hello), false, false, "malformed frame").await;
+    // A first frame without the magic.
+    bad_input(
+        &frame(b"hello there"),
+        false,
+        false,
+        "not a paxos-tcp handshake",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn http_request_is_refused() {
+    let request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n";
+    bad_input(request, false, false, "looks like an HTTP request").await;
+}
+
+#[tokio::test]
+async fn tls_client_hello_is_refused() {
+    bad_input(
+        &[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ],
+        false,
+        false,
+        "looks like a TLS handshake",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn silent_connection_times_out() {
+    let (logs, _guard) = capture();
+    let mut c = cluster(|_| {}).await;
+    let mut silent = TcpStream::connect(c.addr).await.expect("connect");
+    // And one that stops half way through its handshake.
+    let mut partial = TcpStream::connect(c.addr).await.expect("connect");
+    partial.write_all(&[0, 0, 0, 20, 1]).await.expect("write");
+    let started = tokio::time::Instant::now();
+    expect_closed(&mut silent).await;
+    expect_closed(&mut partial).await;
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    logs.wait_warn("handshake timed out").await;
+    c.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn client_that_sends_garbage_after_handshake_is_closed() {
+    // Client frames are opaque, so only framing errors apply: an oversized prefix.
+    let (logs, _guard) = capture();
+    let mut c = cluster(|_| {}).await;
+    let mut s = handshaken(c.addr, Role::Client).await;
+    s.write_all(&[0xff, 0xff, 0xff, 0xfe]).await.expect("write");
+    expect_closed(&mut s).await;
+    logs.wait_warn("closed client connection").await;
+    c.assert_healthy().await;
+}
+
+/// Sends a hello and returns the node's answer (if any) and whether it then closed.
+async fn refused(addr: SocketAddr, hello: Vec<u8>) -> Option<HelloReply> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&hello).await.expect("write");
+    let rest = expect_closed(&mut s).await;
+    let body = rest.get(4..)?;
+    wire::decode_handshake(body).ok()
+}
+
+#[tokio::test]
+async fn handshake_mismatches_are_refused_and_the_node_keeps_serving() {
+    let (logs, _guard) = capture();
+    let mut c = cluster(|_| {}).await;
+
+    let reply = refused(
+        c.addr,
+        hello_frame(PROTOCOL_VERSION, CLUSTER + 1, Role::Peer(3)),
+    )
+    .await;
+    assert!(
+        matches!(&reply, Some(HelloReply::Rejected { reason }) if reason.contains("cluster id mismatch")),
+        "{reply:?}"
+    );
+    logs.wait_warn("cluster id mismatch").await;
+
+    let reply = refused(
+        c.addr,
+        hello_frame(PROTOCOL_VERSION + 1, CLUSTER, Role::Peer(3)),
+    )
+    .await;
+    assert!(
+        matches!(&reply, Some(HelloReply::Rejected { reason }) if reason.contains("version mismatch")),
+        "{reply:?}"
+    );
+    logs.wait_warn("protocol version mismatch").await;
+
+    for id in [9, 1] {
+        // An id outside the peer map, and the node's own id.
+        let reply = refused(
+            c.addr,
+            hello_frame(PROTOCOL_VERSION, CLUSTER, Role::Peer(id)),
+        )
+        .await;
+        assert!(
+            matches!(&reply, Some(HelloReply::Rejected { reason }) if reason.contains("unknown node id")),
+            "{reply:?}"
+        );
+        logs.wait_warn(&format!("unknown node id {id}")).await;
+    }
+
+    // A client of another cluster is refused too.
+    let mut cfg = ClientConfig::new(CLUSTER + 1);
+    cfg.handshake_timeout = Duration::from_secs(2);
+    let err = within(TcpClient::connect(c.addr, cfg)).await.err();
+    assert!(
+        matches!(&err, Some(TcpError::Rejected(r)) if r.contains("cluster id mismatch")),
+        "{err:?}"
+    );
+
+    c.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn messages_are_attributed_to_the_handshake_id() {
+    let mut c = cluster(|_| {}).await;
+    let mut s = handshaken(c.addr, Role::Peer(3)).await;
+    // The ballot names node 2; the connection proved node 3.
+    let msg = heartbeat(5);
+    s.write_all(&frame(&wire::encode_message(&msg).expect("encode")))
+        .await
+        .expect("write");
+    assert_eq!(within(c.a.recv()).await, Some((3, msg)));
+}
+
+#[tokio::test]
+async fn newer_peer_connection_replaces_older() {
+    let (logs, _guard) = capture();
+    let c = cluster(|_| {}).await;
+    let mut old = handshaken(c.addr, Role::Peer(3)).await;
+    let _new = handshaken(c.addr, Role::Peer(3)).await;
+    expect_closed(&mut old).await;
+    assert!(logs
+        .text()
+        .contains("newer connection replaces the older one"));
+}
+
+#[tokio::test]
+async fn too_many_connections_are_closed() {
+    let (logs, _guard) = capture();
+    let l = listener().await;
+    let addr = l.local_addr().expect("addr");
+    let mut config = test_config(1, addr);
+    config.max_connections = 2;
+    let (_node, calls) = TcpTransport::from_listener(config, l).expect("bind");
+    tokio::spawn(echo(calls));
+    let one = handshaken(addr, Role::Client).await;
+    let _two = handshaken(addr, Role::Client).await;
+    let mut three = TcpStream::connect(addr).await.expect("connect");
+    expect_closed(&mut three).await;
+    logs.wait_warn("too many connections").await;
+    // Closing one makes room again.
+    drop(one);
+    within(async {
+        loop {
+            let mut cfg = ClientConfig::new(CLUSTER);
+            cfg.handshake_timeout = Duration::from_millis(200);
+            if let Ok(mut c) = TcpClient::connect(addr, cfg).await {
+                if c.call(Bytes::from_static(b"x")).await.is_ok() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn client_requests_can_be_pipelined_and_answer_in_order() {
+    let c = cluster(|_| {}).await;
+    let mut s = handshaken(c.addr, Role::Client).await;
+    let mut burst = Vec::new();
+    for i in 0..20u8 {
+        burst.extend_from_slice(&frame(&[i; 3]));
+    }
+    s.write_all(&burst).await.expect("write");
+    for i in 0..20u8 {
+        let response = within(read_frame(&mut s)).await.expect("response");
+        assert_eq!(response, vec![wire::tag::OK, i, i, i]);
+    }
+}
+
+#[tokio::test]
+async fn client_errors_busy_no_response_and_too_large() {
+    let (la, addr) = {
+        let l = listener().await;
+        let a = l.local_addr().expect("addr");
+        (l, a)
+    };
+    let mut config = test_config(1, addr);
+    config.client_queue_capacity = 1;
+    config.max_frame_size = 2048;
+    let (_node, mut calls) = TcpTransport::from_listener(config, la).expect("bind");
+    let mut cc = ClientConfig::new(CLUSTER);
+    cc.call_timeout = Duration::from_secs(5);
+    let mut one = within(TcpClient::connect(addr, cc.clone()))
+        .await
+        .expect("c1");
+    let mut two = within(TcpClient::connect(addr, cc)).await.expect("c2");
+
+    // Nobody reads `calls` yet: one request fills the queue, the other is busy.
+    let first = tokio::spawn(async move {
+        let r = one.call(Bytes::from_static(b"one")).await;
+        (one, r)
+    });
+    let second = tokio::spawn(async move {
+        let r = two.call(Bytes::from_static(b"two")).await;
+        (two, r)
+    });
+    let (done, pending) = match within(futures::future::select(first, second)).await {
+        futures::future::Either::Left((done, pending))
+        | futures::future::Either::Right((done, pending)) => (done, pending),
+    };
+    let (mut busy, result) = done.expect("join");
+    assert!(matches!(result, Err(TcpError::Busy)), "{result:?}");
+    // Dropping the queued call unanswered reports NoResponse to its client.
+    let queued = within(calls.recv()).await.expect("a call was queued");
+    drop(queued);
+    let (_, result) = within(pending).await.expect("join");
+    assert!(matches!(result, Err(TcpError::NoResponse)), "{result:?}");
+
+    // A too-large response is reported, and the connection stays usable.
+    let answer = tokio::spawn(async move {
+        let call = calls.recv().await.expect("call");
+        call.respond(Bytes::from(vec![0u8; 4096]));
+        let call = calls.recv().await.expect("call");
+        call.respond(Bytes::from_static(b"fine"));
+        calls
+    });
+    let r = within(busy.call(Bytes::from_static(b"big please"))).await;
+    assert!(matches!(r, Err(TcpError::ResponseTooLarge)), "{r:?}");
+    let r = within(busy.call(Bytes::from_static(b"small"))).await;
+    assert_eq!(r.ok(), Some(Bytes::from_static(b"fine")));
+    let _calls = within(answer).await.expect("join");
+
+    // A request over the client's limit is refused locally.
+    let mut small = ClientConfig::new(CLUSTER);
+    small.max_frame_size = 1024;
+    let mut client = within(TcpClient::connect(addr, small)).await.expect("c3");
+    let r = client.call(Bytes::from(vec![0u8; 1025])).await;
+    assert!(
+        matches!(
+            r,
+            Err(TcpError::FrameTooLarge {
+                len: 1025,
+                max: 1024
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn dropped_call_reports_no_response() {
+    let l = listener().await;
+    let addr = l.local_addr().expect("addr");
+    let (_node, mut calls) = TcpTransport::from_listener(test_config(1, addr), l).expect("bind");
+    tokio::spawn(async move {
+        while let Some(call) = calls.recv().await {
+            drop(call);
+        }
+    });
+    let mut client = within(TcpClient::connect(addr, ClientConfig::new(CLUSTER)))
+        .await
+        .expect("connect");
+    let r = within(client.call(Bytes::from_static(b"x"))).await;
+    assert!(matches!(r, Err(TcpError::NoResponse)), "{r:?}");
+}
+
+#[tokio::test]
+async fn dialing_the_wrong_node_is_refused() {
+    let (logs, _guard) = capture();
+    // Node 1 believes node 2 lives where node 3 actually listens.
+    let (l1, l3) = (listener().await, listener().await);
+    let (a1, a3) = (
+        l1.local_addr().expect("addr"),
+        l3.local_addr().expect("addr"),
+    );
+    let (n1, _) = TcpTransport::from_listener(test_config(1, a1).with_peer(2, a3), l1).expect("n1");
+    let (mut n3, _) =
+        TcpTransport::from_listener(test_config(3, a3).with_peer(1, a1), l3).expect("n3");
+    n1.send(2, heartbeat(1)).await.expect("send");
+    logs.wait_warn("expected node 2 but the remote is node 3")
+        .await;
+    // Node 3 never hears a message meant for node 2.
+    let got = tokio::time::timeout(Duration::from_millis(200), n3.recv()).await;
+    assert!(got.is_err(), "{got:?}");
+}
+
+#[tokio::test]
+async fn bytes_past_a_frame_are_not_lost() {
+    // A frame split across writes, and several frames in one write, both decode.
+    let c = cluster(|_| {}).await;
+    let mut s = handshaken(c.addr, Role::Client).await;
+    let mut both = frame(b"ab");
+    both.extend_from_slice(&frame(b"cd"));
+    let (head, tail) = both.split_at(3);
+    s.write_all(head).await.expect("write");
+    s.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.write_all(tail).await.expect("write");
+    let mut expected = BytesMut::new();
+    expected.put_u8(wire::tag::OK);
+    expected.put_slice(b"ab");
+    assert_eq!(
+        within(read_frame(&mut s)).await.expect("r1"),
+        expected.to_vec()
+    );
+    assert_eq!(
+        within(read_frame(&mut s)).await.expect("r2"),
+        vec![wire::tag::OK, b'c', b'd']
+    );
+}

@@ -1,0 +1,391 @@
+//! What travels inside the frames: handshakes, peer messages, client responses.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use paxos_core::{Message, NodeId};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+
+use crate::codec::FrameCodec;
+use crate::error::TcpError;
+
+/// The version of the wire protocol this crate speaks. Both ends of a connection must
+/// speak the same version; the handshake refuses a mismatch.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The first bytes of every handshake frame.
+pub(crate) const MAGIC: [u8; 4] = *b"PXTC";
+
+/// The limit on frames before the handshake completes, so that an unauthenticated
+/// connection cannot make a node buffer a large frame.
+pub(crate) const HANDSHAKE_MAX_FRAME: usize = 1024;
+
+/// Longest rejection reason sent to a remote.
+const MAX_REASON_LEN: usize = 256;
+
+/// Who opened a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Role {
+    /// A node of the cluster, with its id; it will send [`Message`]s.
+    Peer(NodeId),
+    /// A client; it will send requests and wait for responses.
+    Client,
+}
+
+/// The body of the connector's handshake frame (after magic and version).
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) cluster_id: u64,
+    pub(crate) role: Role,
+}
+
+/// The body of the acceptor's answer to a [`Hello`].
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum HelloReply {
+    /// The connection is accepted; the acceptor is `node_id` of `cluster_id`.
+    Accepted { cluster_id: u64, node_id: NodeId },
+    /// The connection is refused and will be closed.
+    Rejected { reason: String },
+}
+
+/// Encodes a handshake frame: magic, version (big-endian `u16`), postcard body.
+pub(crate) fn encode_handshake<T: Serialize>(version: u16, body: &T) -> Result<Bytes, TcpError> {
+    let mut out = Vec::with_capacity(32);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&version.to_be_bytes());
+    let out = postcard::to_extend(body, out).map_err(|e| TcpError::Encode(e.to_string()))?;
+    Ok(Bytes::from(out))
+}
+
+/// Decodes a handshake frame, checking magic and version before the body.
+pub(crate) fn decode_handshake<T: DeserializeOwned>(frame: &[u8]) -> Result<T, TcpError> {
+    let Some((magic, rest)) = frame.split_first_chunk::<4>() else {
+        return Err(TcpError::NotPaxos(sniff(frame)));
+    };
+    if *magic != MAGIC {
+        return Err(TcpError::NotPaxos(sniff(frame)));
+    }
+    let Some((version, body)) = rest.split_first_chunk::<2>() else {
+        return Err(TcpError::Malformed("handshake too short".into()));
+    };
+    let version = u16::from_be_bytes(*version);
+    if version != PROTOCOL_VERSION {
+        return Err(TcpError::VersionMismatch {
+            remote: version,
+            local: PROTOCOL_VERSION,
+        });
+    }
+    decode_exact(body)
+}
+
+/// Decodes a postcard value that must fill `bytes` exactly.
+pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TcpError> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(TcpError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        ))),
+        Err(e) => Err(TcpError::Malformed(e.to_string())),
+    }
+}
+
+/// Encodes a peer message frame.
+pub(crate) fn encode_message(message: &Message) -> Result<Bytes, TcpError> {
+    postcard::to_stdvec(message)
+        .map(Bytes::from)
+        .map_err(|e| TcpError::Encode(e.to_string()))
+}
+
+/// Decodes a peer message frame.
+pub(crate) fn decode_message(frame: &[u8]) -> Result<Message, TcpError> {
+    decode_exact(frame)
+}
+
+/// A guess at what a non-paxos connection is, for the log.
+pub(crate) fn sniff(bytes: &[u8]) -> &'static str {
+    const HTTP: [&[u8]; 10] = [
+        b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PRI ",
+    ];
+    match bytes {
+        [] => "no data",
+        [0x16, 0x03, ..] => "looks like a TLS handshake",
+        b if HTTP.iter().any(|m| b.starts_with(m)) => "looks like an HTTP request",
+        b if b.starts_with(b"SSH-") => "looks like an SSH client",
+        _ => "unrecognized bytes",
+    }
+}
+
+/// Refines an error from reading the first frame of a connection using the bytes that
+/// were buffered: a bad length prefix is usually some other protocol talking.
+pub(crate) fn classify_first_frame_error(err: TcpError, buffered: &[u8]) -> TcpError {
+    match err {
+        TcpError::FrameTooLarge { .. } | TcpError::TruncatedFrame => match sniff(buffered) {
+            "unrecognized bytes" | "no data" => err,
+            what => TcpError::NotPaxos(what),
+        },
+        other => other,
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+fn truncated(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// Idle time before TCP keepalive probes start on a connection.
+const KEEPALIVE_TIME: Duration = Duration::from_secs(30);
+
+/// Sets the socket options every connection uses: `TCP_NODELAY` (frames are flushed in
+/// batches already, so Nagle only adds latency) and TCP keepalive (so a connection whose
+/// remote vanished is noticed even when idle).
+pub(crate) fn tune_socket(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = TcpKeepalive::new().with_time(KEEPALIVE_TIME);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "windows"
+    ))]
+    let keepalive = keepalive.with_interval(Duration::from_secs(10));
+    SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// Client response tags: the first byte of every response frame.
+pub(crate) mod tag {
+    /// The application's response follows.
+    pub(crate) const OK: u8 = 0;
+    /// The server's request queue was full.
+    pub(crate) const BUSY: u8 = 1;
+    /// The server dropped the request unanswered.
+    pub(crate) const NO_RESPONSE: u8 = 2;
+    /// The application's response did not fit in a frame.
+    pub(crate) const TOO_LARGE: u8 = 3;
+}
+
+/// The outcome of a client request, as the server reports it.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Ok(Bytes),
+    Busy,
+    NoResponse,
+}
+
+/// Encodes a response frame; a response that does not fit becomes `TOO_LARGE`.
+pub(crate) fn encode_outcome(outcome: Outcome, max_frame: usize) -> (Bytes, bool) {
+    let (tag, payload) = match outcome {
+        Outcome::Ok(b) if b.len() < max_frame => (tag::OK, b),
+        Outcome::Ok(_) => return (Bytes::from_static(&[tag::TOO_LARGE]), true),
+        Outcome::Busy => (tag::BUSY, Bytes::new()),
+        Outcome::NoResponse => (tag::NO_RESPONSE, Bytes::new()),
+    };
+    let mut out = BytesMut::with_capacity(1 + payload.len());
+    out.put_u8(tag);
+    out.put_slice(&payload);
+    (out.freeze(), false)
+}
+
+/// Decodes a response frame.
+pub(crate) fn decode_outcome(mut frame: BytesMut) -> Result<Bytes, TcpError> {
+    let Some(&tag) = frame.first() else {
+        return Err(TcpError::Malformed("empty response".into()));
+    };
+    let payload = frame.split_off(1).freeze();
+    match tag {
+        tag::OK => Ok(payload),
+        tag::BUSY => Err(TcpError::Busy),
+        tag::NO_RESPONSE => Err(TcpError::NoResponse),
+        tag::TOO_LARGE => Err(TcpError::ResponseTooLarge),
+        other => Err(TcpError::Malformed(format!("unknown response tag {other}"))),
+    }
+}
+
+/// A framed connection.
+pub(crate) type Conn<S> = Framed<S, FrameCodec>;
+
+/// Runs the connector's side of the handshake: sends `hello`, waits for the acceptor's
+/// answer, checks it. Returns the acceptor's node id.
+pub(crate) async fn connector_handshake<S>(
+    conn: &mut Conn<S>,
+    hello: &Hello,
+    handshake_timeout: Duration,
+) -> Result<NodeId, TcpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = encode_handshake(PROTOCOL_VERSION, hello)?;
+    let exchange = async {
+        conn.send(frame).await?;
+        match conn.next().await {
+            None => Err(TcpError::Closed),
+            Some(Err(e)) => Err(e),
+            Some(Ok(frame)) => decode_handshake::<HelloReply>(&frame),
+        }
+    };
+    let reply = timeout(handshake_timeout, exchange)
+        .await
+        .map_err(|_| TcpError::HandshakeTimeout)??;
+    match reply {
+        HelloReply::Accepted {
+            cluster_id,
+            node_id,
+        } => {
+            if cluster_id != hello.cluster_id {
+                return Err(TcpError::ClusterMismatch {
+                    remote: cluster_id,
+                    local: hello.cluster_id,
+                });
+            }
+            Ok(node_id)
+        }
+        HelloReply::Rejected { reason } => Err(TcpError::Rejected(reason)),
+    }
+}
+
+/// Runs the acceptor's side of the handshake: waits for a [`Hello`], checks it with
+/// `check`, answers. On a refusal the remote is told why (best effort) and the error is
+/// returned for the caller to log.
+pub(crate) async fn acceptor_handshake<S>(
+    conn: &mut Conn<S>,
+    cluster_id: u64,
+    node_id: NodeId,
+    handshake_timeout: Duration,
+    check: impl FnOnce(&Hello) -> Result<(), TcpError>,
+) -> Result<Role, TcpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let first = timeout(handshake_timeout, conn.next())
+        .await
+        .map_err(|_| TcpError::HandshakeTimeout)?;
+    let frame = match first {
+        None => return Err(TcpError::Closed),
+        Some(Err(e)) => return Err(classify_first_frame_error(e, conn.read_buffer())),
+        Some(Ok(frame)) => frame,
+    };
+    let checked = decode_handshake::<Hello>(&frame).and_then(|hello| {
+        if hello.cluster_id != cluster_id {
+            return Err(TcpError::ClusterMismatch {
+                remote: hello.cluster_id,
+                local: cluster_id,
+            });
+        }
+        check(&hello)?;
+        Ok(hello.role)
+    });
+    let reply = match &checked {
+        Ok(_) => HelloReply::Accepted {
+            cluster_id,
+            node_id,
+        },
+        // Tell a remote that speaks this protocol why it is refused; stay silent to
+        // anything else.
+        Err(
+            e @ (TcpError::VersionMismatch { .. }
+            | TcpError::ClusterMismatch { .. }
+            | TcpError::UnknownNode(_)),
+        ) => HelloReply::Rejected {
+            reason: truncated(e.to_string(), MAX_REASON_LEN),
+        },
+        Err(_) => return checked,
+    };
+    let frame = encode_handshake(PROTOCOL_VERSION, &reply)?;
+    let sent = timeout(handshake_timeout, conn.send(frame)).await;
+    let role = checked?;
+    sent.map_err(|_| TcpError::HandshakeTimeout)??;
+    Ok(role)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_round_trip() {
+        let hello = Hello {
+            cluster_id: 7,
+            role: Role::Peer(3),
+        };
+        let frame = encode_handshake(PROTOCOL_VERSION, &hello).ok();
+        let back = frame.and_then(|f| decode_handshake::<Hello>(&f).ok());
+        assert_eq!(back, Some(hello));
+    }
+
+    #[test]
+    fn handshake_checks_magic_version_and_length() {
+        let hello = Hello {
+            cluster_id: 7,
+            role: Role::Client,
+        };
+        let other = encode_handshake(PROTOCOL_VERSION + 1, &hello).unwrap_or_default();
+        assert!(matches!(
+            decode_handshake::<Hello>(&other),
+            Err(TcpError::VersionMismatch { .. })
+        ));
+        assert!(matches!(
+            decode_handshake::<Hello>(b"GET / HTTP/1.1\r\n"),
+            Err(TcpError::NotPaxos("looks like an HTTP request"))
+        ));
+        assert!(matches!(
+            decode_handshake::<Hello>(b"PXTC"),
+            Err(TcpError::Malformed(_))
+        ));
+        let mut long = encode_handshake(PROTOCOL_VERSION, &hello)
+            .unwrap_or_default()
+            .to_vec();
+        long.push(0);
+        assert!(matches!(
+            decode_handshake::<Hello>(&long),
+            Err(TcpError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn reasons_are_cut_on_char_boundaries() {
+        assert_eq!(truncated("héllo".into(), 2), "h");
+        assert_eq!(truncated("hello".into(), 10), "hello");
+    }
+
+    #[test]
+    fn outcomes_round_trip() {
+        let (f, _) = encode_outcome(Outcome::Ok(Bytes::from_static(b"abc")), 100);
+        assert_eq!(
+            decode_outcome(BytesMut::from(&f[..])).ok(),
+            Some(Bytes::from_static(b"abc"))
+        );
+        let (f, too_large) = encode_outcome(Outcome::Ok(Bytes::from_static(b"abc")), 3);
+        assert!(too_large);
+        assert!(matches!(
+            decode_outcome(BytesMut::from(&f[..])),
+            Err(TcpError::ResponseTooLarge)
+        ));
+        let (f, _) = encode_outcome(Outcome::Busy, 100);
+        assert!(matches!(
+            decode_outcome(BytesMut::from(&f[..])),
+            Err(TcpError::Busy)
+        ));
+        assert!(matches!(
+            decode_outcome(BytesMut::new()),
+            Err(TcpError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_outcome(BytesMut::from(&[9u8][..])),
+            Err(TcpError::Malformed(_))
+        ));
+    }
+}
