@@ -97,7 +97,7 @@ pub trait Transport: Send + 'static {
 }
 
 /// One log entry as the acceptor stores it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredEntry {
     /// The ballot the value was accepted at (meaningless when `chosen` came from a fetch).
     pub ballot: Ballot,
@@ -144,7 +144,9 @@ pub struct PersistentState {
 }
 
 /// A write the core needs to be durable. Produced in [`Ready::persist`](crate::Ready).
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Serde-ready so that a write-ahead log can store the operations themselves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PersistOp {
     /// Raise the promised ballot.
     Promise(Ballot),
