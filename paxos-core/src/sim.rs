@@ -143,6 +143,7 @@ pub(crate) struct Stats {
     pub(crate) completed: u64,
     pub(crate) max_slot: Slot,
     pub(crate) snapshots: u64,
+    pub(crate) torn_crashes: u64,
     /// A digest of every delivery, to show that a seed replays identically.
     pub(crate) trace: u64,
 }
@@ -167,9 +168,9 @@ struct Node {
     id: NodeId,
     replica: Option<Replica<Recorder>>,
     storage: MemStorage,
-    /// Highest promised ballot and commit point this node ever reported.
-    max_promised: Ballot,
-    max_commit: Slot,
+    /// Highest promised ballot and commit point this node ever made durable.
+    durable_promised: Ballot,
+    durable_commit: Slot,
     /// How much of this incarnation's applied history was checked.
     checked: usize,
     dirty: bool,
@@ -236,8 +237,8 @@ impl Sim {
                     id,
                     replica: Some(replica),
                     storage,
-                    max_promised: Ballot::ZERO,
-                    max_commit: 0,
+                    durable_promised: Ballot::ZERO,
+                    durable_commit: 0,
                     checked: 0,
                     dirty: false,
                     down_until: 0,
@@ -479,10 +480,43 @@ impl Sim {
     /// After an input, either handle the node's outputs now or (batching) leave them to
     /// accumulate until the end of the tick.
     fn after_input(&mut self, i: usize) -> Result<(), Violation> {
+        if self.faults.crashes
+            && self.faults.batch_inputs
+            && self.now < self.faults.fault_ticks
+            && self.nodes.iter().filter(|n| n.replica.is_none()).count()
+                < (self.faults.nodes - 1) / 2
+            && chance(&mut self.rng, 0.0005)
+        {
+            // Crash in the middle of a round: only a prefix of its writes reached the
+            // disk (the last one may be torn, i.e. lost), and nothing was sent.
+            return self.crash_mid_round(i);
+        }
         if !self.faults.batch_inputs || chance(&mut self.rng, 0.5) {
             self.flush(i)?;
         }
         self.check_node(i)
+    }
+
+    fn crash_mid_round(&mut self, i: usize) -> Result<(), Violation> {
+        let Some(mut r) = self.nodes[i].replica.take() else {
+            return Ok(());
+        };
+        let ready = r.take_ready();
+        let keep = (self.rng.next_u64() % (ready.persist.len() as u64 + 1)) as usize;
+        let durable = &ready.persist[..keep];
+        let id = self.nodes[i].id;
+        self.nodes[i]
+            .storage
+            .persist(durable)
+            .map_err(|e| self.violation(e.to_string()))?;
+        for op in durable {
+            self.observe_persist(id, op)?;
+        }
+        self.nodes[i].dirty = false;
+        self.nodes[i].down_until = self.now + 20 + self.rng.next_u64() % 200;
+        self.stats.crashes += 1;
+        self.stats.torn_crashes += 1;
+        Ok(())
     }
 
     fn flush_all(&mut self) -> Result<(), Violation> {
@@ -514,6 +548,11 @@ impl Sim {
         for op in &ready.persist {
             self.observe_persist(id, op)?;
         }
+        // What is now durable may never be lost, whatever happens next.
+        let node = &mut self.nodes[i];
+        let stored = node.storage.state();
+        node.durable_promised = node.durable_promised.max(stored.promised);
+        node.durable_commit = node.durable_commit.max(stored.commit_point);
         for (to, message) in ready.messages {
             if matches!(message, Message::NewView { .. }) {
                 self.stats.elections += 1;
@@ -731,29 +770,28 @@ impl Sim {
             return Ok(());
         };
         let id = node.id;
-        // Promised ballot and commit point never go back, across restarts too.
-        if r.promised() < node.max_promised {
+        // Promised ballot and commit point never go back below what was made durable
+        // (and so may have been vouched for), across restarts too.
+        if r.promised() < node.durable_promised {
             return Err(Violation {
                 tick: now,
                 what: format!(
                     "node {id} promised went back from {} to {}",
-                    node.max_promised,
+                    node.durable_promised,
                     r.promised()
                 ),
             });
         }
-        node.max_promised = r.promised();
-        if r.commit_point() < node.max_commit {
+        if r.commit_point() < node.durable_commit {
             return Err(Violation {
                 tick: now,
                 what: format!(
                     "node {id} commit point went back from {} to {}",
-                    node.max_commit,
+                    node.durable_commit,
                     r.commit_point()
                 ),
             });
         }
-        node.max_commit = r.commit_point();
         // Executed histories are prefixes of one another, with no request twice.
         let applied = &r.state_machine().applied;
         let from = node.checked;
@@ -859,6 +897,11 @@ mod tests {
         run_seeds("simulation (stale traffic)", seeds(500), stale_traffic);
     }
 
+    #[test]
+    fn simulation_holds_invariants_with_dueling_leaders() {
+        run_seeds("simulation (dueling leaders)", seeds(500), dueling_leaders);
+    }
+
     fn run_seeds(name: &str, seeds: Vec<u64>, tweak: fn(&mut Faults)) {
         let mut total = Stats::default();
         for &seed in &seeds {
@@ -871,6 +914,7 @@ mod tests {
                     total.elections += s.elections;
                     total.completed += s.completed;
                     total.snapshots += s.snapshots;
+                    total.torn_crashes += s.torn_crashes;
                 }
                 Err(v) => panic!(
                     "{name}: seed {seed} failed: {v}\nreplay: PAXOS_SIM_SEED={seed} cargo test --release -p paxos-core sim::tests -- --nocapture"
@@ -879,12 +923,13 @@ mod tests {
         }
         // Written to stderr directly so the counts show without `--nocapture`.
         let line = format!(
-            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes, {} new views, {} snapshots sent, {} requests completed",
+            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes ({} mid-round), {} new views, {} snapshots sent, {} requests completed",
             seeds.len(),
             total.steps,
             total.ticks,
             total.delivered,
             total.crashes,
+            total.torn_crashes,
             total.elections,
             total.snapshots,
             total.completed
@@ -908,10 +953,20 @@ mod tests {
         (0..max_seeds).find_map(|seed| Sim::new(seed, m).run().err().map(|v| (seed, v)))
     }
 
+    /// Old leaders whose proposals arrive long after a new leader took over: three
+    /// nodes, much stale traffic, crashes and partitions.
+    fn dueling_leaders(f: &mut Faults) {
+        f.nodes = 3;
+        f.crashes = true;
+        f.partitions = true;
+        f.loss = f.loss.min(0.1);
+        f.long_delay = 0.3;
+    }
+
     /// Stale traffic from crashed leaders: messages held back past an election.
     fn stale_traffic(f: &mut Faults) {
         f.crashes = true;
-        f.long_delay = f.long_delay.max(0.1);
+        f.long_delay = f.long_delay.max(0.2);
     }
 
     #[test]
@@ -926,8 +981,8 @@ mod tests {
 
     #[test]
     fn mutant_accepting_below_promise_is_caught() {
-        let found = (0..300).find_map(|seed| {
-            Sim::with_faults(seed, Mutation::AcceptBelowPromise, stale_traffic)
+        let found = (0..1000).find_map(|seed| {
+            Sim::with_faults(seed, Mutation::AcceptBelowPromise, dueling_leaders)
                 .run()
                 .err()
                 .map(|v| (seed, v))
