@@ -668,18 +668,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
-        if ballot.node != from {
-            return;
-        }
-        self.saw_round(ballot.round);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if !self.admit(from, ballot, false) {
             return;
         }
         if ballot > self.promised {
@@ -936,22 +925,11 @@ impl<S: StateMachine> Replica<S> {
         entries: Vec<(Slot, Value)>,
         new_view: bool,
     ) {
-        if ballot.node != from {
-            return;
-        }
-        self.saw_round(ballot.round);
         #[cfg(test)]
         let below_ok = self.cfg.mutation == Mutation::AcceptBelowPromise;
         #[cfg(not(test))]
         let below_ok = false;
-        if ballot < self.promised && !below_ok {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if !self.admit(from, ballot, below_ok) {
             return;
         }
         self.follow(from, ballot);
@@ -1006,18 +984,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit_point: Slot) {
-        if ballot.node != from {
-            return;
-        }
-        self.saw_round(ballot.round);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if !self.admit(from, ballot, false) {
             return;
         }
         self.follow(from, ballot);
@@ -1606,6 +1573,22 @@ impl<S: StateMachine> Replica<S> {
 
     fn random_timeout(&mut self) -> u64 {
         self.cfg.election_ticks + self.rng.next_u64() % self.cfg.election_ticks
+    }
+
+    /// Vets a message that `from` sent under `ballot`: ignored unless `from` owns the
+    /// ballot; refused with a NACK when the ballot is below our promise (unless
+    /// `allow_stale`). Returns whether to handle it.
+    fn admit(&mut self, from: NodeId, ballot: Ballot, allow_stale: bool) -> bool {
+        if ballot.node != from {
+            return false;
+        }
+        self.saw_round(ballot.round);
+        if ballot < self.promised && !allow_stale {
+            let promised = self.promised;
+            self.send(from, Message::Nack { ballot, promised });
+            return false;
+        }
+        true
     }
 
     fn saw_round(&mut self, round: u64) {
