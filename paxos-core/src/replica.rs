@@ -731,13 +731,24 @@ impl<S: StateMachine> Replica<S> {
         );
     }
 
-    fn on_promise(&mut self, from: NodeId, ballot: Ballot, promised: Promised) {
+    fn on_promise(&mut self, from: NodeId, ballot: Ballot, mut promised: Promised) {
+        let window = self.accept_window();
         let RoleState::Candidate(c) = &mut self.role else {
             return;
         };
         if c.ballot != ballot {
             return;
         }
+        // An acceptor holds nothing beyond its acceptance window, nor anything below what
+        // we asked for: drop such entries rather than let them size the new view.
+        let limit = c
+            .from_slot
+            .max(promised.commit_point)
+            .saturating_add(window);
+        let from_slot = c.from_slot;
+        promised
+            .entries
+            .retain(|e| e.slot >= from_slot && e.slot < limit);
         c.promises.insert(from, promised);
         self.check_promises();
     }
@@ -847,7 +858,7 @@ impl<S: StateMachine> Replica<S> {
         let end = merged
             .last_key_value()
             .map_or(start, |(s, _)| (s + 1).max(start));
-        let mut entries = Vec::with_capacity((end - start) as usize);
+        let mut entries = Vec::new();
         let mut inflight = BTreeMap::new();
         let mut noops = 0;
         let self_bit = 1u64 << self.me;
@@ -958,7 +969,7 @@ impl<S: StateMachine> Replica<S> {
                 });
             }
         }
-        let window_end = self.commit_point + ACCEPT_WINDOW_FACTOR * self.cfg.max_inflight;
+        let window_end = self.commit_point.saturating_add(self.accept_window());
         let mut acked = Vec::with_capacity(entries.len());
         for (slot, value) in entries {
             if slot < self.commit_point || self.log.get(&slot).is_some_and(|e| e.chosen) {
@@ -1302,10 +1313,18 @@ impl<S: StateMachine> Replica<S> {
             self.known_commit = commit_point;
             self.fetch_from = Some(from);
         }
+        let limit = self.commit_point.saturating_add(self.accept_window());
         for (s, v) in entries {
-            self.learn(s, v);
+            if s < limit {
+                self.learn(s, v);
+            }
         }
         self.advance_commit();
+    }
+
+    /// How far above its commit point an acceptor holds entries.
+    fn accept_window(&self) -> Slot {
+        ACCEPT_WINDOW_FACTOR.saturating_mul(self.cfg.max_inflight)
     }
 
     fn on_snapshot(&mut self, from: NodeId, checkpoint: Checkpoint) {
@@ -1864,5 +1883,48 @@ mod tests {
         assert_eq!(follower.state_machine().applied.len(), 20, "caught up");
         assert!(h.snapshots > 0, "through a snapshot");
         assert_eq!(follower.slot(0).status, SlotStatus::Compacted);
+    }
+
+    #[test]
+    fn a_promise_reaching_absurdly_far_cannot_size_the_new_view() {
+        let cfg = Config::new(1, vec![1, 2, 3]);
+        let mut r = Replica::new(cfg, Recorder::default(), PersistentState::default()).unwrap();
+        while r.role() != Role::Candidate {
+            r.tick();
+        }
+        let ballot = r.promised();
+        let far = PromiseEntry {
+            slot: u64::MAX - 1,
+            ballot: Ballot::new(1, 2),
+            value: Value::Noop,
+            chosen: false,
+        };
+        let near = PromiseEntry {
+            slot: 2,
+            ballot: Ballot::new(1, 2),
+            value: Value::Noop,
+            chosen: false,
+        };
+        r.take_ready();
+        r.handle_message(
+            2,
+            Message::Promise {
+                ballot,
+                commit_point: 0,
+                entries: vec![near, far],
+                truncated: false,
+            },
+        );
+        assert!(r.is_leader());
+        let ready = r.take_ready();
+        let new_view = ready.messages.iter().find_map(|(_, m)| match m {
+            Message::NewView { entries, .. } => Some(entries.len()),
+            _ => None,
+        });
+        assert_eq!(
+            new_view,
+            Some(3),
+            "slots 0..3: two gap no-ops and the reported one"
+        );
     }
 }
