@@ -1,11 +1,23 @@
-//! A bank ledger replicated with `paxos-core`: the state machine, transaction scripts and
-//! the cluster configuration of the `bank` CLI.
+//! A bank ledger replicated with `paxos-core`: the state machine, transaction scripts,
+//! the scenario runner and the cluster configuration of the `bank` CLI.
 //!
 //! - [`Bank`] is a [`StateMachine`](paxos_core::StateMachine) over accounts `A` to `J`
 //!   (by default), applying [`BankCommand`]s: a transfer either moves its amount or is
 //!   [rejected](Rejection) without change.
 //! - [`Scenario`] parses the CSV transaction scripts (see [`SAMPLE_SCENARIO`]) into sets
-//!   of live replicas, transfers and leader failures.
+//!   of live replicas, transfers and leader failures; [`load_scenario`] reads one from a
+//!   file.
+//! - [`run_scenario`] plays a script against a [`Cluster`]: ten logical clients sending
+//!   their transfers concurrently, replicas made available or not per set, `LF` failing
+//!   the leader, and a [`RunReport`] of what was committed, rejected or left pending.
+//!   [`Console`] decides whether it pauses between sets for inspection commands.
+//! - [`Cluster`] is the small, transport-agnostic view of a running cluster the runner
+//!   and the CLI use; [`LocalCluster`] runs one in this process over the in-memory
+//!   transport. [`Gate`] and [`GatedTransport`] make a replica unavailable (it drops
+//!   all protocol traffic) without stopping it.
+//! - PrintDB, PrintLog, PrintStatus and PrintView: [`gather_db`], [`Cluster::log`],
+//!   [`gather_status`], [`gather_views`] return serde types, and [`format_db`],
+//!   [`format_log`], [`format_status`], [`format_views`] render them as [`Table`]s.
 //! - [`expected_balances`] and [`replay`] compute reference outcomes for tests.
 //! - [`ClusterConfig`] is the TOML file naming the replicas and their addresses.
 //!
@@ -17,23 +29,73 @@
 //! println!("{}", run.bank); // A=4 B=12 …
 //! assert_eq!(run.bank.total(), 100);
 //! ```
+//!
+//! Playing a script against five replicas in this process:
+//!
+//! ```
+//! use bank_app::{
+//!     await_agreement, run_scenario, Console, LocalCluster, LocalClusterOptions,
+//!     RunOptions, Scenario,
+//! };
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let script = "Set Number,Transactions,Live Nodes
+//! 1,\"(A, B, 3)\",\"[n1, n2, n3, n4, n5]\"
+//! ,LF,
+//! ,\"(B, C, 13)\",
+//! ";
+//! let scenario = Scenario::parse(script)?;
+//! let cluster = LocalCluster::start(LocalClusterOptions::default())?;
+//! let mut console = Console::new(std::io::sink()); // never pauses
+//! let report = run_scenario(&cluster, &scenario, &RunOptions::default(), &mut console).await?;
+//! assert_eq!((report.committed(), report.rejected(), report.pending()), (2, 0, 0));
+//! assert!(report.leader_failures().all(|f| f.node.is_some()));
+//! println!("{}", report.summary());
+//!
+//! let agreement = await_agreement(&cluster, Duration::from_secs(5)).await;
+//! assert!(agreement.agree && agreement.total() == 100);
+//! cluster.shutdown().await;
+//! # Ok(()) }
+//! ```
 
 mod account;
 mod bank;
+mod cluster;
 mod config;
+mod gate;
+mod inspect;
+mod local;
 mod reference;
+mod runner;
 mod scenario;
+mod table;
 #[cfg(test)]
 mod tests;
 
 pub use account::{Account, AccountError};
 pub use bank::{Bank, BankCommand, BankError, BankOutput, Rejection, DEFAULT_INITIAL_BALANCE};
+pub use cluster::{
+    Cluster, ClusterError, DbSnapshot, EntryValue, LogEntry, NodeStatus, MAX_LOG_ENTRIES,
+};
 pub use config::{
     ClusterConfig, ConfigError, NodeConfig, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLUSTER_ID,
     MAX_CONFIG_BYTES,
 };
+pub use gate::{Gate, GatedTransport};
+pub use inspect::{
+    format_db, format_log, format_status, format_views, gather_db, gather_status, gather_views,
+    run_command, ClientNames, CommandError, ConsoleCommand, NodeResult, CONSOLE_HELP,
+};
+pub use local::{LocalCluster, LocalClusterError, LocalClusterOptions};
 pub use reference::{expected_balances, replay, Outcome, ReferenceRun};
+pub use runner::{
+    await_agreement, load_scenario, run_scenario, Agreement, Console, LeaderFailure, LoadError,
+    RunError, RunOptions, RunReport, SetReport, TransferOutcome, TransferRecord,
+};
 pub use scenario::{
     Item, LineError, Scenario, ScenarioError, ScenarioOptions, TxSet, MAX_LINE_BYTES,
     MAX_SCENARIO_BYTES, MAX_SCENARIO_LINES, SAMPLE_SCENARIO, SCENARIO_HEADER,
 };
+pub use table::{Align, Table};

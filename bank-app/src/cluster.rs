@@ -1,0 +1,319 @@
+//! The cluster as the scenario runner and the CLI see it: a small, transport-agnostic
+//! trait, and the serde types its inspection calls return.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use paxos_core::{
+    Ballot, ClientId, Endpoint, NodeId, ReplicaStatus, Role, Slot, SlotInfo, SlotStatus, Value,
+    ViewChange,
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::account::Account;
+use crate::bank::BankCommand;
+
+/// The most log entries [`Cluster::log`] returns: the latest ones are kept.
+pub const MAX_LOG_ENTRIES: usize = 10_000;
+
+/// A [`Cluster`] operation on one replica failed.
+#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum ClusterError {
+    /// The cluster has no replica with this id.
+    #[error("no replica n{0} in this cluster")]
+    UnknownNode(NodeId),
+    /// The replica did not answer (stopped, crashed, or not reachable over the network).
+    #[error("n{node} unreachable: {reason}")]
+    Unreachable {
+        /// The replica.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A replica's protocol status and whether it is available.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// False while the replica is made unavailable ([`Cluster::set_available`]).
+    pub available: bool,
+    /// What the replica itself reports.
+    pub replica: ReplicaStatus,
+}
+
+impl NodeStatus {
+    /// True when the replica is available and believes it leads.
+    pub fn is_available_leader(&self) -> bool {
+        self.available && self.replica.role == Role::Leader
+    }
+}
+
+/// One replica's copy of the bank (PrintDB).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbSnapshot {
+    /// The replica.
+    pub node: NodeId,
+    /// False while the replica is made unavailable.
+    pub available: bool,
+    /// How many log slots the replica has executed: the balances reflect slots
+    /// `0..executed`.
+    pub executed: Slot,
+    /// Every account's balance.
+    pub balances: BTreeMap<Account, i64>,
+}
+
+impl DbSnapshot {
+    /// The sum of all balances.
+    pub fn total(&self) -> i128 {
+        self.balances.values().map(|&b| i128::from(b)).sum()
+    }
+}
+
+/// One slot of a replica's log, with its value decoded for the bank (PrintLog,
+/// PrintStatus).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The slot.
+    pub slot: Slot,
+    /// Its status at this replica; [`SlotStatus::code`] gives the `X`/`A`/`C`/`E` letter.
+    pub status: SlotStatus,
+    /// The ballot the value was accepted at; `None` when there is no value, or when the
+    /// replica learned the chosen value from a peer without accepting it.
+    pub ballot: Option<Ballot>,
+    /// The value.
+    pub value: EntryValue,
+}
+
+impl LogEntry {
+    /// Decodes a replica's slot for display.
+    pub fn from_slot(info: SlotInfo) -> LogEntry {
+        LogEntry {
+            slot: info.slot,
+            status: info.status,
+            // The core reports `Ballot::ZERO` for a value learned by fetching it.
+            ballot: info.ballot.filter(|b| *b != Ballot::ZERO),
+            value: info.value.map_or(EntryValue::Empty, EntryValue::decode),
+        }
+    }
+
+    /// The status letter: `X` (nothing), `A` (accepted), `C` (committed), `E` (executed).
+    pub fn code(&self) -> char {
+        self.status.code()
+    }
+}
+
+/// What a log slot holds, decoded as a bank command where it is one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryValue {
+    /// Nothing is known about the slot.
+    Empty,
+    /// A no-op that filled a gap during a view change.
+    Noop,
+    /// A client registered its session.
+    Register {
+        /// The client's session id.
+        client: ClientId,
+    },
+    /// A bank command.
+    Command {
+        /// The client's session id.
+        client: ClientId,
+        /// The request number within the session.
+        seq: u64,
+        /// The command.
+        command: BankCommand,
+    },
+    /// A request whose payload is not a bank command (it was rejected on execution).
+    Undecodable {
+        /// The client's session id.
+        client: ClientId,
+        /// The request number within the session.
+        seq: u64,
+        /// The payload's size.
+        bytes: usize,
+    },
+}
+
+impl EntryValue {
+    /// Decodes a slot value.
+    pub fn decode(value: Value) -> EntryValue {
+        match value {
+            Value::Noop => EntryValue::Noop,
+            Value::Request(r) if r.is_register() => EntryValue::Register { client: r.client },
+            Value::Request(r) => match postcard::from_bytes::<BankCommand>(&r.payload) {
+                Ok(command) => EntryValue::Command {
+                    client: r.client,
+                    seq: r.seq,
+                    command,
+                },
+                Err(_) => EntryValue::Undecodable {
+                    client: r.client,
+                    seq: r.seq,
+                    bytes: r.payload.len(),
+                },
+            },
+        }
+    }
+
+    /// The session id of the client whose request this is.
+    pub fn client(&self) -> Option<ClientId> {
+        match self {
+            EntryValue::Register { client }
+            | EntryValue::Command { client, .. }
+            | EntryValue::Undecodable { client, .. } => Some(*client),
+            EntryValue::Empty | EntryValue::Noop => None,
+        }
+    }
+}
+
+impl fmt::Display for EntryValue {
+    /// `A->B 2`, `balance A`, `no-op`, `register c…`, `-` for an empty slot.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EntryValue::Empty => f.write_str("-"),
+            EntryValue::Noop => f.write_str("no-op"),
+            EntryValue::Register { client } => write!(f, "register {}", ShortClient(*client)),
+            EntryValue::Command { command, .. } => write!(f, "{}", CommandDisplay(command)),
+            EntryValue::Undecodable { bytes, .. } => write!(f, "undecodable ({bytes} bytes)"),
+        }
+    }
+}
+
+/// Displays a client session id briefly: `c` and its first 8 hex digits.
+pub(crate) struct ShortClient(pub(crate) ClientId);
+
+impl fmt::Display for ShortClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{:08x}", self.0 >> 32)
+    }
+}
+
+/// Displays a bank command compactly: `A->B 2`, `balance A`.
+pub(crate) struct CommandDisplay<'a>(pub(crate) &'a BankCommand);
+
+impl fmt::Display for CommandDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            BankCommand::Transfer { from, to, amount } => write!(f, "{from}->{to} {amount}"),
+            BankCommand::Balance { account } => write!(f, "balance {account}"),
+        }
+    }
+}
+
+/// A running cluster of bank replicas, as the scenario runner drives it and the CLI
+/// inspects it.
+///
+/// Implementations: [`LocalCluster`](crate::LocalCluster) runs every replica in this
+/// process over the in-memory transport; a TCP implementation talks to replica
+/// processes. The trait says nothing about transports.
+///
+/// # Contract
+/// - A replica that is *unavailable* ([`set_available`](Cluster::set_available) with
+///   `false`) drops all protocol traffic, as if crashed, but still answers the
+///   inspection calls ([`replica_status`](Cluster::replica_status), [`db`](Cluster::db),
+///   [`log`](Cluster::log), [`status`](Cluster::status), [`views`](Cluster::views)).
+/// - Its client [endpoint](Cluster::endpoints) does not answer client requests: it fails
+///   at once, or waits until the client's attempt times out.
+/// - A replica that cannot be reached at all yields [`ClusterError::Unreachable`]; the
+///   caller treats it as down and goes on. Implementations bound how long a call to an
+///   unreachable replica can take.
+#[async_trait]
+pub trait Cluster: Send + Sync {
+    /// The replicas' ids, ascending.
+    fn nodes(&self) -> Vec<NodeId>;
+
+    /// One client endpoint per replica, for [`paxos_core::Client`]s.
+    fn endpoints(&self) -> Vec<Arc<dyn Endpoint>>;
+
+    /// Makes a replica available (it takes part in the protocol) or unavailable (it
+    /// drops all protocol traffic and client requests).
+    async fn set_available(&self, node: NodeId, available: bool) -> Result<(), ClusterError>;
+
+    /// A replica's status and availability.
+    async fn replica_status(&self, node: NodeId) -> Result<NodeStatus, ClusterError>;
+
+    /// A replica's balances (PrintDB).
+    async fn db(&self, node: NodeId) -> Result<DbSnapshot, ClusterError>;
+
+    /// A replica's log, oldest slot first: at most the latest [`MAX_LOG_ENTRIES`]
+    /// slots it knows about (PrintLog).
+    async fn log(&self, node: NodeId) -> Result<Vec<LogEntry>, ClusterError>;
+
+    /// One slot's status and value at a replica (PrintStatus).
+    async fn status(&self, node: NodeId, slot: Slot) -> Result<LogEntry, ClusterError>;
+
+    /// The view changes a replica sent or received, oldest first (PrintView).
+    async fn views(&self, node: NodeId) -> Result<Vec<ViewChange>, ClusterError>;
+
+    /// The current leader: among the available replicas that say they lead, the one
+    /// with the highest ballot. `None` while no available replica leads (an election is
+    /// under way, or no majority is available). Asks every replica, concurrently.
+    async fn leader(&self) -> Option<NodeId> {
+        let nodes = self.nodes();
+        let statuses =
+            futures::future::join_all(nodes.iter().map(|&n| self.replica_status(n))).await;
+        statuses
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(NodeStatus::is_available_leader)
+            .max_by_key(|s| s.replica.promised)
+            .map(|s| s.replica.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paxos_core::Request;
+
+    use super::*;
+
+    #[test]
+    fn slot_values_decode_for_display() {
+        let command = BankCommand::Transfer {
+            from: Account::new('I').unwrap(),
+            to: Account::A,
+            amount: 20,
+        };
+        let payload = postcard::to_allocvec(&command).unwrap();
+        let request = |seq, payload: Vec<u8>| {
+            Value::Request(Request {
+                client: 0xabcd_ef01_2345_6789,
+                seq,
+                payload: payload.into(),
+            })
+        };
+        let decoded = EntryValue::decode(request(3, payload));
+        assert_eq!(decoded.to_string(), "I->A 20");
+        assert_eq!(decoded.client(), Some(0xabcd_ef01_2345_6789));
+        let register = EntryValue::decode(Value::Request(Request::register(0xabcd_ef01_2345_6789)));
+        assert_eq!(register.to_string(), "register cabcdef01");
+        assert_eq!(EntryValue::decode(Value::Noop).to_string(), "no-op");
+        let junk = EntryValue::decode(request(4, vec![9, 9, 9]));
+        assert_eq!(junk.to_string(), "undecodable (3 bytes)");
+        let balance = BankCommand::Balance {
+            account: Account::J,
+        };
+        assert_eq!(CommandDisplay(&balance).to_string(), "balance J");
+
+        let fetched = LogEntry::from_slot(SlotInfo {
+            slot: 5,
+            status: SlotStatus::Executed,
+            ballot: Some(Ballot::ZERO),
+            value: Some(Value::Noop),
+        });
+        assert_eq!((fetched.ballot, fetched.code()), (None, 'E'));
+        let empty = LogEntry::from_slot(SlotInfo {
+            slot: 6,
+            status: SlotStatus::None,
+            ballot: None,
+            value: None,
+        });
+        assert_eq!(
+            (empty.value.to_string(), empty.code()),
+            ("-".to_string(), 'X')
+        );
+    }
+}

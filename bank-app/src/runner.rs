@@ -1,0 +1,935 @@
+//! The scenario runner: plays a transaction script against a [`Cluster`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use paxos_core::{Ballot, Client, ClientError, ClientId, ClientOptions, NodeId};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::account::Account;
+use crate::bank::{Bank, BankCommand, BankOutput};
+use crate::cluster::{Cluster, CommandDisplay};
+use crate::inspect::{gather_db, run_command, ClientNames, ConsoleCommand, CONSOLE_HELP};
+use crate::scenario::{Item, Scenario, ScenarioError, ScenarioOptions};
+use crate::table::{Align, Table};
+
+/// How long a transfer may take before its client gives up: long enough to outlive any
+/// run, so a transfer is never abandoned and resubmitted under a new request number.
+const TRANSFER_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How often the runner asks for the leader while waiting for one.
+const LEADER_POLL: Duration = Duration::from_millis(20);
+
+/// How the runner plays a script.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// A set ends when everything released so far has completed, or this long after it
+    /// started, whichever comes first. Default 3 s.
+    pub set_timeout: Duration,
+    /// How each logical client retries. Default: attempts of 300 ms, backoff from 5 ms
+    /// to 200 ms. Its `default_deadline` is not used: a client keeps retrying a transfer
+    /// until the run ends.
+    pub client: ClientOptions,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            set_timeout: Duration::from_secs(3),
+            client: ClientOptions {
+                attempt_timeout: Duration::from_millis(300),
+                min_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(200),
+                default_deadline: TRANSFER_DEADLINE,
+            },
+        }
+    }
+}
+
+/// Where the runner writes its progress, and where it reads commands when it pauses.
+///
+/// [`Console::new`] never pauses. [`Console::interactive`] pauses after every set but
+/// the last, reading [`ConsoleCommand`]s (`printdb`, `printlog N`, `printstatus SEQ`,
+/// `printview`) line by line until an empty line; at the end of input it stops pausing.
+/// A binary passes stdin only when it is a terminal
+/// ([`std::io::IsTerminal`]); tests pass a `Cursor` with a scripted session.
+pub struct Console<W> {
+    input: Option<Box<dyn BufRead + Send>>,
+    output: W,
+}
+
+impl<W> fmt::Debug for Console<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Console")
+            .field("interactive", &self.input.is_some())
+            .finish()
+    }
+}
+
+impl<W: Write + Send> Console<W> {
+    /// Writes to `output` and never pauses.
+    pub fn new(output: W) -> Console<W> {
+        Console {
+            input: None,
+            output,
+        }
+    }
+
+    /// Writes to `output` and pauses between sets, reading commands from `input`.
+    pub fn interactive(input: impl BufRead + Send + 'static, output: W) -> Console<W> {
+        Console {
+            input: Some(Box::new(input)),
+            output,
+        }
+    }
+
+    /// True while the console pauses between sets.
+    pub fn is_interactive(&self) -> bool {
+        self.input.is_some()
+    }
+
+    /// The output.
+    pub fn output(&mut self) -> &mut W {
+        &mut self.output
+    }
+
+    /// Gives the output back.
+    pub fn into_output(self) -> W {
+        self.output
+    }
+
+    /// Reads one line without blocking the async runtime. `None` at the end of input
+    /// (or on a read error), after which the console is no longer interactive.
+    async fn read_line(&mut self) -> Option<String> {
+        let mut input = self.input.take()?;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            // Commands are short; a longer line is cut off, never buffered whole.
+            let n = input.by_ref().take(4096).read_line(&mut line);
+            (input, n, line)
+        })
+        .await;
+        match read {
+            Ok((input, Ok(n), line)) if n > 0 => {
+                self.input = Some(input);
+                Some(line)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A run could not go on.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// Writing progress to the console failed.
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+    /// The run was polled outside a tokio runtime, which its clients and timers need.
+    #[error("the scenario runner must run inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// What became of one transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferOutcome {
+    /// The transfer was committed and executed; the bank moved the money or rejected it.
+    Committed(BankOutput),
+    /// It had not completed when the run ended; it may still commit later.
+    Pending,
+    /// Its client gave up with an error; it may or may not have been executed.
+    Failed(String),
+}
+
+/// One transfer of the script and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    /// The set it belongs to.
+    pub set: u32,
+    /// The command.
+    pub command: BankCommand,
+    /// The logical client that submitted it (its sender).
+    pub client: Account,
+    /// What became of it.
+    pub outcome: TransferOutcome,
+    /// The set during which it completed (or the pause after it).
+    pub completed_in_set: Option<u32>,
+    /// From the moment its client submitted it to the answer.
+    pub latency: Option<Duration>,
+}
+
+impl TransferRecord {
+    /// True when the transfer was committed (moved or rejected).
+    pub fn is_committed(&self) -> bool {
+        matches!(self.outcome, TransferOutcome::Committed(_))
+    }
+
+    /// True when the transfer was committed and the bank rejected it.
+    pub fn is_rejected(&self) -> bool {
+        matches!(&self.outcome, TransferOutcome::Committed(o) if !o.is_ok())
+    }
+
+    /// True when the transfer was still pending at the end of the run.
+    pub fn is_pending(&self) -> bool {
+        matches!(self.outcome, TransferOutcome::Pending)
+    }
+}
+
+/// An `LF` row: the leader the runner made unavailable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderFailure {
+    /// The set.
+    pub set: u32,
+    /// The row's position among the set's items, from 0.
+    pub position: usize,
+    /// The leader made unavailable; `None` if no leader emerged before the set's
+    /// timeout.
+    pub node: Option<NodeId>,
+    /// The leader's ballot when it was failed.
+    pub ballot: Option<Ballot>,
+}
+
+/// How one set went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetReport {
+    /// The set's number.
+    pub number: u32,
+    /// The replicas the script made available.
+    pub live: Vec<NodeId>,
+    /// Replicas that could not be reached to set their availability (treated as down).
+    pub unreachable: Vec<NodeId>,
+    /// True when the live replicas were a majority.
+    pub has_majority: bool,
+    /// The transfers the set released.
+    pub released: usize,
+    /// Transfers that completed during the set, including ones carried over.
+    pub completed: usize,
+    /// Transfers still pending when the set ended, carried over to the next set (if any).
+    pub carried_over: usize,
+    /// True when the set ended on its timeout rather than with everything completed.
+    pub timed_out: bool,
+    /// The `LF` rows.
+    pub leader_failures: Vec<LeaderFailure>,
+    /// The leader when the set ended.
+    pub leader_at_end: Option<NodeId>,
+    /// How long the set ran (not counting a pause after it).
+    pub elapsed: Duration,
+}
+
+/// Everything a run did: per transfer, per set, and overall.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Every transfer, in script order.
+    pub transfers: Vec<TransferRecord>,
+    /// Every set, in script order.
+    pub sets: Vec<SetReport>,
+    /// The session id of each logical client.
+    pub clients: BTreeMap<Account, ClientId>,
+    /// The whole run, pauses included.
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    /// Committed transfers, moved or rejected.
+    pub fn committed(&self) -> usize {
+        self.transfers.iter().filter(|t| t.is_committed()).count()
+    }
+
+    /// Committed transfers the bank rejected.
+    pub fn rejected(&self) -> usize {
+        self.transfers.iter().filter(|t| t.is_rejected()).count()
+    }
+
+    /// Transfers still pending.
+    pub fn pending(&self) -> usize {
+        self.transfers.iter().filter(|t| t.is_pending()).count()
+    }
+
+    /// Transfers whose client gave up with an error.
+    pub fn failed(&self) -> usize {
+        self.transfers
+            .iter()
+            .filter(|t| matches!(t.outcome, TransferOutcome::Failed(_)))
+            .count()
+    }
+
+    /// Every `LF` row, in order.
+    pub fn leader_failures(&self) -> impl Iterator<Item = &LeaderFailure> {
+        self.sets.iter().flat_map(|s| &s.leader_failures)
+    }
+
+    /// Names for the clients' session ids, for [`format_log`](crate::format_log).
+    pub fn client_names(&self) -> ClientNames {
+        self.clients.iter().map(|(&a, &c)| (c, a)).collect()
+    }
+
+    /// Latencies of committed transfers, ascending.
+    fn latencies(&self) -> Vec<Duration> {
+        let mut l: Vec<Duration> = self
+            .transfers
+            .iter()
+            .filter(|t| t.is_committed())
+            .filter_map(|t| t.latency)
+            .collect();
+        l.sort();
+        l
+    }
+
+    /// The summary: counts, timings, and a table of every transfer.
+    pub fn summary(&self) -> String {
+        let committed = self.committed();
+        let rejected = self.rejected();
+        let mut out = format!(
+            "{} transfers: {} committed ({} moved money, {} rejected), {} still pending",
+            self.transfers.len(),
+            committed,
+            committed.saturating_sub(rejected),
+            rejected,
+            self.pending(),
+        );
+        let failed = self.failed();
+        if failed > 0 {
+            out.push_str(&format!(", {failed} failed"));
+        }
+        out.push('\n');
+        let l = self.latencies();
+        if let (Some(min), Some(median), Some(max)) = (l.first(), l.get(l.len() / 2), l.last()) {
+            out.push_str(&format!(
+                "latency of committed transfers: min {}, median {}, max {}\n",
+                Millis(*min),
+                Millis(*median),
+                Millis(*max)
+            ));
+        }
+        let sets: Vec<String> = self
+            .sets
+            .iter()
+            .map(|s| format!("set {} {}", s.number, Millis(s.elapsed)))
+            .collect();
+        out.push_str(&format!(
+            "run took {} ({})\n",
+            Millis(self.elapsed),
+            sets.join(", ")
+        ));
+        let mut table = Table::new([
+            ("#", Align::Right),
+            ("set", Align::Right),
+            ("transfer", Align::Left),
+            ("result", Align::Left),
+            ("done in", Align::Left),
+            ("latency", Align::Right),
+        ]);
+        for (i, t) in self.transfers.iter().enumerate() {
+            table.row([
+                (i + 1).to_string(),
+                t.set.to_string(),
+                CommandDisplay(&t.command).to_string(),
+                OutcomeDisplay(&t.outcome).to_string(),
+                t.completed_in_set
+                    .map_or_else(|| "-".into(), |s| format!("set {s}")),
+                t.latency
+                    .map_or_else(|| "-".into(), |d| Millis(d).to_string()),
+            ]);
+        }
+        out.push_str(&table.to_string());
+        out
+    }
+}
+
+/// Displays a duration as `12 ms` or `1.23 s`.
+struct Millis(Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 < Duration::from_millis(10) {
+            write!(f, "{:.1} ms", self.0.as_secs_f64() * 1000.0)
+        } else if self.0 < Duration::from_secs(1) {
+            write!(f, "{} ms", self.0.as_millis())
+        } else {
+            write!(f, "{:.2} s", self.0.as_secs_f64())
+        }
+    }
+}
+
+struct OutcomeDisplay<'a>(&'a TransferOutcome);
+
+impl fmt::Display for OutcomeDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            TransferOutcome::Committed(BankOutput::Transferred {
+                from,
+                to,
+                from_balance,
+                to_balance,
+                ..
+            }) => write!(f, "moved ({from}={from_balance}, {to}={to_balance})"),
+            TransferOutcome::Committed(BankOutput::Rejected(r)) => write!(f, "rejected: {r}"),
+            TransferOutcome::Committed(other) => write!(f, "{other}"),
+            TransferOutcome::Pending => f.write_str("pending"),
+            TransferOutcome::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// A script file that cannot be loaded.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid script.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: ScenarioError,
+    },
+}
+
+/// Reads and parses a script file, reading at most one byte more than
+/// [`ScenarioOptions::max_bytes`].
+pub fn load_scenario(
+    path: impl AsRef<Path>,
+    options: &ScenarioOptions,
+) -> Result<Scenario, LoadError> {
+    let path = path.as_ref();
+    let io = |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(options.max_bytes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    file.take(limit).read_to_end(&mut bytes).map_err(io)?;
+    Scenario::parse_bytes(&bytes, options).map_err(|source| LoadError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A transfer handed to a logical client.
+struct Job {
+    index: usize,
+    command: BankCommand,
+}
+
+/// A client's answer for a transfer.
+struct Completion {
+    index: usize,
+    latency: Duration,
+    result: Result<BankOutput, ClientError>,
+}
+
+/// Aborts the client tasks when the run ends, however it ends.
+struct Clients {
+    queues: BTreeMap<Account, mpsc::UnboundedSender<Job>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn client_task(
+    mut client: Client<Bank>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    done: mpsc::UnboundedSender<Completion>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let started = Instant::now();
+        let result = client.execute_within(&job.command, TRANSFER_DEADLINE).await;
+        let completion = Completion {
+            index: job.index,
+            latency: started.elapsed(),
+            result,
+        };
+        if done.send(completion).is_err() {
+            break;
+        }
+    }
+}
+
+/// Plays `scenario` against `cluster` and reports what became of every transfer.
+///
+/// # What a run does
+/// - One logical client per sending account (`A` to `J` in the sample), each a
+///   [`paxos_core::Client`] task with its own queue: it submits its own transfers one
+///   after another, in script order, while the clients run concurrently. A transfer keeps
+///   its request number across every retry until it completes; it is never resubmitted
+///   under a new one, so it executes at most once.
+/// - For each set: the listed replicas are made available and the others unavailable
+///   ([`Cluster::set_available`]; a replica that cannot be reached is reported and
+///   treated as down). Then the set's rows are released in order: a transfer goes to its
+///   client's queue.
+/// - `LF` means "the current leader fails at this point": the runner first waits until
+///   everything released so far has completed (bounded by the set's timeout), so the
+///   transfers above the `LF` row are committed by the old leader; then it makes the
+///   current leader ([`Cluster::leader`], waited for if an election is under way)
+///   unavailable; then it releases the rows below, which the next leader commits. If
+///   no leader shows up before the set's timeout, the `LF` is reported and skipped.
+/// - A set ends when everything released so far — its own transfers and any carried
+///   over — has completed, or when [`RunOptions::set_timeout`] has passed since it
+///   started. What is unfinished carries over: the clients keep retrying it during
+///   the following sets. A set without a majority cannot commit, so its transfers
+///   stay pending until a later set restores one.
+/// - Between sets, an [interactive](Console::interactive) console pauses for
+///   commands. After the last set the client tasks stop; what has not completed is
+///   reported [pending](TransferOutcome::Pending).
+///
+/// Progress (each set, each completion, each leader failure) is written to the console
+/// as it happens; the returned report holds the details, and
+/// [`RunReport::summary`] renders the end-of-run summary for the caller to print.
+/// The run fails only if the console cannot be written to (or outside a tokio
+/// runtime): unreachable replicas, missing leaders and pending transfers are reported,
+/// not errors.
+pub async fn run_scenario<C, W>(
+    cluster: &C,
+    scenario: &Scenario,
+    options: &RunOptions,
+    console: &mut Console<W>,
+) -> Result<RunReport, RunError>
+where
+    C: Cluster + ?Sized,
+    W: Write + Send,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(RunError::NoRuntime);
+    }
+    let run_start = Instant::now();
+    let mut transfers = Vec::new();
+    for set in &scenario.sets {
+        for item in &set.items {
+            if let (Item::Transfer { from, .. }, Some(command)) = (item, item.command()) {
+                transfers.push(TransferRecord {
+                    set: set.number,
+                    command,
+                    client: *from,
+                    outcome: TransferOutcome::Pending,
+                    completed_in_set: None,
+                    latency: None,
+                });
+            }
+        }
+    }
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let endpoints = cluster.endpoints();
+    let mut clients = Clients {
+        queues: BTreeMap::new(),
+        tasks: Vec::new(),
+    };
+    let mut ids = BTreeMap::new();
+    for t in &transfers {
+        if clients.queues.contains_key(&t.client) {
+            continue;
+        }
+        let client = Client::<Bank>::with_options(endpoints.clone(), options.client.clone());
+        ids.insert(t.client, client.id());
+        let (tx, rx) = mpsc::unbounded_channel();
+        clients.queues.insert(t.client, tx);
+        clients
+            .tasks
+            .push(tokio::spawn(client_task(client, rx, done_tx.clone())));
+    }
+    drop(done_tx);
+    let names = ids.iter().map(|(&a, &c)| (c, a)).collect();
+    let mut run = Run {
+        cluster,
+        console,
+        options,
+        transfers,
+        outstanding: 0,
+        done_rx,
+        clients,
+        names,
+        current_set: 0,
+        completed_in_set: 0,
+    };
+    let mut sets = Vec::new();
+    let mut next_transfer = 0;
+    for (i, set) in scenario.sets.iter().enumerate() {
+        let last = i + 1 == scenario.sets.len();
+        let report = run.play_set(set, last, &mut next_transfer).await?;
+        sets.push(report);
+        if !last {
+            run.pause().await?;
+        }
+    }
+    drop(run.clients);
+    let report = RunReport {
+        transfers: run.transfers,
+        sets,
+        clients: ids,
+        elapsed: run_start.elapsed(),
+    };
+    Ok(report)
+}
+
+struct Run<'a, C: ?Sized, W> {
+    cluster: &'a C,
+    console: &'a mut Console<W>,
+    options: &'a RunOptions,
+    transfers: Vec<TransferRecord>,
+    /// Released and not completed.
+    outstanding: usize,
+    done_rx: mpsc::UnboundedReceiver<Completion>,
+    clients: Clients,
+    names: ClientNames,
+    current_set: u32,
+    completed_in_set: usize,
+}
+
+impl<C: Cluster + ?Sized, W: Write + Send> Run<'_, C, W> {
+    fn out(&mut self) -> &mut W {
+        self.console.output()
+    }
+
+    async fn play_set(
+        &mut self,
+        set: &crate::scenario::TxSet,
+        last: bool,
+        next_transfer: &mut usize,
+    ) -> Result<SetReport, RunError> {
+        let start = Instant::now();
+        let deadline = start + self.options.set_timeout;
+        self.current_set = set.number;
+        self.completed_in_set = 0;
+        let nodes = self.cluster.nodes();
+        let has_majority = set.live.iter().filter(|n| nodes.contains(n)).count() > nodes.len() / 2;
+        let live: Vec<String> = set.live.iter().map(|n| format!("n{n}")).collect();
+        let down: Vec<String> = nodes
+            .iter()
+            .filter(|n| !set.live.contains(n))
+            .map(|n| format!("n{n}"))
+            .collect();
+        let mut header = format!("== Set {}: live {}", set.number, live.join(" "));
+        if !down.is_empty() {
+            header.push_str(&format!("; down {}", down.join(" ")));
+        }
+        if !has_majority {
+            header.push_str(" (no majority: nothing can commit)");
+        }
+        if self.outstanding > 0 {
+            header.push_str(&format!("; {} carried over", self.outstanding));
+        }
+        writeln!(self.out(), "{header} ==")?;
+        tracing::info!(set = set.number, live = ?set.live, carried_over = self.outstanding, "set starts");
+        for n in set.live.iter().filter(|n| !nodes.contains(n)) {
+            writeln!(
+                self.out(),
+                "  n{n} is not a replica of this cluster; ignored"
+            )?;
+        }
+        let cluster = self.cluster;
+        let applied = futures::future::join_all(
+            nodes
+                .iter()
+                .map(|&n| cluster.set_available(n, set.live.contains(&n))),
+        )
+        .await;
+        let mut unreachable = Vec::new();
+        for (&node, result) in nodes.iter().zip(applied) {
+            if let Err(e) = result {
+                writeln!(self.out(), "  {e}; treated as down")?;
+                unreachable.push(node);
+            }
+        }
+        let mut released = 0;
+        let mut leader_failures = Vec::new();
+        for (position, item) in set.items.iter().enumerate() {
+            match item {
+                Item::Transfer { .. } => {
+                    self.release(*next_transfer)?;
+                    *next_transfer += 1;
+                    released += 1;
+                }
+                Item::LeaderFail => {
+                    self.wait_outstanding(deadline).await?;
+                    let failure = self.fail_leader(set.number, position, deadline).await?;
+                    leader_failures.push(failure);
+                }
+            }
+        }
+        let finished = self.wait_outstanding(deadline).await?;
+        let leader_at_end = self.cluster.leader().await;
+        let elapsed = start.elapsed();
+        let leader = leader_at_end.map_or_else(|| "none".to_string(), |l| format!("n{l}"));
+        let line = if finished {
+            format!(
+                "  set {} finished in {}: {} completed; leader {leader}",
+                set.number,
+                Millis(elapsed),
+                self.completed_in_set
+            )
+        } else {
+            format!(
+                "  set {} timed out after {}: {} completed, {} {}; leader {leader}",
+                set.number,
+                Millis(elapsed),
+                self.completed_in_set,
+                self.outstanding,
+                if last {
+                    "still pending"
+                } else {
+                    "carried over to the next set"
+                }
+            )
+        };
+        writeln!(self.out(), "{line}")?;
+        tracing::info!(
+            set = set.number,
+            completed = self.completed_in_set,
+            carried_over = self.outstanding,
+            timed_out = !finished,
+            "set ends"
+        );
+        Ok(SetReport {
+            number: set.number,
+            live: set.live.clone(),
+            unreachable,
+            has_majority,
+            released,
+            completed: self.completed_in_set,
+            carried_over: self.outstanding,
+            timed_out: !finished,
+            leader_failures,
+            leader_at_end,
+            elapsed,
+        })
+    }
+
+    fn release(&mut self, index: usize) -> Result<(), RunError> {
+        let Some(t) = self.transfers.get(index) else {
+            return Ok(());
+        };
+        let job = Job {
+            index,
+            command: t.command,
+        };
+        let sent = self
+            .clients
+            .queues
+            .get(&t.client)
+            .is_some_and(|q| q.send(job).is_ok());
+        if sent {
+            self.outstanding += 1;
+        } else if let Some(t) = self.transfers.get_mut(index) {
+            t.outcome = TransferOutcome::Failed("client task stopped".into());
+        }
+        Ok(())
+    }
+
+    /// Records completions until nothing is outstanding (true) or `deadline` (false).
+    async fn wait_outstanding(&mut self, deadline: Instant) -> Result<bool, RunError> {
+        while self.outstanding > 0 {
+            tokio::select! {
+                c = self.done_rx.recv() => match c {
+                    Some(c) => self.complete(c)?,
+                    // Every client task is gone: nothing more will complete.
+                    None => return Ok(false),
+                },
+                _ = tokio::time::sleep_until(deadline) => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    fn complete(&mut self, c: Completion) -> Result<(), RunError> {
+        let set = self.current_set;
+        let Some(t) = self.transfers.get_mut(c.index) else {
+            return Ok(());
+        };
+        t.outcome = match c.result {
+            Ok(output) => TransferOutcome::Committed(output),
+            Err(e) => TransferOutcome::Failed(e.to_string()),
+        };
+        t.latency = Some(c.latency);
+        t.completed_in_set = Some(set);
+        let carried = if t.set == set {
+            String::new()
+        } else {
+            format!(" [from set {}]", t.set)
+        };
+        let line = format!(
+            "  {:<8} {:>8}  {}{carried}",
+            CommandDisplay(&t.command).to_string(),
+            Millis(c.latency).to_string(),
+            OutcomeDisplay(&t.outcome),
+        );
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.completed_in_set += 1;
+        writeln!(self.out(), "{}", line.trim_end())?;
+        Ok(())
+    }
+
+    async fn fail_leader(
+        &mut self,
+        set: u32,
+        position: usize,
+        deadline: Instant,
+    ) -> Result<LeaderFailure, RunError> {
+        loop {
+            if let Some(node) = self.cluster.leader().await {
+                let ballot = self
+                    .cluster
+                    .replica_status(node)
+                    .await
+                    .ok()
+                    .map(|s| s.replica.promised);
+                tracing::info!(set, node, ?ballot, "LF: making the leader unavailable");
+                match self.cluster.set_available(node, false).await {
+                    Ok(()) => {
+                        let ballot_text = ballot
+                            .map(|b| format!(" at ballot {b}"))
+                            .unwrap_or_default();
+                        writeln!(
+                            self.out(),
+                            "  LF: leader n{node}{ballot_text} is now unavailable"
+                        )?;
+                    }
+                    Err(e) => writeln!(self.out(), "  LF: cannot fail leader n{node}: {e}")?,
+                }
+                return Ok(LeaderFailure {
+                    set,
+                    position,
+                    node: Some(node),
+                    ballot,
+                });
+            }
+            if Instant::now() >= deadline {
+                writeln!(
+                    self.out(),
+                    "  LF: no leader to fail before the set timed out"
+                )?;
+                return Ok(LeaderFailure {
+                    set,
+                    position,
+                    node: None,
+                    ballot: None,
+                });
+            }
+            // Keep recording completions while an election runs.
+            let wake = (Instant::now() + LEADER_POLL).min(deadline);
+            tokio::select! {
+                Some(c) = self.done_rx.recv() => self.complete(c)?,
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Between sets: read and run commands until an empty line or the end of input.
+    async fn pause(&mut self) -> Result<(), RunError> {
+        while self.console.is_interactive() {
+            write!(self.out(), "[{CONSOLE_HELP}] > ")?;
+            self.out().flush()?;
+            let Some(line) = self.console.read_line().await else {
+                writeln!(self.out())?;
+                break;
+            };
+            match line.parse::<ConsoleCommand>() {
+                Ok(ConsoleCommand::Continue) => break,
+                Ok(command) => {
+                    run_command(self.cluster, command, &self.names, self.console.output()).await?
+                }
+                Err(e) => writeln!(self.out(), "{e}")?,
+            }
+        }
+        // Completions that arrived during the pause belong to the set that just ended.
+        while let Ok(c) = self.done_rx.try_recv() {
+            self.complete(c)?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`await_agreement`] found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agreement {
+    /// The available replicas that answered, compared with each other.
+    pub nodes: Vec<NodeId>,
+    /// True when they all executed the same slots and hold the same balances.
+    pub agree: bool,
+    /// Their common balances (those of the first one when they disagree).
+    pub balances: BTreeMap<Account, i64>,
+    /// How many slots they executed (the least, when they disagree).
+    pub executed: u64,
+}
+
+impl Agreement {
+    /// The sum of [`balances`](Agreement::balances).
+    pub fn total(&self) -> i128 {
+        self.balances.values().map(|&b| i128::from(b)).sum()
+    }
+}
+
+impl fmt::Display for Agreement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nodes: Vec<String> = self.nodes.iter().map(|n| format!("n{n}")).collect();
+        if self.nodes.is_empty() {
+            f.write_str("no available replica answered")
+        } else if self.agree {
+            write!(
+                f,
+                "the {} available replicas ({}) agree: {} slots executed, total {}",
+                self.nodes.len(),
+                nodes.join(" "),
+                self.executed,
+                self.total()
+            )
+        } else {
+            write!(
+                f,
+                "the available replicas ({}) DISAGREE (or have not caught up)",
+                nodes.join(" ")
+            )
+        }
+    }
+}
+
+/// Waits up to `timeout` for every available replica to execute the same slots and
+/// hold the same balances (followers learn the last commits a heartbeat later), and
+/// reports what it saw last.
+pub async fn await_agreement<C: Cluster + ?Sized>(cluster: &C, timeout: Duration) -> Agreement {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let dbs: Vec<_> = gather_db(cluster)
+            .await
+            .into_iter()
+            .filter_map(|r| r.result.ok())
+            .filter(|db| db.available)
+            .collect();
+        let agree = !dbs.is_empty()
+            && dbs
+                .windows(2)
+                .all(|w| w[0].executed == w[1].executed && w[0].balances == w[1].balances);
+        if agree || Instant::now() >= deadline {
+            return Agreement {
+                nodes: dbs.iter().map(|d| d.node).collect(),
+                agree,
+                balances: dbs.first().map(|d| d.balances.clone()).unwrap_or_default(),
+                executed: dbs.iter().map(|d| d.executed).min().unwrap_or(0),
+            };
+        }
+        tokio::time::sleep(LEADER_POLL).await;
+    }
+}

@@ -1,0 +1,331 @@
+//! The scenario runner against an in-process cluster.
+
+use std::io::{Cursor, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bank_app::{
+    await_agreement, format_db, gather_db, run_scenario, Account, BankCommand, BankOutput, Cluster,
+    Console, LocalCluster, LocalClusterOptions, Rejection, RunOptions, Scenario, TransferOutcome,
+    SAMPLE_SCENARIO,
+};
+use paxos_core::NodeOptions;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn cluster(seed: u64) -> LocalCluster {
+    LocalCluster::start(LocalClusterOptions {
+        seed,
+        node: NodeOptions {
+            tick: Duration::from_millis(2),
+            ..NodeOptions::default()
+        },
+        ..LocalClusterOptions::default()
+    })
+    .expect("cluster starts")
+}
+
+fn options(set_timeout: Duration) -> RunOptions {
+    RunOptions {
+        set_timeout,
+        ..RunOptions::default()
+    }
+}
+
+/// A `Write` the test can read after the runner is done with it.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
+    }
+}
+
+fn acc(c: char) -> Account {
+    Account::new(c).expect("a letter")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_commits_everything_and_the_replicas_agree() {
+    timeout(LIMIT, async {
+        let cluster = cluster(11);
+        let scenario = Scenario::parse(SAMPLE_SCENARIO).expect("sample parses");
+        let out = Shared::default();
+        let mut console = Console::new(out.clone());
+        let report = run_scenario(
+            &cluster,
+            &scenario,
+            &options(Duration::from_secs(2)),
+            &mut console,
+        )
+        .await
+        .expect("run completes");
+        let text = out.text();
+
+        assert_eq!(report.transfers.len(), 18, "{text}");
+        assert_eq!(report.pending(), 0, "nothing left pending:\n{text}");
+        assert_eq!(report.failed(), 0, "{text}");
+        assert_eq!(report.committed(), 18, "{text}");
+        assert_eq!(report.rejected(), 1, "{text}");
+        let rejected = report
+            .transfers
+            .iter()
+            .find(|t| t.is_rejected())
+            .expect("one rejection");
+        assert_eq!(
+            rejected.command,
+            BankCommand::Transfer {
+                from: acc('I'),
+                to: acc('A'),
+                amount: 20
+            }
+        );
+        assert!(
+            matches!(
+                rejected.outcome,
+                TransferOutcome::Committed(BankOutput::Rejected(
+                    Rejection::InsufficientFunds { .. }
+                ))
+            ),
+            "{:?}",
+            rejected.outcome
+        );
+
+        // Set 4 has no majority: its transfers wait for set 5.
+        let set4 = &report.sets[3];
+        assert!(
+            !set4.has_majority && set4.timed_out && set4.carried_over == 2,
+            "{set4:?}"
+        );
+        for t in report.transfers.iter().filter(|t| t.set == 4) {
+            assert_eq!(t.completed_in_set, Some(5), "{t:?}");
+        }
+
+        // Both LF rows failed a leader, and a new leader with a higher ballot took over.
+        let failures: Vec<_> = report.leader_failures().cloned().collect();
+        assert_eq!(failures.len(), 2, "{text}");
+        let mut views = Vec::new();
+        for n in cluster.nodes() {
+            views.extend(cluster.views(n).await.expect("inspectable"));
+        }
+        for f in &failures {
+            let (node, ballot) = (
+                f.node.expect("a leader was failed"),
+                f.ballot.expect("its ballot"),
+            );
+            assert!(
+                views.iter().any(|v| v.ballot > ballot && v.leader != node),
+                "no view change after n{node} failed at {ballot}: {views:?}"
+            );
+        }
+
+        // Every replica ends with the same balances, total 100.
+        let agreement = await_agreement(&cluster, Duration::from_secs(5)).await;
+        assert!(agreement.agree, "{agreement:?}");
+        assert_eq!(agreement.nodes, vec![1, 2, 3, 4, 5]);
+        assert_eq!(agreement.total(), 100);
+        for db in gather_db(&cluster).await {
+            let db = db.result.expect("inspectable");
+            assert_eq!(db.balances, agreement.balances, "n{}", db.node);
+            assert_eq!(db.total(), 100);
+        }
+
+        let summary = report.summary();
+        assert!(
+            summary.contains("18 committed (17 moved money, 1 rejected), 0 still pending"),
+            "{summary}"
+        );
+        assert!(text.contains("LF: leader n"), "{text}");
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+const TWO_SETS: &str = "Set Number,Transactions,Live Nodes
+1,\"(A, B, 1)\",\"[n1, n2, n3, n4, n5]\"
+2,\"(B, C, 1)\",\"[n1, n2, n3, n4, n5]\"
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_session_pauses_between_sets() {
+    timeout(LIMIT, async {
+        let cluster = cluster(12);
+        let scenario = Scenario::parse(TWO_SETS).expect("parses");
+        let out = Shared::default();
+        let input = Cursor::new("printdb\nprintstatus 1\nbogus\nprintlog n2\n\n");
+        let mut console = Console::interactive(input, out.clone());
+        let report = run_scenario(
+            &cluster,
+            &scenario,
+            &options(Duration::from_secs(5)),
+            &mut console,
+        )
+        .await
+        .expect("run completes");
+        let text = out.text();
+        assert_eq!(report.committed(), 2, "{text}");
+
+        // The commands ran after set 1 and before set 2.
+        let between = text
+            .split_once("set 1 finished")
+            .and_then(|(_, rest)| rest.split_once("== Set 2"))
+            .map(|(between, _)| between)
+            .unwrap_or_else(|| panic!("no pause between the sets:\n{text}"));
+        assert!(between.contains("PrintDB"), "{between}");
+        for n in 1..=5 {
+            assert!(
+                between.contains(&format!("\nn{n}  ")),
+                "row n{n}: {between}"
+            );
+        }
+        assert!(between.contains("PrintStatus slot 1"), "{between}");
+        assert!(between.contains("unknown command \"bogus\""), "{between}");
+        assert!(between.contains("PrintLog n2"), "{between}");
+        assert!(between.contains("register (client A)"), "{between}");
+        // Five prompts: one per line read, the last one answered by the empty line.
+        assert_eq!(between.matches("] > ").count(), 5, "{between}");
+        // The last set is not followed by a pause.
+        let after = text.split_once("== Set 2").map_or("", |(_, a)| a);
+        assert!(!after.contains("] > "), "{after}");
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_input_stops_the_pauses() {
+    timeout(LIMIT, async {
+        let cluster = cluster(13);
+        let scenario = Scenario::parse(TWO_SETS).expect("parses");
+        let out = Shared::default();
+        let mut console = Console::interactive(Cursor::new("printview\n"), out.clone());
+        let report = run_scenario(
+            &cluster,
+            &scenario,
+            &options(Duration::from_secs(5)),
+            &mut console,
+        )
+        .await
+        .expect("run completes");
+        assert_eq!(report.committed(), 2, "{}", out.text());
+        assert!(!console.is_interactive());
+        assert!(out.text().contains("PrintView"), "{}", out.text());
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_set_without_a_majority_leaves_its_transfers_pending() {
+    timeout(LIMIT, async {
+        let cluster = cluster(14);
+        let scenario = Scenario::parse(
+            "Set Number,Transactions,Live Nodes
+1,\"(A, B, 1)\",\"[n1, n2, n3, n4, n5]\"
+2,\"(C, D, 1)\",\"[n1, n2]\"
+,\"(C, E, 1)\",
+",
+        )
+        .expect("parses");
+        let out = Shared::default();
+        let mut console = Console::new(out.clone());
+        let started = tokio::time::Instant::now();
+        let report = run_scenario(
+            &cluster,
+            &scenario,
+            &options(Duration::from_millis(500)),
+            &mut console,
+        )
+        .await
+        .expect("run completes");
+        let text = out.text();
+        assert!(started.elapsed() < Duration::from_secs(20), "{text}");
+        assert!(report.transfers[0].is_committed(), "{text}");
+        assert!(report.transfers[1].is_pending(), "{text}");
+        assert!(report.transfers[2].is_pending(), "{text}");
+        assert_eq!(report.pending(), 2);
+        assert!(text.contains("0 completed, 2 still pending"), "{text}");
+        assert!(text.contains("(no majority: nothing can commit)"), "{text}");
+        let last = &report.sets[1];
+        assert!(
+            !last.has_majority && last.timed_out && last.carried_over == 2,
+            "{last:?}"
+        );
+        assert!(
+            report
+                .summary()
+                .contains("1 committed (1 moved money, 0 rejected), 2 still pending"),
+            "{}",
+            report.summary()
+        );
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_replica_is_treated_as_down() {
+    timeout(LIMIT, async {
+        let cluster = cluster(15);
+        cluster.handle(5).expect("n5 exists").shutdown().await;
+        let scenario = Scenario::parse(TWO_SETS).expect("parses");
+        let out = Shared::default();
+        let mut console = Console::new(out.clone());
+        let report = run_scenario(
+            &cluster,
+            &scenario,
+            &options(Duration::from_secs(5)),
+            &mut console,
+        )
+        .await
+        .expect("run completes");
+        let text = out.text();
+        assert_eq!(report.committed(), 2, "{text}");
+        assert_eq!(report.sets[0].unreachable, vec![5], "{text}");
+        assert!(
+            text.contains("n5 unreachable: node stopped; treated as down"),
+            "{text}"
+        );
+
+        let table = format_db(&gather_db(&cluster).await);
+        assert!(
+            table.contains("n5       n5 unreachable: node stopped"),
+            "{table}"
+        );
+        let agreement = await_agreement(&cluster, Duration::from_secs(5)).await;
+        assert!(agreement.agree, "{agreement:?}");
+        assert_eq!(agreement.nodes, vec![1, 2, 3, 4]);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// The runner's future can be spawned on a multi-threaded runtime, for any cluster.
+#[allow(dead_code)]
+fn run_scenario_is_send(
+    cluster: &dyn Cluster,
+    scenario: &Scenario,
+    options: &RunOptions,
+    console: &mut Console<Vec<u8>>,
+) {
+    fn send<T: Send>(_: &T) {}
+    let run = run_scenario(cluster, scenario, options, console);
+    send(&run);
+}
