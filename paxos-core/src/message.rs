@@ -24,6 +24,19 @@ pub struct PromiseEntry {
 /// [`Transport`](crate::Transport) may drop messages under pressure.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
+    /// Before an election: would the receiver promise `ballot`? Asked by a follower
+    /// whose leader went silent, so that a node cut off from the cluster cannot raise
+    /// its ballot (and later depose a healthy leader) without a majority's consent.
+    PreVote {
+        /// The ballot the sender would run with.
+        ballot: Ballot,
+    },
+    /// Yes to a [`Message::PreVote`]: the receiver hears no live leader and has not
+    /// promised `ballot` or higher.
+    PreVoteGranted {
+        /// The ballot asked about.
+        ballot: Ballot,
+    },
     /// Phase 1a: a candidate asks for promises not to accept lower ballots, for every slot
     /// from `from_slot` up (the candidate's commit point).
     Prepare {
@@ -113,6 +126,8 @@ impl Message {
     /// A short name for the message kind, for tracing.
     pub fn kind(&self) -> &'static str {
         match self {
+            Message::PreVote { .. } => "pre-vote",
+            Message::PreVoteGranted { .. } => "pre-vote-granted",
             Message::Prepare { .. } => "prepare",
             Message::Promise { .. } => "promise",
             Message::Nack { .. } => "nack",

@@ -285,6 +285,8 @@ pub struct Replica<S> {
     last_heard_leader: u64,
     election_deadline: u64,
     max_round_seen: u64,
+    /// A pre-vote under way: the ballot asked about and who granted it.
+    prevote: Option<(Ballot, u64)>,
 
     /// Entries below this slot were compacted into `checkpoint`.
     log_start: Slot,
@@ -349,6 +351,7 @@ impl<S: StateMachine> Replica<S> {
             now: 0,
             last_heard_leader: 0,
             election_deadline: first_timeout,
+            prevote: None,
             max_round_seen: state.promised.round,
             log_start: 0,
             checkpoint: None,
@@ -521,12 +524,14 @@ impl<S: StateMachine> Replica<S> {
         match &mut self.role {
             RoleState::Follower => {
                 if self.now >= self.election_deadline {
-                    self.start_election();
+                    self.start_prevote();
                 }
             }
             RoleState::Candidate(c) => {
                 if self.now >= c.deadline {
-                    self.start_election();
+                    // The election failed: ask again before raising the ballot further.
+                    self.become_follower(None);
+                    self.start_prevote();
                 } else if self.now - c.last_sent >= self.cfg.retransmit_ticks {
                     c.last_sent = self.now;
                     let (ballot, from_slot) = (c.ballot, c.from_slot);
@@ -603,6 +608,8 @@ impl<S: StateMachine> Replica<S> {
             l.heard[from_idx] = self.now;
         }
         match message {
+            Message::PreVote { ballot } => self.on_prevote(from, ballot),
+            Message::PreVoteGranted { ballot } => self.on_prevote_granted(from_idx, ballot),
             Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
             Message::Promise {
                 ballot,
@@ -646,6 +653,7 @@ impl<S: StateMachine> Replica<S> {
     // ------------------------------------------------------------------ phase 1
 
     fn start_election(&mut self) {
+        self.prevote = None;
         self.step_down_queue(None);
         let round = self.max_round_seen.max(self.promised.round) + 1;
         self.max_round_seen = round;
@@ -667,21 +675,57 @@ impl<S: StateMachine> Replica<S> {
         self.check_promises();
     }
 
+    fn start_prevote(&mut self) {
+        let round = self.max_round_seen.max(self.promised.round) + 1;
+        let ballot = Ballot::new(round, self.cfg.id);
+        self.prevote = Some((ballot, 1 << self.me));
+        self.election_deadline = self.now + self.random_timeout();
+        for m in self.peers() {
+            self.send(m, Message::PreVote { ballot });
+        }
+        self.check_prevotes();
+    }
+
+    fn on_prevote(&mut self, from: NodeId, ballot: Ballot) {
+        if ballot.node != from || ballot <= self.promised || self.leader_alive() {
+            return;
+        }
+        self.send(from, Message::PreVoteGranted { ballot });
+    }
+
+    fn on_prevote_granted(&mut self, from_idx: usize, ballot: Ballot) {
+        match &mut self.prevote {
+            Some((b, grants)) if *b == ballot => *grants |= 1 << from_idx,
+            _ => return,
+        }
+        self.check_prevotes();
+    }
+
+    fn check_prevotes(&mut self) {
+        if let Some((_, grants)) = self.prevote {
+            if grants.count_ones() >= self.quorum && matches!(self.role, RoleState::Follower) {
+                self.start_election();
+            }
+        }
+    }
+
+    /// Leader stickiness: while a live leader is heard, do not help depose it.
+    fn leader_alive(&self) -> bool {
+        match self.role {
+            RoleState::Leader(_) => true,
+            RoleState::Candidate(_) => false,
+            RoleState::Follower => {
+                self.leader.is_some() && self.now - self.last_heard_leader < self.cfg.election_ticks
+            }
+        }
+    }
+
     fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
         if !self.admit(from, ballot, false) {
             return;
         }
         if ballot > self.promised {
-            // Leader stickiness: while a live leader is heard, do not help depose it.
-            let leader_alive = match self.role {
-                RoleState::Leader(_) => true,
-                RoleState::Candidate(_) => false,
-                RoleState::Follower => {
-                    self.leader.is_some()
-                        && self.now - self.last_heard_leader < self.cfg.election_ticks
-                }
-            };
-            if leader_alive && self.leader != Some(from) {
+            if self.leader_alive() && self.leader != Some(from) {
                 return;
             }
             self.set_promised(ballot);
@@ -1640,6 +1684,9 @@ impl<S: StateMachine> Replica<S> {
     /// Leaves leadership or candidacy. Requests waiting here are answered with a
     /// redirect so their clients retry elsewhere (with the same request numbers).
     fn become_follower(&mut self, leader: Option<NodeId>) {
+        if leader.is_some() {
+            self.prevote = None;
+        }
         if !matches!(self.role, RoleState::Follower) {
             self.step_down_queue(leader);
             self.role = RoleState::Follower;
@@ -1679,6 +1726,8 @@ mod tests {
         storage: Vec<MemStorage>,
         replies: Vec<Reply>,
         snapshots: usize,
+        /// A node whose messages, both ways, are dropped.
+        isolated: Option<NodeId>,
     }
 
     impl Harness {
@@ -1698,6 +1747,7 @@ mod tests {
                 storage,
                 replies: Vec::new(),
                 snapshots: 0,
+                isolated: None,
             }
         }
 
@@ -1715,6 +1765,9 @@ mod tests {
                     return;
                 }
                 for (from, to, m) in msgs {
+                    if self.isolated == Some(from) || self.isolated == Some(to) {
+                        continue;
+                    }
                     if matches!(m, Message::Snapshot { .. }) {
                         self.snapshots += 1;
                     }
@@ -1889,9 +1942,24 @@ mod tests {
     fn a_promise_reaching_absurdly_far_cannot_size_the_new_view() {
         let cfg = Config::new(1, vec![1, 2, 3]);
         let mut r = Replica::new(cfg, Recorder::default(), PersistentState::default()).unwrap();
-        while r.role() != Role::Candidate {
+        let mut asked = None;
+        for _ in 0..100 {
             r.tick();
+            asked = r
+                .take_ready()
+                .messages
+                .into_iter()
+                .find_map(|(_, m)| match m {
+                    Message::PreVote { ballot } => Some(ballot),
+                    _ => None,
+                });
+            if asked.is_some() {
+                break;
+            }
         }
+        let asked = asked.expect("a pre-vote after an election timeout");
+        r.handle_message(2, Message::PreVoteGranted { ballot: asked });
+        assert_eq!(r.role(), Role::Candidate);
         let ballot = r.promised();
         let far = PromiseEntry {
             slot: u64::MAX - 1,
@@ -1926,5 +1994,26 @@ mod tests {
             Some(3),
             "slots 0..3: two gap no-ops and the reported one"
         );
+    }
+
+    #[test]
+    fn an_isolated_follower_does_not_raise_its_ballot_or_depose_the_leader() {
+        let mut h = Harness::new(3, |_| {});
+        h.tick(60);
+        let l = h.leader();
+        let f = (l + 1) % 3;
+        let ballot = h.replicas[l].promised();
+        h.isolated = Some(h.replicas[f].id());
+        h.tick(500); // many election timeouts
+        assert_eq!(
+            h.replicas[f].promised(),
+            ballot,
+            "pre-votes went unanswered"
+        );
+        h.isolated = None;
+        h.tick(20);
+        assert!(h.replicas[l].is_leader(), "the leader kept its place");
+        assert_eq!(h.replicas[l].promised(), ballot);
+        assert_eq!(h.replicas[f].leader(), Some(h.replicas[l].id()));
     }
 }

@@ -1016,7 +1016,12 @@ mod tests {
 
     #[test]
     fn mutant_preferring_lowest_ballot_is_caught() {
-        let found = caught(Mutation::LowestBallotWins, 300);
+        let found = (0..1000).find_map(|seed| {
+            Sim::with_faults(seed, Mutation::LowestBallotWins, dueling_leaders)
+                .run()
+                .err()
+                .map(|v| (seed, v))
+        });
         assert!(
             found.is_some(),
             "simulation did not catch a merge that prefers the lowest ballot"

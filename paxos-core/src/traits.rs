@@ -72,6 +72,7 @@ pub trait StateMachine {
 /// Moves [`Message`]s between replicas.
 ///
 /// # Contract
+/// - A transport is `Send + Sync`: the driver holds `&self` across the await of `send`.
 /// - `send` hands a message to the transport and returns without waiting for the
 ///   network: a transport queues, and may drop under pressure or when the peer is
 ///   unreachable. The protocol tolerates loss, duplication, delay and reordering.
@@ -82,7 +83,7 @@ pub trait StateMachine {
 /// - A transport authenticates the sender's id as far as it can (the TCP transport
 ///   checks a handshake); messages from unknown ids must not be delivered.
 #[async_trait]
-pub trait Transport: Send + 'static {
+pub trait Transport: Send + Sync + 'static {
     /// Queues `message` for `to`. Errors are for a closed transport or unknown peer;
     /// a message dropped because the peer is slow or down is not an error.
     async fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError>;
