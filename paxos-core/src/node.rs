@@ -228,7 +228,16 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
             return Ok(());
         }
         if !ready.persist.is_empty() {
-            self.storage.persist(&ready.persist)?;
+            // A durable storage blocks on fsync: on a multi-threaded runtime, let the
+            // scheduler move other tasks off this thread meanwhile.
+            let storage = &mut self.storage;
+            let ops = &ready.persist;
+            match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(|| storage.persist(ops))?
+                }
+                _ => storage.persist(ops)?,
+            }
         }
         for (to, m) in ready.messages {
             if let Err(e) = self.transport.send(to, m).await {

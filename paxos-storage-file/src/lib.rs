@@ -1,0 +1,146 @@
+//! A durable, file-backed [`Storage`](paxos_core::Storage) for `paxos-core`.
+//!
+//! [`FileStorage`] keeps an acceptor's state (promised ballot, accepted and chosen
+//! entries, commit point, latest checkpoint) in a data directory: an append-only,
+//! segmented write-ahead log whose records carry a length and CRC-32 checksums, plus the
+//! checkpoint in a file of its own. [`persist`](paxos_core::Storage::persist) returns
+//! only once its operations are on disk, so the node driver, which persists before it
+//! sends, never lets a PROMISE or ACCEPTED leave before the state it vouches for.
+//!
+//! # Example
+//!
+//! ```
+//! use paxos_core::{Ballot, PersistOp, Storage, Value};
+//! use paxos_storage_file::FileStorage;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! const CLUSTER: u64 = 0xC0FFEE;
+//!
+//! let mut storage = FileStorage::open(dir.path(), CLUSTER, 1)?;
+//! // One call, one write, one fsync: group commit.
+//! storage.persist(&[
+//!     PersistOp::Promise(Ballot::new(3, 2)),
+//!     PersistOp::Accept { slot: 0, ballot: Ballot::new(3, 2), value: Value::Noop },
+//!     PersistOp::CommitPoint(1),
+//! ])?;
+//! assert_eq!(storage.stats().persists, 1);
+//! drop(storage);
+//!
+//! // After a restart (or a crash), the same state comes back.
+//! let mut storage = FileStorage::open(dir.path(), CLUSTER, 1)?;
+//! let state = storage.load()?;
+//! assert_eq!(state.promised, Ballot::new(3, 2));
+//! assert_eq!(state.commit_point, 1);
+//! assert_eq!(state.log[&0].value, Value::Noop);
+//!
+//! // Another node's directory is refused.
+//! assert!(FileStorage::open(dir.path(), CLUSTER, 2).is_err());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Files
+//!
+//! ```text
+//! META                              identity of the directory
+//! wal-00000000000000000001.log      log segments, numbered from 1 with no gaps
+//! wal-00000000000000000002.log
+//! checkpoint                        the latest checkpoint
+//! META.tmp, checkpoint.tmp          leftovers of an interrupted replacement; deleted at start
+//! ```
+//!
+//! All integers are little-endian; CRCs are CRC-32 (IEEE) as computed by `crc32fast`.
+//!
+//! - **`META`** (32 bytes): magic `PXSMETA1`, format version (`u32`, currently 1),
+//!   cluster id (`u64`), node id (`u64`), CRC of the preceding 28 bytes.
+//! - **Segment header** (44 bytes): magic `PXSWALSG`, version, cluster id, node id,
+//!   sequence number (`u64`, equal to the one in the file name), kind (`u32`: 1 = base,
+//!   2 = continuation), CRC of the preceding 40 bytes.
+//! - **Records** follow the header back to back:
+//!
+//!   ```text
+//!   | len: u32 | payload CRC: u32 | CRC of the first 8 bytes: u32 | payload: len bytes |
+//!   ```
+//!
+//!   The payload is a tag byte followed by postcard-encoded items:
+//!   `1` = operations ([`PersistOp`](paxos_core::PersistOp)s, never `Checkpoint`),
+//!   `2` = base begin (`(promised, commit_point)`, then `(slot, StoredEntry)` pairs),
+//!   `3` = more base entries, `4` = base end (no items). A base segment holds
+//!   `2 3* 4 1*`, a continuation segment `1*`. The length is checked by its own CRC, so
+//!   a damaged length is never trusted, and no record longer than
+//!   [`FileStorageOptions::max_record_size`] is read or written.
+//! - **`checkpoint`**: a 44-byte header (magic `PXSCKPT1`, version, cluster id, node id,
+//!   payload length `u64`, payload CRC, CRC of the preceding 40 bytes), then the
+//!   postcard-encoded [`Checkpoint`](paxos_core::Checkpoint).
+//!
+//! # Writing
+//!
+//! [`persist`](paxos_core::Storage::persist) applies the operations to an in-memory
+//! image of the state, then:
+//!
+//! 1. If the batch holds a checkpoint newer than the stored one, writes it to
+//!    `checkpoint.tmp`, fsyncs it, renames it over `checkpoint` and fsyncs the directory.
+//! 2. If the batch holds a `Compact` that drops entries, starts a new *base* segment
+//!    holding the whole image after the batch (promised ballot, commit point, live
+//!    entries), fdatasyncs it, fsyncs the directory and only then deletes every older
+//!    segment. The base covers every operation of the batch, so nothing else is written.
+//! 3. Otherwise encodes the operations (except checkpoints) as one record — several if
+//!    the batch exceeds the maximum record size — and appends them with **one write and
+//!    one fdatasync**, however many operations the batch holds (group commit: the driver
+//!    folds every input that arrived during the previous fsync into one batch). When the
+//!    current segment has reached [`FileStorageOptions::segment_size`], the write goes
+//!    into a new continuation segment and the directory is fsynced too.
+//!
+//! The log therefore never grows much beyond the live entries: each compaction leaves
+//! one segment, and segments only accumulate between compactions.
+//!
+//! # Recovery
+//!
+//! [`FileStorage::open`] checks `META` (another cluster or node id is refused with
+//! [`StorageError::Mismatch`](paxos_core::StorageError::Mismatch); a missing `META` next
+//! to log data is refused as corrupt), reads and verifies the checkpoint (header,
+//! length, CRC and [`Checkpoint::verify`](paxos_core::Checkpoint::verify)), then replays
+//! the log from the newest segment that begins with a base, deleting older ones (they
+//! are left over from a compaction interrupted before its cleanup). The segments from
+//! there on must be numbered without gaps.
+//!
+//! Only the **last** segment may end in a torn write, recognized as an incomplete
+//! record header, a record running past the end of the file, a last record whose
+//! checksum fails and which ends exactly at the end of the file, or zero-filled space
+//! up to the end. The torn tail is cut off and appending resumes there. A last segment
+//! whose header or base is incomplete (a rotation or compaction interrupted before its
+//! first sync) is deleted; the segment before it was complete, so no further damage is
+//! tolerated. **Anything else** — a checksum failure followed by more data, a record
+//! longer than the maximum, an undecodable record, a damaged header, a missing segment
+//! — is reported as [`StorageError::Corrupt`](paxos_core::StorageError::Corrupt) naming
+//! the file and byte offset, and the node refuses to start rather than serve wrong data.
+//!
+//! # Crash safety
+//!
+//! After a crash at any point, [`load`](paxos_core::Storage::load) returns the state
+//! after every `persist` call that returned, plus, for an interrupted call, either
+//! nothing of it, a prefix of its records (a batch is one record unless it exceeds the
+//! maximum record size), or just its checkpoint. A checkpoint is written first because
+//! it is self-contained: it covers slots that were already chosen. A compaction's base
+//! supersedes the older segments only once it is complete and synced, so an interrupted
+//! compaction recovers the state before it (with the new checkpoint) and a finished one
+//! never resurrects compacted entries.
+//!
+//! Limits: damage confined to the last record of the newest segment cannot be told from
+//! a torn write and is discarded, as in most write-ahead logs. Only one `FileStorage`
+//! may use a directory at a time; this is not enforced. With
+//! [`FileStorageOptions::sync`] off nothing is fsynced and a machine crash can lose
+//! acknowledged writes.
+
+mod disk;
+mod format;
+mod recovery;
+mod storage;
+
+pub use storage::{
+    FileStorage, FileStorageOptions, FileStorageStats, RecoveryReport, MIN_RECORD_SIZE,
+};
+
+#[cfg(test)]
+mod tests;

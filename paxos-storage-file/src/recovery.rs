@@ -1,0 +1,560 @@
+//! Startup recovery: reading `META`, the checkpoint and the log segments back.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use paxos_core::{
+    apply_op, Ballot, Checkpoint, PersistOp, PersistentState, Slot, StorageError, StoredEntry,
+};
+use tracing::{debug, warn};
+
+use crate::disk::Disk;
+use crate::format::*;
+use crate::RecoveryReport;
+
+/// What recovery found in the log.
+pub(crate) struct Recovered {
+    /// The state replayed from the segments (without the checkpoint).
+    pub(crate) state: PersistentState,
+    /// The segments in use, oldest first; the last one is appended to.
+    pub(crate) segments: Vec<u64>,
+    /// The valid length of the last segment (after discarding a torn tail).
+    pub(crate) last_len: u64,
+    /// Where the last segment's records after its header and base start.
+    pub(crate) last_start_len: u64,
+}
+
+/// The segment files in `dir`, oldest first, and whether a checkpoint file exists.
+pub(crate) fn list_dir(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, bool), StorageError> {
+    let mut segments = Vec::new();
+    let mut checkpoint = false;
+    let entries = fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err("cannot list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            debug!(dir = %dir.display(), "ignoring a file with a non-UTF-8 name");
+            continue;
+        };
+        if let Some(seq) = parse_segment_name(name) {
+            segments.push((seq, entry.path()));
+        } else if name == CHECKPOINT_FILE {
+            checkpoint = true;
+        } else if name != META_FILE {
+            debug!(dir = %dir.display(), file = name, "ignoring an unknown file in the data directory");
+        }
+    }
+    segments.sort_unstable_by_key(|(seq, _)| *seq);
+    Ok((segments, checkpoint))
+}
+
+/// Reads and checks `META`; `Ok(false)` when it does not exist.
+pub(crate) fn read_meta(path: &Path, cluster: u64, node: u64) -> Result<bool, StorageError> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err("cannot open", path, e)),
+    };
+    let mut bytes = Vec::with_capacity(META_LEN);
+    // Read one byte more than expected to notice a file that is too long.
+    (&mut f)
+        .take(META_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_err("cannot read", path, e))?;
+    if bytes.len() != META_LEN {
+        return Err(corrupt(
+            path,
+            0,
+            format_args!("META must be {META_LEN} bytes, found {}", bytes.len()),
+        ));
+    }
+    check_header(path, &bytes, &META_MAGIC, "META file", cluster, node)?;
+    Ok(true)
+}
+
+/// Reads and checks the checkpoint file, if there is one.
+pub(crate) fn read_checkpoint(
+    path: &Path,
+    cluster: u64,
+    node: u64,
+    max_size: u64,
+) -> Result<Option<Checkpoint>, StorageError> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("cannot open", path, e)),
+    };
+    let len = f
+        .metadata()
+        .map_err(|e| io_err("cannot stat", path, e))?
+        .len();
+    if len < CHECKPOINT_HEADER_LEN as u64 {
+        return Err(corrupt(
+            path,
+            0,
+            format_args!("checkpoint file is truncated ({len} bytes)"),
+        ));
+    }
+    let mut header = [0u8; CHECKPOINT_HEADER_LEN];
+    f.read_exact(&mut header)
+        .map_err(|e| io_err("cannot read", path, e))?;
+    check_header(
+        path,
+        &header,
+        &CHECKPOINT_MAGIC,
+        "checkpoint file",
+        cluster,
+        node,
+    )?;
+    let (payload_len, payload_crc) = checkpoint_header_fields(&header);
+    if payload_len > max_size {
+        return Err(corrupt(
+            path,
+            0,
+            format_args!(
+                "checkpoint of {payload_len} bytes exceeds the maximum checkpoint size of {max_size} bytes"
+            ),
+        ));
+    }
+    let at = CHECKPOINT_HEADER_LEN as u64;
+    if payload_len != len - at {
+        return Err(corrupt(
+            path,
+            at,
+            format_args!(
+                "header announces {payload_len} bytes of checkpoint but the file holds {}",
+                len - at
+            ),
+        ));
+    }
+    let Ok(payload_len) = usize::try_from(payload_len) else {
+        return Err(corrupt(path, at, "checkpoint does not fit in memory"));
+    };
+    let mut payload = vec![0u8; payload_len];
+    f.read_exact(&mut payload)
+        .map_err(|e| io_err("cannot read", path, e))?;
+    if crc32fast::hash(&payload) != payload_crc {
+        return Err(corrupt(
+            path,
+            at,
+            "checkpoint data does not match its checksum",
+        ));
+    }
+    let checkpoint: Checkpoint = postcard::from_bytes(&payload)
+        .map_err(|e| corrupt(path, at, format_args!("cannot decode the checkpoint: {e}")))?;
+    if !checkpoint.verify() {
+        return Err(corrupt(
+            path,
+            at,
+            format_args!(
+                "checkpoint at slot {} does not match its digest (Checkpoint::verify failed)",
+                checkpoint.slot
+            ),
+        ));
+    }
+    Ok(Some(checkpoint))
+}
+
+enum Header {
+    /// Valid: the segment's kind.
+    Kind(u32),
+    /// Incomplete or never written: the tail of an interrupted write.
+    Torn,
+}
+
+fn read_segment_header(
+    path: &Path,
+    seq: u64,
+    may_be_torn: bool,
+    cluster: u64,
+    node: u64,
+) -> Result<Header, StorageError> {
+    let f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
+    let mut bytes = Vec::with_capacity(SEGMENT_HEADER_LEN);
+    f.take(SEGMENT_HEADER_LEN as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_err("cannot read", path, e))?;
+    if may_be_torn && (bytes.len() < SEGMENT_HEADER_LEN || bytes.iter().all(|b| *b == 0)) {
+        return Ok(Header::Torn);
+    }
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        return Err(corrupt(
+            path,
+            0,
+            format_args!("segment header is truncated ({} bytes)", bytes.len()),
+        ));
+    }
+    check_header(path, &bytes, &SEGMENT_MAGIC, "log segment", cluster, node)?;
+    let (header_seq, kind) = segment_header_fields(&bytes);
+    if header_seq != seq {
+        return Err(corrupt(
+            path,
+            0,
+            format_args!(
+                "segment header says sequence number {header_seq}, the file name says {seq}"
+            ),
+        ));
+    }
+    if kind != KIND_BASE && kind != KIND_CONTINUATION {
+        return Err(corrupt(
+            path,
+            0,
+            format_args!("unknown segment kind {kind}"),
+        ));
+    }
+    Ok(Header::Kind(kind))
+}
+
+/// Where a segment's replay is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A base segment before its first record.
+    ExpectBase,
+    /// Inside the base.
+    InBase,
+    /// Operations.
+    Ops,
+}
+
+/// What scanning one segment found.
+struct Scan {
+    /// The end of the last valid record.
+    valid_len: u64,
+    /// Bytes after `valid_len`: the torn tail of an interrupted write.
+    torn: u64,
+    /// Where the records after the base start; `None` when the base is incomplete.
+    base_end: Option<u64>,
+    /// Records replayed.
+    records: u64,
+}
+
+fn decode_entries(mut rest: &[u8], state: &mut PersistentState) -> Result<(), String> {
+    while !rest.is_empty() {
+        let ((slot, entry), r): ((Slot, StoredEntry), _) = postcard::take_from_bytes(rest)
+            .map_err(|e| format!("cannot decode a base entry: {e}"))?;
+        state.log.insert(slot, entry);
+        rest = r;
+    }
+    Ok(())
+}
+
+fn apply_record(
+    payload: &[u8],
+    phase: &mut Phase,
+    state: &mut PersistentState,
+) -> Result<(), String> {
+    let Some((&tag, mut rest)) = payload.split_first() else {
+        return Err("empty record".into());
+    };
+    match (*phase, tag) {
+        (Phase::ExpectBase, TAG_BASE_BEGIN) => {
+            let ((promised, commit_point), r): ((Ballot, Slot), _) =
+                postcard::take_from_bytes(rest)
+                    .map_err(|e| format!("cannot decode the base header: {e}"))?;
+            *state = PersistentState {
+                promised,
+                commit_point,
+                ..PersistentState::default()
+            };
+            decode_entries(r, state)?;
+            *phase = Phase::InBase;
+        }
+        (Phase::InBase, TAG_BASE_MORE) => decode_entries(rest, state)?,
+        (Phase::InBase, TAG_BASE_END) if rest.is_empty() => *phase = Phase::Ops,
+        (Phase::Ops, TAG_OPS) => {
+            while !rest.is_empty() {
+                let (op, r): (PersistOp, _) = postcard::take_from_bytes(rest)
+                    .map_err(|e| format!("cannot decode an operation: {e}"))?;
+                apply_op(state, &op);
+                rest = r;
+            }
+        }
+        (_, tag) => {
+            let place = match phase {
+                Phase::ExpectBase => "at the start of a base segment",
+                Phase::InBase => "inside a base",
+                Phase::Ops => "among operations",
+            };
+            return Err(format!("unexpected record (tag {tag}) {place}"));
+        }
+    }
+    Ok(())
+}
+
+/// True when every remaining byte of `r` is zero: space a file system allocated for a
+/// write that never reached the disk.
+fn rest_is_zero(r: &mut impl Read, path: &Path) -> Result<bool, StorageError> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = r
+            .read(&mut chunk)
+            .map_err(|e| io_err("cannot read", path, e))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if chunk[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+    }
+}
+
+/// The result of a scan that stopped at a torn write at `pos`.
+fn torn(
+    path: &Path,
+    file_len: u64,
+    pos: u64,
+    why: &str,
+    base_end: Option<u64>,
+    records: u64,
+) -> Scan {
+    warn!(
+        file = %path.display(),
+        offset = pos,
+        discarded = file_len - pos,
+        "discarding the torn tail of an interrupted write: {why}"
+    );
+    Scan {
+        valid_len: pos,
+        torn: file_len - pos,
+        base_end,
+        records,
+    }
+}
+
+/// Replays the records of one segment into `state`. Only the last segment may end in a
+/// torn write (`may_be_torn`); anywhere else, damage is corruption.
+fn scan_segment(
+    path: &Path,
+    kind: u32,
+    may_be_torn: bool,
+    max_record: u32,
+    state: &mut PersistentState,
+) -> Result<Scan, StorageError> {
+    let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
+    let file_len = f
+        .metadata()
+        .map_err(|e| io_err("cannot stat", path, e))?
+        .len();
+    f.seek(SeekFrom::Start(SEGMENT_HEADER_LEN as u64))
+        .map_err(|e| io_err("cannot seek in", path, e))?;
+    let mut r = BufReader::with_capacity(1 << 16, f);
+    let mut phase = if kind == KIND_BASE {
+        Phase::ExpectBase
+    } else {
+        Phase::Ops
+    };
+    let mut pos = SEGMENT_HEADER_LEN as u64;
+    let mut base_end = (kind != KIND_BASE).then_some(pos);
+    let mut records = 0;
+    let mut payload = Vec::new();
+    loop {
+        if pos >= file_len {
+            return Ok(Scan {
+                valid_len: pos,
+                torn: 0,
+                base_end,
+                records,
+            });
+        }
+        let remaining = file_len - pos;
+        if remaining < RECORD_HEADER_LEN as u64 {
+            if may_be_torn {
+                return Ok(torn(
+                    path,
+                    file_len,
+                    pos,
+                    "incomplete record header",
+                    base_end,
+                    records,
+                ));
+            }
+            return Err(corrupt(path, pos, "truncated record header"));
+        }
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        r.read_exact(&mut header)
+            .map_err(|e| io_err("cannot read", path, e))?;
+        let Some((len, crc)) = decode_record_header(&header) else {
+            if may_be_torn && header.iter().all(|b| *b == 0) && rest_is_zero(&mut r, path)? {
+                return Ok(torn(
+                    path,
+                    file_len,
+                    pos,
+                    "zero-filled space after the last record",
+                    base_end,
+                    records,
+                ));
+            }
+            return Err(corrupt(path, pos, "record header checksum mismatch"));
+        };
+        if len > max_record {
+            return Err(corrupt(
+                path,
+                pos,
+                format_args!(
+                    "record of {len} bytes exceeds the maximum record size of {max_record} bytes"
+                ),
+            ));
+        }
+        let end = pos + RECORD_HEADER_LEN as u64 + u64::from(len);
+        if end > file_len {
+            if may_be_torn {
+                return Ok(torn(
+                    path,
+                    file_len,
+                    pos,
+                    "incomplete record",
+                    base_end,
+                    records,
+                ));
+            }
+            return Err(corrupt(path, pos, "record runs past the end of the file"));
+        }
+        payload.resize(len as usize, 0);
+        r.read_exact(&mut payload)
+            .map_err(|e| io_err("cannot read", path, e))?;
+        if crc32fast::hash(&payload) != crc {
+            if may_be_torn && end == file_len {
+                return Ok(torn(
+                    path,
+                    file_len,
+                    pos,
+                    "the last record's checksum does not match",
+                    base_end,
+                    records,
+                ));
+            }
+            return Err(corrupt(path, pos, "record checksum mismatch"));
+        }
+        apply_record(&payload, &mut phase, state).map_err(|e| corrupt(path, pos, e))?;
+        records += 1;
+        pos = end;
+        if phase == Phase::Ops && base_end.is_none() {
+            base_end = Some(pos);
+        }
+    }
+}
+
+/// Recovers the log in `dir`: `Ok(None)` when there are no segments.
+///
+/// The replay starts at the newest segment that begins with a complete base; older
+/// segments were superseded by it and are deleted. The last segment may end in (or
+/// consist entirely of) an interrupted write, which is discarded; every other defect is
+/// reported as corruption.
+pub(crate) fn recover_log(
+    disk: &mut Disk,
+    mut segments: Vec<(u64, PathBuf)>,
+    cluster: u64,
+    node: u64,
+    max_record: u32,
+    report: &mut RecoveryReport,
+) -> Result<Option<Recovered>, StorageError> {
+    // Only the newest segment can hold an interrupted write, and only once: after it is
+    // discarded, the one before it was complete and synced before it was created.
+    let mut may_be_torn = true;
+    'search: loop {
+        let Some(last) = segments.len().checked_sub(1) else {
+            return Ok(None);
+        };
+        let mut start = None;
+        for i in (0..segments.len()).rev() {
+            let (seq, path) = &segments[i];
+            let torn_ok = may_be_torn && i == last;
+            match read_segment_header(path, *seq, torn_ok, cluster, node)? {
+                Header::Torn => {
+                    warn!(file = %path.display(), "discarding a segment whose header was never completely written");
+                    disk.remove(path)?;
+                    report.segments_discarded += 1;
+                    segments.pop();
+                    may_be_torn = false;
+                    continue 'search;
+                }
+                Header::Kind(KIND_BASE) => {
+                    start = Some(i);
+                    break;
+                }
+                Header::Kind(_) => {}
+            }
+        }
+        let Some(start) = start else {
+            return Err(corrupt(
+                &segments[0].1,
+                0,
+                "no log segment begins with a base: the beginning of the log is missing",
+            ));
+        };
+        for pair in segments[start..].windows(2) {
+            if pair[1].0 != pair[0].0 + 1 {
+                return Err(StorageError::Corrupt(format!(
+                    "{}: log segment {} is missing before it",
+                    pair[1].1.display(),
+                    segment_name(pair[0].0 + 1)
+                )));
+            }
+        }
+        let mut state = PersistentState::default();
+        let mut last_len = 0;
+        let mut last_start_len = 0;
+        let mut records = 0;
+        for i in start..=last {
+            let (_, path) = &segments[i];
+            let kind = if i == start {
+                KIND_BASE
+            } else {
+                KIND_CONTINUATION
+            };
+            let torn_ok = may_be_torn && i == last;
+            let scan = scan_segment(path, kind, torn_ok, max_record, &mut state)?;
+            records += scan.records;
+            let Some(base_end) = scan.base_end else {
+                if torn_ok {
+                    warn!(file = %path.display(), "discarding a segment whose base was never completely written");
+                    disk.remove(path)?;
+                    report.segments_discarded += 1;
+                    segments.pop();
+                    may_be_torn = false;
+                    continue 'search;
+                }
+                return Err(corrupt(
+                    path,
+                    scan.valid_len,
+                    "the segment ends before its base is complete",
+                ));
+            };
+            if i == last {
+                if scan.torn > 0 {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| io_err("cannot open", path, e))?;
+                    f.set_len(scan.valid_len)
+                        .map_err(|e| io_err("cannot truncate", path, e))?;
+                    disk.sync_file(&f, path)?;
+                    report.torn_bytes_discarded += scan.torn;
+                }
+                last_len = scan.valid_len;
+                last_start_len = if i == start {
+                    base_end
+                } else {
+                    SEGMENT_HEADER_LEN as u64
+                };
+            }
+        }
+        for (_, path) in &segments[..start] {
+            debug!(file = %path.display(), "removing a segment superseded by a newer base");
+            disk.remove(path)?;
+            report.segments_removed += 1;
+        }
+        if report.segments_removed + report.segments_discarded > 0 {
+            disk.sync_dir()?;
+        }
+        report.segments_replayed = last + 1 - start;
+        report.records_replayed = records;
+        return Ok(Some(Recovered {
+            state,
+            segments: segments[start..].iter().map(|(seq, _)| *seq).collect(),
+            last_len,
+            last_start_len,
+        }));
+    }
+}

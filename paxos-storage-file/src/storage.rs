@@ -1,0 +1,518 @@
+//! [`FileStorage`]: the durable [`Storage`].
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use paxos_core::{PersistOp, PersistentState, Storage, StorageError};
+use tracing::{info, warn};
+
+use crate::disk::{sync_dir, Disk};
+use crate::format::*;
+use crate::recovery::{list_dir, read_checkpoint, read_meta, recover_log};
+
+/// The smallest accepted [`FileStorageOptions::max_record_size`].
+pub const MIN_RECORD_SIZE: u32 = 4096;
+
+/// Settings of a [`FileStorage`].
+///
+/// ```
+/// use paxos_storage_file::FileStorageOptions;
+///
+/// let options = FileStorageOptions {
+///     segment_size: 16 << 20,
+///     ..FileStorageOptions::default()
+/// };
+/// assert!(options.sync);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStorageOptions {
+    /// A segment that has reached this many bytes is closed and the next write starts a
+    /// new one. A single write larger than this still goes into one segment.
+    /// Default 64 MiB.
+    pub segment_size: u64,
+    /// The largest record written or accepted when reading, in bytes. A batch is split
+    /// over several records when needed; a single operation larger than this is
+    /// refused by [`persist`](Storage::persist). Reading a record that claims to be
+    /// larger is reported as corruption instead of allocating it. Values below
+    /// [`MIN_RECORD_SIZE`] are raised to it. Default 64 MiB.
+    pub max_record_size: u32,
+    /// The largest checkpoint file accepted, in bytes (read and write). Default 4 GiB.
+    pub max_checkpoint_size: u64,
+    /// Whether to fsync. Default `true`. **`false` gives up durability**: a crash of the
+    /// machine (not only of the process) can lose writes that `persist` acknowledged,
+    /// and an acceptor that forgets a promise or an accepted value breaks Paxos. Only
+    /// for tests and benchmarks.
+    pub sync: bool,
+}
+
+impl Default for FileStorageOptions {
+    fn default() -> Self {
+        FileStorageOptions {
+            segment_size: 64 << 20,
+            max_record_size: 64 << 20,
+            max_checkpoint_size: 4 << 30,
+            sync: true,
+        }
+    }
+}
+
+/// Counters of what a [`FileStorage`] did since it was opened (recovery included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileStorageStats {
+    /// fsync/fdatasync calls on files and on the directory (0 when syncing is off).
+    /// A `persist` of plain operations costs exactly one; a new segment, a checkpoint
+    /// or a compaction costs one or two more each.
+    pub syncs: u64,
+    /// Bytes written to log segments, checkpoint files and `META`.
+    pub bytes_written: u64,
+    /// Calls to `persist` with at least one operation.
+    pub persists: u64,
+    /// Operations persisted.
+    pub ops: u64,
+    /// Log segments created (by rotation, compaction or initialization).
+    pub segments_created: u64,
+    /// Compactions: segments started with a base, after which older ones are deleted.
+    pub compactions: u64,
+    /// Checkpoint files written.
+    pub checkpoints_written: u64,
+}
+
+/// What [`FileStorage::open`] found and repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The data directory was new (or had no `META`) and was initialized.
+    pub created: bool,
+    /// Log segments replayed.
+    pub segments_replayed: usize,
+    /// Log records replayed.
+    pub records_replayed: u64,
+    /// Bytes of a torn last write that were cut off the last segment.
+    pub torn_bytes_discarded: u64,
+    /// Segments deleted because they held only an interrupted write (a header or a
+    /// base that never completely reached the disk).
+    pub segments_discarded: usize,
+    /// Segments deleted because a newer base supersedes them (a compaction that was
+    /// interrupted before its cleanup).
+    pub segments_removed: usize,
+}
+
+/// A durable [`Storage`] in a data directory: a segmented write-ahead log plus the
+/// latest checkpoint. See the [crate documentation](crate) for the format and the
+/// recovery rules.
+///
+/// One `FileStorage` at a time may use a directory; this is not enforced.
+#[derive(Debug)]
+pub struct FileStorage {
+    disk: Disk,
+    cluster_id: u64,
+    node_id: u64,
+    options: FileStorageOptions,
+    /// The state as of every persisted operation: what `load` returns and what a
+    /// compaction writes as the new base.
+    state: PersistentState,
+    /// The segments on disk that recovery would replay, oldest first; the last one is
+    /// open for appending.
+    segments: Vec<u64>,
+    segment: File,
+    segment_len: u64,
+    /// Where the current segment's appended records start (after its header and base).
+    segment_start_len: u64,
+    buf: Vec<u8>,
+    recovery: RecoveryReport,
+    /// Set when a write failed: the files may no longer match `state`.
+    failed: Option<String>,
+}
+
+impl FileStorage {
+    /// Opens the data directory `dir` for replica `node_id` of cluster `cluster_id`
+    /// with default options, creating and initializing it if it does not exist.
+    ///
+    /// Errors: [`StorageError::Mismatch`] when the directory belongs to another cluster
+    /// or node, [`StorageError::Corrupt`] when its contents are damaged (anything but a
+    /// torn last write, which is discarded), [`StorageError::Io`] when the file system
+    /// fails.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        cluster_id: u64,
+        node_id: u64,
+    ) -> Result<Self, StorageError> {
+        Self::open_with(dir, cluster_id, node_id, FileStorageOptions::default())
+    }
+
+    /// [`open`](Self::open) with explicit options.
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        cluster_id: u64,
+        node_id: u64,
+        mut options: FileStorageOptions,
+    ) -> Result<Self, StorageError> {
+        options.max_record_size = options.max_record_size.max(MIN_RECORD_SIZE);
+        let dir = dir.as_ref().to_path_buf();
+        let created_dir = create_dir(&dir, options.sync)?;
+        let mut disk = Disk {
+            dir: dir.clone(),
+            sync: options.sync,
+            stats: FileStorageStats::default(),
+        };
+        let mut recovery = RecoveryReport::default();
+
+        // Leftovers of an interrupted replacement: the real file is intact.
+        disk.remove(&disk.path(META_TMP))?;
+        disk.remove(&disk.path(CHECKPOINT_TMP))?;
+
+        let (segments, has_checkpoint) = list_dir(&dir)?;
+        if !read_meta(&disk.path(META_FILE), cluster_id, node_id)? {
+            if !segments.is_empty() || has_checkpoint {
+                return Err(StorageError::Corrupt(format!(
+                    "{}: the META file is missing but the directory holds log data; \
+                     refusing to guess which replica it belongs to",
+                    dir.display()
+                )));
+            }
+            disk.replace(META_TMP, META_FILE, &encode_meta(cluster_id, node_id))?;
+            recovery.created = true;
+        }
+        let checkpoint = read_checkpoint(
+            &disk.path(CHECKPOINT_FILE),
+            cluster_id,
+            node_id,
+            options.max_checkpoint_size,
+        )?;
+        let recovered = recover_log(
+            &mut disk,
+            segments,
+            cluster_id,
+            node_id,
+            options.max_record_size,
+            &mut recovery,
+        )?;
+
+        let mut buf = Vec::new();
+        let (mut state, segments, segment, segment_len, segment_start_len) = match recovered {
+            Some(r) => {
+                let seq = r.segments.last().copied().unwrap_or(1);
+                let path = disk.path(&segment_name(seq));
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| io_err("cannot open", &path, e))?;
+                f.seek(SeekFrom::Start(r.last_len))
+                    .map_err(|e| io_err("cannot seek in", &path, e))?;
+                (r.state, r.segments, f, r.last_len, r.last_start_len)
+            }
+            None => {
+                if checkpoint.is_some() {
+                    return Err(StorageError::Corrupt(format!(
+                        "{}: a checkpoint exists but every log segment is missing",
+                        dir.display()
+                    )));
+                }
+                let state = PersistentState::default();
+                encode_segment_header(&mut buf, cluster_id, node_id, 1, KIND_BASE);
+                encode_base(&mut buf, &state, options.max_record_size)?;
+                let path = disk.path(&segment_name(1));
+                let f = disk.create(&path, &buf)?;
+                disk.sync_file(&f, &path)?;
+                disk.sync_dir()?;
+                disk.stats.segments_created += 1;
+                let len = buf.len() as u64;
+                (state, vec![1], f, len, len)
+            }
+        };
+        if let Some(cp) = checkpoint {
+            state.commit_point = state.commit_point.max(cp.slot);
+            state.checkpoint = Some(cp);
+        }
+        if created_dir {
+            recovery.created = true;
+        }
+        info!(
+            dir = %dir.display(),
+            cluster = cluster_id,
+            node = node_id,
+            promised = %state.promised,
+            commit_point = state.commit_point,
+            entries = state.log.len(),
+            checkpoint = ?state.checkpoint.as_ref().map(|c| c.slot),
+            segments = segments.len(),
+            torn_bytes = recovery.torn_bytes_discarded,
+            "file storage opened"
+        );
+        Ok(FileStorage {
+            disk,
+            cluster_id,
+            node_id,
+            options,
+            state,
+            segments,
+            segment,
+            segment_len,
+            segment_start_len,
+            buf,
+            recovery,
+            failed: None,
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.disk.dir
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &FileStorageOptions {
+        &self.options
+    }
+
+    /// Counters since the storage was opened.
+    pub fn stats(&self) -> FileStorageStats {
+        self.disk.stats
+    }
+
+    /// What recovery found when the storage was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The stored state, for inspection (what [`load`](Storage::load) returns).
+    pub fn state(&self) -> &PersistentState {
+        &self.state
+    }
+
+    /// The log segment files currently in use, oldest first.
+    pub fn segment_files(&self) -> Vec<PathBuf> {
+        self.segments
+            .iter()
+            .map(|seq| self.disk.path(&segment_name(*seq)))
+            .collect()
+    }
+
+    fn persist_ops(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
+        // Update the in-memory image first, noting what needs more than an append.
+        let mut new_checkpoint = false;
+        let mut compacted = false;
+        let mut logged = 0;
+        for op in ops {
+            match op {
+                PersistOp::Checkpoint(cp) => {
+                    if !cp.verify() {
+                        return Err(StorageError::Corrupt(format!(
+                            "refusing to store the checkpoint at slot {}: its data does not match its digest",
+                            cp.slot
+                        )));
+                    }
+                    if self
+                        .state
+                        .checkpoint
+                        .as_ref()
+                        .is_none_or(|old| old.slot < cp.slot)
+                    {
+                        new_checkpoint = true;
+                    }
+                }
+                PersistOp::Compact(below) => {
+                    if self.state.log.range(..*below).next().is_some() {
+                        compacted = true;
+                    }
+                    logged += 1;
+                }
+                _ => logged += 1,
+            }
+            paxos_core::apply_op(&mut self.state, op);
+        }
+        let stats = &mut self.disk.stats;
+        stats.persists += 1;
+        stats.ops += ops.len() as u64;
+
+        // 1. The checkpoint, before anything that may drop the entries it covers.
+        if new_checkpoint {
+            self.write_checkpoint()?;
+        }
+        // 2a. A compaction rewrites the whole state as the base of a new segment, which
+        //     covers every operation of the batch.
+        if compacted {
+            return self.compact();
+        }
+        // 2b. Otherwise the operations (checkpoints excepted: they live in their own
+        //     file) are appended to the log with one write and one sync.
+        if logged == 0 {
+            return Ok(());
+        }
+        self.buf.clear();
+        {
+            let mut w = RecordWriter::new(&mut self.buf, self.options.max_record_size);
+            w.begin(TAG_OPS);
+            for op in ops {
+                if !matches!(op, PersistOp::Checkpoint(_)) {
+                    w.item(op, TAG_OPS)?;
+                }
+            }
+        }
+        let new_segment = self.segment_len > self.segment_start_len
+            && self.segment_len + self.buf.len() as u64 > self.options.segment_size;
+        if new_segment {
+            self.start_segment(KIND_CONTINUATION)?;
+        }
+        let seq = self.current_seq();
+        let disk = &mut self.disk;
+        let path = disk.path(&segment_name(seq));
+        disk.write(&mut self.segment, &path, &self.buf)?;
+        self.segment_len += self.buf.len() as u64;
+        disk.sync_file(&self.segment, &path)?;
+        if new_segment {
+            disk.sync_dir()?;
+        }
+        self.trim_buffer();
+        Ok(())
+    }
+
+    fn current_seq(&self) -> u64 {
+        self.segments.last().copied().unwrap_or(1)
+    }
+
+    /// Creates the next segment and writes its header (and, for a base segment, the
+    /// current state as its base), without syncing.
+    fn start_segment(&mut self, kind: u32) -> Result<(), StorageError> {
+        let seq = self.current_seq() + 1;
+        let mut head = Vec::new();
+        encode_segment_header(&mut head, self.cluster_id, self.node_id, seq, kind);
+        if kind == KIND_BASE {
+            encode_base(&mut head, &self.state, self.options.max_record_size)?;
+        }
+        let disk = &mut self.disk;
+        let path = disk.path(&segment_name(seq));
+        self.segment = disk.create(&path, &head)?;
+        disk.stats.segments_created += 1;
+        self.segments.push(seq);
+        self.segment_len = head.len() as u64;
+        self.segment_start_len = self.segment_len;
+        Ok(())
+    }
+
+    fn write_checkpoint(&mut self) -> Result<(), StorageError> {
+        let Some(cp) = &self.state.checkpoint else {
+            return Ok(());
+        };
+        let payload = postcard::to_stdvec(cp)
+            .map_err(|e| StorageError::Io(format!("cannot encode the checkpoint: {e}")))?;
+        if payload.len() as u64 > self.options.max_checkpoint_size {
+            return Err(StorageError::Io(format!(
+                "the checkpoint at slot {} is {} bytes, more than the maximum checkpoint size of {} bytes",
+                cp.slot,
+                payload.len(),
+                self.options.max_checkpoint_size
+            )));
+        }
+        let mut bytes = Vec::with_capacity(CHECKPOINT_HEADER_LEN + payload.len());
+        encode_checkpoint_header(&mut bytes, self.cluster_id, self.node_id, &payload);
+        bytes.extend_from_slice(&payload);
+        drop(payload);
+        let disk = &mut self.disk;
+        disk.replace(CHECKPOINT_TMP, CHECKPOINT_FILE, &bytes)?;
+        disk.stats.checkpoints_written += 1;
+        Ok(())
+    }
+
+    /// Starts a segment whose base is the whole current state, makes it durable, then
+    /// deletes every older segment.
+    fn compact(&mut self) -> Result<(), StorageError> {
+        let old: Vec<u64> = self.segments.clone();
+        self.start_segment(KIND_BASE)?;
+        let seq = self.current_seq();
+        let disk = &mut self.disk;
+        let path = disk.path(&segment_name(seq));
+        disk.sync_file(&self.segment, &path)?;
+        disk.sync_dir()?;
+        disk.stats.compactions += 1;
+        // The new base is durable: older segments are dead. A crash before their
+        // removal is harmless, recovery starts at the newest base and removes them.
+        for seq in old {
+            let path = disk.path(&segment_name(seq));
+            if let Err(e) = disk.remove(&path) {
+                warn!(error = %e, "cannot remove a compacted log segment; it is retried at the next start");
+            }
+        }
+        self.segments.drain(..self.segments.len() - 1);
+        Ok(())
+    }
+
+    /// Keeps the write buffer from holding on to the memory of an unusually big batch.
+    fn trim_buffer(&mut self) {
+        if self.buf.capacity() > 8 << 20 {
+            self.buf = Vec::new();
+        }
+    }
+}
+
+impl Storage for FileStorage {
+    fn load(&mut self) -> Result<PersistentState, StorageError> {
+        if let Some(e) = &self.failed {
+            return Err(StorageError::Io(format!(
+                "an earlier write failed ({e}); reopen the storage to recover"
+            )));
+        }
+        Ok(self.state.clone())
+    }
+
+    /// Applies `ops` in order and returns once they are durable: normally one write
+    /// and one fdatasync for the whole slice, however many operations it holds.
+    ///
+    /// After an error the storage refuses every further call: what is on disk may be
+    /// behind what was applied in memory. Reopen it to recover.
+    fn persist(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
+        if let Some(e) = &self.failed {
+            return Err(StorageError::Io(format!(
+                "an earlier write failed ({e}); reopen the storage to recover"
+            )));
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let result = self.persist_ops(ops);
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+}
+
+/// Appends the records of a base holding `state` (checkpoint excepted) to `buf`.
+pub(crate) fn encode_base(
+    buf: &mut Vec<u8>,
+    state: &PersistentState,
+    max_record_size: u32,
+) -> Result<(), StorageError> {
+    let mut w = RecordWriter::new(buf, max_record_size);
+    w.begin(TAG_BASE_BEGIN);
+    w.item(&(state.promised, state.commit_point), TAG_BASE_MORE)?;
+    for (slot, entry) in &state.log {
+        w.item(&(slot, entry), TAG_BASE_MORE)?;
+    }
+    w.begin(TAG_BASE_END);
+    w.finish();
+    Ok(())
+}
+
+/// Creates `dir` if needed; true when it was created (and its parent synced).
+fn create_dir(dir: &Path, sync: bool) -> Result<bool, StorageError> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(false),
+        Ok(_) => Err(StorageError::Io(format!(
+            "{} is not a directory",
+            dir.display()
+        ))),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(|e| io_err("cannot create directory", dir, e))?;
+            if sync {
+                let parent = dir
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                sync_dir(parent)?;
+            }
+            Ok(true)
+        }
+        Err(e) => Err(io_err("cannot stat", dir, e)),
+    }
+}

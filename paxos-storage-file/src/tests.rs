@@ -1,0 +1,796 @@
+//! Tests of the write-ahead log: round trips, torn writes, corruption, identity checks,
+//! rotation, compaction, checkpoints, crash images and a model-based property test.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use paxos_core::{
+    Ballot, Checkpoint, MemStorage, PersistOp, PersistentState, Request, Storage, StorageError,
+    Value,
+};
+use proptest::prelude::*;
+
+use crate::format::*;
+use crate::{FileStorage, FileStorageOptions};
+
+const CLUSTER: u64 = 0xC1;
+const NODE: u64 = 3;
+
+fn opts(segment_size: u64) -> FileStorageOptions {
+    FileStorageOptions {
+        segment_size,
+        ..FileStorageOptions::default()
+    }
+}
+
+fn nosync(segment_size: u64) -> FileStorageOptions {
+    FileStorageOptions {
+        segment_size,
+        sync: false,
+        ..FileStorageOptions::default()
+    }
+}
+
+fn value(n: u64, len: usize) -> Value {
+    Value::Request(Request {
+        client: n,
+        seq: n + 1,
+        payload: Bytes::from(vec![n as u8; len]),
+    })
+}
+
+fn checkpoint(slot: u64, data: &[u8]) -> Checkpoint {
+    Checkpoint {
+        slot,
+        digest: crc32fast::hash(data),
+        data: Bytes::copy_from_slice(data),
+    }
+}
+
+fn accept(slot: u64, round: u64) -> PersistOp {
+    PersistOp::Accept {
+        slot,
+        ballot: Ballot::new(round, 1),
+        value: value(slot, 10),
+    }
+}
+
+fn learn(slot: u64) -> PersistOp {
+    PersistOp::Learn {
+        slot,
+        value: value(slot + 100, 5),
+    }
+}
+
+/// A few batches touching every kind of operation except checkpoints and compaction.
+fn sample_batches() -> Vec<Vec<PersistOp>> {
+    vec![
+        vec![
+            PersistOp::Promise(Ballot::new(1, 1)),
+            accept(0, 1),
+            accept(1, 1),
+        ],
+        vec![learn(0), PersistOp::CommitPoint(1), accept(2, 1)],
+        vec![
+            PersistOp::Promise(Ballot::new(2, 2)),
+            accept(1, 2),
+            learn(1),
+            PersistOp::CommitPoint(2),
+        ],
+        vec![
+            accept(3, 2),
+            accept(4, 2),
+            PersistOp::Promise(Ballot::new(1, 9)),
+        ],
+    ]
+}
+
+fn mem_after(batches: &[Vec<PersistOp>]) -> PersistentState {
+    let mut mem = MemStorage::new();
+    for b in batches {
+        mem.persist(b).unwrap();
+    }
+    mem.state().clone()
+}
+
+fn open(dir: &Path, options: &FileStorageOptions) -> FileStorage {
+    FileStorage::open_with(dir, CLUSTER, NODE, options.clone()).unwrap()
+}
+
+fn load(dir: &Path, options: &FileStorageOptions) -> PersistentState {
+    open(dir, options).load().unwrap()
+}
+
+fn open_err(dir: &Path) -> StorageError {
+    FileStorage::open_with(dir, CLUSTER, NODE, nosync(1 << 20)).unwrap_err()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| parse_segment_name(p.file_name().unwrap().to_str().unwrap()).is_some())
+        .collect();
+    v.sort();
+    v
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(to).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn truncate(path: &Path, len: u64) {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+fn flip_bit(path: &Path, offset: u64, bit: u8) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[offset as usize] ^= 1 << bit;
+    fs::write(path, bytes).unwrap();
+}
+
+/// `(offset, payload length, tag)` of each record of a segment.
+fn records(path: &Path) -> Vec<(u64, u32, u8)> {
+    let bytes = fs::read(path).unwrap();
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut out = Vec::new();
+    while pos < bytes.len() {
+        let h: [u8; RECORD_HEADER_LEN] = bytes[pos..pos + RECORD_HEADER_LEN].try_into().unwrap();
+        let (len, _) = decode_record_header(&h).unwrap();
+        out.push((pos as u64, len, bytes[pos + RECORD_HEADER_LEN]));
+        pos += RECORD_HEADER_LEN + len as usize;
+    }
+    out
+}
+
+fn assert_corrupt(e: StorageError, file: &Path, offset: u64) {
+    let StorageError::Corrupt(msg) = &e else {
+        panic!("expected Corrupt, got {e:?}");
+    };
+    let name = file.file_name().unwrap().to_str().unwrap();
+    assert!(msg.contains(name), "{msg:?} does not name {name}");
+    assert!(
+        msg.contains(&format!("offset {offset}")),
+        "{msg:?} does not name offset {offset}"
+    );
+}
+
+#[test]
+fn round_trip_equals_mem_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches = sample_batches();
+    let mut fs_ = open(dir.path(), &opts(1 << 20));
+    assert!(fs_.recovery().created);
+    for b in &batches {
+        fs_.persist(b).unwrap();
+    }
+    let expected = mem_after(&batches);
+    assert_eq!(fs_.load().unwrap(), expected);
+    drop(fs_);
+    let mut again = open(dir.path(), &opts(1 << 20));
+    assert!(!again.recovery().created);
+    assert_eq!(again.recovery().records_replayed, 2 + batches.len() as u64);
+    assert_eq!(again.load().unwrap(), expected);
+    // Empty batches and reopening an untouched store change nothing.
+    again.persist(&[]).unwrap();
+    drop(again);
+    assert_eq!(load(dir.path(), &opts(1 << 20)), expected);
+}
+
+#[test]
+fn one_persist_is_one_sync_however_many_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &opts(1 << 20));
+    for n in [1u64, 10, 100] {
+        let before = s.stats();
+        let ops: Vec<PersistOp> = (0..n).map(|i| accept(i, n)).collect();
+        s.persist(&ops).unwrap();
+        let after = s.stats();
+        assert_eq!(after.syncs - before.syncs, 1, "batch of {n}");
+        assert_eq!(after.persists - before.persists, 1);
+        assert_eq!(after.ops - before.ops, n);
+        assert!(after.bytes_written > before.bytes_written);
+    }
+    // Without syncing, nothing is synced.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &nosync(1 << 20));
+    s.persist(&[accept(0, 1)]).unwrap();
+    assert_eq!(s.stats().syncs, 0);
+}
+
+#[test]
+fn torn_tail_at_every_offset_is_discarded_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(1 << 20);
+    let batches = sample_batches();
+    let (kept, last) = batches.split_at(batches.len() - 1);
+    let mut s = open(dir.path(), &o);
+    for b in kept {
+        s.persist(b).unwrap();
+    }
+    let seg = s.segment_files().pop().unwrap();
+    let before = fs::metadata(&seg).unwrap().len();
+    s.persist(&last[0]).unwrap();
+    drop(s);
+    let after = fs::metadata(&seg).unwrap().len();
+    assert!(after > before + RECORD_HEADER_LEN as u64);
+
+    let expected = mem_after(kept);
+    let more = vec![accept(7, 5), PersistOp::CommitPoint(3)];
+    let mut expected_more = kept.to_vec();
+    expected_more.push(more.clone());
+    let expected_more = mem_after(&expected_more);
+
+    let work = tempfile::tempdir().unwrap();
+    let nosync = nosync(1 << 20);
+    for cut in before..after {
+        copy_dir(dir.path(), work.path());
+        truncate(&work.path().join(seg.file_name().unwrap()), cut);
+        let mut s = open(work.path(), &nosync);
+        assert_eq!(s.load().unwrap(), expected, "cut at {cut}");
+        assert_eq!(s.recovery().torn_bytes_discarded, cut - before);
+        s.persist(&more).unwrap();
+        drop(s);
+        let mut s = open(work.path(), &nosync);
+        assert_eq!(s.recovery().torn_bytes_discarded, 0);
+        assert_eq!(
+            s.load().unwrap(),
+            expected_more,
+            "cut at {cut}, after appending"
+        );
+    }
+}
+
+#[test]
+fn zero_filled_tail_is_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches = sample_batches();
+    let mut s = open(dir.path(), &opts(1 << 20));
+    for b in &batches {
+        s.persist(b).unwrap();
+    }
+    let seg = s.segment_files().pop().unwrap();
+    drop(s);
+    let len = fs::metadata(&seg).unwrap().len();
+    truncate(&seg, len + 300);
+    let mut s = open(dir.path(), &nosync(1 << 20));
+    assert_eq!(s.load().unwrap(), mem_after(&batches));
+    assert_eq!(s.recovery().torn_bytes_discarded, 300);
+    assert_eq!(fs::metadata(&seg).unwrap().len(), len);
+}
+
+#[test]
+fn flipped_bit_before_the_tail_is_corruption_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &opts(1 << 20));
+    for b in sample_batches() {
+        s.persist(&b).unwrap();
+    }
+    let seg = s.segment_files().pop().unwrap();
+    drop(s);
+    let recs = records(&seg);
+    let ops: Vec<_> = recs.iter().filter(|r| r.2 == TAG_OPS).collect();
+    assert_eq!(ops.len(), 4);
+    let work = tempfile::tempdir().unwrap();
+    let work_seg = work.path().join(seg.file_name().unwrap());
+
+    // In a payload, in the length, in a header checksum, in the base.
+    let (first, second) = (ops[0].0, ops[1].0);
+    for (offset, bit, record) in [
+        (first + RECORD_HEADER_LEN as u64 + 3, 2, first),
+        (second, 0, second),
+        (second + 3, 7, second),
+        (second + 9, 4, second),
+        (recs[0].0 + RECORD_HEADER_LEN as u64 + 1, 1, recs[0].0),
+    ] {
+        copy_dir(dir.path(), work.path());
+        flip_bit(&work_seg, offset, bit);
+        assert_corrupt(open_err(work.path()), &work_seg, record);
+    }
+
+    // A damaged segment header is corruption too.
+    copy_dir(dir.path(), work.path());
+    flip_bit(&work_seg, 20, 0);
+    assert_corrupt(open_err(work.path()), &work_seg, 0);
+
+    // Damage confined to the very last record cannot be told from a torn write.
+    copy_dir(dir.path(), work.path());
+    let last = recs.last().unwrap();
+    flip_bit(&work_seg, last.0 + RECORD_HEADER_LEN as u64 + 2, 3);
+    let mut s = open(work.path(), &nosync(1 << 20));
+    assert_eq!(s.load().unwrap(), mem_after(&sample_batches()[..3]));
+}
+
+#[test]
+fn another_cluster_or_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &opts(1 << 20));
+    s.persist(&[accept(0, 1)]).unwrap();
+    drop(s);
+    for (cluster, node) in [(CLUSTER + 1, NODE), (CLUSTER, NODE + 1)] {
+        let e = FileStorage::open(dir.path(), cluster, node).unwrap_err();
+        let StorageError::Mismatch(msg) = &e else {
+            panic!("expected Mismatch, got {e:?}");
+        };
+        assert!(msg.contains("META") && msg.contains("node"), "{msg}");
+    }
+    // A segment of another node's directory dropped into this one is refused as well.
+    let other = tempfile::tempdir().unwrap();
+    let mut o = FileStorage::open(other.path(), CLUSTER, NODE + 1).unwrap();
+    o.persist(&[accept(0, 1)]).unwrap();
+    let foreign = o.segment_files().pop().unwrap();
+    drop(o);
+    let seg = segments(dir.path()).pop().unwrap();
+    fs::copy(&foreign, &seg).unwrap();
+    assert!(matches!(open_err(dir.path()), StorageError::Mismatch(m) if m.contains(".log")));
+}
+
+#[test]
+fn missing_meta_next_to_data_and_missing_segments_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &opts(300));
+    for i in 0..40 {
+        s.persist(&[accept(i, 1)]).unwrap();
+    }
+    drop(s);
+    let segs = segments(dir.path());
+    assert!(segs.len() > 3);
+
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), work.path());
+    fs::remove_file(work.path().join(META_FILE)).unwrap();
+    assert!(matches!(open_err(work.path()), StorageError::Corrupt(m) if m.contains("META")));
+
+    copy_dir(dir.path(), work.path());
+    fs::remove_file(work.path().join(segs[1].file_name().unwrap())).unwrap();
+    assert!(matches!(open_err(work.path()), StorageError::Corrupt(m) if m.contains("missing")));
+
+    copy_dir(dir.path(), work.path());
+    fs::remove_file(work.path().join(segs[0].file_name().unwrap())).unwrap();
+    assert!(matches!(open_err(work.path()), StorageError::Corrupt(m) if m.contains("base")));
+}
+
+#[test]
+fn segments_rotate_by_size_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(512);
+    let mut s = open(dir.path(), &o);
+    let mut batches = Vec::new();
+    for i in 0..200u64 {
+        let b = vec![
+            accept(i, 1 + i / 50),
+            learn(i / 2),
+            PersistOp::CommitPoint(i / 3),
+        ];
+        s.persist(&b).unwrap();
+        batches.push(b);
+    }
+    let n = segments(dir.path()).len();
+    assert!(n > 10, "only {n} segments");
+    assert_eq!(s.stats().segments_created as usize, n);
+    for seg in segments(dir.path()) {
+        // Each segment holds at most one write past the limit.
+        assert!(fs::metadata(&seg).unwrap().len() < 512 + 200);
+    }
+    drop(s);
+    let mut s = open(dir.path(), &o);
+    assert_eq!(s.recovery().segments_replayed, n);
+    assert_eq!(s.load().unwrap(), mem_after(&batches));
+}
+
+#[test]
+fn a_batch_larger_than_a_record_is_split_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = FileStorageOptions {
+        max_record_size: 4096,
+        ..opts(1 << 20)
+    };
+    let mut s = open(dir.path(), &o);
+    let big: Vec<PersistOp> = (0..100)
+        .map(|i| PersistOp::Accept {
+            slot: i,
+            ballot: Ballot::new(1, 1),
+            value: value(i, 200),
+        })
+        .collect();
+    let before = s.stats().syncs;
+    s.persist(&big).unwrap();
+    assert_eq!(s.stats().syncs - before, 1);
+    let seg = s.segment_files().pop().unwrap();
+    drop(s);
+    let ops = records(&seg).iter().filter(|r| r.2 == TAG_OPS).count();
+    assert!(ops > 1);
+    assert_eq!(load(dir.path(), &o), mem_after(std::slice::from_ref(&big)));
+
+    // A single operation larger than a record is refused, and the storage stops.
+    let mut s = open(dir.path(), &o);
+    let huge = PersistOp::Learn {
+        slot: 1,
+        value: value(1, 5000),
+    };
+    assert!(matches!(s.persist(&[huge]), Err(StorageError::Io(_))));
+    assert!(s.persist(&[accept(1, 1)]).is_err());
+    assert!(s.load().is_err());
+    drop(s);
+    assert_eq!(load(dir.path(), &o), mem_after(std::slice::from_ref(&big)));
+
+    // Reading a record longer than the configured maximum is refused, not allocated.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &opts(1 << 20));
+    s.persist(&[PersistOp::Learn {
+        slot: 1,
+        value: value(1, 5000),
+    }])
+    .unwrap();
+    s.persist(&[accept(2, 1)]).unwrap();
+    let seg = s.segment_files().pop().unwrap();
+    drop(s);
+    let big_at = records(&seg).iter().find(|r| r.1 > 4096).unwrap().0;
+    let e = FileStorage::open_with(dir.path(), CLUSTER, NODE, o).unwrap_err();
+    assert_corrupt(e, &seg, big_at);
+}
+
+#[test]
+fn compaction_removes_old_segments_and_keeps_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(400);
+    let mut s = open(dir.path(), &o);
+    let mut batches = Vec::new();
+    for i in 0..60u64 {
+        let b = vec![accept(i, 1), learn(i), PersistOp::CommitPoint(i + 1)];
+        s.persist(&b).unwrap();
+        batches.push(b);
+    }
+    let old = segments(dir.path());
+    assert!(old.len() > 3);
+    let cp = vec![
+        PersistOp::Checkpoint(checkpoint(50, b"state at 50")),
+        PersistOp::Compact(50),
+    ];
+    let before = s.stats();
+    s.persist(&cp).unwrap();
+    batches.push(cp);
+    let after = s.stats();
+    assert_eq!(after.compactions - before.compactions, 1);
+    assert_eq!(after.checkpoints_written - before.checkpoints_written, 1);
+    // Checkpoint file + directory, base segment + directory.
+    assert_eq!(after.syncs - before.syncs, 4);
+    let now = segments(dir.path());
+    assert_eq!(now.len(), 1);
+    assert!(!old.contains(&now[0]));
+    let expected = mem_after(&batches);
+    assert_eq!(expected.log.len(), 10);
+    assert_eq!(s.load().unwrap(), expected);
+
+    // Appending after the compaction, and compacting again, keeps working.
+    let more = vec![accept(60, 2), PersistOp::Compact(55)];
+    s.persist(&more).unwrap();
+    batches.push(more);
+    drop(s);
+    let mut s = open(dir.path(), &o);
+    assert_eq!(s.recovery().segments_replayed, 1);
+    assert_eq!(segments(dir.path()).len(), 1);
+    assert_eq!(s.load().unwrap(), mem_after(&batches));
+
+    // A compaction that drops nothing is an ordinary append.
+    let before = s.stats();
+    s.persist(&[PersistOp::Compact(10)]).unwrap();
+    assert_eq!(s.stats().compactions, before.compactions);
+    assert_eq!(s.stats().syncs - before.syncs, 1);
+}
+
+#[test]
+fn checkpoint_file_is_replaced_atomically_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(1 << 20);
+    let mut s = open(dir.path(), &o);
+    let batches = vec![
+        vec![
+            accept(0, 1),
+            learn(0),
+            PersistOp::Checkpoint(checkpoint(1, b"one")),
+        ],
+        vec![
+            PersistOp::Checkpoint(checkpoint(3, b"three")),
+            PersistOp::CommitPoint(2),
+        ],
+        // Older than the stored one: ignored, as by MemStorage.
+        vec![PersistOp::Checkpoint(checkpoint(2, b"two"))],
+    ];
+    for b in &batches {
+        s.persist(b).unwrap();
+    }
+    assert_eq!(s.stats().checkpoints_written, 2);
+    drop(s);
+    let expected = mem_after(&batches);
+    assert_eq!(expected.checkpoint.as_ref().unwrap().slot, 3);
+
+    // A leftover temporary file (a replacement interrupted before its rename) is ignored.
+    fs::write(dir.path().join(CHECKPOINT_TMP), b"half a checkpoi").unwrap();
+    assert_eq!(load(dir.path(), &o), expected);
+    assert!(!dir.path().join(CHECKPOINT_TMP).exists());
+
+    let cp_path = dir.path().join(CHECKPOINT_FILE);
+    let good = fs::read(&cp_path).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let work_cp = work.path().join(CHECKPOINT_FILE);
+
+    // Any damaged byte is detected.
+    for at in [0, 13, CHECKPOINT_HEADER_LEN + 1, good.len() - 1] {
+        copy_dir(dir.path(), work.path());
+        flip_bit(&work_cp, at as u64, 0);
+        assert!(
+            matches!(open_err(work.path()), StorageError::Corrupt(m) if m.contains("checkpoint"))
+        );
+    }
+    copy_dir(dir.path(), work.path());
+    truncate(&work_cp, good.len() as u64 - 1);
+    assert!(matches!(open_err(work.path()), StorageError::Corrupt(_)));
+
+    // A checkpoint whose data does not match its digest (with intact framing) is caught
+    // by `Checkpoint::verify`.
+    copy_dir(dir.path(), work.path());
+    let mut bad = checkpoint(3, b"three");
+    bad.data = Bytes::from_static(b"thrEe");
+    let payload = postcard::to_stdvec(&bad).unwrap();
+    let mut bytes = Vec::new();
+    encode_checkpoint_header(&mut bytes, CLUSTER, NODE, &payload);
+    bytes.extend_from_slice(&payload);
+    fs::write(&work_cp, bytes).unwrap();
+    let e = open_err(work.path());
+    assert!(
+        matches!(&e, StorageError::Corrupt(m) if m.contains("verify")),
+        "{e:?}"
+    );
+
+    // Such a checkpoint is not stored in the first place.
+    let mut s = open(dir.path(), &o);
+    assert!(matches!(
+        s.persist(&[PersistOp::Checkpoint(bad)]),
+        Err(StorageError::Corrupt(_))
+    ));
+}
+
+/// Disk images a crash could leave at each step of a checkpoint + compaction, and what
+/// each must recover to.
+#[test]
+fn crash_at_any_point_of_a_compaction_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(300);
+    let mut s = open(dir.path(), &o);
+    let mut batches = Vec::new();
+    for i in 0..12u64 {
+        let b = vec![accept(i, 1), learn(i), PersistOp::CommitPoint(i + 1)];
+        s.persist(&b).unwrap();
+        batches.push(b);
+    }
+    s.persist(&[PersistOp::Checkpoint(checkpoint(2, b"early"))])
+        .unwrap();
+    batches.push(vec![PersistOp::Checkpoint(checkpoint(2, b"early"))]);
+    drop(s);
+    let before_dir = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), before_dir.path());
+    let before_segments = segments(dir.path());
+    assert!(before_segments.len() > 2);
+
+    let cp = checkpoint(8, b"state at 8");
+    let batch = vec![
+        accept(12, 2),
+        PersistOp::Promise(Ballot::new(2, 1)),
+        PersistOp::Checkpoint(cp.clone()),
+        PersistOp::Compact(8),
+    ];
+    let mut s = open(dir.path(), &o);
+    s.persist(&batch).unwrap();
+    drop(s);
+    let new_seg = segments(dir.path()).pop().unwrap();
+    assert!(!before_segments.contains(&new_seg));
+
+    let expected_before = mem_after(&batches);
+    let mut only_cp = batches.clone();
+    only_cp.push(vec![PersistOp::Checkpoint(cp)]);
+    let expected_only_cp = mem_after(&only_cp);
+    let mut all = batches.clone();
+    all.push(batch);
+    let expected_after = mem_after(&all);
+
+    let work = tempfile::tempdir().unwrap();
+    let quick = nosync(300);
+    // 1. The new checkpoint was being written.
+    copy_dir(before_dir.path(), work.path());
+    fs::write(work.path().join(CHECKPOINT_TMP), b"partial").unwrap();
+    assert_eq!(load(work.path(), &quick), expected_before);
+    // 2. It was renamed into place; the base segment was not created yet, or was being
+    //    written: its every prefix is ignored.
+    let new_bytes = fs::read(&new_seg).unwrap();
+    let new_name = new_seg.file_name().unwrap();
+    for cut in (0..new_bytes.len()).map(Some).chain([None]) {
+        copy_dir(before_dir.path(), work.path());
+        fs::copy(
+            dir.path().join(CHECKPOINT_FILE),
+            work.path().join(CHECKPOINT_FILE),
+        )
+        .unwrap();
+        if let Some(cut) = cut {
+            fs::write(work.path().join(new_name), &new_bytes[..cut]).unwrap();
+        }
+        let mut s = open(work.path(), &quick);
+        assert_eq!(s.load().unwrap(), expected_only_cp, "base cut at {cut:?}");
+        if cut.is_some() {
+            assert_eq!(s.recovery().segments_discarded, 1);
+        }
+        // And the storage works on from there.
+        s.persist(&[accept(20, 3)]).unwrap();
+        drop(s);
+        let mut then = only_cp.clone();
+        then.push(vec![accept(20, 3)]);
+        assert_eq!(load(work.path(), &quick), mem_after(&then));
+    }
+    // 3. The base is complete; none, some or all of the old segments were removed.
+    for keep in 0..=before_segments.len() {
+        copy_dir(dir.path(), work.path());
+        for old in &before_segments[before_segments.len() - keep..] {
+            fs::copy(
+                before_dir.path().join(old.file_name().unwrap()),
+                work.path().join(old.file_name().unwrap()),
+            )
+            .unwrap();
+        }
+        let mut s = open(work.path(), &quick);
+        assert_eq!(
+            s.load().unwrap(),
+            expected_after,
+            "{keep} old segments left"
+        );
+        assert_eq!(s.recovery().segments_removed, keep);
+        assert_eq!(segments(work.path()), vec![work.path().join(new_name)]);
+    }
+}
+
+#[test]
+fn an_interrupted_rotation_leaves_a_segment_that_is_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(300);
+    let mut s = open(dir.path(), &o);
+    let mut batches = Vec::new();
+    for i in 0..10u64 {
+        let b = vec![accept(i, 1)];
+        s.persist(&b).unwrap();
+        batches.push(b);
+    }
+    drop(s);
+    let segs = segments(dir.path());
+    let last = segs.last().unwrap();
+    let next_seq = parse_segment_name(last.file_name().unwrap().to_str().unwrap()).unwrap() + 1;
+    let next = dir.path().join(segment_name(next_seq));
+    for len in [0, 10, SEGMENT_HEADER_LEN] {
+        let mut bytes = Vec::new();
+        encode_segment_header(&mut bytes, CLUSTER, NODE, next_seq, KIND_CONTINUATION);
+        // A full header but nothing after it is a valid, empty segment.
+        bytes.truncate(len);
+        fs::write(&next, &bytes).unwrap();
+        let mut s = open(dir.path(), &nosync(300));
+        assert_eq!(s.load().unwrap(), mem_after(&batches));
+        assert_eq!(
+            s.recovery().segments_discarded,
+            usize::from(len < SEGMENT_HEADER_LEN)
+        );
+    }
+    // A zero-filled header is never-written space too.
+    fs::write(&next, [0u8; SEGMENT_HEADER_LEN + 5]).unwrap();
+    let mut s = open(dir.path(), &nosync(300));
+    assert_eq!(s.load().unwrap(), mem_after(&batches));
+    assert!(!next.exists());
+}
+
+fn op_strategy() -> impl Strategy<Value = PersistOp> {
+    let ballot = (0u64..6, 0u64..4).prop_map(|(r, n)| Ballot::new(r, n));
+    let val = prop_oneof![
+        Just(Value::Noop),
+        (0u64..5, 0usize..40).prop_map(|(c, len)| value(c, len)),
+    ];
+    prop_oneof![
+        3 => ballot.clone().prop_map(PersistOp::Promise),
+        6 => (0u64..40, ballot, val.clone()).prop_map(|(slot, ballot, value)| PersistOp::Accept { slot, ballot, value }),
+        3 => (0u64..40, val).prop_map(|(slot, value)| PersistOp::Learn { slot, value }),
+        2 => (0u64..40).prop_map(PersistOp::CommitPoint),
+        1 => (0u64..40, proptest::collection::vec(any::<u8>(), 0..30))
+            .prop_map(|(slot, data)| PersistOp::Checkpoint(checkpoint(slot, &data))),
+        1 => (0u64..40).prop_map(PersistOp::Compact),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random batches to both stores, reopening at random points: `load` always agrees.
+    #[test]
+    fn file_storage_matches_mem_storage(
+        steps in proptest::collection::vec(
+            (proptest::collection::vec(op_strategy(), 0..8), any::<bool>()),
+            1..16,
+        ),
+        segment_size in prop_oneof![Just(200u64), Just(1000), Just(1 << 20)],
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let o = nosync(segment_size);
+        let mut mem = MemStorage::new();
+        let mut file = open(dir.path(), &o);
+        for (batch, reopen) in steps {
+            mem.persist(&batch).unwrap();
+            file.persist(&batch).unwrap();
+            prop_assert_eq!(&file.load().unwrap(), mem.state());
+            if reopen {
+                drop(file);
+                file = open(dir.path(), &o);
+                prop_assert_eq!(&file.load().unwrap(), mem.state());
+            }
+        }
+        drop(file);
+        prop_assert_eq!(&load(dir.path(), &o), mem.state());
+    }
+}
+
+/// Measures the fsync rate and group-commit throughput of the disk holding
+/// `PAXOS_BENCH_DIR` (default: the system temporary directory).
+///
+/// `cargo test -p paxos-storage-file --release -- --ignored --nocapture bench_group_commit`
+#[test]
+#[ignore = "benchmark: prints fsync and group-commit figures"]
+fn bench_group_commit() {
+    let base = std::env::var_os("PAXOS_BENCH_DIR").map(PathBuf::from);
+    let dir = match &base {
+        Some(b) => tempfile::tempdir_in(b).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    println!("directory: {}", dir.path().display());
+    println!(
+        "{:>6} {:>10} {:>12} {:>12} {:>10}",
+        "batch", "persists", "fsyncs/s", "ops/s", "MB/s"
+    );
+    for batch in [1usize, 10, 100, 1000] {
+        let path = dir.path().join(format!("b{batch}"));
+        let mut s = FileStorage::open(&path, CLUSTER, NODE).unwrap();
+        let start = Instant::now();
+        let syncs0 = s.stats().syncs;
+        let bytes0 = s.stats().bytes_written;
+        let mut slot = 0u64;
+        let mut persists = 0u64;
+        let mut ops = Vec::with_capacity(batch);
+        while start.elapsed() < Duration::from_secs(2) {
+            ops.clear();
+            for _ in 0..batch {
+                ops.push(PersistOp::Accept {
+                    slot,
+                    ballot: Ballot::new(1, 1),
+                    value: value(slot, 100),
+                });
+                slot += 1;
+            }
+            s.persist(&ops).unwrap();
+            persists += 1;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let st = s.stats();
+        println!(
+            "{batch:>6} {persists:>10} {:>12.0} {:>12.0} {:>10.1}",
+            (st.syncs - syncs0) as f64 / secs,
+            slot as f64 / secs,
+            (st.bytes_written - bytes0) as f64 / secs / 1e6,
+        );
+    }
+}
