@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use paxos_core::{
-    Ballot, ClientId, Endpoint, NodeId, ReplicaStatus, Role, Slot, SlotInfo, SlotStatus, Value,
-    ViewChange,
+    Ballot, ClientId, Endpoint, NodeId, Replica, ReplicaStatus, Role, Slot, SlotInfo, SlotStatus,
+    Value, ViewChange,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::account::Account;
-use crate::bank::BankCommand;
+use crate::bank::{Bank, BankCommand};
 
 /// The most log entries [`Cluster::log`] returns: the latest ones are kept.
 pub const MAX_LOG_ENTRIES: usize = 10_000;
@@ -207,8 +207,8 @@ impl fmt::Display for CommandDisplay<'_> {
 /// inspects it.
 ///
 /// Implementations: [`LocalCluster`](crate::LocalCluster) runs every replica in this
-/// process over the in-memory transport; a TCP implementation talks to replica
-/// processes. The trait says nothing about transports.
+/// process over the in-memory transport; [`RemoteCluster`](crate::RemoteCluster) talks
+/// to replica processes (`bank node`) over TCP. The trait says nothing about transports.
 ///
 /// # Contract
 /// - A replica that is *unavailable* ([`set_available`](Cluster::set_available) with
@@ -261,6 +261,51 @@ pub trait Cluster: Send + Sync {
             .filter(NodeStatus::is_available_leader)
             .max_by_key(|s| s.replica.promised)
             .map(|s| s.replica.id)
+    }
+}
+
+/// The answers to the [`Cluster`] inspection calls, read from a replica inside its node
+/// task. Shared by every implementation (in-process and the node server), so they all
+/// report the same things.
+pub(crate) mod read {
+    use super::*;
+
+    /// [`Cluster::replica_status`].
+    pub(crate) fn status(r: &Replica<Bank>, available: bool) -> NodeStatus {
+        NodeStatus {
+            available,
+            replica: r.status(),
+        }
+    }
+
+    /// [`Cluster::db`].
+    pub(crate) fn db(r: &Replica<Bank>, available: bool) -> DbSnapshot {
+        DbSnapshot {
+            node: r.id(),
+            available,
+            executed: r.executed(),
+            balances: r.state_machine().balances().clone(),
+        }
+    }
+
+    /// [`Cluster::log`]: the latest [`MAX_LOG_ENTRIES`] slots.
+    pub(crate) fn log(r: &Replica<Bank>) -> Vec<LogEntry> {
+        let end = r.status().log_end;
+        let start = end.saturating_sub(MAX_LOG_ENTRIES as u64);
+        r.log(start..end)
+            .into_iter()
+            .map(LogEntry::from_slot)
+            .collect()
+    }
+
+    /// [`Cluster::status`].
+    pub(crate) fn slot(r: &Replica<Bank>, slot: Slot) -> LogEntry {
+        LogEntry::from_slot(r.slot(slot))
+    }
+
+    /// [`Cluster::views`].
+    pub(crate) fn views(r: &Replica<Bank>) -> Vec<ViewChange> {
+        r.view_changes().cloned().collect()
     }
 }
 

@@ -87,9 +87,17 @@ pub enum ConfigError {
         /// The limit.
         max: u64,
     },
-    /// The text is not valid TOML for a configuration.
-    #[error("invalid cluster config: {0}")]
-    Parse(#[from] toml::de::Error),
+    /// The text is not valid TOML for a configuration. The message is one line.
+    #[error(
+        "invalid cluster config{}: {message}",
+        line.map(|l| format!(" at line {l}")).unwrap_or_default()
+    )]
+    Parse {
+        /// The 1-based line the problem is on, when known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
     /// No nodes are listed.
     #[error("no nodes configured")]
     NoNodes,
@@ -148,7 +156,12 @@ impl ClusterConfig {
 
     /// Parses and [validates](ClusterConfig::validate) TOML text.
     pub fn from_toml_str(text: &str) -> Result<ClusterConfig, ConfigError> {
-        let config: ClusterConfig = toml::from_str(text)?;
+        let config: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            line: e
+                .span()
+                .map(|span| 1 + text[..span.start.min(text.len())].matches('\n').count()),
+            message: e.message().split_whitespace().collect::<Vec<_>>().join(" "),
+        })?;
         config.validate()?;
         Ok(config)
     }

@@ -20,6 +20,10 @@
 //!   [`format_log`], [`format_status`], [`format_views`] render them as [`Table`]s.
 //! - [`expected_balances`] and [`replay`] compute reference outcomes for tests.
 //! - [`ClusterConfig`] is the TOML file naming the replicas and their addresses.
+//! - Replica processes: [`NodeServer`] runs one replica on its TCP address (what
+//!   `bank node` does), answering the client protocol ([`RemoteRequest`] /
+//!   [`RemoteResponse`]); [`RemoteCluster`] is the [`Cluster`] that talks to such
+//!   processes, which the other `bank` subcommands use.
 //!
 //! ```
 //! use bank_app::{expected_balances, Bank, Scenario, SAMPLE_SCENARIO};
@@ -68,8 +72,10 @@ mod gate;
 mod inspect;
 mod local;
 mod reference;
+mod remote;
 mod runner;
 mod scenario;
+mod server;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -90,6 +96,7 @@ pub use inspect::{
 };
 pub use local::{LocalCluster, LocalClusterError, LocalClusterOptions};
 pub use reference::{expected_balances, replay, Outcome, ReferenceRun};
+pub use remote::{RemoteCluster, RemoteError, RemoteOptions, RemoteRequest, RemoteResponse};
 pub use runner::{
     await_agreement, load_scenario, run_scenario, Agreement, Console, LeaderFailure, LoadError,
     RunError, RunOptions, RunReport, SetReport, TransferOutcome, TransferRecord,
@@ -98,4 +105,5 @@ pub use scenario::{
     Item, LineError, Scenario, ScenarioError, ScenarioOptions, TxSet, MAX_LINE_BYTES,
     MAX_SCENARIO_BYTES, MAX_SCENARIO_LINES, SAMPLE_SCENARIO, SCENARIO_HEADER,
 };
+pub use server::{NodeServer, NodeServerOptions, ServeError};
 pub use table::{Align, Table};

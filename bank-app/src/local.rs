@@ -13,7 +13,7 @@ use paxos_transport_mem::MemNetwork;
 use thiserror::Error;
 
 use crate::bank::Bank;
-use crate::cluster::{Cluster, ClusterError, DbSnapshot, LogEntry, NodeStatus, MAX_LOG_ENTRIES};
+use crate::cluster::{read, Cluster, ClusterError, DbSnapshot, LogEntry, NodeStatus};
 use crate::gate::{Gate, GatedTransport};
 
 /// How a [`LocalCluster`] is built.
@@ -250,42 +250,22 @@ impl Cluster for LocalCluster {
     }
 
     async fn replica_status(&self, node: NodeId) -> Result<NodeStatus, ClusterError> {
-        self.inspect(node, |r, available| NodeStatus {
-            available,
-            replica: r.status(),
-        })
-        .await
+        self.inspect(node, read::status).await
     }
 
     async fn db(&self, node: NodeId) -> Result<DbSnapshot, ClusterError> {
-        self.inspect(node, move |r, available| DbSnapshot {
-            node,
-            available,
-            executed: r.executed(),
-            balances: r.state_machine().balances().clone(),
-        })
-        .await
+        self.inspect(node, read::db).await
     }
 
     async fn log(&self, node: NodeId) -> Result<Vec<LogEntry>, ClusterError> {
-        self.inspect(node, |r, _| {
-            let end = r.status().log_end;
-            let start = end.saturating_sub(MAX_LOG_ENTRIES as u64);
-            r.log(start..end)
-                .into_iter()
-                .map(LogEntry::from_slot)
-                .collect()
-        })
-        .await
+        self.inspect(node, |r, _| read::log(r)).await
     }
 
     async fn status(&self, node: NodeId, slot: Slot) -> Result<LogEntry, ClusterError> {
-        self.inspect(node, move |r, _| LogEntry::from_slot(r.slot(slot)))
-            .await
+        self.inspect(node, move |r, _| read::slot(r, slot)).await
     }
 
     async fn views(&self, node: NodeId) -> Result<Vec<ViewChange>, ClusterError> {
-        self.inspect(node, |r, _| r.view_changes().cloned().collect())
-            .await
+        self.inspect(node, |r, _| read::views(r)).await
     }
 }

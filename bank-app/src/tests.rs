@@ -747,9 +747,17 @@ fn config_parse_errors() {
         "[[nodes]\nid = 1\n",                                         // not TOML
     ] {
         let e = config_err(text);
-        assert!(matches!(e, ConfigError::Parse(_)), "{text:?}: {e:?}");
-        assert!(e.to_string().starts_with("invalid cluster config: "), "{e}");
+        assert!(matches!(e, ConfigError::Parse { .. }), "{text:?}: {e:?}");
+        let text = e.to_string();
+        assert!(text.starts_with("invalid cluster config"), "{text}");
+        assert!(!text.contains('\n'), "one line: {text:?}");
     }
+    let e = config_err("[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\nport = 3\n");
+    assert!(
+        e.to_string()
+            .starts_with("invalid cluster config at line 4: unknown field `port`"),
+        "{e}"
+    );
 }
 
 /// A file in the temporary directory, removed on drop.

@@ -26,7 +26,9 @@ impl StateMachine for Counter {
         self.0.to_le_bytes().to_vec()
     }
     fn restore(&mut self, b: &[u8]) -> Result<(), RestoreError> {
-        let raw: [u8; 8] = b.try_into().map_err(|_| RestoreError::new("want 8 bytes"))?;
+        let raw: [u8; 8] = b
+            .try_into()
+            .map_err(|_| RestoreError::new("want 8 bytes"))?;
         self.0 = u64::from_le_bytes(raw);
         Ok(())
     }
@@ -50,7 +52,8 @@ impl Cluster {
                 cfg.max_inflight = 1 << 16;
                 cfg.max_batch = 4096;
                 cfg.checkpoint_interval = 100_000;
-                Replica::new(cfg, Counter::default(), PersistentState::default()).expect("valid config")
+                Replica::new(cfg, Counter::default(), PersistentState::default())
+                    .expect("valid config")
             })
             .collect();
         let mut c = Cluster {
@@ -66,7 +69,11 @@ impl Cluster {
                 break;
             }
         }
-        c.leader = c.replicas.iter().position(|r| r.is_leader()).expect("a leader");
+        c.leader = c
+            .replicas
+            .iter()
+            .position(|r| r.is_leader())
+            .expect("a leader");
         c.replicas[c.leader].handle_request(Request::register(1));
         c.settle();
         c
@@ -87,7 +94,8 @@ impl Cluster {
                 let ready = r.take_ready();
                 replies += ready.replies.len();
                 let from = r.id();
-                self.queue.extend(ready.messages.into_iter().map(|(to, m)| (from, to, m)));
+                self.queue
+                    .extend(ready.messages.into_iter().map(|(to, m)| (from, to, m)));
             }
             if self.queue.is_empty() {
                 return replies;
@@ -102,7 +110,11 @@ impl Cluster {
         for _ in 0..n {
             let seq = self.next_seq;
             self.next_seq += 1;
-            let request = Request { client: 1, seq, payload: self.payload.clone() };
+            let request = Request {
+                client: 1,
+                seq,
+                payload: self.payload.clone(),
+            };
             self.replicas[self.leader].handle_request(request);
         }
         self.settle()
@@ -125,7 +137,11 @@ fn pipelined(c: &mut Criterion) {
             b.iter(|| {
                 seq += 1;
                 for client in 2..=batch + 1 {
-                    let request = Request { client, seq, payload: cluster.payload.clone() };
+                    let request = Request {
+                        client,
+                        seq,
+                        payload: cluster.payload.clone(),
+                    };
                     cluster.replicas[cluster.leader].handle_request(request);
                 }
                 black_box(cluster.settle())
