@@ -25,6 +25,7 @@ use bank_app::{
 };
 use clap::{Args, Parser, Subcommand};
 use paxos_core::{Client, ClientOptions, MemStorage, NodeId, Slot};
+use paxos_storage_file::FileStorage;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -59,17 +60,22 @@ enum Command {
     /// Run replica N until killed (Ctrl-C or SIGTERM stop it cleanly).
     ///
     /// The node listens on its address from the config, for its peers and its clients
-    /// alike. State is kept in memory for now: a restarted node starts empty and
-    /// catches up from its peers.
+    /// alike. Its promises, accepted values and checkpoints go to a write-ahead log in
+    /// its data directory and are fsync'ed before it answers, so a killed node restarts
+    /// with everything it vouched for.
     Node {
         /// The replica's id, as listed in the config.
         #[arg(long, value_name = "N")]
         id: NodeId,
-        /// Where the replica will keep its durable state. Accepted and checked (created
-        /// if missing) but not used yet: durable storage is not implemented, state is
-        /// in memory.
-        #[arg(long, value_name = "DIR")]
+        /// Where the replica keeps its durable state (created if missing). Default:
+        /// `bank-data/node-N` under the current directory. A directory written by
+        /// another cluster or node is refused.
+        #[arg(long, value_name = "DIR", conflicts_with = "memory")]
         data_dir: Option<PathBuf>,
+        /// Keep the state in memory only (a throwaway node: a restart starts empty and
+        /// catches up from its peers).
+        #[arg(long)]
+        memory: bool,
     },
     /// Run a transaction script (CSV) against the cluster with ten logical clients A-J.
     ///
@@ -260,7 +266,11 @@ fn usage_error(e: clap::Error) -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = load_config(cli.config.as_deref())?;
     match cli.command {
-        Command::Node { id, data_dir } => node(&config, id, data_dir.as_deref()).await,
+        Command::Node {
+            id,
+            data_dir,
+            memory,
+        } => node(&config, id, data_dir.as_deref(), memory).await,
         Command::Client {
             yes,
             json,
@@ -347,6 +357,7 @@ async fn node(
     config: &ClusterConfig,
     id: NodeId,
     data_dir: Option<&Path>,
+    memory: bool,
 ) -> anyhow::Result<ExitCode> {
     if config.node(id).is_none() {
         let ids: Vec<String> = config.ids().iter().map(u64::to_string).collect();
@@ -355,16 +366,22 @@ async fn node(
             ids.join(", ")
         );
     }
-    if let Some(dir) = data_dir {
+    let options = NodeServerOptions::default();
+    let server = if memory {
+        warn!(node = id, "state is in memory only: a restart starts empty");
+        NodeServer::start(config, id, MemStorage::new(), options).await
+    } else {
+        let default_dir = PathBuf::from(format!("bank-data/node-{id}"));
+        let dir = data_dir.unwrap_or(&default_dir);
         check_data_dir(dir)?;
-        warn!(
-            dir = %dir.display(),
-            "--data-dir is not used yet: this node keeps its state in memory"
-        );
+        let storage = FileStorage::open(dir, config.cluster_id, id).with_context(|| {
+            format!("node {id} cannot open its data directory {}", dir.display())
+        })?;
+        let recovery = storage.recovery();
+        info!(node = id, dir = %dir.display(), ?recovery, "storage opened");
+        NodeServer::start(config, id, storage, options).await
     }
-    let server = NodeServer::start(config, id, MemStorage::new(), NodeServerOptions::default())
-        .await
-        .with_context(|| format!("node {id} cannot start"))?;
+    .with_context(|| format!("node {id} cannot start"))?;
     let stopped_by_itself = tokio::select! {
         signal = shutdown_signal() => {
             signal?;

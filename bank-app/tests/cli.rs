@@ -98,7 +98,7 @@ fn help_and_version_succeed() {
     }
     let node = bank(&["node", "--help"]);
     assert!(node.status.success());
-    assert!(String::from_utf8_lossy(&node.stdout).contains("not used yet"));
+    assert!(String::from_utf8_lossy(&node.stdout).contains("bank-data/node-N"));
     assert!(bank(&["--version"]).status.success());
 }
 

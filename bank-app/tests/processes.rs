@@ -106,6 +106,10 @@ impl Processes {
         panic!("the cluster did not start");
     }
 
+    fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("data-n{id}"))
+    }
+
     fn log_path(&self, id: NodeId) -> PathBuf {
         self.dir.path().join(format!("n{id}.log"))
     }
@@ -115,6 +119,8 @@ impl Processes {
         Command::new(BANK)
             .args(["node", "--id", &id.to_string(), "--config"])
             .arg(&self.config_path)
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
