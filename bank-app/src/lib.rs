@@ -66,6 +66,7 @@
 
 mod account;
 mod bank;
+mod bench;
 mod cluster;
 mod config;
 mod gate;
@@ -82,6 +83,7 @@ mod tests;
 
 pub use account::{Account, AccountError};
 pub use bank::{Bank, BankCommand, BankError, BankOutput, Rejection, DEFAULT_INITIAL_BALANCE};
+pub use bench::{run_bench, BenchOptions, BenchProgress, BenchReport};
 pub use cluster::{
     Cluster, ClusterError, DbSnapshot, EntryValue, LogEntry, NodeStatus, MAX_LOG_ENTRIES,
 };

@@ -18,10 +18,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use bank_app::{
     await_agreement, format_db, format_log, format_status, format_views, gather_db, gather_status,
-    gather_views, load_scenario, run_scenario, Account, Bank, BankCommand, BankOutput, ClientNames,
-    Cluster, ClusterConfig, ConfigError, Console, LogEntry, NodeResult, NodeServer,
-    NodeServerOptions, RemoteCluster, RemoteOptions, RunOptions, RunReport, ScenarioOptions,
-    TransferOutcome,
+    gather_views, load_scenario, run_bench, run_scenario, Account, Bank, BankCommand, BankOutput,
+    BenchOptions, BenchProgress, ClientNames, Cluster, ClusterConfig, ConfigError, Console,
+    LogEntry, NodeResult, NodeServer, NodeServerOptions, RemoteCluster, RemoteOptions, RunOptions,
+    RunReport, ScenarioOptions, TransferOutcome,
 };
 use clap::{Args, Parser, Subcommand};
 use paxos_core::{Client, ClientOptions, MemStorage, NodeId, Slot};
@@ -140,6 +140,25 @@ enum Command {
         #[command(flatten)]
         output: JsonFlag,
     },
+    /// Load the cluster: many concurrent clients send one-unit transfers between random
+    /// accounts; prints throughput and latency (progress on stderr every second).
+    Bench(BenchArgs),
+}
+
+/// Options of `bank bench`.
+#[derive(Args, Debug, Clone)]
+struct BenchArgs {
+    /// Transfers to complete in all.
+    #[arg(long, default_value = "100000")]
+    transfers: u64,
+    /// Concurrent clients, each with one transfer in flight.
+    #[arg(long, default_value = "64")]
+    clients: usize,
+    /// Seed of the transfer choices.
+    #[arg(long, default_value = "1")]
+    seed: u64,
+    #[command(flatten)]
+    output: JsonFlag,
 }
 
 #[derive(Args, Debug, Clone, Copy)]
@@ -292,6 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let command = BankCommand::Transfer { from, to, amount };
             transfer(&config, client, command, timeout, output.json).await
         }
+        Command::Bench(args) => bench(&config, args).await,
     }
 }
 
@@ -713,4 +733,60 @@ fn command_text(command: &BankCommand) -> String {
         BankCommand::Transfer { from, to, amount } => format!("{from}->{to} {amount}"),
         BankCommand::Balance { account } => format!("balance {account}"),
     }
+}
+
+// ---------------------------------------------------------------- bank bench
+
+async fn bench(config: &ClusterConfig, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let cluster = remote(config)?;
+    require_reachable(&cluster).await?;
+    let options = BenchOptions {
+        transfers: args.transfers,
+        clients: args.clients,
+        seed: args.seed,
+        ..BenchOptions::default()
+    };
+    let progress = BenchProgress::default();
+    let run = run_bench(cluster.endpoints(), &options, progress.clone());
+    tokio::pin!(run);
+    let started = Instant::now();
+    let mut last = 0;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let report = loop {
+        tokio::select! {
+            report = &mut run => break report,
+            _ = ticker.tick() => {
+                let done = progress.completed();
+                eprintln!(
+                    "{:>6.1} s  {done:>9} transfers  {:>8} /s",
+                    started.elapsed().as_secs_f64(),
+                    done - last
+                );
+                last = done;
+            }
+        }
+    };
+    if args.output.json {
+        stdout_line(&serde_json::to_value(&report)?)?;
+    } else {
+        stdout_text(&format!(
+            "{} transfers ({} moved, {} rejected, {} failed) in {:.2} s: {:.0} transfers/s; \
+             latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
+            report.moved + report.rejected + report.failed,
+            report.moved,
+            report.rejected,
+            report.failed,
+            report.elapsed_secs,
+            report.per_sec,
+            report.p50_us as f64 / 1000.0,
+            report.p99_us as f64 / 1000.0,
+            report.max_us as f64 / 1000.0,
+        ))?;
+    }
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
