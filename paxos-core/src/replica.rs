@@ -1247,19 +1247,7 @@ impl<S: StateMachine> Replica<S> {
                 },
             );
             l.fresh.push((slot, value.clone()));
-            self.ready.persist.push(PersistOp::Accept {
-                slot,
-                ballot,
-                value: value.clone(),
-            });
-            self.log.insert(
-                slot,
-                Entry {
-                    ballot,
-                    value,
-                    chosen: false,
-                },
-            );
+            store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
         }
         if self.quorum == 1 {
             self.check_commits();
@@ -1666,19 +1654,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn accept_local(&mut self, slot: Slot, ballot: Ballot, value: Value) {
-        self.ready.persist.push(PersistOp::Accept {
-            slot,
-            ballot,
-            value: value.clone(),
-        });
-        self.log.insert(
-            slot,
-            Entry {
-                ballot,
-                value,
-                chosen: false,
-            },
-        );
+        store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
     }
 
     /// Leaves leadership or candidacy. Requests waiting here are answered with a
@@ -1712,6 +1688,29 @@ impl<S: StateMachine> Replica<S> {
         }
         self.views.push_back(v);
     }
+}
+
+/// Accepts `value` in `slot` at `ballot`: in the log, and as a write to persist.
+fn store_accept(
+    ready: &mut Ready,
+    log: &mut BTreeMap<Slot, Entry>,
+    slot: Slot,
+    ballot: Ballot,
+    value: Value,
+) {
+    ready.persist.push(PersistOp::Accept {
+        slot,
+        ballot,
+        value: value.clone(),
+    });
+    log.insert(
+        slot,
+        Entry {
+            ballot,
+            value,
+            chosen: false,
+        },
+    );
 }
 
 #[cfg(test)]
