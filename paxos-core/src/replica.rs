@@ -147,8 +147,15 @@ pub struct ReplicaStatus {
     pub commit_point: Slot,
     /// Every slot below this was executed.
     pub executed: Slot,
-    /// Slots below this were compacted into the latest checkpoint.
-    pub checkpoint: Slot,
+    /// Log entries below this slot were compacted away (they are covered by the
+    /// latest checkpoint). It trails the latest checkpoint by one interval, so a
+    /// follower slightly behind can still fetch entries instead of a snapshot.
+    pub compacted_below: Slot,
+    /// The slot of the latest checkpoint taken or installed, if any.
+    pub checkpoint: Option<Slot>,
+    /// How many checkpoints received from peers (state transfer) this replica installed
+    /// since it started.
+    pub snapshots_installed: u64,
     /// One past the highest slot it knows anything about.
     pub log_end: Slot,
     /// Live client sessions.
@@ -299,6 +306,7 @@ pub struct Replica<S> {
     last_fetch: u64,
     fetch_attempts: u64,
 
+    snapshots_installed: u64,
     awaiting: HashSet<(ClientId, u64)>,
     views: VecDeque<ViewChange>,
     ready: Ready,
@@ -359,6 +367,7 @@ impl<S: StateMachine> Replica<S> {
             fetch_from: None,
             last_fetch: 0,
             fetch_attempts: 0,
+            snapshots_installed: 0,
             awaiting: HashSet::new(),
             views: VecDeque::new(),
             ready: Ready::default(),
@@ -443,7 +452,9 @@ impl<S: StateMachine> Replica<S> {
             leader: self.leader,
             commit_point: self.commit_point,
             executed: self.executed,
-            checkpoint: self.log_start,
+            compacted_below: self.log_start,
+            checkpoint: self.checkpoint.as_ref().map(|c| c.slot),
+            snapshots_installed: self.snapshots_installed,
             log_end: self.log.last_key_value().map_or(0, |(s, _)| s + 1),
             sessions: self.sessions.len(),
             tick: self.now,
@@ -1366,6 +1377,13 @@ impl<S: StateMachine> Replica<S> {
         let slot = checkpoint.slot;
         match self.install(checkpoint.clone()) {
             Ok(()) => {
+                self.snapshots_installed += 1;
+                tracing::info!(
+                    node = self.cfg.id,
+                    from,
+                    slot,
+                    "installed a snapshot (state transfer)"
+                );
                 self.ready.persist.push(PersistOp::Checkpoint(checkpoint));
                 self.ready.persist.push(PersistOp::Compact(slot));
                 self.ready
