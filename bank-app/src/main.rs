@@ -738,7 +738,12 @@ fn command_text(command: &BankCommand) -> String {
 // ---------------------------------------------------------------- bank bench
 
 async fn bench(config: &ClusterConfig, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let cluster = remote(config)?;
+    // One connection per client to each node, so the clients never queue for one.
+    let options = RemoteOptions {
+        connections_per_node: args.clients.max(1),
+        ..RemoteOptions::default()
+    };
+    let cluster = RemoteCluster::new(config, options)?;
     require_reachable(&cluster).await?;
     let options = BenchOptions {
         transfers: args.transfers,
