@@ -44,11 +44,13 @@ for _ in $(seq 100); do
 done
 # Sample RSS (KiB) and data-dir size (KiB) of every node every 2 s.
 (
+    set +e
     while true; do
         line=$(date +%s)
         for i in 0 1 2 3 4; do
             rss=$(awk '/VmRSS/ {print $2}' "/proc/${pids[$i]}/status" 2>/dev/null || echo 0)
-            disk=$(du -sk "$work/n$((i + 1))" 2>/dev/null | cut -f1)
+            # Compaction deletes segments under du's feet: never let that end the sampler.
+            disk=$( (du -sk "$work/n$((i + 1))" 2>/dev/null || true) | cut -f1)
             line="$line $rss $disk"
         done
         echo "$line"
