@@ -1239,7 +1239,7 @@ impl<S: StateMachine> Replica<S> {
         };
         let ballot = l.ballot;
         let self_bit = 1u64 << self.me;
-        while l.next_slot < self.commit_point + self.cfg.max_inflight {
+        while l.next_slot < self.commit_point.saturating_add(self.cfg.max_inflight) {
             let Some(req) = l.queue.pop_front() else {
                 break;
             };
@@ -1371,7 +1371,9 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_snapshot(&mut self, from: NodeId, checkpoint: Checkpoint) {
-        if checkpoint.slot <= self.commit_point {
+        // Only a snapshot we asked for is useful: one above our commit point and not
+        // beyond the highest commit point we have heard of.
+        if checkpoint.slot <= self.commit_point || checkpoint.slot > self.known_commit {
             return;
         }
         let slot = checkpoint.slot;
@@ -1484,7 +1486,9 @@ impl<S: StateMachine> Replica<S> {
             _ => peers[(self.fetch_attempts / 2) as usize % peers.len()],
         };
         let lo = self.commit_point;
-        let hi = self.known_commit.min(lo + self.cfg.max_batch as u64);
+        let hi = self
+            .known_commit
+            .min(lo.saturating_add(self.cfg.max_batch as u64));
         self.send(target, Message::Fetch { from: lo, to: hi });
     }
 
@@ -1550,7 +1554,12 @@ impl<S: StateMachine> Replica<S> {
         let interval = self.cfg.checkpoint_interval;
         while self.executed < self.commit_point {
             if interval > 0
-                && self.executed >= self.checkpoint.as_ref().map_or(0, |c| c.slot) + interval
+                && self.executed
+                    >= self
+                        .checkpoint
+                        .as_ref()
+                        .map_or(0, |c| c.slot)
+                        .saturating_add(interval)
             {
                 self.take_checkpoint();
             }
