@@ -33,6 +33,21 @@ fn options(set_timeout: Duration) -> RunOptions {
     }
 }
 
+/// Plays `script` without pauses; returns the report and everything the runner printed.
+async fn play(
+    cluster: &LocalCluster,
+    script: &str,
+    set_timeout: Duration,
+) -> (bank_app::RunReport, String) {
+    let scenario = Scenario::parse(script).expect("script parses");
+    let out = Shared::default();
+    let mut console = Console::new(out.clone());
+    let report = run_scenario(cluster, &scenario, &options(set_timeout), &mut console)
+        .await
+        .expect("run completes");
+    (report, out.text())
+}
+
 /// A `Write` the test can read after the runner is done with it.
 #[derive(Clone, Default)]
 struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -61,18 +76,7 @@ fn acc(c: char) -> Account {
 async fn the_sample_commits_everything_and_the_replicas_agree() {
     timeout(LIMIT, async {
         let cluster = cluster(11);
-        let scenario = Scenario::parse(SAMPLE_SCENARIO).expect("sample parses");
-        let out = Shared::default();
-        let mut console = Console::new(out.clone());
-        let report = run_scenario(
-            &cluster,
-            &scenario,
-            &options(Duration::from_secs(2)),
-            &mut console,
-        )
-        .await
-        .expect("run completes");
-        let text = out.text();
+        let (report, text) = play(&cluster, SAMPLE_SCENARIO, Duration::from_secs(2)).await;
 
         assert_eq!(report.transfers.len(), 18, "{text}");
         assert_eq!(report.pending(), 0, "nothing left pending:\n{text}");
@@ -234,26 +238,13 @@ async fn the_end_of_input_stops_the_pauses() {
 async fn a_final_set_without_a_majority_leaves_its_transfers_pending() {
     timeout(LIMIT, async {
         let cluster = cluster(14);
-        let scenario = Scenario::parse(
-            "Set Number,Transactions,Live Nodes
+        let script = "Set Number,Transactions,Live Nodes
 1,\"(A, B, 1)\",\"[n1, n2, n3, n4, n5]\"
 2,\"(C, D, 1)\",\"[n1, n2]\"
 ,\"(C, E, 1)\",
-",
-        )
-        .expect("parses");
-        let out = Shared::default();
-        let mut console = Console::new(out.clone());
+";
         let started = tokio::time::Instant::now();
-        let report = run_scenario(
-            &cluster,
-            &scenario,
-            &options(Duration::from_millis(500)),
-            &mut console,
-        )
-        .await
-        .expect("run completes");
-        let text = out.text();
+        let (report, text) = play(&cluster, script, Duration::from_millis(500)).await;
         assert!(started.elapsed() < Duration::from_secs(20), "{text}");
         assert!(report.transfers[0].is_committed(), "{text}");
         assert!(report.transfers[1].is_pending(), "{text}");
@@ -284,18 +275,7 @@ async fn an_unreachable_replica_is_treated_as_down() {
     timeout(LIMIT, async {
         let cluster = cluster(15);
         cluster.handle(5).expect("n5 exists").shutdown().await;
-        let scenario = Scenario::parse(TWO_SETS).expect("parses");
-        let out = Shared::default();
-        let mut console = Console::new(out.clone());
-        let report = run_scenario(
-            &cluster,
-            &scenario,
-            &options(Duration::from_secs(5)),
-            &mut console,
-        )
-        .await
-        .expect("run completes");
-        let text = out.text();
+        let (report, text) = play(&cluster, TWO_SETS, Duration::from_secs(5)).await;
         assert_eq!(report.committed(), 2, "{text}");
         assert_eq!(report.sets[0].unreachable, vec![5], "{text}");
         assert!(
