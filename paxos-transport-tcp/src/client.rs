@@ -19,10 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
-use crate::codec::FrameCodec;
 use crate::config::ClientConfig;
 use crate::error::TcpError;
-use crate::wire::{self, Conn, Hello, Outcome, Role, HANDSHAKE_MAX_FRAME};
+use crate::wire::{self, Conn, Hello, Outcome, Role};
 
 /// The client calls arriving at a node, for the application to answer.
 ///
@@ -349,16 +348,17 @@ async fn open(
     addr: SocketAddr,
     config: &ClientConfig,
 ) -> Result<(Conn<TcpStream>, NodeId), TcpError> {
-    let stream = timeout(config.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| TcpError::ConnectTimeout)??;
-    wire::tune_socket(&stream)?;
-    let mut conn = Conn::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME));
     let hello = Hello {
         cluster_id: config.cluster_id,
         role: Role::Client,
     };
-    let server = wire::connector_handshake(&mut conn, &hello, config.handshake_timeout).await?;
+    let (mut conn, server) = wire::connect(
+        addr,
+        &hello,
+        config.connect_timeout,
+        config.handshake_timeout,
+    )
+    .await?;
     conn.codec_mut().set_max_frame_size(config.max_frame_size);
     Ok((conn, server))
 }

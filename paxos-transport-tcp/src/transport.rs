@@ -487,16 +487,17 @@ async fn dial(
     ),
     TcpError,
 > {
-    let stream = timeout(config.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| TcpError::ConnectTimeout)??;
-    wire::tune_socket(&stream)?;
-    let mut conn = Conn::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME));
     let hello = Hello {
         cluster_id: config.cluster_id,
         role: Role::Peer(config.node_id),
     };
-    let found = wire::connector_handshake(&mut conn, &hello, config.handshake_timeout).await?;
+    let (conn, found) = wire::connect(
+        addr,
+        &hello,
+        config.connect_timeout,
+        config.handshake_timeout,
+    )
+    .await?;
     if found != peer {
         return Err(TcpError::WrongNode {
             expected: peer,

@@ -218,6 +218,24 @@ pub(crate) fn decode_outcome(mut frame: BytesMut) -> Result<Bytes, TcpError> {
 /// A framed connection.
 pub(crate) type Conn<S> = Framed<S, FrameCodec>;
 
+/// Opens a TCP connection to `addr` within `connect_timeout`, tunes the socket, and runs
+/// the connector's side of the handshake with `hello`. Returns the connection (still at
+/// the handshake's frame limit) and the acceptor's node id.
+pub(crate) async fn connect(
+    addr: std::net::SocketAddr,
+    hello: &Hello,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+) -> Result<(Conn<TcpStream>, NodeId), TcpError> {
+    let stream = timeout(connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| TcpError::ConnectTimeout)??;
+    tune_socket(&stream)?;
+    let mut conn = Conn::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME));
+    let acceptor = connector_handshake(&mut conn, hello, handshake_timeout).await?;
+    Ok((conn, acceptor))
+}
+
 /// Runs the connector's side of the handshake: sends `hello`, waits for the acceptor's
 /// answer, checks it. Returns the acceptor's node id.
 pub(crate) async fn connector_handshake<S>(
