@@ -22,4 +22,11 @@ pub(crate) enum Mutation {
     /// Checkpoints leave the session table out, so state transfer and recovery forget
     /// which requests were executed.
     CheckpointWithoutSessions,
+    /// A leader keeps leading after it learns (by fetch or snapshot) that a higher
+    /// ballot decided one of its slots, and a learned value keeps the ballot of the
+    /// entry it replaces: its commit points then vouch for values it never proposed.
+    SupersededLeaderAnnounces,
+    /// An acceptor acknowledges a proposal for a slot it already knows decided without
+    /// checking that the decided value is the proposed one.
+    AckChosenBlindly,
 }

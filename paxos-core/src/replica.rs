@@ -686,6 +686,13 @@ impl<S: StateMachine> Replica<S> {
         self.check_promises();
     }
 
+    /// Starts an election at once, skipping the timeout and the pre-vote: lets tests
+    /// choose who runs for leader.
+    #[cfg(test)]
+    pub(crate) fn start_election_now(&mut self) {
+        self.start_election();
+    }
+
     fn start_prevote(&mut self) {
         let round = self.max_round_seen.max(self.promised.round) + 1;
         let ballot = Ballot::new(round, self.cfg.id);
@@ -1026,9 +1033,20 @@ impl<S: StateMachine> Replica<S> {
         }
         let window_end = self.commit_point.saturating_add(self.accept_window());
         let mut acked = Vec::with_capacity(entries.len());
+        #[cfg(test)]
+        let blind = self.cfg.mutation == Mutation::AckChosenBlindly;
+        #[cfg(not(test))]
+        let blind = false;
         for (slot, value) in entries {
             if slot < self.commit_point || self.log.get(&slot).is_some_and(|e| e.chosen) {
-                acked.push(slot);
+                // Decided here already. An ACCEPTED vouches for holding this value at
+                // this ballot: give it only when the decided value is the proposed one
+                // (a leader whose proposal lost must not count us towards a quorum).
+                // A compacted slot's value is gone, so it cannot be vouched for.
+                let same = self.log.get(&slot).is_some_and(|e| e.value == value);
+                if same || blind {
+                    acked.push(slot);
+                }
                 continue;
             }
             if slot >= window_end {
@@ -1244,6 +1262,12 @@ impl<S: StateMachine> Replica<S> {
                 break;
             };
             let slot = l.next_slot;
+            if self.log.get(&slot).is_some_and(|e| e.chosen) {
+                // Decided under another ballot: never overwrite a chosen value.
+                l.queue.push_front(req);
+                self.step_down_superseded(slot);
+                return;
+            }
             l.next_slot += 1;
             if !req.is_register() {
                 l.proposed.insert(req.client, req.seq);
@@ -1310,6 +1334,10 @@ impl<S: StateMachine> Replica<S> {
 
     // ------------------------------------------------------------------ learning
 
+    /// A commit point heard from the leader of `ballot`: below it, the values that
+    /// leader proposed at `ballot` are chosen, so the entries accepted here at exactly
+    /// `ballot` are marked chosen; anything else below it is fetched. The leader keeps
+    /// its side of this bargain in [`learn`](Self::learn).
     fn learn_commit_point(&mut self, from: NodeId, ballot: Ballot, commit_point: Slot) {
         if commit_point > self.known_commit {
             self.known_commit = commit_point;
@@ -1377,6 +1405,16 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         let slot = checkpoint.slot;
+        // A leader cannot tell whether its own proposals below the checkpoint are the
+        // values it covers (see `learn`): it steps down rather than announce a commit
+        // point over them. A leader behind a peer's checkpoint was superseded anyway.
+        #[cfg(test)]
+        let lax = self.cfg.mutation == Mutation::SupersededLeaderAnnounces;
+        #[cfg(not(test))]
+        let lax = false;
+        if self.is_leader() && !lax {
+            self.step_down_superseded(slot);
+        }
         match self.install(checkpoint.clone()) {
             Ok(()) => {
                 self.snapshots_installed += 1;
@@ -1492,14 +1530,51 @@ impl<S: StateMachine> Replica<S> {
         self.send(target, Message::Fetch { from: lo, to: hi });
     }
 
-    /// Records that `value` is chosen in `slot`.
+    /// Records that `value` is chosen in `slot`, learned from anything but this
+    /// replica's own accept quorum: a FETCH-REPLY, a PROMISE that reports it chosen, or
+    /// the merge of phase 1.
+    ///
+    /// # Which values a commit point vouches for
+    /// A commit point `C` announced under ballot `b` (on ACCEPT, NEW-VIEW or HEARTBEAT)
+    /// tells a follower that, below `C`, *the value proposed at `b`* is the chosen one:
+    /// the follower marks chosen exactly the entries it accepted at `b`
+    /// ([`learn_commit_point`](Self::learn_commit_point)). So the leader of `b` may
+    /// announce `C` only if each of its `b`-proposals below `C` is the chosen value.
+    /// That holds for what it learns from its own accept quorums at `b`, and for what
+    /// phase 1 gave it (its `b`-proposals *are* the merged values). It holds for a value
+    /// learned any other way only if that value equals the leader's `b`-proposal in the
+    /// slot. A different value — or any chosen value in a slot the leader has not
+    /// proposed in yet — can only have been chosen under a higher ballot: the leader is
+    /// superseded, and steps down here, before it can announce a commit point over it
+    /// (or propose into a slot that is already decided).
+    ///
+    /// Second half of the rule: an entry whose value is replaced by a learned one loses
+    /// its ballot ([`Ballot::ZERO`], which no leader owns), so no path leaves a value
+    /// under a ballot that did not propose it.
     fn learn(&mut self, slot: Slot, value: Value) {
         if slot < self.commit_point {
             return;
         }
+        #[cfg(test)]
+        let lax = self.cfg.mutation == Mutation::SupersededLeaderAnnounces;
+        #[cfg(not(test))]
+        let lax = false;
+        if let RoleState::Leader(l) = &self.role {
+            let conflict = slot >= l.next_slot
+                || self
+                    .log
+                    .get(&slot)
+                    .is_some_and(|e| e.ballot == l.ballot && e.value != value);
+            if conflict && !lax {
+                self.step_down_superseded(slot);
+            }
+        }
         match self.log.get_mut(&slot) {
             Some(e) if e.chosen => return,
             Some(e) => {
+                if e.value != value && !lax {
+                    e.ballot = Ballot::ZERO;
+                }
                 e.value = value.clone();
                 e.chosen = true;
             }
@@ -1515,6 +1590,19 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         self.ready.persist.push(PersistOp::Learn { slot, value });
+    }
+
+    /// A leader that finds a slot decided under a higher ballot stops leading at once:
+    /// see [`learn`](Self::learn).
+    fn step_down_superseded(&mut self, slot: Slot) {
+        tracing::info!(
+            node = self.cfg.id,
+            slot,
+            "a higher ballot decided a slot this leader owns: stepping down"
+        );
+        self.become_follower(None);
+        self.last_heard_leader = self.now;
+        self.election_deadline = self.now + self.random_timeout();
     }
 
     fn first_unchosen(&self, from: Slot) -> Slot {

@@ -100,7 +100,8 @@ pub trait Transport: Send + Sync + 'static {
 /// One log entry as the acceptor stores it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredEntry {
-    /// The ballot the value was accepted at (meaningless when `chosen` came from a fetch).
+    /// The ballot the value was accepted at; [`Ballot::ZERO`] when the value was learned
+    /// as chosen without being accepted here at the ballot that proposed it.
     pub ballot: Ballot,
     /// The value.
     pub value: Value,
@@ -258,7 +259,13 @@ pub fn apply_op(state: &mut PersistentState, op: &PersistOp) {
                 value: value.clone(),
                 chosen: true,
             });
-            e.value = value.clone();
+            if e.value != *value {
+                // The stored ballot proposed another value: keep no ballot for this
+                // one (a learned value is never left under a ballot that did not
+                // propose it).
+                e.ballot = Ballot::ZERO;
+                e.value = value.clone();
+            }
             e.chosen = true;
         }
         PersistOp::CommitPoint(c) => state.commit_point = state.commit_point.max(*c),
