@@ -11,6 +11,8 @@ use serde::Serialize;
 pub(crate) const META_FILE: &str = "META";
 /// Where a new `META` is written before it is renamed into place.
 pub(crate) const META_TMP: &str = "META.tmp";
+/// Locked for as long as a `FileStorage` uses the directory; always empty.
+pub(crate) const LOCK_FILE: &str = "LOCK";
 /// The latest checkpoint.
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
 /// Where a new checkpoint is written before it is renamed into place.

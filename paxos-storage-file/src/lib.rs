@@ -10,8 +10,8 @@
 //! # Example
 //!
 //! ```
-//! use paxos_core::{Ballot, PersistOp, Storage, Value};
-//! use paxos_storage_file::FileStorage;
+//! use paxos_core::{Ballot, PersistOp, Storage, StorageError, Value};
+//! use paxos_storage_file::{FileStorage, OpenError};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
@@ -34,8 +34,18 @@
 //! assert_eq!(state.commit_point, 1);
 //! assert_eq!(state.log[&0].value, Value::Noop);
 //!
+//! // While it is open, no other FileStorage (in this process or another) may use it.
+//! assert!(matches!(
+//!     FileStorage::open(dir.path(), CLUSTER, 1),
+//!     Err(OpenError::Locked { .. })
+//! ));
+//! drop(storage);
+//!
 //! // Another node's directory is refused.
-//! assert!(FileStorage::open(dir.path(), CLUSTER, 2).is_err());
+//! assert!(matches!(
+//!     FileStorage::open(dir.path(), CLUSTER, 2),
+//!     Err(OpenError::Storage(StorageError::Mismatch(_)))
+//! ));
 //! # Ok(())
 //! # }
 //! ```
@@ -43,6 +53,7 @@
 //! # Files
 //!
 //! ```text
+//! LOCK                              locked while a FileStorage uses the directory
 //! META                              identity of the directory
 //! wal-00000000000000000001.log      log segments, numbered from 1 with no gaps
 //! wal-00000000000000000002.log
@@ -52,6 +63,12 @@
 //!
 //! All integers are little-endian; CRCs are CRC-32 (IEEE) as computed by `crc32fast`.
 //!
+//! - **`LOCK`** is empty. [`FileStorage::open`] creates it if needed and takes an
+//!   exclusive advisory lock on it (`File::try_lock`) before it reads or changes
+//!   anything else, and holds it until the `FileStorage` is dropped (the OS releases it
+//!   when the process dies). A second open, from this process or another, fails at once
+//!   with [`OpenError::Locked`] and leaves the directory untouched, so a second node
+//!   started on a live directory cannot run recovery under the first.
 //! - **`META`** (32 bytes): magic `PXSMETA1`, format version (`u32`, currently 1),
 //!   cluster id (`u64`), node id (`u64`), CRC of the preceding 28 bytes.
 //! - **Segment header** (44 bytes): magic `PXSWALSG`, version, cluster id, node id,
@@ -97,24 +114,46 @@
 //!
 //! # Recovery
 //!
-//! [`FileStorage::open`] checks `META` (another cluster or node id is refused with
-//! [`StorageError::Mismatch`](paxos_core::StorageError::Mismatch); a missing `META` next
-//! to log data is refused as corrupt), reads and verifies the checkpoint (header,
-//! length, CRC and [`Checkpoint::verify`](paxos_core::Checkpoint::verify)), then replays
-//! the log from the newest segment that begins with a base, deleting older ones (they
-//! are left over from a compaction interrupted before its cleanup). The segments from
-//! there on must be numbered without gaps.
+//! [`FileStorage::open`] locks the directory, then checks `META` (another cluster or
+//! node id is refused with [`StorageError::Mismatch`](paxos_core::StorageError::Mismatch);
+//! a missing `META` next to log data is refused as corrupt), reads and verifies the
+//! checkpoint (header, length, CRC and
+//! [`Checkpoint::verify`](paxos_core::Checkpoint::verify)), then replays the log from
+//! the newest segment that begins with a base; older ones are left over from a
+//! compaction interrupted before its cleanup. The segments from there on must be
+//! numbered without gaps. All of this only reads: a refused directory is left exactly
+//! as it was. Only then does recovery repair: it deletes the `*.tmp` leftovers, cuts a
+//! torn tail, deletes superseded segments, and syncs the last segment and the directory
+//! (what it read may have been in the page cache only, after a process crash).
 //!
-//! Only the **last** segment may end in a torn write, recognized as an incomplete
-//! record header, a record running past the end of the file, a last record whose
-//! checksum fails and which ends exactly at the end of the file, or zero-filled space
-//! up to the end. The torn tail is cut off and appending resumes there. A last segment
-//! whose header or base is incomplete (a rotation or compaction interrupted before its
-//! first sync) is deleted; the segment before it was complete, so no further damage is
-//! tolerated. **Anything else** — a checksum failure followed by more data, a record
-//! longer than the maximum, an undecodable record, a damaged header, a missing segment
-//! — is reported as [`StorageError::Corrupt`](paxos_core::StorageError::Corrupt) naming
-//! the file and byte offset, and the node refuses to start rather than serve wrong data.
+//! Only the **last write of the newest segment** can be torn, because every `persist`
+//! ends with a sync, and only a torn write cannot have been acknowledged. It is cut off,
+//! appending resumes there, and [`FileStorage::recovery`] reports what was cut. A torn
+//! write is recognized by what a crash can leave:
+//!
+//! - an incomplete record header;
+//! - a record whose header checks out but whose length runs past the end of the file;
+//! - a zero header followed by nothing but zeros (space allocated for a write whose
+//!   data never arrived; no record starts with zeros);
+//! - a newest segment whose header or base is incomplete (a rotation or compaction
+//!   interrupted before its first sync): the whole segment is deleted, and the segment
+//!   before it must then be intact.
+//!
+//! A **complete** record that fails a checksum — its full header is present and not all
+//! zeros but fails its CRC, or its header is valid and its whole payload is in the file
+//! but fails its CRC — is not a torn write, even as the very last record: a prefix of a
+//! written record that reaches that far holds those bytes as written. It was synced,
+//! may have been acknowledged (a promise, an accepted value, a commit point), and has
+//! been damaged since. `open` refuses it with [`OpenError::DamagedRecord`] naming the
+//! file and byte offset, and changes nothing: the node must be recovered from its peers
+//! rather than started without it. This assumes the file system never makes a file's
+//! size cover data that did not reach the disk except as zero-filled space (ext4 in its
+//! default `data=ordered` mode, XFS, btrfs); where zeros can appear *inside* an
+//! interrupted record, a crash there is refused as well, a false alarm rather than a
+//! lost write. **Anything else** — a record longer than the maximum, an undecodable
+//! record, a damaged segment header, a missing segment, a truncated older segment — is reported
+//! as [`StorageError::Corrupt`](paxos_core::StorageError::Corrupt) naming the file and
+//! byte offset, and the node refuses to start rather than serve wrong data.
 //!
 //! # Crash safety
 //!
@@ -127,17 +166,21 @@
 //! compaction recovers the state before it (with the new checkpoint) and a finished one
 //! never resurrects compacted entries.
 //!
-//! Limits: damage confined to the last record of the newest segment cannot be told from
-//! a torn write and is discarded, as in most write-ahead logs. Only one `FileStorage`
-//! may use a directory at a time; this is not enforced. With
+//! Limits: damage that cuts the newest segment short, or zeroes it from a record
+//! boundary to its end, looks exactly like a torn write and is cut; so does a
+//! device that acknowledges a flush and then loses the data. The directory lock is
+//! advisory and local: it keeps out other `FileStorage`s, not other programs, and may
+//! not hold across machines on a network file system. With
 //! [`FileStorageOptions::sync`] off nothing is fsynced and a machine crash can lose
 //! acknowledged writes.
 
 mod disk;
+mod error;
 mod format;
 mod recovery;
 mod storage;
 
+pub use error::{OpenError, RecordDamage};
 pub use storage::{
     FileStorage, FileStorageOptions, FileStorageStats, RecoveryReport, MIN_RECORD_SIZE,
 };

@@ -1,4 +1,64 @@
 //! Startup recovery: reading `META`, the checkpoint and the log segments back.
+//!
+//! Recovery first works out what to do without changing anything ([`plan_log`]), so a
+//! directory it refuses is left exactly as it was; only then does it delete and
+//! truncate ([`LogPlan::apply`]).
+//!
+//! # Torn writes and damaged records
+//!
+//! An append is one `write` of one or more records followed by one `fdatasync`, and
+//! `persist` returns (so the driver may send what vouches for it) only after the sync.
+//! A crash can therefore interrupt only the **last write of the newest segment**, and
+//! nothing in that write was acknowledged; every byte before it was synced and may have
+//! been.
+//!
+//! **Assumption about the file system.** After a crash, synced data is as it was
+//! written, and an interrupted append leaves a *prefix* of the bytes it wrote: the file
+//! size never covers data that did not reach the disk. Ext4 in its default
+//! `data=ordered` mode, XFS and btrfs order size updates after the data they cover. A
+//! file system that lets the size run ahead shows the missing blocks as zeros (none
+//! exposes stale bytes of other files), so a torn tail may also end in zero-filled
+//! space. A device that acknowledges a flush and then loses the data is outside the
+//! model (no log can tell that from a torn write).
+//!
+//! Under that assumption, the first record of the newest segment that does not check
+//! out is classified as follows.
+//!
+//! | what is found at the record's offset                          | verdict |
+//! |----------------------------------------------------------------|---------|
+//! | fewer than 12 bytes (the header is incomplete)                 | torn    |
+//! | header CRC valid, length running past the end of the file      | torn    |
+//! | a zero header and nothing but zeros up to the end of the file  | torn    |
+//! | a full header, not all zeros, failing its CRC                  | damaged |
+//! | header valid, whole payload in the file, payload CRC failing   | damaged |
+//!
+//! - *Incomplete header, record running past the end*: a synced record is entirely in
+//!   the file, so only an interrupted write leaves less of it. Bit rot cannot make a
+//!   record look short: the length is covered by the header CRC, so a flipped length
+//!   bit fails that CRC instead (one of the damaged rows).
+//! - *Zeros to the end*: no record starts with zeros (the CRC of eight zero bytes is
+//!   not zero, and every payload holds at least a tag byte), so these bytes were never
+//!   written by the log: space allocated for a write whose data never arrived. Bit rot
+//!   flips bits or makes a sector unreadable (an IO error here); it does not turn a
+//!   record boundary and everything after it into zeros.
+//! - *Damaged*: a prefix of a written record that contains the full header contains
+//!   the header as written, whose CRC matches; a prefix that contains the whole payload
+//!   contains the payload as written. So a complete record that fails a checksum was
+//!   not torn by a crash: it was damaged after it was written, and it may have been
+//!   acknowledged. It is refused with [`OpenError::DamagedRecord`] (file and offset),
+//!   as damage anywhere else in the log is, and nothing is changed: the node must be
+//!   recovered from its peers rather than forget a promise or an accepted value.
+//!
+//! Refusing costs availability, accepting costs safety, so whatever is not provably
+//! torn is refused. On a file system whose size runs ahead of its data, a crash that
+//! leaves zeros *inside* the last record is refused too: a false alarm, never a lost
+//! acknowledged write.
+//!
+//! Segment headers follow the same rules: a newest segment whose header is incomplete,
+//! or which holds nothing but zeros, was being created when the crash came (a rotation
+//! or compaction before its first sync) and is deleted; so is a newest segment whose
+//! base is incomplete (older segments are deleted only after a base is synced). A full
+//! header that is not all zeros and fails its checks is refused.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
@@ -11,7 +71,7 @@ use tracing::{debug, warn};
 
 use crate::disk::Disk;
 use crate::format::*;
-use crate::RecoveryReport;
+use crate::{OpenError, RecordDamage, RecoveryReport};
 
 /// What recovery found in the log.
 pub(crate) struct Recovered {
@@ -41,7 +101,7 @@ pub(crate) fn list_dir(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, bool), Storag
             segments.push((seq, entry.path()));
         } else if name == CHECKPOINT_FILE {
             checkpoint = true;
-        } else if name != META_FILE {
+        } else if name != META_FILE && name != LOCK_FILE {
             debug!(dir = %dir.display(), file = name, "ignoring an unknown file in the data directory");
         }
     }
@@ -170,12 +230,16 @@ fn read_segment_header(
     cluster: u64,
     node: u64,
 ) -> Result<Header, StorageError> {
-    let f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
+    let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
     let mut bytes = Vec::with_capacity(SEGMENT_HEADER_LEN);
-    f.take(SEGMENT_HEADER_LEN as u64)
+    (&mut f)
+        .take(SEGMENT_HEADER_LEN as u64)
         .read_to_end(&mut bytes)
         .map_err(|e| io_err("cannot read", path, e))?;
-    if may_be_torn && (bytes.len() < SEGMENT_HEADER_LEN || bytes.iter().all(|b| *b == 0)) {
+    if may_be_torn
+        && (bytes.len() < SEGMENT_HEADER_LEN
+            || (bytes.iter().all(|b| *b == 0) && rest_is_zero(&mut f, path)?))
+    {
         return Ok(Header::Torn);
     }
     if bytes.len() < SEGMENT_HEADER_LEN {
@@ -322,15 +386,26 @@ fn torn(
     }
 }
 
+/// A complete record that fails a checksum: it may have been acknowledged.
+fn damaged(path: &Path, offset: u64, damage: RecordDamage) -> OpenError {
+    OpenError::DamagedRecord {
+        file: path.to_path_buf(),
+        offset,
+        damage,
+    }
+}
+
 /// Replays the records of one segment into `state`. Only the last segment may end in a
-/// torn write (`may_be_torn`); anywhere else, damage is corruption.
+/// torn write (`may_be_torn`); anywhere else, an incomplete record is corruption. A
+/// complete record that fails a checksum is refused everywhere (see the module
+/// documentation).
 fn scan_segment(
     path: &Path,
     kind: u32,
     may_be_torn: bool,
     max_record: u32,
     state: &mut PersistentState,
-) -> Result<Scan, StorageError> {
+) -> Result<Scan, OpenError> {
     let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
     let file_len = f
         .metadata()
@@ -358,6 +433,7 @@ fn scan_segment(
             });
         }
         let remaining = file_len - pos;
+        // Torn: the header itself is incomplete.
         if remaining < RECORD_HEADER_LEN as u64 {
             if may_be_torn {
                 return Ok(torn(
@@ -369,12 +445,14 @@ fn scan_segment(
                     records,
                 ));
             }
-            return Err(corrupt(path, pos, "truncated record header"));
+            return Err(corrupt(path, pos, "truncated record header").into());
         }
         let mut header = [0u8; RECORD_HEADER_LEN];
         r.read_exact(&mut header)
             .map_err(|e| io_err("cannot read", path, e))?;
         let Some((len, crc)) = decode_record_header(&header) else {
+            // Torn: zeros from a record boundary to the end of the file. No record
+            // starts with zeros (a zero header fails its own checksum).
             if may_be_torn && header.iter().all(|b| *b == 0) && rest_is_zero(&mut r, path)? {
                 return Ok(torn(
                     path,
@@ -385,7 +463,8 @@ fn scan_segment(
                     records,
                 ));
             }
-            return Err(corrupt(path, pos, "record header checksum mismatch"));
+            // A full header that is neither ours nor zeros: damage, wherever it is.
+            return Err(damaged(path, pos, RecordDamage::HeaderChecksum));
         };
         if len > max_record {
             return Err(corrupt(
@@ -394,9 +473,11 @@ fn scan_segment(
                 format_args!(
                     "record of {len} bytes exceeds the maximum record size of {max_record} bytes"
                 ),
-            ));
+            )
+            .into());
         }
         let end = pos + RECORD_HEADER_LEN as u64 + u64::from(len);
+        // Torn: the header is intact and says the record runs past the end of the file.
         if end > file_len {
             if may_be_torn {
                 return Ok(torn(
@@ -408,23 +489,15 @@ fn scan_segment(
                     records,
                 ));
             }
-            return Err(corrupt(path, pos, "record runs past the end of the file"));
+            return Err(corrupt(path, pos, "record runs past the end of the file").into());
         }
+        // `len` is at most `max_record` and within the file: a bounded allocation.
         payload.resize(len as usize, 0);
         r.read_exact(&mut payload)
             .map_err(|e| io_err("cannot read", path, e))?;
         if crc32fast::hash(&payload) != crc {
-            if may_be_torn && end == file_len {
-                return Ok(torn(
-                    path,
-                    file_len,
-                    pos,
-                    "the last record's checksum does not match",
-                    base_end,
-                    records,
-                ));
-            }
-            return Err(corrupt(path, pos, "record checksum mismatch"));
+            // Complete, so possibly acknowledged: damage, even as the very last record.
+            return Err(damaged(path, pos, RecordDamage::PayloadChecksum));
         }
         apply_record(&payload, &mut phase, state).map_err(|e| corrupt(path, pos, e))?;
         records += 1;
@@ -435,23 +508,39 @@ fn scan_segment(
     }
 }
 
-/// Recovers the log in `dir`: `Ok(None)` when there are no segments.
+/// What recovery will do to the log, worked out without changing anything: a refused
+/// directory is left as it was.
+pub(crate) struct LogPlan {
+    /// The state and segments after the plan is carried out.
+    pub(crate) recovered: Recovered,
+    /// The newest segment, which holds only an interrupted write (a header or base that
+    /// never completely reached the disk): to be deleted.
+    discard: Option<PathBuf>,
+    /// The last segment's torn tail: `(valid length, bytes cut)`.
+    truncate: Option<(u64, u64)>,
+    /// Segments superseded by a newer base (a compaction interrupted before its
+    /// cleanup): to be deleted once the newest segment is durable.
+    superseded: Vec<PathBuf>,
+    segments_replayed: usize,
+    records_replayed: u64,
+}
+
+/// Works out how to recover the log in `dir` without changing anything: `Ok(None)`
+/// when there are no segments.
 ///
 /// The replay starts at the newest segment that begins with a complete base; older
-/// segments were superseded by it and are deleted. The last segment may end in (or
-/// consist entirely of) an interrupted write, which is discarded; every other defect is
-/// reported as corruption.
-pub(crate) fn recover_log(
-    disk: &mut Disk,
+/// segments were superseded by it. The last segment may end in (or consist entirely
+/// of) an interrupted write, which is to be discarded; every other defect is refused.
+pub(crate) fn plan_log(
     mut segments: Vec<(u64, PathBuf)>,
     cluster: u64,
     node: u64,
     max_record: u32,
-    report: &mut RecoveryReport,
-) -> Result<Option<Recovered>, StorageError> {
+) -> Result<Option<LogPlan>, OpenError> {
     // Only the newest segment can hold an interrupted write, and only once: after it is
     // discarded, the one before it was complete and synced before it was created.
     let mut may_be_torn = true;
+    let mut discard = None;
     'search: loop {
         let Some(last) = segments.len().checked_sub(1) else {
             return Ok(None);
@@ -463,9 +552,7 @@ pub(crate) fn recover_log(
             match read_segment_header(path, *seq, torn_ok, cluster, node)? {
                 Header::Torn => {
                     warn!(file = %path.display(), "discarding a segment whose header was never completely written");
-                    disk.remove(path)?;
-                    report.segments_discarded += 1;
-                    segments.pop();
+                    discard = segments.pop().map(|(_, p)| p);
                     may_be_torn = false;
                     continue 'search;
                 }
@@ -481,7 +568,8 @@ pub(crate) fn recover_log(
                 &segments[0].1,
                 0,
                 "no log segment begins with a base: the beginning of the log is missing",
-            ));
+            )
+            .into());
         };
         for pair in segments[start..].windows(2) {
             if pair[1].0 != pair[0].0 + 1 {
@@ -489,10 +577,12 @@ pub(crate) fn recover_log(
                     "{}: log segment {} is missing before it",
                     pair[1].1.display(),
                     segment_name(pair[0].0 + 1)
-                )));
+                ))
+                .into());
             }
         }
         let mut state = PersistentState::default();
+        let mut truncate = None;
         let mut last_len = 0;
         let mut last_start_len = 0;
         let mut records = 0;
@@ -509,9 +599,7 @@ pub(crate) fn recover_log(
             let Some(base_end) = scan.base_end else {
                 if torn_ok {
                     warn!(file = %path.display(), "discarding a segment whose base was never completely written");
-                    disk.remove(path)?;
-                    report.segments_discarded += 1;
-                    segments.pop();
+                    discard = segments.pop().map(|(_, p)| p);
                     may_be_torn = false;
                     continue 'search;
                 }
@@ -519,18 +607,12 @@ pub(crate) fn recover_log(
                     path,
                     scan.valid_len,
                     "the segment ends before its base is complete",
-                ));
+                )
+                .into());
             };
             if i == last {
                 if scan.torn > 0 {
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .map_err(|e| io_err("cannot open", path, e))?;
-                    f.set_len(scan.valid_len)
-                        .map_err(|e| io_err("cannot truncate", path, e))?;
-                    disk.sync_file(&f, path)?;
-                    report.torn_bytes_discarded += scan.torn;
+                    truncate = Some((scan.valid_len, scan.torn));
                 }
                 last_len = scan.valid_len;
                 last_start_len = if i == start {
@@ -540,21 +622,60 @@ pub(crate) fn recover_log(
                 };
             }
         }
-        for (_, path) in &segments[..start] {
+        let superseded = segments[..start].iter().map(|(_, p)| p.clone()).collect();
+        return Ok(Some(LogPlan {
+            recovered: Recovered {
+                state,
+                segments: segments[start..].iter().map(|(seq, _)| *seq).collect(),
+                last_len,
+                last_start_len,
+            },
+            discard,
+            truncate,
+            superseded,
+            segments_replayed: last + 1 - start,
+            records_replayed: records,
+        }));
+    }
+}
+
+impl LogPlan {
+    /// Carries the plan out: deletes a discarded segment, cuts the torn tail, makes the
+    /// last segment and the directory durable (what was read may have been only in the
+    /// page cache, left by a process that crashed before its sync), then deletes the
+    /// superseded segments. Returns the recovered log and the last segment, open for
+    /// appending at its end.
+    pub(crate) fn apply(
+        self,
+        disk: &mut Disk,
+        report: &mut RecoveryReport,
+    ) -> Result<(Recovered, File), StorageError> {
+        if let Some(path) = &self.discard {
+            disk.remove(path)?;
+            report.segments_discarded += 1;
+        }
+        let seq = self.recovered.segments.last().copied().unwrap_or(1);
+        let path = disk.path(&segment_name(seq));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err("cannot open", &path, e))?;
+        if let Some((valid_len, torn)) = self.truncate {
+            f.set_len(valid_len)
+                .map_err(|e| io_err("cannot truncate", &path, e))?;
+            report.torn_bytes_discarded += torn;
+        }
+        disk.sync_file(&f, &path)?;
+        f.seek(SeekFrom::Start(self.recovered.last_len))
+            .map_err(|e| io_err("cannot seek in", &path, e))?;
+        for path in &self.superseded {
             debug!(file = %path.display(), "removing a segment superseded by a newer base");
             disk.remove(path)?;
             report.segments_removed += 1;
         }
-        if report.segments_removed + report.segments_discarded > 0 {
-            disk.sync_dir()?;
-        }
-        report.segments_replayed = last + 1 - start;
-        report.records_replayed = records;
-        return Ok(Some(Recovered {
-            state,
-            segments: segments[start..].iter().map(|(seq, _)| *seq).collect(),
-            last_len,
-            last_start_len,
-        }));
+        disk.sync_dir()?;
+        report.segments_replayed = self.segments_replayed;
+        report.records_replayed = self.records_replayed;
+        Ok((self.recovered, f))
     }
 }

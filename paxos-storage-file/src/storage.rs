@@ -1,7 +1,7 @@
 //! [`FileStorage`]: the durable [`Storage`].
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Seek, SeekFrom};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use paxos_core::{PersistOp, PersistentState, Storage, StorageError};
@@ -9,7 +9,8 @@ use tracing::{info, warn};
 
 use crate::disk::{sync_dir, Disk};
 use crate::format::*;
-use crate::recovery::{list_dir, read_checkpoint, read_meta, recover_log};
+use crate::recovery::{list_dir, plan_log, read_checkpoint, read_meta};
+use crate::OpenError;
 
 /// The smallest accepted [`FileStorageOptions::max_record_size`].
 pub const MIN_RECORD_SIZE: u32 = 4096;
@@ -101,7 +102,9 @@ pub struct RecoveryReport {
 /// latest checkpoint. See the [crate documentation](crate) for the format and the
 /// recovery rules.
 ///
-/// One `FileStorage` at a time may use a directory; this is not enforced.
+/// One `FileStorage` at a time may use a directory: it holds an exclusive lock on the
+/// directory's `LOCK` file from [`open`](Self::open) until it is dropped, and a second
+/// open, from this process or another, fails with [`OpenError::Locked`].
 #[derive(Debug)]
 pub struct FileStorage {
     disk: Disk,
@@ -122,21 +125,28 @@ pub struct FileStorage {
     recovery: RecoveryReport,
     /// Set when a write failed: the files may no longer match `state`.
     failed: Option<String>,
+    /// The directory's `LOCK` file, exclusively locked for as long as this value lives
+    /// (released when it is dropped, or by the OS when the process dies).
+    _lock: File,
 }
 
 impl FileStorage {
     /// Opens the data directory `dir` for replica `node_id` of cluster `cluster_id`
     /// with default options, creating and initializing it if it does not exist.
     ///
-    /// Errors: [`StorageError::Mismatch`] when the directory belongs to another cluster
-    /// or node, [`StorageError::Corrupt`] when its contents are damaged (anything but a
-    /// torn last write, which is discarded), [`StorageError::Io`] when the file system
+    /// The directory is locked first (its `LOCK` file, created if missing) and stays
+    /// locked until the `FileStorage` is dropped; nothing else in it is read or changed
+    /// before that, and nothing at all when the open is refused.
+    ///
+    /// Errors: [`OpenError::Locked`] when another `FileStorage` (in this process or
+    /// another) uses the directory; [`OpenError::DamagedRecord`] when a complete log
+    /// record fails its checksum (it may have been acknowledged, so the node must be
+    /// recovered from its peers); [`OpenError::Storage`] with
+    /// [`StorageError::Mismatch`] when the directory belongs to another cluster or node,
+    /// [`StorageError::Corrupt`] when its contents are otherwise damaged (anything but
+    /// a torn last write, which is discarded), [`StorageError::Io`] when the file system
     /// fails.
-    pub fn open(
-        dir: impl AsRef<Path>,
-        cluster_id: u64,
-        node_id: u64,
-    ) -> Result<Self, StorageError> {
+    pub fn open(dir: impl AsRef<Path>, cluster_id: u64, node_id: u64) -> Result<Self, OpenError> {
         Self::open_with(dir, cluster_id, node_id, FileStorageOptions::default())
     }
 
@@ -146,10 +156,12 @@ impl FileStorage {
         cluster_id: u64,
         node_id: u64,
         mut options: FileStorageOptions,
-    ) -> Result<Self, StorageError> {
+    ) -> Result<Self, OpenError> {
         options.max_record_size = options.max_record_size.max(MIN_RECORD_SIZE);
         let dir = dir.as_ref().to_path_buf();
         let created_dir = create_dir(&dir, options.sync)?;
+        // Before anything in the directory is read, created, deleted or truncated.
+        let lock = lock_dir(&dir)?;
         let mut disk = Disk {
             dir: dir.clone(),
             sync: options.sync,
@@ -157,21 +169,16 @@ impl FileStorage {
         };
         let mut recovery = RecoveryReport::default();
 
-        // Leftovers of an interrupted replacement: the real file is intact.
-        disk.remove(&disk.path(META_TMP))?;
-        disk.remove(&disk.path(CHECKPOINT_TMP))?;
-
+        // Look without touching: every refusal below leaves the directory as it was.
         let (segments, has_checkpoint) = list_dir(&dir)?;
-        if !read_meta(&disk.path(META_FILE), cluster_id, node_id)? {
-            if !segments.is_empty() || has_checkpoint {
-                return Err(StorageError::Corrupt(format!(
-                    "{}: the META file is missing but the directory holds log data; \
-                     refusing to guess which replica it belongs to",
-                    dir.display()
-                )));
-            }
-            disk.replace(META_TMP, META_FILE, &encode_meta(cluster_id, node_id))?;
-            recovery.created = true;
+        let has_meta = read_meta(&disk.path(META_FILE), cluster_id, node_id)?;
+        if !has_meta && (!segments.is_empty() || has_checkpoint) {
+            return Err(StorageError::Corrupt(format!(
+                "{}: the META file is missing but the directory holds log data; \
+                 refusing to guess which replica it belongs to",
+                dir.display()
+            ))
+            .into());
         }
         let checkpoint = read_checkpoint(
             &disk.path(CHECKPOINT_FILE),
@@ -179,35 +186,29 @@ impl FileStorage {
             node_id,
             options.max_checkpoint_size,
         )?;
-        let recovered = recover_log(
-            &mut disk,
-            segments,
-            cluster_id,
-            node_id,
-            options.max_record_size,
-            &mut recovery,
-        )?;
+        let plan = plan_log(segments, cluster_id, node_id, options.max_record_size)?;
+        if plan.is_none() && checkpoint.is_some() {
+            return Err(StorageError::Corrupt(format!(
+                "{}: a checkpoint exists but every log segment is missing",
+                dir.display()
+            ))
+            .into());
+        }
 
+        // Repair. Leftovers of an interrupted replacement: the real file is intact.
+        disk.remove(&disk.path(META_TMP))?;
+        disk.remove(&disk.path(CHECKPOINT_TMP))?;
+        if !has_meta {
+            disk.replace(META_TMP, META_FILE, &encode_meta(cluster_id, node_id))?;
+            recovery.created = true;
+        }
         let mut buf = Vec::new();
-        let (mut state, segments, segment, segment_len, segment_start_len) = match recovered {
-            Some(r) => {
-                let seq = r.segments.last().copied().unwrap_or(1);
-                let path = disk.path(&segment_name(seq));
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| io_err("cannot open", &path, e))?;
-                f.seek(SeekFrom::Start(r.last_len))
-                    .map_err(|e| io_err("cannot seek in", &path, e))?;
+        let (mut state, segments, segment, segment_len, segment_start_len) = match plan {
+            Some(plan) => {
+                let (r, f) = plan.apply(&mut disk, &mut recovery)?;
                 (r.state, r.segments, f, r.last_len, r.last_start_len)
             }
             None => {
-                if checkpoint.is_some() {
-                    return Err(StorageError::Corrupt(format!(
-                        "{}: a checkpoint exists but every log segment is missing",
-                        dir.display()
-                    )));
-                }
                 let state = PersistentState::default();
                 encode_segment_header(&mut buf, cluster_id, node_id, 1, KIND_BASE);
                 encode_base(&mut buf, &state, options.max_record_size)?;
@@ -252,6 +253,7 @@ impl FileStorage {
             buf,
             recovery,
             failed: None,
+            _lock: lock,
         })
     }
 
@@ -374,7 +376,10 @@ impl FileStorage {
     /// Creates the next segment and writes its header (and, for a base segment, the
     /// current state as its base), without syncing.
     fn start_segment(&mut self, kind: u32) -> Result<(), StorageError> {
-        let seq = self.current_seq() + 1;
+        let seq = self
+            .current_seq()
+            .checked_add(1)
+            .ok_or_else(|| StorageError::Io("log segment sequence numbers are exhausted".into()))?;
         let mut head = Vec::new();
         encode_segment_header(&mut head, self.cluster_id, self.node_id, seq, kind);
         if kind == KIND_BASE {
@@ -514,5 +519,25 @@ fn create_dir(dir: &Path, sync: bool) -> Result<bool, StorageError> {
             Ok(true)
         }
         Err(e) => Err(io_err("cannot stat", dir, e)),
+    }
+}
+
+/// Opens (creating it if missing) and exclusively locks the directory's `LOCK` file.
+/// The lock is advisory: it keeps out other `FileStorage`s, in this process or another.
+fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err("cannot open the lock file", &path, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(TryLockError::WouldBlock) => Err(OpenError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(e)) => Err(io_err("cannot lock", &path, e).into()),
     }
 }

@@ -2,7 +2,9 @@
 //! rotation, compaction, checkpoints, crash images and a model-based property test.
 
 use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +15,7 @@ use paxos_core::{
 use proptest::prelude::*;
 
 use crate::format::*;
-use crate::{FileStorage, FileStorageOptions};
+use crate::{FileStorage, FileStorageOptions, OpenError, RecordDamage, MIN_RECORD_SIZE};
 
 const CLUSTER: u64 = 0xC1;
 const NODE: u64 = 3;
@@ -103,8 +105,16 @@ fn load(dir: &Path, options: &FileStorageOptions) -> PersistentState {
     open(dir, options).load().unwrap()
 }
 
-fn open_err(dir: &Path) -> StorageError {
+fn open_err(dir: &Path) -> OpenError {
     FileStorage::open_with(dir, CLUSTER, NODE, nosync(1 << 20)).unwrap_err()
+}
+
+/// The [`StorageError`] of a refused open (neither locked nor a damaged record).
+fn open_storage_err(dir: &Path) -> StorageError {
+    match open_err(dir) {
+        OpenError::Storage(e) => e,
+        e => panic!("expected a StorageError, got {e:?}"),
+    }
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -157,8 +167,8 @@ fn records(path: &Path) -> Vec<(u64, u32, u8)> {
     out
 }
 
-fn assert_corrupt(e: StorageError, file: &Path, offset: u64) {
-    let StorageError::Corrupt(msg) = &e else {
+fn assert_corrupt(e: OpenError, file: &Path, offset: u64) {
+    let OpenError::Storage(StorageError::Corrupt(msg)) = &e else {
         panic!("expected Corrupt, got {e:?}");
     };
     let name = file.file_name().unwrap().to_str().unwrap();
@@ -167,6 +177,47 @@ fn assert_corrupt(e: StorageError, file: &Path, offset: u64) {
         msg.contains(&format!("offset {offset}")),
         "{msg:?} does not name offset {offset}"
     );
+}
+
+/// A refusal of a complete, damaged record at `offset` of `file`, whose message says it
+/// may have been acknowledged.
+fn assert_damaged(e: OpenError, file: &Path, offset: u64) -> RecordDamage {
+    let OpenError::DamagedRecord {
+        file: f,
+        offset: o,
+        damage,
+    } = &e
+    else {
+        panic!("expected DamagedRecord, got {e:?}");
+    };
+    assert_eq!((f.as_path(), *o), (file, offset), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&file.display().to_string())
+            && msg.contains(&format!("offset {offset}"))
+            && msg.contains("acknowledged")
+            && msg.contains("peers"),
+        "{msg}"
+    );
+    // Callers that only know StorageError see it as corruption.
+    assert!(matches!(StorageError::from(e.clone()), StorageError::Corrupt(m) if m == msg));
+    *damage
+}
+
+/// Every file of a directory with its contents.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 #[test]
@@ -299,7 +350,13 @@ fn flipped_bit_before_the_tail_is_corruption_naming_file_and_offset() {
     ] {
         copy_dir(dir.path(), work.path());
         flip_bit(&work_seg, offset, bit);
-        assert_corrupt(open_err(work.path()), &work_seg, record);
+        let damage = assert_damaged(open_err(work.path()), &work_seg, record);
+        let expected = if offset < record + RECORD_HEADER_LEN as u64 {
+            RecordDamage::HeaderChecksum
+        } else {
+            RecordDamage::PayloadChecksum
+        };
+        assert_eq!(damage, expected);
     }
 
     // A damaged segment header is corruption too.
@@ -307,12 +364,14 @@ fn flipped_bit_before_the_tail_is_corruption_naming_file_and_offset() {
     flip_bit(&work_seg, 20, 0);
     assert_corrupt(open_err(work.path()), &work_seg, 0);
 
-    // Damage confined to the very last record cannot be told from a torn write.
+    // Damage to the very last record is refused too: it is complete, so it was synced
+    // and may have been acknowledged.
     copy_dir(dir.path(), work.path());
     let last = recs.last().unwrap();
     flip_bit(&work_seg, last.0 + RECORD_HEADER_LEN as u64 + 2, 3);
-    let mut s = open(work.path(), &nosync(1 << 20));
-    assert_eq!(s.load().unwrap(), mem_after(&sample_batches()[..3]));
+    let before = snapshot(work.path());
+    assert_damaged(open_err(work.path()), &work_seg, last.0);
+    assert_eq!(snapshot(work.path()), before);
 }
 
 #[test]
@@ -323,7 +382,7 @@ fn another_cluster_or_node_is_refused() {
     drop(s);
     for (cluster, node) in [(CLUSTER + 1, NODE), (CLUSTER, NODE + 1)] {
         let e = FileStorage::open(dir.path(), cluster, node).unwrap_err();
-        let StorageError::Mismatch(msg) = &e else {
+        let OpenError::Storage(StorageError::Mismatch(msg)) = &e else {
             panic!("expected Mismatch, got {e:?}");
         };
         assert!(msg.contains("META") && msg.contains("node"), "{msg}");
@@ -336,7 +395,9 @@ fn another_cluster_or_node_is_refused() {
     drop(o);
     let seg = segments(dir.path()).pop().unwrap();
     fs::copy(&foreign, &seg).unwrap();
-    assert!(matches!(open_err(dir.path()), StorageError::Mismatch(m) if m.contains(".log")));
+    assert!(
+        matches!(open_storage_err(dir.path()), StorageError::Mismatch(m) if m.contains(".log"))
+    );
 }
 
 #[test]
@@ -353,15 +414,21 @@ fn missing_meta_next_to_data_and_missing_segments_are_refused() {
     let work = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), work.path());
     fs::remove_file(work.path().join(META_FILE)).unwrap();
-    assert!(matches!(open_err(work.path()), StorageError::Corrupt(m) if m.contains("META")));
+    assert!(
+        matches!(open_storage_err(work.path()), StorageError::Corrupt(m) if m.contains("META"))
+    );
 
     copy_dir(dir.path(), work.path());
     fs::remove_file(work.path().join(segs[1].file_name().unwrap())).unwrap();
-    assert!(matches!(open_err(work.path()), StorageError::Corrupt(m) if m.contains("missing")));
+    assert!(
+        matches!(open_storage_err(work.path()), StorageError::Corrupt(m) if m.contains("missing"))
+    );
 
     copy_dir(dir.path(), work.path());
     fs::remove_file(work.path().join(segs[0].file_name().unwrap())).unwrap();
-    assert!(matches!(open_err(work.path()), StorageError::Corrupt(m) if m.contains("base")));
+    assert!(
+        matches!(open_storage_err(work.path()), StorageError::Corrupt(m) if m.contains("base"))
+    );
 }
 
 #[test]
@@ -534,12 +601,15 @@ fn checkpoint_file_is_replaced_atomically_and_checked() {
         copy_dir(dir.path(), work.path());
         flip_bit(&work_cp, at as u64, 0);
         assert!(
-            matches!(open_err(work.path()), StorageError::Corrupt(m) if m.contains("checkpoint"))
+            matches!(open_storage_err(work.path()), StorageError::Corrupt(m) if m.contains("checkpoint"))
         );
     }
     copy_dir(dir.path(), work.path());
     truncate(&work_cp, good.len() as u64 - 1);
-    assert!(matches!(open_err(work.path()), StorageError::Corrupt(_)));
+    assert!(matches!(
+        open_storage_err(work.path()),
+        StorageError::Corrupt(_)
+    ));
 
     // A checkpoint whose data does not match its digest (with intact framing) is caught
     // by `Checkpoint::verify`.
@@ -551,7 +621,7 @@ fn checkpoint_file_is_replaced_atomically_and_checked() {
     encode_checkpoint_header(&mut bytes, CLUSTER, NODE, &payload);
     bytes.extend_from_slice(&payload);
     fs::write(&work_cp, bytes).unwrap();
-    let e = open_err(work.path());
+    let e = open_storage_err(work.path());
     assert!(
         matches!(&e, StorageError::Corrupt(m) if m.contains("verify")),
         "{e:?}"
@@ -695,6 +765,378 @@ fn an_interrupted_rotation_leaves_a_segment_that_is_discarded() {
     let mut s = open(dir.path(), &nosync(300));
     assert_eq!(s.load().unwrap(), mem_after(&batches));
     assert!(!next.exists());
+}
+
+// ------------------------------------------------------------- bit rot vs torn writes
+
+/// A directory holding `sample_batches()`, and its (only) segment.
+fn sample_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &opts(1 << 20));
+    for b in sample_batches() {
+        s.persist(&b).unwrap();
+    }
+    let seg = s.segment_files().pop().unwrap();
+    drop(s);
+    (dir, seg)
+}
+
+#[test]
+fn every_bit_flip_in_the_last_record_is_refused_with_file_and_offset() {
+    let (dir, seg) = sample_dir();
+    let good = fs::read(&seg).unwrap();
+    let (last, len, _) = *records(&seg).last().unwrap();
+    let end = last + RECORD_HEADER_LEN as u64 + u64::from(len);
+    assert_eq!(end, good.len() as u64, "the last record ends the file");
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), work.path());
+    let work_seg = work.path().join(seg.file_name().unwrap());
+    let mut flips = 0;
+    for offset in last..end {
+        for bit in 0..8 {
+            let mut bytes = good.clone();
+            bytes[offset as usize] ^= 1 << bit;
+            fs::write(&work_seg, &bytes).unwrap();
+            let before = snapshot(work.path());
+            let damage = assert_damaged(open_err(work.path()), &work_seg, last);
+            let expected = if offset < last + RECORD_HEADER_LEN as u64 {
+                RecordDamage::HeaderChecksum
+            } else {
+                RecordDamage::PayloadChecksum
+            };
+            assert_eq!(damage, expected, "bit {bit} of byte {offset}");
+            // Refused without touching anything.
+            assert_eq!(snapshot(work.path()), before, "bit {bit} of byte {offset}");
+            flips += 1;
+        }
+    }
+    assert!(flips >= 8 * (RECORD_HEADER_LEN + 2));
+    // The intact file loads everything.
+    fs::write(&work_seg, &good).unwrap();
+    assert_eq!(
+        load(work.path(), &nosync(1 << 20)),
+        mem_after(&sample_batches())
+    );
+}
+
+#[test]
+fn a_batch_split_over_records_cut_at_every_offset_loads_a_prefix_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = FileStorageOptions {
+        max_record_size: MIN_RECORD_SIZE,
+        ..opts(1 << 20)
+    };
+    let kept = sample_batches();
+    let mut s = open(dir.path(), &o);
+    for b in &kept {
+        s.persist(b).unwrap();
+    }
+    let seg = s.segment_files().pop().unwrap();
+    let before = fs::metadata(&seg).unwrap().len();
+    let batch: Vec<PersistOp> = (10..50)
+        .map(|i| PersistOp::Accept {
+            slot: i,
+            ballot: Ballot::new(3, 1),
+            value: value(i, 250),
+        })
+        .collect();
+    s.persist(&batch).unwrap();
+    drop(s);
+    let full = fs::read(&seg).unwrap();
+
+    // Where each record of the batch ends, and how many operations end with it.
+    let mut ends = vec![(before, 0usize)];
+    for (at, len, tag) in records(&seg).into_iter().filter(|r| r.0 >= before) {
+        assert_eq!(tag, TAG_OPS);
+        let body = at as usize + RECORD_HEADER_LEN;
+        let mut rest = &full[body + 1..body + len as usize];
+        let mut n = ends.last().unwrap().1;
+        while !rest.is_empty() {
+            let (_, r): (PersistOp, _) = postcard::take_from_bytes(rest).unwrap();
+            rest = r;
+            n += 1;
+        }
+        ends.push((at + RECORD_HEADER_LEN as u64 + u64::from(len), n));
+    }
+    assert!(ends.len() > 3, "the batch is split: {ends:?}");
+    assert_eq!(ends.last().unwrap(), &(full.len() as u64, batch.len()));
+    let states: Vec<PersistentState> = ends
+        .iter()
+        .map(|(_, n)| {
+            let mut b = kept.clone();
+            b.push(batch[..*n].to_vec());
+            mem_after(&b)
+        })
+        .collect();
+
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), work.path());
+    let work_seg = work.path().join(seg.file_name().unwrap());
+    let quick = FileStorageOptions { sync: false, ..o };
+    for cut in before..=full.len() as u64 {
+        fs::write(&work_seg, &full[..cut as usize]).unwrap();
+        let i = ends.iter().rposition(|(end, _)| *end <= cut).unwrap();
+        let mut s = open(work.path(), &quick);
+        assert_eq!(s.load().unwrap(), states[i], "cut at {cut}");
+        assert_eq!(
+            s.recovery().torn_bytes_discarded,
+            cut - ends[i].0,
+            "cut at {cut}"
+        );
+        drop(s);
+        assert_eq!(fs::metadata(&work_seg).unwrap().len(), ends[i].0);
+    }
+}
+
+#[test]
+fn zeros_inside_the_last_record_are_refused_but_zeros_after_it_are_torn() {
+    let (dir, seg) = sample_dir();
+    let good = fs::read(&seg).unwrap();
+    let (last, len, _) = *records(&seg).last().unwrap();
+    let payload = last + RECORD_HEADER_LEN as u64;
+    let work = tempfile::tempdir().unwrap();
+    let work_seg = work.path().join(seg.file_name().unwrap());
+    let zeroed = |from: u64, to: u64| {
+        let mut bytes = good.clone();
+        bytes[from as usize..to as usize].fill(0);
+        bytes
+    };
+    let end = good.len() as u64;
+    for (bytes, damage) in [
+        // Zeros from inside the payload to the end: the length says it is complete.
+        (
+            zeroed(payload + u64::from(len) / 2, end),
+            RecordDamage::PayloadChecksum,
+        ),
+        // Zeros from inside the header: not all of it is zero.
+        (zeroed(last + 6, end), RecordDamage::HeaderChecksum),
+        // A zeroed header with data after it: not space that was never written.
+        (zeroed(last, payload), RecordDamage::HeaderChecksum),
+    ] {
+        copy_dir(dir.path(), work.path());
+        fs::write(&work_seg, &bytes).unwrap();
+        let before = snapshot(work.path());
+        assert_eq!(
+            assert_damaged(open_err(work.path()), &work_seg, last),
+            damage
+        );
+        assert_eq!(snapshot(work.path()), before);
+    }
+
+    // Zeros from the last record's start to the end are space whose data never
+    // arrived: torn, cut off.
+    copy_dir(dir.path(), work.path());
+    fs::write(&work_seg, zeroed(last, end)).unwrap();
+    let mut s = open(work.path(), &nosync(1 << 20));
+    assert_eq!(s.load().unwrap(), mem_after(&sample_batches()[..3]));
+    assert_eq!(s.recovery().torn_bytes_discarded, end - last);
+    drop(s);
+    assert_eq!(fs::metadata(&work_seg).unwrap().len(), last);
+}
+
+#[test]
+fn a_newest_segment_with_a_zero_header_but_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &opts(300));
+    for i in 0..10u64 {
+        s.persist(&[accept(i, 1)]).unwrap();
+    }
+    let newest = s.segment_files().pop().unwrap();
+    drop(s);
+    assert!(segments(dir.path()).len() > 1);
+    let mut bytes = fs::read(&newest).unwrap();
+    bytes[..SEGMENT_HEADER_LEN].fill(0);
+    fs::write(&newest, &bytes).unwrap();
+    let before = snapshot(dir.path());
+    assert_corrupt(open_err(dir.path()), &newest, 0);
+    assert_eq!(snapshot(dir.path()), before);
+}
+
+// ------------------------------------------------------------------ directory lock
+
+#[test]
+fn a_second_open_is_refused_while_the_first_is_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    // The directory does not exist yet: it is created, then locked.
+    let path = dir.path().join("data");
+    let mut first = open(&path, &nosync(1 << 20));
+    first.persist(&[accept(0, 1)]).unwrap();
+    assert!(path.join(LOCK_FILE).exists());
+    for _ in 0..2 {
+        let e = FileStorage::open_with(&path, CLUSTER, NODE, nosync(1 << 20)).unwrap_err();
+        assert_eq!(e, OpenError::Locked { dir: path.clone() });
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "data directory {} is in use by another process",
+                path.display()
+            )
+        );
+        assert!(matches!(StorageError::from(e), StorageError::Io(m) if m.contains("in use")));
+    }
+    // The lock is checked before the identity: another node id is refused as locked too.
+    assert!(matches!(
+        FileStorage::open(&path, CLUSTER, NODE + 1),
+        Err(OpenError::Locked { .. })
+    ));
+    // The first one is unaffected.
+    first.persist(&[accept(1, 1)]).unwrap();
+    drop(first);
+    let mut again = open(&path, &nosync(1 << 20));
+    assert_eq!(
+        again.load().unwrap(),
+        mem_after(&[vec![accept(0, 1)], vec![accept(1, 1)]])
+    );
+    drop(again);
+    assert!(FileStorage::open(&path, CLUSTER, NODE).is_ok());
+}
+
+#[test]
+fn a_refused_open_changes_nothing_in_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = open(dir.path(), &opts(1 << 20));
+    for b in sample_batches() {
+        first.persist(&b).unwrap();
+    }
+    first
+        .persist(&[PersistOp::Checkpoint(checkpoint(2, b"two"))])
+        .unwrap();
+    let seg = first.segment_files().pop().unwrap();
+    // Things recovery would repair: leftovers of interrupted replacements, and a torn
+    // tail (as if the live node were in the middle of a write).
+    fs::write(dir.path().join(META_TMP), b"half a meta").unwrap();
+    fs::write(dir.path().join(CHECKPOINT_TMP), b"half a checkpoint").unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(&[7, 0, 0])
+        .unwrap();
+    let before = snapshot(dir.path());
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&META_TMP) && names.contains(&CHECKPOINT_TMP),
+        "{names:?}"
+    );
+
+    let e = FileStorage::open_with(dir.path(), CLUSTER, NODE, opts(1 << 20)).unwrap_err();
+    assert!(matches!(e, OpenError::Locked { .. }), "{e:?}");
+    assert_eq!(snapshot(dir.path()), before);
+
+    // Once the first is gone, recovery runs and repairs what was planted.
+    drop(first);
+    let mut s = open(dir.path(), &nosync(1 << 20));
+    assert_eq!(s.recovery().torn_bytes_discarded, 3);
+    assert!(!dir.path().join(META_TMP).exists());
+    assert!(!dir.path().join(CHECKPOINT_TMP).exists());
+    let mut expected = sample_batches();
+    expected.push(vec![PersistOp::Checkpoint(checkpoint(2, b"two"))]);
+    assert_eq!(s.load().unwrap(), mem_after(&expected));
+}
+
+/// Set in a child process (this test binary, re-executed) to the directory to probe.
+const PROBE_DIR: &str = "PAXOS_STORAGE_FILE_TEST_PROBE_DIR";
+/// Set in a child process to a file to create once it holds the lock; it then keeps
+/// it until it is killed (or for at most a minute).
+const PROBE_HOLD: &str = "PAXOS_STORAGE_FILE_TEST_PROBE_HOLD";
+const PROBE_OPENED: i32 = 10;
+const PROBE_LOCKED: i32 = 11;
+const PROBE_FAILED: i32 = 12;
+
+/// Not a test of its own: the body of the child process of
+/// `the_lock_holds_across_processes`, which does nothing unless `PROBE_DIR` is set.
+#[test]
+fn lock_probe_child() {
+    let Some(dir) = std::env::var_os(PROBE_DIR) else {
+        return;
+    };
+    let code = match FileStorage::open_with(PathBuf::from(dir), CLUSTER, NODE, nosync(1 << 20)) {
+        Ok(storage) => {
+            if let Some(marker) = std::env::var_os(PROBE_HOLD) {
+                fs::write(marker, b"locked").unwrap();
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            drop(storage);
+            PROBE_OPENED
+        }
+        Err(OpenError::Locked { .. }) => PROBE_LOCKED,
+        Err(_) => PROBE_FAILED,
+    };
+    std::process::exit(code);
+}
+
+/// Starts this test binary again, running only `lock_probe_child` on `dir`.
+fn spawn_probe(dir: &Path, hold: Option<&Path>) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "tests::lock_probe_child", "--test-threads=1"])
+        .env(PROBE_DIR, dir)
+        .env_remove(PROBE_HOLD)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(marker) = hold {
+        cmd.env(PROBE_HOLD, marker);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Waits (at most a minute) for a child to exit; kills it when it takes longer.
+fn wait_exit_code(mut child: Child) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().expect("the probe was killed by a signal");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the probe process did not finish in time");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_lock_holds_across_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &nosync(1 << 20));
+    s.persist(&[accept(0, 1)]).unwrap();
+    fs::write(dir.path().join(CHECKPOINT_TMP), b"leftover").unwrap();
+    let before = snapshot(dir.path());
+
+    // Another process is refused while this one holds the directory, and changes nothing.
+    assert_eq!(wait_exit_code(spawn_probe(dir.path(), None)), PROBE_LOCKED);
+    assert_eq!(snapshot(dir.path()), before);
+    // Once it is released, the other process opens it.
+    drop(s);
+    assert_eq!(wait_exit_code(spawn_probe(dir.path(), None)), PROBE_OPENED);
+
+    // A process that holds the lock keeps this one out; when it dies (killed, as in a
+    // crash), the OS releases the lock.
+    let markers = tempfile::tempdir().unwrap();
+    let marker = markers.path().join("holding");
+    let mut child = spawn_probe(dir.path(), Some(&marker));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the holding probe exited early: {status}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the holding probe did not lock the directory in time");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let refused = FileStorage::open_with(dir.path(), CLUSTER, NODE, nosync(1 << 20));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        matches!(refused, Err(OpenError::Locked { .. })),
+        "{refused:?}"
+    );
+    let mut s = open(dir.path(), &nosync(1 << 20));
+    assert_eq!(s.load().unwrap(), mem_after(&[vec![accept(0, 1)]]));
 }
 
 fn op_strategy() -> impl Strategy<Value = PersistOp> {
