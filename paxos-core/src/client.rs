@@ -69,8 +69,8 @@ impl Default for ClientOptions {
 
 /// Submits commands to a cluster with exactly-once semantics.
 ///
-/// A client owns a session: an id drawn at random, registered with the cluster before
-/// its first command, and a request number that grows by one per command. A command
+/// A client owns a session, registered with the cluster before its first command (the
+/// cluster assigns its id), and a request number that grows by one per command. A command
 /// keeps its number across every retry — after a timeout, a redirect, a leader change —
 /// so the replicated session table executes it at most once and answers retries from
 /// its cache. The client never submits the same command under two numbers.
@@ -79,9 +79,11 @@ impl Default for ClientOptions {
 /// clients for concurrency. A command whose deadline passes may still execute later,
 /// but never after a later command of the same client.
 pub struct Client<S> {
+    /// Recognises the reply to this client's registration.
     id: ClientId,
+    /// The session the cluster assigned, once registered.
+    session: Option<ClientId>,
     next_seq: u64,
-    registered: bool,
     endpoints: Vec<Arc<dyn Endpoint>>,
     leader: Option<usize>,
     rotation: usize,
@@ -94,25 +96,27 @@ impl<S> std::fmt::Debug for Client<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("id", &self.id)
+            .field("session", &self.session)
             .field("next_seq", &self.next_seq)
             .finish()
     }
 }
 
 impl<S: StateMachine> Client<S> {
-    /// A client with a random session id and default options.
+    /// A client with a random registration nonce and default options.
     pub fn new(endpoints: Vec<Arc<dyn Endpoint>>) -> Self {
         Self::with_options(endpoints, ClientOptions::default())
     }
 
-    /// A client with a random session id.
+    /// A client with a random registration nonce.
     pub fn with_options(endpoints: Vec<Arc<dyn Endpoint>>, options: ClientOptions) -> Self {
         let id = OsRng.next_u64() | 1;
         Self::with_id(id, endpoints, options)
     }
 
-    /// A client with a chosen session id. Ids must be unique among live clients: two
-    /// clients sharing one would be answered from each other's cached replies.
+    /// A client with a chosen registration nonce, which recognises the reply to its
+    /// registration (the session id itself comes from the cluster). Nonces should be
+    /// unique among clients registering at the same time.
     pub fn with_id(
         id: ClientId,
         endpoints: Vec<Arc<dyn Endpoint>>,
@@ -120,8 +124,8 @@ impl<S: StateMachine> Client<S> {
     ) -> Self {
         Client {
             id,
+            session: None,
             next_seq: 1,
-            registered: false,
             endpoints,
             leader: None,
             rotation: (id % 7) as usize,
@@ -131,9 +135,14 @@ impl<S: StateMachine> Client<S> {
         }
     }
 
-    /// The session id.
+    /// The registration nonce this client was created with.
     pub fn id(&self) -> ClientId {
         self.id
+    }
+
+    /// The session the cluster assigned, once this client has registered.
+    pub fn session(&self) -> Option<ClientId> {
+        self.session
     }
 
     /// The node this client currently believes leads.
@@ -162,17 +171,25 @@ impl<S: StateMachine> Client<S> {
         let payload = Bytes::from(
             postcard::to_allocvec(command).map_err(|e| ClientError::Codec(e.to_string()))?,
         );
-        if !self.registered {
-            self.call_until(Request::register(self.id), deadline)
-                .await?;
-            self.registered = true;
-        }
+        let session = match self.session {
+            Some(s) => s,
+            None => {
+                let reply = self
+                    .call_until(Request::register(self.id), deadline)
+                    .await?;
+                let s: ClientId = postcard::from_bytes(&reply)
+                    .map_err(|e| ClientError::Codec(format!("session id: {e}")))?;
+                self.session = Some(s);
+                self.next_seq = 1;
+                s
+            }
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         let bytes = self
             .call_until(
                 Request {
-                    client: self.id,
+                    client: session,
                     seq,
                     payload,
                 },
@@ -217,7 +234,7 @@ impl<S: StateMachine> Client<S> {
                     redirects < self.endpoints.len()
                 }
                 Ok(Ok(Response::SessionExpired)) => {
-                    self.registered = false;
+                    self.session = None;
                     self.id = OsRng.next_u64() | 1;
                     self.next_seq = 1;
                     return Err(ClientError::SessionExpired);

@@ -48,16 +48,20 @@
 //!     .map(|(&id, s)| Replica::new(Config::new(id, ids.clone()), Counter::default(), s.load().unwrap()).unwrap())
 //!     .collect();
 //! let mut in_flight = Vec::new();
-//! let mut replies = Vec::new();
+//! let mut replies: Vec<paxos_core::Reply> = Vec::new();
 //! let payload = postcard::to_allocvec(&5u64).unwrap();
 //! for round in 0..200 {
 //!     for (i, r) in replicas.iter_mut().enumerate() {
 //!         r.tick();
 //!         if round == 100 && r.is_leader() {
-//!             r.handle_request(Request::register(9));
+//!             r.handle_request(Request::register(9)); // 9: a nonce to spot the reply
 //!         }
 //!         if round == 150 && r.is_leader() {
-//!             r.handle_request(Request { client: 9, seq: 1, payload: payload.clone().into() });
+//!             // The registration's reply carries the session id the cluster assigned.
+//!             let Response::Ok(id) = &replies.iter().find(|r| r.client == 9).unwrap().response
+//!             else { panic!("registered") };
+//!             let session: u64 = postcard::from_bytes(id).unwrap();
+//!             r.handle_request(Request { client: session, seq: 1, payload: payload.clone().into() });
 //!         }
 //!         let ready = r.take_ready();
 //!         storage[i].persist(&ready.persist).unwrap(); // 1. persist
@@ -85,11 +89,17 @@
 mod client;
 mod config;
 mod error;
+#[cfg(test)]
+mod linearizability;
 mod message;
 #[cfg(test)]
 mod mutation;
 mod node;
+#[cfg(test)]
+mod node_order_tests;
 mod replica;
+#[cfg(test)]
+mod scenarios;
 mod sessions;
 #[cfg(test)]
 mod sim;
@@ -108,7 +118,7 @@ pub use replica::{
 };
 pub use sessions::{Session, SessionCheck, Sessions};
 pub use traits::{
-    apply_op, Checkpoint, MemStorage, PersistOp, PersistentState, StateMachine, Storage,
-    StoredEntry, Transport,
+    apply_op, AcceptorStatus, Checkpoint, MemStorage, PersistOp, PersistentState, StateMachine,
+    Storage, StoredEntry, Transport,
 };
 pub use types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot, Value};

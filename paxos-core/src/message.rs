@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::traits::Checkpoint;
-use crate::types::{Ballot, Slot, Value};
+use crate::types::{Ballot, NodeId, Slot, Value};
 
 /// A slot's state as reported in a [`Message::Promise`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +44,10 @@ pub enum Message {
         ballot: Ballot,
         /// Slots below this are already committed at the candidate.
         from_slot: Slot,
+        /// Drawn afresh for each candidacy and echoed by PROMISEs, so that a candidate
+        /// never counts a promise made to an earlier life of itself that used the same
+        /// ballot before losing its state.
+        nonce: u64,
     },
     /// Phase 1b: the acceptor promised `ballot` and reports what it accepted at or above
     /// the candidate's `from_slot`.
@@ -58,6 +62,13 @@ pub enum Message {
         entries: Vec<PromiseEntry>,
         /// True when chosen entries below `commit_point` were left out for size.
         truncated: bool,
+        /// The PREPARE's nonce.
+        nonce: u64,
+        /// The promiser's incarnation.
+        incarnation: u64,
+        /// The latest incarnation the promiser knows of each peer that recovered from
+        /// lost state: the candidate ignores votes from their earlier incarnations.
+        incarnations: Vec<(NodeId, u64)>,
     },
     /// The receiver refused a message at `ballot` because it promised `promised`.
     Nack {
@@ -91,6 +102,8 @@ pub enum Message {
         ballot: Ballot,
         /// The slots accepted.
         slots: Vec<Slot>,
+        /// The acceptor's incarnation: a leader that knows a later one ignores it.
+        incarnation: u64,
     },
     /// The leader is alive; everything below `commit_point` is chosen, and the values
     /// accepted at `ballot` are the chosen ones.
@@ -120,6 +133,49 @@ pub enum Message {
         /// The checkpoint.
         checkpoint: Checkpoint,
     },
+    /// From a replica that has no state (new, or lost): asks a voter to record its
+    /// new incarnation, promise `ballot` and hand over its state; asks a replica that
+    /// never voted to say so.
+    Recover {
+        /// The recovery ballot, owned by the sender.
+        ballot: Ballot,
+        /// The incarnation the sender recovers as.
+        incarnation: u64,
+        /// Echoed by the answers.
+        nonce: u64,
+        /// True while the sender does not know that the cluster ever existed (it has
+        /// heard from no voter yet).
+        pristine: bool,
+    },
+    /// A voter's answer to [`Message::Recover`]: it recorded the incarnation, promised
+    /// the ballot, and reports its state like a PROMISE.
+    RecoverGrant {
+        /// The recovery's nonce.
+        nonce: u64,
+        /// The ballot promised.
+        ballot: Ballot,
+        /// The voter's commit point.
+        commit_point: Slot,
+        /// The voter's entries from its commit point up.
+        entries: Vec<PromiseEntry>,
+        /// The incarnations the voter knows (see [`Message::Promise`]).
+        incarnations: Vec<(NodeId, u64)>,
+    },
+    /// A voter refused a [`Message::Recover`]: the sender must try again with an
+    /// incarnation above `incarnation` and a ballot above `promised`.
+    RecoverRefused {
+        /// The recovery's nonce.
+        nonce: u64,
+        /// The incarnation the voter already knows for the sender.
+        incarnation: u64,
+        /// The voter's promised ballot.
+        promised: Ballot,
+    },
+    /// The answer of a replica that never voted to a pristine [`Message::Recover`].
+    NeverVoted {
+        /// The recovery's nonce.
+        nonce: u64,
+    },
 }
 
 impl Message {
@@ -138,6 +194,10 @@ impl Message {
             Message::Fetch { .. } => "fetch",
             Message::FetchReply { .. } => "fetch-reply",
             Message::Snapshot { .. } => "snapshot",
+            Message::Recover { .. } => "recover",
+            Message::RecoverGrant { .. } => "recover-grant",
+            Message::RecoverRefused { .. } => "recover-refused",
+            Message::NeverVoted { .. } => "never-voted",
         }
     }
 }

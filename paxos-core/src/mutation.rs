@@ -29,4 +29,13 @@ pub(crate) enum Mutation {
     /// An acceptor acknowledges a proposal for a slot it already knows decided without
     /// checking that the decided value is the proposed one.
     AckChosenBlindly,
+    /// A replica that starts without state votes at once, as if it had never
+    /// promised or accepted anything (no recovery).
+    AmnesiaVotesAtOnce,
+    /// Recovery without incarnations: voters do not record a recovering replica's new
+    /// incarnation, and candidates count promises from every incarnation.
+    RecoveryWithoutIncarnations,
+    /// Sessions are keyed by the id the client chose rather than by the slot of their
+    /// registration: a late duplicate registration revives an evicted session.
+    ClientChosenSessionIds,
 }

@@ -39,6 +39,19 @@ impl Default for NodeOptions {
     }
 }
 
+/// The order in which [`Driver::flush`] handles a round's outputs. Only the correct order
+/// exists outside tests; the broken one lets the tests prove that their persist-before-send
+/// checker catches a driver that vouches for state it has not stored yet.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum FlushOrder {
+    /// Persist, then send, then reply (the real driver).
+    #[default]
+    PersistFirst,
+    /// Broken on purpose: send and reply, then persist.
+    SendFirst,
+}
+
 type InspectFn<S> = Box<dyn FnOnce(&Replica<S>) + Send>;
 
 enum Command<S> {
@@ -108,8 +121,50 @@ pub fn spawn_node<S, T, St>(
     config: Config,
     state_machine: S,
     transport: T,
+    storage: St,
+    options: NodeOptions,
+) -> Result<NodeHandle<S>, NodeError>
+where
+    S: StateMachine + Send + 'static,
+    T: Transport,
+    St: Storage,
+{
+    spawn_driver(
+        config,
+        state_machine,
+        transport,
+        storage,
+        options,
+        #[cfg(test)]
+        FlushOrder::PersistFirst,
+    )
+}
+
+/// [`spawn_node`] with a chosen [`FlushOrder`], for the driver's ordering tests.
+#[cfg(test)]
+pub(crate) fn spawn_node_with_order<S, T, St>(
+    config: Config,
+    state_machine: S,
+    transport: T,
+    storage: St,
+    options: NodeOptions,
+    order: FlushOrder,
+) -> Result<NodeHandle<S>, NodeError>
+where
+    S: StateMachine + Send + 'static,
+    T: Transport,
+    St: Storage,
+{
+    spawn_driver(config, state_machine, transport, storage, options, order)
+}
+
+fn spawn_driver<S, T, St>(
+    config: Config,
+    state_machine: S,
+    transport: T,
     mut storage: St,
     options: NodeOptions,
+    #[cfg(test)] order: FlushOrder,
 ) -> Result<NodeHandle<S>, NodeError>
 where
     S: StateMachine + Send + 'static,
@@ -131,6 +186,8 @@ where
         rx,
         options,
         waiters: HashMap::new(),
+        #[cfg(test)]
+        order,
     };
     tokio::spawn(async move {
         driver.run().await;
@@ -150,6 +207,8 @@ struct Driver<S, T, St> {
     rx: mpsc::Receiver<Command<S>>,
     options: NodeOptions,
     waiters: HashMap<(ClientId, u64), Vec<oneshot::Sender<Response>>>,
+    #[cfg(test)]
+    order: FlushOrder,
 }
 
 enum Input<S> {
@@ -221,17 +280,31 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         }
     }
 
-    /// Persist, then send, then reply.
+    /// Persist, then send, then reply: every PROMISE, ACCEPTED and client reply of the
+    /// round vouches for state in `ready.persist`, so none leaves before
+    /// [`Storage::persist`] has returned. A storage error drops the round's messages and
+    /// replies and stops the node.
     async fn flush(&mut self) -> Result<(), crate::StorageError> {
         let ready = self.replica.take_ready();
         if ready.is_empty() {
             return Ok(());
         }
-        if !ready.persist.is_empty() {
+        #[cfg(test)]
+        if self.order == FlushOrder::SendFirst {
+            self.send_and_reply(ready.messages, ready.replies).await;
+            return self.persist(&ready.persist);
+        }
+        self.persist(&ready.persist)?;
+        self.send_and_reply(ready.messages, ready.replies).await;
+        Ok(())
+    }
+
+    /// Makes `ops` durable (one [`Storage::persist`] call: group commit).
+    fn persist(&mut self, ops: &[crate::PersistOp]) -> Result<(), crate::StorageError> {
+        if !ops.is_empty() {
             // A durable storage blocks on fsync: on a multi-threaded runtime, let the
             // scheduler move other tasks off this thread meanwhile.
             let storage = &mut self.storage;
-            let ops = &ready.persist;
             match tokio::runtime::Handle::current().runtime_flavor() {
                 tokio::runtime::RuntimeFlavor::MultiThread => {
                     tokio::task::block_in_place(|| storage.persist(ops))?
@@ -239,7 +312,16 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                 _ => storage.persist(ops)?,
             }
         }
-        for (to, m) in ready.messages {
+        Ok(())
+    }
+
+    /// Sends the round's messages, then hands its replies to the waiting submitters.
+    async fn send_and_reply(
+        &mut self,
+        messages: Vec<(NodeId, crate::Message)>,
+        replies: Vec<Reply>,
+    ) {
+        for (to, m) in messages {
             if let Err(e) = self.transport.send(to, m).await {
                 debug!(to, error = %e, "send failed");
             }
@@ -248,7 +330,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
             client,
             seq,
             response,
-        } in ready.replies
+        } in replies
         {
             if let Some(waiters) = self.waiters.remove(&(client, seq)) {
                 for w in waiters {
@@ -263,7 +345,6 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                 !ws.is_empty()
             });
         }
-        Ok(())
     }
 }
 
@@ -279,11 +360,20 @@ impl<S: StateMachine + Send + 'static> NodeHandle<S> {
     /// follows redirects.
     pub async fn submit(&self, request: Request) -> Result<Response, NodeError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Request(request, tx))
-            .await
-            .map_err(|_| NodeError::Stopped)?;
+        self.enqueue(request, tx).await?;
         rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Queues `request` for the node; its answer will be sent on `answer`.
+    pub(crate) async fn enqueue(
+        &self,
+        request: Request,
+        answer: oneshot::Sender<Response>,
+    ) -> Result<(), NodeError> {
+        self.tx
+            .send(Command::Request(request, answer))
+            .await
+            .map_err(|_| NodeError::Stopped)
     }
 
     /// Runs `f` on the replica inside the node's task and returns its result.

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use crate::mutation::Mutation;
 use crate::sim::Recorder;
 use crate::{
-    Ballot, ClientId, Config, MemStorage, Message, NodeId, Replica, Reply, Request, Slot,
-    SlotStatus, Storage, Value,
+    Ballot, ClientId, Config, MemStorage, Message, NodeId, PersistentState, Replica, Reply,
+    Request, Slot, SlotStatus, Storage, Value,
 };
 
 /// A cluster driven by hand: the test decides who ticks, who runs for leader and which
@@ -32,11 +32,26 @@ impl Scripted {
                 c
             })
             .collect();
-        let storage: Vec<MemStorage> = ids.iter().map(|_| MemStorage::new()).collect();
+        // Bootstrapped by hand as a new cluster: every member starts as a voter.
+        let storage: Vec<MemStorage> = ids
+            .iter()
+            .map(|_| {
+                let mut m = MemStorage::new();
+                m.persist(&[crate::PersistOp::Status {
+                    status: crate::AcceptorStatus::Voter,
+                    incarnation: 0,
+                }])
+                .unwrap();
+                m
+            })
+            .collect();
         let replicas = configs
             .iter()
             .map(|c| {
-                Some(Replica::new(c.clone(), Recorder::default(), Default::default()).unwrap())
+                Some(
+                    Replica::new(c.clone(), Recorder::default(), PersistentState::founding())
+                        .unwrap(),
+                )
             })
             .collect();
         Scripted {
@@ -256,7 +271,7 @@ fn ack_for_a_decided_slot(mutation: Mutation) -> Vec<Slot> {
             c
         },
         Recorder::default(),
-        Default::default(),
+        PersistentState::founding(),
     )
     .unwrap();
     // Slot 0 decided (learned from a fetch) as `register c8`.

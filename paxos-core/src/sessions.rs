@@ -35,7 +35,10 @@ pub enum SessionCheck {
 ///
 /// Every replica executes the same log, so every replica builds the same table; it is
 /// part of the replicated state, not of the leader. A client registers once (a request
-/// with number 0, itself a log entry), then numbers its requests 1, 2, 3, ...; executing
+/// with number 0, itself a log entry); the session's id is the slot of that entry,
+/// which the reply tells the client. It then numbers its requests 1, 2, 3, ...
+/// (Assigning ids from the log, as the Raft dissertation's §6.3 does, is what keeps a
+/// late duplicate of a registration from reviving an evicted session.) Executing
 /// a request whose number is not above the session's latest applies nothing and answers
 /// with the cached reply (same number) or [`SessionCheck::Stale`] (older number).
 ///

@@ -13,8 +13,8 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::mutation::Mutation;
 use crate::{
-    Ballot, ClientId, Config, MemStorage, Message, NodeId, PersistOp, Replica, Reply, Request,
-    Response, RestoreError, Slot, StateMachine, Storage, Value,
+    AcceptorStatus, Ballot, ClientId, Config, MemStorage, Message, NodeId, PersistOp, Replica,
+    Reply, Request, Response, RestoreError, Slot, StateMachine, Storage, Value,
 };
 
 /// A state machine that records every command it applies, so the checker can compare
@@ -64,6 +64,17 @@ pub(crate) struct Faults {
     /// Slots between checkpoints (0: never), small so that compaction and state
     /// transfer happen within a run.
     pub(crate) checkpoint_interval: u64,
+    /// Some restarts lose the replica's storage (amnesia), for at most `f` replicas at
+    /// a time counting the crashed and the still-recovering ones.
+    pub(crate) amnesia: bool,
+    /// Replicas are paused for long stretches (no ticks, inbound held back), then
+    /// resume with stale beliefs and a burst of old messages.
+    pub(crate) pauses: bool,
+    /// Each replica ticks with its own probability: clocks that run at different rates.
+    pub(crate) skew: bool,
+    /// Sessions the replicas keep; below the number of clients, sessions get evicted
+    /// and clients see their requests expire.
+    pub(crate) max_sessions: usize,
 }
 
 impl Faults {
@@ -107,7 +118,20 @@ impl Faults {
             } else {
                 0
             },
+            amnesia: chance(rng, 0.3),
+            pauses: chance(rng, 0.3),
+            skew: chance(rng, 0.3),
+            max_sessions: 1024,
         }
+        .with_eviction(rng)
+    }
+
+    fn with_eviction(mut self, rng: &mut ChaCha8Rng) -> Self {
+        if chance(rng, 0.25) {
+            self.clients = self.clients.max(3);
+            self.max_sessions = self.clients - 1;
+        }
+        self
     }
 }
 
@@ -144,6 +168,10 @@ pub(crate) struct Stats {
     pub(crate) max_slot: Slot,
     pub(crate) snapshots: u64,
     pub(crate) torn_crashes: u64,
+    pub(crate) amnesia: u64,
+    pub(crate) recoveries: u64,
+    pub(crate) pauses: u64,
+    pub(crate) expired: u64,
     /// A digest of every delivery, to show that a seed replays identically.
     pub(crate) trace: u64,
 }
@@ -175,16 +203,38 @@ struct Node {
     checked: usize,
     dirty: bool,
     down_until: u64,
+    /// While `now < paused_until` the replica neither ticks nor receives.
+    paused_until: u64,
+    /// Probability of ticking at each tick of the simulation (clock skew).
+    tick_rate: f64,
+    /// The replica is recovering from lost storage (counts as faulty until it votes).
+    recovering: bool,
 }
 
 struct SimClient {
+    /// Recognises the reply to the registration.
+    nonce: ClientId,
+    /// The session the cluster assigned (valid once `registered`).
     id: ClientId,
     next_seq: u64,
-    total: u64,
+    /// Requests still to submit (a request whose session expired counts as done: its
+    /// outcome is unknown).
+    remaining: u64,
     registered: bool,
     outstanding: Option<(u64, u64)>, // (seq, tick sent)
     target: NodeId,
     results: HashMap<u64, Bytes>,
+}
+
+/// One client request as the client saw it, for the real-time order check.
+#[derive(Clone, Copy, Debug)]
+struct ClientOp {
+    call: u64,
+    /// When the client got its answer; `None` while pending or when the outcome is
+    /// unknown (session expired).
+    ret: Option<u64>,
+    /// The position the reply reported.
+    pos: Option<u64>,
 }
 
 pub(crate) struct Sim {
@@ -199,13 +249,23 @@ pub(crate) struct Sim {
     clients: Vec<SimClient>,
     now: u64,
     stats: Stats,
+    next_client: ClientId,
     // Checker state.
+    /// Per (slot, ballot): the value proposed, and who vouched for it (the proposer by
+    /// storing it, acceptors by sending ACCEPTED).
     accepts: HashMap<(Slot, Ballot), (Value, HashSet<NodeId>)>,
     chosen: BTreeMap<Slot, Value>,
     history: Vec<(ClientId, u64)>,
-    history_set: HashSet<(ClientId, u64)>,
+    history_pos: HashMap<(ClientId, u64), usize>,
+    ops: HashMap<(ClientId, u64), ClientOp>,
+    /// Liveness during faults: since when a majority has been up and connected.
+    good_since: Option<(u64, Vec<NodeId>)>,
+    last_completion: u64,
     mutation: Mutation,
 }
+
+/// A majority that stays up, unpaused and connected this long must complete requests.
+const LIVENESS_WINDOW: u64 = 1_000;
 
 impl Sim {
     pub(crate) fn new(seed: u64, mutation: Mutation) -> Self {
@@ -227,12 +287,18 @@ impl Sim {
             .iter()
             .map(|&id| {
                 let storage = MemStorage::new();
+                // Every replica starts without state: the cluster founds itself.
                 let replica = Replica::new(
                     Self::config(id, &members, seed, mutation, &faults),
                     Recorder::default(),
                     crate::PersistentState::default(),
                 )
                 .expect("valid config");
+                let tick_rate = if faults.skew {
+                    0.5 + unit(&mut rng) * 0.5
+                } else {
+                    1.0
+                };
                 Node {
                     id,
                     replica: Some(replica),
@@ -240,16 +306,20 @@ impl Sim {
                     durable_promised: Ballot::ZERO,
                     durable_commit: 0,
                     checked: 0,
-                    dirty: false,
+                    dirty: true,
                     down_until: 0,
+                    paused_until: 0,
+                    tick_rate,
+                    recovering: false,
                 }
             })
             .collect();
         let clients = (0..faults.clients)
             .map(|i| SimClient {
-                id: 1000 + i as u64,
+                nonce: 1000 + i as u64,
+                id: 0,
                 next_seq: 1,
-                total: faults.requests_per_client,
+                remaining: faults.requests_per_client,
                 registered: false,
                 outstanding: None,
                 target: members[i % members.len()],
@@ -257,6 +327,7 @@ impl Sim {
             })
             .collect();
         let quorum = faults.nodes / 2 + 1;
+        let next_client = 1000 + faults.clients as u64;
         Sim {
             seed,
             rng,
@@ -269,10 +340,14 @@ impl Sim {
             clients,
             now: 0,
             stats: Stats::default(),
+            next_client,
             accepts: HashMap::new(),
             chosen: BTreeMap::new(),
             history: Vec::new(),
-            history_set: HashSet::new(),
+            history_pos: HashMap::new(),
+            ops: HashMap::new(),
+            good_since: None,
+            last_completion: 0,
             mutation,
         }
     }
@@ -292,7 +367,7 @@ impl Sim {
         cfg.retransmit_ticks = 4;
         cfg.max_inflight = 8;
         cfg.max_batch = 4;
-        cfg.max_sessions = 1024;
+        cfg.max_sessions = faults.max_sessions;
         cfg.mutation = mutation;
         cfg
     }
@@ -313,14 +388,15 @@ impl Sim {
             self.deliver()?;
             self.flush_all()?;
             self.drive_clients();
-            if self.now > heal_at && self.clients.iter().all(|c| c.next_seq > c.total) {
+            self.check_progress()?;
+            if self.now > heal_at && self.clients.iter().all(|c| c.remaining == 0) {
                 break;
             }
             if self.now > deadline {
                 let pending: Vec<String> = self
                     .clients
                     .iter()
-                    .filter(|c| c.next_seq <= c.total)
+                    .filter(|c| c.remaining > 0)
                     .map(|c| format!("c{} at #{} (registered {})", c.id, c.next_seq, c.registered))
                     .collect();
                 return Err(self.violation(format!(
@@ -331,6 +407,7 @@ impl Sim {
             }
         }
         self.stats.max_slot = self.chosen.keys().next_back().map_or(0, |s| s + 1);
+        self.check_real_time_order()?;
         Ok(self.stats)
     }
 
@@ -343,16 +420,42 @@ impl Sim {
 
     // ------------------------------------------------------------------ faults
 
+    /// Replicas that count against the fault bound: crashed, or recovering from lost
+    /// storage (and the replicas still founding the cluster, at the start).
+    fn faulty(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                n.recovering
+                    || n.replica
+                        .as_ref()
+                        .is_none_or(|r| r.acceptor_status() != AcceptorStatus::Voter)
+            })
+            .count()
+    }
+
     fn inject_faults(&mut self) {
         let f = (self.faults.nodes - 1) / 2;
+        if self.faults.pauses && chance(&mut self.rng, 0.003) {
+            let i = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
+            if self.nodes[i].paused_until <= self.now {
+                self.nodes[i].paused_until = self.now + 40 + self.rng.next_u64() % 300;
+                self.stats.pauses += 1;
+            }
+        }
         if self.faults.crashes {
-            // Restart nodes whose downtime is over.
+            // Restart nodes whose downtime is over; some come back without their
+            // storage, within the fault bound (they stay faulty until recovered).
             for i in 0..self.nodes.len() {
                 if self.nodes[i].replica.is_none() && self.now >= self.nodes[i].down_until {
+                    let wipe = self.faults.amnesia && chance(&mut self.rng, 0.4);
+                    if wipe {
+                        self.wipe(i);
+                    }
                     self.restart(i);
                 }
             }
-            let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
+            let down = self.faulty();
             if down < f && chance(&mut self.rng, 0.004) {
                 let i = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
                 if self.nodes[i].replica.is_some() {
@@ -389,6 +492,9 @@ impl Sim {
 
     fn heal(&mut self) {
         self.blocked.clear();
+        for n in &mut self.nodes {
+            n.paused_until = 0;
+        }
         self.faults.loss = 0.0;
         self.faults.duplicate = 0.0;
         self.faults.long_delay = 0.0;
@@ -397,6 +503,16 @@ impl Sim {
                 self.restart(i);
             }
         }
+    }
+
+    /// The node's storage is lost: it restarts as a new incarnation with nothing.
+    fn wipe(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.storage = MemStorage::new();
+        node.durable_promised = Ballot::ZERO;
+        node.durable_commit = 0;
+        node.recovering = true;
+        self.stats.amnesia += 1;
     }
 
     fn restart(&mut self, i: usize) {
@@ -417,6 +533,13 @@ impl Sim {
 
     fn tick_nodes(&mut self) -> Result<(), Violation> {
         for i in 0..self.nodes.len() {
+            if self.nodes[i].paused_until > self.now {
+                continue;
+            }
+            let rate = self.nodes[i].tick_rate;
+            if rate < 1.0 && !chance(&mut self.rng, rate) {
+                continue;
+            }
             if let Some(r) = self.nodes[i].replica.as_mut() {
                 r.tick();
                 self.nodes[i].dirty = true;
@@ -445,6 +568,18 @@ impl Sim {
             due.swap(i, j);
         }
         for env in due {
+            // A paused replica receives nothing: its inbound waits until it resumes.
+            let held = match &env {
+                Envelope::Peer { to, .. } | Envelope::Request { to, .. } => self
+                    .index(*to)
+                    .map(|i| self.nodes[i].paused_until)
+                    .filter(|until| *until > self.now),
+                Envelope::Reply { .. } => None,
+            };
+            if let Some(until) = held {
+                self.network.push((until, env));
+                continue;
+            }
             self.stats.delivered += 1;
             self.stats.trace = trace_mix(self.stats.trace, self.now, &env);
             match env {
@@ -483,8 +618,7 @@ impl Sim {
         if self.faults.crashes
             && self.faults.batch_inputs
             && self.now < self.faults.fault_ticks
-            && self.nodes.iter().filter(|n| n.replica.is_none()).count()
-                < (self.faults.nodes - 1) / 2
+            && self.faulty() < (self.faults.nodes - 1) / 2
             && chance(&mut self.rng, 0.0005)
         {
             // Crash in the middle of a round: only a prefix of its writes reached the
@@ -553,7 +687,17 @@ impl Sim {
         let stored = node.storage.state();
         node.durable_promised = node.durable_promised.max(stored.promised);
         node.durable_commit = node.durable_commit.max(stored.commit_point);
+        if node.recovering && stored.status == AcceptorStatus::Voter {
+            node.recovering = false;
+            self.stats.recoveries += 1;
+        }
         for (to, message) in ready.messages {
+            if let Message::Accepted { ballot, slots, .. } = &message {
+                // An ACCEPTED vouches for the proposal at that ballot.
+                for s in slots {
+                    self.vote(id, *s, *ballot)?;
+                }
+            }
             if matches!(message, Message::NewView { .. }) {
                 self.stats.elections += 1;
             }
@@ -605,7 +749,7 @@ impl Sim {
         let timeout = 30;
         for c in 0..self.clients.len() {
             let client = &self.clients[c];
-            if client.next_seq > client.total {
+            if client.remaining == 0 {
                 continue;
             }
             let resend = match client.outstanding {
@@ -633,8 +777,16 @@ impl Sim {
     fn send_request(&mut self, c: usize, seq: u64) {
         let client = &mut self.clients[c];
         client.outstanding = Some((seq, self.now));
+        if seq > 0 {
+            let now = self.now;
+            self.ops.entry((client.id, seq)).or_insert(ClientOp {
+                call: now,
+                ret: None,
+                pos: None,
+            });
+        }
         let request = if seq == 0 {
-            Request::register(client.id)
+            Request::register(client.nonce)
         } else {
             Request {
                 client: client.id,
@@ -647,7 +799,13 @@ impl Sim {
     }
 
     fn client_reply(&mut self, from: NodeId, reply: Reply) -> Result<(), Violation> {
-        let Some(c) = self.clients.iter().position(|c| c.id == reply.client) else {
+        let Some(c) = self.clients.iter().position(|c| {
+            if reply.seq == 0 {
+                !c.registered && c.nonce == reply.client
+            } else {
+                c.registered && c.id == reply.client
+            }
+        }) else {
             return Ok(());
         };
         let Some((seq, _)) = self.clients[c].outstanding else {
@@ -658,8 +816,18 @@ impl Sim {
         }
         match reply.response {
             Response::Ok(bytes) => {
+                if seq > 0 {
+                    self.check_reply(reply.client, seq, &bytes)?;
+                }
                 let client = &mut self.clients[c];
                 if seq == 0 {
+                    let Ok(id) = postcard::from_bytes::<ClientId>(&bytes) else {
+                        return Err(self.violation(format!(
+                            "registration {} answered without a session id",
+                            reply.client
+                        )));
+                    };
+                    client.id = id;
                     client.registered = true;
                 } else {
                     if let Some(prev) = client.results.get(&seq) {
@@ -672,7 +840,9 @@ impl Sim {
                     }
                     client.results.insert(seq, bytes);
                     client.next_seq += 1;
+                    client.remaining -= 1;
                     self.stats.completed += 1;
+                    self.last_completion = self.now;
                 }
                 let client = &mut self.clients[c];
                 client.outstanding = None;
@@ -695,7 +865,21 @@ impl Sim {
             }
             Response::Stale => {}
             Response::SessionExpired => {
-                return Err(self.violation(format!("client {} lost its session", reply.client)));
+                if self.faults.max_sessions >= self.clients.len() {
+                    return Err(self.violation(format!("client {} lost its session", reply.client)));
+                }
+                // Evicted: the request's outcome is unknown (it stays pending in the
+                // real-time check). Carry on under a new session.
+                self.stats.expired += 1;
+                self.next_client += 1;
+                let nonce = self.next_client;
+                let client = &mut self.clients[c];
+                client.nonce = nonce;
+                client.registered = false;
+                client.next_seq = 1;
+                client.remaining -= 1;
+                client.outstanding = None;
+                client.results.clear();
             }
             Response::Invalid { reason } => {
                 return Err(self.violation(format!("valid command rejected: {reason}")));
@@ -713,7 +897,6 @@ impl Sim {
                 ballot,
                 value,
             } => {
-                let quorum = self.quorum;
                 let entry = self
                     .accepts
                     .entry((*slot, *ballot))
@@ -723,10 +906,11 @@ impl Sim {
                         "two values proposed in slot {slot} at ballot {ballot}"
                     )));
                 }
-                entry.1.insert(node);
-                if entry.1.len() >= quorum {
-                    let v = entry.0.clone();
-                    self.chose(*slot, v, "an accept quorum")?;
+                // The proposer vouches for its own proposal by storing it; acceptors
+                // by sending ACCEPTED (a recovering replica stores entries it heard
+                // of without vouching for them).
+                if ballot.node == node {
+                    self.vote(node, *slot, *ballot)?;
                 }
             }
             PersistOp::Learn { slot, value } => {
@@ -743,7 +927,128 @@ impl Sim {
             PersistOp::Promise(_)
             | PersistOp::CommitPoint(_)
             | PersistOp::Checkpoint(_)
-            | PersistOp::Compact(_) => {}
+            | PersistOp::Compact(_)
+            | PersistOp::Status { .. }
+            | PersistOp::PeerIncarnation { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// `node` vouched for the proposal in `slot` at `ballot`: a majority of vouchers
+    /// chooses it.
+    fn vote(&mut self, node: NodeId, slot: Slot, ballot: Ballot) -> Result<(), Violation> {
+        let quorum = self.quorum;
+        let Some(entry) = self.accepts.get_mut(&(slot, ballot)) else {
+            return Ok(());
+        };
+        entry.1.insert(node);
+        if entry.1.len() >= quorum {
+            let v = entry.0.clone();
+            self.chose(slot, v, "an accept quorum")?;
+        }
+        Ok(())
+    }
+
+    /// A reply must be what the cluster executed for that request: the Recorder
+    /// answers with the position at which it applied the command.
+    fn check_reply(&mut self, client: ClientId, seq: u64, bytes: &Bytes) -> Result<(), Violation> {
+        let Some(&pos) = self.history_pos.get(&(client, seq)) else {
+            return Err(self.violation(format!(
+                "client {client} got a reply for #{seq}, which no replica executed"
+            )));
+        };
+        let expected = postcard::to_allocvec(&(pos as u64)).unwrap_or_default();
+        if bytes[..] != expected[..] {
+            return Err(self.violation(format!(
+                "client {client} got {bytes:?} for #{seq}, executed at position {pos}"
+            )));
+        }
+        let now = self.now;
+        if let Some(op) = self.ops.get_mut(&(client, seq)) {
+            if op.ret.is_none() {
+                op.ret = Some(now);
+                op.pos = Some(pos as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Linearizability of what clients saw, against the sequential Recorder (an
+    /// append-only log whose output is the position): every executed request comes
+    /// after every request that had completed before it was first sent.
+    fn check_real_time_order(&self) -> Result<(), Violation> {
+        let mut done: Vec<(u64, u64)> = self
+            .ops
+            .values()
+            .filter_map(|o| Some((o.ret?, o.pos?)))
+            .collect();
+        done.sort_unstable();
+        let mut calls: Vec<(u64, usize, ClientId, u64)> = self
+            .ops
+            .iter()
+            .filter_map(|(k, o)| Some((o.call, *self.history_pos.get(k)?, k.0, k.1)))
+            .collect();
+        calls.sort_unstable();
+        let mut j = 0;
+        let mut latest: Option<u64> = None;
+        for (call, pos, client, seq) in calls {
+            while j < done.len() && done[j].0 < call {
+                latest = latest.max(Some(done[j].1));
+                j += 1;
+            }
+            if let Some(l) = latest {
+                if l >= pos as u64 {
+                    return Err(self.violation(format!(
+                        "not linearizable: c{client}#{seq}, sent at tick {call}, executed at \
+                         position {pos}, before a request that had completed at position {l}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Liveness during faults: a majority up, unpaused, voting and connected for
+    /// [`LIVENESS_WINDOW`] ticks completes requests, whatever the others do.
+    fn check_progress(&mut self) -> Result<(), Violation> {
+        let up: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.paused_until <= self.now
+                    && n.replica
+                        .as_ref()
+                        .is_some_and(|r| r.acceptor_status() == AcceptorStatus::Voter)
+            })
+            .map(|n| n.id)
+            .collect();
+        let connected = |a: NodeId, b: NodeId| {
+            !self.blocked.contains(&(a, b)) && !self.blocked.contains(&(b, a))
+        };
+        let mut group: Option<Vec<NodeId>> = None;
+        for &a in &up {
+            let g: Vec<NodeId> = up.iter().copied().filter(|&b| connected(a, b)).collect();
+            let clique = g.iter().all(|&x| g.iter().all(|&y| connected(x, y)));
+            if clique && g.len() >= self.quorum {
+                group = Some(g);
+                break;
+            }
+        }
+        match (group, &self.good_since) {
+            (None, _) => self.good_since = None,
+            (Some(g), Some((_, prev))) if *prev == g => {}
+            (Some(g), _) => self.good_since = Some((self.now, g)),
+        }
+        let Some((since, g)) = &self.good_since else {
+            return Ok(());
+        };
+        let waiting = self.clients.iter().any(|c| c.remaining > 0);
+        let quiet_since = (*since).max(self.last_completion);
+        if waiting && self.now - quiet_since > LIVENESS_WINDOW {
+            return Err(self.violation(format!(
+                "liveness: {g:?} up and connected since tick {since}, yet no request \
+                 completed for {LIVENESS_WINDOW} ticks"
+            )));
         }
         Ok(())
     }
@@ -804,7 +1109,7 @@ impl Sim {
                     });
                 }
             } else {
-                if !self.history_set.insert(*item) {
+                if self.history_pos.insert(*item, k).is_some() {
                     return Err(Violation {
                         tick: now,
                         what: format!("request c{}#{} executed twice", item.0, item.1),

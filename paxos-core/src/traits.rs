@@ -131,9 +131,35 @@ impl Checkpoint {
     }
 }
 
+/// Whether an acceptor may vote (promise and accept), as its storage remembers it.
+///
+/// An acceptor that lost its storage cannot tell that from a brand-new one: both find
+/// [`AcceptorStatus::Pristine`]. Neither may vote until it has found out which it is
+/// from its peers (see [`Replica`](crate::Replica)'s docs, "Starting and recovering").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AcceptorStatus {
+    /// Nothing was ever stored: the first start of a new cluster, or an acceptor whose
+    /// state was lost. It does not vote until every member has said it never voted
+    /// either (a new cluster) or a majority has handed it their state (a recovery).
+    #[default]
+    Pristine,
+    /// The acceptor knows the cluster exists and is recovering its state from a
+    /// majority; it does not vote until the recovery is complete.
+    Recovering,
+    /// A full acceptor.
+    Voter,
+}
+
 /// Everything an acceptor must find again after a restart.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PersistentState {
+    /// Whether this acceptor may vote; see [`AcceptorStatus`].
+    pub status: AcceptorStatus,
+    /// This acceptor's incarnation: 0 for a founding member, raised by every recovery
+    /// from lost state, so that peers can tell its old votes from its new ones.
+    pub incarnation: u64,
+    /// The latest incarnation known of each peer that ever recovered (absent = 0).
+    pub peer_incarnations: BTreeMap<NodeId, u64>,
     /// The highest ballot promised.
     pub promised: Ballot,
     /// Accepted or chosen entries by slot.
@@ -143,6 +169,21 @@ pub struct PersistentState {
     pub commit_point: Slot,
     /// The latest checkpoint; log entries below its slot may be gone.
     pub checkpoint: Option<Checkpoint>,
+}
+
+impl PersistentState {
+    /// The state of a member of a brand-new cluster whose members all start this way:
+    /// a voter with nothing promised or accepted. Only for clusters bootstrapped by
+    /// hand (tests, a deployment tool that knows the cluster is new); a replica started
+    /// from [`PersistentState::default`] finds out by itself whether the cluster is new.
+    /// Never use it for a replica that may have voted before: that is the amnesia the
+    /// recovery protocol exists to prevent.
+    pub fn founding() -> Self {
+        PersistentState {
+            status: AcceptorStatus::Voter,
+            ..Default::default()
+        }
+    }
 }
 
 /// A write the core needs to be durable. Produced in [`Ready::persist`](crate::Ready).
@@ -175,6 +216,21 @@ pub enum PersistOp {
     Checkpoint(Checkpoint),
     /// Drop log entries below this slot: a checkpoint covers them.
     Compact(Slot),
+    /// Record this acceptor's status and incarnation.
+    Status {
+        /// The new status.
+        status: AcceptorStatus,
+        /// This acceptor's incarnation.
+        incarnation: u64,
+    },
+    /// Record that peer `node` recovered from lost state as `incarnation`: its votes
+    /// from earlier incarnations no longer count. Ignored when not above what is held.
+    PeerIncarnation {
+        /// The peer.
+        node: NodeId,
+        /// Its incarnation.
+        incarnation: u64,
+    },
 }
 
 /// The acceptor's durable state.
@@ -282,6 +338,17 @@ pub fn apply_op(state: &mut PersistentState, op: &PersistOp) {
         PersistOp::Compact(below) => {
             let keep = state.log.split_off(below);
             state.log = keep;
+        }
+        PersistOp::Status {
+            status,
+            incarnation,
+        } => {
+            state.status = *status;
+            state.incarnation = *incarnation;
+        }
+        PersistOp::PeerIncarnation { node, incarnation } => {
+            let known = state.peer_incarnations.entry(*node).or_insert(0);
+            *known = (*known).max(*incarnation);
         }
     }
 }

@@ -11,8 +11,12 @@ pub type NodeId = u64;
 /// A position in the replicated log. Slots start at 0.
 pub type Slot = u64;
 
-/// Identifies a client session. Clients pick ids that are unique among live clients
-/// (the [`Client`](crate::Client) handle draws a random one).
+/// Identifies a client session, or a registration in flight.
+///
+/// A session's id is assigned by the cluster: it is the slot of the log entry that
+/// registered it, returned (postcard-encoded `u64`) in the reply to the registration.
+/// The `client` of a registration request is a nonce the client picks to recognise
+/// the reply (the [`Client`](crate::Client) handle draws a random one).
 pub type ClientId = u64;
 
 /// A Paxos ballot: `(round, node_id)`, totally ordered by round first, then node id.
@@ -48,22 +52,25 @@ impl fmt::Display for Ballot {
 /// A client command as it travels through the protocol.
 ///
 /// `(client, seq)` identifies the request for exactly-once execution: a client numbers
-/// its requests 1, 2, 3, ... and reuses the number when it retries. `seq == 0` is the
-/// session registration a client sends before its first command (see
+/// its requests 1, 2, 3, ... within its session and reuses the number when it retries.
+/// `seq == 0` is the session registration a client sends before its first command;
+/// its reply carries the session id the later requests use (see
 /// [`Sessions`](crate::Sessions)).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// The client's session id.
+    /// The session id; for a registration (`seq == 0`), the client's nonce.
     pub client: ClientId,
-    /// The request number within the session (0 = register the session).
+    /// The request number within the session (0 = register a session).
     pub seq: u64,
     /// The state machine command, encoded with postcard.
     pub payload: Bytes,
 }
 
 impl Request {
-    /// A session registration request for `client`.
-    pub fn register(client: ClientId) -> Self {
+    /// A session registration, recognised by `nonce`. The reply's payload is the new
+    /// session's id (a postcard-encoded `u64`).
+    pub fn register(nonce: ClientId) -> Self {
+        let client = nonce;
         Request {
             client,
             seq: 0,
@@ -101,7 +108,8 @@ impl Value {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// The request was executed (now or earlier); the payload is the state machine's
-    /// output encoded with postcard. Session registrations answer with an empty payload.
+    /// output encoded with postcard. A session registration answers with the new
+    /// session's id (a postcard-encoded `u64`).
     Ok(Bytes),
     /// This replica is not the leader. `leader` is the leader it believes in, if any.
     Redirect {

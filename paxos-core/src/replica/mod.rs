@@ -12,11 +12,13 @@ use crate::config::Config;
 use crate::error::ReplicaError;
 use crate::message::{Message, PromiseEntry};
 use crate::sessions::{Session, SessionCheck, Sessions};
-use crate::traits::{Checkpoint, PersistOp, PersistentState, StateMachine};
+use crate::traits::{AcceptorStatus, Checkpoint, PersistOp, PersistentState, StateMachine};
 use crate::types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot, Value};
 
 #[cfg(test)]
 use crate::mutation::Mutation;
+
+mod recovery;
 
 /// How many view changes a replica remembers for inspection.
 const VIEW_HISTORY: usize = 1024;
@@ -183,11 +185,17 @@ struct Promised {
     commit_point: Slot,
     entries: Vec<PromiseEntry>,
     truncated: bool,
+    /// The promiser's incarnation when it promised.
+    incarnation: u64,
 }
 
 #[derive(Debug)]
 struct Candidate {
     ballot: Ballot,
+    /// Echoed by the promises that count (see `recovery.rs`).
+    nonce: u64,
+    /// The latest incarnation known of each peer: ours, and what promises told us.
+    known: BTreeMap<NodeId, u64>,
     from_slot: Slot,
     promises: BTreeMap<NodeId, Promised>,
     deadline: u64,
@@ -215,6 +223,8 @@ struct Leader {
     announced_commit: Slot,
     /// Tick at which each member (by index) was last heard from.
     heard: Vec<u64>,
+    /// The oldest incarnation of each member (by index) whose ACCEPTEDs count.
+    min_incarnation: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -280,6 +290,15 @@ pub struct Replica<S> {
     rng: ChaCha8Rng,
     sm: S,
     sessions: Sessions,
+
+    /// Whether this replica votes; a replica without state recovers first.
+    status: AcceptorStatus,
+    /// This acceptor's incarnation (raised by each recovery from lost state).
+    incarnation: u64,
+    /// The latest incarnation known of each peer that recovered from lost state.
+    peer_inc: BTreeMap<NodeId, u64>,
+    /// A founding or recovery under way (see `recovery.rs`).
+    recovery: Option<recovery::Recovery>,
 
     promised: Ballot,
     log: BTreeMap<Slot, Entry>,
@@ -350,6 +369,10 @@ impl<S: StateMachine> Replica<S> {
             rng,
             sm: state_machine,
             sessions: Sessions::new(),
+            status: state.status,
+            incarnation: state.incarnation,
+            peer_inc: state.peer_incarnations,
+            recovery: None,
             promised: state.promised,
             log,
             commit_point: 0,
@@ -386,6 +409,16 @@ impl<S: StateMachine> Replica<S> {
         r.commit_point = r.first_unchosen(r.commit_point);
         // Replaying may take a checkpoint; its writes go out with the first `Ready`.
         r.execute();
+        #[cfg(test)]
+        if r.cfg.mutation == Mutation::AmnesiaVotesAtOnce {
+            r.status = AcceptorStatus::Voter;
+        }
+        if r.status != AcceptorStatus::Voter {
+            // No state of our own (or a recovery cut short): find out from the peers
+            // whether the cluster is new, and recover if it is not.
+            let incarnation = r.incarnation.max(1);
+            r.start_recovery(incarnation);
+        }
         Ok(r)
     }
 
@@ -426,6 +459,18 @@ impl<S: StateMachine> Replica<S> {
     /// The leader this replica believes in.
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
+    }
+
+    /// Whether this replica votes, or is still founding or recovering (see
+    /// [`AcceptorStatus`]).
+    pub fn acceptor_status(&self) -> AcceptorStatus {
+        self.status
+    }
+
+    /// This replica's incarnation: 0 for a founding member, raised by each recovery
+    /// from lost state.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The highest ballot promised.
@@ -532,6 +577,10 @@ impl<S: StateMachine> Replica<S> {
     /// retransmissions and catch-up all count ticks.
     pub fn tick(&mut self) {
         self.now += 1;
+        if self.status != AcceptorStatus::Voter {
+            self.recovery_tick();
+            return;
+        }
         match &mut self.role {
             RoleState::Follower => {
                 if self.now >= self.election_deadline {
@@ -545,7 +594,7 @@ impl<S: StateMachine> Replica<S> {
                     self.start_prevote();
                 } else if self.now - c.last_sent >= self.cfg.retransmit_ticks {
                     c.last_sent = self.now;
-                    let (ballot, from_slot) = (c.ballot, c.from_slot);
+                    let (ballot, from_slot, nonce) = (c.ballot, c.from_slot, c.nonce);
                     let missing: Vec<NodeId> = self
                         .cfg
                         .members
@@ -554,7 +603,14 @@ impl<S: StateMachine> Replica<S> {
                         .filter(|m| *m != self.cfg.id && !c.promises.contains_key(m))
                         .collect();
                     for m in missing {
-                        self.send(m, Message::Prepare { ballot, from_slot });
+                        self.send(
+                            m,
+                            Message::Prepare {
+                                ballot,
+                                from_slot,
+                                nonce,
+                            },
+                        );
                     }
                 }
             }
@@ -568,6 +624,7 @@ impl<S: StateMachine> Replica<S> {
     /// already executed, or the result once the request is chosen and executed.
     pub fn handle_request(&mut self, request: Request) {
         let RoleState::Leader(leader) = &mut self.role else {
+            // Followers, candidates and replicas still founding or recovering.
             let leader = self.leader.filter(|l| *l != self.cfg.id);
             self.reply(request.client, request.seq, Response::Redirect { leader });
             return;
@@ -615,25 +672,39 @@ impl<S: StateMachine> Replica<S> {
         if from == self.cfg.id {
             return;
         }
+        if self.status != AcceptorStatus::Voter {
+            self.handle_message_not_voting(from, message);
+            return;
+        }
         if let RoleState::Leader(l) = &mut self.role {
             l.heard[from_idx] = self.now;
         }
         match message {
             Message::PreVote { ballot } => self.on_prevote(from, ballot),
             Message::PreVoteGranted { ballot } => self.on_prevote_granted(from_idx, ballot),
-            Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
+            Message::Prepare {
+                ballot,
+                from_slot,
+                nonce,
+            } => self.on_prepare(from, ballot, from_slot, nonce),
             Message::Promise {
                 ballot,
                 commit_point,
                 entries,
                 truncated,
+                nonce,
+                incarnation,
+                incarnations,
             } => self.on_promise(
                 from,
                 ballot,
+                nonce,
+                &incarnations,
                 Promised {
                     commit_point,
                     entries,
                     truncated,
+                    incarnation,
                 },
             ),
             Message::Nack { ballot, promised } => self.on_nack(ballot, promised),
@@ -647,7 +718,11 @@ impl<S: StateMachine> Replica<S> {
                 commit_point,
                 entries,
             } => self.on_accept(from, ballot, commit_point, entries, true),
-            Message::Accepted { ballot, slots } => self.on_accepted(from_idx, ballot, &slots),
+            Message::Accepted {
+                ballot,
+                slots,
+                incarnation,
+            } => self.on_accepted(from_idx, ballot, &slots, incarnation),
             Message::Heartbeat {
                 ballot,
                 commit_point,
@@ -658,6 +733,16 @@ impl<S: StateMachine> Replica<S> {
                 entries,
             } => self.on_fetch_reply(from, commit_point, entries),
             Message::Snapshot { checkpoint } => self.on_snapshot(from, checkpoint),
+            Message::Recover {
+                ballot,
+                incarnation,
+                nonce,
+                pristine,
+            } => self.on_recover(from, ballot, incarnation, nonce, pristine),
+            // Answers to a recovery this voter is not running.
+            Message::RecoverGrant { .. }
+            | Message::RecoverRefused { .. }
+            | Message::NeverVoted { .. } => {}
         }
     }
 
@@ -673,15 +758,25 @@ impl<S: StateMachine> Replica<S> {
         self.leader = None;
         let deadline = self.now + self.random_timeout();
         let from_slot = self.commit_point;
+        let nonce = self.rng.next_u64();
         self.role = RoleState::Candidate(Candidate {
             ballot,
+            nonce,
+            known: self.peer_inc.clone(),
             from_slot,
             promises: BTreeMap::new(),
             deadline,
             last_sent: self.now,
         });
         for m in self.peers() {
-            self.send(m, Message::Prepare { ballot, from_slot });
+            self.send(
+                m,
+                Message::Prepare {
+                    ballot,
+                    from_slot,
+                    nonce,
+                },
+            );
         }
         self.check_promises();
     }
@@ -738,7 +833,7 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
+    fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, nonce: u64) {
         if !self.admit(from, ballot, false) {
             return;
         }
@@ -782,6 +877,8 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         let commit_point = self.commit_point;
+        let incarnation = self.incarnation;
+        let incarnations = self.incarnation_table();
         self.send(
             from,
             Message::Promise {
@@ -789,17 +886,37 @@ impl<S: StateMachine> Replica<S> {
                 commit_point,
                 entries,
                 truncated,
+                nonce,
+                incarnation,
+                incarnations,
             },
         );
     }
 
-    fn on_promise(&mut self, from: NodeId, ballot: Ballot, mut promised: Promised) {
+    fn on_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        nonce: u64,
+        incarnations: &[(NodeId, u64)],
+        mut promised: Promised,
+    ) {
         let window = self.accept_window();
         let RoleState::Candidate(c) = &mut self.role else {
             return;
         };
-        if c.ballot != ballot {
+        if c.ballot != ballot || c.nonce != nonce {
             return;
+        }
+        #[cfg(test)]
+        let forgetful = self.cfg.mutation == Mutation::RecoveryWithoutIncarnations;
+        #[cfg(not(test))]
+        let forgetful = false;
+        if !forgetful {
+            for &(node, inc) in incarnations {
+                let k = c.known.entry(node).or_insert(0);
+                *k = (*k).max(inc);
+            }
         }
         // An acceptor holds nothing beyond its acceptance window, nor anything below what
         // we asked for: drop such entries rather than let them size the new view.
@@ -819,6 +936,11 @@ impl<S: StateMachine> Replica<S> {
         let RoleState::Candidate(c) = &mut self.role else {
             return;
         };
+        // A promise from an incarnation older than the latest we know of its sender
+        // was made by a state that is gone: it does not count (see `recovery.rs`).
+        let known = &c.known;
+        c.promises
+            .retain(|n, p| p.incarnation >= known.get(n).copied().unwrap_or(0));
         if c.promises.len() as u32 + 1 < self.quorum {
             return;
         }
@@ -845,8 +967,11 @@ impl<S: StateMachine> Replica<S> {
             self.advance_commit();
             let from_slot = self.commit_point;
             let ballot = candidate.ballot;
+            let nonce = candidate.nonce;
             self.role = RoleState::Candidate(Candidate {
                 ballot,
+                nonce,
+                known: candidate.known,
                 from_slot,
                 promises: BTreeMap::new(),
                 deadline: candidate.deadline,
@@ -855,7 +980,14 @@ impl<S: StateMachine> Replica<S> {
             // Without progress, wait for the catch-up and let the tick resend.
             if from_slot > before {
                 for m in self.peers() {
-                    self.send(m, Message::Prepare { ballot, from_slot });
+                    self.send(
+                        m,
+                        Message::Prepare {
+                            ballot,
+                            from_slot,
+                            nonce,
+                        },
+                    );
                 }
             }
             return;
@@ -865,6 +997,12 @@ impl<S: StateMachine> Replica<S> {
 
     fn become_leader(&mut self, c: Candidate) {
         let ballot = c.ballot;
+        let min_incarnation: Vec<u64> = self
+            .cfg
+            .members
+            .iter()
+            .map(|m| c.known.get(m).copied().unwrap_or(0))
+            .collect();
         let promised_commit = c
             .promises
             .values()
@@ -956,6 +1094,7 @@ impl<S: StateMachine> Replica<S> {
             last_broadcast: self.now,
             announced_commit: self.commit_point,
             heard: vec![self.now; self.cfg.members.len()],
+            min_incarnation,
         });
         self.record_view(ViewChange {
             ballot,
@@ -1056,11 +1195,13 @@ impl<S: StateMachine> Replica<S> {
             acked.push(slot);
         }
         if !acked.is_empty() {
+            let incarnation = self.incarnation;
             self.send(
                 from,
                 Message::Accepted {
                     ballot,
                     slots: acked,
+                    incarnation,
                 },
             );
         }
@@ -1074,11 +1215,13 @@ impl<S: StateMachine> Replica<S> {
         self.follow(from, ballot);
         // An empty ACCEPTED acknowledges the heartbeat: the leader counts who it hears
         // from to notice when it is cut off from a majority.
+        let incarnation = self.incarnation;
         self.send(
             from,
             Message::Accepted {
                 ballot,
                 slots: Vec::new(),
+                incarnation,
             },
         );
         self.learn_commit_point(from, ballot, commit_point);
@@ -1107,11 +1250,11 @@ impl<S: StateMachine> Replica<S> {
         self.election_deadline = self.now + self.random_timeout();
     }
 
-    fn on_accepted(&mut self, from_idx: usize, ballot: Ballot, slots: &[Slot]) {
+    fn on_accepted(&mut self, from_idx: usize, ballot: Ballot, slots: &[Slot], incarnation: u64) {
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
-        if l.ballot != ballot {
+        if l.ballot != ballot || incarnation < l.min_incarnation[from_idx] {
             return;
         }
         let bit = 1u64 << from_idx;
@@ -1671,9 +1814,22 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         if r.is_register() {
-            self.sessions
-                .register(r.client, slot, self.cfg.max_sessions);
-            self.reply_awaited(r.client, 0, Response::Ok(Bytes::new()));
+            // The session's id is the slot of its registration, not the client's
+            // nonce: a late duplicate of this registration executes in another slot
+            // and creates another session, which nobody uses, instead of bringing an
+            // evicted session back to life (and with it, retries that would execute
+            // a second time).
+            #[cfg(test)]
+            let id = if self.cfg.mutation == Mutation::ClientChosenSessionIds {
+                r.client
+            } else {
+                slot
+            };
+            #[cfg(not(test))]
+            let id = slot;
+            self.sessions.register(id, slot, self.cfg.max_sessions);
+            let reply = Bytes::from(postcard::to_allocvec(&id).unwrap_or_default());
+            self.reply_awaited(r.client, 0, Response::Ok(reply));
             return;
         }
         #[allow(unused_mut)]
@@ -1837,6 +1993,8 @@ mod tests {
     /// A cluster of replicas wired by a perfect in-order network, driven by hand.
     struct Harness {
         replicas: Vec<Replica<Recorder>>,
+        /// The session the cluster assigned to each test client.
+        sessions: HashMap<ClientId, ClientId>,
         storage: Vec<MemStorage>,
         replies: Vec<Reply>,
         snapshots: usize,
@@ -1858,6 +2016,7 @@ mod tests {
                 .collect();
             Harness {
                 replicas,
+                sessions: HashMap::new(),
                 storage,
                 replies: Vec::new(),
                 snapshots: 0,
@@ -1906,18 +2065,29 @@ mod tests {
                 .expect("a leader")
         }
 
+        /// Request `seq` of test client `client` (0 registers it) at replica `at`.
         fn request(&mut self, at: usize, client: ClientId, seq: u64) {
             let request = if seq == 0 {
                 Request::register(client)
             } else {
                 Request {
-                    client,
+                    client: self.sessions.get(&client).copied().unwrap_or(client),
                     seq,
                     payload: postcard::to_allocvec(&(client, seq)).unwrap().into(),
                 }
             };
             self.replicas[at].handle_request(request);
             self.settle();
+            if seq == 0 {
+                if let Some(Reply {
+                    response: Response::Ok(b),
+                    ..
+                }) = self.replies.last()
+                {
+                    let id = postcard::from_bytes(b).expect("a session id");
+                    self.sessions.insert(client, id);
+                }
+            }
         }
 
         fn last_reply(&self) -> &Response {
@@ -1939,7 +2109,7 @@ mod tests {
             }
         );
         h.request(l, 7, 0);
-        assert_eq!(*h.last_reply(), Response::Ok(Bytes::new()));
+        assert!(matches!(h.last_reply(), Response::Ok(_)), "registered");
         h.request(l, 7, 1);
         let first = h.last_reply().clone();
         assert!(matches!(first, Response::Ok(_)));
@@ -2055,7 +2225,7 @@ mod tests {
     #[test]
     fn a_promise_reaching_absurdly_far_cannot_size_the_new_view() {
         let cfg = Config::new(1, vec![1, 2, 3]);
-        let mut r = Replica::new(cfg, Recorder::default(), PersistentState::default()).unwrap();
+        let mut r = Replica::new(cfg, Recorder::default(), PersistentState::founding()).unwrap();
         let mut asked = None;
         for _ in 0..100 {
             r.tick();
@@ -2087,7 +2257,15 @@ mod tests {
             value: Value::Noop,
             chosen: false,
         };
-        r.take_ready();
+        let nonce = r
+            .take_ready()
+            .messages
+            .into_iter()
+            .find_map(|(_, m)| match m {
+                Message::Prepare { nonce, .. } => Some(nonce),
+                _ => None,
+            })
+            .expect("a prepare");
         r.handle_message(
             2,
             Message::Promise {
@@ -2095,6 +2273,9 @@ mod tests {
                 commit_point: 0,
                 entries: vec![near, far],
                 truncated: false,
+                nonce,
+                incarnation: 0,
+                incarnations: Vec::new(),
             },
         );
         assert!(r.is_leader());

@@ -1,0 +1,663 @@
+//! The driver's persist-before-send order, checked from the outside.
+//!
+//! A spy [`Storage`] and a spy [`Transport`] share one event log with the endpoints the
+//! clients use: the storage records when each persist call starts and completes (with its
+//! operations), the transport records every message as it leaves, and every reply handed
+//! to a client is recorded at the first log event after the driver delivered it (the log
+//! polls the clients' answer channels under its lock before recording anything else, and
+//! a poller task polls in between). Replaying the log, the checker keeps each node's
+//! durable state (the operations of its completed persist calls) and demands that
+//! - a PROMISE or RECOVER-GRANT for ballot `b` leaves only once the node durably promised
+//!   `b` or higher;
+//! - a PROMISE or ACCEPTED (a vote) leaves only from a node durably a voter, at an
+//!   incarnation it durably holds;
+//! - an ACCEPTED for ballot `b` leaves only once every listed slot is durably accepted at
+//!   `b` (or durably known chosen);
+//! - a successful reply for `(client, seq)` reaches the client only once the node durably
+//!   holds that request in a slot below its durable commit point.
+//!
+//! The same scenario runs on the real driver (no violation, every kind of message checked)
+//! and on a driver broken on purpose to send and reply before persisting (every kind of
+//! violation caught).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::{Client, ClientOptions, Endpoint, EndpointError};
+use crate::linearizability::{check, AppendLog, History};
+use crate::node::{spawn_node_with_order, FlushOrder, NodeHandle, NodeOptions};
+use crate::traits::AcceptorStatus;
+use crate::{
+    apply_op, Ballot, ClientId, Config, MemStorage, Message, NodeId, PersistOp, PersistentState,
+    Request, Response, RestoreError, Slot, StateMachine, Storage, StorageError, Transport,
+    TransportError, Value,
+};
+
+/// Everything the spies saw, in one order.
+#[derive(Clone, Debug)]
+enum Event {
+    PersistStart {
+        node: NodeId,
+        ops: Vec<PersistOp>,
+    },
+    PersistDone {
+        node: NodeId,
+        ops: Vec<PersistOp>,
+    },
+    Send {
+        from: NodeId,
+        message: Message,
+    },
+    /// A reply the driver had delivered by this point (and not by the previous event).
+    Reply {
+        node: NodeId,
+        client: ClientId,
+        seq: u64,
+        response: Response,
+    },
+}
+
+/// A client's answer channel, watched until the driver answers on it.
+struct Watched {
+    node: NodeId,
+    client: ClientId,
+    seq: u64,
+    answer: oneshot::Receiver<Response>,
+    forward: oneshot::Sender<Response>,
+}
+
+#[derive(Default)]
+struct Inner {
+    events: Vec<Event>,
+    watched: Vec<Watched>,
+}
+
+#[derive(Clone, Default)]
+struct EventLog(Arc<Mutex<Inner>>);
+
+impl EventLog {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `event`, after any reply delivered before it.
+    fn record(&self, event: Event) {
+        let mut inner = self.lock();
+        Self::collect_replies(&mut inner);
+        inner.events.push(event);
+    }
+
+    fn poll(&self) {
+        Self::collect_replies(&mut self.lock());
+    }
+
+    fn watch(&self, w: Watched) {
+        self.lock().watched.push(w);
+    }
+
+    fn events(&self) -> Vec<Event> {
+        let mut inner = self.lock();
+        Self::collect_replies(&mut inner);
+        inner.events.clone()
+    }
+
+    fn collect_replies(inner: &mut Inner) {
+        let mut i = 0;
+        while i < inner.watched.len() {
+            match inner.watched[i].answer.try_recv() {
+                Ok(response) => {
+                    let w = inner.watched.swap_remove(i);
+                    inner.events.push(Event::Reply {
+                        node: w.node,
+                        client: w.client,
+                        seq: w.seq,
+                        response: response.clone(),
+                    });
+                    let _ = w.forward.send(response);
+                }
+                Err(oneshot::error::TryRecvError::Empty) => i += 1,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    inner.watched.swap_remove(i);
+                }
+            }
+        }
+    }
+}
+
+struct SpyStorage {
+    node: NodeId,
+    inner: MemStorage,
+    log: EventLog,
+}
+
+impl Storage for SpyStorage {
+    fn load(&mut self) -> Result<PersistentState, StorageError> {
+        self.inner.load()
+    }
+
+    fn persist(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
+        self.log.record(Event::PersistStart {
+            node: self.node,
+            ops: ops.to_vec(),
+        });
+        self.inner.persist(ops)?;
+        self.log.record(Event::PersistDone {
+            node: self.node,
+            ops: ops.to_vec(),
+        });
+        Ok(())
+    }
+}
+
+type Inbox = mpsc::UnboundedSender<(NodeId, Message)>;
+
+struct SpyTransport {
+    node: NodeId,
+    peers: Arc<HashMap<NodeId, Inbox>>,
+    inbox: mpsc::UnboundedReceiver<(NodeId, Message)>,
+    log: EventLog,
+}
+
+#[async_trait]
+impl Transport for SpyTransport {
+    async fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
+        self.log.record(Event::Send {
+            from: self.node,
+            message: message.clone(),
+        });
+        let peer = self.peers.get(&to).ok_or(TransportError::UnknownPeer(to))?;
+        let _ = peer.send((self.node, message));
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Option<(NodeId, Message)> {
+        self.inbox.recv().await
+    }
+
+    fn try_recv(&mut self) -> Option<(NodeId, Message)> {
+        self.inbox.try_recv().ok()
+    }
+}
+
+/// A client's way into a node that lets the log watch the answer channel.
+struct SpyEndpoint {
+    handle: NodeHandle<Positions>,
+    log: EventLog,
+}
+
+#[async_trait]
+impl Endpoint for SpyEndpoint {
+    fn node(&self) -> NodeId {
+        self.handle.id()
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, EndpointError> {
+        let (answer_tx, answer) = oneshot::channel();
+        let (forward, forwarded) = oneshot::channel();
+        self.log.watch(Watched {
+            node: self.handle.id(),
+            client: request.client,
+            seq: request.seq,
+            answer,
+            forward,
+        });
+        self.handle
+            .enqueue(request, answer_tx)
+            .await
+            .map_err(|e| EndpointError::new(e.to_string()))?;
+        forwarded
+            .await
+            .map_err(|_| EndpointError::new("node stopped"))
+    }
+}
+
+/// Appends each command to a log and answers its position (the simulation's recorder).
+#[derive(Default)]
+struct Positions {
+    len: u64,
+}
+
+impl StateMachine for Positions {
+    type Command = (ClientId, u64);
+    type Output = u64;
+
+    fn apply(&mut self, _command: (ClientId, u64)) -> u64 {
+        self.len += 1;
+        self.len - 1
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.len.to_le_bytes().to_vec()
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
+        let raw: [u8; 8] = bytes
+            .try_into()
+            .map_err(|_| RestoreError::new("want 8 bytes"))?;
+        self.len = u64::from_le_bytes(raw);
+        Ok(())
+    }
+}
+
+/// A message or reply that left before the state it vouches for was durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Violation {
+    /// A PROMISE or RECOVER-GRANT for a ballot not durably promised.
+    Promise {
+        node: NodeId,
+        ballot: Ballot,
+        durable: Ballot,
+    },
+    /// A vote from a node not durably a voter at the incarnation it claims.
+    Vote {
+        node: NodeId,
+        kind: &'static str,
+        incarnation: u64,
+    },
+    Accepted {
+        node: NodeId,
+        ballot: Ballot,
+        slot: Slot,
+    },
+    Reply {
+        node: NodeId,
+        client: ClientId,
+        seq: u64,
+    },
+}
+
+/// How many vouching messages and replies the checker examined.
+#[derive(Debug, Default)]
+struct Checked {
+    promises: usize,
+    accepted: usize,
+    replies: usize,
+}
+
+/// Replays `events`, tracking each node's durable state, and reports every vouching
+/// message or reply that left before what it vouches for was durable.
+fn check_order(events: &[Event]) -> (Vec<Violation>, Checked) {
+    let mut durable: HashMap<NodeId, PersistentState> = HashMap::new();
+    let mut in_flight: HashMap<NodeId, &[PersistOp]> = HashMap::new();
+    let mut violations = Vec::new();
+    let mut checked = Checked::default();
+    for event in events {
+        match event {
+            Event::PersistStart { node, ops } => {
+                // The driver persists one batch at a time.
+                let earlier = in_flight.insert(*node, ops);
+                assert!(earlier.is_none(), "node {node}: overlapping persist calls");
+            }
+            Event::PersistDone { node, ops } => {
+                if let Some(started) = in_flight.remove(node) {
+                    assert_eq!(started, &ops[..], "node {node}: persist changed its batch");
+                }
+                let state = durable.entry(*node).or_default();
+                for op in ops {
+                    apply_op(state, op);
+                }
+            }
+            Event::Send { from, message } => {
+                let state = durable.entry(*from).or_default();
+                let vote = match message {
+                    Message::Promise { incarnation, .. }
+                    | Message::Accepted { incarnation, .. } => Some(*incarnation),
+                    _ => None,
+                };
+                if let Some(incarnation) = vote {
+                    if state.status != AcceptorStatus::Voter || state.incarnation < incarnation {
+                        violations.push(Violation::Vote {
+                            node: *from,
+                            kind: message.kind(),
+                            incarnation,
+                        });
+                    }
+                }
+                match message {
+                    Message::Promise { ballot, .. } | Message::RecoverGrant { ballot, .. } => {
+                        checked.promises += 1;
+                        if state.promised < *ballot {
+                            violations.push(Violation::Promise {
+                                node: *from,
+                                ballot: *ballot,
+                                durable: state.promised,
+                            });
+                        }
+                    }
+                    Message::Accepted { ballot, slots, .. } => {
+                        checked.accepted += 1;
+                        for slot in slots {
+                            let stored = state
+                                .log
+                                .get(slot)
+                                .is_some_and(|e| e.ballot == *ballot || e.chosen);
+                            let compacted =
+                                state.checkpoint.as_ref().is_some_and(|c| *slot < c.slot);
+                            if !stored && !compacted {
+                                violations.push(Violation::Accepted {
+                                    node: *from,
+                                    ballot: *ballot,
+                                    slot: *slot,
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Event::Reply {
+                node,
+                client,
+                seq,
+                response: Response::Ok(_),
+            } => {
+                checked.replies += 1;
+                let state = durable.entry(*node).or_default();
+                let committed = state.log.range(..state.commit_point).any(|(_, e)| {
+                    matches!(&e.value, Value::Request(r) if r.client == *client && r.seq == *seq)
+                });
+                if !committed {
+                    violations.push(Violation::Reply {
+                        node: *node,
+                        client: *client,
+                        seq: *seq,
+                    });
+                }
+            }
+            // Redirects, Busy and the like vouch for nothing.
+            Event::Reply { .. } => {}
+        }
+    }
+    (violations, checked)
+}
+
+const CLIENTS: u64 = 3;
+const COMMANDS: u64 = 6;
+
+/// What one run of the scenario produced.
+struct Run {
+    events: Vec<Event>,
+    history: History<(ClientId, u64), u64>,
+}
+
+/// Three nodes on the spy network, three clients running a few commands each through
+/// [`Client`] (sessions, redirects, retries), then an orderly shutdown.
+async fn run_cluster(order: FlushOrder) -> Run {
+    let log = EventLog::default();
+    let ids: Vec<NodeId> = vec![1, 2, 3];
+    let mut inboxes = HashMap::new();
+    let mut receivers = HashMap::new();
+    for &id in &ids {
+        let (tx, rx) = mpsc::unbounded_channel();
+        inboxes.insert(id, tx);
+        receivers.insert(id, rx);
+    }
+    let peers = Arc::new(inboxes);
+    let options = NodeOptions {
+        tick: Duration::from_millis(2),
+        ..NodeOptions::default()
+    };
+    let mut nodes = Vec::new();
+    for &id in &ids {
+        let mut config = Config::new(id, ids.clone());
+        config.checkpoint_interval = 0;
+        let transport = SpyTransport {
+            node: id,
+            peers: peers.clone(),
+            inbox: receivers.remove(&id).expect("one inbox per node"),
+            log: log.clone(),
+        };
+        let storage = SpyStorage {
+            node: id,
+            inner: MemStorage::new(),
+            log: log.clone(),
+        };
+        let node = spawn_node_with_order(
+            config,
+            Positions::default(),
+            transport,
+            storage,
+            options.clone(),
+            order,
+        )
+        .expect("node starts");
+        nodes.push(node);
+    }
+    let poller = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                log.poll();
+            }
+        })
+    };
+
+    let clock = Arc::new(AtomicU64::new(0));
+    let history = Arc::new(Mutex::new(History::new()));
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let endpoints: Vec<Arc<dyn Endpoint>> = nodes
+            .iter()
+            .map(|n| {
+                Arc::new(SpyEndpoint {
+                    handle: n.clone(),
+                    log: log.clone(),
+                }) as Arc<dyn Endpoint>
+            })
+            .collect();
+        let options = ClientOptions {
+            attempt_timeout: Duration::from_millis(300),
+            min_backoff: Duration::from_millis(2),
+            max_backoff: Duration::from_millis(20),
+            default_deadline: Duration::from_secs(3),
+        };
+        let mut client: Client<Positions> = Client::with_id(100 + c, endpoints, options);
+        let (clock, history) = (clock.clone(), history.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..COMMANDS {
+                let command = (client.id(), client.next_request_number());
+                let call = clock.fetch_add(1, Ordering::SeqCst);
+                let op = history.lock().expect("history").invoke(call, command);
+                if let Ok(position) = client.execute(&command).await {
+                    let ret = clock.fetch_add(1, Ordering::SeqCst);
+                    history
+                        .lock()
+                        .expect("history")
+                        .complete(op, ret, position)
+                        .expect("completes once");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    poller.abort();
+    let history = history.lock().expect("history").clone();
+    Run {
+        events: log.events(),
+        history,
+    }
+}
+
+async fn run_bounded(order: FlushOrder) -> Run {
+    tokio::time::timeout(Duration::from_secs(4), run_cluster(order))
+        .await
+        .expect("the cluster run finishes in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_persists_before_anything_vouches_for_it() {
+    let run = run_bounded(FlushOrder::PersistFirst).await;
+    let (violations, checked) = check_order(&run.events);
+    assert!(violations.is_empty(), "{violations:#?}");
+    // The run exercised every kind of vouching output.
+    assert!(checked.promises > 0, "{checked:?}");
+    assert!(checked.accepted > 0, "{checked:?}");
+    // Every command and registration was answered.
+    assert!(
+        checked.replies >= (CLIENTS * (COMMANDS + 1)) as usize,
+        "{checked:?}"
+    );
+    let ops = run.history.operations();
+    assert!(
+        ops.iter().all(|op| !op.is_pending()),
+        "every command completed"
+    );
+    assert_eq!(check(&AppendLog, ops), Ok(()));
+    assert_eq!(AppendLog::check_fast(ops), Ok(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_that_sends_before_persisting_is_caught() {
+    let run = run_bounded(FlushOrder::SendFirst).await;
+    let (violations, checked) = check_order(&run.events);
+    assert!(checked.replies > 0, "{checked:?}");
+    let promise = violations
+        .iter()
+        .any(|v| matches!(v, Violation::Promise { .. }));
+    let accepted = violations
+        .iter()
+        .any(|v| matches!(v, Violation::Accepted { .. }));
+    let reply = violations
+        .iter()
+        .any(|v| matches!(v, Violation::Reply { .. }));
+    assert!(
+        promise && accepted && reply,
+        "each kind of early output is caught: {violations:#?}"
+    );
+}
+
+#[test]
+fn the_order_checker_flags_each_early_output_on_a_hand_made_log() {
+    let b = Ballot::new(1, 1);
+    let register = Value::Request(Request::register(7));
+    let accept = PersistOp::Accept {
+        slot: 0,
+        ballot: b,
+        value: register,
+    };
+    let voter = PersistOp::Status {
+        status: AcceptorStatus::Voter,
+        incarnation: 0,
+    };
+    let promise = Message::Promise {
+        ballot: b,
+        commit_point: 0,
+        entries: Vec::new(),
+        truncated: false,
+        nonce: 0,
+        incarnation: 0,
+        incarnations: Vec::new(),
+    };
+    let accepted = Message::Accepted {
+        ballot: b,
+        slots: vec![0],
+        incarnation: 0,
+    };
+    let send = |from: NodeId, message: &Message| Event::Send {
+        from,
+        message: message.clone(),
+    };
+    let done = |node: NodeId, ops: Vec<PersistOp>| Event::PersistDone { node, ops };
+    let reply = Event::Reply {
+        node: 1,
+        client: 7,
+        seq: 0,
+        response: Response::Ok(Default::default()),
+    };
+    // In order: no violation.
+    let good = vec![
+        done(2, vec![voter.clone(), PersistOp::Promise(b)]),
+        send(2, &promise),
+        done(2, vec![accept.clone()]),
+        send(2, &accepted),
+        done(1, vec![accept.clone(), PersistOp::CommitPoint(1)]),
+        reply.clone(),
+    ];
+    let (violations, checked) = check_order(&good);
+    assert_eq!(violations, vec![]);
+    assert_eq!(
+        (checked.promises, checked.accepted, checked.replies),
+        (1, 1, 1)
+    );
+    // Each output one step early: each caught. A durable accept without the commit
+    // point does not cover a reply, and a durable promise does not cover an ACCEPTED.
+    let bad = vec![
+        done(2, vec![voter.clone()]),
+        send(2, &promise),
+        done(2, vec![PersistOp::Promise(b)]),
+        send(2, &accepted),
+        done(2, vec![accept.clone()]),
+        done(1, vec![accept.clone()]),
+        reply,
+        done(1, vec![PersistOp::CommitPoint(1)]),
+    ];
+    let (violations, _) = check_order(&bad);
+    assert_eq!(
+        violations,
+        vec![
+            Violation::Promise {
+                node: 2,
+                ballot: b,
+                durable: Ballot::ZERO
+            },
+            Violation::Accepted {
+                node: 2,
+                ballot: b,
+                slot: 0
+            },
+            Violation::Reply {
+                node: 1,
+                client: 7,
+                seq: 0
+            },
+        ]
+    );
+    // A vote from a node that is not durably a voter (yet), or claims an incarnation it
+    // has not stored.
+    let recovering = vec![
+        done(2, vec![PersistOp::Promise(b)]),
+        send(2, &promise),
+        done(
+            2,
+            vec![PersistOp::Status {
+                status: AcceptorStatus::Voter,
+                incarnation: 1,
+            }],
+        ),
+        send(
+            2,
+            &Message::Accepted {
+                ballot: b,
+                slots: vec![],
+                incarnation: 2,
+            },
+        ),
+    ];
+    let (violations, _) = check_order(&recovering);
+    assert_eq!(
+        violations,
+        vec![
+            Violation::Vote {
+                node: 2,
+                kind: "promise",
+                incarnation: 0
+            },
+            Violation::Vote {
+                node: 2,
+                kind: "accepted",
+                incarnation: 2
+            },
+        ]
+    );
+}
