@@ -10,7 +10,9 @@ use thiserror::Error;
 ///
 /// Every refusal leaves the directory as it was (apart from creating the directory and
 /// its empty `LOCK` file if they did not exist). It converts into a
-/// [`StorageError`] for callers that only deal in those.
+/// [`StorageError`] for callers that only deal in those: [`OpenError::Locked`] as
+/// [`StorageError::Io`], [`OpenError::DamagedRecord`] as [`StorageError::Corrupt`],
+/// [`OpenError::UnsupportedVersion`] as [`StorageError::Mismatch`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum OpenError {
@@ -38,6 +40,24 @@ pub enum OpenError {
         offset: u64,
         /// What is wrong with it.
         damage: RecordDamage,
+    },
+    /// A file of the directory (`META`, a log segment or the checkpoint) was written in
+    /// an on-disk format version this build does not read: an older build's directory
+    /// (version 1 bases lack the acceptor status and incarnations) or a newer build's.
+    /// Nothing in the directory was changed. See the crate documentation ("Files") for
+    /// what to do with an older directory.
+    #[error(
+        "{}: on-disk format version {found} is not supported (this build reads version \
+         {supported} only)",
+        file.display()
+    )]
+    UnsupportedVersion {
+        /// The file whose header names the version.
+        file: PathBuf,
+        /// The version found in it.
+        found: u32,
+        /// The only version this build reads and writes.
+        supported: u32,
     },
     /// Any other refusal: another cluster's or node's data
     /// ([`StorageError::Mismatch`]), other damage ([`StorageError::Corrupt`], naming
@@ -70,6 +90,8 @@ impl From<OpenError> for StorageError {
     fn from(e: OpenError) -> Self {
         match e {
             OpenError::Locked { .. } => StorageError::Io(e.to_string()),
+            // Intact data that this build cannot use, like another replica's.
+            OpenError::UnsupportedVersion { .. } => StorageError::Mismatch(e.to_string()),
             OpenError::DamagedRecord { .. } => StorageError::Corrupt(e.to_string()),
             OpenError::Storage(e) => e,
         }

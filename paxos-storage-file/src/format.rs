@@ -2,10 +2,13 @@
 //!
 //! Everything is little-endian. See the crate documentation for the layout.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use paxos_core::StorageError;
-use serde::Serialize;
+use paxos_core::{AcceptorStatus, Ballot, NodeId, Slot, StorageError};
+use serde::{Deserialize, Serialize};
+
+use crate::OpenError;
 
 /// The directory's identity file.
 pub(crate) const META_FILE: &str = "META";
@@ -18,8 +21,11 @@ pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
 /// Where a new checkpoint is written before it is renamed into place.
 pub(crate) const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 
-/// The on-disk format version written into every file header.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version written into every file header, and the only one read.
+///
+/// 1: the first format. 2: a base also holds the acceptor's status, its incarnation and
+/// its peers' incarnations ([`BaseHeader`]).
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const META_MAGIC: [u8; 8] = *b"PXSMETA1";
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"PXSWALSG";
@@ -46,6 +52,18 @@ pub(crate) const TAG_OPS: u8 = 1;
 pub(crate) const TAG_BASE_BEGIN: u8 = 2;
 pub(crate) const TAG_BASE_MORE: u8 = 3;
 pub(crate) const TAG_BASE_END: u8 = 4;
+
+/// The first item of a base (the record tagged [`TAG_BASE_BEGIN`]): every part of the
+/// acceptor state but the log entries (which follow it) and the checkpoint (which has
+/// a file of its own). Postcard-encoded in field order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BaseHeader {
+    pub(crate) status: AcceptorStatus,
+    pub(crate) incarnation: u64,
+    pub(crate) peer_incarnations: BTreeMap<NodeId, u64>,
+    pub(crate) promised: Ballot,
+    pub(crate) commit_point: Slot,
+}
 
 /// The file name of segment `seq`.
 pub(crate) fn segment_name(seq: u64) -> String {
@@ -97,6 +115,9 @@ pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> StorageError
 
 /// Checks the identity part of a header whose last four bytes are a CRC of the rest.
 /// `bytes` is exactly the header.
+///
+/// The checksum is checked before the version, so a damaged version field is reported
+/// as damage; the header layout is the same in every version so far.
 pub(crate) fn check_header(
     path: &Path,
     bytes: &[u8],
@@ -104,27 +125,21 @@ pub(crate) fn check_header(
     what: &str,
     cluster: u64,
     node: u64,
-) -> Result<(), StorageError> {
+) -> Result<(), OpenError> {
     if bytes[..8] != magic[..] {
-        return Err(corrupt(path, 0, format_args!("not a {what} (bad magic)")));
+        return Err(corrupt(path, 0, format_args!("not a {what} (bad magic)")).into());
     }
     let crc_at = bytes.len() - 4;
     if crc32fast::hash(&bytes[..crc_at]) != u32_at(bytes, crc_at) {
-        return Err(corrupt(
-            path,
-            0,
-            format_args!("{what} header checksum mismatch"),
-        ));
+        return Err(corrupt(path, 0, format_args!("{what} header checksum mismatch")).into());
     }
     let version = u32_at(bytes, 8);
     if version != FORMAT_VERSION {
-        return Err(corrupt(
-            path,
-            0,
-            format_args!(
-                "unsupported format version {version} (this build reads {FORMAT_VERSION})"
-            ),
-        ));
+        return Err(OpenError::UnsupportedVersion {
+            file: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
     let (c, n) = (u64_at(bytes, 12), u64_at(bytes, 20));
     if (c, n) != (cluster, node) {
@@ -132,7 +147,8 @@ pub(crate) fn check_header(
             "{}: written by cluster {c:#x} node {n}, but this is cluster {cluster:#x} node {node}; \
              refusing to use another replica's data",
             path.display()
-        )));
+        ))
+        .into());
     }
     Ok(())
 }

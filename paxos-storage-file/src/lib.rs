@@ -1,11 +1,18 @@
 //! A durable, file-backed [`Storage`](paxos_core::Storage) for `paxos-core`.
 //!
-//! [`FileStorage`] keeps an acceptor's state (promised ballot, accepted and chosen
-//! entries, commit point, latest checkpoint) in a data directory: an append-only,
-//! segmented write-ahead log whose records carry a length and CRC-32 checksums, plus the
-//! checkpoint in a file of its own. [`persist`](paxos_core::Storage::persist) returns
+//! [`FileStorage`] keeps an acceptor's state (its status and incarnation, its peers'
+//! incarnations, promised ballot, accepted and chosen entries, commit point, latest
+//! checkpoint) in a data directory: an append-only, segmented write-ahead log whose
+//! records carry a length and CRC-32 checksums, plus the checkpoint in a file of its own. [`persist`](paxos_core::Storage::persist) returns
 //! only once its operations are on disk, so the node driver, which persists before it
 //! sends, never lets a PROMISE or ACCEPTED leave before the state it vouches for.
+//!
+//! A brand-new directory loads as [`PersistentState::default`](paxos_core::PersistentState::default):
+//! status [`Pristine`](paxos_core::AcceptorStatus::Pristine), nothing promised or
+//! accepted, so the replica finds out from its peers whether it joins a new cluster or
+//! must recover lost state. An existing directory loads exactly what was persisted, a
+//! [`Voter`](paxos_core::AcceptorStatus::Voter) as a voter and a
+//! [`Recovering`](paxos_core::AcceptorStatus::Recovering) replica as recovering.
 //!
 //! # Example
 //!
@@ -33,6 +40,7 @@
 //! assert_eq!(state.promised, Ballot::new(3, 2));
 //! assert_eq!(state.commit_point, 1);
 //! assert_eq!(state.log[&0].value, Value::Noop);
+//! assert_eq!(state.status, paxos_core::AcceptorStatus::Pristine); // no Status op yet
 //!
 //! // While it is open, no other FileStorage (in this process or another) may use it.
 //! assert!(matches!(
@@ -69,7 +77,7 @@
 //!   when the process dies). A second open, from this process or another, fails at once
 //!   with [`OpenError::Locked`] and leaves the directory untouched, so a second node
 //!   started on a live directory cannot run recovery under the first.
-//! - **`META`** (32 bytes): magic `PXSMETA1`, format version (`u32`, currently 1),
+//! - **`META`** (32 bytes): magic `PXSMETA1`, format version (`u32`, currently 2),
 //!   cluster id (`u64`), node id (`u64`), CRC of the preceding 28 bytes.
 //! - **Segment header** (44 bytes): magic `PXSWALSG`, version, cluster id, node id,
 //!   sequence number (`u64`, equal to the one in the file name), kind (`u32`: 1 = base,
@@ -81,8 +89,12 @@
 //!   ```
 //!
 //!   The payload is a tag byte followed by postcard-encoded items:
-//!   `1` = operations ([`PersistOp`](paxos_core::PersistOp)s, never `Checkpoint`),
-//!   `2` = base begin (`(promised, commit_point)`, then `(slot, StoredEntry)` pairs),
+//!   `1` = operations ([`PersistOp`](paxos_core::PersistOp)s as they are, every
+//!   variant but `Checkpoint`, which has a file of its own),
+//!   `2` = base begin (the base header
+//!   `(status, incarnation, peer_incarnations, promised, commit_point)`, where
+//!   `peer_incarnations` is a map from node id to incarnation, then
+//!   `(slot, StoredEntry)` pairs),
 //!   `3` = more base entries, `4` = base end (no items). A base segment holds
 //!   `2 3* 4 1*`, a continuation segment `1*`. The length is checked by its own CRC, so
 //!   a damaged length is never trusted, and no record longer than
@@ -90,6 +102,17 @@
 //! - **`checkpoint`**: a 44-byte header (magic `PXSCKPT1`, version, cluster id, node id,
 //!   payload length `u64`, payload CRC, CRC of the preceding 40 bytes), then the
 //!   postcard-encoded [`Checkpoint`](paxos_core::Checkpoint).
+//!
+//! **Versions.** `META`, every segment header and the checkpoint header carry the same
+//! format version, and this build reads and writes version 2 only. Version 1 bases held
+//! `(promised, commit_point)` without the acceptor status and incarnations, so they
+//! cannot say whether the replica was a voter. A file of any other version (checked
+//! after its header CRC, so a damaged version field is reported as damage) is refused
+//! with [`OpenError::UnsupportedVersion`], naming the file and the version, and the
+//! directory is left as it was; no version is converted. To bring up a node whose
+//! directory an older build wrote, move that directory away and start the node on an
+//! empty one: it starts [`Pristine`](paxos_core::AcceptorStatus::Pristine) and recovers
+//! its state from a majority of its peers, as a node that lost its disk does.
 //!
 //! # Writing
 //!
@@ -99,9 +122,10 @@
 //! 1. If the batch holds a checkpoint newer than the stored one, writes it to
 //!    `checkpoint.tmp`, fsyncs it, renames it over `checkpoint` and fsyncs the directory.
 //! 2. If the batch holds a `Compact` that drops entries, starts a new *base* segment
-//!    holding the whole image after the batch (promised ballot, commit point, live
-//!    entries), fdatasyncs it, fsyncs the directory and only then deletes every older
-//!    segment. The base covers every operation of the batch, so nothing else is written.
+//!    holding the whole image after the batch (status, incarnation, peers'
+//!    incarnations, promised ballot, commit point, live entries), fdatasyncs it,
+//!    fsyncs the directory and only then deletes every older segment. The base covers
+//!    every operation of the batch, so nothing else is written.
 //! 3. Otherwise encodes the operations (except checkpoints) as one record — several if
 //!    the batch exceeds the maximum record size — and appends them with **one write and
 //!    one fdatasync**, however many operations the batch holds (group commit: the driver
@@ -114,8 +138,9 @@
 //!
 //! # Recovery
 //!
-//! [`FileStorage::open`] locks the directory, then checks `META` (another cluster or
-//! node id is refused with [`StorageError::Mismatch`](paxos_core::StorageError::Mismatch);
+//! [`FileStorage::open`] locks the directory, then checks `META` (another format version
+//! is refused with [`OpenError::UnsupportedVersion`], another cluster or
+//! node id with [`StorageError::Mismatch`](paxos_core::StorageError::Mismatch);
 //! a missing `META` next to log data is refused as corrupt), reads and verifies the
 //! checkpoint (header, length, CRC and
 //! [`Checkpoint::verify`](paxos_core::Checkpoint::verify)), then replays the log from

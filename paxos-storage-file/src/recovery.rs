@@ -65,7 +65,7 @@ use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use paxos_core::{
-    apply_op, Ballot, Checkpoint, PersistOp, PersistentState, Slot, StorageError, StoredEntry,
+    apply_op, Checkpoint, PersistOp, PersistentState, Slot, StorageError, StoredEntry,
 };
 use tracing::{debug, warn};
 
@@ -110,11 +110,11 @@ pub(crate) fn list_dir(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, bool), Storag
 }
 
 /// Reads and checks `META`; `Ok(false)` when it does not exist.
-pub(crate) fn read_meta(path: &Path, cluster: u64, node: u64) -> Result<bool, StorageError> {
+pub(crate) fn read_meta(path: &Path, cluster: u64, node: u64) -> Result<bool, OpenError> {
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io_err("cannot open", path, e)),
+        Err(e) => return Err(io_err("cannot open", path, e).into()),
     };
     let mut bytes = Vec::with_capacity(META_LEN);
     // Read one byte more than expected to notice a file that is too long.
@@ -127,7 +127,8 @@ pub(crate) fn read_meta(path: &Path, cluster: u64, node: u64) -> Result<bool, St
             path,
             0,
             format_args!("META must be {META_LEN} bytes, found {}", bytes.len()),
-        ));
+        )
+        .into());
     }
     check_header(path, &bytes, &META_MAGIC, "META file", cluster, node)?;
     Ok(true)
@@ -139,11 +140,11 @@ pub(crate) fn read_checkpoint(
     cluster: u64,
     node: u64,
     max_size: u64,
-) -> Result<Option<Checkpoint>, StorageError> {
+) -> Result<Option<Checkpoint>, OpenError> {
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("cannot open", path, e)),
+        Err(e) => return Err(io_err("cannot open", path, e).into()),
     };
     let len = f
         .metadata()
@@ -154,7 +155,8 @@ pub(crate) fn read_checkpoint(
             path,
             0,
             format_args!("checkpoint file is truncated ({len} bytes)"),
-        ));
+        )
+        .into());
     }
     let mut header = [0u8; CHECKPOINT_HEADER_LEN];
     f.read_exact(&mut header)
@@ -175,7 +177,8 @@ pub(crate) fn read_checkpoint(
             format_args!(
                 "checkpoint of {payload_len} bytes exceeds the maximum checkpoint size of {max_size} bytes"
             ),
-        ));
+        )
+        .into());
     }
     let at = CHECKPOINT_HEADER_LEN as u64;
     if payload_len != len - at {
@@ -186,20 +189,17 @@ pub(crate) fn read_checkpoint(
                 "header announces {payload_len} bytes of checkpoint but the file holds {}",
                 len - at
             ),
-        ));
+        )
+        .into());
     }
     let Ok(payload_len) = usize::try_from(payload_len) else {
-        return Err(corrupt(path, at, "checkpoint does not fit in memory"));
+        return Err(corrupt(path, at, "checkpoint does not fit in memory").into());
     };
     let mut payload = vec![0u8; payload_len];
     f.read_exact(&mut payload)
         .map_err(|e| io_err("cannot read", path, e))?;
     if crc32fast::hash(&payload) != payload_crc {
-        return Err(corrupt(
-            path,
-            at,
-            "checkpoint data does not match its checksum",
-        ));
+        return Err(corrupt(path, at, "checkpoint data does not match its checksum").into());
     }
     let checkpoint: Checkpoint = postcard::from_bytes(&payload)
         .map_err(|e| corrupt(path, at, format_args!("cannot decode the checkpoint: {e}")))?;
@@ -211,7 +211,8 @@ pub(crate) fn read_checkpoint(
                 "checkpoint at slot {} does not match its digest (Checkpoint::verify failed)",
                 checkpoint.slot
             ),
-        ));
+        )
+        .into());
     }
     Ok(Some(checkpoint))
 }
@@ -229,7 +230,7 @@ fn read_segment_header(
     may_be_torn: bool,
     cluster: u64,
     node: u64,
-) -> Result<Header, StorageError> {
+) -> Result<Header, OpenError> {
     let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
     let mut bytes = Vec::with_capacity(SEGMENT_HEADER_LEN);
     (&mut f)
@@ -247,7 +248,8 @@ fn read_segment_header(
             path,
             0,
             format_args!("segment header is truncated ({} bytes)", bytes.len()),
-        ));
+        )
+        .into());
     }
     check_header(path, &bytes, &SEGMENT_MAGIC, "log segment", cluster, node)?;
     let (header_seq, kind) = segment_header_fields(&bytes);
@@ -258,14 +260,11 @@ fn read_segment_header(
             format_args!(
                 "segment header says sequence number {header_seq}, the file name says {seq}"
             ),
-        ));
+        )
+        .into());
     }
     if kind != KIND_BASE && kind != KIND_CONTINUATION {
-        return Err(corrupt(
-            path,
-            0,
-            format_args!("unknown segment kind {kind}"),
-        ));
+        return Err(corrupt(path, 0, format_args!("unknown segment kind {kind}")).into());
     }
     Ok(Header::Kind(kind))
 }
@@ -313,13 +312,23 @@ fn apply_record(
     };
     match (*phase, tag) {
         (Phase::ExpectBase, TAG_BASE_BEGIN) => {
-            let ((promised, commit_point), r): ((Ballot, Slot), _) =
-                postcard::take_from_bytes(rest)
-                    .map_err(|e| format!("cannot decode the base header: {e}"))?;
-            *state = PersistentState {
+            let (header, r): (BaseHeader, _) = postcard::take_from_bytes(rest)
+                .map_err(|e| format!("cannot decode the base header: {e}"))?;
+            let BaseHeader {
+                status,
+                incarnation,
+                peer_incarnations,
                 promised,
                 commit_point,
-                ..PersistentState::default()
+            } = header;
+            *state = PersistentState {
+                status,
+                incarnation,
+                peer_incarnations,
+                promised,
+                commit_point,
+                log: Default::default(),
+                checkpoint: None,
             };
             decode_entries(r, state)?;
             *phase = Phase::InBase;

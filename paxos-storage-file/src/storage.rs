@@ -141,7 +141,8 @@ impl FileStorage {
     /// Errors: [`OpenError::Locked`] when another `FileStorage` (in this process or
     /// another) uses the directory; [`OpenError::DamagedRecord`] when a complete log
     /// record fails its checksum (it may have been acknowledged, so the node must be
-    /// recovered from its peers); [`OpenError::Storage`] with
+    /// recovered from its peers); [`OpenError::UnsupportedVersion`] when a file was
+    /// written in another on-disk format version; [`OpenError::Storage`] with
     /// [`StorageError::Mismatch`] when the directory belongs to another cluster or node,
     /// [`StorageError::Corrupt`] when its contents are otherwise damaged (anything but
     /// a torn last write, which is discarded), [`StorageError::Io`] when the file system
@@ -232,6 +233,8 @@ impl FileStorage {
             dir = %dir.display(),
             cluster = cluster_id,
             node = node_id,
+            status = ?state.status,
+            incarnation = state.incarnation,
             promised = %state.promised,
             commit_point = state.commit_point,
             entries = state.log.len(),
@@ -490,7 +493,14 @@ pub(crate) fn encode_base(
 ) -> Result<(), StorageError> {
     let mut w = RecordWriter::new(buf, max_record_size);
     w.begin(TAG_BASE_BEGIN);
-    w.item(&(state.promised, state.commit_point), TAG_BASE_MORE)?;
+    let header = BaseHeader {
+        status: state.status,
+        incarnation: state.incarnation,
+        peer_incarnations: state.peer_incarnations.clone(),
+        promised: state.promised,
+        commit_point: state.commit_point,
+    };
+    w.item(&header, TAG_BASE_MORE)?;
     for (slot, entry) in &state.log {
         w.item(&(slot, entry), TAG_BASE_MORE)?;
     }

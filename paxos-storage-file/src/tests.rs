@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use paxos_core::{
-    Ballot, Checkpoint, MemStorage, PersistOp, PersistentState, Request, Storage, StorageError,
-    Value,
+    AcceptorStatus, Ballot, Checkpoint, MemStorage, PersistOp, PersistentState, Request, Storage,
+    StorageError, Value,
 };
 use proptest::prelude::*;
 
@@ -1139,6 +1139,215 @@ fn the_lock_holds_across_processes() {
     assert_eq!(s.load().unwrap(), mem_after(&[vec![accept(0, 1)]]));
 }
 
+fn status(status: AcceptorStatus, incarnation: u64) -> PersistOp {
+    PersistOp::Status {
+        status,
+        incarnation,
+    }
+}
+
+fn peer(node: u64, incarnation: u64) -> PersistOp {
+    PersistOp::PeerIncarnation { node, incarnation }
+}
+
+/// The tags of the records of every segment of `dir`, oldest segment first.
+fn tags(dir: &Path) -> Vec<u8> {
+    segments(dir)
+        .iter()
+        .flat_map(|p| records(p))
+        .map(|(_, _, tag)| tag)
+        .collect()
+}
+
+#[test]
+fn a_new_directory_loads_as_pristine() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &opts(1 << 20));
+    assert!(s.recovery().created);
+    assert_eq!(s.load().unwrap(), PersistentState::default());
+    assert_eq!(s.load().unwrap().status, AcceptorStatus::Pristine);
+    drop(s);
+    // Reopened without a single write: still nothing stored, still pristine.
+    let mut s = open(dir.path(), &opts(1 << 20));
+    assert!(!s.recovery().created);
+    assert_eq!(s.load().unwrap(), PersistentState::default());
+}
+
+#[test]
+fn status_and_peer_incarnations_round_trip_through_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(1 << 20);
+    let mut batches = vec![
+        vec![status(AcceptorStatus::Recovering, 1), peer(2, 3)],
+        // A lower incarnation of a known peer is ignored; a new peer is added.
+        vec![
+            peer(2, 1),
+            peer(4, 2),
+            PersistOp::Promise(Ballot::new(5, 2)),
+        ],
+    ];
+    let mut s = open(dir.path(), &o);
+    for b in &batches {
+        s.persist(b).unwrap();
+    }
+    drop(s);
+    let state = load(dir.path(), &o);
+    assert_eq!(state, mem_after(&batches));
+    assert_eq!(state.status, AcceptorStatus::Recovering);
+    assert_eq!(state.incarnation, 1);
+    assert_eq!(
+        state.peer_incarnations.into_iter().collect::<Vec<_>>(),
+        [(2, 3), (4, 2)]
+    );
+
+    // The recovery completes: the acceptor comes back a voter.
+    let done = vec![accept(0, 5), status(AcceptorStatus::Voter, 1), peer(2, 4)];
+    let mut s = open(dir.path(), &o);
+    s.persist(&done).unwrap();
+    batches.push(done);
+    drop(s);
+    let state = load(dir.path(), &o);
+    assert_eq!(state, mem_after(&batches));
+    assert_eq!(
+        (state.status, state.incarnation),
+        (AcceptorStatus::Voter, 1)
+    );
+    // Only one segment, its base and the three batches: nothing was compacted.
+    assert_eq!(
+        tags(dir.path()),
+        [TAG_BASE_BEGIN, TAG_BASE_END, TAG_OPS, TAG_OPS, TAG_OPS]
+    );
+}
+
+#[test]
+fn a_compaction_base_carries_status_and_incarnations() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(400);
+    let mut s = open(dir.path(), &o);
+    let mut batches = vec![vec![status(AcceptorStatus::Recovering, 2), peer(1, 1)]];
+    for i in 0..20u64 {
+        batches.push(vec![accept(i, 1), learn(i), PersistOp::CommitPoint(i + 1)]);
+    }
+    batches.push(vec![peer(3, 5), peer(1, 0)]);
+    for b in &batches {
+        s.persist(b).unwrap();
+    }
+    assert!(segments(dir.path()).len() > 1);
+    let compact = vec![
+        PersistOp::Checkpoint(checkpoint(15, b"state at 15")),
+        PersistOp::Compact(15),
+    ];
+    s.persist(&compact).unwrap();
+    batches.push(compact);
+    assert_eq!(s.stats().compactions, 1);
+    drop(s);
+    // One segment holding only a base: the status came back from the base itself.
+    assert_eq!(segments(dir.path()).len(), 1);
+    assert_eq!(tags(dir.path()), [TAG_BASE_BEGIN, TAG_BASE_END]);
+    let state = load(dir.path(), &o);
+    assert_eq!(state, mem_after(&batches));
+    assert_eq!(
+        (state.status, state.incarnation),
+        (AcceptorStatus::Recovering, 2),
+        "a recovering replica stays recovering"
+    );
+    assert_eq!(
+        state.peer_incarnations.into_iter().collect::<Vec<_>>(),
+        [(1, 1), (3, 5)]
+    );
+
+    // A status change in the very batch that compacts is in the new base as well.
+    let mut s = open(dir.path(), &o);
+    let finish = vec![
+        status(AcceptorStatus::Voter, 2),
+        peer(3, 6),
+        PersistOp::Checkpoint(checkpoint(18, b"state at 18")),
+        PersistOp::Compact(18),
+    ];
+    s.persist(&finish).unwrap();
+    batches.push(finish);
+    assert_eq!(s.stats().compactions, 1);
+    drop(s);
+    assert_eq!(tags(dir.path()), [TAG_BASE_BEGIN, TAG_BASE_END]);
+    let state = load(dir.path(), &o);
+    assert_eq!(state, mem_after(&batches));
+    assert_eq!(
+        (state.status, state.incarnation),
+        (AcceptorStatus::Voter, 2),
+        "a voter does not come back pristine"
+    );
+}
+
+/// Rewrites the version field of the `header_len`-byte header at the start of `path`,
+/// with a valid header CRC: what a build of that version would have written.
+fn set_version(path: &Path, header_len: usize, version: u32) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[8..12].copy_from_slice(&version.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..header_len - 4]);
+    bytes[header_len - 4..header_len].copy_from_slice(&crc.to_le_bytes());
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn another_format_version_is_refused_naming_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &opts(1 << 20));
+    s.persist(&[
+        status(AcceptorStatus::Voter, 0),
+        accept(0, 1),
+        PersistOp::Checkpoint(checkpoint(1, b"one")),
+    ])
+    .unwrap();
+    drop(s);
+    let seg = segments(dir.path()).pop().unwrap();
+    let files = [
+        (dir.path().join(META_FILE), META_LEN),
+        (seg, SEGMENT_HEADER_LEN),
+        (dir.path().join(CHECKPOINT_FILE), CHECKPOINT_HEADER_LEN),
+    ];
+    let work = tempfile::tempdir().unwrap();
+    for (file, header_len) in &files {
+        for version in [1, FORMAT_VERSION + 1] {
+            copy_dir(dir.path(), work.path());
+            let file = work.path().join(file.file_name().unwrap());
+            set_version(&file, *header_len, version);
+            let before = snapshot(work.path());
+            let e = open_err(work.path());
+            assert_eq!(
+                e,
+                OpenError::UnsupportedVersion {
+                    file: file.clone(),
+                    found: version,
+                    supported: FORMAT_VERSION,
+                }
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("version {version}"))
+                    && msg.contains(&file.display().to_string()),
+                "{msg}"
+            );
+            assert!(
+                matches!(StorageError::from(e), StorageError::Mismatch(m) if m == msg),
+                "callers that only know StorageError see a mismatch"
+            );
+            assert_eq!(
+                snapshot(work.path()),
+                before,
+                "a refused open changes nothing"
+            );
+        }
+    }
+    // A damaged version field is damage, not another version.
+    copy_dir(dir.path(), work.path());
+    let meta = work.path().join(META_FILE);
+    flip_bit(&meta, 8, 0);
+    assert!(matches!(
+        open_storage_err(work.path()),
+        StorageError::Corrupt(m) if m.contains("checksum")
+    ));
+}
+
 fn op_strategy() -> impl Strategy<Value = PersistOp> {
     let ballot = (0u64..6, 0u64..4).prop_map(|(r, n)| Ballot::new(r, n));
     let val = prop_oneof![
@@ -1153,13 +1362,26 @@ fn op_strategy() -> impl Strategy<Value = PersistOp> {
         1 => (0u64..40, proptest::collection::vec(any::<u8>(), 0..30))
             .prop_map(|(slot, data)| PersistOp::Checkpoint(checkpoint(slot, &data))),
         1 => (0u64..40).prop_map(PersistOp::Compact),
+        1 => (status_strategy(), 0u64..4)
+            .prop_map(|(status, incarnation)| PersistOp::Status { status, incarnation }),
+        1 => (0u64..5, 0u64..6)
+            .prop_map(|(node, incarnation)| PersistOp::PeerIncarnation { node, incarnation }),
+    ]
+}
+
+fn status_strategy() -> impl Strategy<Value = AcceptorStatus> {
+    prop_oneof![
+        Just(AcceptorStatus::Pristine),
+        Just(AcceptorStatus::Recovering),
+        Just(AcceptorStatus::Voter),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// Random batches to both stores, reopening at random points: `load` always agrees.
+    /// Random batches to both stores (every kind of operation, acceptor status and
+    /// incarnations included), reopening at random points: `load` always agrees.
     #[test]
     fn file_storage_matches_mem_storage(
         steps in proptest::collection::vec(
