@@ -6,6 +6,12 @@
 //! encoded with postcard, in the bytes of a [`TcpClient::call`]; the node answers with
 //! one [`RemoteResponse`]. Bytes that do not decode as a request are answered
 //! [`RemoteResponse::Error`]; they never stop the node.
+//!
+//! Every answer is matched to its request twice: the transport pairs each response frame
+//! with its call by call id (so a cancelled call's late answer is never taken for the
+//! next call's), and the answer to a [`RemoteRequest::Submit`] names the `(client, seq)`
+//! of the request it answers ([`RemoteResponse::Replied`]), which [`RemoteCluster`]
+//! checks against the request it sent before returning anything.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,7 +20,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use paxos_core::{Endpoint, EndpointError, NodeId, Request, Response, Slot, ViewChange};
+use paxos_core::{
+    ClientId, Endpoint, EndpointError, NodeId, Reply, Request, Response, Slot, ViewChange,
+};
 use paxos_transport_tcp::{ClientConfig, TcpClient, TcpError};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -31,7 +39,7 @@ use crate::config::ClusterConfig;
 pub enum RemoteRequest {
     /// Submit a paxos request (a session registration or a bank command) to this
     /// replica. Refused with [`RemoteResponse::Unavailable`] while the replica is
-    /// unavailable; otherwise answered [`RemoteResponse::Submitted`] once the replica
+    /// unavailable; otherwise answered [`RemoteResponse::Replied`] once the replica
     /// replies (with the result, or a redirect to the leader).
     Submit(Request),
     /// Make the replica available (`true`) or unavailable (`false`):
@@ -54,7 +62,10 @@ pub enum RemoteRequest {
 /// Like [`RemoteRequest`], variants are only ever appended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RemoteResponse {
-    /// The replica's answer to a [`RemoteRequest::Submit`].
+    /// The replica's answer to a [`RemoteRequest::Submit`], once checked: what
+    /// [`RemoteCluster::call`] returns for a [`RemoteResponse::Replied`] whose
+    /// `(client, seq)` is the request's. Nodes do not send it (it names no request), and
+    /// [`RemoteCluster`] refuses it from the wire.
     Submitted(Response),
     /// The replica is unavailable: it refused the submitted request without looking at
     /// it (as a crashed replica would not answer, but at once).
@@ -74,6 +85,9 @@ pub enum RemoteResponse {
     /// The request could not be served: it did not decode, the replica has stopped, or
     /// it did not answer in time.
     Error(String),
+    /// The replica's answer to a [`RemoteRequest::Submit`], with the `(client, seq)` of
+    /// the request it answers: what a node sends.
+    Replied(Reply),
 }
 
 /// A [`RemoteCluster`] call, or a message of the protocol, failed.
@@ -115,6 +129,14 @@ pub enum RemoteError {
     /// The replica is unavailable and refused a submitted request.
     #[error("replica is unavailable")]
     Unavailable,
+    /// The node's answer to a submitted request belongs to another request.
+    #[error("answer for c{}#{} to request c{}#{}", .found.0, .found.1, .expected.0, .expected.1)]
+    Mismatch {
+        /// The `(client, seq)` of the request sent.
+        expected: (ClientId, u64),
+        /// The `(client, seq)` the answer names.
+        found: (ClientId, u64),
+    },
     /// The client options are unusable.
     #[error("invalid client options: {0}")]
     Options(String),
@@ -164,6 +186,36 @@ impl RemoteRequest {
 }
 
 impl RemoteResponse {
+    /// Checks that this response, received from a node, answers `request`, and returns
+    /// what the caller should see.
+    ///
+    /// For a [`RemoteRequest::Submit`], a [`RemoteResponse::Replied`] must name the
+    /// request's `(client, seq)`: it becomes [`RemoteResponse::Submitted`], and another
+    /// identity is [`RemoteError::Mismatch`]. A [`RemoteResponse::Submitted`] names no
+    /// request, so it is refused as [`RemoteError::Unexpected`]. Other responses (a
+    /// refusal, an error, or another kind the caller rejects) pass unchanged.
+    pub fn answering(self, request: &RemoteRequest) -> Result<RemoteResponse, RemoteError> {
+        let RemoteRequest::Submit(sent) = request else {
+            return Ok(self);
+        };
+        match self {
+            RemoteResponse::Replied(reply)
+                if (reply.client, reply.seq) == (sent.client, sent.seq) =>
+            {
+                Ok(RemoteResponse::Submitted(reply.response))
+            }
+            RemoteResponse::Replied(reply) => Err(RemoteError::Mismatch {
+                expected: (sent.client, sent.seq),
+                found: (reply.client, reply.seq),
+            }),
+            RemoteResponse::Submitted(_) => Err(RemoteError::Unexpected {
+                request: request.kind(),
+                response: self.kind(),
+            }),
+            other => Ok(other),
+        }
+    }
+
     /// The response as call bytes.
     pub fn encode(&self) -> Result<Bytes, RemoteError> {
         encode(self)
@@ -186,6 +238,7 @@ impl RemoteResponse {
             RemoteResponse::Slot(_) => "slot",
             RemoteResponse::Views(_) => "views",
             RemoteResponse::Error(_) => "error",
+            RemoteResponse::Replied(_) => "replied",
         }
     }
 }
@@ -233,8 +286,11 @@ struct RemoteNode {
 }
 
 impl RemoteNode {
-    /// One call on a pooled connection. A call cut short (timeout, cancellation) drops
-    /// its connection rather than returning it to the pool half-used.
+    /// One call on a pooled connection, its answer checked against the request
+    /// ([`RemoteResponse::answering`]). A call cut short (timeout, cancellation) drops
+    /// its connection with the future that owns it, so the pool never holds a
+    /// connection with an answer outstanding; the transport's call ids would discard
+    /// such an answer anyway.
     async fn call(
         &self,
         request: &RemoteRequest,
@@ -263,7 +319,7 @@ impl RemoteNode {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(client);
-            RemoteResponse::decode(&result?)
+            RemoteResponse::decode(&result?)?.answering(request)
         };
         match tokio::time::timeout(limit, work).await {
             Ok(result) => result,
@@ -422,6 +478,10 @@ impl RemoteCluster {
 
     /// Sends one raw request to a node, within [`RemoteOptions::call_timeout`] (or
     /// [`RemoteOptions::submit_timeout`] for a [`RemoteRequest::Submit`]).
+    ///
+    /// A submit's answer is checked against the request ([`RemoteResponse::answering`]):
+    /// the node's [`RemoteResponse::Replied`] comes back as
+    /// [`RemoteResponse::Submitted`], and an answer for another request is an error.
     pub async fn call(
         &self,
         node: NodeId,
@@ -530,6 +590,11 @@ mod tests {
             RemoteResponse::AvailabilitySet(true),
             RemoteResponse::Log(vec![]),
             RemoteResponse::Error("boom".into()),
+            RemoteResponse::Replied(Reply {
+                client: 7,
+                seq: 2,
+                response: Response::Stale,
+            }),
         ];
         for r in responses {
             let bytes = r.encode().unwrap();
@@ -563,5 +628,137 @@ mod tests {
                 let _ = RemoteResponse::decode(&[a, b]);
             }
         }
+    }
+
+    fn submit(client: ClientId, seq: u64) -> Request {
+        Request {
+            client,
+            seq,
+            payload: Bytes::from_static(b"cmd"),
+        }
+    }
+
+    fn replied(client: ClientId, seq: u64, response: Response) -> RemoteResponse {
+        RemoteResponse::Replied(Reply {
+            client,
+            seq,
+            response,
+        })
+    }
+
+    #[test]
+    fn a_submit_answer_must_name_its_request() {
+        let request = RemoteRequest::Submit(submit(5, 3));
+        let ok = Response::Ok(Bytes::from_static(b"out"));
+        assert_eq!(
+            replied(5, 3, ok.clone()).answering(&request).ok(),
+            Some(RemoteResponse::Submitted(ok.clone()))
+        );
+        for (client, seq) in [(5, 2), (5, 4), (6, 3), (4, 0)] {
+            let r = replied(client, seq, ok.clone()).answering(&request);
+            assert!(
+                matches!(
+                    r,
+                    Err(RemoteError::Mismatch { expected: (5, 3), found }) if found == (client, seq)
+                ),
+                "{r:?}"
+            );
+        }
+        // An answer that names no request is not trusted.
+        let r = RemoteResponse::Submitted(ok.clone()).answering(&request);
+        assert!(matches!(r, Err(RemoteError::Unexpected { .. })), "{r:?}");
+        // Refusals and errors pass; so do answers to other requests.
+        for other in [
+            RemoteResponse::Unavailable,
+            RemoteResponse::Error("boom".into()),
+        ] {
+            assert_eq!(other.clone().answering(&request).ok(), Some(other));
+        }
+        let db = RemoteResponse::AvailabilitySet(true);
+        assert_eq!(
+            db.clone()
+                .answering(&RemoteRequest::SetAvailable(true))
+                .ok(),
+            Some(db)
+        );
+    }
+
+    /// A node's client port on 127.0.0.1 that answers every submit with `answer(request)`.
+    async fn scripted_node(
+        answer: fn(&Request) -> RemoteResponse,
+    ) -> (paxos_transport_tcp::TcpTransport, ClusterConfig) {
+        let mut config = ClusterConfig::local_default();
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let tcp = paxos_transport_tcp::TcpConfig::new(1, config.cluster_id, listen);
+        let (node, mut calls) = paxos_transport_tcp::TcpTransport::bind(tcp).await.unwrap();
+        config.nodes = vec![crate::config::NodeConfig {
+            id: 1,
+            addr: node.local_addr(),
+        }];
+        tokio::spawn(async move {
+            while let Some(call) = calls.recv().await {
+                let response = match RemoteRequest::decode(call.request()) {
+                    Ok(RemoteRequest::Submit(request)) => answer(&request),
+                    _ => RemoteResponse::Error("not a submit".into()),
+                };
+                call.respond(response.encode().unwrap());
+            }
+        });
+        (node, config)
+    }
+
+    async fn endpoint_call(
+        answer: fn(&Request) -> RemoteResponse,
+        request: Request,
+    ) -> Result<Response, EndpointError> {
+        let (mut node, config) = scripted_node(answer).await;
+        let options = RemoteOptions {
+            call_timeout: Duration::from_secs(5),
+            submit_timeout: Duration::from_secs(5),
+            ..RemoteOptions::default()
+        };
+        let cluster = RemoteCluster::new(&config, options).unwrap();
+        let endpoint = cluster.endpoints().remove(0);
+        let result = tokio::time::timeout(Duration::from_secs(10), endpoint.call(request))
+            .await
+            .expect("the endpoint answers in time");
+        node.shutdown().await;
+        result
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_refuses_an_answer_for_another_request() {
+        // The node answers as if for the previous request of the same client.
+        let r = endpoint_call(
+            |r| replied(r.client, r.seq - 1, Response::Ok(Bytes::new())),
+            submit(9, 4),
+        )
+        .await;
+        let e = r.expect_err("a mismatched answer is refused");
+        assert!(
+            e.to_string().contains("answer for c9#3 to request c9#4"),
+            "{e}"
+        );
+        // Another client's answer.
+        let r = endpoint_call(
+            |r| replied(r.client + 1, r.seq, Response::Stale),
+            submit(9, 4),
+        )
+        .await;
+        assert!(r.is_err(), "{r:?}");
+        // An answer that names no request.
+        let r = endpoint_call(
+            |_| RemoteResponse::Submitted(Response::Ok(Bytes::new())),
+            submit(9, 4),
+        )
+        .await;
+        assert!(r.is_err(), "{r:?}");
+        // The request's own answer goes through.
+        let r = endpoint_call(
+            |r| replied(r.client, r.seq, Response::Ok(r.payload.clone())),
+            submit(9, 4),
+        )
+        .await;
+        assert_eq!(r.ok(), Some(Response::Ok(Bytes::from_static(b"cmd"))));
     }
 }

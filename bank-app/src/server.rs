@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use paxos_core::{spawn_node, Config, NodeError, NodeHandle, NodeId, NodeOptions, Storage};
+use paxos_core::{spawn_node, Config, NodeError, NodeHandle, NodeId, NodeOptions, Reply, Storage};
 use paxos_transport_tcp::{ClientRequests, Responder, TcpConfig, TcpError, TcpTransport};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -74,8 +74,9 @@ pub enum ServeError {
 /// set does not list. Each client call is served in its own task:
 /// - [`RemoteRequest::Submit`] is refused at once with [`RemoteResponse::Unavailable`]
 ///   while the gate is closed; otherwise it is handed to the replica and answered
-///   with its reply (a result, or a redirect to the leader), or with an error after
-///   [`NodeServerOptions::submit_timeout`].
+///   with its reply (a result, or a redirect to the leader) as a
+///   [`RemoteResponse::Replied`] naming the request's `(client, seq)`, or with an error
+///   after [`NodeServerOptions::submit_timeout`].
 /// - Availability and inspection calls are always answered, within
 ///   [`NodeServerOptions::inspect_timeout`].
 /// - Bytes that are not a [`RemoteRequest`] are answered [`RemoteResponse::Error`].
@@ -265,8 +266,16 @@ pub(crate) async fn handle_call(
                 return RemoteResponse::Unavailable;
             }
             let limit = options.submit_timeout;
+            // The answer names the request it answers, for the client to check.
+            let (client, seq) = (request.client, request.seq);
             match tokio::time::timeout(limit, handle.submit(request)).await {
-                Ok(r) => r.map(RemoteResponse::Submitted),
+                Ok(r) => r.map(|response| {
+                    RemoteResponse::Replied(Reply {
+                        client,
+                        seq,
+                        response,
+                    })
+                }),
                 Err(_) => {
                     return RemoteResponse::Error(format!("no reply within {limit:?}"));
                 }
@@ -346,11 +355,14 @@ mod tests {
         .await;
         assert!(matches!(garbage, RemoteResponse::Error(_)), "{garbage:?}");
 
-        // A lone replica elects itself and executes.
+        // A lone replica elects itself and executes; the answer names its request.
         let mut registered = false;
         for _ in 0..200 {
-            if let RemoteResponse::Submitted(Response::Ok(_)) =
-                call(RemoteRequest::Submit(Request::register(5))).await
+            if let RemoteResponse::Replied(Reply {
+                client: 5,
+                seq: 0,
+                response: Response::Ok(_),
+            }) = call(RemoteRequest::Submit(Request::register(5))).await
             {
                 registered = true;
                 break;

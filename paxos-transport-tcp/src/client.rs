@@ -7,7 +7,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use crate::config::ClientConfig;
 use crate::error::TcpError;
-use crate::wire::{self, Conn, Hello, Outcome, Role};
+use crate::wire::{self, ClientConn, ClientFrame, Conn, Hello, Outcome, Role};
 
 /// The client calls arriving at a node, for the application to answer.
 ///
@@ -114,8 +114,9 @@ pub struct Responder {
 impl Responder {
     /// Sends the response. Returns `false` when the client is gone.
     ///
-    /// A response larger than the server's frame limit (less one byte) is not sent; the
-    /// client gets [`TcpError::ResponseTooLarge`] instead.
+    /// A response larger than the server's frame limit less 9 bytes (the response
+    /// frame's call id and tag) is not sent; the client gets
+    /// [`TcpError::ResponseTooLarge`] instead.
     pub fn respond(self, response: Bytes) -> bool {
         self.tx.send(response).is_ok()
     }
@@ -126,38 +127,44 @@ impl Responder {
     }
 }
 
-/// A response the connection is waiting for, in request order.
-enum PendingReply {
+/// A response the connection is waiting for, in request order, with the call id it
+/// answers.
+struct PendingReply {
+    call: u64,
+    state: PendingState,
+}
+
+enum PendingState {
     Waiting(oneshot::Receiver<Bytes>),
     Ready(Option<Outcome>),
 }
 
 impl Future for PendingReply {
-    type Output = Outcome;
+    type Output = (u64, Outcome);
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        match self.get_mut() {
-            PendingReply::Waiting(rx) => Pin::new(rx).poll(cx).map(|r| match r {
-                Ok(bytes) => Outcome::Ok(bytes),
-                Err(_) => Outcome::NoResponse,
-            }),
-            PendingReply::Ready(outcome) => {
-                Poll::Ready(outcome.take().unwrap_or(Outcome::NoResponse))
-            }
-        }
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(u64, Outcome)> {
+        let this = self.get_mut();
+        let outcome = match &mut this.state {
+            PendingState::Waiting(rx) => ready!(Pin::new(rx).poll(cx))
+                .map(Outcome::Ok)
+                .unwrap_or(Outcome::NoResponse),
+            PendingState::Ready(outcome) => outcome.take().unwrap_or(Outcome::NoResponse),
+        };
+        Poll::Ready((this.call, outcome))
     }
 }
 
 /// Serves a client connection after its handshake: requests are handed to the
-/// application in order, responses go back in the same order. Up to `max_inflight`
-/// requests may be outstanding.
+/// application in order, responses go back in the same order, each carrying the call id
+/// of the request it answers. Up to `max_inflight` requests may be outstanding.
 pub(crate) async fn serve_client(
-    mut conn: Conn<TcpStream>,
+    conn: Conn<TcpStream>,
     remote: SocketAddr,
     calls: mpsc::Sender<ClientCall>,
     max_inflight: usize,
 ) -> Result<(), TcpError> {
     let max_frame = conn.codec().max_frame_size();
+    let mut conn = wire::into_client(conn);
     let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
     let mut reading = true;
     loop {
@@ -169,31 +176,32 @@ pub(crate) async fn serve_client(
                 match frame {
                     None => reading = false,
                     Some(Err(e)) => return Err(e),
-                    Some(Ok(request)) => {
+                    Some(Ok(frame)) => {
+                        let (call, request) = wire::decode_request(frame)?;
                         let (tx, rx) = oneshot::channel();
-                        let call = ClientCall {
-                            request: request.freeze(),
+                        let client_call = ClientCall {
+                            request,
                             remote,
                             responder: Responder { tx },
                         };
-                        let reply = match calls.try_send(call) {
-                            Ok(()) => PendingReply::Waiting(rx),
+                        let state = match calls.try_send(client_call) {
+                            Ok(()) => PendingState::Waiting(rx),
                             Err(mpsc::error::TrySendError::Full(_)) => {
                                 debug!(%remote, "client request queue full; answering busy");
-                                PendingReply::Ready(Some(Outcome::Busy))
+                                PendingState::Ready(Some(Outcome::Busy))
                             }
                             Err(mpsc::error::TrySendError::Closed(_)) => {
-                                PendingReply::Ready(Some(Outcome::NoResponse))
+                                PendingState::Ready(Some(Outcome::NoResponse))
                             }
                         };
-                        pending.push_back(reply);
+                        pending.push_back(PendingReply { call, state });
                     }
                 }
             }
-            Some(outcome) = pending.next(), if !pending.is_empty() => {
-                write_outcome(&mut conn, remote, outcome, max_frame).await?;
-                while let Some(Some(outcome)) = pending.next().now_or_never() {
-                    write_outcome(&mut conn, remote, outcome, max_frame).await?;
+            Some((call, outcome)) = pending.next(), if !pending.is_empty() => {
+                write_outcome(&mut conn, remote, call, outcome, max_frame).await?;
+                while let Some(Some((call, outcome))) = pending.next().now_or_never() {
+                    write_outcome(&mut conn, remote, call, outcome, max_frame).await?;
                 }
                 conn.flush().await?;
             }
@@ -203,12 +211,13 @@ pub(crate) async fn serve_client(
 }
 
 async fn write_outcome(
-    conn: &mut Conn<TcpStream>,
+    conn: &mut ClientConn<TcpStream>,
     remote: SocketAddr,
+    call: u64,
     outcome: Outcome,
     max_frame: usize,
 ) -> Result<(), TcpError> {
-    let (frame, too_large) = wire::encode_outcome(outcome, max_frame);
+    let (frame, too_large) = wire::encode_outcome(call, outcome, max_frame);
     if too_large {
         warn!(%remote, max_frame, "response does not fit in a frame; sending an error instead");
     }
@@ -222,6 +231,26 @@ async fn write_outcome(
 /// drops it and the next call reconnects, so one `TcpClient` can outlive server
 /// restarts. The client does not retry a failed call: whether the request was processed
 /// is unknown, and only the application knows whether repeating it is safe.
+///
+/// # Matching responses to calls
+///
+/// Every request frame carries a call id (per connection, counting up from 1) that the
+/// server echoes in its response frame. A call returns only the response whose id is
+/// its own; any other response frame is discarded, traced at debug level and counted
+/// ([`discarded_responses`](Self::discarded_responses)). A response can therefore never
+/// be handed to a call other than the one that sent its request.
+///
+/// # Cancellation
+///
+/// [`call`](Self::call) is cancel-safe: its future may be dropped at any await point (an
+/// outer timeout, a `select!`) and the client stays usable. A dropped call's request may
+/// already be on its way, and the server may still execute it. On the next call, the
+/// client reads the late answers that have already arrived and discards them; if every
+/// call sent on the connection is then answered, the connection is reused. Otherwise
+/// (an answer is still outstanding, or the connection is half-way through a frame) the
+/// connection is closed and a new one opened, so a new call never waits behind a
+/// request its caller gave up on, and a late answer can only ever arrive on a
+/// connection nobody reads.
 ///
 /// ```no_run
 /// use bytes::Bytes;
@@ -237,8 +266,67 @@ async fn write_outcome(
 pub struct TcpClient {
     addr: SocketAddr,
     config: ClientConfig,
-    conn: Option<Conn<TcpStream>>,
+    conn: Option<CallConn>,
     server: NodeId,
+    discarded: u64,
+}
+
+/// A client connection and the calls it carried.
+struct CallConn {
+    framed: ClientConn<TcpStream>,
+    /// The id of the last call sent (or being sent) on this connection; 0 before the
+    /// first.
+    sent: u64,
+    /// The highest call id whose answer has been read (returned or discarded).
+    answered: u64,
+}
+
+impl CallConn {
+    fn new(framed: ClientConn<TcpStream>) -> Self {
+        CallConn {
+            framed,
+            sent: 0,
+            answered: 0,
+        }
+    }
+
+    /// Makes the connection ready for a new call, without waiting: reads and discards
+    /// the answers of cancelled calls that have already arrived, then checks that every
+    /// call sent has been answered and nothing else waits on the socket. False means the
+    /// connection must be replaced.
+    fn settle(&mut self, addr: SocketAddr, discarded: &mut u64) -> bool {
+        while self.answered < self.sent {
+            // Polled once: a frame that is not fully here yet counts as outstanding.
+            let frame = match self.framed.next().now_or_never() {
+                Some(Some(Ok(frame))) => frame,
+                // Not arrived yet, closed, or broken.
+                _ => return false,
+            };
+            match wire::decode_response(frame) {
+                Ok((call, _)) => {
+                    self.discard(addr, call, discarded);
+                }
+                Err(_) => return false,
+            }
+        }
+        !is_stale(&self.framed)
+    }
+
+    /// Discards a response frame that answers `call`, which nobody waits for.
+    fn discard(&mut self, addr: SocketAddr, call: u64, discarded: &mut u64) {
+        *discarded += 1;
+        let late = call > self.answered && call <= self.sent;
+        if late {
+            self.answered = call;
+        }
+        debug!(
+            %addr,
+            call,
+            last_sent = self.sent,
+            late,
+            "discarding a response that answers no waiting call"
+        );
+    }
 }
 
 impl TcpClient {
@@ -249,23 +337,26 @@ impl TcpClient {
         Ok(TcpClient {
             addr,
             config,
-            conn: Some(conn),
+            conn: Some(CallConn::new(conn)),
             server,
+            discarded: 0,
         })
     }
 
     /// Sends `request` and waits for the response, within
     /// [`ClientConfig::call_timeout`] (reconnecting first if the previous connection was
-    /// lost).
+    /// lost, or if a cancelled call left it with an answer outstanding).
     ///
     /// [`TcpError::Busy`], [`TcpError::NoResponse`] and [`TcpError::ResponseTooLarge`]
-    /// are answers from the server, which keep the connection; a request larger than
-    /// [`ClientConfig::max_frame_size`] fails with [`TcpError::FrameTooLarge`] without
-    /// being sent. Other errors drop the connection.
+    /// are answers from the server, which keep the connection; a request that does not
+    /// fit in a frame of [`ClientConfig::max_frame_size`] with its 8-byte call id fails
+    /// with [`TcpError::FrameTooLarge`] without being sent. Other errors drop the
+    /// connection. Dropping the returned future is safe (see [Cancellation](Self#cancellation)).
     pub async fn call(&mut self, request: Bytes) -> Result<Bytes, TcpError> {
-        if request.len() > self.config.max_frame_size {
+        let frame_len = request.len().saturating_add(wire::CALL_ID_LEN);
+        if frame_len > self.config.max_frame_size {
             return Err(TcpError::FrameTooLarge {
-                len: request.len() as u64,
+                len: frame_len as u64,
                 max: self.config.max_frame_size,
             });
         }
@@ -284,26 +375,47 @@ impl TcpClient {
         result
     }
 
+    /// The call itself. Every await point leaves `self` consistent: a call id is counted
+    /// as sent before its frame is written, and as answered as soon as its response
+    /// frame is read, so a cancelled call is seen by the next one's [`CallConn::settle`].
     async fn call_inner(&mut self, request: Bytes) -> Result<Bytes, TcpError> {
-        // A connection the server already closed (idle timeout, restart) is replaced
-        // before sending, rather than failing the call.
-        if self.conn.as_ref().is_some_and(is_stale) {
-            debug!(addr = %self.addr, "client connection was closed; reconnecting");
-            self.conn = None;
+        // A connection the server already closed (idle timeout, restart), or that a
+        // cancelled call left waiting for an answer, is replaced before sending.
+        if let Some(conn) = &mut self.conn {
+            if !conn.settle(self.addr, &mut self.discarded) {
+                debug!(
+                    addr = %self.addr,
+                    outstanding = conn.sent - conn.answered,
+                    "client connection cannot carry a new call; reconnecting"
+                );
+                self.conn = None;
+            }
         }
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
                 let (conn, server) = open(self.addr, &self.config).await?;
                 self.server = server;
-                self.conn.insert(conn)
+                self.conn.insert(CallConn::new(conn))
             }
         };
-        conn.send(request).await?;
-        match conn.next().await {
-            None => Err(TcpError::Closed),
-            Some(Err(e)) => Err(e),
-            Some(Ok(frame)) => wire::decode_outcome(frame),
+        let call = conn.sent + 1;
+        conn.sent = call;
+        conn.framed
+            .send(ClientFrame::request(call, request))
+            .await?;
+        loop {
+            let frame = match conn.framed.next().await {
+                None => return Err(TcpError::Closed),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(frame)) => frame,
+            };
+            let (answers, answer) = wire::decode_response(frame)?;
+            if answers == call {
+                conn.answered = call;
+                return answer;
+            }
+            conn.discard(self.addr, answers, &mut self.discarded);
         }
     }
 
@@ -316,6 +428,13 @@ impl TcpClient {
     pub fn server_addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// How many response frames this client has discarded because they answered no
+    /// waiting call: the late answers of cancelled calls, or frames a faulty server sent
+    /// with a wrong call id.
+    pub fn discarded_responses(&self) -> u64 {
+        self.discarded
+    }
 }
 
 impl fmt::Debug for TcpClient {
@@ -324,6 +443,7 @@ impl fmt::Debug for TcpClient {
             .field("addr", &self.addr)
             .field("server", &self.server)
             .field("connected", &self.conn.is_some())
+            .field("discarded", &self.discarded)
             .finish()
     }
 }
@@ -331,7 +451,7 @@ impl fmt::Debug for TcpClient {
 /// True when an idle connection can no longer carry a call: the server closed or reset
 /// it, or sent something unasked. Peeks at the socket itself, since the runtime may not
 /// have noticed yet.
-fn is_stale(conn: &Conn<TcpStream>) -> bool {
+fn is_stale(conn: &ClientConn<TcpStream>) -> bool {
     if !conn.read_buffer().is_empty() {
         return true;
     }
@@ -347,7 +467,7 @@ fn is_stale(conn: &Conn<TcpStream>) -> bool {
 async fn open(
     addr: SocketAddr,
     config: &ClientConfig,
-) -> Result<(Conn<TcpStream>, NodeId), TcpError> {
+) -> Result<(ClientConn<TcpStream>, NodeId), TcpError> {
     let hello = Hello {
         cluster_id: config.cluster_id,
         role: Role::Client,
@@ -360,5 +480,5 @@ async fn open(
     )
     .await?;
     conn.codec_mut().set_max_frame_size(config.max_frame_size);
-    Ok((conn, server))
+    Ok((wire::into_client(conn), server))
 }

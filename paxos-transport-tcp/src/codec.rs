@@ -1,9 +1,10 @@
 //! Length-delimited framing with precise errors.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use crate::error::TcpError;
+use crate::wire::ClientFrame;
 
 /// Bytes in a frame's length prefix (a big-endian `u32`).
 const HEAD_LEN: usize = 4;
@@ -104,6 +105,54 @@ impl Encoder<Bytes> for FrameCodec {
     }
 }
 
+/// The codec of a client connection once its handshake is done: the same frames as
+/// [`FrameCodec`], written from [`ClientFrame`]s (call id, tag, body) so that a client
+/// connection cannot send a frame without a call id.
+#[derive(Debug)]
+pub(crate) struct ClientCodec(pub(crate) FrameCodec);
+
+impl Decoder for ClientCodec {
+    type Item = BytesMut;
+    type Error = TcpError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, TcpError> {
+        self.0.decode(src)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, TcpError> {
+        self.0.decode_eof(buf)
+    }
+}
+
+impl Encoder<ClientFrame> for ClientCodec {
+    type Error = TcpError;
+
+    /// Writes the same 4-byte big-endian length prefix as [`FrameCodec`], then the call
+    /// id, the tag (if any) and the body.
+    fn encode(&mut self, item: ClientFrame, dst: &mut BytesMut) -> Result<(), TcpError> {
+        let len = item.len();
+        let max = self.0.max;
+        // The limit is at most 1 GiB, so a frame within it has a `u32` length.
+        let prefix = match u32::try_from(len) {
+            Ok(prefix) if len <= max => prefix,
+            _ => {
+                return Err(TcpError::FrameTooLarge {
+                    len: len as u64,
+                    max,
+                })
+            }
+        };
+        dst.reserve(HEAD_LEN + len);
+        dst.put_u32(prefix);
+        dst.put_u64(item.call);
+        if let Some(tag) = item.tag {
+            dst.put_u8(tag);
+        }
+        dst.put_slice(&item.body);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +208,30 @@ mod tests {
                 "{bytes:?}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn client_frames_decode_as_ordinary_frames() {
+        let mut codec = ClientCodec(FrameCodec::new(16));
+        let mut buf = BytesMut::new();
+        let frame = ClientFrame::request(0x0102, Bytes::from_static(b"hi"));
+        assert!(codec.encode(frame, &mut buf).is_ok());
+        let frames = decode_all(&mut codec.0, &buf).ok();
+        assert_eq!(
+            frames,
+            Some(vec![BytesMut::from(
+                &[0, 0, 0, 0, 0, 0, 1, 2, b'h', b'i'][..]
+            )])
+        );
+        // Nine bytes of body make a 17-byte frame: refused, nothing written.
+        let mut buf = BytesMut::new();
+        let frame = ClientFrame::request(1, Bytes::from_static(&[0; 9]));
+        let err = codec.encode(frame, &mut buf).err();
+        assert!(matches!(
+            err,
+            Some(TcpError::FrameTooLarge { len: 17, max: 16 })
+        ));
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -165,7 +165,8 @@ pub struct ClientConfig {
     pub handshake_timeout: Duration,
     /// How long one [`call`](crate::TcpClient::call) may take, reconnecting included.
     pub call_timeout: Duration,
-    /// The largest request or response, in bytes. Keep it no larger than the server's.
+    /// The largest request or response frame, in bytes: a request frame holds the
+    /// request and an 8-byte call id. Keep it no larger than the server's.
     pub max_frame_size: usize,
 }
 

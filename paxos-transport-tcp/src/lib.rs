@@ -96,11 +96,17 @@
 //!   [`Transport::recv`](paxos_core::Transport::recv) /
 //!   [`Transport::try_recv`](paxos_core::Transport::try_recv); when it is full, reading
 //!   pauses and TCP pushes back on the senders.
-//! - **Clients.** After a client handshake, each frame from the client is one request,
-//!   handed to the application as a [`ClientCall`]; each frame back is one response: a
-//!   tag byte (0 ok, 1 busy, 2 no response, 3 response too large) and the response
-//!   bytes. Responses go back in request order; a client may pipeline up to
-//!   [`TcpConfig::max_client_inflight`] requests ([`TcpClient`] sends one at a time).
+//! - **Clients.** After a client handshake, each frame from the client is one request:
+//!   a call id (big-endian `u64`, per connection, increasing) and the request bytes,
+//!   handed to the application as a [`ClientCall`]. Each frame back is one response: the
+//!   call id of the request it answers, a tag byte (0 ok, 1 busy, 2 no response,
+//!   3 response too large) and the response bytes. Responses go back in request order; a
+//!   client may pipeline up to [`TcpConfig::max_client_inflight`] requests
+//!   ([`TcpClient`] sends one at a time). [`TcpClient`] returns a response only to the
+//!   call whose id it carries and discards any other, so a call that was cancelled
+//!   (its future dropped by an outer timeout) never hands its late answer to the next
+//!   call; see [`TcpClient`]'s section on cancellation. A request frame too short to hold
+//!   a call id closes the connection.
 //! - **Bad input.** Random bytes, an HTTP request, a length prefix that is too large (or
 //!   negative as a signed number), a truncated frame, a frame that does not decode, or
 //!   silence until the handshake timeout close only that connection, with a warning; the

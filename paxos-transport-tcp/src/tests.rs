@@ -172,6 +172,21 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A client request frame: call id, then the request.
+fn call_frame(call: u64, request: &[u8]) -> Vec<u8> {
+    let mut body = call.to_be_bytes().to_vec();
+    body.extend_from_slice(request);
+    frame(&body)
+}
+
+/// The body of a response frame: call id, tag, response.
+fn response_body(call: u64, tag: u8, response: &[u8]) -> Vec<u8> {
+    let mut body = call.to_be_bytes().to_vec();
+    body.push(tag);
+    body.extend_from_slice(response);
+    body
+}
+
 fn hello_frame(version: u16, cluster_id: u64, role: Role) -> Vec<u8> {
     let body = wire::encode_handshake(version, &Hello { cluster_id, role }).expect("encode");
     frame(&body)
@@ -366,13 +381,18 @@ async fn silent_connection_times_out() {
 
 #[tokio::test]
 async fn client_that_sends_garbage_after_handshake_is_closed() {
-    // Client frames are opaque, so only framing errors apply: an oversized prefix.
+    // Requests are opaque after their call id, so only framing errors apply: an
+    // oversized prefix, and a frame too short to hold a call id.
     let (logs, _guard) = capture();
     let mut c = cluster(|_| {}).await;
     let mut s = handshaken(c.addr, Role::Client).await;
     s.write_all(&[0xff, 0xff, 0xff, 0xfe]).await.expect("write");
     expect_closed(&mut s).await;
     logs.wait_warn("closed client connection").await;
+    let mut s = handshaken(c.addr, Role::Client).await;
+    s.write_all(&frame(&[1, 2, 3])).await.expect("write");
+    expect_closed(&mut s).await;
+    logs.wait_warn("shorter than its call id").await;
     c.assert_healthy().await;
 }
 
@@ -499,12 +519,16 @@ async fn client_requests_can_be_pipelined_and_answer_in_order() {
     let mut s = handshaken(c.addr, Role::Client).await;
     let mut burst = Vec::new();
     for i in 0..20u8 {
-        burst.extend_from_slice(&frame(&[i; 3]));
+        // Call ids are the client's business: the server echoes whatever it gets.
+        burst.extend_from_slice(&call_frame(1000 - u64::from(i), &[i; 3]));
     }
     s.write_all(&burst).await.expect("write");
     for i in 0..20u8 {
         let response = within(read_frame(&mut s)).await.expect("response");
-        assert_eq!(response, vec![wire::tag::OK, i, i, i]);
+        assert_eq!(
+            response,
+            response_body(1000 - u64::from(i), wire::tag::OK, &[i; 3])
+        );
     }
 }
 
@@ -565,7 +589,8 @@ async fn client_errors_busy_no_response_and_too_large() {
     let mut small = ClientConfig::new(CLUSTER);
     small.max_frame_size = 1024;
     let mut client = within(TcpClient::connect(addr, small)).await.expect("c3");
-    let r = client.call(Bytes::from(vec![0u8; 1025])).await;
+    // The frame holds the 8-byte call id too.
+    let r = client.call(Bytes::from(vec![0u8; 1017])).await;
     assert!(
         matches!(
             r,
@@ -620,14 +645,15 @@ async fn bytes_past_a_frame_are_not_lost() {
     // A frame split across writes, and several frames in one write, both decode.
     let c = cluster(|_| {}).await;
     let mut s = handshaken(c.addr, Role::Client).await;
-    let mut both = frame(b"ab");
-    both.extend_from_slice(&frame(b"cd"));
-    let (head, tail) = both.split_at(3);
+    let mut both = call_frame(1, b"ab");
+    both.extend_from_slice(&call_frame(2, b"cd"));
+    let (head, tail) = both.split_at(7);
     s.write_all(head).await.expect("write");
     s.flush().await.expect("flush");
     tokio::time::sleep(Duration::from_millis(20)).await;
     s.write_all(tail).await.expect("write");
     let mut expected = BytesMut::new();
+    expected.put_u64(1);
     expected.put_u8(wire::tag::OK);
     expected.put_slice(b"ab");
     assert_eq!(
@@ -636,6 +662,96 @@ async fn bytes_past_a_frame_are_not_lost() {
     );
     assert_eq!(
         within(read_frame(&mut s)).await.expect("r2"),
-        vec![wire::tag::OK, b'c', b'd']
+        response_body(2, wire::tag::OK, b"cd")
     );
+}
+
+/// A server that speaks the client protocol by hand, wrongly on demand: to a request
+/// `b"wrong ids"` it first sends responses with other call ids (a later one, call 0, and
+/// an earlier one), then the right one; to `b"short"` it sends a frame too short to be
+/// a response; anything else it echoes properly.
+async fn scripted_server(listener: TcpListener) {
+    while let Ok((mut s, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let Ok(hello) = read_frame(&mut s).await else {
+                return;
+            };
+            if wire::decode_handshake::<Hello>(&hello).is_err() {
+                return;
+            }
+            let accepted = HelloReply::Accepted {
+                cluster_id: CLUSTER,
+                node_id: 9,
+            };
+            let reply = wire::encode_handshake(PROTOCOL_VERSION, &accepted).expect("encode");
+            if s.write_all(&frame(&reply)).await.is_err() {
+                return;
+            }
+            while let Ok(request) = read_frame(&mut s).await {
+                let Some((id, body)) = request.split_first_chunk::<8>() else {
+                    return;
+                };
+                let call = u64::from_be_bytes(*id);
+                let mut out = Vec::new();
+                match body {
+                    b"wrong ids" => {
+                        for (other, text) in [
+                            (call + 1, &b"from the future"[..]),
+                            (0, b"from call zero"),
+                            (call.saturating_sub(1), b"from an older call"),
+                        ] {
+                            out.extend(frame(&response_body(other, wire::tag::OK, text)));
+                        }
+                        out.extend(frame(&response_body(call, wire::tag::OK, b"right")));
+                    }
+                    b"short" => out.extend(frame(&call.to_be_bytes())),
+                    _ => out.extend(frame(&response_body(call, wire::tag::OK, body))),
+                }
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn responses_with_a_wrong_call_id_are_discarded() {
+    let (logs, _guard) = capture();
+    let l = listener().await;
+    let addr = l.local_addr().expect("addr");
+    let server = tokio::spawn(scripted_server(l));
+    let mut client = within(TcpClient::connect(addr, ClientConfig::new(CLUSTER)))
+        .await
+        .expect("connect");
+    assert_eq!(
+        within(client.call(Bytes::from_static(b"one"))).await.ok(),
+        Some(Bytes::from_static(b"one"))
+    );
+    // Three frames answering other calls come first: each is discarded.
+    let r = within(client.call(Bytes::from_static(b"wrong ids"))).await;
+    assert_eq!(r.ok(), Some(Bytes::from_static(b"right")));
+    assert_eq!(client.discarded_responses(), 3);
+    assert!(
+        logs.text()
+            .lines()
+            .any(|l| l.contains("DEBUG") && l.contains("discarding a response")),
+        "{}",
+        logs.text()
+    );
+    // The connection is still in step: the next call gets its own answer.
+    assert_eq!(
+        within(client.call(Bytes::from_static(b"three"))).await.ok(),
+        Some(Bytes::from_static(b"three"))
+    );
+    // A frame too short to be a response is an error that drops the connection; the
+    // next call reconnects.
+    let r = within(client.call(Bytes::from_static(b"short"))).await;
+    assert!(matches!(r, Err(TcpError::Malformed(_))), "{r:?}");
+    assert_eq!(
+        within(client.call(Bytes::from_static(b"four"))).await.ok(),
+        Some(Bytes::from_static(b"four"))
+    );
+    assert_eq!(client.discarded_responses(), 3);
+    server.abort();
 }

@@ -1,8 +1,9 @@
-//! What travels inside the frames: handshakes, peer messages, client responses.
+//! What travels inside the frames: handshakes, peer messages, client requests and
+//! responses.
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use paxos_core::{Message, NodeId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -12,12 +13,15 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 
-use crate::codec::FrameCodec;
+use crate::codec::{ClientCodec, FrameCodec};
 use crate::error::TcpError;
 
 /// The version of the wire protocol this crate speaks. Both ends of a connection must
 /// speak the same version; the handshake refuses a mismatch.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 opens every client request and response frame with a call id, which the
+/// server echoes and the client checks (version 1 had none).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The first bytes of every handshake frame.
 pub(crate) const MAGIC: [u8; 4] = *b"PXTC";
@@ -166,7 +170,13 @@ pub(crate) fn tune_socket(stream: &TcpStream) -> std::io::Result<()> {
     SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
-/// Client response tags: the first byte of every response frame.
+/// Bytes of the call id that opens every client frame: a big-endian `u64`.
+pub(crate) const CALL_ID_LEN: usize = 8;
+
+/// Bytes before the payload of a response frame: the call id and the tag.
+pub(crate) const RESPONSE_HEAD_LEN: usize = CALL_ID_LEN + 1;
+
+/// Client response tags: the byte after the call id in every response frame.
 pub(crate) mod tag {
     /// The application's response follows.
     pub(crate) const OK: u8 = 0;
@@ -178,6 +188,45 @@ pub(crate) mod tag {
     pub(crate) const TOO_LARGE: u8 = 3;
 }
 
+/// A client frame as it is written: the call id, a tag byte for responses (none for
+/// requests), and the body. The codec writes the three after the length prefix without
+/// joining them first, so the body is not copied an extra time.
+#[derive(Debug)]
+pub(crate) struct ClientFrame {
+    pub(crate) call: u64,
+    pub(crate) tag: Option<u8>,
+    pub(crate) body: Bytes,
+}
+
+impl ClientFrame {
+    /// A request frame: call id and request bytes.
+    pub(crate) fn request(call: u64, body: Bytes) -> Self {
+        ClientFrame {
+            call,
+            tag: None,
+            body,
+        }
+    }
+
+    /// The frame's length, without the length prefix.
+    pub(crate) fn len(&self) -> usize {
+        CALL_ID_LEN + usize::from(self.tag.is_some()) + self.body.len()
+    }
+}
+
+/// Splits a request frame into its call id and the request bytes (no copy).
+pub(crate) fn decode_request(mut frame: BytesMut) -> Result<(u64, Bytes), TcpError> {
+    let Some(id) = frame.first_chunk::<CALL_ID_LEN>() else {
+        return Err(TcpError::Malformed(
+            "client request shorter than its call id".into(),
+        ));
+    };
+    let id = u64::from_be_bytes(*id);
+    frame.advance(CALL_ID_LEN);
+    let request = frame.freeze();
+    Ok((id, request))
+}
+
 /// The outcome of a client request, as the server reports it.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -186,37 +235,65 @@ pub(crate) enum Outcome {
     NoResponse,
 }
 
-/// Encodes a response frame; a response that does not fit becomes `TOO_LARGE`.
-pub(crate) fn encode_outcome(outcome: Outcome, max_frame: usize) -> (Bytes, bool) {
-    let (tag, payload) = match outcome {
-        Outcome::Ok(b) if b.len() < max_frame => (tag::OK, b),
-        Outcome::Ok(_) => return (Bytes::from_static(&[tag::TOO_LARGE]), true),
-        Outcome::Busy => (tag::BUSY, Bytes::new()),
-        Outcome::NoResponse => (tag::NO_RESPONSE, Bytes::new()),
+/// The response frame answering call `call`; a response that does not fit in
+/// `max_frame` becomes `TOO_LARGE` (the `bool` says so).
+pub(crate) fn encode_outcome(call: u64, outcome: Outcome, max_frame: usize) -> (ClientFrame, bool) {
+    let (tag, body, too_large) = match outcome {
+        Outcome::Ok(b) if b.len() <= max_frame.saturating_sub(RESPONSE_HEAD_LEN) => {
+            (tag::OK, b, false)
+        }
+        Outcome::Ok(_) => (tag::TOO_LARGE, Bytes::new(), true),
+        Outcome::Busy => (tag::BUSY, Bytes::new(), false),
+        Outcome::NoResponse => (tag::NO_RESPONSE, Bytes::new(), false),
     };
-    let mut out = BytesMut::with_capacity(1 + payload.len());
-    out.put_u8(tag);
-    out.put_slice(&payload);
-    (out.freeze(), false)
+    let frame = ClientFrame {
+        call,
+        tag: Some(tag),
+        body,
+    };
+    (frame, too_large)
 }
 
-/// Decodes a response frame.
-pub(crate) fn decode_outcome(mut frame: BytesMut) -> Result<Bytes, TcpError> {
-    let Some(&tag) = frame.first() else {
-        return Err(TcpError::Malformed("empty response".into()));
+/// Decodes a response frame into the call id it answers and the server's answer.
+///
+/// The outer error is a frame that is not a response (the connection is unusable); the
+/// inner one is the server's answer that the call failed (busy, no response, too large).
+pub(crate) fn decode_response(
+    mut frame: BytesMut,
+) -> Result<(u64, Result<Bytes, TcpError>), TcpError> {
+    let head = frame
+        .split_first_chunk::<CALL_ID_LEN>()
+        .and_then(|(id, rest)| Some((u64::from_be_bytes(*id), *rest.first()?)));
+    let Some((id, tag)) = head else {
+        return Err(TcpError::Malformed(format!(
+            "response of {} bytes is shorter than its head",
+            frame.len()
+        )));
     };
-    let payload = frame.split_off(1).freeze();
-    match tag {
-        tag::OK => Ok(payload),
+    let answer = match tag {
+        tag::OK => {
+            frame.advance(RESPONSE_HEAD_LEN);
+            Ok(frame.freeze())
+        }
         tag::BUSY => Err(TcpError::Busy),
         tag::NO_RESPONSE => Err(TcpError::NoResponse),
         tag::TOO_LARGE => Err(TcpError::ResponseTooLarge),
-        other => Err(TcpError::Malformed(format!("unknown response tag {other}"))),
-    }
+        other => return Err(TcpError::Malformed(format!("unknown response tag {other}"))),
+    };
+    Ok((id, answer))
 }
 
 /// A framed connection.
 pub(crate) type Conn<S> = Framed<S, FrameCodec>;
+
+/// A client connection after its handshake: frames carry call ids.
+pub(crate) type ClientConn<S> = Framed<S, ClientCodec>;
+
+/// Turns a connection whose handshake made it a client connection into one, keeping
+/// whatever is already buffered.
+pub(crate) fn into_client<S: AsyncRead + AsyncWrite>(conn: Conn<S>) -> ClientConn<S> {
+    conn.map_codec(ClientCodec)
+}
 
 /// Opens a TCP connection to `addr` within `connect_timeout`, tunes the socket, and runs
 /// the connector's side of the handshake with `hello`. Returns the connection (still at
@@ -331,6 +408,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use tokio_util::codec::Encoder;
+
     use super::*;
 
     #[test]
@@ -379,31 +458,61 @@ mod tests {
         assert_eq!(truncated("hello".into(), 10), "hello");
     }
 
+    fn response(call: u64, outcome: Outcome, max: usize) -> (BytesMut, bool) {
+        let (frame, too_large) = encode_outcome(call, outcome, max);
+        let mut codec = ClientCodec(FrameCodec::new(max));
+        let mut buf = BytesMut::new();
+        assert!(codec.encode(frame, &mut buf).is_ok());
+        (buf.split_off(4), too_large)
+    }
+
     #[test]
-    fn outcomes_round_trip() {
-        let (f, _) = encode_outcome(Outcome::Ok(Bytes::from_static(b"abc")), 100);
-        assert_eq!(
-            decode_outcome(BytesMut::from(&f[..])).ok(),
-            Some(Bytes::from_static(b"abc"))
-        );
-        let (f, too_large) = encode_outcome(Outcome::Ok(Bytes::from_static(b"abc")), 3);
+    fn outcomes_round_trip_with_their_call_id() {
+        let (f, too_large) = response(7, Outcome::Ok(Bytes::from_static(b"abc")), 1024);
+        assert!(!too_large);
+        let (id, answer) = decode_response(f).unwrap_or((0, Err(TcpError::Closed)));
+        assert_eq!(id, 7);
+        assert_eq!(answer.ok(), Some(Bytes::from_static(b"abc")));
+        // The largest payload that fits, and one byte more.
+        let fits = Bytes::from(vec![1; 1024 - RESPONSE_HEAD_LEN]);
+        let (f, too_large) = response(u64::MAX, Outcome::Ok(fits.clone()), 1024);
+        assert!(!too_large);
+        assert_eq!(f.len(), 1024);
+        let decoded = decode_response(f).ok();
+        assert!(matches!(decoded, Some((u64::MAX, Ok(b))) if b == fits));
+        let big = Bytes::from(vec![1; 1024 - RESPONSE_HEAD_LEN + 1]);
+        let (f, too_large) = response(3, Outcome::Ok(big), 1024);
         assert!(too_large);
         assert!(matches!(
-            decode_outcome(BytesMut::from(&f[..])),
-            Err(TcpError::ResponseTooLarge)
+            decode_response(f),
+            Ok((3, Err(TcpError::ResponseTooLarge)))
         ));
-        let (f, _) = encode_outcome(Outcome::Busy, 100);
+        let (f, _) = response(4, Outcome::Busy, 1024);
+        assert!(matches!(decode_response(f), Ok((4, Err(TcpError::Busy)))));
+        let (f, _) = response(5, Outcome::NoResponse, 1024);
         assert!(matches!(
-            decode_outcome(BytesMut::from(&f[..])),
-            Err(TcpError::Busy)
+            decode_response(f),
+            Ok((5, Err(TcpError::NoResponse)))
         ));
+    }
+
+    #[test]
+    fn malformed_responses_and_requests_are_errors() {
+        for bytes in [&[][..], &[0; 8][..], &[0, 0, 0, 0, 0, 0, 0, 1, 9][..]] {
+            assert!(
+                matches!(
+                    decode_response(BytesMut::from(bytes)),
+                    Err(TcpError::Malformed(_))
+                ),
+                "{bytes:?}"
+            );
+        }
         assert!(matches!(
-            decode_outcome(BytesMut::new()),
+            decode_request(BytesMut::from(&[1u8; 7][..])),
             Err(TcpError::Malformed(_))
         ));
-        assert!(matches!(
-            decode_outcome(BytesMut::from(&[9u8][..])),
-            Err(TcpError::Malformed(_))
-        ));
+        let (id, request) = decode_request(BytesMut::from(&[0, 0, 0, 0, 0, 0, 1, 2, 42][..]))
+            .unwrap_or((0, Bytes::new()));
+        assert_eq!((id, &request[..]), (258, &[42u8][..]));
     }
 }
