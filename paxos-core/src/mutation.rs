@@ -38,4 +38,10 @@ pub(crate) enum Mutation {
     /// Sessions are keyed by the id the client chose rather than by the slot of their
     /// registration: a late duplicate registration revives an evicted session.
     ClientChosenSessionIds,
+    /// A duplicate request is answered with a garbled copy of the cached reply.
+    GarbledCachedReply,
+    /// A request whose session is unknown (evicted) is executed anyway.
+    ExpiredSessionExecutes,
+    /// Quorums of two, whatever the cluster size: right with three replicas only.
+    QuorumOfTwo,
 }

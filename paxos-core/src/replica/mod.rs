@@ -361,7 +361,12 @@ impl<S: StateMachine> Replica<S> {
                 )
             })
             .collect();
-        let quorum = cfg.quorum() as u32;
+        #[allow(unused_mut)]
+        let mut quorum = cfg.quorum() as u32;
+        #[cfg(test)]
+        if cfg.mutation == Mutation::QuorumOfTwo {
+            quorum = 2.min(cfg.members.len() as u32);
+        }
         let me = cfg.members.iter().position(|m| *m == cfg.id).unwrap_or(0);
         let mut r = Replica {
             me,
@@ -632,6 +637,7 @@ impl<S: StateMachine> Replica<S> {
         if !request.is_register() {
             match self.sessions.check(request.client, request.seq) {
                 SessionCheck::Duplicate(reply) => {
+                    let reply = self.cached_reply(reply);
                     self.reply(request.client, request.seq, Response::Ok(reply));
                     return;
                 }
@@ -1838,6 +1844,10 @@ impl<S: StateMachine> Replica<S> {
         if self.cfg.mutation == Mutation::LeaderLocalSessions && check != SessionCheck::Unknown {
             check = SessionCheck::Fresh;
         }
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::ExpiredSessionExecutes && check == SessionCheck::Unknown {
+            check = SessionCheck::Fresh;
+        }
         let response = match check {
             SessionCheck::Fresh => match postcard::from_bytes::<S::Command>(&r.payload) {
                 Ok(cmd) => {
@@ -1853,7 +1863,7 @@ impl<S: StateMachine> Replica<S> {
                     }
                 }
             },
-            SessionCheck::Duplicate(bytes) => Response::Ok(bytes),
+            SessionCheck::Duplicate(bytes) => Response::Ok(self.cached_reply(bytes)),
             SessionCheck::Stale => Response::Stale,
             SessionCheck::Unknown => Response::SessionExpired,
         };
@@ -1868,6 +1878,16 @@ impl<S: StateMachine> Replica<S> {
             seq,
             response,
         });
+    }
+
+    /// The reply cached in the session table for a duplicate request.
+    #[allow(clippy::unused_self)]
+    fn cached_reply(&self, reply: Bytes) -> Bytes {
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::GarbledCachedReply {
+            return Bytes::from_static(&[0x7f]);
+        }
+        reply
     }
 
     fn reply_awaited(&mut self, client: ClientId, seq: u64, response: Response) {
