@@ -16,6 +16,10 @@ pub struct Config {
     pub members: Vec<NodeId>,
     /// Seed of the replica's random number generator (election timeouts). Give each
     /// replica a different seed; [`Config::new`] derives one from the id.
+    /// [`spawn_node`](crate::spawn_node) mixes fresh OS randomness into it at every
+    /// start: a replica that lost its storage must not draw the same nonces (for
+    /// PREPAREs and recoveries) as in its previous life. Whoever drives a [`Replica`](crate::Replica)
+    /// by hand outside a simulation should do the same.
     pub seed: u64,
     /// A leader sends a heartbeat after this many ticks without other traffic.
     pub heartbeat_ticks: u64,

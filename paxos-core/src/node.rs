@@ -1,5 +1,6 @@
 //! The async node driver: a tokio task that owns a replica and does its IO.
 
+use rand_core::RngCore;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
@@ -129,6 +130,10 @@ where
     T: Transport,
     St: Storage,
 {
+    // Fresh randomness for every start: a replica that lost its storage must not
+    // repeat the nonces and timeouts of its previous life (see `Config::seed`).
+    let mut config = config;
+    config.seed ^= rand_core::OsRng.next_u64();
     spawn_driver(
         config,
         state_machine,
