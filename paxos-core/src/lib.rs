@@ -86,6 +86,8 @@
 //! the `kv` example (`cargo run --example kv`).
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(test)]
+mod attack_tests;
 mod client;
 mod config;
 mod error;

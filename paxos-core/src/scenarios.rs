@@ -109,6 +109,64 @@ impl Scripted {
         }
     }
 
+    /// Like [`run`](Self::run), but messages for which `hold` says so are kept aside
+    /// (delivered later with [`deliver`](Self::deliver)) instead of lost or delivered.
+    fn run_holding(
+        &mut self,
+        allow: &dyn Fn(NodeId, NodeId, &Message) -> bool,
+        hold: &dyn Fn(NodeId, NodeId, &Message) -> bool,
+    ) -> Vec<(NodeId, NodeId, Message)> {
+        let mut held = Vec::new();
+        for _ in 0..1000 {
+            let mut msgs = Vec::new();
+            for (i, r) in self.replicas.iter_mut().enumerate() {
+                let Some(r) = r else { continue };
+                let ready = r.take_ready();
+                self.storage[i].persist(&ready.persist).unwrap();
+                let id = r.id();
+                msgs.extend(ready.messages.into_iter().map(|(to, m)| (id, to, m)));
+            }
+            if msgs.is_empty() {
+                return held;
+            }
+            for (from, to, m) in msgs {
+                if hold(from, to, &m) {
+                    held.push((from, to, m));
+                } else if allow(from, to, &m) {
+                    if let Some(r) = self.replicas[(to - 1) as usize].as_mut() {
+                        r.handle_message(from, m);
+                    }
+                }
+            }
+        }
+        panic!("the cluster never went quiet");
+    }
+
+    /// Delivers messages held earlier.
+    fn deliver(&mut self, held: Vec<(NodeId, NodeId, Message)>) {
+        for (from, to, m) in held {
+            if let Some(r) = self.replicas[(to - 1) as usize].as_mut() {
+                r.handle_message(from, m);
+            }
+        }
+    }
+
+    /// The replica loses its storage and restarts without state (with a fresh seed,
+    /// as `spawn_node` gives every start).
+    fn wipe(&mut self, id: NodeId) {
+        let i = (id - 1) as usize;
+        self.storage[i] = MemStorage::new();
+        self.configs[i].seed = self.configs[i].seed.wrapping_mul(31).wrapping_add(7);
+        self.replicas[i] = Some(
+            Replica::new(
+                self.configs[i].clone(),
+                Recorder::default(),
+                PersistentState::default(),
+            )
+            .unwrap(),
+        );
+    }
+
     fn crash(&mut self, id: NodeId) {
         self.replicas[(id - 1) as usize] = None;
     }
@@ -311,4 +369,91 @@ fn an_acceptor_vouches_for_a_decided_slot_only_with_its_value() {
         vec![0, 1],
         "the broken variant is caught by this test"
     );
+}
+
+/// A PROMISE sent by a replica's previous life, delivered after that replica lost its
+/// state and recovered, must not count: otherwise the candidate's phase 1 misses what
+/// the recovered replica accepted since (see `replica/recovery.rs`, "A PROMISE for b").
+/// Five replicas: n1 promises n5's ballot (5, n5), loses its disk and recovers with
+/// ballot (2, n1) from {n2, n3, n4}; n4 then leads at (3, n4) and chooses c77 in slot 0
+/// with {n4, n1, n2}; n5's candidacy receives n1's old promise and n3's.
+fn stale_promise_scenario(mutation: Mutation) -> Scripted {
+    let mut h = Scripted::new(5, mutation);
+    let all = |_: NodeId, _: NodeId, _: &Message| true;
+    h.r(5).start_election_now();
+    h.run(&all);
+    assert!(h.r(5).is_leader());
+    // n5 runs again, up to round 5, its prepares lost except the last one to n1,
+    // whose PROMISE is held back.
+    for _ in 0..3 {
+        h.r(5).start_election_now();
+        h.run(&nothing);
+    }
+    h.r(5).start_election_now();
+    assert_eq!(h.r(5).promised(), Ballot::new(5, 5));
+    let held = h.run_holding(
+        &|from, to, m| from == 5 && to == 1 && matches!(m, Message::Prepare { .. }),
+        &|from, to, m| from == 1 && to == 5 && matches!(m, Message::Promise { .. }),
+    );
+    assert_eq!(held.len(), 1, "n1's promise to (5, n5)");
+    // n1 loses its disk and recovers from {n2, n3, n4}.
+    h.wipe(1);
+    h.run(&within(&[1, 2, 3, 4]));
+    assert_eq!(
+        h.r(1).acceptor_status(),
+        crate::AcceptorStatus::Voter,
+        "n1 recovered"
+    );
+    assert!(h.r(1).promised() < Ballot::new(5, 5));
+    // n4 leads at (3, n4) and chooses c77 in slot 0 with {n4, n1, n2}.
+    h.r(4).start_election_now();
+    assert!(h.r(4).promised() < Ballot::new(5, 5));
+    h.run(&within(&[1, 2, 4]));
+    assert!(h.r(4).is_leader());
+    h.register(4, 77);
+    // n1 does not hear that c77 was chosen (it only accepted it).
+    h.run(&|from, to, m| {
+        [1, 2, 4].contains(&from)
+            && [1, 2, 4].contains(&to)
+            && !(from == 4 && to == 1 && matches!(m, Message::Heartbeat { .. }))
+    });
+    assert_eq!(h.r(4).commit_point(), 1, "c77 chosen");
+    assert_eq!(h.r(1).commit_point(), 0);
+    // n5's candidacy: n1's old promise arrives, and n3's fresh one.
+    h.deliver(held);
+    h.tick(&[5], 6, &|from, to, m| match m {
+        Message::Prepare { .. } => from == 5 && to == 3,
+        Message::Promise { .. } => from == 3 && to == 5,
+        _ => false,
+    });
+    if h.r(5).is_leader() {
+        // Its phase 1 missed c77: it proposes c88 in slot 0, and n1 (which promised
+        // only (3, n4) since its recovery) accepts it along with n3.
+        h.register(5, 88);
+        h.run(&within(&[1, 3, 5]));
+    }
+    h
+}
+
+#[test]
+fn a_promise_from_before_a_recovery_does_not_count() {
+    let mut h = stale_promise_scenario(Mutation::None);
+    assert!(
+        !h.r(5).is_leader(),
+        "n5 needs a promise from n1's current incarnation"
+    );
+    h.executed_agree().expect("no divergence");
+    // Heal: one value in slot 0 everywhere.
+    h.tick(&[1, 2, 3, 4, 5], 300, &|_, _, _| true);
+    let executed = h.executed_agree().expect("no divergence after healing");
+    assert_eq!(executed.get(&0), Some(&register(77)));
+}
+
+#[test]
+fn the_stale_promise_scenario_catches_recovery_without_incarnations() {
+    let h = stale_promise_scenario(Mutation::RecoveryWithoutIncarnations);
+    let err = h
+        .executed_agree()
+        .expect_err("without incarnations n5 chooses c88 where c77 was chosen");
+    assert!(err.contains("slot 0"), "{err}");
 }

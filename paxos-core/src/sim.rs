@@ -1402,13 +1402,6 @@ mod tests {
         f.amnesia = true;
     }
 
-    /// Session eviction among dueling leaders: retried registrations reach several
-    /// leaders and execute late.
-    fn dueling_eviction(f: &mut Faults) {
-        dueling_leaders(f);
-        eviction(f);
-    }
-
     /// More clients than sessions: every run evicts.
     fn eviction(f: &mut Faults) {
         f.clients = f.clients.max(4);

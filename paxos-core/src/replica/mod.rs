@@ -299,6 +299,10 @@ pub struct Replica<S> {
     peer_inc: BTreeMap<NodeId, u64>,
     /// A founding or recovery under way (see `recovery.rs`).
     recovery: Option<recovery::Recovery>,
+    /// The recovery attempt (incarnation, nonce) this voter last granted to each peer,
+    /// so that resends of it are granted again (in memory only: after a restart a
+    /// resend is refused and the peer simply tries again).
+    granted_recovery: BTreeMap<NodeId, (u64, u64)>,
 
     promised: Ballot,
     log: BTreeMap<Slot, Entry>,
@@ -378,6 +382,7 @@ impl<S: StateMachine> Replica<S> {
             incarnation: state.incarnation,
             peer_inc: state.peer_incarnations,
             recovery: None,
+            granted_recovery: BTreeMap::new(),
             promised: state.promised,
             log,
             commit_point: 0,

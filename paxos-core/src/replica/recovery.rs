@@ -20,8 +20,11 @@
 //! recovery protocol and of "Protocol-Aware Recovery for Consensus-Based Storage"
 //! (FAST 2018), adapted to Paxos acceptors:
 //! 1. It sends [`Message::Recover`] with a new *incarnation* (above any a peer knows for
-//!    it: a peer that knows a higher or equal one refuses, naming it) and a recovery
-//!    ballot `B` it owns.
+//!    it: a peer that knows a higher or equal one refuses, naming it, unless it is a
+//!    resend of the very attempt it granted) and a recovery ballot `B` it owns. The
+//!    attempt is named by a nonce that answers echo; nonces come from the replica's
+//!    seed, which must be fresh at every start ([`Config::seed`](crate::Config)), or a
+//!    new life could count answers meant for its previous one.
 //! 2. A voter grants it only if `B` is above its promise: it durably records the
 //!    incarnation, promises `B`, and answers with its commit point and its accepted
 //!    entries ([`Message::RecoverGrant`]), like a PROMISE.
@@ -248,7 +251,17 @@ impl<S: StateMachine> Replica<S> {
         let forgetful = self.cfg.mutation == Mutation::RecoveryWithoutIncarnations;
         #[cfg(not(test))]
         let forgetful = false;
-        if (known > incarnation && !forgetful) || ballot <= self.promised {
+        // A resend of the attempt this voter already granted: grant it again.
+        let granted = self.granted_recovery.get(&from) == Some(&(incarnation, nonce));
+        // Each recovery must come back as an incarnation no voter has seen for it: an
+        // equal one from another attempt would let two lives share an incarnation, and
+        // a candidate could not tell their promises apart.
+        let refuse = if granted {
+            ballot != self.promised
+        } else {
+            (incarnation <= known && !forgetful) || ballot <= self.promised
+        };
+        if refuse {
             let promised = self.promised;
             self.send(
                 from,
@@ -260,17 +273,20 @@ impl<S: StateMachine> Replica<S> {
             );
             return;
         }
-        if known < incarnation && !forgetful {
-            self.peer_inc.insert(from, incarnation);
-            self.ready.persist.push(PersistOp::PeerIncarnation {
-                node: from,
-                incarnation,
-            });
+        if !granted {
+            if !forgetful {
+                self.peer_inc.insert(from, incarnation);
+                self.ready.persist.push(PersistOp::PeerIncarnation {
+                    node: from,
+                    incarnation,
+                });
+            }
+            self.granted_recovery.insert(from, (incarnation, nonce));
+            self.set_promised(ballot);
+            self.become_follower(None);
+            self.last_heard_leader = self.now;
+            self.election_deadline = self.now + self.random_timeout();
         }
-        self.set_promised(ballot);
-        self.become_follower(None);
-        self.last_heard_leader = self.now;
-        self.election_deadline = self.now + self.random_timeout();
         let entries = self.report_from(self.commit_point);
         let commit_point = self.commit_point;
         let incarnations = self.incarnation_table();
