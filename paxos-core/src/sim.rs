@@ -800,6 +800,11 @@ impl Sim {
 
     fn delay(&mut self) -> u64 {
         if chance(&mut self.rng, self.faults.long_delay) {
+            // Now and then long enough to reach a replica's next life (downtimes are
+            // 20..220 ticks): answers meant for a life that lost its state.
+            if chance(&mut self.rng, 0.1) {
+                return 1 + self.rng.next_u64() % 400;
+            }
             return 1 + self.rng.next_u64() % 60;
         }
         1 + if self.faults.max_delay > 0 {
