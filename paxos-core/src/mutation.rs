@@ -44,4 +44,6 @@ pub(crate) enum Mutation {
     ExpiredSessionExecutes,
     /// Quorums of two, whatever the cluster size: right with three replicas only.
     QuorumOfTwo,
+    /// A pre-vote needs every member, not a majority: no election while one is down.
+    PreVoteNeedsEveryone,
 }

@@ -78,6 +78,8 @@ pub(crate) struct Faults {
     /// An adversarial network that loses some kinds of messages on some links much more
     /// than others (say, ACCEPTs and NACKs but not FETCHes), redrawn from time to time.
     pub(crate) selective: bool,
+    /// Crashed replicas stay down for 20 to 20 + `downtime` ticks.
+    pub(crate) downtime: u64,
 }
 
 impl Faults {
@@ -126,6 +128,7 @@ impl Faults {
             skew: chance(rng, 0.3),
             max_sessions: 1024,
             selective: chance(rng, 0.3),
+            downtime: 200,
         }
         .with_eviction(rng)
     }
@@ -483,7 +486,8 @@ impl Sim {
                 let i = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
                 if self.nodes[i].replica.is_some() {
                     self.nodes[i].replica = None;
-                    self.nodes[i].down_until = self.now + 20 + self.rng.next_u64() % 200;
+                    self.nodes[i].down_until =
+                        self.now + 20 + self.rng.next_u64() % self.faults.downtime;
                     self.stats.crashes += 1;
                 }
             }
@@ -712,7 +716,7 @@ impl Sim {
             self.observe_persist(id, op)?;
         }
         self.nodes[i].dirty = false;
-        self.nodes[i].down_until = self.now + 20 + self.rng.next_u64() % 200;
+        self.nodes[i].down_until = self.now + 20 + self.rng.next_u64() % self.faults.downtime;
         self.stats.crashes += 1;
         self.stats.torn_crashes += 1;
         Ok(())
@@ -1303,6 +1307,11 @@ mod tests {
     }
 
     #[test]
+    fn simulation_holds_invariants_with_long_outages() {
+        run_seeds("simulation (long outages)", seeds(200), crashes_only);
+    }
+
+    #[test]
     fn simulation_holds_invariants_with_session_eviction() {
         run_seeds("simulation (session eviction)", seeds(300), eviction);
     }
@@ -1434,6 +1443,28 @@ mod tests {
         let found = caught_in(m, profile, max_seeds);
         assert!(found.is_some(), "the simulation did not catch {m:?}");
         println!("{m:?} caught at seed {found:?}");
+    }
+
+    /// Crashes only, no partitions: a replica is often down while the rest could serve.
+    fn crashes_only(f: &mut Faults) {
+        f.crashes = true;
+        f.partitions = false;
+        f.selective = false;
+        f.pauses = false;
+        f.amnesia = false;
+        // Down for longer than the liveness window: the others must carry on.
+        f.downtime = 2_000;
+        f.fault_ticks = f.fault_ticks.max(3_000);
+    }
+
+    #[test]
+    fn mutant_needing_every_prevote_is_caught_by_the_liveness_check() {
+        let found = caught_in(Mutation::PreVoteNeedsEveryone, crashes_only, 300);
+        let (seed, v) = found.expect("the simulation did not catch pre-votes needing everyone");
+        assert!(
+            v.what.contains("up and connected"),
+            "seed {seed}: caught, but not by the liveness check during faults: {v}"
+        );
     }
 
     #[test]

@@ -162,6 +162,10 @@ pub struct ReplicaStatus {
     pub log_end: Slot,
     /// Live client sessions.
     pub sessions: usize,
+    /// Whether the replica votes, or is still founding or recovering from lost state.
+    pub acceptor: AcceptorStatus,
+    /// Its incarnation (0 for a founding member, raised by each recovery).
+    pub incarnation: u64,
     /// Ticks since it started.
     pub tick: u64,
 }
@@ -512,6 +516,8 @@ impl<S: StateMachine> Replica<S> {
             snapshots_installed: self.snapshots_installed,
             log_end: self.log.last_key_value().map_or(0, |(s, _)| s + 1),
             sessions: self.sessions.len(),
+            acceptor: self.status,
+            incarnation: self.incarnation,
             tick: self.now,
         }
     }
@@ -826,8 +832,14 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn check_prevotes(&mut self) {
+        #[allow(unused_mut)]
+        let mut needed = self.quorum;
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::PreVoteNeedsEveryone {
+            needed = self.cfg.members.len() as u32;
+        }
         if let Some((_, grants)) = self.prevote {
-            if grants.count_ones() >= self.quorum && matches!(self.role, RoleState::Follower) {
+            if grants.count_ones() >= needed && matches!(self.role, RoleState::Follower) {
                 self.start_election();
             }
         }
