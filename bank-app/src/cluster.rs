@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use paxos_core::{
-    Ballot, ClientId, Endpoint, NodeId, Replica, ReplicaStatus, Role, Slot, SlotInfo, SlotStatus,
-    Value, ViewChange,
+    AcceptorStatus, Ballot, ClientId, Endpoint, NodeId, Replica, ReplicaStatus, Role, Slot,
+    SlotInfo, SlotStatus, Value, ViewChange,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -40,6 +40,13 @@ pub enum ClusterError {
 pub struct NodeStatus {
     /// False while the replica is made unavailable ([`Cluster::set_available`]).
     pub available: bool,
+    /// Whether it votes: [`AcceptorStatus::Voter`], or, after starting without state,
+    /// [`AcceptorStatus::Pristine`] (waiting to learn whether the cluster is new) or
+    /// [`AcceptorStatus::Recovering`] (getting its state back from a majority).
+    pub acceptor: AcceptorStatus,
+    /// Its incarnation: 0 for a founding member, raised by every recovery from lost
+    /// state.
+    pub incarnation: u64,
     /// What the replica itself reports.
     pub replica: ReplicaStatus,
 }
@@ -48,6 +55,21 @@ impl NodeStatus {
     /// True when the replica is available and believes it leads.
     pub fn is_available_leader(&self) -> bool {
         self.available && self.replica.role == Role::Leader
+    }
+
+    /// True when the replica takes part in votes (it is not founding or recovering).
+    pub fn is_voter(&self) -> bool {
+        self.acceptor == AcceptorStatus::Voter
+    }
+
+    /// True when the replica has never voted: it is waiting for a new cluster to be
+    /// founded, or founded it and has promised nothing yet. A replica that lost its
+    /// state looks the same until a peer tells it the cluster exists.
+    pub fn never_voted(&self) -> bool {
+        self.acceptor != AcceptorStatus::Recovering
+            && self.replica.promised == Ballot::ZERO
+            && self.replica.commit_point == 0
+            && self.replica.log_end == 0
     }
 }
 
@@ -58,6 +80,10 @@ pub struct DbSnapshot {
     pub node: NodeId,
     /// False while the replica is made unavailable.
     pub available: bool,
+    /// Whether the replica votes; while it is [recovering](AcceptorStatus::Recovering)
+    /// (or [pristine](AcceptorStatus::Pristine)) its balances may lag behind the
+    /// cluster's.
+    pub acceptor: AcceptorStatus,
     /// How many log slots the replica has executed: the balances reflect slots
     /// `0..executed`.
     pub executed: Slot,
@@ -112,10 +138,11 @@ pub enum EntryValue {
     Empty,
     /// A no-op that filled a gap during a view change.
     Noop,
-    /// A client registered its session.
+    /// A client registered a session. The cluster assigns it the session id equal to
+    /// this entry's slot; numbered requests of that client name that id.
     Register {
-        /// The client's session id.
-        client: ClientId,
+        /// The registration nonce the client chose, which recognises the reply.
+        nonce: ClientId,
     },
     /// A bank command.
     Command {
@@ -142,7 +169,7 @@ impl EntryValue {
     pub fn decode(value: Value) -> EntryValue {
         match value {
             Value::Noop => EntryValue::Noop,
-            Value::Request(r) if r.is_register() => EntryValue::Register { client: r.client },
+            Value::Request(r) if r.is_register() => EntryValue::Register { nonce: r.client },
             Value::Request(r) => match postcard::from_bytes::<BankCommand>(&r.payload) {
                 Ok(command) => EntryValue::Command {
                     client: r.client,
@@ -158,13 +185,14 @@ impl EntryValue {
         }
     }
 
-    /// The session id of the client whose request this is.
+    /// The session id a numbered request names. A registration names none: the
+    /// session it creates is its slot.
     pub fn client(&self) -> Option<ClientId> {
         match self {
-            EntryValue::Register { client }
-            | EntryValue::Command { client, .. }
-            | EntryValue::Undecodable { client, .. } => Some(*client),
-            EntryValue::Empty | EntryValue::Noop => None,
+            EntryValue::Command { client, .. } | EntryValue::Undecodable { client, .. } => {
+                Some(*client)
+            }
+            EntryValue::Register { .. } | EntryValue::Empty | EntryValue::Noop => None,
         }
     }
 }
@@ -175,14 +203,15 @@ impl fmt::Display for EntryValue {
         match self {
             EntryValue::Empty => f.write_str("-"),
             EntryValue::Noop => f.write_str("no-op"),
-            EntryValue::Register { client } => write!(f, "register {}", ShortClient(*client)),
+            EntryValue::Register { nonce } => write!(f, "register {}", ShortClient(*nonce)),
             EntryValue::Command { command, .. } => write!(f, "{}", CommandDisplay(command)),
             EntryValue::Undecodable { bytes, .. } => write!(f, "undecodable ({bytes} bytes)"),
         }
     }
 }
 
-/// Displays a client session id briefly: `c` and its first 8 hex digits.
+/// Displays a client's registration nonce (a random 64-bit number) briefly: `c` and its
+/// first 8 hex digits.
 pub(crate) struct ShortClient(pub(crate) ClientId);
 
 impl fmt::Display for ShortClient {
@@ -274,6 +303,8 @@ pub(crate) mod read {
     pub(crate) fn status(r: &Replica<Bank>, available: bool) -> NodeStatus {
         NodeStatus {
             available,
+            acceptor: r.acceptor_status(),
+            incarnation: r.incarnation(),
             replica: r.status(),
         }
     }
@@ -283,6 +314,7 @@ pub(crate) mod read {
         DbSnapshot {
             node: r.id(),
             available,
+            acceptor: r.acceptor_status(),
             executed: r.executed(),
             balances: r.state_machine().balances().clone(),
         }
@@ -335,6 +367,7 @@ mod tests {
         assert_eq!(decoded.client(), Some(0xabcd_ef01_2345_6789));
         let register = EntryValue::decode(Value::Request(Request::register(0xabcd_ef01_2345_6789)));
         assert_eq!(register.to_string(), "register cabcdef01");
+        assert_eq!(register.client(), None);
         assert_eq!(EntryValue::decode(Value::Noop).to_string(), "no-op");
         let junk = EntryValue::decode(request(4, vec![9, 9, 9]));
         assert_eq!(junk.to_string(), "undecodable (3 bytes)");

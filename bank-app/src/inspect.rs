@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::str::FromStr;
 
-use paxos_core::{ClientId, NodeId, Slot, ViewChange, ViewDirection};
+use paxos_core::{AcceptorStatus, ClientId, NodeId, Slot, ViewChange, ViewDirection};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -17,8 +17,62 @@ use crate::account::Account;
 use crate::cluster::{Cluster, ClusterError, DbSnapshot, EntryValue, LogEntry, ShortClient};
 use crate::table::{Align, Table};
 
-/// Names for client session ids, so logs can say `register (client A)`.
-pub type ClientNames = BTreeMap<ClientId, Account>;
+/// Names of logical clients, so logs can say `register (client A)`.
+///
+/// The cluster assigns a client its session id when it registers: the slot of its
+/// registration entry. That entry names the registration nonce the client chose, so a
+/// registration is named by its slot (a known session) or by its nonce.
+///
+/// ```
+/// use bank_app::{Account, ClientNames};
+///
+/// let mut names = ClientNames::new();
+/// names.add_nonce(0x5eed_0001, Account::A);
+/// names.add_session(7, Account::J);
+/// assert_eq!(names.registration(3, 0x5eed_0001), Some(Account::A));
+/// assert_eq!(names.registration(7, 0x1234), Some(Account::J));
+/// assert_eq!(names.session(7), Some(Account::J));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientNames {
+    /// Session id (the slot of the registration) to client.
+    sessions: BTreeMap<ClientId, Account>,
+    /// Registration nonce to client.
+    nonces: BTreeMap<ClientId, Account>,
+}
+
+impl ClientNames {
+    /// No names.
+    pub fn new() -> ClientNames {
+        ClientNames::default()
+    }
+
+    /// Names the session the cluster assigned to `client`.
+    pub fn add_session(&mut self, session: ClientId, client: Account) {
+        self.sessions.insert(session, client);
+    }
+
+    /// Names a registration nonce `client` used.
+    pub fn add_nonce(&mut self, nonce: ClientId, client: Account) {
+        self.nonces.insert(nonce, client);
+    }
+
+    /// The client of a session.
+    pub fn session(&self, session: ClientId) -> Option<Account> {
+        self.sessions.get(&session).copied()
+    }
+
+    /// The client of the registration entry at `slot` with `nonce`.
+    pub fn registration(&self, slot: Slot, nonce: ClientId) -> Option<Account> {
+        self.session(slot)
+            .or_else(|| self.nonces.get(&nonce).copied())
+    }
+
+    /// True when nothing is named.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.nonces.is_empty()
+    }
+}
 
 /// One replica's answer to an inspection call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,18 +121,20 @@ fn node_name(node: NodeId) -> String {
     format!("n{node}")
 }
 
-fn value_text(value: &EntryValue, names: &ClientNames) -> String {
-    match value {
-        EntryValue::Register { client } => match names.get(client) {
+/// A slot's value, with the client's name for a registration.
+fn value_text(entry: &LogEntry, names: &ClientNames) -> String {
+    match &entry.value {
+        EntryValue::Register { nonce } => match names.registration(entry.slot, *nonce) {
             Some(account) => format!("register (client {account})"),
-            None => format!("register {}", ShortClient(*client)),
+            None => format!("register {}", ShortClient(*nonce)),
         },
         other => other.to_string(),
     }
 }
 
 /// PrintDB: one row per replica with every account's balance, the total, how many slots
-/// it executed, and whether it is up.
+/// it executed, and whether it is up (`yes`, or `no` when unavailable; `(recovering)`
+/// or `(joining)` after it while it does not vote yet, see [`DbSnapshot::acceptor`]).
 pub fn format_db(rows: &[NodeResult<DbSnapshot>]) -> String {
     let accounts: BTreeSet<Account> = rows
         .iter()
@@ -96,7 +152,7 @@ pub fn format_db(rows: &[NodeResult<DbSnapshot>]) -> String {
     for row in rows {
         match &row.result {
             Ok(db) => {
-                let mut cells = vec![node_name(row.node), yes_no(db.available).into()];
+                let mut cells = vec![node_name(row.node), up_text(db)];
                 cells.extend(accounts.iter().map(|a| {
                     db.balances
                         .get(a)
@@ -114,11 +170,12 @@ pub fn format_db(rows: &[NodeResult<DbSnapshot>]) -> String {
     table.to_string()
 }
 
-fn yes_no(b: bool) -> &'static str {
-    if b {
-        "yes"
-    } else {
-        "no"
+fn up_text(db: &DbSnapshot) -> String {
+    let up = if db.available { "yes" } else { "no" };
+    match db.acceptor {
+        AcceptorStatus::Voter => up.to_string(),
+        AcceptorStatus::Recovering => format!("{up} (recovering)"),
+        AcceptorStatus::Pristine => format!("{up} (joining)"),
     }
 }
 
@@ -143,7 +200,7 @@ pub fn format_log(
                     e.slot.to_string(),
                     e.code().to_string(),
                     e.ballot.map_or_else(|| "-".into(), |b| b.to_string()),
-                    value_text(&e.value, names),
+                    value_text(e, names),
                 ]);
             }
             table.to_string()
@@ -167,7 +224,7 @@ pub fn format_status(slot: Slot, rows: &[NodeResult<LogEntry>], names: &ClientNa
                     node_name(row.node),
                     e.code().to_string(),
                     e.ballot.map_or_else(|| "-".into(), |b| b.to_string()),
-                    value_text(&e.value, names),
+                    value_text(e, names),
                 ]);
             }
             Err(e) => {
@@ -403,6 +460,7 @@ mod tests {
                 result: Ok(DbSnapshot {
                     node: 1,
                     available: true,
+                    acceptor: AcceptorStatus::Voter,
                     executed: 4,
                     balances: [(a, 8), (b, 12)].into_iter().collect(),
                 }),
@@ -423,9 +481,33 @@ mod tests {
              n2       n2 unreachable: connection refused\n"
         );
 
-        let names: ClientNames = [(77, a)].into_iter().collect();
+        let recovering = NodeResult {
+            node: 3,
+            result: Ok(DbSnapshot {
+                node: 3,
+                available: false,
+                acceptor: AcceptorStatus::Recovering,
+                executed: 0,
+                balances: [(a, 10), (b, 10)].into_iter().collect(),
+            }),
+        };
+        let table = format_db(&[recovering]);
+        assert!(
+            table.contains("\nn3       no (recovering)  10  10"),
+            "{table}"
+        );
+
+        let mut names = ClientNames::new();
+        names.add_nonce(0x77_0000_0001, a);
+        names.add_session(3, b);
         let log = Ok(vec![
-            entry(0, SlotStatus::Executed, EntryValue::Register { client: 77 }),
+            entry(
+                0,
+                SlotStatus::Executed,
+                EntryValue::Register {
+                    nonce: 0x77_0000_0001,
+                },
+            ),
             entry(
                 1,
                 SlotStatus::Committed,
@@ -440,6 +522,15 @@ mod tests {
                 },
             ),
             entry(2, SlotStatus::Accepted, EntryValue::Noop),
+            // Session 3 is B's, whatever nonce it registered with.
+            entry(3, SlotStatus::Executed, EntryValue::Register { nonce: 5 }),
+            entry(
+                4,
+                SlotStatus::Executed,
+                EntryValue::Register {
+                    nonce: 0xabcd_ef01_0000_0000,
+                },
+            ),
         ]);
         assert_eq!(
             format_log(3, &log, &names),
@@ -447,7 +538,9 @@ mod tests {
              ----  --  -------  -------------------\n   \
              0  E   (2, n3)  register (client A)\n   \
              1  C   (2, n3)  A->B 2\n   \
-             2  A   (2, n3)  no-op\n"
+             2  A   (2, n3)  no-op\n   \
+             3  E   (2, n3)  register (client B)\n   \
+             4  E   (2, n3)  register cabcdef01\n"
         );
         assert_eq!(format_log(3, &Ok(vec![]), &names), "n3  (empty log)\n");
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use paxos_core::{
-    spawn_node, Config, Endpoint, EndpointError, MemStorage, NodeError, NodeHandle, NodeId,
-    NodeOptions, Request, Response, Slot, ViewChange,
+    spawn_node, AcceptorStatus, Config, Endpoint, EndpointError, MemStorage, NodeError, NodeHandle,
+    NodeId, NodeOptions, Request, Response, Slot, ViewChange,
 };
 use paxos_transport_mem::MemNetwork;
 use thiserror::Error;
@@ -73,16 +73,22 @@ struct LocalNode {
 /// [`MemNetwork`], each behind a [`GatedTransport`] so the runner can make it
 /// unavailable.
 ///
-/// Every replica starts available. Dropping the cluster (or calling
-/// [`shutdown`](LocalCluster::shutdown)) stops the replicas.
+/// Every replica starts available and without state (a [`MemStorage`]): the cluster is
+/// new, and it is founded once every replica has heard from every other one — only then
+/// do they vote. So a replica made unavailable or stopped before that keeps the others
+/// from ever forming a cluster: wait with [`await_voters`](LocalCluster::await_voters)
+/// first ([`run_scenario`](crate::run_scenario) does so itself). Dropping the cluster
+/// (or calling [`shutdown`](LocalCluster::shutdown)) stops the replicas.
 ///
 /// ```
 /// use bank_app::{Cluster, LocalCluster, LocalClusterOptions};
+/// use std::time::Duration;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let cluster = LocalCluster::start(LocalClusterOptions::default())?;
 /// assert_eq!(cluster.nodes(), vec![1, 2, 3, 4, 5]);
+/// assert!(cluster.await_voters(Duration::from_secs(10)).await);
 /// cluster.set_available(3, false).await?;
 /// assert!(!cluster.replica_status(3).await?.available);
 /// assert_eq!(cluster.db(3).await?.total(), 100); // inspection still works
@@ -151,6 +157,28 @@ impl LocalCluster {
     /// The in-memory network, to inject faults beyond availability.
     pub fn network(&self) -> &MemNetwork {
         &self.network
+    }
+
+    /// Waits until every replica votes (the new cluster has been founded), up to
+    /// `timeout`; false if some replica still does not (or has stopped) by then.
+    pub async fn await_voters(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let statuses = futures::future::join_all(self.nodes.iter().map(|(_, n)| {
+                tokio::time::timeout(INSPECT_TIMEOUT, n.handle.inspect(|r| r.acceptor_status()))
+            }))
+            .await;
+            let all = statuses
+                .into_iter()
+                .all(|s| matches!(s, Ok(Ok(AcceptorStatus::Voter))));
+            if all {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Stops every replica and waits until they have stopped.

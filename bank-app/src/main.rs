@@ -24,8 +24,8 @@ use bank_app::{
     RunReport, ScenarioOptions, TransferOutcome,
 };
 use clap::{Args, Parser, Subcommand};
-use paxos_core::{Client, ClientOptions, MemStorage, NodeId, Slot};
-use paxos_storage_file::FileStorage;
+use paxos_core::{AcceptorStatus, Client, ClientOptions, MemStorage, NodeId, Slot};
+use paxos_storage_file::{FileStorage, OpenError};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -63,17 +63,24 @@ enum Command {
     /// alike. Its promises, accepted values and checkpoints go to a write-ahead log in
     /// its data directory and are fsync'ed before it answers, so a killed node restarts
     /// with everything it vouched for.
+    ///
+    /// A node that starts without state (an empty data directory, or --memory) does not
+    /// vote until it knows whether the cluster is new: on the first start of a new
+    /// cluster it waits until every member is up; otherwise (its directory was wiped or
+    /// lost) it recovers its state from a majority of its peers before voting.
     Node {
         /// The replica's id, as listed in the config.
         #[arg(long, value_name = "N")]
         id: NodeId,
         /// Where the replica keeps its durable state (created if missing). Default:
         /// `bank-data/node-N` under the current directory. A directory written by
-        /// another cluster or node is refused.
+        /// another cluster or node, or in use by another process, is refused.
         #[arg(long, value_name = "DIR", conflicts_with = "memory")]
         data_dir: Option<PathBuf>,
-        /// Keep the state in memory only (a throwaway node: a restart starts empty and
-        /// catches up from its peers).
+        /// Keep the state in memory only (a throwaway node). It starts empty every time:
+        /// on the first start of a new cluster it waits until every member is up;
+        /// otherwise it recovers its state from a majority of its peers and catches up
+        /// before it votes.
         #[arg(long)]
         memory: bool,
     },
@@ -388,20 +395,34 @@ async fn node(
     }
     let options = NodeServerOptions::default();
     let server = if memory {
-        warn!(node = id, "state is in memory only: a restart starts empty");
+        warn!(
+            node = id,
+            "state is in memory only: every start is a start without state"
+        );
         NodeServer::start(config, id, MemStorage::new(), options).await
     } else {
         let default_dir = PathBuf::from(format!("bank-data/node-{id}"));
         let dir = data_dir.unwrap_or(&default_dir);
         check_data_dir(dir)?;
-        let storage = FileStorage::open(dir, config.cluster_id, id).with_context(|| {
-            format!("node {id} cannot open its data directory {}", dir.display())
-        })?;
+        let storage = match FileStorage::open(dir, config.cluster_id, id) {
+            Ok(storage) => storage,
+            // The message names the directory; nothing in it was read or changed.
+            Err(e @ OpenError::Locked { .. }) => {
+                bail!("{e} (is another `bank node --id {id}` running on it?)")
+            }
+            Err(e) => {
+                return Err(anyhow!(e).context(format!(
+                    "node {id} cannot open its data directory {}",
+                    dir.display()
+                )))
+            }
+        };
         let recovery = storage.recovery();
         info!(node = id, dir = %dir.display(), ?recovery, "storage opened");
         NodeServer::start(config, id, storage, options).await
     }
     .with_context(|| format!("node {id} cannot start"))?;
+    log_acceptor_status(&server).await;
     let stopped_by_itself = tokio::select! {
         signal = shutdown_signal() => {
             signal?;
@@ -420,6 +441,33 @@ async fn node(
         bail!("node {id} stopped: its storage failed (see the log above)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says at start-up whether the replica votes, or what it waits for first.
+async fn log_acceptor_status(server: &NodeServer) {
+    let id = server.id();
+    let status = server
+        .handle()
+        .inspect(|r| (r.acceptor_status(), r.incarnation()))
+        .await;
+    match status {
+        Ok((AcceptorStatus::Voter, incarnation)) => {
+            info!(node = id, incarnation, "state found: voting");
+        }
+        Ok((AcceptorStatus::Pristine, _)) => info!(
+            node = id,
+            "no state: not voting until the peers tell whether the cluster is new; on the \
+             first start of a new cluster it waits until every member is up, otherwise it \
+             recovers its state from a majority of the peers and catches up first"
+        ),
+        Ok((AcceptorStatus::Recovering, incarnation)) => info!(
+            node = id,
+            incarnation,
+            "an earlier recovery did not finish: not voting until a majority of the peers \
+             has handed over its state"
+        ),
+        Err(e) => warn!(node = id, error = %e, "cannot read the replica's status"),
+    }
 }
 
 /// The data directory must be a directory; it is created if missing.
@@ -588,6 +636,7 @@ async fn db(config: &ClusterConfig, json: bool) -> anyhow::Result<ExitCode> {
                 Ok(db) => json!({
                     "node": row.node,
                     "available": db.available,
+                    "acceptor": acceptor_text(db.acceptor),
                     "executed": db.executed,
                     "balances": db.balances,
                     "total": db.total(),
@@ -600,6 +649,15 @@ async fn db(config: &ClusterConfig, json: bool) -> anyhow::Result<ExitCode> {
     }
     none_answered(&rows)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `voter`, `recovering` or `pristine`.
+fn acceptor_text(status: AcceptorStatus) -> &'static str {
+    match status {
+        AcceptorStatus::Voter => "voter",
+        AcceptorStatus::Recovering => "recovering",
+        AcceptorStatus::Pristine => "pristine",
+    }
 }
 
 fn entry_json(node: NodeId, e: &LogEntry) -> Value {
@@ -682,7 +740,6 @@ async fn transfer(
         default_deadline: timeout,
     };
     let mut client = Client::<Bank>::with_options(cluster.endpoints(), options);
-    let session = client.id();
     let started = Instant::now();
     let text = command_text(&command);
     let output = client
@@ -691,6 +748,8 @@ async fn transfer(
         .with_context(|| format!("transfer {text} by client {client_name} did not complete"))?;
     let elapsed = started.elapsed();
     let leader = client.leader();
+    // The session the cluster assigned (the slot of the registration).
+    let session = client.session();
     if json {
         let (outcome, detail) = match &output {
             BankOutput::Rejected(r) => ("rejected", r.to_string()),
@@ -715,9 +774,11 @@ async fn transfer(
         let via = leader
             .map(|l| format!(" via leader n{l}"))
             .unwrap_or_default();
+        let session = session
+            .map(|s| format!(" (session {s})"))
+            .unwrap_or_default();
         stdout_text(&format!(
-            "{text} by client {client_name} (session c{:08x}): {output} [committed{via} in {} ms]\n",
-            session >> 32,
+            "{text} by client {client_name}{session}: {output} [committed{via} in {} ms]\n",
             elapsed.as_millis()
         ))?;
     }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::account::Account;
 use crate::bank::{Bank, BankCommand, BankOutput};
-use crate::cluster::{Cluster, CommandDisplay};
+use crate::cluster::{Cluster, CommandDisplay, NodeStatus};
 use crate::inspect::{gather_db, run_command, ClientNames, ConsoleCommand, CONSOLE_HELP};
 use crate::scenario::{Item, Scenario, ScenarioError, ScenarioOptions};
 use crate::table::{Align, Table};
@@ -27,6 +27,9 @@ const TRANSFER_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 /// How often the runner asks for the leader while waiting for one.
 const LEADER_POLL: Duration = Duration::from_millis(20);
 
+/// How often the runner asks the replicas whether a new cluster has been founded.
+const FOUNDING_POLL: Duration = Duration::from_millis(50);
+
 /// How the runner plays a script.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -37,6 +40,10 @@ pub struct RunOptions {
     /// to 200 ms. Its `default_deadline` is not used: a client keeps retrying a transfer
     /// until the run ends.
     pub client: ClientOptions,
+    /// A brand-new cluster is founded only once every replica has heard from every
+    /// other one. Before a set makes replicas unavailable while that has not happened
+    /// yet, the runner waits up to this long for it (see [`run_scenario`]). Default 10 s.
+    pub founding_timeout: Duration,
 }
 
 impl Default for RunOptions {
@@ -49,6 +56,7 @@ impl Default for RunOptions {
                 max_backoff: Duration::from_millis(200),
                 default_deadline: TRANSFER_DEADLINE,
             },
+            founding_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -230,8 +238,13 @@ pub struct RunReport {
     pub transfers: Vec<TransferRecord>,
     /// Every set, in script order.
     pub sets: Vec<SetReport>,
-    /// The session id of each logical client.
+    /// The session id the cluster assigned to each logical client, for those that
+    /// registered (a client registers with its first transfer); numbered log entries
+    /// name it ([`EntryValue::Command`](crate::EntryValue::Command)).
     pub clients: BTreeMap<Account, ClientId>,
+    /// Every logical client's sessions and registration nonces, for
+    /// [`format_log`](crate::format_log) and [`format_status`](crate::format_status).
+    pub names: ClientNames,
     /// The whole run, pauses included.
     pub elapsed: Duration,
 }
@@ -265,9 +278,10 @@ impl RunReport {
         self.sets.iter().flat_map(|s| &s.leader_failures)
     }
 
-    /// Names for the clients' session ids, for [`format_log`](crate::format_log).
+    /// Names for the clients' sessions and registrations, for
+    /// [`format_log`](crate::format_log).
     pub fn client_names(&self) -> ClientNames {
-        self.clients.iter().map(|(&a, &c)| (c, a)).collect()
+        self.names.clone()
     }
 
     /// Latencies of committed transfers, ascending.
@@ -435,6 +449,9 @@ struct Completion {
     index: usize,
     latency: Duration,
     result: Result<BankOutput, ClientError>,
+    /// The client's registration nonce and session after it.
+    nonce: ClientId,
+    session: Option<ClientId>,
 }
 
 /// Aborts the client tasks when the run ends, however it ends.
@@ -458,11 +475,16 @@ async fn client_task(
 ) {
     while let Some(job) = jobs.recv().await {
         let started = Instant::now();
+        // A registration uses the nonce the client has before it; an expired session
+        // makes the client pick a new one.
+        let nonce = client.id();
         let result = client.execute_within(&job.command, TRANSFER_DEADLINE).await;
         let completion = Completion {
             index: job.index,
             latency: started.elapsed(),
             result,
+            nonce,
+            session: client.session(),
         };
         if done.send(completion).is_err() {
             break;
@@ -482,6 +504,10 @@ async fn client_task(
 ///   ([`Cluster::set_available`]; a replica that cannot be reached is reported and
 ///   treated as down). Then the set's rows are released in order: a transfer goes to its
 ///   client's queue.
+/// - A brand-new cluster is founded only once every replica has heard from every other
+///   one. If a set would make replicas unavailable while that has not happened yet, the
+///   runner first waits for it (up to [`RunOptions::founding_timeout`], saying so on
+///   the console); otherwise the cut-off replicas would keep the cluster from forming.
 /// - `LF` means "the current leader fails at this point": the runner first waits until
 ///   everything released so far has completed (bounded by the set's timeout), so the
 ///   transfers above the `LF` row are committed by the old leader; then it makes the
@@ -538,13 +564,13 @@ where
         queues: BTreeMap::new(),
         tasks: Vec::new(),
     };
-    let mut ids = BTreeMap::new();
+    let mut names = ClientNames::new();
     for t in &transfers {
         if clients.queues.contains_key(&t.client) {
             continue;
         }
         let client = Client::<Bank>::with_options(endpoints.clone(), options.client.clone());
-        ids.insert(t.client, client.id());
+        names.add_nonce(client.id(), t.client);
         let (tx, rx) = mpsc::unbounded_channel();
         clients.queues.insert(t.client, tx);
         clients
@@ -552,7 +578,6 @@ where
             .push(tokio::spawn(client_task(client, rx, done_tx.clone())));
     }
     drop(done_tx);
-    let names = ids.iter().map(|(&a, &c)| (c, a)).collect();
     let mut run = Run {
         cluster,
         console,
@@ -562,6 +587,8 @@ where
         done_rx,
         clients,
         names,
+        sessions: BTreeMap::new(),
+        founded: false,
         current_set: 0,
         completed_in_set: 0,
     };
@@ -579,7 +606,8 @@ where
     let report = RunReport {
         transfers: run.transfers,
         sets,
-        clients: ids,
+        clients: run.sessions,
+        names: run.names,
         elapsed: run_start.elapsed(),
     };
     Ok(report)
@@ -595,6 +623,10 @@ struct Run<'a, C: ?Sized, W> {
     done_rx: mpsc::UnboundedReceiver<Completion>,
     clients: Clients,
     names: ClientNames,
+    /// The session of each client that registered.
+    sessions: BTreeMap<Account, ClientId>,
+    /// True once the cluster is known to have been founded (see `await_founding`).
+    founded: bool,
     current_set: u32,
     completed_in_set: usize,
 }
@@ -639,6 +671,14 @@ impl<C: Cluster + ?Sized, W: Write + Send> Run<'_, C, W> {
                 self.out(),
                 "  n{n} is not a replica of this cluster; ignored"
             )?;
+        }
+        let closing: Vec<NodeId> = nodes
+            .iter()
+            .copied()
+            .filter(|n| !set.live.contains(n))
+            .collect();
+        if !closing.is_empty() && !self.founded {
+            self.await_founding().await?;
         }
         let cluster = self.cluster;
         let applied = futures::future::join_all(
@@ -759,6 +799,11 @@ impl<C: Cluster + ?Sized, W: Write + Send> Run<'_, C, W> {
         let Some(t) = self.transfers.get_mut(c.index) else {
             return Ok(());
         };
+        self.names.add_nonce(c.nonce, t.client);
+        if let Some(session) = c.session {
+            self.names.add_session(session, t.client);
+            self.sessions.insert(t.client, session);
+        }
         t.outcome = match c.result {
             Ok(output) => TransferOutcome::Committed(output),
             Err(e) => TransferOutcome::Failed(e.to_string()),
@@ -830,6 +875,55 @@ impl<C: Cluster + ?Sized, W: Write + Send> Run<'_, C, W> {
             }
             // Keep recording completions while an election runs.
             let wake = (Instant::now() + LEADER_POLL).min(deadline);
+            tokio::select! {
+                Some(c) = self.done_rx.recv() => self.complete(c)?,
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Before the first set that makes replicas unavailable: if the cluster is brand new
+    /// and still being founded (every replica that answers has never voted, and some do
+    /// not vote yet), waits until every replica that answers votes, up to
+    /// [`RunOptions::founding_timeout`]. Founding needs every member to hear from every
+    /// other, so a replica cut off now would keep the cluster from ever forming.
+    async fn await_founding(&mut self) -> Result<(), RunError> {
+        let deadline = Instant::now() + self.options.founding_timeout;
+        let mut announced = false;
+        loop {
+            let nodes = self.cluster.nodes();
+            let statuses =
+                futures::future::join_all(nodes.iter().map(|&n| self.cluster.replica_status(n)))
+                    .await;
+            let answered: Vec<_> = statuses.into_iter().filter_map(Result::ok).collect();
+            // Some replica still waits for every member to say it never voted either.
+            let founding = answered.iter().all(NodeStatus::never_voted)
+                && !answered.iter().all(NodeStatus::is_voter);
+            if !founding {
+                // Founded (or an existing cluster): no need to ask again.
+                self.founded = !answered.is_empty();
+                if announced {
+                    writeln!(self.out(), "  every replica has joined the new cluster")?;
+                }
+                return Ok(());
+            }
+            if !announced {
+                writeln!(
+                    self.out(),
+                    "  the cluster is new: waiting until every replica has joined it"
+                )?;
+                announced = true;
+            }
+            if Instant::now() >= deadline {
+                let waited = Millis(self.options.founding_timeout);
+                writeln!(
+                    self.out(),
+                    "  the new cluster was not founded within {waited}: is every replica up?"
+                )?;
+                return Ok(());
+            }
+            // Keep recording completions meanwhile.
+            let wake = (Instant::now() + FOUNDING_POLL).min(deadline);
             tokio::select! {
                 Some(c) = self.done_rx.recv() => self.complete(c)?,
                 _ = tokio::time::sleep_until(wake) => {}

@@ -183,13 +183,18 @@ fn a_retried_transfer_moves_money_once_across_a_leader_change() {
     });
     assert!(matches!(garbage, RemoteResponse::Error(_)), "{garbage:?}");
 
-    // Register a session and transfer A->B 3 as request 1.
-    let client = 0x0E1C_E000_0000_0001;
+    // Register a session (the cluster assigns its id: the reply carries it) and
+    // transfer A->B 3 as request 1 of that session.
+    let nonce = 0x0E1C_E000_0000_0001;
+    let (registered, _) = rt.block_on(submit_to_leader(
+        &cluster,
+        leader,
+        &Request::register(nonce),
+        None,
+    ));
+    let client: u64 = postcard::from_bytes(&registered).expect("a session id");
     let transfer = transfer_request(client, 1, 'A', 'B', 3);
-    let (first, answered_by) = rt.block_on(async {
-        submit_to_leader(&cluster, leader, &Request::register(client), None).await;
-        submit_to_leader(&cluster, leader, &transfer, None).await
-    });
+    let (first, answered_by) = rt.block_on(submit_to_leader(&cluster, leader, &transfer, None));
     let output: BankOutput = postcard::from_bytes(&first).expect("a bank output");
     assert!(
         matches!(

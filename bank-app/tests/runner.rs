@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bank_app::{
-    await_agreement, format_db, gather_db, run_scenario, Account, BankCommand, BankOutput, Cluster,
-    Console, LocalCluster, LocalClusterOptions, Rejection, RunOptions, Scenario, TransferOutcome,
-    SAMPLE_SCENARIO,
+    await_agreement, format_db, format_log, gather_db, run_scenario, Account, BankCommand,
+    BankOutput, Cluster, Console, EntryValue, LocalCluster, LocalClusterOptions, Rejection,
+    RunOptions, Scenario, TransferOutcome, SAMPLE_SCENARIO,
 };
 use paxos_core::NodeOptions;
 use tokio::time::timeout;
@@ -274,6 +274,9 @@ async fn a_final_set_without_a_majority_leaves_its_transfers_pending() {
 async fn an_unreachable_replica_is_treated_as_down() {
     timeout(LIMIT, async {
         let cluster = cluster(15);
+        // A new cluster is founded only once every replica heard from every other one:
+        // stop n5 after that, not before.
+        assert!(cluster.await_voters(Duration::from_secs(10)).await);
         cluster.handle(5).expect("n5 exists").shutdown().await;
         let (report, text) = play(&cluster, TWO_SETS, Duration::from_secs(5)).await;
         assert_eq!(report.committed(), 2, "{text}");
@@ -291,6 +294,48 @@ async fn an_unreachable_replica_is_treated_as_down() {
         let agreement = await_agreement(&cluster, Duration::from_secs(5)).await;
         assert!(agreement.agree, "{agreement:?}");
         assert_eq!(agreement.nodes, vec![1, 2, 3, 4]);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_is_founded_before_a_set_takes_replicas_down() {
+    timeout(LIMIT, async {
+        // The first set leaves n4 and n5 out of a cluster that is still new: cut off at
+        // once, they would keep it from ever being founded. The runner waits first.
+        let cluster = cluster(16);
+        let script = "Set Number,Transactions,Live Nodes
+1,\"(A, B, 1)\",\"[n1, n2, n3]\"
+2,\"(B, C, 1)\",\"[n1, n2, n3, n4, n5]\"
+";
+        let (report, text) = play(&cluster, script, Duration::from_secs(5)).await;
+        assert!(
+            text.contains("waiting until every replica has joined it"),
+            "{text}"
+        );
+        assert_eq!(report.committed(), 2, "{text}");
+        assert_eq!(report.transfers[0].completed_in_set, Some(1), "{text}");
+
+        // Sessions are the cluster's: each client's is the slot of its registration,
+        // and its numbered entries name it; PrintLog names the registrations.
+        let leader = cluster.leader().await.expect("a leader");
+        let log = cluster.log(leader).await.expect("inspectable");
+        for (client, command) in [(acc('A'), &report.transfers[0].command), (acc('B'), &report.transfers[1].command)] {
+            let session = report.clients[&client];
+            assert!(
+                matches!(log[session as usize].value, EntryValue::Register { .. }),
+                "{client}: session {session} in {log:?}"
+            );
+            assert!(
+                log.iter().any(|e| matches!(&e.value, EntryValue::Command { client: c, command: k, .. } if *c == session && k == command)),
+                "{client}: no command of session {session} in {log:?}"
+            );
+        }
+        let table = format_log(leader, &Ok(log), &report.client_names());
+        assert!(table.contains("register (client A)"), "{table}");
+        assert!(table.contains("register (client B)"), "{table}");
         cluster.shutdown().await;
     })
     .await

@@ -29,6 +29,13 @@ use bank_app::{
 };
 use tracing_subscriber::EnvFilter;
 
+const USAGE: &str = "usage: cargo run --example bank [SCRIPT.csv]
+
+Plays the script (default: the bundled sample) against five replicas in this process,
+then prints PrintDB, PrintLog, PrintStatus and PrintView. Pauses between sets for
+printdb, printlog N, printstatus SEQ, printview (Enter continues) when stdin is a
+terminal. RUST_LOG sets the log level (default: warn).";
+
 fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -37,6 +44,10 @@ fn main() -> ExitCode {
         .init();
 
     let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let loaded = match args.as_slice() {
         [] => Scenario::parse(SAMPLE_SCENARIO)
             .map(|s| (s, "the bundled sample script".to_string()))
@@ -44,7 +55,7 @@ fn main() -> ExitCode {
         [path] => load_scenario(path, &ScenarioOptions::default())
             .map(|s| (s, std::path::Path::new(path).display().to_string()))
             .map_err(|e| e.to_string()),
-        _ => Err("usage: cargo run --example bank [SCRIPT.csv]".to_string()),
+        _ => Err(format!("too many arguments\n{USAGE}")),
     };
     let (scenario, source) = match loaded {
         Ok(loaded) => loaded,
@@ -140,13 +151,17 @@ async fn run(scenario: Scenario, source: String) -> Result<bool, Box<dyn Error>>
                 if Some(*c) == client && *command == t.command)
         });
         if let (Some(e), Some(done)) = (found, t.completed_in_set) {
-            slots.push((
-                e.slot,
-                format!(
-                    "slot {}: {}, submitted in set {} and committed in set {done}",
-                    e.slot, e.value, t.set
+            // First, so that it wins over "the last slot" when it is that slot too.
+            slots.insert(
+                0,
+                (
+                    e.slot,
+                    format!(
+                        "slot {}: {}, submitted in set {} and committed in set {done}",
+                        e.slot, e.value, t.set
+                    ),
                 ),
-            ));
+            );
         }
     }
     slots.sort_by_key(|(s, _)| *s);

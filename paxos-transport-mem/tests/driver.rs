@@ -206,15 +206,15 @@ async fn a_request_retried_at_a_new_leader_is_not_executed_twice() {
     timeout(LIMIT, async {
         let (net, nodes) = cluster(3, 4);
         let old = leader(&nodes, &[]).await;
-        let client_id = 4242;
-        assert_eq!(
-            old.submit(Request::register(client_id))
-                .await
-                .expect("answers"),
-            Response::Ok(Default::default())
-        );
+        // The cluster assigns the session: the reply to the registration carries its
+        // id (the slot of the registration entry), which numbered requests must name.
+        let registered = old.submit(Request::register(4242)).await.expect("answers");
+        let Response::Ok(payload) = registered else {
+            panic!("registration answered {registered:?}");
+        };
+        let session: u64 = postcard::from_bytes(&payload).expect("a session id");
         let add = Request {
-            client: client_id,
+            client: session,
             seq: 1,
             payload: postcard::to_allocvec(&Op::Add("m".into(), 5))
                 .expect("encodes")

@@ -1,7 +1,7 @@
-//! The harness shared by the multi-process tests (`processes.rs`, `durability.rs`):
-//! five real `bank node` processes on 127.0.0.1 with their config, data directories and
-//! logs in a temporary directory, `bank` invocations against them, and checks through
-//! [`RemoteCluster`].
+//! The harness shared by the multi-process tests (`processes.rs`, `durability.rs`,
+//! `amnesia.rs`): real `bank node` processes on 127.0.0.1 (five unless a test asks for
+//! another size) with their config, data directories and logs in a temporary directory,
+//! `bank` invocations against them, and checks through [`RemoteCluster`].
 //!
 //! Every process the harness starts is killed and reaped when its guard drops, pass or
 //! fail ([`Processes`], [`Running`]); every wait is bounded; a failing test prints the
@@ -10,7 +10,7 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -66,6 +66,8 @@ pub(crate) struct Processes {
     pub(crate) config_path: PathBuf,
     /// The nodes running now (a killed node is removed, a restarted one put back).
     nodes: BTreeMap<NodeId, Child>,
+    /// Nodes started with `--memory` instead of a data directory.
+    memory: BTreeSet<NodeId>,
 }
 
 impl Drop for Processes {
@@ -80,7 +82,7 @@ impl Drop for Processes {
         }
         if thread::panicking() {
             // Show what the nodes said, to explain the failure.
-            for id in 1..=NODES {
+            for id in self.config.ids() {
                 let log = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
                 let from = lines.len().saturating_sub(LOG_TAIL);
@@ -118,11 +120,24 @@ impl Processes {
         rt: &tokio::runtime::Runtime,
         adjust: impl Fn(&mut ClusterConfig),
     ) -> Processes {
+        Processes::start_cluster(rt, NODES, &BTreeSet::new(), adjust)
+    }
+
+    /// Starts `size` nodes, ids `1..=size`, each with a data directory except those in
+    /// `memory` (started with `--memory`, and restarted so), and waits until each
+    /// answers; `adjust` may change the config first. Retries with new ports when a
+    /// node exits at once.
+    pub(crate) fn start_cluster(
+        rt: &tokio::runtime::Runtime,
+        size: u64,
+        memory: &BTreeSet<NodeId>,
+        adjust: impl Fn(&mut ClusterConfig),
+    ) -> Processes {
         for attempt in 1..=3 {
             let dir = tempfile::tempdir().expect("temp dir");
             let mut config = ClusterConfig {
                 cluster_id: unique_cluster_id(),
-                nodes: free_ports(NODES)
+                nodes: free_ports(size)
                     .into_iter()
                     .zip(1..)
                     .map(|(port, id)| NodeConfig {
@@ -140,8 +155,9 @@ impl Processes {
                 config,
                 config_path,
                 nodes: BTreeMap::new(),
+                memory: memory.clone(),
             };
-            for id in 1..=NODES {
+            for id in 1..=size {
                 let child = procs.spawn_node(id);
                 procs.nodes.insert(id, child);
             }
@@ -161,8 +177,8 @@ impl Processes {
         self.dir.path().join(format!("n{id}.log"))
     }
 
-    /// Starts node `id` on its configured port and data directory; its stderr is
-    /// appended to its log file, after a line marking the (re)start.
+    /// Starts node `id` on its configured port and data directory (or `--memory`); its
+    /// stderr is appended to its log file, after a line marking the (re)start.
     fn spawn_node(&self, id: NodeId) -> Child {
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -170,11 +186,16 @@ impl Processes {
             .open(self.log_path(id))
             .expect("log file");
         let _ = writeln!(log, "==== test harness: starting n{id} ====");
-        Command::new(BANK)
+        let mut command = Command::new(BANK);
+        command
             .args(["node", "--id", &id.to_string(), "--config"])
-            .arg(&self.config_path)
-            .arg("--data-dir")
-            .arg(self.data_dir(id))
+            .arg(&self.config_path);
+        if self.memory.contains(&id) {
+            command.arg("--memory");
+        } else {
+            command.arg("--data-dir").arg(self.data_dir(id));
+        }
+        command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -259,6 +280,19 @@ impl Processes {
             thread::sleep(Duration::from_millis(300));
         }
         panic!("n{id} could not be restarted");
+    }
+
+    /// The process id of a running node.
+    pub(crate) fn pid(&self, id: NodeId) -> u32 {
+        self.nodes.get(&id).expect("a running node").id()
+    }
+
+    /// True while node `id` was started and has not exited (`false` also for a node
+    /// that exited by itself).
+    pub(crate) fn is_alive(&mut self, id: NodeId) -> bool {
+        self.nodes
+            .get_mut(&id)
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The leader, waited for.
