@@ -71,7 +71,9 @@ use tracing::{debug, warn};
 
 use crate::disk::Disk;
 use crate::format::*;
-use crate::{OpenError, RecordDamage, RecoveryReport};
+#[cfg(test)]
+use crate::storage::Broken;
+use crate::{FileStorageOptions, OpenError, RecordDamage, RecoveryReport};
 
 /// What recovery found in the log.
 pub(crate) struct Recovered {
@@ -412,9 +414,10 @@ fn scan_segment(
     path: &Path,
     kind: u32,
     may_be_torn: bool,
-    max_record: u32,
+    options: &FileStorageOptions,
     state: &mut PersistentState,
 ) -> Result<Scan, OpenError> {
+    let max_record = options.max_record_size;
     let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
     let file_len = f
         .metadata()
@@ -505,6 +508,18 @@ fn scan_segment(
         r.read_exact(&mut payload)
             .map_err(|e| io_err("cannot read", path, e))?;
         if crc32fast::hash(&payload) != crc {
+            // Deliberately broken (tests only): the old rule, which cut it as torn.
+            #[cfg(test)]
+            if options.broken == Some(Broken::CutDamagedTail) && may_be_torn && end == file_len {
+                return Ok(torn(
+                    path,
+                    file_len,
+                    pos,
+                    "the last record's checksum does not match (broken variant)",
+                    base_end,
+                    records,
+                ));
+            }
             // Complete, so possibly acknowledged: damage, even as the very last record.
             return Err(damaged(path, pos, RecordDamage::PayloadChecksum));
         }
@@ -544,7 +559,7 @@ pub(crate) fn plan_log(
     mut segments: Vec<(u64, PathBuf)>,
     cluster: u64,
     node: u64,
-    max_record: u32,
+    options: &FileStorageOptions,
 ) -> Result<Option<LogPlan>, OpenError> {
     // Only the newest segment can hold an interrupted write, and only once: after it is
     // discarded, the one before it was complete and synced before it was created.
@@ -603,7 +618,7 @@ pub(crate) fn plan_log(
                 KIND_CONTINUATION
             };
             let torn_ok = may_be_torn && i == last;
-            let scan = scan_segment(path, kind, torn_ok, max_record, &mut state)?;
+            let scan = scan_segment(path, kind, torn_ok, options, &mut state)?;
             records += scan.records;
             let Some(base_end) = scan.base_end else {
                 if torn_ok {

@@ -45,6 +45,27 @@ pub struct FileStorageOptions {
     /// and an acceptor that forgets a promise or an accepted value breaks Paxos. Only
     /// for tests and benchmarks.
     pub sync: bool,
+    /// A deliberately broken variant to run instead of the real code, in this crate's
+    /// own tests only (see [`Broken`]); `None` (the default) runs the real code.
+    #[cfg(test)]
+    pub(crate) broken: Option<Broken>,
+}
+
+/// Deliberately broken variants of the safety rules of [`FileStorage::open`], compiled
+/// only for this crate's own tests. Each undoes one fix, and a test shows that the
+/// checks of the real tests fail against it (`broken_variants` in `tests.rs`), so the
+/// tests are proved, on every run, to still be able to catch the bug they guard
+/// against. Switched on through [`FileStorageOptions`]' test-only `broken` field.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Broken {
+    /// The `LOCK` file is opened but never locked, so a second open of a live directory
+    /// succeeds (and runs recovery under the first).
+    NoLock,
+    /// The behaviour before damaged records were refused: a complete last record of the
+    /// newest segment whose payload fails its checksum is cut as if torn, losing a write
+    /// that may have been acknowledged.
+    CutDamagedTail,
 }
 
 impl Default for FileStorageOptions {
@@ -54,6 +75,8 @@ impl Default for FileStorageOptions {
             max_record_size: 64 << 20,
             max_checkpoint_size: 4 << 30,
             sync: true,
+            #[cfg(test)]
+            broken: None,
         }
     }
 }
@@ -162,7 +185,14 @@ impl FileStorage {
         let dir = dir.as_ref().to_path_buf();
         let created_dir = create_dir(&dir, options.sync)?;
         // Before anything in the directory is read, created, deleted or truncated.
+        #[cfg(not(test))]
         let lock = lock_dir(&dir)?;
+        #[cfg(test)]
+        let lock = match options.broken {
+            // Deliberately broken (tests only): the lock file is never locked.
+            Some(Broken::NoLock) => open_lock_file(&dir)?.0,
+            _ => lock_dir(&dir)?,
+        };
         let mut disk = Disk {
             dir: dir.clone(),
             sync: options.sync,
@@ -187,7 +217,7 @@ impl FileStorage {
             node_id,
             options.max_checkpoint_size,
         )?;
-        let plan = plan_log(segments, cluster_id, node_id, options.max_record_size)?;
+        let plan = plan_log(segments, cluster_id, node_id, &options)?;
         if plan.is_none() && checkpoint.is_some() {
             return Err(StorageError::Corrupt(format!(
                 "{}: a checkpoint exists but every log segment is missing",
@@ -535,6 +565,18 @@ fn create_dir(dir: &Path, sync: bool) -> Result<bool, StorageError> {
 /// Opens (creating it if missing) and exclusively locks the directory's `LOCK` file.
 /// The lock is advisory: it keeps out other `FileStorage`s, in this process or another.
 fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+    let (f, path) = open_lock_file(dir)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(TryLockError::WouldBlock) => Err(OpenError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(e)) => Err(io_err("cannot lock", &path, e).into()),
+    }
+}
+
+/// Opens (creating it if missing) the directory's `LOCK` file, without locking it.
+fn open_lock_file(dir: &Path) -> Result<(File, PathBuf), StorageError> {
     let path = dir.join(LOCK_FILE);
     let f = OpenOptions::new()
         .read(true)
@@ -543,11 +585,5 @@ fn lock_dir(dir: &Path) -> Result<File, OpenError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| io_err("cannot open the lock file", &path, e))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(TryLockError::WouldBlock) => Err(OpenError::Locked {
-            dir: dir.to_path_buf(),
-        }),
-        Err(TryLockError::Error(e)) => Err(io_err("cannot lock", &path, e).into()),
-    }
+    Ok((f, path))
 }

@@ -4,7 +4,6 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -182,26 +181,40 @@ fn assert_corrupt(e: OpenError, file: &Path, offset: u64) {
 /// A refusal of a complete, damaged record at `offset` of `file`, whose message says it
 /// may have been acknowledged.
 fn assert_damaged(e: OpenError, file: &Path, offset: u64) -> RecordDamage {
+    damaged_record(e, file, offset).unwrap_or_else(|m| panic!("{m}"))
+}
+
+/// [`assert_damaged`] as a check: `Err` says how `e` differs from the refusal of a
+/// damaged record at `offset` of `file`.
+fn damaged_record(e: OpenError, file: &Path, offset: u64) -> Result<RecordDamage, String> {
     let OpenError::DamagedRecord {
         file: f,
         offset: o,
         damage,
     } = &e
     else {
-        panic!("expected DamagedRecord, got {e:?}");
+        return Err(format!("expected DamagedRecord, got {e:?}"));
     };
-    assert_eq!((f.as_path(), *o), (file, offset), "{e}");
+    if (f.as_path(), *o) != (file, offset) {
+        return Err(format!(
+            "{e}: expected file {} offset {offset}",
+            file.display()
+        ));
+    }
     let msg = e.to_string();
-    assert!(
-        msg.contains(&file.display().to_string())
-            && msg.contains(&format!("offset {offset}"))
-            && msg.contains("acknowledged")
-            && msg.contains("peers"),
-        "{msg}"
-    );
+    if !(msg.contains(&file.display().to_string())
+        && msg.contains(&format!("offset {offset}"))
+        && msg.contains("acknowledged")
+        && msg.contains("peers"))
+    {
+        return Err(format!("incomplete message: {msg}"));
+    }
+    let damage = *damage;
     // Callers that only know StorageError see it as corruption.
-    assert!(matches!(StorageError::from(e.clone()), StorageError::Corrupt(m) if m == msg));
-    *damage
+    match StorageError::from(e) {
+        StorageError::Corrupt(m) if m == msg => Ok(damage),
+        other => Err(format!("as a StorageError: {other:?}")),
+    }
 }
 
 /// Every file of a directory with its contents.
@@ -783,6 +796,17 @@ fn sample_dir() -> (tempfile::TempDir, PathBuf) {
 
 #[test]
 fn every_bit_flip_in_the_last_record_is_refused_with_file_and_offset() {
+    check_every_bit_flip_in_the_last_record_is_refused(&nosync(1 << 20)).unwrap();
+}
+
+/// The check of `every_bit_flip_in_the_last_record_is_refused_with_file_and_offset`,
+/// opening with `options`: every single bit flip in the last (complete) record of the
+/// newest segment must be refused as [`OpenError::DamagedRecord`] at that record, with
+/// the right [`RecordDamage`], changing nothing. `Err` describes the first flip that
+/// was not. Also run against a broken variant (`broken_variants`).
+fn check_every_bit_flip_in_the_last_record_is_refused(
+    options: &FileStorageOptions,
+) -> Result<(), String> {
     let (dir, seg) = sample_dir();
     let good = fs::read(&seg).unwrap();
     let (last, len, _) = *records(&seg).last().unwrap();
@@ -794,29 +818,41 @@ fn every_bit_flip_in_the_last_record_is_refused_with_file_and_offset() {
     let mut flips = 0;
     for offset in last..end {
         for bit in 0..8 {
+            let flip = format!("bit {bit} of byte {offset}");
             let mut bytes = good.clone();
             bytes[offset as usize] ^= 1 << bit;
             fs::write(&work_seg, &bytes).unwrap();
             let before = snapshot(work.path());
-            let damage = assert_damaged(open_err(work.path()), &work_seg, last);
+            let e = match FileStorage::open_with(work.path(), CLUSTER, NODE, options.clone()) {
+                Ok(s) => {
+                    return Err(format!(
+                        "{flip}: the open succeeded, recovery {:?}",
+                        s.recovery()
+                    ))
+                }
+                Err(e) => e,
+            };
+            let damage = damaged_record(e, &work_seg, last).map_err(|m| format!("{flip}: {m}"))?;
             let expected = if offset < last + RECORD_HEADER_LEN as u64 {
                 RecordDamage::HeaderChecksum
             } else {
                 RecordDamage::PayloadChecksum
             };
-            assert_eq!(damage, expected, "bit {bit} of byte {offset}");
+            if damage != expected {
+                return Err(format!("{flip}: {damage:?}, expected {expected:?}"));
+            }
             // Refused without touching anything.
-            assert_eq!(snapshot(work.path()), before, "bit {bit} of byte {offset}");
+            if snapshot(work.path()) != before {
+                return Err(format!("{flip}: the refused open changed the directory"));
+            }
             flips += 1;
         }
     }
     assert!(flips >= 8 * (RECORD_HEADER_LEN + 2));
     // The intact file loads everything.
     fs::write(&work_seg, &good).unwrap();
-    assert_eq!(
-        load(work.path(), &nosync(1 << 20)),
-        mem_after(&sample_batches())
-    );
+    assert_eq!(load(work.path(), options), mem_after(&sample_batches()));
+    Ok(())
 }
 
 #[test]
@@ -963,16 +999,7 @@ fn a_second_open_is_refused_while_the_first_is_alive() {
     first.persist(&[accept(0, 1)]).unwrap();
     assert!(path.join(LOCK_FILE).exists());
     for _ in 0..2 {
-        let e = FileStorage::open_with(&path, CLUSTER, NODE, nosync(1 << 20)).unwrap_err();
-        assert_eq!(e, OpenError::Locked { dir: path.clone() });
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "data directory {} is in use by another process",
-                path.display()
-            )
-        );
-        assert!(matches!(StorageError::from(e), StorageError::Io(m) if m.contains("in use")));
+        check_a_second_open_is_refused(&path, &nosync(1 << 20)).unwrap();
     }
     // The lock is checked before the identity: another node id is refused as locked too.
     assert!(matches!(
@@ -989,6 +1016,33 @@ fn a_second_open_is_refused_while_the_first_is_alive() {
     );
     drop(again);
     assert!(FileStorage::open(&path, CLUSTER, NODE).is_ok());
+}
+
+/// The check of `a_second_open_is_refused_while_the_first_is_alive`: while a
+/// `FileStorage` holds `path`, opening it again with `options` must fail with
+/// [`OpenError::Locked`] and say so. `Err` describes what happened instead. Also run
+/// against a broken variant (`broken_variants`).
+fn check_a_second_open_is_refused(path: &Path, options: &FileStorageOptions) -> Result<(), String> {
+    let e = match FileStorage::open_with(path, CLUSTER, NODE, options.clone()) {
+        Ok(_) => return Err(format!("a second open of {} succeeded", path.display())),
+        Err(e) => e,
+    };
+    if e != (OpenError::Locked {
+        dir: path.to_path_buf(),
+    }) {
+        return Err(format!("expected Locked, got {e:?}"));
+    }
+    let expected = format!(
+        "data directory {} is in use by another process",
+        path.display()
+    );
+    if e.to_string() != expected {
+        return Err(format!("message {e}, expected {expected}"));
+    }
+    match StorageError::from(e) {
+        StorageError::Io(m) if m.contains("in use") => Ok(()),
+        other => Err(format!("as a StorageError: {other:?}")),
+    }
 }
 
 #[test]
@@ -1034,109 +1088,46 @@ fn a_refused_open_changes_nothing_in_the_directory() {
     assert_eq!(s.load().unwrap(), mem_after(&expected));
 }
 
-/// Set in a child process (this test binary, re-executed) to the directory to probe.
-const PROBE_DIR: &str = "PAXOS_STORAGE_FILE_TEST_PROBE_DIR";
-/// Set in a child process to a file to create once it holds the lock; it then keeps
-/// it until it is killed (or for at most a minute).
-const PROBE_HOLD: &str = "PAXOS_STORAGE_FILE_TEST_PROBE_HOLD";
-const PROBE_OPENED: i32 = 10;
-const PROBE_LOCKED: i32 = 11;
-const PROBE_FAILED: i32 = 12;
+// ------------------------------------------------------------ broken variants
+//
+// Each test runs the check of a real test against a deliberately broken variant of one
+// safety rule (`Broken`, compiled for tests only) and asserts that the check fails, so
+// every run proves the real test can still catch that bug.
 
-/// Not a test of its own: the body of the child process of
-/// `the_lock_holds_across_processes`, which does nothing unless `PROBE_DIR` is set.
-#[test]
-fn lock_probe_child() {
-    let Some(dir) = std::env::var_os(PROBE_DIR) else {
-        return;
-    };
-    let code = match FileStorage::open_with(PathBuf::from(dir), CLUSTER, NODE, nosync(1 << 20)) {
-        Ok(storage) => {
-            if let Some(marker) = std::env::var_os(PROBE_HOLD) {
-                fs::write(marker, b"locked").unwrap();
-                std::thread::sleep(Duration::from_secs(60));
-            }
-            drop(storage);
-            PROBE_OPENED
+mod broken_variants {
+    use super::*;
+    use crate::storage::Broken;
+
+    fn broken(variant: Broken) -> FileStorageOptions {
+        FileStorageOptions {
+            broken: Some(variant),
+            ..nosync(1 << 20)
         }
-        Err(OpenError::Locked { .. }) => PROBE_LOCKED,
-        Err(_) => PROBE_FAILED,
-    };
-    std::process::exit(code);
-}
-
-/// Starts this test binary again, running only `lock_probe_child` on `dir`.
-fn spawn_probe(dir: &Path, hold: Option<&Path>) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "tests::lock_probe_child", "--test-threads=1"])
-        .env(PROBE_DIR, dir)
-        .env_remove(PROBE_HOLD)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(marker) = hold {
-        cmd.env(PROBE_HOLD, marker);
     }
-    cmd.spawn().unwrap()
-}
 
-/// Waits (at most a minute) for a child to exit; kills it when it takes longer.
-fn wait_exit_code(mut child: Child) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().expect("the probe was killed by a signal");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the probe process did not finish in time");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    #[test]
+    fn without_the_lock_a_second_open_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let options = broken(Broken::NoLock);
+        let mut first = open(&path, &options);
+        first.persist(&[accept(0, 1)]).unwrap();
+        let e = check_a_second_open_is_refused(&path, &options).unwrap_err();
+        assert!(e.contains("a second open"), "{e}");
+        // The real code, under the same test, passes.
+        drop(first);
+        let _first = open(&path, &nosync(1 << 20));
+        check_a_second_open_is_refused(&path, &nosync(1 << 20)).unwrap();
     }
-}
 
-#[test]
-fn the_lock_holds_across_processes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = open(dir.path(), &nosync(1 << 20));
-    s.persist(&[accept(0, 1)]).unwrap();
-    fs::write(dir.path().join(CHECKPOINT_TMP), b"leftover").unwrap();
-    let before = snapshot(dir.path());
-
-    // Another process is refused while this one holds the directory, and changes nothing.
-    assert_eq!(wait_exit_code(spawn_probe(dir.path(), None)), PROBE_LOCKED);
-    assert_eq!(snapshot(dir.path()), before);
-    // Once it is released, the other process opens it.
-    drop(s);
-    assert_eq!(wait_exit_code(spawn_probe(dir.path(), None)), PROBE_OPENED);
-
-    // A process that holds the lock keeps this one out; when it dies (killed, as in a
-    // crash), the OS releases the lock.
-    let markers = tempfile::tempdir().unwrap();
-    let marker = markers.path().join("holding");
-    let mut child = spawn_probe(dir.path(), Some(&marker));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !marker.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the holding probe exited early: {status}");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the holding probe did not lock the directory in time");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    #[test]
+    fn cutting_a_damaged_last_record_is_caught() {
+        let e = check_every_bit_flip_in_the_last_record_is_refused(&broken(Broken::CutDamagedTail))
+            .unwrap_err();
+        // Header flips are still refused; the first payload flip is cut, not refused.
+        assert!(e.contains("the open succeeded"), "{e}");
+        assert!(e.contains("torn_bytes_discarded"), "{e}");
     }
-    let refused = FileStorage::open_with(dir.path(), CLUSTER, NODE, nosync(1 << 20));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        matches!(refused, Err(OpenError::Locked { .. })),
-        "{refused:?}"
-    );
-    let mut s = open(dir.path(), &nosync(1 << 20));
-    assert_eq!(s.load().unwrap(), mem_after(&[vec![accept(0, 1)]]));
 }
 
 fn status(status: AcceptorStatus, incarnation: u64) -> PersistOp {

@@ -19,6 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
+#[cfg(test)]
+use crate::config::Broken;
 use crate::config::ClientConfig;
 use crate::error::TcpError;
 use crate::wire::{self, ClientConn, ClientFrame, Conn, Hello, Outcome, Role};
@@ -382,7 +384,14 @@ impl TcpClient {
         // A connection the server already closed (idle timeout, restart), or that a
         // cancelled call left waiting for an answer, is replaced before sending.
         if let Some(conn) = &mut self.conn {
-            if !conn.settle(self.addr, &mut self.discarded) {
+            let settled = conn.settle(self.addr, &mut self.discarded);
+            // Deliberately broken (tests only): the client before call ids reused every
+            // connection the server had not closed.
+            #[cfg(test)]
+            let settled = settled
+                || (self.config.is_broken(Broken::ReuseWithAnswerOutstanding)
+                    && !is_stale(&conn.framed));
+            if !settled {
                 debug!(
                     addr = %self.addr,
                     outstanding = conn.sent - conn.answered,
@@ -411,6 +420,12 @@ impl TcpClient {
                 Some(Ok(frame)) => frame,
             };
             let (answers, answer) = wire::decode_response(frame)?;
+            // Deliberately broken (tests only): any response answers the call.
+            #[cfg(test)]
+            if self.config.is_broken(Broken::AnyAnswer) {
+                conn.answered = call;
+                return answer;
+            }
             if answers == call {
                 conn.answered = call;
                 return answer;

@@ -168,6 +168,33 @@ pub struct ClientConfig {
     /// The largest request or response frame, in bytes: a request frame holds the
     /// request and an 8-byte call id. Keep it no larger than the server's.
     pub max_frame_size: usize,
+    /// Deliberately broken variants to run instead of the real client code, in this
+    /// crate's own tests only (see [`Broken`]); empty (the default) runs the real code.
+    #[cfg(test)]
+    pub(crate) broken: Vec<Broken>,
+}
+
+/// Deliberately broken variants of [`TcpClient`](crate::TcpClient)'s rules for matching
+/// responses to calls, compiled only for this crate's own tests. Each undoes one part of
+/// the fix, and a unit test (`broken_variants` in `tests.rs`) shows that a check of the
+/// real tests fails against it, so every run proves those tests can still catch the bug.
+/// Switched on through [`ClientConfig`]'s test-only `broken` field.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Broken {
+    /// A call returns the first response frame it reads, whatever call id it carries.
+    AnyAnswer,
+    /// A connection is reused for a new call while a cancelled call's answer is still
+    /// outstanding, as long as the server has not closed it.
+    ReuseWithAnswerOutstanding,
+}
+
+#[cfg(test)]
+impl ClientConfig {
+    /// Whether the broken variant `b` is switched on.
+    pub(crate) fn is_broken(&self, b: Broken) -> bool {
+        self.broken.contains(&b)
+    }
 }
 
 impl ClientConfig {
@@ -180,6 +207,8 @@ impl ClientConfig {
             handshake_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(5),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            #[cfg(test)]
+            broken: Vec::new(),
         }
     }
 

@@ -718,20 +718,9 @@ async fn scripted_server(listener: TcpListener) {
 #[tokio::test]
 async fn responses_with_a_wrong_call_id_are_discarded() {
     let (logs, _guard) = capture();
-    let l = listener().await;
-    let addr = l.local_addr().expect("addr");
-    let server = tokio::spawn(scripted_server(l));
-    let mut client = within(TcpClient::connect(addr, ClientConfig::new(CLUSTER)))
+    check_responses_with_a_wrong_call_id_are_discarded(ClientConfig::new(CLUSTER))
         .await
-        .expect("connect");
-    assert_eq!(
-        within(client.call(Bytes::from_static(b"one"))).await.ok(),
-        Some(Bytes::from_static(b"one"))
-    );
-    // Three frames answering other calls come first: each is discarded.
-    let r = within(client.call(Bytes::from_static(b"wrong ids"))).await;
-    assert_eq!(r.ok(), Some(Bytes::from_static(b"right")));
-    assert_eq!(client.discarded_responses(), 3);
+        .unwrap();
     assert!(
         logs.text()
             .lines()
@@ -739,19 +728,136 @@ async fn responses_with_a_wrong_call_id_are_discarded() {
         "{}",
         logs.text()
     );
+}
+
+/// The check of `responses_with_a_wrong_call_id_are_discarded`, with a client built
+/// from `config`: against [`scripted_server`], every response frame that answers
+/// another call is discarded and counted, and the connection stays in step. `Err` says
+/// what went wrong. Also run against a broken client (`broken_variants`).
+async fn check_responses_with_a_wrong_call_id_are_discarded(
+    config: ClientConfig,
+) -> Result<(), String> {
+    let l = listener().await;
+    let addr = l.local_addr().expect("addr");
+    let server = tokio::spawn(scripted_server(l));
+    let result = wrong_call_id_calls(addr, config).await;
+    server.abort();
+    result
+}
+
+async fn wrong_call_id_calls(addr: SocketAddr, config: ClientConfig) -> Result<(), String> {
+    let mut client = within(TcpClient::connect(addr, config))
+        .await
+        .expect("connect");
+    let expect = |got: Result<Bytes, TcpError>, want: &'static [u8]| {
+        if got.as_deref().ok() == Some(want) {
+            Ok(())
+        } else {
+            Err(format!(
+                "expected {:?}, got {got:?}",
+                Bytes::from_static(want)
+            ))
+        }
+    };
+    let discarded = |client: &TcpClient, want: u64| {
+        let n = client.discarded_responses();
+        if n == want {
+            Ok(())
+        } else {
+            Err(format!("{n} responses discarded, expected {want}"))
+        }
+    };
+    expect(
+        within(client.call(Bytes::from_static(b"one"))).await,
+        b"one",
+    )?;
+    // Three frames answering other calls come first: each is discarded.
+    let r = within(client.call(Bytes::from_static(b"wrong ids"))).await;
+    expect(r, b"right")?;
+    discarded(&client, 3)?;
     // The connection is still in step: the next call gets its own answer.
-    assert_eq!(
-        within(client.call(Bytes::from_static(b"three"))).await.ok(),
-        Some(Bytes::from_static(b"three"))
-    );
+    expect(
+        within(client.call(Bytes::from_static(b"three"))).await,
+        b"three",
+    )?;
     // A frame too short to be a response is an error that drops the connection; the
     // next call reconnects.
     let r = within(client.call(Bytes::from_static(b"short"))).await;
-    assert!(matches!(r, Err(TcpError::Malformed(_))), "{r:?}");
-    assert_eq!(
-        within(client.call(Bytes::from_static(b"four"))).await.ok(),
-        Some(Bytes::from_static(b"four"))
-    );
-    assert_eq!(client.discarded_responses(), 3);
-    server.abort();
+    if !matches!(r, Err(TcpError::Malformed(_))) {
+        return Err(format!("expected Malformed, got {r:?}"));
+    }
+    expect(
+        within(client.call(Bytes::from_static(b"four"))).await,
+        b"four",
+    )?;
+    discarded(&client, 3)
+}
+
+// ------------------------------------------------------------ broken variants
+//
+// Each test runs a check of the real tests against a client with deliberately broken
+// variants of its rules for matching responses to calls (`Broken`, compiled for tests
+// only) and asserts that the check fails, so every run proves that the real tests can
+// still catch those bugs. The cancellation scenarios are the very code that
+// `tests/cancellation.rs` runs against the real client.
+
+/// Shared with `tests/cancellation.rs`; not every helper is used here.
+#[allow(dead_code)]
+#[path = "../tests/cancellation/checks.rs"]
+mod cancellation_checks;
+
+mod broken_variants {
+    use super::*;
+    use crate::config::Broken;
+
+    fn broken(cluster: u64, variants: &[Broken]) -> ClientConfig {
+        let mut config = ClientConfig::new(cluster);
+        config.broken = variants.to_vec();
+        config
+    }
+
+    /// The answer of another call is returned, not discarded.
+    #[tokio::test]
+    async fn a_client_that_takes_any_answer_is_caught() {
+        let e = check_responses_with_a_wrong_call_id_are_discarded(broken(
+            CLUSTER,
+            &[Broken::AnyAnswer],
+        ))
+        .await
+        .unwrap_err();
+        assert!(e.contains("from the future"), "{e}");
+    }
+
+    /// With call ids still matched, reusing the connection delays the next call until
+    /// the cancelled call's answer arrives.
+    #[tokio::test]
+    async fn a_client_that_reuses_a_connection_with_an_answer_outstanding_is_caught() {
+        let config = broken(
+            cancellation_checks::CLUSTER,
+            &[Broken::ReuseWithAnswerOutstanding],
+        );
+        let e = cancellation_checks::a_cancelled_call_does_not_delay_the_next_call(config)
+            .await
+            .unwrap_err();
+        assert!(e.contains("waited behind the cancelled one"), "{e}");
+    }
+
+    /// The client before call ids: a call cancelled mid-flight answers the next one.
+    /// (Alone, `AnyAnswer` passes this check, because a connection with an answer
+    /// outstanding is replaced; `ReuseWithAnswerOutstanding` alone fails it only by its
+    /// count of discarded responses, as a late answer on a reused connection is still
+    /// discarded.)
+    #[tokio::test]
+    async fn a_client_without_call_ids_is_caught_by_the_cancellation_check() {
+        let config = broken(
+            cancellation_checks::CLUSTER,
+            &[Broken::AnyAnswer, Broken::ReuseWithAnswerOutstanding],
+        );
+        let e = cancellation_checks::a_call_cancelled_by_a_timeout_does_not_answer_the_next_call(
+            config,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("second") && e.contains("first"), "{e}");
+    }
 }

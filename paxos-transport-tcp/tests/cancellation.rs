@@ -1,97 +1,32 @@
 //! Cancelled client calls never hand their late answers to later calls: a server that
 //! answers slowly, calls cut short by a timeout or dropped after their request went
 //! out, and many clients doing so at random at once. Servers on 127.0.0.1, port 0.
+//!
+//! The scenarios that the library's unit tests also run against deliberately broken
+//! clients are in `cancellation/checks.rs`.
 
-use std::future::Future;
+#[path = "cancellation/checks.rs"]
+mod checks;
+
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use paxos_transport_tcp::{ClientConfig, ClientRequests, TcpClient, TcpConfig, TcpTransport};
-use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
 
-const CLUSTER: u64 = 77;
-const LIMIT: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(limit: Duration, f: F) -> F::Output {
-    timeout(limit, f).await.expect("test step timed out")
-}
-
-/// A request the slow server answers after `delay_ms`, echoing it whole (so the answer
-/// names its request).
-fn request(delay_ms: u16, name: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(2 + name.len());
-    out.put_u16(delay_ms);
-    out.put_slice(name.as_bytes());
-    out.freeze()
-}
-
-/// Answers every call after the delay its request names, each in its own task, and
-/// reports every request it receives on `seen`.
-async fn slow_echo(mut calls: ClientRequests, seen: mpsc::UnboundedSender<Bytes>) {
-    while let Some(call) = calls.recv().await {
-        let (request, responder) = call.into_parts();
-        let _ = seen.send(request.clone());
-        let delay = request
-            .first_chunk::<2>()
-            .map_or(0, |d| u16::from_be_bytes(*d));
-        tokio::spawn(async move {
-            sleep(Duration::from_millis(u64::from(delay))).await;
-            responder.respond(request);
-        });
-    }
-}
-
-/// A node whose application is [`slow_echo`]; returns it and the requests it sees.
-async fn slow_server() -> (TcpTransport, mpsc::UnboundedReceiver<Bytes>) {
-    let config = TcpConfig::new(1, CLUSTER, "127.0.0.1:0".parse().expect("addr"));
-    let (node, calls) = TcpTransport::bind(config).await.expect("bind");
-    let (seen_tx, seen) = mpsc::unbounded_channel();
-    tokio::spawn(slow_echo(calls, seen_tx));
-    (node, seen)
-}
-
-async fn client(node: &TcpTransport) -> TcpClient {
-    within(
-        LIMIT,
-        TcpClient::connect(node.local_addr(), ClientConfig::new(CLUSTER)),
-    )
-    .await
-    .expect("connect")
-}
-
-/// Calls and checks the answer is the request's own.
-async fn call_ok(client: &mut TcpClient, request: Bytes) {
-    let answer = within(LIMIT, client.call(request.clone())).await;
-    assert_eq!(answer.ok(), Some(request));
-}
+use checks::{call_ok, client, request, slow_server, within, CLUSTER, LIMIT};
 
 #[tokio::test]
 async fn a_call_cancelled_by_a_timeout_does_not_answer_the_next_call() {
-    let (mut node, _seen) = slow_server().await;
-    let mut client = client(&node).await;
+    checks::a_call_cancelled_by_a_timeout_does_not_answer_the_next_call(ClientConfig::new(CLUSTER))
+        .await
+        .unwrap();
+}
 
-    // The answer is still outstanding when the next call starts.
-    let cut = timeout(
-        Duration::from_millis(50),
-        client.call(request(300, "first")),
-    )
-    .await;
-    assert!(cut.is_err(), "{cut:?}");
-    call_ok(&mut client, request(0, "second")).await;
-
-    // The answer has arrived by the time the next call starts: it is read and dropped.
-    let cut = timeout(
-        Duration::from_millis(50),
-        client.call(request(150, "third")),
-    )
-    .await;
-    assert!(cut.is_err(), "{cut:?}");
-    sleep(Duration::from_millis(400)).await;
-    call_ok(&mut client, request(0, "fourth")).await;
-    assert_eq!(client.discarded_responses(), 1);
-    call_ok(&mut client, request(20, "fifth")).await;
-    node.shutdown().await;
+#[tokio::test]
+async fn a_cancelled_call_does_not_delay_the_next_call() {
+    checks::a_cancelled_call_does_not_delay_the_next_call(ClientConfig::new(CLUSTER))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
