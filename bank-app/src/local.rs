@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use paxos_core::{
     spawn_node, AcceptorStatus, Config, Endpoint, EndpointError, MemStorage, NodeError, NodeHandle,
-    NodeId, NodeOptions, Request, Response, Slot, ViewChange,
+    NodeId, NodeOptions, Reply, Request, Slot, ViewChange,
 };
 use paxos_transport_mem::MemNetwork;
 use thiserror::Error;
@@ -214,7 +214,7 @@ impl Endpoint for GatedEndpoint {
         self.handle.id()
     }
 
-    async fn call(&self, request: Request) -> Result<Response, EndpointError> {
+    async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
         if !self.gate.is_open() {
             return Err(EndpointError::new(format!(
                 "n{} is unavailable",

@@ -372,14 +372,20 @@ impl Endpoint for RemoteEndpoint {
         self.0.id
     }
 
-    async fn call(&self, request: Request) -> Result<Response, EndpointError> {
+    async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
         let node = &self.0;
         let fail = |e: RemoteError| EndpointError::new(format!("n{}: {e}", node.id));
+        let (client, seq) = (request.client, request.seq);
         match node
             .call(&RemoteRequest::Submit(request), node.submit_timeout)
             .await
         {
-            Ok(RemoteResponse::Submitted(response)) => Ok(response),
+            // `call` checked that the node's answer named this request.
+            Ok(RemoteResponse::Submitted(response)) => Ok(Reply {
+                client,
+                seq,
+                response,
+            }),
             Ok(RemoteResponse::Unavailable) => Err(fail(RemoteError::Unavailable)),
             Ok(RemoteResponse::Error(e)) => Err(fail(RemoteError::Node(e))),
             Ok(other) => Err(fail(RemoteError::Unexpected {
@@ -723,7 +729,7 @@ mod tests {
             .await
             .expect("the endpoint answers in time");
         node.shutdown().await;
-        result
+        result.map(|reply| reply.response)
     }
 
     #[tokio::test]

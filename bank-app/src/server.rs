@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use paxos_core::{spawn_node, Config, NodeError, NodeHandle, NodeId, NodeOptions, Reply, Storage};
+use paxos_core::{spawn_node, Config, NodeError, NodeHandle, NodeId, NodeOptions, Storage};
 use paxos_transport_tcp::{ClientRequests, Responder, TcpConfig, TcpError, TcpTransport};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -266,16 +266,10 @@ pub(crate) async fn handle_call(
                 return RemoteResponse::Unavailable;
             }
             let limit = options.submit_timeout;
-            // The answer names the request it answers, for the client to check.
-            let (client, seq) = (request.client, request.seq);
+            // The answer names the request it answers (the replica's own reply), for
+            // the client to check.
             match tokio::time::timeout(limit, handle.submit(request)).await {
-                Ok(r) => r.map(|response| {
-                    RemoteResponse::Replied(Reply {
-                        client,
-                        seq,
-                        response,
-                    })
-                }),
+                Ok(r) => r.map(RemoteResponse::Replied),
                 Err(_) => {
                     return RemoteResponse::Error(format!("no reply within {limit:?}"));
                 }
@@ -318,7 +312,7 @@ pub(crate) async fn handle_call(
 
 #[cfg(test)]
 mod tests {
-    use paxos_core::{MemStorage, Request, Response};
+    use paxos_core::{MemStorage, Reply, Request, Response};
 
     use super::*;
     use crate::config::NodeConfig;

@@ -14,7 +14,7 @@ use tracing::debug;
 
 use crate::error::ClientError;
 use crate::traits::StateMachine;
-use crate::types::{ClientId, NodeId, Request, Response};
+use crate::types::{ClientId, NodeId, Reply, Request, Response};
 
 /// A replica reachable by a client: a local [`NodeHandle`](crate::NodeHandle), or a
 /// remote node behind a network connection (the TCP transport provides one).
@@ -23,8 +23,10 @@ pub trait Endpoint: Send + Sync {
     /// The id of the node behind this endpoint (redirects name nodes by id).
     fn node(&self) -> NodeId;
 
-    /// Sends one request and waits for the node's answer.
-    async fn call(&self, request: Request) -> Result<Response, EndpointError>;
+    /// Sends one request and waits for the node's answer. The [`Reply`] names the
+    /// request it answers; [`Client`] refuses one that names another request, so an
+    /// endpoint must pass on the identity the replica gave, never make one up.
+    async fn call(&self, request: Request) -> Result<Reply, EndpointError>;
 }
 
 /// An [`Endpoint`] could not deliver a request or get its answer.
@@ -218,6 +220,20 @@ impl<S: StateMachine> Client<S> {
             let attempt = self.options.attempt_timeout.min(deadline - now);
             let outcome =
                 tokio::time::timeout(attempt, self.endpoints[target].call(request.clone())).await;
+            // Every answer must name the request it answers: one for another request
+            // (a confused endpoint, a reused connection) is a failed attempt.
+            let outcome = outcome.map(|r| {
+                r.and_then(|reply| {
+                    if (reply.client, reply.seq) == (request.client, request.seq) {
+                        Ok(reply.response)
+                    } else {
+                        Err(EndpointError::new(format!(
+                            "answer for c{}#{} to request c{}#{}",
+                            reply.client, reply.seq, request.client, request.seq
+                        )))
+                    }
+                })
+            });
             let retry_now = match outcome {
                 Ok(Ok(Response::Ok(bytes))) => {
                     self.leader = Some(target);
@@ -292,5 +308,68 @@ impl<S: StateMachine> Client<S> {
 
     fn rotate(&mut self) {
         self.rotation = self.rotation.wrapping_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RestoreError;
+
+    struct Echo;
+
+    impl StateMachine for Echo {
+        type Command = u64;
+        type Output = u64;
+        fn apply(&mut self, c: u64) -> u64 {
+            c
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), RestoreError> {
+            Ok(())
+        }
+    }
+
+    /// Registers sessions correctly, but answers every command with the reply of the
+    /// command after it (as a connection that kept a cancelled call's answer would).
+    struct OffByOne;
+
+    #[async_trait]
+    impl Endpoint for OffByOne {
+        fn node(&self) -> NodeId {
+            1
+        }
+
+        async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
+            let (seq, payload) = if request.is_register() {
+                (0, postcard::to_allocvec(&5u64).unwrap())
+            } else {
+                (request.seq + 1, postcard::to_allocvec(&999u64).unwrap())
+            };
+            Ok(Reply {
+                client: request.client,
+                seq,
+                response: Response::Ok(payload.into()),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_naming_another_request_is_refused() {
+        let options = ClientOptions {
+            attempt_timeout: Duration::from_millis(20),
+            min_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            default_deadline: Duration::from_millis(200),
+        };
+        let mut client: Client<Echo> = Client::with_options(vec![Arc::new(OffByOne)], options);
+        let got = client.execute(&7).await;
+        assert_eq!(client.session(), Some(5), "the registration was answered");
+        assert!(
+            matches!(got, Err(ClientError::Timeout)),
+            "the answer of another request was returned: {got:?}"
+        );
     }
 }

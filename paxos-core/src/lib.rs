@@ -88,6 +88,8 @@
 
 #[cfg(test)]
 mod attack_tests;
+#[cfg(test)]
+mod attack_tests2;
 mod client;
 mod config;
 mod error;

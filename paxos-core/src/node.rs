@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::NodeError;
 use crate::replica::{Replica, ReplicaStatus, SlotInfo, ViewChange};
 use crate::traits::{StateMachine, Storage, Transport};
-use crate::types::{ClientId, NodeId, Reply, Request, Response, Slot};
+use crate::types::{ClientId, NodeId, Reply, Request, Slot};
 
 /// How the driver runs a replica.
 #[derive(Clone, Debug)]
@@ -56,7 +56,7 @@ pub(crate) enum FlushOrder {
 type InspectFn<S> = Box<dyn FnOnce(&Replica<S>) + Send>;
 
 enum Command<S> {
-    Request(Request, oneshot::Sender<Response>),
+    Request(Request, oneshot::Sender<Reply>),
     Inspect(InspectFn<S>),
     Shutdown,
 }
@@ -211,7 +211,7 @@ struct Driver<S, T, St> {
     storage: St,
     rx: mpsc::Receiver<Command<S>>,
     options: NodeOptions,
-    waiters: HashMap<(ClientId, u64), Vec<oneshot::Sender<Response>>>,
+    waiters: HashMap<(ClientId, u64), Vec<oneshot::Sender<Reply>>>,
     #[cfg(test)]
     order: FlushOrder,
 }
@@ -331,15 +331,10 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                 debug!(to, error = %e, "send failed");
             }
         }
-        for Reply {
-            client,
-            seq,
-            response,
-        } in replies
-        {
-            if let Some(waiters) = self.waiters.remove(&(client, seq)) {
+        for reply in replies {
+            if let Some(waiters) = self.waiters.remove(&(reply.client, reply.seq)) {
                 for w in waiters {
-                    let _ = w.send(response.clone());
+                    let _ = w.send(reply.clone());
                 }
             }
         }
@@ -360,10 +355,11 @@ impl<S: StateMachine + Send + 'static> NodeHandle<S> {
     }
 
     /// Submits a raw request to this node and waits for its answer: the result, or a
-    /// redirect when this node is not the leader. Most callers want
-    /// [`Client`](crate::Client), which registers a session, numbers requests and
-    /// follows redirects.
-    pub async fn submit(&self, request: Request) -> Result<Response, NodeError> {
+    /// redirect when this node is not the leader, in a [`Reply`] that names the
+    /// request it answers. Most callers want [`Client`](crate::Client), which registers
+    /// a session, numbers requests, follows redirects and checks that every reply names
+    /// its request.
+    pub async fn submit(&self, request: Request) -> Result<Reply, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(request, tx).await?;
         rx.await.map_err(|_| NodeError::Stopped)
@@ -373,7 +369,7 @@ impl<S: StateMachine + Send + 'static> NodeHandle<S> {
     pub(crate) async fn enqueue(
         &self,
         request: Request,
-        answer: oneshot::Sender<Response>,
+        answer: oneshot::Sender<Reply>,
     ) -> Result<(), NodeError> {
         self.tx
             .send(Command::Request(request, answer))
@@ -451,7 +447,7 @@ impl<S: StateMachine + Send + 'static> Endpoint for NodeHandle<S> {
         self.id
     }
 
-    async fn call(&self, request: Request) -> Result<Response, EndpointError> {
+    async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
         self.submit(request)
             .await
             .map_err(|e| EndpointError::new(e.to_string()))
@@ -465,7 +461,7 @@ impl<E: Endpoint + ?Sized> Endpoint for Arc<E> {
         (**self).node()
     }
 
-    async fn call(&self, request: Request) -> Result<Response, EndpointError> {
+    async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
         (**self).call(request).await
     }
 }

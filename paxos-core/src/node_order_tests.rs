@@ -34,7 +34,7 @@ use crate::node::{spawn_node_with_order, FlushOrder, NodeHandle, NodeOptions};
 use crate::traits::AcceptorStatus;
 use crate::{
     apply_op, Ballot, ClientId, Config, MemStorage, Message, NodeId, PersistOp, PersistentState,
-    Request, Response, RestoreError, Slot, StateMachine, Storage, StorageError, Transport,
+    Reply, Request, Response, RestoreError, Slot, StateMachine, Storage, StorageError, Transport,
     TransportError, Value,
 };
 
@@ -67,8 +67,8 @@ struct Watched {
     node: NodeId,
     client: ClientId,
     seq: u64,
-    answer: oneshot::Receiver<Response>,
-    forward: oneshot::Sender<Response>,
+    answer: oneshot::Receiver<Reply>,
+    forward: oneshot::Sender<Reply>,
 }
 
 #[derive(Default)]
@@ -110,15 +110,15 @@ impl EventLog {
         let mut i = 0;
         while i < inner.watched.len() {
             match inner.watched[i].answer.try_recv() {
-                Ok(response) => {
+                Ok(reply) => {
                     let w = inner.watched.swap_remove(i);
                     inner.events.push(Event::Reply {
                         node: w.node,
                         client: w.client,
                         seq: w.seq,
-                        response: response.clone(),
+                        response: reply.response.clone(),
                     });
-                    let _ = w.forward.send(response);
+                    let _ = w.forward.send(reply);
                 }
                 Err(oneshot::error::TryRecvError::Empty) => i += 1,
                 Err(oneshot::error::TryRecvError::Closed) => {
@@ -196,7 +196,7 @@ impl Endpoint for SpyEndpoint {
         self.handle.id()
     }
 
-    async fn call(&self, request: Request) -> Result<Response, EndpointError> {
+    async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
         let (answer_tx, answer) = oneshot::channel();
         let (forward, forwarded) = oneshot::channel();
         self.log.watch(Watched {

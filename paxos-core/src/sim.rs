@@ -415,16 +415,28 @@ impl Sim {
             self.flush_all()?;
             self.drive_clients();
             self.check_progress()?;
-            if self.now > heal_at && self.clients.iter().all(|c| c.remaining == 0) {
+            // Done when every request completed and every replica votes again (a
+            // replica stuck founding or recovering is a liveness failure too).
+            if self.now > heal_at
+                && self.clients.iter().all(|c| c.remaining == 0)
+                && self.faulty() == 0
+            {
                 break;
             }
             if self.now > deadline {
-                let pending: Vec<String> = self
+                let mut pending: Vec<String> = self
                     .clients
                     .iter()
                     .filter(|c| c.remaining > 0)
                     .map(|c| format!("c{} at #{} (registered {})", c.id, c.next_seq, c.registered))
                     .collect();
+                for n in &self.nodes {
+                    if let Some(r) = &n.replica {
+                        if r.acceptor_status() != AcceptorStatus::Voter {
+                            pending.push(format!("n{} still {:?}", n.id, r.acceptor_status()));
+                        }
+                    }
+                }
                 return Err(self.violation(format!(
                     "liveness: requests still pending {} ticks after healing: {}",
                     deadline - heal_at,

@@ -152,7 +152,11 @@ async fn a_follower_redirects_to_the_leader() {
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let r = n.submit(Request::register(99)).await.expect("answers");
+            let r = n
+                .submit(Request::register(99))
+                .await
+                .expect("answers")
+                .response;
             assert_eq!(
                 r,
                 Response::Redirect {
@@ -208,7 +212,11 @@ async fn a_request_retried_at_a_new_leader_is_not_executed_twice() {
         let old = leader(&nodes, &[]).await;
         // The cluster assigns the session: the reply to the registration carries its
         // id (the slot of the registration entry), which numbered requests must name.
-        let registered = old.submit(Request::register(4242)).await.expect("answers");
+        let registered = old
+            .submit(Request::register(4242))
+            .await
+            .expect("answers")
+            .response;
         let Response::Ok(payload) = registered else {
             panic!("registration answered {registered:?}");
         };
@@ -220,15 +228,15 @@ async fn a_request_retried_at_a_new_leader_is_not_executed_twice() {
                 .expect("encodes")
                 .into(),
         };
-        let first = old.submit(add.clone()).await.expect("answers");
+        let first = old.submit(add.clone()).await.expect("answers").response;
         assert!(matches!(first, Response::Ok(_)), "{first:?}");
         // The leader fails; the client, unsure, retries the same request elsewhere.
         net.crash(old.id());
         old.shutdown().await;
         let new = leader(&nodes, &[old.id()]).await;
-        let retry = new.submit(add.clone()).await.expect("answers");
+        let retry = new.submit(add.clone()).await.expect("answers").response;
         assert_eq!(retry, first, "the retry gets the cached reply");
-        let again = new.submit(add).await.expect("answers");
+        let again = new.submit(add).await.expect("answers").response;
         assert_eq!(again, first);
         let m = new
             .with_state(|kv| kv.0.get("m").copied())

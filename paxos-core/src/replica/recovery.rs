@@ -342,8 +342,11 @@ impl<S: StateMachine> Replica<S> {
     /// Every member said it never voted: this is a new cluster.
     fn found(&mut self) {
         if !self.never_voted() {
-            // Learned something meanwhile: the cluster existed after all.
-            self.set_status(AcceptorStatus::Recovering, self.incarnation);
+            // Learned something meanwhile: the cluster existed after all. Recover,
+            // asking everyone again (those that never voted grant a recovery).
+            let incarnation = self.recovery.as_ref().map_or(1, |r| r.incarnation);
+            self.set_status(AcceptorStatus::Recovering, incarnation);
+            self.start_recovery(incarnation);
             return;
         }
         tracing::info!(
@@ -391,8 +394,12 @@ impl<S: StateMachine> Replica<S> {
         }
         r.grants.insert(from, grant);
         let (done, incarnation) = (r.grants.len() >= quorum, r.incarnation);
+        if self.status == AcceptorStatus::Pristine {
+            // A voter exists: this is a recovery, never a founding. Peers that said
+            // they never voted are asked again: as voters they grant a recovery.
+            r.never_voted.clear();
+        }
         if self.status == AcceptorStatus::Pristine || self.incarnation != incarnation {
-            // A voter exists: this is a recovery, never a founding.
             self.set_status(AcceptorStatus::Recovering, incarnation);
         }
         if done {
