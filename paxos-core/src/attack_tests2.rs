@@ -1,211 +1,10 @@
 //! A second adversarial review of founding / recovery from lost state, against the
 //! version fixed after the first review (`attack_tests.rs`). Each test drives real
-//! [`Replica`]s by hand through one message sequence. The harness is a copy of the one
-//! in `attack_tests.rs`. The three liveness bugs it found are fixed and kept as
+//! [`Replica`]s by hand through one message sequence. The three liveness bugs it found are fixed and kept as
 //! regression tests; the ignored test documents a limitation, not a bug.
-#![allow(dead_code, unused_imports)]
 
-use std::collections::BTreeMap;
-
-use crate::sim::Recorder;
-use crate::{
-    AcceptorStatus, Ballot, ClientId, Config, MemStorage, Message, NodeId, PersistOp, Replica,
-    Reply, Request, Slot, SlotStatus, Storage, Value,
-};
-
-/// What happens to one message.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Fate {
-    Deliver,
-    Drop,
-    /// Kept in flight (delayed); delivered later by `release`.
-    Hold,
-}
-
-use Fate::{Deliver, Drop, Hold};
-
-type Filter<'a> = &'a dyn Fn(NodeId, NodeId, &Message) -> Fate;
-
-struct H {
-    replicas: Vec<Option<Replica<Recorder>>>,
-    storage: Vec<MemStorage>,
-    configs: Vec<Config>,
-    replies: Vec<(NodeId, Reply)>,
-    held: Vec<(NodeId, NodeId, Message)>,
-}
-
-impl H {
-    /// `founding`: every member bootstrapped as a voter by hand; otherwise every member
-    /// starts pristine and founds the cluster by itself.
-    fn new(n: u64, founding: bool, tweak: impl Fn(&mut Config)) -> Self {
-        let ids: Vec<NodeId> = (1..=n).collect();
-        let configs: Vec<Config> = ids
-            .iter()
-            .map(|&id| {
-                let mut c = Config::new(id, ids.clone());
-                tweak(&mut c);
-                c
-            })
-            .collect();
-        let storage: Vec<MemStorage> = ids
-            .iter()
-            .map(|_| {
-                let mut m = MemStorage::new();
-                if founding {
-                    m.persist(&[PersistOp::Status {
-                        status: AcceptorStatus::Voter,
-                        incarnation: 0,
-                    }])
-                    .unwrap();
-                }
-                m
-            })
-            .collect();
-        let mut h = H {
-            replicas: ids.iter().map(|_| None).collect(),
-            storage,
-            configs,
-            replies: Vec::new(),
-            held: Vec::new(),
-        };
-        for id in ids {
-            h.restart(id);
-        }
-        h
-    }
-
-    fn r(&mut self, id: NodeId) -> &mut Replica<Recorder> {
-        self.replicas[(id - 1) as usize]
-            .as_mut()
-            .expect("the replica is up")
-    }
-
-    fn drain(&mut self) -> Vec<(NodeId, NodeId, Message)> {
-        let mut msgs = Vec::new();
-        for (i, r) in self.replicas.iter_mut().enumerate() {
-            let Some(r) = r else { continue };
-            let ready = r.take_ready();
-            self.storage[i].persist(&ready.persist).unwrap();
-            let id = r.id();
-            msgs.extend(ready.messages.into_iter().map(|(to, m)| (id, to, m)));
-            self.replies
-                .extend(ready.replies.into_iter().map(|reply| (id, reply)));
-        }
-        msgs
-    }
-
-    fn deliver(&mut self, from: NodeId, to: NodeId, m: Message) {
-        if let Some(r) = self.replicas[(to - 1) as usize].as_mut() {
-            r.handle_message(from, m);
-        }
-    }
-
-    fn run(&mut self, f: Filter) {
-        for _ in 0..2000 {
-            let msgs = self.drain();
-            if msgs.is_empty() {
-                return;
-            }
-            for (from, to, m) in msgs {
-                match f(from, to, &m) {
-                    Deliver => self.deliver(from, to, m),
-                    Drop => {}
-                    Hold => self.held.push((from, to, m)),
-                }
-            }
-        }
-        panic!("the cluster never went quiet");
-    }
-
-    fn tick(&mut self, ids: &[NodeId], n: usize, f: Filter) {
-        for _ in 0..n {
-            for &id in ids {
-                if let Some(r) = self.replicas[(id - 1) as usize].as_mut() {
-                    r.tick();
-                }
-            }
-            self.run(f);
-        }
-    }
-
-    /// Delivers (and forgets) the held messages matching `pick`, then runs with `f`.
-    fn release(&mut self, pick: Filter, f: Filter) {
-        let held = std::mem::take(&mut self.held);
-        for (from, to, m) in held {
-            if pick(from, to, &m) == Deliver {
-                self.deliver(from, to, m);
-            } else {
-                self.held.push((from, to, m));
-            }
-        }
-        self.run(f);
-    }
-
-    fn restart(&mut self, id: NodeId) {
-        let i = (id - 1) as usize;
-        let state = self.storage[i].load().unwrap();
-        self.replicas[i] =
-            Some(Replica::new(self.configs[i].clone(), Recorder::default(), state).unwrap());
-    }
-
-    /// The replica loses its storage and restarts from nothing, with a fresh seed as
-    /// `spawn_node` gives every start (the fix for the first attack below).
-    fn wipe(&mut self, id: NodeId) {
-        let i = (id - 1) as usize;
-        self.storage[i] = MemStorage::new();
-        self.configs[i].seed = self.configs[i].seed.wrapping_mul(31).wrapping_add(7);
-        self.restart(id);
-    }
-
-    fn register(&mut self, at: NodeId, client: ClientId) {
-        self.r(at).handle_request(Request::register(client));
-    }
-
-    fn executed_agree(&self) -> Result<BTreeMap<Slot, Value>, String> {
-        let mut seen: BTreeMap<Slot, (NodeId, Value)> = BTreeMap::new();
-        for r in self.replicas.iter().flatten() {
-            for info in r.log(0..r.executed()) {
-                if info.status != SlotStatus::Executed {
-                    continue;
-                }
-                let Some(v) = info.value else { continue };
-                match seen.get(&info.slot) {
-                    Some((other, w)) if *w != v => {
-                        return Err(format!(
-                            "slot {}: n{} executed {} but n{} executed {}",
-                            info.slot,
-                            r.id(),
-                            v.summary(),
-                            other,
-                            w.summary()
-                        ))
-                    }
-                    Some(_) => {}
-                    None => {
-                        seen.insert(info.slot, (r.id(), v));
-                    }
-                }
-            }
-        }
-        Ok(seen.into_iter().map(|(s, (_, v))| (s, v)).collect())
-    }
-}
-
-fn all(_: NodeId, _: NodeId, _: &Message) -> Fate {
-    Deliver
-}
-
-fn none(_: NodeId, _: NodeId, _: &Message) -> Fate {
-    Drop
-}
-
-fn is_never_voted(m: &Message) -> bool {
-    matches!(m, Message::NeverVoted { .. })
-}
-
-fn is_recover(m: &Message) -> bool {
-    matches!(m, Message::Recover { .. })
-}
+use crate::scripted::{all, is_never_voted, is_recover, none, Deliver, Drop, Hold, Scripted as H};
+use crate::{AcceptorStatus, Ballot, Message, NodeId};
 
 /// LIVENESS BUG: once a founding attempt has a NEVER-VOTED answer from some peer, that
 /// peer is never asked again (`send_recover` skips `never_voted`), even after other
@@ -352,7 +151,7 @@ fn a_never_voted_voter_is_never_asked_again_by_a_wiped_replica() {
     assert_eq!(h.r(4).promised(), Ballot::ZERO);
     // 2. n3 down for good; n5 wiped; its RECOVER reaches n1, n2, n4 before n4 hears
     //    from any leader.
-    h.replicas[2] = None;
+    h.crash(3);
     h.wipe(5);
     let recovery = |m: &Message| {
         matches!(
@@ -399,7 +198,7 @@ fn a_never_voted_voter_is_never_asked_again_by_a_wiped_replica() {
 #[ignore = "LIMITATION: n-1 members cannot found while one member is down at first start"]
 fn one_member_down_at_first_start_keeps_the_cluster_unfounded() {
     let mut h = H::new(3, false, |_| {});
-    h.replicas[2] = None;
+    h.crash(3);
     h.tick(&[1, 2], 2000, &all);
     assert_eq!(
         h.r(1).acceptor_status(),

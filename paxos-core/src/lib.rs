@@ -104,6 +104,8 @@ mod node_order_tests;
 mod replica;
 #[cfg(test)]
 mod scenarios;
+#[cfg(test)]
+mod scripted;
 mod sessions;
 #[cfg(test)]
 mod sim;
