@@ -37,16 +37,17 @@ fn a_never_voted_answer_then_grants_wedge_the_newcomer() {
         assert_eq!(h.r(id).acceptor_status(), AcceptorStatus::Voter, "n{id}");
     }
     assert_eq!(h.r(3).acceptor_status(), AcceptorStatus::Pristine);
-    // 2. n1 restarts (storage intact), leads at (1,n1) and chooses c100.
+    // 2. n1 restarts (storage intact) and runs for leader. (Since the fix, n3 takes
+    //    n1's PREPARE as proof that a majority votes and recovers at once, which may
+    //    cost n1 this election: the script no longer insists on it.)
     h.restart(1);
     h.r(1).start_election_now();
     h.run(&cut);
-    assert!(h.r(1).is_leader());
-    assert_eq!(h.r(1).promised(), Ballot::new(1, 1));
-    h.register(1, 100);
-    h.run(&cut);
+    if h.r(1).is_leader() {
+        h.register(1, 100);
+        h.run(&cut);
+    }
     h.tick(&[1, 2, 4, 5], 3, &cut);
-    assert_eq!(h.r(2).executed(), 1);
     // 3. Everything heals, for a long time.
     h.tick(&[1, 2, 3, 4, 5], 2000, &all);
     h.executed_agree().expect("one value per slot");
@@ -99,8 +100,13 @@ fn learning_before_the_last_never_voted_wedges_the_newcomer() {
     h.register(1, 100);
     h.run(&f);
     h.tick(&[1, 2, 3], 10, &f);
-    assert_eq!(h.r(3).commit_point(), 1, "n3 learned slot 0 while pristine");
-    assert_eq!(h.r(3).acceptor_status(), AcceptorStatus::Pristine);
+    assert_eq!(
+        h.r(3).commit_point(),
+        1,
+        "n3 learned slot 0 while not voting"
+    );
+    // Since the fix, the leader's HEARTBEAT already made n3 a recovering replica.
+    assert_ne!(h.r(3).acceptor_status(), AcceptorStatus::Voter);
     // 3. The delayed answers arrive.
     h.release(&all, &all);
     assert_ne!(h.r(3).acceptor_status(), AcceptorStatus::Pristine);

@@ -231,6 +231,8 @@ struct SimClient {
     registered: bool,
     outstanding: Option<(u64, u64)>, // (seq, tick sent)
     target: NodeId,
+    /// The last answer was a redirect: resend to `target`, it is not a timeout.
+    redirected: bool,
     results: HashMap<u64, Bytes>,
 }
 
@@ -348,6 +350,7 @@ impl Sim {
                 registered: false,
                 outstanding: None,
                 target: members[i % members.len()],
+                redirected: false,
                 results: HashMap::new(),
             })
             .collect();
@@ -438,6 +441,7 @@ impl Sim {
                         }
                     }
                 }
+                pending.push(self.describe_nodes());
                 return Err(self.violation(format!(
                     "liveness: requests still pending {} ticks after healing: {}",
                     deadline - heal_at,
@@ -851,12 +855,13 @@ impl Sim {
             if !resend {
                 continue;
             }
-            let timed_out = client.outstanding.is_some();
+            let timed_out = client.outstanding.is_some() && !client.redirected;
             let seq = if client.registered {
                 client.next_seq
             } else {
                 0
             };
+            self.clients[c].redirected = false;
             if timed_out {
                 // Retry elsewhere, with the same request number.
                 let t = self.members[(self.rng.next_u64() % self.members.len() as u64) as usize];
@@ -949,6 +954,7 @@ impl Sim {
                 };
                 let client = &mut self.clients[c];
                 client.target = t;
+                client.redirected = true;
                 // Retry a little later, same request number.
                 client.outstanding = Some((seq, self.now.saturating_sub(25)));
             }
@@ -1119,6 +1125,39 @@ impl Sim {
         Ok(())
     }
 
+    /// Each replica's state in one line, for liveness reports.
+    fn describe_nodes(&self) -> String {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            match &n.replica {
+                None => out.push(format!("n{} down", n.id)),
+                Some(r) => {
+                    let st = r.status();
+                    out.push(format!(
+                        "n{} {:?}/{:?} promised {} leader {:?} commit {} known {} paused {}",
+                        n.id,
+                        st.acceptor,
+                        st.role,
+                        st.promised,
+                        st.leader,
+                        st.commit_point,
+                        st.log_end,
+                        n.paused_until > self.now
+                    ))
+                }
+            }
+        }
+        for c in &self.clients {
+            if c.remaining > 0 {
+                out.push(format!(
+                    "client nonce {} session {} registered {} #{} outstanding {:?} target n{}",
+                    c.nonce, c.id, c.registered, c.next_seq, c.outstanding, c.target
+                ));
+            }
+        }
+        out.join("; ")
+    }
+
     /// Liveness during faults: a majority up, unpaused, voting and connected for
     /// [`LIVENESS_WINDOW`] ticks completes requests, whatever the others do.
     fn check_progress(&mut self) -> Result<(), Violation> {
@@ -1159,7 +1198,8 @@ impl Sim {
         if waiting && self.now - quiet_since > LIVENESS_WINDOW {
             return Err(self.violation(format!(
                 "liveness: {g:?} up and connected since tick {since}, yet no request \
-                 completed for {LIVENESS_WINDOW} ticks"
+                 completed for {LIVENESS_WINDOW} ticks; {}",
+                self.describe_nodes()
             )));
         }
         Ok(())

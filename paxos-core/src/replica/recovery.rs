@@ -165,6 +165,18 @@ impl<S: StateMachine> Replica<S> {
     /// follows the recovery, and learns chosen values (which needs no vote), nothing
     /// else.
     pub(super) fn handle_message_not_voting(&mut self, from: NodeId, message: Message) {
+        // A candidate got past a pre-vote granted by a majority of voters, and a leader
+        // was promised by one: the cluster exists and a majority votes, so this
+        // replica recovers rather than founds (a pristine replica waiting for a
+        // NEVER-VOTED from a peer that learned something would wait for ever). A
+        // PRE-VOTE proves nothing: a lone founder sends them before anyone voted.
+        let majority_votes = matches!(
+            message,
+            Message::Prepare { .. }
+                | Message::Accept { .. }
+                | Message::NewView { .. }
+                | Message::Heartbeat { .. }
+        );
         match message {
             Message::Recover {
                 ballot,
@@ -225,7 +237,17 @@ impl<S: StateMachine> Replica<S> {
             }
             _ => {}
         }
+        if self.status == AcceptorStatus::Pristine && (majority_votes || !self.never_voted()) {
+            self.recover_instead_of_founding();
+        }
         self.maybe_finish_recovery();
+    }
+
+    /// The cluster exists: turn a founding attempt into a recovery, asking everyone.
+    fn recover_instead_of_founding(&mut self) {
+        let incarnation = self.recovery.as_ref().map_or(1, |r| r.incarnation);
+        self.set_status(AcceptorStatus::Recovering, incarnation);
+        self.start_recovery(incarnation);
     }
 
     /// A RECOVER from `from`. Any replica that never voted says so to a pristine
@@ -344,9 +366,7 @@ impl<S: StateMachine> Replica<S> {
         if !self.never_voted() {
             // Learned something meanwhile: the cluster existed after all. Recover,
             // asking everyone again (those that never voted grant a recovery).
-            let incarnation = self.recovery.as_ref().map_or(1, |r| r.incarnation);
-            self.set_status(AcceptorStatus::Recovering, incarnation);
-            self.start_recovery(incarnation);
+            self.recover_instead_of_founding();
             return;
         }
         tracing::info!(
