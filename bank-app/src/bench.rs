@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use paxos_core::{Client, ClientOptions, Endpoint};
 use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::account::Account;

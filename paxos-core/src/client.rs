@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
-use rand_core::{OsRng, RngCore, SeedableRng};
+use rand_core::{Rng, SeedableRng};
 use thiserror::Error;
 use tokio::time::Instant;
 use tracing::debug;
@@ -112,7 +112,7 @@ impl<S: StateMachine> Client<S> {
 
     /// A client with a random registration nonce.
     pub fn with_options(endpoints: Vec<Arc<dyn Endpoint>>, options: ClientOptions) -> Self {
-        let id = OsRng.next_u64() | 1;
+        let id = os_nonce();
         Self::with_id(id, endpoints, options)
     }
 
@@ -251,7 +251,7 @@ impl<S: StateMachine> Client<S> {
                 }
                 Ok(Ok(Response::SessionExpired)) => {
                     self.session = None;
-                    self.id = OsRng.next_u64() | 1;
+                    self.id = os_nonce();
                     self.next_seq = 1;
                     return Err(ClientError::SessionExpired);
                 }
@@ -309,6 +309,11 @@ impl<S: StateMachine> Client<S> {
     fn rotate(&mut self) {
         self.rotation = self.rotation.wrapping_add(1);
     }
+}
+
+/// A fresh odd registration nonce from the operating system's random number generator.
+fn os_nonce() -> ClientId {
+    getrandom::u64().expect("the operating system's random number generator failed") | 1
 }
 
 #[cfg(test)]

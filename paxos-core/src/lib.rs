@@ -84,7 +84,12 @@
 //! [`spawn_node`] does the above with real timers and a real [`Transport`] (the
 //! `paxos-transport-mem` and `paxos-transport-tcp` crates provide two); see its docs and
 //! the `kv` example (`cargo run --example kv`).
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 #[cfg(test)]
 mod attack_tests;

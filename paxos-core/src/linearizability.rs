@@ -605,7 +605,7 @@ impl AppendLog {
 mod tests {
     use super::*;
     use rand_chacha::ChaCha8Rng;
-    use rand_core::{RngCore, SeedableRng};
+    use rand_core::{Rng, SeedableRng};
 
     // ------------------------------------------------------------------ models
 

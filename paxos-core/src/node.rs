@@ -1,6 +1,5 @@
 //! The async node driver: a tokio task that owns a replica and does its IO.
 
-use rand_core::RngCore;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
@@ -133,7 +132,7 @@ where
     // Fresh randomness for every start: a replica that lost its storage must not
     // repeat the nonces and timeouts of its previous life (see `Config::seed`).
     let mut config = config;
-    config.seed ^= rand_core::OsRng.next_u64();
+    config.seed ^= getrandom::u64().expect("the operating system's random number generator failed");
     spawn_driver(
         config,
         state_machine,

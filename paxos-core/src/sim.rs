@@ -9,7 +9,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::{Rng, SeedableRng};
 
 use crate::linearizability::{AppendLog, Operation};
 use crate::mutation::Mutation;

@@ -198,6 +198,12 @@
 //! not hold across machines on a network file system. With
 //! [`FileStorageOptions::sync`] off nothing is fsynced and a machine crash can lose
 //! acknowledged writes.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod disk;
 mod error;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
-use rand_core::RngCore;
+use rand_core::Rng;
 
 /// Message-level faults applied by a [`MemNetwork`](crate::MemNetwork) to every message
 /// it carries, on top of crashes, isolation, partitions and blocked links.

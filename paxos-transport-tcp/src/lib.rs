@@ -117,7 +117,12 @@
 //! The handshake guards against misconfiguration, not against attackers: anyone who can
 //! reach the port and knows the cluster id can claim to be a peer. Run the cluster on a
 //! trusted network.
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod backoff;
 mod client;

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;

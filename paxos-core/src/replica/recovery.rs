@@ -54,7 +54,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rand_core::RngCore;
+use rand_core::Rng;
 
 use super::{RoleState, StateMachine};
 use crate::message::{Message, PromiseEntry};
