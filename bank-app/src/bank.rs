@@ -208,6 +208,52 @@ impl Bank {
         self.balances.values().map(|&b| i128::from(b)).sum()
     }
 
+    /// The checks that do not depend on balances: a transfer's amount must be
+    /// positive, its sender and receiver different and both accounts of this bank; a
+    /// balance query must name an account of this bank. A command failing them is
+    /// rejected by [`execute`](Bank::execute) whatever the balances, with the same
+    /// [`Rejection`], so a client can refuse it before submitting it (what `bank
+    /// transfer` and `bank client` do, with a fresh [`Bank::new`], whose accounts every
+    /// replica has); the state machine still checks it.
+    ///
+    /// ```
+    /// use bank_app::{Account, Bank, BankCommand, Rejection};
+    /// let a = Account::A;
+    /// let bank = Bank::new();
+    /// let same = BankCommand::Transfer { from: a, to: a, amount: 1 };
+    /// assert_eq!(bank.check(&same), Err(Rejection::SameAccount(a)));
+    /// let z = Account::new('Z').unwrap();
+    /// let unknown = BankCommand::Transfer { from: a, to: z, amount: 1 };
+    /// assert_eq!(bank.check(&unknown), Err(Rejection::UnknownAccount(z)));
+    /// // Funds are not checked: they depend on what executes before.
+    /// assert!(bank.check(&BankCommand::Transfer { from: a, to: Account::J, amount: 99 }).is_ok());
+    /// ```
+    pub fn check(&self, command: &BankCommand) -> Result<(), Rejection> {
+        match *command {
+            BankCommand::Transfer { from, to, amount } => {
+                if amount <= 0 {
+                    return Err(Rejection::NonPositiveAmount(amount));
+                }
+                if from == to {
+                    return Err(Rejection::SameAccount(from));
+                }
+                for account in [from, to] {
+                    if !self.balances.contains_key(&account) {
+                        return Err(Rejection::UnknownAccount(account));
+                    }
+                }
+                Ok(())
+            }
+            BankCommand::Balance { account } => {
+                if self.balances.contains_key(&account) {
+                    Ok(())
+                } else {
+                    Err(Rejection::UnknownAccount(account))
+                }
+            }
+        }
+    }
+
     /// Applies `command` (the same as [`StateMachine::apply`], by reference).
     pub fn execute(&mut self, command: &BankCommand) -> BankOutput {
         match *command {
@@ -236,12 +282,8 @@ impl Bank {
         to: Account,
         amount: i64,
     ) -> Result<(i64, i64), Rejection> {
-        if amount <= 0 {
-            return Err(Rejection::NonPositiveAmount(amount));
-        }
-        if from == to {
-            return Err(Rejection::SameAccount(from));
-        }
+        // The checks a client can make before submitting, then the balances.
+        self.check(&BankCommand::Transfer { from, to, amount })?;
         let from_balance = self.balance(from).ok_or(Rejection::UnknownAccount(from))?;
         let to_balance = self.balance(to).ok_or(Rejection::UnknownAccount(to))?;
         if from_balance < amount {

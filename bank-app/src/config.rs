@@ -121,6 +121,14 @@ pub enum ConfigError {
     /// `checkpoint_interval` is 0.
     #[error("checkpoint_interval must be positive")]
     ZeroCheckpointInterval,
+    /// An entry of an endpoint list ([`ClusterConfig::from_endpoints`]) is malformed.
+    #[error("invalid endpoint {entry:?}: {reason}")]
+    BadEndpoint {
+        /// The entry (at most 40 characters of it).
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 fn default_cluster_id() -> u64 {
@@ -194,6 +202,125 @@ impl ClusterConfig {
         ClusterConfig::from_toml_str(&text)
     }
 
+    /// A configuration from a comma-separated endpoint list, as `bank --endpoints`
+    /// takes it: either every entry `ID=IP:PORT` (`1=127.0.0.1:7001,2=127.0.0.1:7002`,
+    /// the `id` and `addr` of a `[[nodes]]` table) or every entry `IP:PORT`, the nodes
+    /// then numbered 1, 2, … in the order given. Spaces around entries are ignored.
+    /// The cluster id is `cluster_id` ([`DEFAULT_CLUSTER_ID`] when `None`), the
+    /// checkpoint interval the default; the result is
+    /// [validated](ClusterConfig::validate).
+    ///
+    /// ```
+    /// use bank_app::ClusterConfig;
+    /// let c = ClusterConfig::from_endpoints("1=127.0.0.1:7001, 3=127.0.0.1:7003", Some(9))
+    ///     .unwrap();
+    /// assert_eq!((c.ids(), c.cluster_id), (vec![1, 3], 9));
+    /// let c = ClusterConfig::from_endpoints("127.0.0.1:7001,127.0.0.1:7002", None).unwrap();
+    /// assert_eq!(c.ids(), vec![1, 2]);
+    /// assert!(ClusterConfig::from_endpoints("1=localhost:7001", None).is_err());
+    /// ```
+    pub fn from_endpoints(
+        list: &str,
+        cluster_id: Option<u64>,
+    ) -> Result<ClusterConfig, ConfigError> {
+        let bad = |entry: &str, reason| ConfigError::BadEndpoint {
+            entry: entry.chars().take(40).collect(),
+            reason,
+        };
+        let entries: Vec<&str> = list.split(',').map(str::trim).collect();
+        if entries.iter().all(|e| e.is_empty()) {
+            return Err(ConfigError::NoNodes);
+        }
+        let numbered = entries.iter().any(|e| e.contains('='));
+        let mut nodes = Vec::with_capacity(entries.len());
+        for (i, &entry) in entries.iter().enumerate() {
+            if entry.is_empty() {
+                return Err(bad(entry, "empty entry"));
+            }
+            let (id, addr) = match entry.split_once('=') {
+                Some((id, addr)) => {
+                    let id = id
+                        .trim()
+                        .parse::<NodeId>()
+                        .map_err(|_| bad(entry, "the id before `=` must be a number"))?;
+                    (id, addr.trim())
+                }
+                None if numbered => {
+                    return Err(bad(entry, "give every entry an id (ID=IP:PORT), or none"));
+                }
+                None => (NodeId::try_from(i + 1).unwrap_or(NodeId::MAX), entry),
+            };
+            let addr = addr
+                .parse::<SocketAddr>()
+                .map_err(|_| bad(entry, "expected IP:PORT, e.g. 127.0.0.1:7001"))?;
+            nodes.push(NodeConfig { id, addr });
+        }
+        let config = ClusterConfig {
+            cluster_id: cluster_id.unwrap_or(DEFAULT_CLUSTER_ID),
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            nodes,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rewrites the `cluster_id` of a configuration file's text to `cluster_id`,
+    /// keeping every other line (comments included) as it is; adds the key at the top
+    /// if the text has none. The result must parse to a valid configuration with that
+    /// id, or it is an error.
+    ///
+    /// ```
+    /// use bank_app::ClusterConfig;
+    /// let text = "# mine\ncluster_id = 7  # set once\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:7001\"\n";
+    /// let new = ClusterConfig::replace_cluster_id(text, 8).unwrap();
+    /// assert_eq!(new, text.replace("= 7 ", "= 8 "));
+    /// let text = "[[nodes]]\nid = 1\naddr = \"127.0.0.1:7001\"\n";
+    /// let new = ClusterConfig::replace_cluster_id(text, 9).unwrap();
+    /// assert_eq!(ClusterConfig::from_toml_str(&new).unwrap().cluster_id, 9);
+    /// ```
+    pub fn replace_cluster_id(text: &str, cluster_id: u64) -> Result<String, ConfigError> {
+        let mut out = String::with_capacity(text.len() + 32);
+        let mut replaced = false;
+        let mut top_level = true;
+        for line in text.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with('[') {
+                top_level = false;
+            }
+            let value_at = trimmed
+                .strip_prefix("cluster_id")
+                .and_then(|rest| rest.trim_start().strip_prefix('='))
+                .map(|value| line.len() - value.len());
+            match value_at {
+                Some(at) if top_level && !replaced => {
+                    let (key, value) = line.split_at(at);
+                    let spaces = value.len() - value.trim_start().len();
+                    let token = value.trim_start();
+                    let end = token
+                        .find(|c: char| c.is_whitespace() || c == '#')
+                        .unwrap_or(token.len());
+                    out.push_str(key);
+                    out.push_str(&value[..spaces]);
+                    out.push_str(&cluster_id.to_string());
+                    out.push_str(&token[end..]);
+                    replaced = true;
+                }
+                _ => out.push_str(line),
+            }
+        }
+        if !replaced {
+            out.insert_str(0, &format!("cluster_id = {cluster_id}\n"));
+        }
+        let config = ClusterConfig::from_toml_str(&out)?;
+        if config.cluster_id != cluster_id {
+            return Err(ConfigError::Parse {
+                line: None,
+                message: "cannot rewrite cluster_id".into(),
+            });
+        }
+        Ok(out)
+    }
+
     /// The configuration as TOML, which [`from_toml_str`](ClusterConfig::from_toml_str)
     /// reads back.
     pub fn to_toml_string(&self) -> String {
@@ -244,5 +371,75 @@ impl ClusterConfig {
     /// The address of the node with this id.
     pub fn addr(&self, id: NodeId) -> Option<SocketAddr> {
         self.node(id).map(|n| n.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_with_and_without_ids() {
+        let c = ClusterConfig::from_endpoints(" 2=127.0.0.1:7002 ,1=127.0.0.1:7001", None).unwrap();
+        assert_eq!(c.ids(), vec![2, 1]);
+        assert_eq!(c.addr(1), Some("127.0.0.1:7001".parse().unwrap()));
+        assert_eq!(c.cluster_id, DEFAULT_CLUSTER_ID);
+        assert_eq!(c.checkpoint_interval, DEFAULT_CHECKPOINT_INTERVAL);
+        let c = ClusterConfig::from_endpoints("127.0.0.1:1,[::1]:2,127.0.0.1:3", Some(42)).unwrap();
+        assert_eq!((c.ids(), c.cluster_id), (vec![1, 2, 3], 42));
+        // The same nodes as a config file lists them.
+        let file = ClusterConfig::from_toml_str(
+            "cluster_id = 42\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n\
+             [[nodes]]\nid = 2\naddr = \"[::1]:2\"\n[[nodes]]\nid = 3\naddr = \"127.0.0.1:3\"\n",
+        )
+        .unwrap();
+        assert_eq!(c, file);
+    }
+
+    #[test]
+    fn bad_endpoints_are_refused() {
+        let err = |list: &str| {
+            ClusterConfig::from_endpoints(list, None)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(err(""), "no nodes configured");
+        assert_eq!(err(" , "), "no nodes configured");
+        assert!(
+            err("1=127.0.0.1:1,,2=127.0.0.1:2").contains("empty entry"),
+            "{}",
+            err("1=127.0.0.1:1,,")
+        );
+        assert!(err("x=127.0.0.1:1").contains("the id before `=` must be a number"));
+        assert!(err("1=127.0.0.1:1,127.0.0.1:2").contains("give every entry an id"));
+        assert!(err("1=localhost:7001").contains("expected IP:PORT"));
+        assert!(err("127.0.0.1").contains("expected IP:PORT"));
+        assert_eq!(
+            err("1=127.0.0.1:1,1=127.0.0.1:2"),
+            "node id 1 is listed twice"
+        );
+        assert_eq!(
+            err("0=127.0.0.1:1"),
+            "node id 0 is reserved: ids start at 1"
+        );
+        assert_eq!(
+            err("127.0.0.1:1,127.0.0.1:1"),
+            "address 127.0.0.1:1 is listed twice"
+        );
+        let long = format!("{}=1", "9".repeat(200));
+        assert!(err(&long).len() < 150, "{}", err(&long));
+    }
+
+    #[test]
+    fn cluster_id_is_rewritten_in_place() {
+        let text = "# my cluster\ncluster_id=7# old\ncheckpoint_interval = 10\n\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:7001\"\n";
+        let new = ClusterConfig::replace_cluster_id(text, 1_700_000_000).unwrap();
+        assert_eq!(new, text.replace("=7#", "=1700000000#"));
+        // Without the key, it goes at the top, before any table.
+        let nested = "[[nodes]]\nid = 1\naddr = \"127.0.0.1:7001\"\n";
+        let new = ClusterConfig::replace_cluster_id(nested, 5).unwrap();
+        assert_eq!(new, format!("cluster_id = 5\n{nested}"));
+        // What cannot be made valid is an error, not a broken file.
+        assert!(ClusterConfig::replace_cluster_id("[[nodes]\n", 5).is_err());
     }
 }

@@ -300,11 +300,13 @@ pub enum ConsoleCommand {
     PrintView,
     /// `help` or `?`: list the commands.
     Help,
+    /// `quit` or `exit`: stop the run here; the remaining sets are not played.
+    Quit,
 }
 
 /// The commands [`ConsoleCommand`] accepts, for a prompt or a help line.
 pub const CONSOLE_HELP: &str =
-    "printdb | printlog N | printstatus SEQ | printview | help | Enter to continue";
+    "printdb | printlog N | printstatus SEQ | printview | help | quit | Enter to continue";
 
 /// A line that is not a [`ConsoleCommand`].
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -356,6 +358,7 @@ impl FromStr for ConsoleCommand {
             "printdb" => no_arg(ConsoleCommand::PrintDb),
             "printview" => no_arg(ConsoleCommand::PrintView),
             "help" | "?" => no_arg(ConsoleCommand::Help),
+            "quit" | "exit" => no_arg(ConsoleCommand::Quit),
             "printlog" => Ok(ConsoleCommand::PrintLog(number(
                 "printlog",
                 "a replica id",
@@ -370,7 +373,7 @@ impl FromStr for ConsoleCommand {
 }
 
 /// Runs one inspection command against the cluster and writes its table to `out`.
-/// [`ConsoleCommand::Continue`] writes nothing.
+/// [`ConsoleCommand::Continue`] and [`ConsoleCommand::Quit`] write nothing.
 pub async fn run_command<C, W>(
     cluster: &C,
     command: ConsoleCommand,
@@ -382,7 +385,7 @@ where
     W: Write + ?Sized,
 {
     match command {
-        ConsoleCommand::Continue => Ok(()),
+        ConsoleCommand::Continue | ConsoleCommand::Quit => Ok(()),
         ConsoleCommand::Help => writeln!(out, "commands: {CONSOLE_HELP}"),
         ConsoleCommand::PrintDb => {
             let rows = gather_db(cluster).await;
@@ -424,6 +427,8 @@ mod tests {
             ("printview", PrintView),
             ("help", Help),
             ("?", Help),
+            ("quit", Quit),
+            (" EXIT ", Quit),
         ];
         for (line, want) in ok {
             assert_eq!(line.parse::<ConsoleCommand>(), Ok(want), "{line:?}");
@@ -433,7 +438,8 @@ mod tests {
             ("printstatus x", "\"x\" is not a number"),
             ("printdb 3", "too many arguments"),
             ("printlog 1 2", "too many arguments"),
-            ("quit", "unknown command \"quit\" (try: printdb | printlog N | printstatus SEQ | printview | help | Enter to continue)"),
+            ("quit now", "too many arguments"),
+            ("stop", "unknown command \"stop\" (try: printdb | printlog N | printstatus SEQ | printview | help | quit | Enter to continue)"),
         ];
         for (line, want) in bad {
             let err = line.parse::<ConsoleCommand>().unwrap_err();

@@ -19,7 +19,12 @@
 //!   [`gather_status`], [`gather_views`] return serde types, and [`format_db`],
 //!   [`format_log`], [`format_status`], [`format_views`] render them as [`Table`]s.
 //! - [`expected_balances`] and [`replay`] compute reference outcomes for tests.
-//! - [`ClusterConfig`] is the TOML file naming the replicas and their addresses.
+//! - [`TrackedCluster`] remembers which replicas a run made unavailable, so an
+//!   interrupted run can [restore](TrackedCluster::restore) them; [`heal`] makes every
+//!   replica available (`bank heal`).
+//! - [`ClusterConfig`] is the TOML file naming the replicas and their addresses (or an
+//!   endpoint list, [`ClusterConfig::from_endpoints`]); [`inspect_data_dir`] and
+//!   [`remove_data_dir`] recognise and remove a replica's data directory (`bank reset`).
 //! - Replica processes: [`NodeServer`] runs one replica on its TCP address (what
 //!   `bank node` does), answering the client protocol ([`RemoteRequest`] /
 //!   [`RemoteResponse`]); [`RemoteCluster`] is the [`Cluster`] that talks to such
@@ -63,12 +68,20 @@
 //! cluster.shutdown().await;
 //! # Ok(()) }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod account;
+mod availability;
 mod bank;
 mod bench;
 mod cluster;
 mod config;
+mod datadir;
 mod gate;
 mod inspect;
 mod local;
@@ -82,6 +95,7 @@ mod table;
 mod tests;
 
 pub use account::{Account, AccountError};
+pub use availability::{heal, TrackedCluster};
 pub use bank::{Bank, BankCommand, BankError, BankOutput, Rejection, DEFAULT_INITIAL_BALANCE};
 pub use bench::{run_bench, BenchOptions, BenchProgress, BenchReport};
 pub use cluster::{
@@ -91,6 +105,7 @@ pub use config::{
     ClusterConfig, ConfigError, NodeConfig, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLUSTER_ID,
     MAX_CONFIG_BYTES,
 };
+pub use datadir::{inspect_data_dir, remove_data_dir, DataDir, DataDirError, DataDirOwner};
 pub use gate::{Gate, GatedTransport};
 pub use inspect::{
     format_db, format_log, format_status, format_views, gather_db, gather_status, gather_views,
@@ -100,8 +115,9 @@ pub use local::{LocalCluster, LocalClusterError, LocalClusterOptions};
 pub use reference::{expected_balances, replay, Outcome, ReferenceRun};
 pub use remote::{RemoteCluster, RemoteError, RemoteOptions, RemoteRequest, RemoteResponse};
 pub use runner::{
-    await_agreement, load_scenario, run_scenario, Agreement, Console, LeaderFailure, LoadError,
-    RunError, RunOptions, RunReport, SetReport, TransferOutcome, TransferRecord,
+    await_agreement, load_scenario, run_scenario, Agreement, Console, ConsoleInput, ConsoleLine,
+    LeaderFailure, LineEditor, LoadError, RunError, RunOptions, RunProgress, RunReport, SetReport,
+    TransferOutcome, TransferRecord,
 };
 pub use scenario::{
     Item, LineError, Scenario, ScenarioError, ScenarioOptions, TxSet, MAX_LINE_BYTES,

@@ -63,22 +63,139 @@ impl Default for RunOptions {
 
 /// Where the runner writes its progress, and where it reads commands when it pauses.
 ///
-/// [`Console::new`] never pauses. [`Console::interactive`] pauses after every set but
-/// the last, reading [`ConsoleCommand`]s (`printdb`, `printlog N`, `printstatus SEQ`,
-/// `printview`) line by line until an empty line; at the end of input it stops pausing.
-/// A binary passes stdin only when it is a terminal
-/// ([`std::io::IsTerminal`]); tests pass a `Cursor` with a scripted session.
+/// [`Console::new`] never pauses. An interactive console
+/// ([`Console::interactive`], [`Console::with_input`]) pauses after every set but the
+/// last, reading [`ConsoleCommand`]s (`printdb`, `printlog N`, `printstatus SEQ`,
+/// `printview`, `help`) line by line until an empty line; `quit` ends the run there
+/// ([`RunReport::stopped_early`]), Ctrl-C at the prompt interrupts it
+/// ([`RunError::Interrupted`]), and at the end of input it stops pausing.
+///
+/// A binary passes a [`LineEditor`] (line editing and history) when stdin is a
+/// terminal ([`std::io::IsTerminal`]); tests pass a `Cursor` with a scripted session
+/// to [`Console::interactive`], or their own [`ConsoleInput`].
+/// [`Console::on_progress`] registers a callback the runner calls as the run goes
+/// (for a progress bar).
 pub struct Console<W> {
-    input: Option<Box<dyn BufRead + Send>>,
+    input: Option<Box<dyn ConsoleInput>>,
     output: W,
+    progress: Option<ProgressCallback>,
 }
+
+/// What [`Console::on_progress`] keeps.
+type ProgressCallback = Box<dyn FnMut(&RunProgress) + Send>;
 
 impl<W> fmt::Debug for Console<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Console")
             .field("interactive", &self.input.is_some())
+            .field("progress", &self.progress.is_some())
             .finish()
     }
+}
+
+/// What a [`ConsoleInput`] read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsoleLine {
+    /// A line of input (possibly with its line ending).
+    Line(String),
+    /// Ctrl-C at the prompt: the run stops with [`RunError::Interrupted`].
+    Interrupted,
+    /// The end of input (Ctrl-D, a closed stdin) or a read error: the console stops
+    /// pausing and the run goes on.
+    End,
+}
+
+/// Where an interactive [`Console`] reads its commands.
+///
+/// [`read_line`](ConsoleInput::read_line) may block: the runner calls it on a thread
+/// of its own ([`tokio::task::spawn_blocking`]), never on the async runtime's.
+pub trait ConsoleInput: Send {
+    /// Reads one line. An input that [shows the prompt](ConsoleInput::shows_prompt)
+    /// displays `prompt` itself; for any other the console has written it to its
+    /// output already.
+    fn read_line(&mut self, prompt: &str) -> ConsoleLine;
+
+    /// True when [`read_line`](ConsoleInput::read_line) displays the prompt (a line
+    /// editor); false (the default) when the console writes it to its output.
+    fn shows_prompt(&self) -> bool {
+        false
+    }
+}
+
+/// Plain lines from a reader, as [`Console::interactive`] reads them.
+struct Lines<R>(R);
+
+impl<R: BufRead + Send> ConsoleInput for Lines<R> {
+    fn read_line(&mut self, _prompt: &str) -> ConsoleLine {
+        let mut line = String::new();
+        // Commands are short; a longer line is cut off, never buffered whole.
+        match self.0.by_ref().take(4096).read_line(&mut line) {
+            Ok(n) if n > 0 => ConsoleLine::Line(line),
+            _ => ConsoleLine::End,
+        }
+    }
+}
+
+/// The most lines a [`LineEditor`] keeps in its history.
+const HISTORY_LINES: usize = 1000;
+
+/// A [`ConsoleInput`] for a terminal: line editing (arrow keys, Home/End, Ctrl-W, …),
+/// a history of the commands typed during the run (up and down arrows, Ctrl-R), Ctrl-C
+/// to interrupt the run and Ctrl-D to stop pausing. Built on `rustyline`; the history
+/// is kept in memory only.
+pub struct LineEditor {
+    editor: rustyline::DefaultEditor,
+}
+
+impl fmt::Debug for LineEditor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LineEditor").finish_non_exhaustive()
+    }
+}
+
+impl LineEditor {
+    /// A line editor on the process's terminal. Fails if the terminal cannot be set up.
+    pub fn new() -> Result<LineEditor, rustyline::error::ReadlineError> {
+        let config = rustyline::Config::builder()
+            .max_history_size(HISTORY_LINES)?
+            .history_ignore_dups(true)?
+            .history_ignore_space(true)
+            .auto_add_history(true)
+            .build();
+        Ok(LineEditor {
+            editor: rustyline::DefaultEditor::with_config(config)?,
+        })
+    }
+}
+
+impl ConsoleInput for LineEditor {
+    fn read_line(&mut self, prompt: &str) -> ConsoleLine {
+        use rustyline::error::ReadlineError;
+        match self.editor.readline(prompt) {
+            Ok(line) => ConsoleLine::Line(line),
+            Err(ReadlineError::Interrupted) => ConsoleLine::Interrupted,
+            Err(_) => ConsoleLine::End,
+        }
+    }
+
+    fn shows_prompt(&self) -> bool {
+        true
+    }
+}
+
+/// How far a run is, as [`Console::on_progress`] callbacks see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunProgress {
+    /// The number of the set being played (or that was played last).
+    pub set: u32,
+    /// How many sets have started, this one included.
+    pub sets_started: usize,
+    /// The sets of the script.
+    pub sets: usize,
+    /// Transfers that completed (committed or failed) so far.
+    pub completed: usize,
+    /// The transfers of the script.
+    pub transfers: usize,
 }
 
 impl<W: Write + Send> Console<W> {
@@ -87,15 +204,30 @@ impl<W: Write + Send> Console<W> {
         Console {
             input: None,
             output,
+            progress: None,
         }
     }
 
-    /// Writes to `output` and pauses between sets, reading commands from `input`.
+    /// Writes to `output` and pauses between sets, reading commands line by line from
+    /// `input` (the console writes the prompt to `output`).
     pub fn interactive(input: impl BufRead + Send + 'static, output: W) -> Console<W> {
+        Console::with_input(Lines(input), output)
+    }
+
+    /// Writes to `output` and pauses between sets, reading commands from `input`, e.g.
+    /// a [`LineEditor`].
+    pub fn with_input(input: impl ConsoleInput + 'static, output: W) -> Console<W> {
         Console {
             input: Some(Box::new(input)),
             output,
+            progress: None,
         }
+    }
+
+    /// Calls `callback` whenever a set starts and whenever a transfer completes.
+    pub fn on_progress(mut self, callback: impl FnMut(&RunProgress) + Send + 'static) -> Self {
+        self.progress = Some(Box::new(callback));
+        self
     }
 
     /// True while the console pauses between sets.
@@ -113,23 +245,35 @@ impl<W: Write + Send> Console<W> {
         self.output
     }
 
-    /// Reads one line without blocking the async runtime. `None` at the end of input
-    /// (or on a read error), after which the console is no longer interactive.
-    async fn read_line(&mut self) -> Option<String> {
-        let mut input = self.input.take()?;
+    fn report_progress(&mut self, progress: &RunProgress) {
+        if let Some(callback) = &mut self.progress {
+            callback(progress);
+        }
+    }
+
+    /// True when the input shows the prompt itself.
+    fn input_shows_prompt(&self) -> bool {
+        self.input.as_ref().is_some_and(|i| i.shows_prompt())
+    }
+
+    /// Reads one line without blocking the async runtime. At [`ConsoleLine::End`] the
+    /// console is no longer interactive.
+    async fn read_line(&mut self, prompt: &str) -> ConsoleLine {
+        let Some(mut input) = self.input.take() else {
+            return ConsoleLine::End;
+        };
+        let prompt = prompt.to_owned();
         let read = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            // Commands are short; a longer line is cut off, never buffered whole.
-            let n = input.by_ref().take(4096).read_line(&mut line);
-            (input, n, line)
+            let line = input.read_line(&prompt);
+            (input, line)
         })
         .await;
         match read {
-            Ok((input, Ok(n), line)) if n > 0 => {
+            Ok((_, ConsoleLine::End)) | Err(_) => ConsoleLine::End,
+            Ok((input, line)) => {
                 self.input = Some(input);
-                Some(line)
+                line
             }
-            _ => None,
         }
     }
 }
@@ -143,6 +287,9 @@ pub enum RunError {
     /// The run was polled outside a tokio runtime, which its clients and timers need.
     #[error("the scenario runner must run inside a tokio runtime")]
     NoRuntime,
+    /// Ctrl-C at the console's prompt ([`ConsoleLine::Interrupted`]) stopped the run.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// What became of one transfer.
@@ -154,6 +301,9 @@ pub enum TransferOutcome {
     Pending,
     /// Its client gave up with an error; it may or may not have been executed.
     Failed(String),
+    /// The run ended (`quit` at the console) before the transfer's set was played: it
+    /// was never submitted.
+    NotSubmitted,
 }
 
 /// One transfer of the script and what became of it.
@@ -187,6 +337,11 @@ impl TransferRecord {
     /// True when the transfer was still pending at the end of the run.
     pub fn is_pending(&self) -> bool {
         matches!(self.outcome, TransferOutcome::Pending)
+    }
+
+    /// True when the run ended before the transfer's set was played.
+    pub fn is_not_submitted(&self) -> bool {
+        matches!(self.outcome, TransferOutcome::NotSubmitted)
     }
 }
 
@@ -247,6 +402,10 @@ pub struct RunReport {
     pub names: ClientNames,
     /// The whole run, pauses included.
     pub elapsed: Duration,
+    /// True when `quit` at the console ended the run before its last set: the sets
+    /// after [`sets`](RunReport::sets) were not played, and their transfers are
+    /// [not submitted](TransferOutcome::NotSubmitted).
+    pub stopped_early: bool,
 }
 
 impl RunReport {
@@ -263,6 +422,14 @@ impl RunReport {
     /// Transfers still pending.
     pub fn pending(&self) -> usize {
         self.transfers.iter().filter(|t| t.is_pending()).count()
+    }
+
+    /// Transfers never submitted because the run stopped early.
+    pub fn not_submitted(&self) -> usize {
+        self.transfers
+            .iter()
+            .filter(|t| t.is_not_submitted())
+            .count()
     }
 
     /// Transfers whose client gave up with an error.
@@ -298,40 +465,7 @@ impl RunReport {
 
     /// The summary: counts, timings, and a table of every transfer.
     pub fn summary(&self) -> String {
-        let committed = self.committed();
-        let rejected = self.rejected();
-        let mut out = format!(
-            "{} transfers: {} committed ({} moved money, {} rejected), {} still pending",
-            self.transfers.len(),
-            committed,
-            committed.saturating_sub(rejected),
-            rejected,
-            self.pending(),
-        );
-        let failed = self.failed();
-        if failed > 0 {
-            out.push_str(&format!(", {failed} failed"));
-        }
-        out.push('\n');
-        let l = self.latencies();
-        if let (Some(min), Some(median), Some(max)) = (l.first(), l.get(l.len() / 2), l.last()) {
-            out.push_str(&format!(
-                "latency of committed transfers: min {}, median {}, max {}\n",
-                Millis(*min),
-                Millis(*median),
-                Millis(*max)
-            ));
-        }
-        let sets: Vec<String> = self
-            .sets
-            .iter()
-            .map(|s| format!("set {} {}", s.number, Millis(s.elapsed)))
-            .collect();
-        out.push_str(&format!(
-            "run took {} ({})\n",
-            Millis(self.elapsed),
-            sets.join(", ")
-        ));
+        let mut out = self.summary_head();
         let mut table = Table::new([
             ("#", Align::Right),
             ("set", Align::Right),
@@ -353,6 +487,56 @@ impl RunReport {
             ]);
         }
         out.push_str(&table.to_string());
+        out
+    }
+
+    /// The first lines of the [`summary`](RunReport::summary), without its table of
+    /// transfers: counts and timings (what `bank client --quiet` prints).
+    pub fn summary_head(&self) -> String {
+        let committed = self.committed();
+        let rejected = self.rejected();
+        let mut out = format!(
+            "{} transfers: {} committed ({} moved money, {} rejected), {} still pending",
+            self.transfers.len(),
+            committed,
+            committed.saturating_sub(rejected),
+            rejected,
+            self.pending(),
+        );
+        let failed = self.failed();
+        if failed > 0 {
+            out.push_str(&format!(", {failed} failed"));
+        }
+        let not_submitted = self.not_submitted();
+        if self.stopped_early || not_submitted > 0 {
+            let last = self.sets.last().map_or_else(
+                || "before the first set".into(),
+                |s| format!("after set {}", s.number),
+            );
+            out.push_str(&format!(
+                ", {not_submitted} not submitted (the run was stopped {last})"
+            ));
+        }
+        out.push('\n');
+        let l = self.latencies();
+        if let (Some(min), Some(median), Some(max)) = (l.first(), l.get(l.len() / 2), l.last()) {
+            out.push_str(&format!(
+                "latency of committed transfers: min {}, median {}, max {}\n",
+                Millis(*min),
+                Millis(*median),
+                Millis(*max)
+            ));
+        }
+        let sets: Vec<String> = self
+            .sets
+            .iter()
+            .map(|s| format!("set {} {}", s.number, Millis(s.elapsed)))
+            .collect();
+        out.push_str(&format!(
+            "run took {} ({})\n",
+            Millis(self.elapsed),
+            sets.join(", ")
+        ));
         out
     }
 }
@@ -388,6 +572,7 @@ impl fmt::Display for OutcomeDisplay<'_> {
             TransferOutcome::Committed(other) => write!(f, "{other}"),
             TransferOutcome::Pending => f.write_str("pending"),
             TransferOutcome::Failed(e) => write!(f, "failed: {e}"),
+            TransferOutcome::NotSubmitted => f.write_str("not submitted"),
         }
     }
 }
@@ -520,8 +705,10 @@ async fn client_task(
 ///   the following sets. A set without a majority cannot commit, so its transfers
 ///   stay pending until a later set restores one.
 /// - Between sets, an [interactive](Console::interactive) console pauses for
-///   commands. After the last set the client tasks stop; what has not completed is
-///   reported [pending](TransferOutcome::Pending).
+///   commands; `quit` there ends the run early ([`RunReport::stopped_early`]), Ctrl-C
+///   there fails it with [`RunError::Interrupted`]. After the last set the client
+///   tasks stop; what has not completed is reported
+///   [pending](TransferOutcome::Pending).
 ///
 /// Progress (each set, each completion, each leader failure) is written to the console
 /// as it happens; the returned report holds the details, and
@@ -591,24 +778,39 @@ where
         founded: false,
         current_set: 0,
         completed_in_set: 0,
+        sets_started: 0,
+        sets_total: scenario.sets.len(),
+        completed: 0,
     };
     let mut sets = Vec::new();
     let mut next_transfer = 0;
+    let mut stopped_early = false;
     for (i, set) in scenario.sets.iter().enumerate() {
         let last = i + 1 == scenario.sets.len();
+        run.sets_started = i + 1;
         let report = run.play_set(set, last, &mut next_transfer).await?;
         sets.push(report);
-        if !last {
-            run.pause().await?;
+        if !last && run.pause().await? == PauseEnd::Quit {
+            stopped_early = true;
+            let left = scenario.sets.len() - i - 1;
+            writeln!(
+                run.out(),
+                "  quit: the run stops here; {left} set(s) not played"
+            )?;
+            break;
         }
     }
     drop(run.clients);
+    for t in run.transfers.iter_mut().skip(next_transfer) {
+        t.outcome = TransferOutcome::NotSubmitted;
+    }
     let report = RunReport {
         transfers: run.transfers,
         sets,
         clients: run.sessions,
         names: run.names,
         elapsed: run_start.elapsed(),
+        stopped_early,
     };
     Ok(report)
 }
@@ -629,11 +831,35 @@ struct Run<'a, C: ?Sized, W> {
     founded: bool,
     current_set: u32,
     completed_in_set: usize,
+    /// For [`RunProgress`].
+    sets_started: usize,
+    sets_total: usize,
+    completed: usize,
+}
+
+/// How a pause between sets ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PauseEnd {
+    /// Go on with the next set.
+    Continue,
+    /// `quit`: stop the run.
+    Quit,
 }
 
 impl<C: Cluster + ?Sized, W: Write + Send> Run<'_, C, W> {
     fn out(&mut self) -> &mut W {
         self.console.output()
+    }
+
+    fn report_progress(&mut self) {
+        let progress = RunProgress {
+            set: self.current_set,
+            sets_started: self.sets_started,
+            sets: self.sets_total,
+            completed: self.completed,
+            transfers: self.transfers.len(),
+        };
+        self.console.report_progress(&progress);
     }
 
     async fn play_set(
@@ -665,6 +891,7 @@ impl<C: Cluster + ?Sized, W: Write + Send> Run<'_, C, W> {
             header.push_str(&format!("; {} carried over", self.outstanding));
         }
         writeln!(self.out(), "{header} ==")?;
+        self.report_progress();
         tracing::info!(set = set.number, live = ?set.live, carried_over = self.outstanding, "set starts");
         for n in set.live.iter().filter(|n| !nodes.contains(n)) {
             writeln!(
@@ -823,7 +1050,9 @@ impl<C: Cluster + ?Sized, W: Write + Send> Run<'_, C, W> {
         );
         self.outstanding = self.outstanding.saturating_sub(1);
         self.completed_in_set += 1;
+        self.completed += 1;
         writeln!(self.out(), "{}", line.trim_end())?;
+        self.report_progress();
         Ok(())
     }
 
@@ -931,17 +1160,30 @@ impl<C: Cluster + ?Sized, W: Write + Send> Run<'_, C, W> {
         }
     }
 
-    /// Between sets: read and run commands until an empty line or the end of input.
-    async fn pause(&mut self) -> Result<(), RunError> {
+    /// Between sets: read and run commands until an empty line, `quit`, Ctrl-C or the
+    /// end of input.
+    async fn pause(&mut self) -> Result<PauseEnd, RunError> {
+        let mut end = PauseEnd::Continue;
+        let prompt = format!("[{CONSOLE_HELP}] > ");
         while self.console.is_interactive() {
-            write!(self.out(), "[{CONSOLE_HELP}] > ")?;
+            if !self.console.input_shows_prompt() {
+                write!(self.out(), "{prompt}")?;
+            }
             self.out().flush()?;
-            let Some(line) = self.console.read_line().await else {
-                writeln!(self.out())?;
-                break;
+            let line = match self.console.read_line(&prompt).await {
+                ConsoleLine::Line(line) => line,
+                ConsoleLine::Interrupted => return Err(RunError::Interrupted),
+                ConsoleLine::End => {
+                    writeln!(self.out())?;
+                    break;
+                }
             };
             match line.parse::<ConsoleCommand>() {
                 Ok(ConsoleCommand::Continue) => break,
+                Ok(ConsoleCommand::Quit) => {
+                    end = PauseEnd::Quit;
+                    break;
+                }
                 Ok(command) => {
                     run_command(self.cluster, command, &self.names, self.console.output()).await?
                 }
@@ -952,7 +1194,7 @@ impl<C: Cluster + ?Sized, W: Write + Send> Run<'_, C, W> {
         while let Ok(c) = self.done_rx.try_recv() {
             self.complete(c)?;
         }
-        Ok(())
+        Ok(end)
     }
 }
 

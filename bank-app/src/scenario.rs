@@ -13,7 +13,7 @@ use paxos_core::NodeId;
 use thiserror::Error;
 
 use crate::account::{Account, AccountError};
-use crate::bank::BankCommand;
+use crate::bank::{Bank, BankCommand, Rejection};
 
 /// The transaction script shipped with the project (`bank-app/scenarios/sample.csv`):
 /// five sets, two leader failures, one set without a majority.
@@ -58,15 +58,18 @@ pub struct TxSet {
 pub enum Item {
     /// The client `from` asks the cluster to move `amount` from `from` to `to`.
     ///
-    /// The parser checks the syntax and that both accounts exist; a zero amount or a
-    /// transfer to oneself is accepted here and rejected by the [`Bank`](crate::Bank)
-    /// when it runs, so scripts can exercise rejections.
+    /// The parser checks the syntax and that both accounts exist. A transfer that
+    /// cannot succeed whatever the balances (a zero amount, a transfer to oneself) is
+    /// refused too ([`LineError::InvalidTransfer`]), unless
+    /// [`ScenarioOptions::allow_invalid_transfers`] lets it through to be rejected by
+    /// the [`Bank`](crate::Bank) when it runs.
     Transfer {
         /// The sender, which is also the submitting client.
         from: Account,
         /// The receiver.
         to: Account,
-        /// The amount, at least 0.
+        /// The amount: positive, or at least 0 with
+        /// [`ScenarioOptions::allow_invalid_transfers`].
         amount: i64,
     },
     /// `LF`: the current leader fails at this point of the set.
@@ -110,6 +113,11 @@ pub struct ScenarioOptions {
     pub max_lines: usize,
     /// The longest line accepted, in bytes. Default [`MAX_LINE_BYTES`].
     pub max_line_bytes: usize,
+    /// Accept transfers that cannot succeed whatever the balances (a zero amount, a
+    /// transfer to oneself), for scripts that exercise the bank's own rejections.
+    /// Default `false`: such a row is a [`LineError::InvalidTransfer`], so a script
+    /// never submits a transfer the bank is bound to reject.
+    pub allow_invalid_transfers: bool,
 }
 
 impl Default for ScenarioOptions {
@@ -120,6 +128,7 @@ impl Default for ScenarioOptions {
             max_bytes: MAX_SCENARIO_BYTES,
             max_lines: MAX_SCENARIO_LINES,
             max_line_bytes: MAX_LINE_BYTES,
+            allow_invalid_transfers: false,
         }
     }
 }
@@ -227,6 +236,19 @@ pub enum LineError {
     /// An account is a letter but not one of [`ScenarioOptions::accounts`].
     #[error("unknown account {0}")]
     UnknownAccount(Account),
+    /// A transfer that cannot succeed whatever the balances: the amount is 0 or the
+    /// sender is the receiver (see [`ScenarioOptions::allow_invalid_transfers`]).
+    #[error("transfer ({from}, {to}, {amount}) cannot succeed: {reason}")]
+    InvalidTransfer {
+        /// The sender.
+        from: Account,
+        /// The receiver.
+        to: Account,
+        /// The amount.
+        amount: i64,
+        /// What the bank would answer.
+        reason: Rejection,
+    },
     /// The amount is negative.
     #[error("negative amount {0:?}")]
     NegativeAmount(String),
@@ -335,14 +357,19 @@ fn quoted(s: &str) -> String {
 
 struct Parser<'o> {
     options: &'o ScenarioOptions,
+    /// A bank of the options' accounts, whose [`Bank::check`] judges transfers.
+    bank: Bank,
     seen_header: bool,
     sets: Vec<TxSet>,
 }
 
 impl<'o> Parser<'o> {
     fn new(options: &'o ScenarioOptions) -> Self {
+        let accounts = options.accounts.iter().copied();
         Parser {
             options,
+            // With a balance of 0 nothing can fail.
+            bank: Bank::with_accounts(accounts, 0).unwrap_or_default(),
             seen_header: false,
             sets: Vec::new(),
         }
@@ -421,7 +448,7 @@ impl<'o> Parser<'o> {
                 return Err(LineError::MissingLiveNodes);
             }
             let live = parse_live(live, self.options.nodes)?;
-            let item = parse_item(tx, &self.options.accounts)?;
+            let item = self.item(tx)?;
             self.sets.push(TxSet {
                 number,
                 live,
@@ -432,10 +459,32 @@ impl<'o> Parser<'o> {
         if !live.is_empty() {
             return Err(LineError::LiveNodesWithoutSet);
         }
-        let item = parse_item(tx, &self.options.accounts)?;
+        let item = self.item(tx)?;
         let current = self.sets.last_mut().ok_or(LineError::ItemBeforeSet)?;
         current.items.extend(item);
         Ok(())
+    }
+}
+
+impl Parser<'_> {
+    /// The transaction column, refusing a transfer that cannot succeed unless the
+    /// options allow it.
+    fn item(&self, tx: &str) -> Result<Option<Item>, LineError> {
+        let item = parse_item(tx, &self.options.accounts)?;
+        if let (false, Some(Item::Transfer { from, to, amount })) =
+            (self.options.allow_invalid_transfers, item)
+        {
+            let command = BankCommand::Transfer { from, to, amount };
+            if let Err(reason) = self.bank.check(&command) {
+                return Err(LineError::InvalidTransfer {
+                    from,
+                    to,
+                    amount,
+                    reason,
+                });
+            }
+        }
+        Ok(item)
     }
 }
 

@@ -95,7 +95,12 @@ fn lenient_spacing_quoting_and_case() {
                 , , \n\
                 7,,\"[]\"\n\
                 8,\"(J, A, 0)\",[n5]";
-    let s = Scenario::parse(text).unwrap();
+    // A zero amount is let through to the bank only when the options say so.
+    let options = ScenarioOptions {
+        allow_invalid_transfers: true,
+        ..ScenarioOptions::default()
+    };
+    let s = Scenario::parse_with(text, &options).unwrap();
     assert_eq!(
         s,
         Scenario {
@@ -260,6 +265,45 @@ fn rejects_bad_amounts() {
     );
     // i64::MAX itself is accepted (the bank rejects it at run time if it overflows).
     assert!(Scenario::parse(&row("9223372036854775807")).is_ok());
+}
+
+#[test]
+fn refuses_transfers_that_cannot_succeed() {
+    let row = |tx: &str| format!("{H}{SET1}\n,\"{tx}\",\n");
+    let a = acc("A");
+    fails(
+        &row("(A, B, 0)"),
+        4,
+        LineError::InvalidTransfer {
+            from: a,
+            to: acc("B"),
+            amount: 0,
+            reason: Rejection::NonPositiveAmount(0),
+        },
+    );
+    fails(
+        &row("(a, A, 3)"),
+        4,
+        LineError::InvalidTransfer {
+            from: a,
+            to: a,
+            amount: 3,
+            reason: Rejection::SameAccount(a),
+        },
+    );
+    let err = Scenario::parse(&row("(C, C, 1)")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "line 4: transfer (C, C, 1) cannot succeed: sender and receiver are both C"
+    );
+    // The same rows pass when the options let them through to the bank.
+    let options = ScenarioOptions {
+        allow_invalid_transfers: true,
+        ..ScenarioOptions::default()
+    };
+    for tx in ["(A, B, 0)", "(A, A, 3)"] {
+        assert!(Scenario::parse_with(&row(tx), &options).is_ok(), "{tx}");
+    }
 }
 
 #[test]
@@ -589,7 +633,23 @@ proptest! {
     #[test]
     fn rendered_scenarios_parse_back(s in arb_scenario(), quote in any::<bool>(), crlf in any::<bool>()) {
         let text = render(&s, quote, if crlf { "\r\n" } else { "\n" });
-        prop_assert_eq!(Scenario::parse(&text), Ok(s));
+        let options = ScenarioOptions {
+            allow_invalid_transfers: true,
+            ..ScenarioOptions::default()
+        };
+        prop_assert_eq!(Scenario::parse_with(&text, &options), Ok(s.clone()));
+        // By default, a transfer that cannot succeed is refused with its line.
+        let doomed = s.sets.iter().flat_map(|set| &set.items).any(|i| matches!(
+            i,
+            Item::Transfer { from, to, amount } if *amount == 0 || from == to
+        ));
+        match Scenario::parse(&text) {
+            Ok(parsed) => prop_assert!(!doomed && parsed == s),
+            Err(e) => prop_assert!(
+                doomed && matches!(e.kind(), Some(LineError::InvalidTransfer { .. })),
+                "{}", e
+            ),
+        }
     }
 }
 

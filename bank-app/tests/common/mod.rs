@@ -321,10 +321,54 @@ impl Processes {
 
     /// A `bank` command against this cluster, with stdout and stderr piped.
     pub(crate) fn bank(&self, args: &[&str]) -> Running {
-        let mut child = Command::new(BANK)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config_path)
+        let mut command = Command::new(BANK);
+        command.args(args).arg("--config").arg(&self.config_path);
+        Running::spawn(command)
+    }
+
+    /// The cluster's nodes as a `--endpoints` list, `1=127.0.0.1:PORT,…`.
+    pub(crate) fn endpoints(&self) -> String {
+        let entries: Vec<String> = self
+            .config
+            .nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.addr))
+            .collect();
+        entries.join(",")
+    }
+
+    /// Waits until every running node reports itself available.
+    pub(crate) fn assert_all_available(&self, rt: &tokio::runtime::Runtime, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let down: Vec<NodeId> = self
+                .running()
+                .into_iter()
+                .filter(|&n| !self.status(rt, n).available)
+                .collect();
+            if down.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas still unavailable: {down:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Running {
+    /// Runs `command` with stdin closed and stdout and stderr piped; the `BANK_*`
+    /// variables of the test's environment are not passed on (those set on `command`
+    /// are).
+    pub(crate) fn spawn(mut command: Command) -> Running {
+        for var in ["BANK_CONFIG", "BANK_ENDPOINTS", "BANK_CLUSTER_ID"] {
+            if !command.get_envs().any(|(k, _)| k == var) {
+                command.env_remove(var);
+            }
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -355,6 +399,23 @@ impl Processes {
         }
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends the process a signal (`INT`, `TERM`, ...) with `kill`.
+    pub(crate) fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+}
+
+impl Processes {
     /// Runs `bank db --json` and returns, per replica that answered, its `executed`
     /// and balances (checking each total is 100).
     pub(crate) fn bank_db(&self) -> BTreeMap<NodeId, (u64, BTreeMap<Account, i64>)> {
