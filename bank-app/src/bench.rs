@@ -85,12 +85,11 @@ pub async fn run_bench(
     let mut tasks = Vec::new();
     for c in 0..clients {
         let share = options.transfers / clients + u64::from(c < options.transfers % clients);
-        let client_options = ClientOptions {
-            attempt_timeout: Duration::from_secs(1),
-            min_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(200),
-            default_deadline: options.request_timeout,
-        };
+        let client_options = ClientOptions::default()
+            .with_attempt_timeout(Duration::from_secs(1))
+            .with_min_backoff(Duration::from_millis(5))
+            .with_max_backoff(Duration::from_millis(200))
+            .with_default_deadline(options.request_timeout);
         let mut client = Client::<Bank>::with_options(endpoints.clone(), client_options);
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed.wrapping_mul(1000).wrapping_add(c));
         let accounts = Arc::clone(&accounts);

@@ -376,19 +376,14 @@ mod tests {
         };
         assert_eq!(CommandDisplay(&balance).to_string(), "balance J");
 
-        let fetched = LogEntry::from_slot(SlotInfo {
-            slot: 5,
-            status: SlotStatus::Executed,
-            ballot: Some(Ballot::ZERO),
-            value: Some(Value::Noop),
-        });
+        let fetched = LogEntry::from_slot(SlotInfo::new(
+            5,
+            SlotStatus::Executed,
+            Some(Ballot::ZERO),
+            Some(Value::Noop),
+        ));
         assert_eq!((fetched.ballot, fetched.code()), (None, 'E'));
-        let empty = LogEntry::from_slot(SlotInfo {
-            slot: 6,
-            status: SlotStatus::None,
-            ballot: None,
-            value: None,
-        });
+        let empty = LogEntry::from_slot(SlotInfo::new(6, SlotStatus::None, None, None));
         assert_eq!(
             (empty.value.to_string(), empty.code()),
             ("-".to_string(), 'X')

@@ -176,6 +176,7 @@ fn up_text(db: &DbSnapshot) -> String {
         AcceptorStatus::Voter => up.to_string(),
         AcceptorStatus::Recovering => format!("{up} (recovering)"),
         AcceptorStatus::Pristine => format!("{up} (joining)"),
+        _ => format!("{up} (not voting)"),
     }
 }
 
@@ -259,6 +260,7 @@ pub fn format_views(rows: &[NodeResult<Vec<ViewChange>>]) -> String {
                         ViewDirection::Sent => "sent",
                         ViewDirection::Received => "received",
                         ViewDirection::Adopted => "adopted",
+                        _ => "other",
                     };
                     let slots = if v.slots.is_empty() {
                         "-".to_string()

@@ -658,6 +658,9 @@ async fn log_acceptor_status(server: &NodeServer) {
             "an earlier recovery did not finish: not voting until a majority of the peers \
              has handed over its state"
         ),
+        Ok((other, incarnation)) => {
+            info!(node = id, incarnation, status = ?other, "not voting yet")
+        }
         Err(e) => warn!(node = id, error = %e, "cannot read the replica's status"),
     }
 }
@@ -1100,6 +1103,7 @@ fn acceptor_text(status: AcceptorStatus) -> &'static str {
         AcceptorStatus::Voter => "voter",
         AcceptorStatus::Recovering => "recovering",
         AcceptorStatus::Pristine => "pristine",
+        _ => "other",
     }
 }
 
@@ -1396,12 +1400,11 @@ async fn transfer(
     }
     let cluster = remote(config)?;
     require_reachable(&cluster).await?;
-    let options = ClientOptions {
-        attempt_timeout: Duration::from_secs(1),
-        min_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(300),
-        default_deadline: timeout,
-    };
+    let options = ClientOptions::default()
+        .with_attempt_timeout(Duration::from_secs(1))
+        .with_min_backoff(Duration::from_millis(10))
+        .with_max_backoff(Duration::from_millis(300))
+        .with_default_deadline(timeout);
     let mut client = Client::<Bank>::with_options(cluster.endpoints(), options);
     let started = Instant::now();
     let text = command_text(&command);

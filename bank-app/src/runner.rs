@@ -50,12 +50,11 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             set_timeout: Duration::from_secs(3),
-            client: ClientOptions {
-                attempt_timeout: Duration::from_millis(300),
-                min_backoff: Duration::from_millis(5),
-                max_backoff: Duration::from_millis(200),
-                default_deadline: TRANSFER_DEADLINE,
-            },
+            client: ClientOptions::default()
+                .with_attempt_timeout(Duration::from_millis(300))
+                .with_min_backoff(Duration::from_millis(5))
+                .with_max_backoff(Duration::from_millis(200))
+                .with_default_deadline(TRANSFER_DEADLINE),
             founding_timeout: Duration::from_secs(10),
         }
     }

@@ -383,12 +383,11 @@ async fn run_client(
     pair: (Account, Account),
     stop: Arc<AtomicBool>,
 ) -> Vec<Record> {
-    let options = ClientOptions {
-        attempt_timeout: Duration::from_secs(1),
-        min_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(200),
-        default_deadline: Duration::from_secs(4),
-    };
+    let options = ClientOptions::default()
+        .with_attempt_timeout(Duration::from_secs(1))
+        .with_min_backoff(Duration::from_millis(10))
+        .with_max_backoff(Duration::from_millis(200))
+        .with_default_deadline(Duration::from_secs(4));
     let mut client = Client::<Bank>::with_options(endpoints, options);
     let mut records = Vec::new();
     let mut forward = true;

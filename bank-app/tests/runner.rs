@@ -18,10 +18,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn cluster(seed: u64) -> LocalCluster {
     LocalCluster::start(LocalClusterOptions {
         seed,
-        node: NodeOptions {
-            tick: Duration::from_millis(2),
-            ..NodeOptions::default()
-        },
+        node: NodeOptions::default().with_tick(Duration::from_millis(2)),
         ..LocalClusterOptions::default()
     })
     .expect("cluster starts")

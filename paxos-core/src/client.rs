@@ -47,6 +47,7 @@ impl EndpointError {
 
 /// Timing of a [`Client`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// How long one attempt at one node may take before the client tries another.
     pub attempt_timeout: Duration,
@@ -66,6 +67,32 @@ impl Default for ClientOptions {
             max_backoff: Duration::from_millis(500),
             default_deadline: Duration::from_secs(30),
         }
+    }
+}
+
+impl ClientOptions {
+    /// Sets [`ClientOptions::attempt_timeout`].
+    pub fn with_attempt_timeout(mut self, d: Duration) -> Self {
+        self.attempt_timeout = d;
+        self
+    }
+
+    /// Sets [`ClientOptions::min_backoff`].
+    pub fn with_min_backoff(mut self, d: Duration) -> Self {
+        self.min_backoff = d;
+        self
+    }
+
+    /// Sets [`ClientOptions::max_backoff`].
+    pub fn with_max_backoff(mut self, d: Duration) -> Self {
+        self.max_backoff = d;
+        self
+    }
+
+    /// Sets [`ClientOptions::default_deadline`].
+    pub fn with_default_deadline(mut self, d: Duration) -> Self {
+        self.default_deadline = d;
+        self
     }
 }
 

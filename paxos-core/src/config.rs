@@ -9,6 +9,7 @@ pub const MAX_MEMBERS: usize = 64;
 /// How a [`Replica`](crate::Replica) behaves. Times are counted in ticks: the driver
 /// decides how long a tick is ([`NodeOptions::tick`](crate::NodeOptions)).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// This replica's id.
     pub id: NodeId,

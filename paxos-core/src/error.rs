@@ -4,6 +4,7 @@ use thiserror::Error;
 
 /// A configuration was rejected by [`Config::validate`](crate::Config::validate).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The member list is empty.
     #[error("cluster has no members")]
@@ -34,6 +35,7 @@ pub enum ConfigError {
 
 /// A [`Replica`](crate::Replica) could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ReplicaError {
     /// The configuration is invalid.
     #[error(transparent)]
@@ -46,6 +48,7 @@ pub enum ReplicaError {
 /// A [`Storage`](crate::Storage) failed. The core's errors carry no `io::Error`;
 /// implementations describe the cause in the message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum StorageError {
     /// Reading or writing the medium failed.
     #[error("storage io failed: {0}")]
@@ -60,6 +63,7 @@ pub enum StorageError {
 
 /// A [`Transport`](crate::Transport) could not take a message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The transport was shut down.
     #[error("transport closed")]
@@ -87,6 +91,7 @@ impl RestoreError {
 
 /// A request to a node through a [`NodeHandle`](crate::NodeHandle) failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum NodeError {
     /// The node has stopped (shut down, or its storage failed).
     #[error("node stopped")]
@@ -98,6 +103,7 @@ pub enum NodeError {
 
 /// A [`Client`](crate::Client) request did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The deadline passed; the request may or may not have been executed.
     #[error("request timed out; it may or may not have been executed")]

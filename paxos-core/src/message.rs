@@ -23,6 +23,7 @@ pub struct PromiseEntry {
 /// The protocol tolerates loss, duplication, delay and reordering of any message, so a
 /// [`Transport`](crate::Transport) may drop messages under pressure.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Message {
     /// Before an election: would the receiver promise `ballot`? Asked by a follower
     /// whose leader went silent, so that a node cut off from the cluster cannot raise

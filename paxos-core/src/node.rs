@@ -19,6 +19,7 @@ use crate::types::{ClientId, NodeId, Reply, Request, Slot};
 
 /// How the driver runs a replica.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct NodeOptions {
     /// The length of one replica tick. Heartbeat and election timeouts are counted in
     /// ticks ([`Config::heartbeat_ticks`], [`Config::election_ticks`]).
@@ -27,6 +28,26 @@ pub struct NodeOptions {
     pub max_inputs_per_round: usize,
     /// Capacity of the handle's command queue; submitters wait when it is full.
     pub queue_capacity: usize,
+}
+
+impl NodeOptions {
+    /// Sets [`NodeOptions::tick`].
+    pub fn with_tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
+    /// Sets [`NodeOptions::max_inputs_per_round`].
+    pub fn with_max_inputs_per_round(mut self, n: usize) -> Self {
+        self.max_inputs_per_round = n;
+        self
+    }
+
+    /// Sets [`NodeOptions::queue_capacity`].
+    pub fn with_queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n;
+        self
+    }
 }
 
 impl Default for NodeOptions {

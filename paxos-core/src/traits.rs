@@ -137,6 +137,7 @@ impl Checkpoint {
 /// [`AcceptorStatus::Pristine`]. Neither may vote until it has found out which it is
 /// from its peers (see [`Replica`](crate::Replica)'s docs, "Starting and recovering").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum AcceptorStatus {
     /// Nothing was ever stored: the first start of a new cluster, or an acceptor whose
     /// state was lost. It does not vote until every member has said it never voted
@@ -190,6 +191,7 @@ impl PersistentState {
 ///
 /// Serde-ready so that a write-ahead log can store the operations themselves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum PersistOp {
     /// Raise the promised ballot.
     Promise(Ballot),

@@ -106,6 +106,7 @@ impl Value {
 
 /// What a replica tells a client about its request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Response {
     /// The request was executed (now or earlier); the payload is the state machine's
     /// output encoded with postcard. A session registration answers with the new

@@ -47,10 +47,7 @@ impl StateMachine for Kv {
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn options() -> NodeOptions {
-    NodeOptions {
-        tick: Duration::from_millis(2),
-        ..NodeOptions::default()
-    }
+    NodeOptions::default().with_tick(Duration::from_millis(2))
 }
 
 fn cluster(n: u64, seed: u64) -> (MemNetwork, Vec<NodeHandle<Kv>>) {
@@ -76,10 +73,7 @@ fn endpoints(nodes: &[NodeHandle<Kv>]) -> Vec<Arc<dyn Endpoint>> {
 }
 
 fn client(nodes: &[NodeHandle<Kv>]) -> Client<Kv> {
-    let options = ClientOptions {
-        attempt_timeout: Duration::from_millis(200),
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions::default().with_attempt_timeout(Duration::from_millis(200));
     Client::with_options(endpoints(nodes), options)
 }
 

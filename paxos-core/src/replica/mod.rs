@@ -54,6 +54,7 @@ impl Ready {
 
 /// A replica's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Role {
     /// Follows a leader (or waits for one).
     Follower,
@@ -65,6 +66,7 @@ pub enum Role {
 
 /// A slot's status, as PrintStatus shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum SlotStatus {
     /// Nothing known about the slot (`X`).
     None,
@@ -94,6 +96,7 @@ impl SlotStatus {
 
 /// One slot of a replica's log, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SlotInfo {
     /// The slot.
     pub slot: Slot,
@@ -105,8 +108,26 @@ pub struct SlotInfo {
     pub value: Option<Value>,
 }
 
+impl SlotInfo {
+    /// A slot's information (for tests and tools that build their own logs).
+    pub fn new(
+        slot: Slot,
+        status: SlotStatus,
+        ballot: Option<Ballot>,
+        value: Option<Value>,
+    ) -> Self {
+        SlotInfo {
+            slot,
+            status,
+            ballot,
+            value,
+        }
+    }
+}
+
 /// Whether a view change was announced by this replica or received from a new leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ViewDirection {
     /// This replica won phase 1 and sent NEW-VIEW.
     Sent,
@@ -119,6 +140,7 @@ pub enum ViewDirection {
 
 /// One view change, as PrintView shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ViewChange {
     /// The new leader's ballot.
     pub ballot: Ballot,
@@ -136,6 +158,7 @@ pub struct ViewChange {
 
 /// A summary of a replica's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ReplicaStatus {
     /// The replica's id.
     pub id: NodeId,
