@@ -5,7 +5,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use paxos_core::{Message, NodeId, Transport, TransportError};
 
 /// A shared availability flag: open (the replica takes part in the protocol) or closed
@@ -117,14 +116,13 @@ impl<T: fmt::Debug> fmt::Debug for GatedTransport<T> {
     }
 }
 
-#[async_trait]
-impl<T: Transport + Sync> Transport for GatedTransport<T> {
-    async fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
+impl<T: Transport> Transport for GatedTransport<T> {
+    fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
         if !self.gate.is_open() {
             tracing::trace!(to, kind = message.kind(), "gate closed: message dropped");
             return Ok(());
         }
-        self.inner.send(to, message).await
+        self.inner.send(to, message)
     }
 
     async fn recv(&mut self) -> Option<(NodeId, Message)> {
@@ -173,28 +171,28 @@ mod tests {
         let a = GatedTransport::new(t1, g1.clone());
         let mut b = GatedTransport::new(t2, g2.clone());
 
-        a.send(2, heartbeat()).await.unwrap();
+        a.send(2, heartbeat()).unwrap();
         assert_eq!(b.try_recv(), Some((1, heartbeat())));
 
         // Closed sender: nothing leaves, and that is not an error.
         g1.close();
-        a.send(2, heartbeat()).await.unwrap();
+        a.send(2, heartbeat()).unwrap();
         assert_eq!(b.try_recv(), None);
         g1.open();
 
         // Closed receiver: what arrives is drained and discarded, by recv and try_recv.
         g2.close();
-        a.send(2, heartbeat()).await.unwrap();
-        a.send(2, heartbeat()).await.unwrap();
+        a.send(2, heartbeat()).unwrap();
+        a.send(2, heartbeat()).unwrap();
         assert_eq!(b.try_recv(), None);
-        a.send(2, heartbeat()).await.unwrap();
+        a.send(2, heartbeat()).unwrap();
         let waited = tokio::time::timeout(Duration::from_millis(50), b.recv()).await;
         assert!(waited.is_err(), "a closed gate delivered {waited:?}");
 
         // Open again: no stale backlog, new traffic flows.
         g2.open();
         assert_eq!(b.try_recv(), None);
-        a.send(2, heartbeat()).await.unwrap();
+        a.send(2, heartbeat()).unwrap();
         assert_eq!(b.recv().await, Some((1, heartbeat())));
         assert!(b.gate().is_open());
         assert_eq!(format!("{g2:?}"), "Gate(true)");

@@ -115,7 +115,6 @@ impl<S> fmt::Debug for NodeHandle<S> {
 ///
 /// ```
 /// # use paxos_core::*;
-/// # use async_trait::async_trait;
 /// # #[derive(Default)] struct Echo;
 /// # impl StateMachine for Echo {
 /// #     type Command = String; type Output = String;
@@ -124,9 +123,8 @@ impl<S> fmt::Debug for NodeHandle<S> {
 /// #     fn restore(&mut self, _: &[u8]) -> Result<(), RestoreError> { Ok(()) }
 /// # }
 /// # struct Alone;
-/// # #[async_trait]
 /// # impl Transport for Alone {
-/// #     async fn send(&self, _: NodeId, _: Message) -> Result<(), TransportError> { Ok(()) }
+/// #     fn send(&self, _: NodeId, _: Message) -> Result<(), TransportError> { Ok(()) }
 /// #     async fn recv(&mut self) -> Option<(NodeId, Message)> { std::future::pending().await }
 /// # }
 /// # #[tokio::main(flavor = "current_thread")]
@@ -347,7 +345,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         replies: Vec<Reply>,
     ) {
         for (to, m) in messages {
-            if let Err(e) = self.transport.send(to, m).await {
+            if let Err(e) = self.transport.send(to, m) {
                 debug!(to, error = %e, "send failed");
             }
         }

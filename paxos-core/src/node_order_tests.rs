@@ -163,9 +163,8 @@ struct SpyTransport {
     log: EventLog,
 }
 
-#[async_trait]
 impl Transport for SpyTransport {
-    async fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
+    fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
         self.log.record(Event::Send {
             from: self.node,
             message: message.clone(),

@@ -2,8 +2,8 @@
 //! acceptor's durable state lives.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -72,24 +72,24 @@ pub trait StateMachine {
 /// Moves [`Message`]s between replicas.
 ///
 /// # Contract
-/// - A transport is `Send + Sync`: the driver holds `&self` across the await of `send`.
-/// - `send` hands a message to the transport and returns without waiting for the
-///   network: a transport queues, and may drop under pressure or when the peer is
-///   unreachable. The protocol tolerates loss, duplication, delay and reordering.
+/// - `send` is synchronous: it hands a message to the transport and returns without
+///   waiting for the network. A transport queues, and may drop under pressure or when
+///   the peer is unreachable. The protocol tolerates loss, duplication, delay and
+///   reordering, so dropping is always allowed; blocking never is.
 /// - `recv` waits for the next inbound message and returns it with the sender's id;
 ///   `None` means the transport is closed for good and the node should stop.
 /// - `try_recv` returns an already-queued message without waiting, letting the driver
 ///   batch many inputs into one persist (group commit). The default returns `None`.
 /// - A transport authenticates the sender's id as far as it can (the TCP transport
 ///   checks a handshake); messages from unknown ids must not be delivered.
-#[async_trait]
-pub trait Transport: Send + Sync + 'static {
-    /// Queues `message` for `to`. Errors are for a closed transport or unknown peer;
-    /// a message dropped because the peer is slow or down is not an error.
-    async fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError>;
+pub trait Transport: Send + 'static {
+    /// Queues `message` for `to` and returns at once. Errors are for a closed transport
+    /// or unknown peer; a message dropped because the peer is slow or down is not an
+    /// error.
+    fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError>;
 
-    /// Waits for the next inbound message.
-    async fn recv(&mut self) -> Option<(NodeId, Message)>;
+    /// Waits for the next inbound message. Implementations may write `async fn recv`.
+    fn recv(&mut self) -> impl Future<Output = Option<(NodeId, Message)>> + Send;
 
     /// Returns a message that is already queued, without waiting.
     fn try_recv(&mut self) -> Option<(NodeId, Message)> {

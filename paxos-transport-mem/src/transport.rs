@@ -4,7 +4,6 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use paxos_core::{Message, NodeId, Transport, TransportError};
 use tokio::sync::mpsc;
 
@@ -123,9 +122,8 @@ impl MemTransport {
     }
 }
 
-#[async_trait]
 impl Transport for MemTransport {
-    async fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
+    fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
         self.send_now(to, message)
     }
 

@@ -148,7 +148,7 @@ impl Cluster {
             let mut round = 1000;
             loop {
                 round += 1;
-                self.b.send(1, heartbeat(round)).await.expect("send");
+                self.b.send(1, heartbeat(round)).expect("send");
                 let got = tokio::time::timeout(Duration::from_millis(100), self.a.recv()).await;
                 if let Ok(Some((2, Message::Heartbeat { .. }))) = got {
                     break;
@@ -632,7 +632,7 @@ async fn dialing_the_wrong_node_is_refused() {
     let (n1, _) = TcpTransport::from_listener(test_config(1, a1).with_peer(2, a3), l1).expect("n1");
     let (mut n3, _) =
         TcpTransport::from_listener(test_config(3, a3).with_peer(1, a1), l3).expect("n3");
-    n1.send(2, heartbeat(1)).await.expect("send");
+    n1.send(2, heartbeat(1)).expect("send");
     logs.wait_warn("expected node 2 but the remote is node 3")
         .await;
     // Node 3 never hears a message meant for node 2.

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
 use paxos_core::{Message, NodeId, Transport, TransportError};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -235,9 +234,8 @@ impl fmt::Debug for TcpTransport {
     }
 }
 
-#[async_trait]
 impl Transport for TcpTransport {
-    async fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
+    fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
         self.enqueue(to, message)
     }
 

@@ -52,7 +52,6 @@ async fn deliver(from: &TcpTransport, to: &mut TcpTransport) {
         loop {
             round += 1;
             from.send(to.node_id(), heartbeat(round, from.node_id()))
-                .await
                 .expect("send");
             if let Ok(Some((sender, _))) =
                 tokio::time::timeout(Duration::from_millis(50), to.recv()).await
@@ -102,9 +101,9 @@ async fn two_nodes_exchange_messages_both_ways() {
             .collect(),
     };
     for round in 0..500 {
-        n1.send(2, heartbeat(round, 1)).await.expect("send");
+        n1.send(2, heartbeat(round, 1)).expect("send");
     }
-    n1.send(2, big.clone()).await.expect("send");
+    n1.send(2, big.clone()).expect("send");
     for round in 0..500 {
         let got = within(n2.recv()).await;
         assert_eq!(got, Some((1, heartbeat(round, 1))));
@@ -113,7 +112,7 @@ async fn two_nodes_exchange_messages_both_ways() {
 
     // try_recv drains what is already queued without waiting.
     for round in 0..10 {
-        n2.send(1, heartbeat(round, 2)).await.expect("send");
+        n2.send(1, heartbeat(round, 2)).expect("send");
     }
     let first = within(n1.recv()).await;
     assert_eq!(first, Some((2, heartbeat(0, 2))));
@@ -137,10 +136,10 @@ async fn send_to_self_loops_back_and_unknown_peers_are_errors() {
     let (mut n1, _) = TcpTransport::bind(config(1, "127.0.0.1:0".parse().expect("addr")))
         .await
         .expect("bind");
-    n1.send(1, heartbeat(1, 1)).await.expect("send");
+    n1.send(1, heartbeat(1, 1)).expect("send");
     assert_eq!(within(n1.recv()).await, Some((1, heartbeat(1, 1))));
     assert_eq!(
-        n1.send(5, heartbeat(1, 1)).await,
+        n1.send(5, heartbeat(1, 1)),
         Err(TransportError::UnknownPeer(5))
     );
 }
@@ -158,9 +157,7 @@ async fn reconnects_after_a_peer_restarts() {
     // Node 2 goes away; sending to it still never blocks nor fails.
     drop(n2);
     for round in 0..100 {
-        n1.send(2, heartbeat(round, 1))
-            .await
-            .expect("send while down");
+        n1.send(2, heartbeat(round, 1)).expect("send while down");
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
 
@@ -191,7 +188,7 @@ async fn send_never_blocks_and_drops_when_the_queue_is_full() {
     let (n1, _) = TcpTransport::from_listener(c, l1).expect("n1");
     let started = Instant::now();
     for round in 0..10_000 {
-        n1.send(2, heartbeat(round, 1)).await.expect("send");
+        n1.send(2, heartbeat(round, 1)).expect("send");
     }
     assert!(started.elapsed() < Duration::from_secs(2), "send blocked");
     assert!(
@@ -224,8 +221,8 @@ async fn oversized_messages_are_dropped_and_the_connection_survives() {
             }),
         )],
     };
-    n1.send(2, too_big).await.expect("send");
-    n1.send(2, heartbeat(99, 1)).await.expect("send");
+    n1.send(2, too_big).expect("send");
+    n1.send(2, heartbeat(99, 1)).expect("send");
     assert_eq!(within(n2.recv()).await, Some((1, heartbeat(99, 1))));
     assert_eq!(n1.dropped_messages(), 1);
 }
@@ -245,8 +242,8 @@ async fn peers_with_wrong_cluster_or_unknown_id_are_refused() {
     let (stranger, _) = TcpTransport::from_listener(other, lx).expect("stranger");
     let (unknown, _) = TcpTransport::from_listener(config(9, a9).with_peer(1, a1), l9).expect("n9");
     for round in 0..20 {
-        stranger.send(1, heartbeat(round, 3)).await.expect("send");
-        unknown.send(1, heartbeat(round, 9)).await.expect("send");
+        stranger.send(1, heartbeat(round, 3)).expect("send");
+        unknown.send(1, heartbeat(round, 9)).expect("send");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Node 1 keeps serving node 2, and hears nobody else.
@@ -349,10 +346,7 @@ async fn shutdown_stops_everything_and_frees_the_port() {
     within(n1.shutdown()).await;
     assert_eq!(within(n1.recv()).await, None);
     assert_eq!(n1.try_recv(), None);
-    assert_eq!(
-        n1.send(2, heartbeat(1, 1)).await,
-        Err(TransportError::Closed)
-    );
+    assert_eq!(n1.send(2, heartbeat(1, 1)), Err(TransportError::Closed));
     assert!(within(calls.recv()).await.is_none());
     // The port is free at once.
     let again = TcpTransport::bind(config(1, a1).with_peer(2, a2)).await;
