@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use paxos_core::{
-    spawn_node, AcceptorStatus, Config, Endpoint, EndpointError, MemStorage, NodeError, NodeHandle,
-    NodeId, NodeOptions, Reply, Request, Slot, ViewChange,
+    spawn_node, AcceptorStatus, Config, Endpoint, EndpointError, EndpointErrorKind, MemStorage,
+    NodeError, NodeHandle, NodeId, NodeOptions, Reply, Request, Slot, ViewChange,
 };
 use paxos_transport_mem::MemNetwork;
 use thiserror::Error;
@@ -216,15 +216,15 @@ impl Endpoint for GatedEndpoint {
 
     async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
         if !self.gate.is_open() {
-            return Err(EndpointError::new(format!(
-                "n{} is unavailable",
-                self.handle.id()
-            )));
+            return Err(EndpointError::new(
+                self.handle.id(),
+                EndpointErrorKind::Unreachable,
+            ));
         }
         self.handle
             .submit(request)
             .await
-            .map_err(|e| EndpointError::new(e.to_string()))
+            .map_err(|e| EndpointError::with_cause(self.handle.id(), EndpointErrorKind::Stopped, e))
     }
 }
 

@@ -21,7 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use paxos_core::{
-    ClientId, Endpoint, EndpointError, NodeId, Reply, Request, Response, Slot, ViewChange,
+    ClientId, Endpoint, EndpointError, EndpointErrorKind, NodeId, Reply, Request, Response, Slot,
+    ViewChange,
 };
 use paxos_transport_tcp::{ClientConfig, TcpClient, TcpError};
 use serde::{Deserialize, Serialize};
@@ -374,7 +375,13 @@ impl Endpoint for RemoteEndpoint {
 
     async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
         let node = &self.0;
-        let fail = |e: RemoteError| EndpointError::new(format!("n{}: {e}", node.id));
+        let fail = |e: RemoteError| {
+            let kind = match &e {
+                RemoteError::Unexpected { .. } => EndpointErrorKind::Protocol,
+                _ => EndpointErrorKind::Unreachable,
+            };
+            EndpointError::with_cause(node.id, kind, e)
+        };
         let (client, seq) = (request.client, request.seq);
         match node
             .call(&RemoteRequest::Submit(request), node.submit_timeout)

@@ -12,7 +12,7 @@ use thiserror::Error;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::error::ClientError;
+use crate::error::{ClientError, ErrorCause};
 use crate::traits::StateMachine;
 use crate::types::{ClientId, NodeId, Reply, Request, Response};
 
@@ -29,20 +29,115 @@ pub trait Endpoint: Send + Sync {
     async fn call(&self, request: Request) -> Result<Reply, EndpointError>;
 }
 
-/// An [`Endpoint`] could not deliver a request or get its answer.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("endpoint unavailable: {reason}")]
+/// What kind of failure an [`EndpointError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EndpointErrorKind {
+    /// The node could not be reached (connection refused or lost, address unknown).
+    Unreachable,
+    /// The node did not answer within the endpoint's own time limit.
+    Timeout,
+    /// The node has stopped, or the endpoint was closed.
+    Stopped,
+    /// The node answered something that is not an answer to this call (undecodable,
+    /// another call's answer, a refusal of the call's form).
+    Protocol,
+}
+
+/// An [`Endpoint`] could not deliver a request or get its answer. It names the node,
+/// says what kind of failure it was, and keeps the underlying error as its
+/// [`source`](std::error::Error::source).
+#[derive(Clone, Debug, Error)]
+#[error("{}", self.describe())]
 pub struct EndpointError {
-    reason: String,
+    node: NodeId,
+    kind: EndpointErrorKind,
+    #[source]
+    cause: Option<ErrorCause>,
 }
 
 impl EndpointError {
-    /// An error with a reason.
-    pub fn new(reason: impl Into<String>) -> Self {
+    /// An error of `kind` talking to `node`, without an underlying cause.
+    pub fn new(node: NodeId, kind: EndpointErrorKind) -> Self {
         EndpointError {
-            reason: reason.into(),
+            node,
+            kind,
+            cause: None,
         }
     }
+
+    /// An error of `kind` talking to `node`, caused by `cause`.
+    pub fn with_cause(
+        node: NodeId,
+        kind: EndpointErrorKind,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        EndpointError {
+            node,
+            kind,
+            cause: Some(Arc::new(cause)),
+        }
+    }
+
+    /// `node` could not be reached because of `cause`.
+    pub fn unreachable(
+        node: NodeId,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::with_cause(node, EndpointErrorKind::Unreachable, cause)
+    }
+
+    /// `node` did not answer in time.
+    pub fn timeout(node: NodeId) -> Self {
+        Self::new(node, EndpointErrorKind::Timeout)
+    }
+
+    /// `node` has stopped.
+    pub fn stopped(node: NodeId) -> Self {
+        Self::new(node, EndpointErrorKind::Stopped)
+    }
+
+    /// `node` answered something that is not an answer to the call.
+    pub fn protocol(node: NodeId, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::with_cause(node, EndpointErrorKind::Protocol, cause)
+    }
+
+    /// The node the call was for.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> EndpointErrorKind {
+        self.kind
+    }
+
+    fn describe(&self) -> String {
+        let what = match self.kind {
+            EndpointErrorKind::Unreachable => "unreachable",
+            EndpointErrorKind::Timeout => "did not answer in time",
+            EndpointErrorKind::Stopped => "stopped",
+            EndpointErrorKind::Protocol => "answered out of protocol",
+        };
+        match &self.cause {
+            Some(c) => format!("node {} {what}: {c}", self.node),
+            None => format!("node {} {what}", self.node),
+        }
+    }
+}
+
+/// An answer that names another request than the one it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("answer for c{got_client}#{got_seq} to request c{client}#{seq}")]
+pub struct MismatchedReply {
+    /// The request's client.
+    pub client: ClientId,
+    /// The request's number.
+    pub seq: u64,
+    /// The client the answer names.
+    pub got_client: ClientId,
+    /// The request number the answer names.
+    pub got_seq: u64,
 }
 
 /// Timing of a [`Client`].
@@ -254,10 +349,15 @@ impl<S: StateMachine> Client<S> {
                     if (reply.client, reply.seq) == (request.client, request.seq) {
                         Ok(reply.response)
                     } else {
-                        Err(EndpointError::new(format!(
-                            "answer for c{}#{} to request c{}#{}",
-                            reply.client, reply.seq, request.client, request.seq
-                        )))
+                        Err(EndpointError::protocol(
+                            self.endpoints[target].node(),
+                            MismatchedReply {
+                                client: request.client,
+                                seq: request.seq,
+                                got_client: reply.client,
+                                got_seq: reply.seq,
+                            },
+                        ))
                     }
                 })
             });

@@ -1,6 +1,12 @@
 //! Error types, one enum per concern.
 
+use std::sync::Arc;
+
 use thiserror::Error;
+
+/// The underlying cause an error keeps as its [`source`](std::error::Error::source): any
+/// error, shared so that errors holding one stay `Clone`.
+pub type ErrorCause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A configuration was rejected by [`Config::validate`](crate::Config::validate).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -117,10 +117,13 @@ mod sim;
 mod traits;
 mod types;
 
-pub use client::{Client, ClientOptions, Endpoint, EndpointError};
+pub use client::{
+    Client, ClientOptions, Endpoint, EndpointError, EndpointErrorKind, MismatchedReply,
+};
 pub use config::{Config, MAX_MEMBERS};
 pub use error::{
-    ClientError, ConfigError, NodeError, ReplicaError, RestoreError, StorageError, TransportError,
+    ClientError, ConfigError, ErrorCause, NodeError, ReplicaError, RestoreError, StorageError,
+    TransportError,
 };
 pub use message::{Message, PromiseEntry};
 pub use node::{spawn_node, NodeHandle, NodeOptions};

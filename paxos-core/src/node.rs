@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
 
-use crate::client::{Endpoint, EndpointError};
+use crate::client::{Endpoint, EndpointError, EndpointErrorKind};
 use crate::config::Config;
 use crate::error::NodeError;
 use crate::replica::{Replica, ReplicaStatus, SlotInfo, ViewChange};
@@ -466,9 +466,10 @@ impl<S: StateMachine + Send + 'static> Endpoint for NodeHandle<S> {
     }
 
     async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
-        self.submit(request)
-            .await
-            .map_err(|e| EndpointError::new(e.to_string()))
+        self.submit(request).await.map_err(|e| match e {
+            NodeError::Stopped => EndpointError::stopped(self.id),
+            other => EndpointError::with_cause(self.id, EndpointErrorKind::Stopped, other),
+        })
     }
 }
 

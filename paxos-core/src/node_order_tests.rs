@@ -208,10 +208,10 @@ impl Endpoint for SpyEndpoint {
         self.handle
             .enqueue(request, answer_tx)
             .await
-            .map_err(|e| EndpointError::new(e.to_string()))?;
+            .map_err(|_| EndpointError::stopped(self.handle.id()))?;
         forwarded
             .await
-            .map_err(|_| EndpointError::new("node stopped"))
+            .map_err(|_| EndpointError::stopped(self.handle.id()))
     }
 }
 
