@@ -95,6 +95,7 @@ struct ReadmeDoctests;
 mod attack_tests;
 #[cfg(test)]
 mod attack_tests2;
+#[cfg(feature = "runtime")]
 mod client;
 mod config;
 mod error;
@@ -103,8 +104,9 @@ mod linearizability;
 mod message;
 #[cfg(test)]
 mod mutation;
+#[cfg(feature = "runtime")]
 mod node;
-#[cfg(test)]
+#[cfg(all(test, feature = "runtime"))]
 mod node_order_tests;
 mod replica;
 #[cfg(test)]
@@ -117,6 +119,8 @@ mod sim;
 mod traits;
 mod types;
 
+#[cfg(feature = "runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
 pub use client::{
     Client, ClientOptions, Endpoint, EndpointError, EndpointErrorKind, MismatchedReply,
 };
@@ -126,6 +130,8 @@ pub use error::{
     TransportError,
 };
 pub use message::{Message, PromiseEntry};
+#[cfg(feature = "runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
 pub use node::{spawn_node, NodeHandle, NodeOptions};
 pub use replica::{
     Ready, Replica, ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection,
