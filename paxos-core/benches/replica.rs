@@ -91,11 +91,15 @@ impl Cluster {
         let mut replies = 0;
         loop {
             for r in &mut self.replicas {
-                let ready = r.take_ready();
-                replies += ready.replies.len();
                 let from = r.id();
-                self.queue
-                    .extend(ready.messages.into_iter().map(|(to, m)| (from, to, m)));
+                let queue = &mut self.queue;
+                r.take_ready()
+                    .deliver(
+                        |_| Ok::<(), std::convert::Infallible>(()),
+                        |to, m| queue.push((from, to, m)),
+                        |_| replies += 1,
+                    )
+                    .unwrap_or_else(|never| match never {});
             }
             if self.queue.is_empty() {
                 return replies;

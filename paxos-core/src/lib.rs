@@ -63,12 +63,10 @@
 //!             let session: u64 = postcard::from_bytes(id).unwrap();
 //!             r.handle_request(Request { client: session, seq: 1, payload: payload.clone().into() });
 //!         }
-//!         let ready = r.take_ready();
-//!         storage[i].persist(&ready.persist).unwrap(); // 1. persist
-//!         for (to, m) in ready.messages {                 // 2. send
-//!             in_flight.push((r.id(), to, m));
-//!         }
-//!         replies.extend(ready.replies);                  // 3. reply
+//!         // Persist, then send, then reply (see `Ready::deliver`).
+//!         let id = r.id();
+//!         r.drive(&mut storage[i], |to, m| in_flight.push((id, to, m)), |reply| replies.push(reply))
+//!             .unwrap();
 //!     }
 //!     for (from, to, m) in std::mem::take(&mut in_flight) {
 //!         let i = ids.iter().position(|id| *id == to).unwrap();
@@ -98,9 +96,8 @@ mod attack_tests2;
 #[cfg(feature = "runtime")]
 mod client;
 mod config;
+mod drive;
 mod error;
-#[cfg(test)]
-mod linearizability;
 mod message;
 #[cfg(test)]
 mod mutation;
@@ -116,6 +113,9 @@ mod scripted;
 mod sessions;
 #[cfg(test)]
 mod sim;
+#[cfg(any(test, feature = "testing"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 mod traits;
 mod types;
 

@@ -278,7 +278,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = self.flush().await {
+            if let Err(e) = self.flush() {
                 error!(node = id, error = %e, "storage failed; stopping the node");
                 break;
             }
@@ -303,66 +303,73 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         }
     }
 
-    /// Persist, then send, then reply: every PROMISE, ACCEPTED and client reply of the
-    /// round vouches for state in `ready.persist`, so none leaves before
-    /// [`Storage::persist`] has returned. A storage error drops the round's messages and
-    /// replies and stops the node.
-    async fn flush(&mut self) -> Result<(), crate::StorageError> {
+    /// Persist, then send, then reply ([`Ready::deliver`](crate::Ready::deliver)):
+    /// every PROMISE, ACCEPTED and client reply of the round vouches for state in its
+    /// writes, so none leaves before [`Storage::persist`] has returned. A storage error
+    /// drops the round's messages and replies and stops the node.
+    fn flush(&mut self) -> Result<(), crate::StorageError> {
         let ready = self.replica.take_ready();
         if ready.is_empty() {
             return Ok(());
         }
-        #[cfg(test)]
-        if self.order == FlushOrder::SendFirst {
-            self.send_and_reply(ready.messages, ready.replies).await;
-            return self.persist(&ready.persist);
-        }
-        self.persist(&ready.persist)?;
-        self.send_and_reply(ready.messages, ready.replies).await;
-        Ok(())
-    }
-
-    /// Makes `ops` durable (one [`Storage::persist`] call: group commit).
-    fn persist(&mut self, ops: &[crate::PersistOp]) -> Result<(), crate::StorageError> {
-        if !ops.is_empty() {
-            // A durable storage blocks on fsync: on a multi-threaded runtime, let the
-            // scheduler move other tasks off this thread meanwhile.
-            let storage = &mut self.storage;
-            match tokio::runtime::Handle::current().runtime_flavor() {
-                tokio::runtime::RuntimeFlavor::MultiThread => {
-                    tokio::task::block_in_place(|| storage.persist(ops))?
-                }
-                _ => storage.persist(ops)?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends the round's messages, then hands its replies to the waiting submitters.
-    async fn send_and_reply(
-        &mut self,
-        messages: Vec<(NodeId, crate::Message)>,
-        replies: Vec<Reply>,
-    ) {
-        for (to, m) in messages {
-            if let Err(e) = self.transport.send(to, m) {
+        let storage = &mut self.storage;
+        let transport = &self.transport;
+        let waiters = &mut self.waiters;
+        let persist = |ops: &[crate::PersistOp]| persist_blocking(storage, ops);
+        let send = |to: NodeId, m: crate::Message| {
+            if let Err(e) = transport.send(to, m) {
                 debug!(to, error = %e, "send failed");
             }
-        }
-        for reply in replies {
-            if let Some(waiters) = self.waiters.remove(&(reply.client, reply.seq)) {
-                for w in waiters {
+        };
+        let reply = |reply: Reply| {
+            if let Some(ws) = waiters.remove(&(reply.client, reply.seq)) {
+                for w in ws {
                     let _ = w.send(reply.clone());
                 }
             }
+        };
+        #[cfg(test)]
+        if self.order == FlushOrder::SendFirst {
+            // The broken variant: messages and replies leave before the writes.
+            let writes = ready.persist.clone();
+            let unsaved = crate::Ready {
+                persist: Vec::new(),
+                ..ready
+            };
+            let _ = unsaved.deliver(|_| Ok::<(), crate::StorageError>(()), send, reply);
+            let mut persist = persist;
+            persist(&writes)?;
+            self.prune_waiters();
+            return Ok(());
         }
-        // Drop waiters whose callers gave up, so the map cannot grow without bound.
+        ready.deliver(persist, send, reply)?;
+        self.prune_waiters();
+        Ok(())
+    }
+
+    /// Drops waiters whose callers gave up, so the map cannot grow without bound.
+    fn prune_waiters(&mut self) {
         if self.waiters.len() > 2 * self.replica.config().max_pending {
             self.waiters.retain(|_, ws| {
                 ws.retain(|w| !w.is_closed());
                 !ws.is_empty()
             });
         }
+    }
+}
+
+/// Makes `ops` durable (one [`Storage::persist`] call: group commit). A durable storage
+/// blocks on fsync: on a multi-threaded runtime, the scheduler moves other tasks off this
+/// thread meanwhile.
+fn persist_blocking<St: Storage>(
+    storage: &mut St,
+    ops: &[crate::PersistOp],
+) -> Result<(), crate::StorageError> {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| storage.persist(ops))
+        }
+        _ => storage.persist(ops),
     }
 }
 

@@ -29,8 +29,8 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{Client, ClientOptions, Endpoint, EndpointError};
-use crate::linearizability::{check, AppendLog, History};
 use crate::node::{spawn_node_with_order, FlushOrder, NodeHandle, NodeOptions};
+use crate::testing::linearizability::{check, AppendLog, History};
 use crate::traits::AcceptorStatus;
 use crate::{
     apply_op, Ballot, ClientId, Config, MemStorage, Message, NodeId, PersistOp, PersistentState,

@@ -87,12 +87,14 @@ impl Scripted {
         let mut msgs = Vec::new();
         for (i, r) in self.replicas.iter_mut().enumerate() {
             let Some(r) = r else { continue };
-            let ready = r.take_ready();
-            self.storage[i].persist(&ready.persist).unwrap();
             let id = r.id();
-            msgs.extend(ready.messages.into_iter().map(|(to, m)| (id, to, m)));
-            self.replies
-                .extend(ready.replies.into_iter().map(|reply| (id, reply)));
+            let replies = &mut self.replies;
+            r.drive(
+                &mut self.storage[i],
+                |to, m| msgs.push((id, to, m)),
+                |reply| replies.push((id, reply)),
+            )
+            .unwrap();
         }
         msgs
     }

@@ -1,0 +1,56 @@
+//! The drive loop: one place that hands a round's outputs over in the order their
+//! guarantees need. The node driver, the simulation, the benchmarks and the crate docs
+//! all go through it.
+
+use crate::error::StorageError;
+use crate::message::Message;
+use crate::replica::{Ready, Replica};
+use crate::traits::{PersistOp, StateMachine, Storage};
+use crate::types::{NodeId, Reply};
+
+impl Ready {
+    /// Hands the outputs over in the order the protocol needs: **persist, then send,
+    /// then reply**.
+    ///
+    /// Every PROMISE, ACCEPTED and client reply of a round may vouch for state in
+    /// `persist`, so nothing is sent or answered before `persist` has returned `Ok`
+    /// (made the writes durable, in one call: group commit). If it fails, nothing is
+    /// sent or answered and the error is returned: the caller must stop the replica
+    /// (what it has not made durable it may have half-written).
+    pub fn deliver<E>(
+        self,
+        persist: impl FnOnce(&[PersistOp]) -> Result<(), E>,
+        mut send: impl FnMut(NodeId, Message),
+        mut reply: impl FnMut(Reply),
+    ) -> Result<(), E> {
+        if !self.persist.is_empty() {
+            persist(&self.persist)?;
+        }
+        for (to, message) in self.messages {
+            send(to, message);
+        }
+        for r in self.replies {
+            reply(r);
+        }
+        Ok(())
+    }
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Takes the outputs of everything handled since the last call and
+    /// [delivers](Ready::deliver) them: writes to `storage`, then messages to `send`,
+    /// then replies to `reply`.
+    ///
+    /// Call it after each input, or after a batch of inputs (the writes of the batch
+    /// then share one [`Storage::persist`]). A storage error stops the round: stop the
+    /// replica.
+    pub fn drive<St: Storage + ?Sized>(
+        &mut self,
+        storage: &mut St,
+        send: impl FnMut(NodeId, Message),
+        reply: impl FnMut(Reply),
+    ) -> Result<(), StorageError> {
+        self.take_ready()
+            .deliver(|ops| storage.persist(ops), send, reply)
+    }
+}

@@ -1,0 +1,266 @@
+//! The adversary: the fault profile each seed draws, and faults injected as the run goes.
+
+use super::*;
+
+/// The fault profile of one seed, drawn at random (swarm testing: each seed enables a
+/// different mix of faults).
+#[derive(Clone, Debug)]
+pub(crate) struct Faults {
+    pub(crate) nodes: usize,
+    pub(crate) loss: f64,
+    pub(crate) duplicate: f64,
+    pub(crate) max_delay: u64,
+    /// Fraction of messages held back for up to a few election timeouts (stale traffic).
+    pub(crate) long_delay: f64,
+    pub(crate) partitions: bool,
+    pub(crate) one_way: bool,
+    pub(crate) crashes: bool,
+    pub(crate) fault_ticks: u64,
+    pub(crate) clients: usize,
+    pub(crate) requests_per_client: u64,
+    pub(crate) batch_inputs: bool,
+    /// Slots between checkpoints (0: never), small so that compaction and state
+    /// transfer happen within a run.
+    pub(crate) checkpoint_interval: u64,
+    /// Some restarts lose the replica's storage (amnesia), for at most `f` replicas at
+    /// a time counting the crashed and the still-recovering ones.
+    pub(crate) amnesia: bool,
+    /// Replicas are paused for long stretches (no ticks, inbound held back), then
+    /// resume with stale beliefs and a burst of old messages.
+    pub(crate) pauses: bool,
+    /// Each replica ticks with its own probability: clocks that run at different rates.
+    pub(crate) skew: bool,
+    /// Sessions the replicas keep; below the number of clients, sessions get evicted
+    /// and clients see their requests expire.
+    pub(crate) max_sessions: usize,
+    /// An adversarial network that loses some kinds of messages on some links much more
+    /// than others (say, ACCEPTs and NACKs but not FETCHes), redrawn from time to time.
+    pub(crate) selective: bool,
+    /// Crashed replicas stay down for 20 to 20 + `downtime` ticks.
+    pub(crate) downtime: u64,
+}
+
+impl Faults {
+    pub(super) fn draw(rng: &mut ChaCha8Rng) -> Self {
+        let nodes = if rng.next_u64().is_multiple_of(2) {
+            3
+        } else {
+            5
+        };
+        Faults {
+            nodes,
+            loss: if chance(rng, 0.8) {
+                unit(rng) * 0.3
+            } else {
+                0.0
+            },
+            duplicate: if chance(rng, 0.5) {
+                unit(rng) * 0.2
+            } else {
+                0.0
+            },
+            max_delay: if chance(rng, 0.7) {
+                rng.next_u64() % 12
+            } else {
+                0
+            },
+            long_delay: if chance(rng, 0.5) {
+                unit(rng) * 0.05
+            } else {
+                0.0
+            },
+            partitions: chance(rng, 0.6),
+            one_way: chance(rng, 0.4),
+            crashes: chance(rng, 0.7),
+            fault_ticks: 300 + rng.next_u64() % 1200,
+            clients: 1 + (rng.next_u64() % 5) as usize,
+            requests_per_client: 3 + rng.next_u64() % 20,
+            batch_inputs: chance(rng, 0.5),
+            checkpoint_interval: if chance(rng, 0.7) {
+                2 + rng.next_u64() % 30
+            } else {
+                0
+            },
+            amnesia: chance(rng, 0.3),
+            pauses: chance(rng, 0.3),
+            skew: chance(rng, 0.3),
+            max_sessions: 1024,
+            selective: chance(rng, 0.3),
+            downtime: 200,
+        }
+        .with_eviction(rng)
+    }
+
+    pub(super) fn with_eviction(mut self, rng: &mut ChaCha8Rng) -> Self {
+        if chance(rng, 0.25) {
+            self.clients = self.clients.max(3);
+            self.max_sessions = self.clients - 1;
+        }
+        self
+    }
+}
+
+pub(super) fn unit(rng: &mut ChaCha8Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+pub(super) fn chance(rng: &mut ChaCha8Rng, p: f64) -> bool {
+    unit(rng) < p
+}
+
+impl<W: Workload> Sim<W> {
+    /// Replicas that count against the fault bound: crashed, or recovering from lost
+    /// storage (and the replicas still founding the cluster, at the start).
+    pub(super) fn faulty(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                n.recovering
+                    || n.replica
+                        .as_ref()
+                        .is_none_or(|r| r.acceptor_status() != AcceptorStatus::Voter)
+            })
+            .count()
+    }
+
+    pub(super) fn inject_faults(&mut self) {
+        let f = (self.faults.nodes - 1) / 2;
+        if self.faults.pauses && chance(&mut self.rng, 0.003) {
+            let i = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
+            if self.nodes[i].paused_until <= self.now {
+                self.nodes[i].paused_until = self.now + 40 + self.rng.next_u64() % 300;
+                self.stats.pauses += 1;
+            }
+        }
+        if self.faults.crashes {
+            // Restart nodes whose downtime is over; some come back without their
+            // storage, within the fault bound (they stay faulty until recovered).
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].replica.is_none() && self.now >= self.nodes[i].down_until {
+                    let wipe = self.faults.amnesia && chance(&mut self.rng, 0.4);
+                    if wipe {
+                        self.wipe(i);
+                    }
+                    self.restart(i);
+                }
+            }
+            let down = self.faulty();
+            if down < f && chance(&mut self.rng, 0.004) {
+                let i = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
+                if self.nodes[i].replica.is_some() {
+                    self.nodes[i].replica = None;
+                    self.nodes[i].down_until =
+                        self.now + 20 + self.rng.next_u64() % self.faults.downtime;
+                    self.stats.crashes += 1;
+                }
+            }
+        }
+        if self.faults.selective && chance(&mut self.rng, 0.01) {
+            self.lossy.clear();
+            self.leaky.clear();
+            for k in KINDS {
+                if chance(&mut self.rng, 0.3) {
+                    self.leaky.insert(k);
+                }
+            }
+            for &a in &self.members {
+                for &b in &self.members {
+                    if a == b || !chance(&mut self.rng, 0.5) {
+                        continue;
+                    }
+                    for k in KINDS {
+                        if chance(&mut self.rng, 0.4) {
+                            self.lossy.insert((a, b, k));
+                        }
+                    }
+                }
+            }
+        }
+        if self.faults.partitions && chance(&mut self.rng, 0.006) {
+            self.blocked.clear();
+            if chance(&mut self.rng, 0.3) {
+                return; // heal for a while
+            }
+            let mut group = Vec::new();
+            let leader = self
+                .nodes
+                .iter()
+                .find(|n| n.replica.as_ref().is_some_and(|r| r.is_leader()))
+                .map(|n| n.id);
+            match leader {
+                // Often cut the leader off with one follower: a stale leader in a
+                // minority, still believed by the follower.
+                Some(l) if self.faults.selective && chance(&mut self.rng, 0.5) => {
+                    group.push(l);
+                    let other =
+                        self.members[(self.rng.next_u64() % self.members.len() as u64) as usize];
+                    if other != l {
+                        group.push(other);
+                    }
+                }
+                _ => {
+                    for &m in &self.members {
+                        if chance(&mut self.rng, 0.5) {
+                            group.push(m);
+                        }
+                    }
+                }
+            }
+            let one_way = self.faults.one_way && chance(&mut self.rng, 0.5);
+            for &a in &group {
+                for &b in &self.members {
+                    if !group.contains(&b) {
+                        self.blocked.insert((a, b));
+                        if !one_way {
+                            self.blocked.insert((b, a));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn heal(&mut self) {
+        self.blocked.clear();
+        self.lossy.clear();
+        self.leaky.clear();
+        for n in &mut self.nodes {
+            n.paused_until = 0;
+        }
+        self.faults.loss = 0.0;
+        self.faults.duplicate = 0.0;
+        self.faults.long_delay = 0.0;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].replica.is_none() {
+                self.restart(i);
+            }
+        }
+    }
+
+    /// The node's storage is lost: it restarts as a new incarnation with nothing.
+    pub(super) fn wipe(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.storage = MemStorage::new();
+        node.durable_promised = Ballot::ZERO;
+        node.durable_commit = 0;
+        node.recovering = true;
+        self.stats.amnesia += 1;
+    }
+
+    pub(super) fn restart(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let state = node.storage.load().expect("mem storage loads");
+        let cfg = Self::config(
+            node.id,
+            &self.members,
+            self.seed ^ self.now,
+            self.mutation,
+            &self.faults,
+        );
+        node.replica = Some(
+            Replica::new(cfg, Recording::new(self.workload.machine()), state)
+                .expect("valid config"),
+        );
+        node.checked = 0;
+    }
+}

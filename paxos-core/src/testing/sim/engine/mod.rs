@@ -1,0 +1,775 @@
+//! The simulation engine: whole clusters of the real [`Replica`] with a seeded network
+//! and clock, driven by simulated clients, with invariant checks after every step.
+
+mod checks;
+mod clients;
+mod faults;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use bytes::Bytes;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+#[cfg(test)]
+pub(crate) use crate::mutation::Mutation;
+use crate::testing::linearizability::{check_with_budget, AppendLog, CheckError, Model, Operation};
+use crate::testing::sim::{Gen, Workload};
+
+use crate::{
+    AcceptorStatus, Ballot, ClientId, Config, MemStorage, Message, NodeId, PersistOp, Replica,
+    Reply, Request, Response, RestoreError, Slot, StateMachine, Storage, Value,
+};
+pub(crate) use faults::Faults;
+use faults::{chance, unit};
+
+/// Without the crate's tests there are no broken variants: the correct protocol only.
+#[cfg(not(test))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Mutation {
+    #[default]
+    None,
+}
+
+/// Wraps the workload's state machine so that every command carries its request's
+/// identity and every output the position at which it was applied: the checkers compare
+/// executed histories across replicas and explain each reply by a position.
+#[derive(Debug, Default)]
+pub(crate) struct Recording<M> {
+    pub(crate) applied: Vec<(ClientId, u64)>,
+    inner: M,
+}
+
+impl<M> Recording<M> {
+    pub(crate) fn new(inner: M) -> Self {
+        Recording {
+            applied: Vec::new(),
+            inner,
+        }
+    }
+}
+
+impl<M: StateMachine> StateMachine for Recording<M> {
+    type Command = (ClientId, u64, M::Command);
+    type Output = (u64, M::Output);
+
+    fn apply(&mut self, (client, seq, command): Self::Command) -> Self::Output {
+        let output = self.inner.apply(command);
+        self.applied.push((client, seq));
+        (self.applied.len() as u64 - 1, output)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        postcard::to_allocvec(&(&self.applied, self.inner.snapshot())).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        let (applied, inner): (Vec<(ClientId, u64)>, Vec<u8>) =
+            postcard::from_bytes(snapshot).map_err(|e| RestoreError::new(e.to_string()))?;
+        self.inner.restore(&inner)?;
+        self.applied = applied;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+/// A state machine with nothing in it: the crate's own simulation checks the protocol
+/// with commands that are only their identity (`Recording<Unit>`), whose encoding is
+/// exactly `(client, request number)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Unit;
+
+#[cfg(test)]
+impl StateMachine for Unit {
+    type Command = ();
+    type Output = ();
+
+    fn apply(&mut self, _: ()) {}
+
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn restore(&mut self, _: &[u8]) -> Result<(), RestoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+/// The crate's own simulation state machine (see [`Unit`]).
+pub(crate) type Recorder = Recording<Unit>;
+
+#[cfg(test)]
+/// The crate's own workload: [`Unit`] commands, so that only the protocol is under test.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Protocol;
+
+#[cfg(test)]
+/// The sequential model of [`Unit`]: nothing to remember, nothing to answer.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct UnitModel;
+
+#[cfg(test)]
+impl Model for UnitModel {
+    type State = ();
+    type Input = ();
+    type Output = ();
+
+    fn init(&self) {}
+
+    fn step(&self, _: &(), _: &()) -> ((), ()) {
+        ((), ())
+    }
+}
+
+#[cfg(test)]
+impl Workload for Protocol {
+    type Machine = Unit;
+    type Model = UnitModel;
+
+    fn machine(&self) -> Unit {
+        Unit
+    }
+
+    fn model(&self) -> UnitModel {
+        UnitModel
+    }
+
+    fn command(&self, _: &mut Gen, _: usize) {}
+}
+
+#[cfg(test)]
+impl Sim<Protocol> {
+    /// A run of the crate's own workload, with the fault profile adjusted by `tweak`.
+    pub(crate) fn protocol(seed: u64, mutation: Mutation, tweak: impl FnOnce(&mut Faults)) -> Self {
+        Sim::with_faults(Protocol, seed, mutation, tweak)
+    }
+
+    /// A run of the crate's own workload with the fault profile the seed draws.
+    pub(crate) fn protocol_default(seed: u64, mutation: Mutation) -> Self {
+        Self::protocol(seed, mutation, |_| {})
+    }
+}
+
+/// What a run found wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Violation {
+    pub(crate) tick: u64,
+    pub(crate) what: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tick {}: {}", self.tick, self.what)
+    }
+}
+
+/// Counters of a successful run.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) steps: u64,
+    pub(crate) ticks: u64,
+    pub(crate) delivered: u64,
+    pub(crate) crashes: u64,
+    pub(crate) elections: u64,
+    pub(crate) completed: u64,
+    pub(crate) max_slot: Slot,
+    pub(crate) snapshots: u64,
+    pub(crate) torn_crashes: u64,
+    pub(crate) amnesia: u64,
+    pub(crate) recoveries: u64,
+    pub(crate) pauses: u64,
+    pub(crate) expired: u64,
+    /// A digest of every delivery, to show that a seed replays identically.
+    pub(crate) trace: u64,
+}
+
+enum Envelope {
+    Peer {
+        from: NodeId,
+        to: NodeId,
+        message: Message,
+    },
+    Request {
+        to: NodeId,
+        request: Request,
+    },
+    Reply {
+        from: NodeId,
+        reply: Reply,
+    },
+}
+
+struct Node<M> {
+    id: NodeId,
+    replica: Option<Replica<Recording<M>>>,
+    storage: MemStorage,
+    /// Highest promised ballot and commit point this node ever made durable.
+    durable_promised: Ballot,
+    durable_commit: Slot,
+    /// How much of this incarnation's applied history was checked.
+    checked: usize,
+    dirty: bool,
+    down_until: u64,
+    /// While `now < paused_until` the replica neither ticks nor receives.
+    paused_until: u64,
+    /// Probability of ticking at each tick of the simulation (clock skew).
+    tick_rate: f64,
+    /// The replica is recovering from lost storage (counts as faulty until it votes).
+    recovering: bool,
+}
+
+struct SimClient<C> {
+    /// Recognises the reply to the registration.
+    nonce: ClientId,
+    /// The session the cluster assigned (valid once `registered`).
+    id: ClientId,
+    next_seq: u64,
+    /// Requests still to submit (a request whose session expired counts as done: its
+    /// outcome is unknown).
+    remaining: u64,
+    registered: bool,
+    outstanding: Option<(u64, u64)>, // (seq, tick sent)
+    target: NodeId,
+    /// The last answer was a redirect: resend to `target`, it is not a timeout.
+    redirected: bool,
+    results: HashMap<u64, Bytes>,
+    /// The command of the request being sent, by session and request number: a retry
+    /// resends it.
+    command: Option<((ClientId, u64), C)>,
+}
+
+/// One client request as the client saw it, for the real-time order check.
+#[derive(Clone, Copy, Debug)]
+struct ClientOp {
+    call: u64,
+    /// When the client got its answer; `None` while pending or when the outcome is
+    /// unknown (session expired).
+    ret: Option<u64>,
+    /// The position the reply reported.
+    pos: Option<u64>,
+}
+
+pub(crate) struct Sim<W: Workload> {
+    seed: u64,
+    rng: ChaCha8Rng,
+    /// The workload's own randomness (commands), apart from the adversary's, so that a
+    /// workload drawing nothing leaves the adversary's choices as they were.
+    gen: Gen,
+    workload: W,
+    faults: Faults,
+    nodes: Vec<Node<W::Machine>>,
+    members: Vec<NodeId>,
+    quorum: usize,
+    network: Vec<(u64, Envelope)>,
+    blocked: HashSet<(NodeId, NodeId)>,
+    /// Selective loss: message kinds dropped on which directed links, and how often.
+    lossy: HashSet<(NodeId, NodeId, &'static str)>,
+    /// Message kinds that cross the current partition (a partial partition).
+    leaky: HashSet<&'static str>,
+    clients: Vec<SimClient<Cmd<W>>>,
+    now: u64,
+    stats: Stats,
+    next_client: ClientId,
+    // Checker state.
+    /// Per (slot, ballot): the value proposed, and who vouched for it (the proposer by
+    /// storing it, acceptors by sending ACCEPTED).
+    accepts: HashMap<(Slot, Ballot), (Value, HashSet<NodeId>)>,
+    chosen: BTreeMap<Slot, Value>,
+    history: Vec<(ClientId, u64)>,
+    history_pos: HashMap<(ClientId, u64), usize>,
+    ops: HashMap<(ClientId, u64), ClientOp>,
+    /// Every command a client sent, and the output each completed request returned:
+    /// the workload's model replays the executed order against them.
+    commands: HashMap<(ClientId, u64), Cmd<W>>,
+    outputs: HashMap<(ClientId, u64), Out<W>>,
+    /// Liveness during faults: since when a majority has been up and connected.
+    good_since: Option<(u64, Vec<NodeId>)>,
+    last_completion: u64,
+    mutation: Mutation,
+}
+
+/// The workload's command and output types.
+pub(crate) type Cmd<W> = <<W as Workload>::Machine as StateMachine>::Command;
+pub(crate) type Out<W> = <<W as Workload>::Machine as StateMachine>::Output;
+
+/// The message kinds the adversarial network treats differently.
+const KINDS: [&str; 9] = [
+    "accept",
+    "accepted",
+    "nack",
+    "heartbeat",
+    "new-view",
+    "promise",
+    "prepare",
+    "fetch",
+    "fetch-reply",
+];
+
+/// Model steps the WGL search of one run may take.
+const MODEL_CHECK_BUDGET: u64 = 200_000;
+
+/// A majority that stays up, unpaused and connected this long must complete requests.
+const LIVENESS_WINDOW: u64 = 1_000;
+
+impl<W: Workload> Sim<W> {
+    /// A run of `seed`, with the drawn fault profile adjusted by `tweak` (to weight
+    /// a run towards one class of faults).
+    pub(crate) fn with_faults(
+        workload: W,
+        seed: u64,
+        mutation: Mutation,
+        tweak: impl FnOnce(&mut Faults),
+    ) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut faults = Faults::draw(&mut rng);
+        tweak(&mut faults);
+        let members: Vec<NodeId> = (1..=faults.nodes as u64).collect();
+        let nodes = members
+            .iter()
+            .map(|&id| {
+                let storage = MemStorage::new();
+                // Every replica starts without state: the cluster founds itself.
+                let replica = Replica::new(
+                    Self::config(id, &members, seed, mutation, &faults),
+                    Recording::new(workload.machine()),
+                    crate::PersistentState::default(),
+                )
+                .expect("valid config");
+                let tick_rate = if faults.skew {
+                    0.5 + unit(&mut rng) * 0.5
+                } else {
+                    1.0
+                };
+                Node {
+                    id,
+                    replica: Some(replica),
+                    storage,
+                    durable_promised: Ballot::ZERO,
+                    durable_commit: 0,
+                    checked: 0,
+                    dirty: true,
+                    down_until: 0,
+                    paused_until: 0,
+                    tick_rate,
+                    recovering: false,
+                }
+            })
+            .collect();
+        let clients = (0..faults.clients)
+            .map(|i| SimClient {
+                nonce: 1000 + i as u64,
+                id: 0,
+                next_seq: 1,
+                remaining: faults.requests_per_client,
+                registered: false,
+                outstanding: None,
+                target: members[i % members.len()],
+                redirected: false,
+                results: HashMap::new(),
+                command: None,
+            })
+            .collect();
+        let quorum = faults.nodes / 2 + 1;
+        let next_client = 1000 + faults.clients as u64;
+        Sim {
+            seed,
+            rng,
+            gen: Gen::new(seed ^ 0x6f72_6b6c_6f61_6400),
+            workload,
+            faults,
+            nodes,
+            members,
+            quorum,
+            network: Vec::new(),
+            blocked: HashSet::new(),
+            lossy: HashSet::new(),
+            leaky: HashSet::new(),
+            clients,
+            now: 0,
+            stats: Stats::default(),
+            next_client,
+            accepts: HashMap::new(),
+            chosen: BTreeMap::new(),
+            history: Vec::new(),
+            history_pos: HashMap::new(),
+            ops: HashMap::new(),
+            commands: HashMap::new(),
+            outputs: HashMap::new(),
+            good_since: None,
+            last_completion: 0,
+            mutation,
+        }
+    }
+
+    fn config(
+        id: NodeId,
+        members: &[NodeId],
+        seed: u64,
+        mutation: Mutation,
+        faults: &Faults,
+    ) -> Config {
+        let mut cfg = Config::new(id, members.to_vec());
+        cfg.checkpoint_interval = faults.checkpoint_interval;
+        cfg.seed = seed.wrapping_mul(31).wrapping_add(id);
+        cfg.heartbeat_ticks = 2;
+        cfg.election_ticks = 10;
+        cfg.retransmit_ticks = 4;
+        cfg.max_inflight = 8;
+        cfg.max_batch = 4;
+        cfg.max_sessions = faults.max_sessions;
+        #[cfg(test)]
+        {
+            cfg.mutation = mutation;
+        }
+        #[cfg(not(test))]
+        let _ = mutation;
+        cfg
+    }
+
+    /// How many replicas this run has.
+    pub(crate) fn replicas(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Runs the whole scenario: faults, then healing, then the liveness bound.
+    pub(crate) fn run(mut self) -> Result<Stats, Violation> {
+        let heal_at = self.faults.fault_ticks;
+        let deadline = heal_at + 2_000;
+        loop {
+            self.now += 1;
+            self.stats.ticks = self.now;
+            if self.now < heal_at {
+                self.inject_faults();
+            } else if self.now == heal_at {
+                self.heal();
+            }
+            self.tick_nodes()?;
+            self.deliver()?;
+            self.flush_all()?;
+            self.drive_clients();
+            self.check_progress()?;
+            // Done when every request completed and every replica votes again (a
+            // replica stuck founding or recovering is a liveness failure too).
+            if self.now > heal_at
+                && self.clients.iter().all(|c| c.remaining == 0)
+                && self.faulty() == 0
+            {
+                break;
+            }
+            if self.now > deadline {
+                let mut pending: Vec<String> = self
+                    .clients
+                    .iter()
+                    .filter(|c| c.remaining > 0)
+                    .map(|c| format!("c{} at #{} (registered {})", c.id, c.next_seq, c.registered))
+                    .collect();
+                for n in &self.nodes {
+                    if let Some(r) = &n.replica {
+                        if r.acceptor_status() != AcceptorStatus::Voter {
+                            pending.push(format!("n{} still {:?}", n.id, r.acceptor_status()));
+                        }
+                    }
+                }
+                pending.push(self.describe_nodes());
+                return Err(self.violation(format!(
+                    "liveness: requests still pending {} ticks after healing: {}",
+                    deadline - heal_at,
+                    pending.join(", ")
+                )));
+            }
+        }
+        self.stats.max_slot = self.chosen.keys().next_back().map_or(0, |s| s + 1);
+        self.check_real_time_order()?;
+        self.check_model()?;
+        Ok(self.stats)
+    }
+
+    fn violation(&self, what: String) -> Violation {
+        Violation {
+            tick: self.now,
+            what,
+        }
+    }
+
+    // ------------------------------------------------------------------ stepping
+
+    fn tick_nodes(&mut self) -> Result<(), Violation> {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].paused_until > self.now {
+                continue;
+            }
+            let rate = self.nodes[i].tick_rate;
+            if rate < 1.0 && !chance(&mut self.rng, rate) {
+                continue;
+            }
+            if let Some(r) = self.nodes[i].replica.as_mut() {
+                r.tick();
+                self.nodes[i].dirty = true;
+                self.stats.steps += 1;
+                self.after_input(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self) -> Result<(), Violation> {
+        let now = self.now;
+        let mut due = Vec::new();
+        let mut later = Vec::with_capacity(self.network.len());
+        for (at, env) in self.network.drain(..) {
+            if at <= now {
+                due.push(env);
+            } else {
+                later.push((at, env));
+            }
+        }
+        self.network = later;
+        // Shuffle: reordering among messages due at the same tick.
+        for i in (1..due.len()).rev() {
+            let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
+            due.swap(i, j);
+        }
+        for env in due {
+            // A paused replica receives nothing: its inbound waits until it resumes.
+            let held = match &env {
+                Envelope::Peer { to, .. } | Envelope::Request { to, .. } => self
+                    .index(*to)
+                    .map(|i| self.nodes[i].paused_until)
+                    .filter(|until| *until > self.now),
+                Envelope::Reply { .. } => None,
+            };
+            if let Some(until) = held {
+                self.network.push((until, env));
+                continue;
+            }
+            self.stats.delivered += 1;
+            self.stats.trace = trace_mix(self.stats.trace, self.now, &env);
+            match env {
+                Envelope::Peer { from, to, message } => {
+                    if self.blocked.contains(&(from, to)) && !self.leaky.contains(message.kind()) {
+                        continue;
+                    }
+                    let Some(i) = self.index(to) else { continue };
+                    let Some(r) = self.nodes[i].replica.as_mut() else {
+                        continue;
+                    };
+                    r.handle_message(from, message);
+                    self.nodes[i].dirty = true;
+                    self.stats.steps += 1;
+                    self.after_input(i)?;
+                }
+                Envelope::Request { to, request } => {
+                    let Some(i) = self.index(to) else { continue };
+                    let Some(r) = self.nodes[i].replica.as_mut() else {
+                        continue;
+                    };
+                    r.handle_request(request);
+                    self.nodes[i].dirty = true;
+                    self.stats.steps += 1;
+                    self.after_input(i)?;
+                }
+                Envelope::Reply { from, reply } => self.client_reply(from, reply)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// After an input, either handle the node's outputs now or (batching) leave them to
+    /// accumulate until the end of the tick.
+    fn after_input(&mut self, i: usize) -> Result<(), Violation> {
+        if self.faults.crashes
+            && self.faults.batch_inputs
+            && self.now < self.faults.fault_ticks
+            && self.faulty() < (self.faults.nodes - 1) / 2
+            && chance(&mut self.rng, 0.0005)
+        {
+            // Crash in the middle of a round: only a prefix of its writes reached the
+            // disk (the last one may be torn, i.e. lost), and nothing was sent.
+            return self.crash_mid_round(i);
+        }
+        if !self.faults.batch_inputs || chance(&mut self.rng, 0.5) {
+            self.flush(i)?;
+        }
+        self.check_node(i)
+    }
+
+    fn crash_mid_round(&mut self, i: usize) -> Result<(), Violation> {
+        let Some(mut r) = self.nodes[i].replica.take() else {
+            return Ok(());
+        };
+        let ready = r.take_ready();
+        let keep = (self.rng.next_u64() % (ready.persist.len() as u64 + 1)) as usize;
+        let durable = &ready.persist[..keep];
+        let id = self.nodes[i].id;
+        self.nodes[i]
+            .storage
+            .persist(durable)
+            .map_err(|e| self.violation(e.to_string()))?;
+        for op in durable {
+            self.observe_persist(id, op)?;
+        }
+        self.nodes[i].dirty = false;
+        self.nodes[i].down_until = self.now + 20 + self.rng.next_u64() % self.faults.downtime;
+        self.stats.crashes += 1;
+        self.stats.torn_crashes += 1;
+        Ok(())
+    }
+
+    fn flush_all(&mut self) -> Result<(), Violation> {
+        for i in 0..self.nodes.len() {
+            self.flush(i)?;
+            self.check_node(i)?;
+        }
+        Ok(())
+    }
+
+    /// Persist, then send, then reply, through the drive loop the node driver uses
+    /// ([`Ready::deliver`](crate::Ready::deliver)).
+    fn flush(&mut self, i: usize) -> Result<(), Violation> {
+        if !self.nodes[i].dirty {
+            return Ok(());
+        }
+        self.nodes[i].dirty = false;
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        let Some(r) = node.replica.as_mut() else {
+            return Ok(());
+        };
+        let storage = &mut node.storage;
+        let (mut persisted, mut messages, mut replies) = (Vec::new(), Vec::new(), Vec::new());
+        r.take_ready()
+            .deliver(
+                |ops| {
+                    storage.persist(ops)?;
+                    persisted.extend_from_slice(ops);
+                    Ok(())
+                },
+                |to, message| messages.push((to, message)),
+                |reply| replies.push(reply),
+            )
+            .map_err(|e: crate::StorageError| Violation {
+                tick: self.now,
+                what: e.to_string(),
+            })?;
+        for op in &persisted {
+            self.observe_persist(id, op)?;
+        }
+        // What is now durable may never be lost, whatever happens next.
+        let node = &mut self.nodes[i];
+        let stored = node.storage.state();
+        node.durable_promised = node.durable_promised.max(stored.promised);
+        node.durable_commit = node.durable_commit.max(stored.commit_point);
+        if node.recovering && stored.status == AcceptorStatus::Voter {
+            node.recovering = false;
+            self.stats.recoveries += 1;
+        }
+        for (to, message) in messages {
+            if let Message::Accepted { ballot, slots, .. } = &message {
+                // An ACCEPTED vouches for the proposal at that ballot.
+                for s in slots {
+                    self.vote(id, *s, *ballot)?;
+                }
+            }
+            if matches!(message, Message::NewView { .. }) {
+                self.stats.elections += 1;
+            }
+            if matches!(message, Message::Snapshot { .. }) {
+                self.stats.snapshots += 1;
+            }
+            self.send(Envelope::Peer {
+                from: id,
+                to,
+                message,
+            });
+        }
+        for reply in replies {
+            self.send(Envelope::Reply { from: id, reply });
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, env: Envelope) {
+        if chance(&mut self.rng, self.faults.loss) {
+            return;
+        }
+        if let Envelope::Peer { from, to, message } = &env {
+            if self.lossy.contains(&(*from, *to, message.kind())) && chance(&mut self.rng, 0.9) {
+                return;
+            }
+        }
+        if chance(&mut self.rng, self.faults.duplicate) {
+            let delay = self.delay();
+            self.network.push((self.now + delay, duplicate(&env)));
+        }
+        let delay = self.delay();
+        self.network.push((self.now + delay, env));
+    }
+
+    fn delay(&mut self) -> u64 {
+        if chance(&mut self.rng, self.faults.long_delay) {
+            // Now and then long enough to reach a replica's next life (downtimes are
+            // 20..220 ticks): answers meant for a life that lost its state.
+            if chance(&mut self.rng, 0.1) {
+                return 1 + self.rng.next_u64() % 400;
+            }
+            return 1 + self.rng.next_u64() % 60;
+        }
+        1 + if self.faults.max_delay > 0 {
+            self.rng.next_u64() % self.faults.max_delay
+        } else {
+            0
+        }
+    }
+
+    fn index(&self, id: NodeId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+}
+
+fn trace_mix(h: u64, now: u64, env: &Envelope) -> u64 {
+    let (a, b, c) = match env {
+        Envelope::Peer { from, to, message } => (*from, *to, message.kind().len() as u64),
+        Envelope::Request { to, request } => (*to, request.client, request.seq),
+        Envelope::Reply { from, reply } => (*from, reply.client, reply.seq),
+    };
+    let mut x = h ^ now.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for v in [a, b, c] {
+        x = (x ^ v).wrapping_mul(0x100_0000_01B3).rotate_left(17);
+    }
+    x
+}
+
+fn duplicate(env: &Envelope) -> Envelope {
+    match env {
+        Envelope::Peer { from, to, message } => Envelope::Peer {
+            from: *from,
+            to: *to,
+            message: message.clone(),
+        },
+        Envelope::Request { to, request } => Envelope::Request {
+            to: *to,
+            request: request.clone(),
+        },
+        Envelope::Reply { from, reply } => Envelope::Reply {
+            from: *from,
+            reply: reply.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+/// Runs `seeds` from the environment (`PAXOS_SIM_SEED` = one, `PAXOS_SIM_SEEDS` = how many).
+pub(crate) fn seeds(default: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("PAXOS_SIM_SEED") {
+        if let Ok(s) = s.parse() {
+            return vec![s];
+        }
+    }
+    let n = std::env::var("PAXOS_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    (0..n).collect()
+}
