@@ -69,6 +69,7 @@
 //!     }
 //! }
 //!
+//! #[derive(Clone)]
 //! struct Counting;
 //!
 //! impl Workload for Counting {
@@ -101,9 +102,12 @@ pub use gen::Gen;
 /// What [`Simulation`] runs: your state machine, the sequential model it must agree
 /// with, and how clients draw commands.
 ///
+/// Each run works on its own clone of the workload, so state kept in it (a counter of
+/// machines made, say) starts afresh with each seed and replays.
+///
 /// The machine's commands and outputs cross the simulated network in postcard, as they
 /// would between processes; outputs are compared with the model's by `==`.
-pub trait Workload {
+pub trait Workload: Clone {
     /// The replicated state machine under test.
     type Machine: StateMachine<Command: Clone + fmt::Debug, Output: Clone + fmt::Debug + PartialEq>;
     /// Its sequential specification: given the same commands in the same order, the
@@ -185,10 +189,7 @@ impl<W: Workload> Simulation<W> {
     }
 
     /// Runs one seed.
-    pub fn run_seed(&self, seed: u64) -> Result<Report, Failure>
-    where
-        W: Clone,
-    {
+    pub fn run_seed(&self, seed: u64) -> Result<Report, Failure> {
         let replicas = self.replicas;
         let sim = Sim::with_faults(self.workload.clone(), seed, engine::Mutation::None, |f| {
             if let Some(n) = replicas {
@@ -208,10 +209,7 @@ impl<W: Workload> Simulation<W> {
     }
 
     /// Runs every seed, stopping at the first that fails.
-    pub fn run(&self) -> Result<Report, Failure>
-    where
-        W: Clone,
-    {
+    pub fn run(&self) -> Result<Report, Failure> {
         let mut total = Report::default();
         for seed in self.seed_list() {
             let r = self.run_seed(seed)?;
