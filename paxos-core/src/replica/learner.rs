@@ -1,0 +1,125 @@
+//! Learning: which values are chosen, from quorums, commit points and peers, and how
+//! the commit point advances.
+
+use super::*;
+use crate::traits::{PersistOp, StateMachine};
+use crate::types::{Ballot, NodeId, Slot, Value};
+
+#[cfg(test)]
+use crate::mutation::Mutation;
+
+impl<S: StateMachine> Replica<S> {
+    /// A commit point heard from the leader of `ballot`: below it, the values that
+    /// leader proposed at `ballot` are chosen, so the entries accepted here at exactly
+    /// `ballot` are marked chosen; anything else below it is fetched. The leader keeps
+    /// its side of this bargain in [`learn`](Self::learn).
+    pub(super) fn learn_commit_point(&mut self, from: NodeId, ballot: Ballot, commit_point: Slot) {
+        if commit_point > self.known_commit {
+            self.known_commit = commit_point;
+            self.fetch_from = Some(from);
+        }
+        let lo = self.commit_point;
+        if commit_point <= lo {
+            return;
+        }
+        for (_, e) in self.log.range_mut(lo..commit_point) {
+            if !e.chosen && e.ballot == ballot {
+                e.chosen = true;
+            }
+        }
+        self.advance_commit();
+    }
+
+    /// Records that `value` is chosen in `slot`, learned from anything but this
+    /// replica's own accept quorum: a FETCH-REPLY, a PROMISE that reports it chosen, or
+    /// the merge of phase 1.
+    ///
+    /// # Which values a commit point vouches for
+    /// A commit point `C` announced under ballot `b` (on ACCEPT, NEW-VIEW or HEARTBEAT)
+    /// tells a follower that, below `C`, *the value proposed at `b`* is the chosen one:
+    /// the follower marks chosen exactly the entries it accepted at `b`
+    /// ([`learn_commit_point`](Self::learn_commit_point)). So the leader of `b` may
+    /// announce `C` only if each of its `b`-proposals below `C` is the chosen value.
+    /// That holds for what it learns from its own accept quorums at `b`, and for what
+    /// phase 1 gave it (its `b`-proposals *are* the merged values). It holds for a value
+    /// learned any other way only if that value equals the leader's `b`-proposal in the
+    /// slot. A different value — or any chosen value in a slot the leader has not
+    /// proposed in yet — can only have been chosen under a higher ballot: the leader is
+    /// superseded, and steps down here, before it can announce a commit point over it
+    /// (or propose into a slot that is already decided).
+    ///
+    /// Second half of the rule: an entry whose value is replaced by a learned one loses
+    /// its ballot ([`Ballot::ZERO`], which no leader owns), so no path leaves a value
+    /// under a ballot that did not propose it.
+    pub(super) fn learn(&mut self, slot: Slot, value: Value) {
+        if slot < self.commit_point {
+            return;
+        }
+        #[cfg(test)]
+        let lax = self.cfg.mutation == Mutation::SupersededLeaderAnnounces;
+        #[cfg(not(test))]
+        let lax = false;
+        if let RoleState::Leader(l) = &self.role {
+            let conflict = slot >= l.next_slot
+                || self
+                    .log
+                    .get(&slot)
+                    .is_some_and(|e| e.ballot == l.ballot && e.value != value);
+            if conflict && !lax {
+                self.step_down_superseded(slot);
+            }
+        }
+        match self.log.get_mut(&slot) {
+            Some(e) if e.chosen => return,
+            Some(e) => {
+                if e.value != value && !lax {
+                    e.ballot = Ballot::ZERO;
+                }
+                e.value = value.clone();
+                e.chosen = true;
+            }
+            None => {
+                self.log.insert(
+                    slot,
+                    Entry {
+                        ballot: Ballot::ZERO,
+                        value: value.clone(),
+                        chosen: true,
+                    },
+                );
+            }
+        }
+        self.ready.persist.push(PersistOp::Learn { slot, value });
+    }
+
+    pub(super) fn first_unchosen(&self, from: Slot) -> Slot {
+        let mut c = from;
+        #[cfg(test)]
+        let skip_gaps = self.cfg.mutation == Mutation::SkipGaps;
+        for (s, e) in self.log.range(from..) {
+            if *s != c {
+                #[cfg(test)]
+                if skip_gaps && e.chosen {
+                    c = *s + 1;
+                    continue;
+                }
+                break;
+            }
+            if !e.chosen {
+                break;
+            }
+            c += 1;
+        }
+        c
+    }
+
+    pub(super) fn advance_commit(&mut self) {
+        let c = self.first_unchosen(self.commit_point);
+        if c > self.commit_point {
+            self.commit_point = c;
+            self.known_commit = self.known_commit.max(c);
+            self.ready.persist.push(PersistOp::CommitPoint(c));
+            self.execute();
+        }
+    }
+}
