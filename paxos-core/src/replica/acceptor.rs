@@ -1,8 +1,6 @@
 //! The acceptor: which ballots it admits, its promises, and the ACCEPTs and heartbeats
 //! it acknowledges.
 
-use std::collections::BTreeMap;
-
 use super::*;
 use crate::message::Message;
 use crate::traits::{PersistOp, StateMachine};
@@ -19,7 +17,7 @@ pub(super) const ACCEPT_WINDOW_FACTOR: u64 = 4;
 /// Accepts `value` in `slot` at `ballot`: in the log, and as a write to persist.
 pub(super) fn store_accept(
     ready: &mut Ready,
-    log: &mut BTreeMap<Slot, Entry>,
+    log: &mut SlotLog,
     slot: Slot,
     ballot: Ballot,
     value: Value,
@@ -29,14 +27,7 @@ pub(super) fn store_accept(
         ballot,
         value: value.clone(),
     });
-    log.insert(
-        slot,
-        Entry {
-            ballot,
-            value,
-            chosen: false,
-        },
-    );
+    log.accept(slot, ballot, value);
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -112,19 +103,19 @@ impl<S: StateMachine> Replica<S> {
                 });
             }
         }
-        let window_end = self.commit_point.saturating_add(self.accept_window());
+        let window_end = self.log.commit_point().saturating_add(self.accept_window());
         let mut acked = Vec::with_capacity(entries.len());
         #[cfg(test)]
         let blind = self.cfg.mutation == Mutation::AckChosenBlindly;
         #[cfg(not(test))]
         let blind = false;
         for (slot, value) in entries {
-            if slot < self.commit_point || self.log.get(&slot).is_some_and(|e| e.chosen) {
+            if slot < self.log.commit_point() || self.log.is_chosen(slot) {
                 // Decided here already. An ACCEPTED vouches for holding this value at
                 // this ballot: give it only when the decided value is the proposed one
                 // (a leader whose proposal lost must not count us towards a quorum).
                 // A compacted slot's value is gone, so it cannot be vouched for.
-                let same = self.log.get(&slot).is_some_and(|e| e.value == value);
+                let same = self.log.get(slot).is_some_and(|e| e.value == value);
                 if same || blind {
                     acked.push(slot);
                 }

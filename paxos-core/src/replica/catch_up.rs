@@ -10,7 +10,7 @@ use crate::mutation::Mutation;
 
 impl<S: StateMachine> Replica<S> {
     pub(super) fn maybe_fetch(&mut self) {
-        if self.known_commit <= self.commit_point {
+        if self.known_commit <= self.log.commit_point() {
             self.fetch_attempts = 0;
             return;
         }
@@ -28,7 +28,7 @@ impl<S: StateMachine> Replica<S> {
             Some(f) if self.fetch_attempts % 2 == 1 => f,
             _ => peers[(self.fetch_attempts / 2) as usize % peers.len()],
         };
-        let lo = self.commit_point;
+        let lo = self.log.commit_point();
         let hi = self
             .known_commit
             .min(lo.saturating_add(self.cfg.max_batch as u64));
@@ -36,7 +36,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub(super) fn on_fetch(&mut self, from: NodeId, lo: Slot, hi: Slot) {
-        if lo < self.log_start {
+        if lo < self.log.start() {
             if let Some(checkpoint) = self.checkpoint.clone() {
                 self.send(from, Message::Snapshot { checkpoint });
                 return;
@@ -45,11 +45,11 @@ impl<S: StateMachine> Replica<S> {
         let entries: Vec<(Slot, Value)> = self
             .log
             .range(lo..hi.max(lo))
-            .filter(|(s, e)| e.chosen || **s < self.commit_point)
+            .filter(|(s, e)| e.chosen || **s < self.log.commit_point())
             .take(self.cfg.max_batch)
             .map(|(s, e)| (*s, e.value.clone()))
             .collect();
-        let commit_point = self.commit_point;
+        let commit_point = self.log.commit_point();
         self.send(
             from,
             Message::FetchReply {
@@ -69,7 +69,7 @@ impl<S: StateMachine> Replica<S> {
             self.known_commit = commit_point;
             self.fetch_from = Some(from);
         }
-        let limit = self.commit_point.saturating_add(self.accept_window());
+        let limit = self.log.commit_point().saturating_add(self.accept_window());
         for (s, v) in entries {
             if s < limit {
                 self.learn(s, v);
@@ -81,7 +81,7 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn on_snapshot(&mut self, from: NodeId, checkpoint: Checkpoint) {
         // Only a snapshot we asked for is useful: one above our commit point and not
         // beyond the highest commit point we have heard of.
-        if checkpoint.slot <= self.commit_point || checkpoint.slot > self.known_commit {
+        if checkpoint.slot <= self.log.commit_point() || checkpoint.slot > self.known_commit {
             return;
         }
         let slot = checkpoint.slot;
@@ -108,7 +108,7 @@ impl<S: StateMachine> Replica<S> {
                 self.ready.persist.push(PersistOp::Compact(slot));
                 self.ready
                     .persist
-                    .push(PersistOp::CommitPoint(self.commit_point));
+                    .push(PersistOp::CommitPoint(self.log.commit_point()));
                 self.execute();
             }
             Err(e) => {

@@ -74,7 +74,7 @@ impl<S: StateMachine> Replica<S> {
         self.set_promised(ballot);
         self.leader = None;
         let deadline = self.now + self.random_timeout();
-        let from_slot = self.commit_point;
+        let from_slot = self.log.commit_point();
         let nonce = self.rng.next_u64();
         self.role = RoleState::Candidate(Candidate {
             ballot,

@@ -22,7 +22,7 @@ pub(super) struct SnapshotBody {
 impl<S: StateMachine> Replica<S> {
     pub(super) fn execute(&mut self) {
         let interval = self.cfg.checkpoint_interval;
-        while self.executed < self.commit_point {
+        while self.executed < self.log.commit_point() {
             if interval > 0
                 && self.executed
                     >= self
@@ -35,7 +35,7 @@ impl<S: StateMachine> Replica<S> {
             }
             let slot = self.executed;
             self.executed += 1;
-            let request = match self.log.get(&slot) {
+            let request = match self.log.get(slot) {
                 Some(Entry {
                     value: Value::Request(r),
                     ..
@@ -119,12 +119,9 @@ impl<S: StateMachine> Replica<S> {
             .map_err(|e| e.to_string())?;
         self.sessions = Sessions::from_vec(body.sessions);
         let slot = checkpoint.slot;
-        self.log = self.log.split_off(&slot);
-        self.log_start = slot;
+        self.log.install(slot);
         self.executed = self.executed.max(slot);
-        self.commit_point = self.commit_point.max(slot);
         self.known_commit = self.known_commit.max(slot);
-        self.commit_point = self.first_unchosen(self.commit_point);
         if let RoleState::Leader(l) = &mut self.role {
             l.inflight = l.inflight.split_off(&slot);
             l.next_slot = l.next_slot.max(slot);
@@ -163,10 +160,8 @@ impl<S: StateMachine> Replica<S> {
             .persist
             .push(PersistOp::Checkpoint(checkpoint.clone()));
         self.checkpoint = Some(checkpoint);
-        if compact_below > self.log_start {
+        if self.log.compact(compact_below) {
             self.ready.persist.push(PersistOp::Compact(compact_below));
-            self.log = self.log.split_off(&compact_below);
-            self.log_start = compact_below;
         }
     }
 

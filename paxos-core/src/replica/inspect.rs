@@ -214,7 +214,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// Every slot below this is chosen.
     pub fn commit_point(&self) -> Slot {
-        self.commit_point
+        self.log.commit_point()
     }
 
     /// Every slot below this was executed.
@@ -229,12 +229,12 @@ impl<S: StateMachine> Replica<S> {
             role: self.role(),
             promised: self.promised,
             leader: self.leader,
-            commit_point: self.commit_point,
+            commit_point: self.log.commit_point(),
             executed: self.executed,
-            compacted_below: self.log_start,
+            compacted_below: self.log.start(),
             checkpoint: self.checkpoint.as_ref().map(|c| c.slot),
             snapshots_installed: self.snapshots_installed,
-            log_end: self.log.last_key_value().map_or(0, |(s, _)| s + 1),
+            log_end: self.log.end(),
             sessions: self.sessions.len(),
             acceptor: self.status,
             incarnation: self.incarnation,
@@ -244,8 +244,8 @@ impl<S: StateMachine> Replica<S> {
 
     /// The status and value of one slot.
     pub fn slot(&self, slot: Slot) -> SlotInfo {
-        match self.log.get(&slot) {
-            None if slot < self.log_start => SlotInfo {
+        match self.log.get(slot) {
+            None if slot < self.log.start() => SlotInfo {
                 slot,
                 status: SlotStatus::Compacted,
                 ballot: None,

@@ -59,18 +59,7 @@ impl<S: StateMachine> Replica<S> {
         }
         for s in newly_chosen {
             if let Some(inf) = l.inflight.remove(&s) {
-                if let Some(e) = self.log.get_mut(&s) {
-                    e.chosen = true;
-                } else {
-                    self.log.insert(
-                        s,
-                        Entry {
-                            ballot,
-                            value: inf.value,
-                            chosen: true,
-                        },
-                    );
-                }
+                self.log.choose(s, ballot, inf.value);
             }
         }
         self.advance_commit();
@@ -90,9 +79,7 @@ impl<S: StateMachine> Replica<S> {
             .collect();
         for s in done {
             l.inflight.remove(&s);
-            if let Some(e) = self.log.get_mut(&s) {
-                e.chosen = true;
-            }
+            self.log.mark_chosen(s);
         }
         self.advance_commit();
     }
@@ -134,7 +121,7 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         let ballot = l.ballot;
-        let commit_point = self.commit_point;
+        let commit_point = self.log.commit_point();
         for (i, batch) in per_peer.into_iter().enumerate() {
             if !batch.is_empty() {
                 let to = self.cfg.members[i];
@@ -173,12 +160,17 @@ impl<S: StateMachine> Replica<S> {
         };
         let ballot = l.ballot;
         let self_bit = 1u64 << self.me;
-        while l.next_slot < self.commit_point.saturating_add(self.cfg.max_inflight) {
+        while l.next_slot
+            < self
+                .log
+                .commit_point()
+                .saturating_add(self.cfg.max_inflight)
+        {
             let Some(req) = l.queue.pop_front() else {
                 break;
             };
             let slot = l.next_slot;
-            if self.log.get(&slot).is_some_and(|e| e.chosen) {
+            if self.log.is_chosen(slot) {
                 // Decided under another ballot: never overwrite a chosen value.
                 l.queue.push_front(req);
                 self.step_down_superseded(slot);
@@ -212,7 +204,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         };
         let ballot = l.ballot;
-        let commit_point = self.commit_point;
+        let commit_point = self.log.commit_point();
         if l.fresh.is_empty() {
             if l.announced_commit == commit_point {
                 return;

@@ -18,15 +18,11 @@ impl<S: StateMachine> Replica<S> {
             self.known_commit = commit_point;
             self.fetch_from = Some(from);
         }
-        let lo = self.commit_point;
+        let lo = self.log.commit_point();
         if commit_point <= lo {
             return;
         }
-        for (_, e) in self.log.range_mut(lo..commit_point) {
-            if !e.chosen && e.ballot == ballot {
-                e.chosen = true;
-            }
-        }
+        self.log.mark_chosen_at(ballot, commit_point);
         self.advance_commit();
     }
 
@@ -52,7 +48,7 @@ impl<S: StateMachine> Replica<S> {
     /// its ballot ([`Ballot::ZERO`], which no leader owns), so no path leaves a value
     /// under a ballot that did not propose it.
     pub(super) fn learn(&mut self, slot: Slot, value: Value) {
-        if slot < self.commit_point {
+        if slot < self.log.commit_point() {
             return;
         }
         #[cfg(test)]
@@ -63,60 +59,21 @@ impl<S: StateMachine> Replica<S> {
             let conflict = slot >= l.next_slot
                 || self
                     .log
-                    .get(&slot)
+                    .get(slot)
                     .is_some_and(|e| e.ballot == l.ballot && e.value != value);
             if conflict && !lax {
                 self.step_down_superseded(slot);
             }
         }
-        match self.log.get_mut(&slot) {
-            Some(e) if e.chosen => return,
-            Some(e) => {
-                if e.value != value && !lax {
-                    e.ballot = Ballot::ZERO;
-                }
-                e.value = value.clone();
-                e.chosen = true;
-            }
-            None => {
-                self.log.insert(
-                    slot,
-                    Entry {
-                        ballot: Ballot::ZERO,
-                        value: value.clone(),
-                        chosen: true,
-                    },
-                );
-            }
+        if !self.log.learn(slot, value.clone(), lax) {
+            return;
         }
         self.ready.persist.push(PersistOp::Learn { slot, value });
     }
 
-    pub(super) fn first_unchosen(&self, from: Slot) -> Slot {
-        let mut c = from;
-        #[cfg(test)]
-        let skip_gaps = self.cfg.mutation == Mutation::SkipGaps;
-        for (s, e) in self.log.range(from..) {
-            if *s != c {
-                #[cfg(test)]
-                if skip_gaps && e.chosen {
-                    c = *s + 1;
-                    continue;
-                }
-                break;
-            }
-            if !e.chosen {
-                break;
-            }
-            c += 1;
-        }
-        c
-    }
-
     pub(super) fn advance_commit(&mut self) {
-        let c = self.first_unchosen(self.commit_point);
-        if c > self.commit_point {
-            self.commit_point = c;
+        if self.log.advance_commit() {
+            let c = self.log.commit_point();
             self.known_commit = self.known_commit.max(c);
             self.ready.persist.push(PersistOp::CommitPoint(c));
             self.execute();

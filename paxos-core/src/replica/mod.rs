@@ -31,7 +31,7 @@ mod view_change;
 use acceptor::store_accept;
 pub use inspect::{ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection};
 use leader::{Inflight, Leader};
-use log::Entry;
+use log::{Entry, SlotLog};
 use view_change::{Candidate, Promised};
 
 /// The outputs of a [`Replica`], drained with [`Replica::take_ready`].
@@ -136,8 +136,8 @@ pub struct Replica<S> {
     granted_recovery: BTreeMap<NodeId, (u64, u64)>,
 
     promised: Ballot,
-    log: BTreeMap<Slot, Entry>,
-    commit_point: Slot,
+    /// The slots, from the compaction point up, and the commit point.
+    log: SlotLog,
     executed: Slot,
 
     role: RoleState,
@@ -149,8 +149,6 @@ pub struct Replica<S> {
     /// A pre-vote under way: the ballot asked about and who granted it.
     prevote: Option<(Ballot, u64)>,
 
-    /// Entries below this slot were compacted into `checkpoint`.
-    log_start: Slot,
     /// The latest checkpoint. The log is kept from the checkpoint before it, so a
     /// follower slightly behind can still fetch entries instead of a snapshot.
     checkpoint: Option<Checkpoint>,
@@ -215,8 +213,11 @@ impl<S: StateMachine> Replica<S> {
             recovery: None,
             granted_recovery: BTreeMap::new(),
             promised: state.promised,
-            log,
-            commit_point: 0,
+            log: SlotLog::new(
+                log,
+                #[cfg(test)]
+                (cfg.mutation == Mutation::SkipGaps),
+            ),
             executed: 0,
             role: RoleState::Follower,
             leader: None,
@@ -225,7 +226,6 @@ impl<S: StateMachine> Replica<S> {
             election_deadline: first_timeout,
             prevote: None,
             max_round_seen: state.promised.round,
-            log_start: 0,
             checkpoint: None,
             known_commit: state.commit_point,
             fetch_from: None,
@@ -243,11 +243,8 @@ impl<S: StateMachine> Replica<S> {
             r.install(cp).map_err(ReplicaError::Checkpoint)?;
         }
         let stored_commit = state.commit_point;
-        let start = r.log_start;
-        for (_, e) in r.log.range_mut(start..stored_commit.max(start)) {
-            e.chosen = true;
-        }
-        r.commit_point = r.first_unchosen(r.commit_point);
+        r.log.mark_chosen_below(stored_commit);
+        r.log.advance_commit();
         // Replaying may take a checkpoint; its writes go out with the first `Ready`.
         r.execute();
         #[cfg(test)]

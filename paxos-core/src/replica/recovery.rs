@@ -156,7 +156,7 @@ impl<S: StateMachine> Replica<S> {
         self.status != AcceptorStatus::Recovering
             && self.promised == Ballot::ZERO
             && self.log.is_empty()
-            && self.commit_point == 0
+            && self.log.commit_point() == 0
             && self.checkpoint.is_none()
             && self.peer_inc.is_empty()
     }
@@ -309,8 +309,8 @@ impl<S: StateMachine> Replica<S> {
             self.last_heard_leader = self.now;
             self.election_deadline = self.now + self.random_timeout();
         }
-        let entries = self.report_from(self.commit_point);
-        let commit_point = self.commit_point;
+        let entries = self.report_from(self.log.commit_point());
+        let commit_point = self.log.commit_point();
         let incarnations = self.incarnation_table();
         self.send(
             from,
@@ -472,7 +472,7 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         for (slot, (b, v, chosen)) in merged {
-            if slot < self.commit_point || self.log.get(&slot).is_some_and(|e| e.chosen) {
+            if slot < self.log.commit_point() || self.log.is_chosen(slot) {
                 continue;
             }
             if chosen {
@@ -493,7 +493,7 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn maybe_finish_recovery(&mut self) {
         let Some(r) = &self.recovery else { return };
         let Some(target) = r.catch_up_to else { return };
-        if self.commit_point < target {
+        if self.log.commit_point() < target {
             return;
         }
         let incarnation = r.incarnation;
@@ -501,7 +501,7 @@ impl<S: StateMachine> Replica<S> {
         tracing::info!(
             node = self.cfg.id,
             incarnation,
-            commit_point = self.commit_point,
+            commit_point = self.log.commit_point(),
             "recovered from lost state; voting again"
         );
         self.set_status(AcceptorStatus::Voter, incarnation);

@@ -52,8 +52,8 @@ impl<S: StateMachine> Replica<S> {
         // Slots below our compaction point are gone from the log: the candidate must
         // fetch our checkpoint first.
         let mut entries = Vec::new();
-        let mut truncated = from_slot < self.log_start;
-        let below = from_slot..self.commit_point.max(from_slot);
+        let mut truncated = from_slot < self.log.start();
+        let below = from_slot..self.log.commit_point().max(from_slot);
         for (s, e) in self.log.range(below) {
             if truncated || entries.len() >= self.cfg.max_batch {
                 truncated = true;
@@ -67,7 +67,7 @@ impl<S: StateMachine> Replica<S> {
             });
         }
         if !truncated {
-            for (s, e) in self.log.range(self.commit_point.max(from_slot)..) {
+            for (s, e) in self.log.range(self.log.commit_point().max(from_slot)..) {
                 entries.push(PromiseEntry {
                     slot: *s,
                     ballot: e.ballot,
@@ -76,7 +76,7 @@ impl<S: StateMachine> Replica<S> {
                 });
             }
         }
-        let commit_point = self.commit_point;
+        let commit_point = self.log.commit_point();
         let incarnation = self.incarnation;
         let incarnations = self.incarnation_table();
         self.send(
@@ -152,7 +152,7 @@ impl<S: StateMachine> Replica<S> {
             // Too far behind to merge in one go: learn the chosen entries we were sent,
             // then prepare again (same ballot) from the new commit point. What was
             // compacted away at the promisers comes by state transfer (fetch).
-            let before = self.commit_point;
+            let before = self.log.commit_point();
             for (node, p) in &candidate.promises {
                 if p.commit_point > self.known_commit {
                     self.known_commit = p.commit_point;
@@ -165,7 +165,7 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
             self.advance_commit();
-            let from_slot = self.commit_point;
+            let from_slot = self.log.commit_point();
             let ballot = candidate.ballot;
             let nonce = candidate.nonce;
             self.role = RoleState::Candidate(Candidate {
@@ -220,7 +220,7 @@ impl<S: StateMachine> Replica<S> {
                     (
                         e.ballot,
                         e.value.clone(),
-                        e.chosen || *s < self.commit_point,
+                        e.chosen || *s < self.log.commit_point(),
                     ),
                 )
             })
@@ -254,7 +254,7 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         self.advance_commit();
-        let start = self.commit_point;
+        let start = self.log.commit_point();
         let end = merged
             .last_key_value()
             .map_or(start, |(s, _)| (s + 1).max(start));
@@ -292,7 +292,7 @@ impl<S: StateMachine> Replica<S> {
             proposed: HashMap::new(),
             fresh: Vec::new(),
             last_broadcast: self.now,
-            announced_commit: self.commit_point,
+            announced_commit: self.log.commit_point(),
             heard: vec![self.now; self.cfg.members.len()],
             min_incarnation,
         });
@@ -304,7 +304,7 @@ impl<S: StateMachine> Replica<S> {
             noops,
             tick: self.now,
         });
-        let commit_point = self.commit_point;
+        let commit_point = self.log.commit_point();
         for m in self.peers() {
             self.send(
                 m,
