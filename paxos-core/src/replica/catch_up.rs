@@ -14,10 +14,10 @@ impl<S: StateMachine> Replica<S> {
             self.fetch_attempts = 0;
             return;
         }
-        if self.now - self.last_fetch < self.cfg.retransmit_ticks {
+        if !self.timers.fetch.expired(self.now) {
             return;
         }
-        self.last_fetch = self.now;
+        self.timers.fetch.reset(self.now, self.cfg.retransmit_ticks);
         self.fetch_attempts += 1;
         let peers = self.peers();
         if peers.is_empty() {

@@ -18,7 +18,8 @@ impl<S: StateMachine> Replica<S> {
         let round = self.max_round_seen.max(self.promised.round) + 1;
         let ballot = Ballot::new(round, self.cfg.id);
         self.prevote = Some((ballot, 1 << self.me));
-        self.election_deadline = self.now + self.random_timeout();
+        let ticks = self.random_timeout();
+        self.timers.election.reset(self.now, ticks);
         for m in self.peers() {
             self.send(m, Message::PreVote { ballot });
         }
@@ -60,7 +61,7 @@ impl<S: StateMachine> Replica<S> {
             RoleState::Leader(_) => true,
             RoleState::Candidate(_) => false,
             RoleState::Follower => {
-                self.leader.is_some() && self.now - self.last_heard_leader < self.cfg.election_ticks
+                self.leader.is_some() && !self.timers.leader_contact.expired(self.now)
             }
         }
     }
@@ -73,7 +74,7 @@ impl<S: StateMachine> Replica<S> {
         let ballot = Ballot::new(round, self.cfg.id);
         self.set_promised(ballot);
         self.leader = None;
-        let deadline = self.now + self.random_timeout();
+        let give_up = Timeout::after(self.now, self.random_timeout());
         let from_slot = self.log.commit_point();
         let nonce = self.rng.next_u64();
         self.role = RoleState::Candidate(Candidate {
@@ -82,8 +83,8 @@ impl<S: StateMachine> Replica<S> {
             known: self.peer_inc.clone(),
             from_slot,
             promises: BTreeMap::new(),
-            deadline,
-            last_sent: self.now,
+            give_up,
+            resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
         });
         for m in self.peers() {
             self.send(
@@ -124,8 +125,7 @@ impl<S: StateMachine> Replica<S> {
                 });
             }
         }
-        self.last_heard_leader = self.now;
-        self.election_deadline = self.now + self.random_timeout();
+        self.restart_election_timers();
     }
 
     pub(super) fn on_nack(&mut self, ballot: Ballot, promised: Ballot) {
@@ -138,8 +138,7 @@ impl<S: StateMachine> Replica<S> {
         if mine == Some(ballot) && promised > ballot {
             self.set_promised(promised);
             self.become_follower(None);
-            self.last_heard_leader = self.now;
-            self.election_deadline = self.now + self.random_timeout();
+            self.restart_election_timers();
         }
     }
 
@@ -177,7 +176,17 @@ impl<S: StateMachine> Replica<S> {
             "a higher ballot decided a slot this leader owns: stepping down"
         );
         self.become_follower(None);
-        self.last_heard_leader = self.now;
-        self.election_deadline = self.now + self.random_timeout();
+        self.restart_election_timers();
+    }
+
+    /// Heard from a leader, or left a role: the leader this replica follows (if any)
+    /// counts as alive for an election timeout, and the next election waits a fresh
+    /// randomized timeout.
+    pub(super) fn restart_election_timers(&mut self) {
+        self.timers
+            .leader_contact
+            .reset(self.now, self.cfg.election_ticks);
+        let ticks = self.random_timeout();
+        self.timers.election.reset(self.now, ticks);
     }
 }

@@ -12,7 +12,8 @@ use crate::types::{Ballot, ClientId, Request, Slot, Value};
 pub(super) struct Inflight {
     pub(super) value: Value,
     pub(super) acks: u64,
-    pub(super) last_sent: u64,
+    /// Expires when the proposal is due to be sent again to whoever has not accepted it.
+    pub(super) resend: Timeout,
 }
 
 #[derive(Debug)]
@@ -25,10 +26,13 @@ pub(super) struct Leader {
     pub(super) proposed: HashMap<ClientId, u64>,
     /// Proposals made since the last flush, to go out in one ACCEPT per peer.
     pub(super) fresh: Vec<(Slot, Value)>,
-    pub(super) last_broadcast: u64,
+    /// Expires when a heartbeat is due: nothing went to the followers for
+    /// [`Config::heartbeat_ticks`](crate::Config).
+    pub(super) heartbeat: Timeout,
     pub(super) announced_commit: Slot,
-    /// Tick at which each member (by index) was last heard from.
-    pub(super) heard: Vec<u64>,
+    /// One per member (by index): expires when the member has not been heard from for
+    /// two election timeouts.
+    pub(super) contact: Vec<Timeout>,
     /// The oldest incarnation of each member (by index) whose ACCEPTEDs count.
     pub(super) min_incarnation: Vec<u64>,
 }
@@ -90,23 +94,18 @@ impl<S: StateMachine> Replica<S> {
             return;
         };
         let now = self.now;
-        l.heard[me] = now;
-        let live = l
-            .heard
-            .iter()
-            .filter(|t| now - **t < self.cfg.election_ticks * 2)
-            .count() as u32;
+        l.contact[me].reset(now, self.cfg.election_ticks * 2);
+        let live = l.contact.iter().filter(|t| !t.expired(now)).count() as u32;
         if live < self.quorum {
             // Cut off from a majority: stop accepting requests we cannot commit.
             self.become_follower(None);
-            self.last_heard_leader = self.now;
-            self.election_deadline = self.now + self.random_timeout();
+            self.restart_election_timers();
             return;
         }
         // Retransmit proposals that have waited too long, batched per peer.
         let mut per_peer: Vec<Vec<(Slot, Value)>> = vec![Vec::new(); self.cfg.members.len()];
         for (s, inf) in l.inflight.iter_mut() {
-            if now - inf.last_sent < self.cfg.retransmit_ticks {
+            if !inf.resend.expired(now) {
                 continue;
             }
             let mut any = false;
@@ -117,7 +116,7 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
             if any {
-                inf.last_sent = now;
+                inf.resend.reset(now, self.cfg.retransmit_ticks);
             }
         }
         let ballot = l.ballot;
@@ -138,8 +137,8 @@ impl<S: StateMachine> Replica<S> {
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
-        if now - l.last_broadcast >= self.cfg.heartbeat_ticks {
-            l.last_broadcast = now;
+        if l.heartbeat.expired(now) {
+            l.heartbeat.reset(now, self.cfg.heartbeat_ticks);
             l.announced_commit = commit_point;
             for m in self.peers() {
                 self.send(
@@ -186,7 +185,7 @@ impl<S: StateMachine> Replica<S> {
                 Inflight {
                     value: value.clone(),
                     acks: self_bit,
-                    last_sent: self.now,
+                    resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
                 },
             );
             l.fresh.push((slot, value.clone()));
@@ -210,7 +209,7 @@ impl<S: StateMachine> Replica<S> {
                 return;
             }
             l.announced_commit = commit_point;
-            l.last_broadcast = self.now;
+            l.heartbeat.reset(self.now, self.cfg.heartbeat_ticks);
             for m in self.peers() {
                 self.send(
                     m,
@@ -224,7 +223,7 @@ impl<S: StateMachine> Replica<S> {
         }
         let fresh = std::mem::take(&mut l.fresh);
         l.announced_commit = commit_point;
-        l.last_broadcast = self.now;
+        l.heartbeat.reset(self.now, self.cfg.heartbeat_ticks);
         let peers = self.peers();
         for chunk in fresh.chunks(self.cfg.max_batch) {
             for m in &peers {

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use rand_chacha::ChaCha8Rng;
-use rand_core::{Rng, SeedableRng};
+use rand_core::SeedableRng;
 
 use crate::config::Config;
 use crate::error::ReplicaError;
@@ -26,12 +26,14 @@ mod log;
 mod recovery;
 #[cfg(test)]
 mod tests;
+mod timers;
 mod view_change;
 
 use acceptor::store_accept;
 pub use inspect::{ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection};
 use leader::{Inflight, Leader};
 use log::{Entry, SlotLog};
+use timers::{Timeout, Timers};
 use view_change::{Candidate, Promised};
 
 /// The outputs of a [`Replica`], drained with [`Replica::take_ready`].
@@ -143,8 +145,8 @@ pub struct Replica<S> {
     role: RoleState,
     leader: Option<NodeId>,
     now: u64,
-    last_heard_leader: u64,
-    election_deadline: u64,
+    /// The election, leader-stickiness and fetch timers.
+    timers: Timers,
     max_round_seen: u64,
     /// A pre-vote under way: the ballot asked about and who granted it.
     prevote: Option<(Ballot, u64)>,
@@ -155,7 +157,6 @@ pub struct Replica<S> {
 
     known_commit: Slot,
     fetch_from: Option<NodeId>,
-    last_fetch: u64,
     fetch_attempts: u64,
 
     snapshots_installed: u64,
@@ -179,7 +180,7 @@ impl<S: StateMachine> Replica<S> {
     ) -> Result<Self, ReplicaError> {
         cfg.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let first_timeout = cfg.election_ticks + rng.next_u64() % cfg.election_ticks;
+        let first_timeout = timers::election_ticks(&cfg, &mut rng);
         let log: BTreeMap<Slot, Entry> = state
             .log
             .into_iter()
@@ -222,14 +223,12 @@ impl<S: StateMachine> Replica<S> {
             role: RoleState::Follower,
             leader: None,
             now: 0,
-            last_heard_leader: 0,
-            election_deadline: first_timeout,
+            timers: Timers::new(&cfg, first_timeout),
             prevote: None,
             max_round_seen: state.promised.round,
             checkpoint: None,
             known_commit: state.commit_point,
             fetch_from: None,
-            last_fetch: 0,
             fetch_attempts: 0,
             snapshots_installed: 0,
             awaiting: HashSet::new(),
@@ -277,17 +276,17 @@ impl<S: StateMachine> Replica<S> {
         }
         match &mut self.role {
             RoleState::Follower => {
-                if self.now >= self.election_deadline {
+                if self.timers.election.expired(self.now) {
                     self.start_prevote();
                 }
             }
             RoleState::Candidate(c) => {
-                if self.now >= c.deadline {
+                if c.give_up.expired(self.now) {
                     // The election failed: ask again before raising the ballot further.
                     self.become_follower(None);
                     self.start_prevote();
-                } else if self.now - c.last_sent >= self.cfg.retransmit_ticks {
-                    c.last_sent = self.now;
+                } else if c.resend.expired(self.now) {
+                    c.resend.reset(self.now, self.cfg.retransmit_ticks);
                     let (ballot, from_slot, nonce) = (c.ballot, c.from_slot, c.nonce);
                     let missing: Vec<NodeId> = self
                         .cfg
@@ -372,7 +371,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         if let RoleState::Leader(l) = &mut self.role {
-            l.heard[from_idx] = self.now;
+            l.contact[from_idx].reset(self.now, self.cfg.election_ticks * 2);
         }
         match message {
             Message::PreVote { ballot } => self.on_prevote(from, ballot),
@@ -467,6 +466,6 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub(super) fn random_timeout(&mut self) -> u64 {
-        self.cfg.election_ticks + self.rng.next_u64() % self.cfg.election_ticks
+        timers::election_ticks(&self.cfg, &mut self.rng)
     }
 }

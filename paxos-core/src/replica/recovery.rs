@@ -56,6 +56,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand_core::Rng;
 
+use super::timers::Timeout;
 use super::{RoleState, StateMachine};
 use crate::message::{Message, PromiseEntry};
 use crate::traits::{AcceptorStatus, PersistOp};
@@ -75,7 +76,8 @@ pub(super) struct Recovery {
     grants: BTreeMap<NodeId, Grant>,
     /// Peers that said they never voted.
     never_voted: BTreeSet<NodeId>,
-    last_sent: u64,
+    /// Expires when the unanswered RECOVERs are due again.
+    resend: Timeout,
     /// Once a majority granted: the commit point to reach before voting.
     catch_up_to: Option<Slot>,
 }
@@ -103,7 +105,7 @@ impl<S: StateMachine> Replica<S> {
             nonce: self.rng.next_u64(),
             grants: BTreeMap::new(),
             never_voted: BTreeSet::new(),
-            last_sent: self.now,
+            resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
             catch_up_to: None,
         });
         if self.status == AcceptorStatus::Pristine && self.cfg.members.len() == 1 {
@@ -140,10 +142,10 @@ impl<S: StateMachine> Replica<S> {
         let due = self
             .recovery
             .as_ref()
-            .is_some_and(|r| self.now - r.last_sent >= self.cfg.retransmit_ticks);
+            .is_some_and(|r| r.resend.expired(self.now));
         if due {
             if let Some(r) = &mut self.recovery {
-                r.last_sent = self.now;
+                r.resend.reset(self.now, self.cfg.retransmit_ticks);
             }
             self.send_recover();
         }
@@ -306,8 +308,7 @@ impl<S: StateMachine> Replica<S> {
             self.granted_recovery.insert(from, (incarnation, nonce));
             self.set_promised(ballot);
             self.become_follower(None);
-            self.last_heard_leader = self.now;
-            self.election_deadline = self.now + self.random_timeout();
+            self.restart_election_timers();
         }
         let entries = self.report_from(self.log.commit_point());
         let commit_point = self.log.commit_point();
@@ -375,8 +376,7 @@ impl<S: StateMachine> Replica<S> {
         );
         self.recovery = None;
         self.set_status(AcceptorStatus::Voter, 0);
-        self.last_heard_leader = self.now;
-        self.election_deadline = self.now + self.random_timeout();
+        self.restart_election_timers();
     }
 
     fn set_status(&mut self, status: AcceptorStatus, incarnation: u64) {
@@ -506,7 +506,6 @@ impl<S: StateMachine> Replica<S> {
         );
         self.set_status(AcceptorStatus::Voter, incarnation);
         self.role = RoleState::Follower;
-        self.last_heard_leader = self.now;
-        self.election_deadline = self.now + self.random_timeout();
+        self.restart_election_timers();
     }
 }

@@ -28,8 +28,11 @@ pub(super) struct Candidate {
     pub(super) known: BTreeMap<NodeId, u64>,
     pub(super) from_slot: Slot,
     pub(super) promises: BTreeMap<NodeId, Promised>,
-    pub(super) deadline: u64,
-    pub(super) last_sent: u64,
+    /// Expires when the election failed (randomized): the candidate asks for
+    /// pre-votes again.
+    pub(super) give_up: Timeout,
+    /// Expires when PREPARE is due again to the peers that have not promised.
+    pub(super) resend: Timeout,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -43,8 +46,7 @@ impl<S: StateMachine> Replica<S> {
             }
             self.set_promised(ballot);
             self.become_follower(None);
-            self.last_heard_leader = self.now;
-            self.election_deadline = self.now + self.random_timeout();
+            self.restart_election_timers();
         }
         // Report everything at or above `from_slot`: chosen entries below our commit
         // point up to a batch, then every entry from the commit point up (bounded by the
@@ -174,8 +176,8 @@ impl<S: StateMachine> Replica<S> {
                 known: candidate.known,
                 from_slot,
                 promises: BTreeMap::new(),
-                deadline: candidate.deadline,
-                last_sent: self.now,
+                give_up: candidate.give_up,
+                resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
             });
             // Without progress, wait for the catch-up and let the tick resend.
             if from_slot > before {
@@ -277,7 +279,7 @@ impl<S: StateMachine> Replica<S> {
                     Inflight {
                         value: value.clone(),
                         acks: self_bit,
-                        last_sent: self.now,
+                        resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
                     },
                 );
             }
@@ -291,9 +293,12 @@ impl<S: StateMachine> Replica<S> {
             queue: VecDeque::new(),
             proposed: HashMap::new(),
             fresh: Vec::new(),
-            last_broadcast: self.now,
+            heartbeat: Timeout::after(self.now, self.cfg.heartbeat_ticks),
             announced_commit: self.log.commit_point(),
-            heard: vec![self.now; self.cfg.members.len()],
+            contact: vec![
+                Timeout::after(self.now, self.cfg.election_ticks * 2);
+                self.cfg.members.len()
+            ],
             min_incarnation,
         });
         self.record_view(ViewChange {
