@@ -19,13 +19,79 @@ pub(super) struct SnapshotBody {
     pub(super) sessions: Vec<(ClientId, Session)>,
 }
 
+/// The replicated state and how far the log was applied to it.
+///
+/// # Invariants
+/// - `sm` and `sessions` are the result of executing, strictly in slot order, every
+///   slot below `executed`: from the state `checkpoint` holds, when there is one, then
+///   the log entries from `checkpoint.slot` up.
+/// - `checkpoint.slot <= executed`: a checkpoint is taken at `executed`, or installed
+///   and `executed` raised to it.
+/// - `executed` never exceeds the log's commit point (only chosen values execute) and
+///   never moves down.
+///
+/// The fields are private to this file: execution, checkpoints and state transfer
+/// below are the only code that changes them.
+#[derive(Debug)]
+pub(super) struct Executor<S> {
+    sm: S,
+    sessions: Sessions,
+    /// Every slot below this was executed.
+    executed: Slot,
+    /// The latest checkpoint taken or installed. The log is kept from the checkpoint
+    /// before it, so a follower slightly behind can still fetch entries instead of a
+    /// snapshot.
+    checkpoint: Option<Checkpoint>,
+    /// Checkpoints received from peers (state transfer) and installed since start-up.
+    snapshots_installed: u64,
+}
+
+impl<S> Executor<S> {
+    pub(super) fn new(state_machine: S) -> Self {
+        Executor {
+            sm: state_machine,
+            sessions: Sessions::new(),
+            executed: 0,
+            checkpoint: None,
+            snapshots_installed: 0,
+        }
+    }
+
+    pub(super) fn state_machine(&self) -> &S {
+        &self.sm
+    }
+
+    pub(super) fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Every slot below this was executed.
+    pub(super) fn executed(&self) -> Slot {
+        self.executed
+    }
+
+    pub(super) fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.checkpoint.as_ref()
+    }
+
+    pub(super) fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed
+    }
+
+    /// A checkpoint received from a peer was installed.
+    pub(super) fn count_installed_snapshot(&mut self) {
+        self.snapshots_installed += 1;
+    }
+}
+
 impl<S: StateMachine> Replica<S> {
     pub(super) fn execute(&mut self) {
         let interval = self.cfg.checkpoint_interval;
-        while self.executed < self.log.commit_point() {
+        while self.exec.executed < self.log.commit_point() {
             if interval > 0
-                && self.executed
+                && self.exec.executed
                     >= self
+                        .exec
                         .checkpoint
                         .as_ref()
                         .map_or(0, |c| c.slot)
@@ -33,8 +99,8 @@ impl<S: StateMachine> Replica<S> {
             {
                 self.take_checkpoint();
             }
-            let slot = self.executed;
-            self.executed += 1;
+            let slot = self.exec.executed;
+            self.exec.executed += 1;
             let request = match self.log.get(slot) {
                 Some(Entry {
                     value: Value::Request(r),
@@ -66,13 +132,13 @@ impl<S: StateMachine> Replica<S> {
             };
             #[cfg(not(test))]
             let id = slot;
-            self.sessions.register(id, slot, self.cfg.max_sessions);
+            self.exec.sessions.register(id, slot, self.cfg.max_sessions);
             let reply = Bytes::from(postcard::to_allocvec(&id).unwrap_or_default());
             self.reply_awaited(r.client, 0, Response::Ok(reply));
             return;
         }
         #[allow(unused_mut)]
-        let mut check = self.sessions.check(r.client, r.seq);
+        let mut check = self.exec.sessions.check(r.client, r.seq);
         #[cfg(test)]
         if self.cfg.mutation == Mutation::LeaderLocalSessions && check != SessionCheck::Unknown {
             check = SessionCheck::Fresh;
@@ -84,13 +150,17 @@ impl<S: StateMachine> Replica<S> {
         let response = match check {
             SessionCheck::Fresh => match postcard::from_bytes::<S::Command>(&r.payload) {
                 Ok(cmd) => {
-                    let out = self.sm.apply(cmd);
+                    let out = self.exec.sm.apply(cmd);
                     let bytes = Bytes::from(postcard::to_allocvec(&out).unwrap_or_default());
-                    self.sessions.record(r.client, r.seq, bytes.clone(), slot);
+                    self.exec
+                        .sessions
+                        .record(r.client, r.seq, bytes.clone(), slot);
                     Response::Ok(bytes)
                 }
                 Err(e) => {
-                    self.sessions.record(r.client, r.seq, Bytes::new(), slot);
+                    self.exec
+                        .sessions
+                        .record(r.client, r.seq, Bytes::new(), slot);
                     Response::Invalid {
                         reason: format!("undecodable command: {e}"),
                     }
@@ -114,19 +184,20 @@ impl<S: StateMachine> Replica<S> {
         }
         let body: SnapshotBody = postcard::from_bytes(&checkpoint.data)
             .map_err(|e| format!("undecodable checkpoint: {e}"))?;
-        self.sm
+        self.exec
+            .sm
             .restore(&body.state_machine)
             .map_err(|e| e.to_string())?;
-        self.sessions = Sessions::from_vec(body.sessions);
+        self.exec.sessions = Sessions::from_vec(body.sessions);
         let slot = checkpoint.slot;
         self.log.install(slot);
-        self.executed = self.executed.max(slot);
-        self.known_commit = self.known_commit.max(slot);
+        self.exec.executed = self.exec.executed.max(slot);
+        self.catch_up.raise(slot);
         if let RoleState::Leader(l) = &mut self.role {
             l.inflight = l.inflight.split_off(&slot);
             l.next_slot = l.next_slot.max(slot);
         }
-        self.checkpoint = Some(checkpoint);
+        self.exec.checkpoint = Some(checkpoint);
         Ok(())
     }
 
@@ -135,8 +206,8 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn take_checkpoint(&mut self) {
         #[allow(unused_mut)]
         let mut body = SnapshotBody {
-            state_machine: Bytes::from(self.sm.snapshot()),
-            sessions: self.sessions.to_sorted_vec(),
+            state_machine: Bytes::from(self.exec.sm.snapshot()),
+            sessions: self.exec.sessions.to_sorted_vec(),
         };
         #[cfg(test)]
         if self.cfg.mutation == Mutation::CheckpointWithoutSessions {
@@ -149,17 +220,17 @@ impl<S: StateMachine> Replica<S> {
                 return;
             }
         };
-        let slot = self.executed;
+        let slot = self.exec.executed;
         let checkpoint = Checkpoint {
             slot,
             digest: crc32fast::hash(&data),
             data,
         };
-        let compact_below = self.checkpoint.as_ref().map_or(0, |c| c.slot);
+        let compact_below = self.exec.checkpoint.as_ref().map_or(0, |c| c.slot);
         self.ready
             .persist
             .push(PersistOp::Checkpoint(checkpoint.clone()));
-        self.checkpoint = Some(checkpoint);
+        self.exec.checkpoint = Some(checkpoint);
         if self.log.compact(compact_below) {
             self.ready.persist.push(PersistOp::Compact(compact_below));
         }

@@ -168,12 +168,12 @@ impl<S: StateMachine> Replica<S> {
 
     /// The state machine, for inspection.
     pub fn state_machine(&self) -> &S {
-        &self.sm
+        self.exec.state_machine()
     }
 
     /// The replicated session table.
     pub fn sessions(&self) -> &Sessions {
-        &self.sessions
+        self.exec.sessions()
     }
 
     /// The current role.
@@ -219,7 +219,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// Every slot below this was executed.
     pub fn executed(&self) -> Slot {
-        self.executed
+        self.exec.executed()
     }
 
     /// A summary of the replica's state.
@@ -230,12 +230,12 @@ impl<S: StateMachine> Replica<S> {
             promised: self.promised,
             leader: self.leader,
             commit_point: self.log.commit_point(),
-            executed: self.executed,
+            executed: self.exec.executed(),
             compacted_below: self.log.start(),
-            checkpoint: self.checkpoint.as_ref().map(|c| c.slot),
-            snapshots_installed: self.snapshots_installed,
+            checkpoint: self.exec.checkpoint().map(|c| c.slot),
+            snapshots_installed: self.exec.snapshots_installed(),
             log_end: self.log.end(),
-            sessions: self.sessions.len(),
+            sessions: self.exec.sessions().len(),
             acceptor: self.status,
             incarnation: self.incarnation,
             tick: self.now,
@@ -281,7 +281,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// The latest checkpoint, if one was taken or installed.
     pub fn checkpoint(&self) -> Option<&Checkpoint> {
-        self.checkpoint.as_ref()
+        self.exec.checkpoint()
     }
 
     /// The view changes this replica sent or received, oldest first (the latest
@@ -291,7 +291,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub(super) fn status_of(&self, slot: Slot, e: &Entry) -> SlotStatus {
-        if slot < self.executed {
+        if slot < self.exec.executed() {
             SlotStatus::Executed
         } else if e.chosen {
             SlotStatus::Committed

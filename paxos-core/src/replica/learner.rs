@@ -14,10 +14,7 @@ impl<S: StateMachine> Replica<S> {
     /// `ballot` are marked chosen; anything else below it is fetched. The leader keeps
     /// its side of this bargain in [`learn`](Self::learn).
     pub(super) fn learn_commit_point(&mut self, from: NodeId, ballot: Ballot, commit_point: Slot) {
-        if commit_point > self.known_commit {
-            self.known_commit = commit_point;
-            self.fetch_from = Some(from);
-        }
+        self.catch_up.heard(from, commit_point);
         let lo = self.log.commit_point();
         if commit_point <= lo {
             return;
@@ -74,7 +71,7 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn advance_commit(&mut self) {
         if self.log.advance_commit() {
             let c = self.log.commit_point();
-            self.known_commit = self.known_commit.max(c);
+            self.catch_up.raise(c);
             self.ready.persist.push(PersistOp::CommitPoint(c));
             self.execute();
         }

@@ -8,8 +8,8 @@ use rand_core::SeedableRng;
 use crate::config::Config;
 use crate::error::ReplicaError;
 use crate::message::Message;
-use crate::sessions::{SessionCheck, Sessions};
-use crate::traits::{AcceptorStatus, Checkpoint, PersistOp, PersistentState, StateMachine};
+use crate::sessions::SessionCheck;
+use crate::traits::{AcceptorStatus, PersistOp, PersistentState, StateMachine};
 use crate::types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot};
 
 #[cfg(test)]
@@ -30,6 +30,8 @@ mod timers;
 mod view_change;
 
 use acceptor::store_accept;
+use catch_up::CatchUp;
+use executor::Executor;
 pub use inspect::{ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection};
 use leader::{Inflight, Leader};
 use log::{Entry, SlotLog};
@@ -121,8 +123,8 @@ pub struct Replica<S> {
     me: usize,
     quorum: u32,
     rng: ChaCha8Rng,
-    sm: S,
-    sessions: Sessions,
+    /// The state machine, the session table, what was executed and the checkpoint.
+    exec: Executor<S>,
 
     /// Whether this replica votes; a replica without state recovers first.
     status: AcceptorStatus,
@@ -140,7 +142,6 @@ pub struct Replica<S> {
     promised: Ballot,
     /// The slots, from the compaction point up, and the commit point.
     log: SlotLog,
-    executed: Slot,
 
     role: RoleState,
     leader: Option<NodeId>,
@@ -151,15 +152,10 @@ pub struct Replica<S> {
     /// A pre-vote under way: the ballot asked about and who granted it.
     prevote: Option<(Ballot, u64)>,
 
-    /// The latest checkpoint. The log is kept from the checkpoint before it, so a
-    /// follower slightly behind can still fetch entries instead of a snapshot.
-    checkpoint: Option<Checkpoint>,
+    /// The highest commit point heard of, and whom to fetch from.
+    catch_up: CatchUp,
 
-    known_commit: Slot,
-    fetch_from: Option<NodeId>,
-    fetch_attempts: u64,
-
-    snapshots_installed: u64,
+    /// Client requests this leader will answer once they execute.
     awaiting: HashSet<(ClientId, u64)>,
     views: VecDeque<ViewChange>,
     ready: Ready,
@@ -206,8 +202,7 @@ impl<S: StateMachine> Replica<S> {
             me,
             quorum,
             rng,
-            sm: state_machine,
-            sessions: Sessions::new(),
+            exec: Executor::new(state_machine),
             status: state.status,
             incarnation: state.incarnation,
             peer_inc: state.peer_incarnations,
@@ -219,18 +214,13 @@ impl<S: StateMachine> Replica<S> {
                 #[cfg(test)]
                 (cfg.mutation == Mutation::SkipGaps),
             ),
-            executed: 0,
             role: RoleState::Follower,
             leader: None,
             now: 0,
             timers: Timers::new(&cfg, first_timeout),
             prevote: None,
             max_round_seen: state.promised.round,
-            checkpoint: None,
-            known_commit: state.commit_point,
-            fetch_from: None,
-            fetch_attempts: 0,
-            snapshots_installed: 0,
+            catch_up: CatchUp::new(state.commit_point),
             awaiting: HashSet::new(),
             views: VecDeque::new(),
             ready: Ready::default(),
@@ -323,7 +313,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         };
         if !request.is_register() {
-            match self.sessions.check(request.client, request.seq) {
+            match self.exec.sessions().check(request.client, request.seq) {
                 SessionCheck::Duplicate(reply) => {
                     let reply = self.cached_reply(reply);
                     self.reply(request.client, request.seq, Response::Ok(reply));

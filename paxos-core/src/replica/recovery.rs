@@ -159,7 +159,7 @@ impl<S: StateMachine> Replica<S> {
             && self.promised == Ballot::ZERO
             && self.log.is_empty()
             && self.log.commit_point() == 0
-            && self.checkpoint.is_none()
+            && self.exec.checkpoint().is_none()
             && self.peer_inc.is_empty()
     }
 
@@ -481,10 +481,7 @@ impl<S: StateMachine> Replica<S> {
                 self.accept_local(slot, b, v);
             }
         }
-        if target > self.known_commit {
-            self.known_commit = target;
-            self.fetch_from = Some(best_node);
-        }
+        self.catch_up.heard(best_node, target);
         self.advance_commit();
         self.maybe_finish_recovery();
     }

@@ -156,10 +156,7 @@ impl<S: StateMachine> Replica<S> {
             // compacted away at the promisers comes by state transfer (fetch).
             let before = self.log.commit_point();
             for (node, p) in &candidate.promises {
-                if p.commit_point > self.known_commit {
-                    self.known_commit = p.commit_point;
-                    self.fetch_from = Some(*node);
-                }
+                self.catch_up.heard(*node, p.commit_point);
                 for e in &p.entries {
                     if e.chosen {
                         self.learn(e.slot, e.value.clone());
@@ -211,7 +208,7 @@ impl<S: StateMachine> Replica<S> {
             .map(|p| p.commit_point)
             .max()
             .unwrap_or(0);
-        self.known_commit = self.known_commit.max(promised_commit);
+        self.catch_up.raise(promised_commit);
         // Merge: per slot, a chosen value wins; otherwise the highest ballot's value.
         let mut merged: BTreeMap<Slot, (Ballot, Value, bool)> = self
             .log
