@@ -56,6 +56,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand_core::Rng;
 
+use super::timers::Timeout;
 use super::{RoleState, StateMachine};
 use crate::message::{Message, PromiseEntry};
 use crate::traits::{AcceptorStatus, PersistOp};
@@ -75,7 +76,8 @@ pub(super) struct Recovery {
     grants: BTreeMap<NodeId, Grant>,
     /// Peers that said they never voted.
     never_voted: BTreeSet<NodeId>,
-    last_sent: u64,
+    /// Expires when the unanswered RECOVERs are due again.
+    resend: Timeout,
     /// Once a majority granted: the commit point to reach before voting.
     catch_up_to: Option<Slot>,
 }
@@ -103,7 +105,7 @@ impl<S: StateMachine> Replica<S> {
             nonce: self.rng.next_u64(),
             grants: BTreeMap::new(),
             never_voted: BTreeSet::new(),
-            last_sent: self.now,
+            resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
             catch_up_to: None,
         });
         if self.status == AcceptorStatus::Pristine && self.cfg.members.len() == 1 {
@@ -140,10 +142,10 @@ impl<S: StateMachine> Replica<S> {
         let due = self
             .recovery
             .as_ref()
-            .is_some_and(|r| self.now - r.last_sent >= self.cfg.retransmit_ticks);
+            .is_some_and(|r| r.resend.expired(self.now));
         if due {
             if let Some(r) = &mut self.recovery {
-                r.last_sent = self.now;
+                r.resend.reset(self.now, self.cfg.retransmit_ticks);
             }
             self.send_recover();
         }
@@ -156,8 +158,8 @@ impl<S: StateMachine> Replica<S> {
         self.status != AcceptorStatus::Recovering
             && self.promised == Ballot::ZERO
             && self.log.is_empty()
-            && self.commit_point == 0
-            && self.checkpoint.is_none()
+            && self.log.commit_point() == 0
+            && self.exec.checkpoint().is_none()
             && self.peer_inc.is_empty()
     }
 
@@ -306,11 +308,10 @@ impl<S: StateMachine> Replica<S> {
             self.granted_recovery.insert(from, (incarnation, nonce));
             self.set_promised(ballot);
             self.become_follower(None);
-            self.last_heard_leader = self.now;
-            self.election_deadline = self.now + self.random_timeout();
+            self.restart_election_timers();
         }
-        let entries = self.report_from(self.commit_point);
-        let commit_point = self.commit_point;
+        let entries = self.report_from(self.log.commit_point());
+        let commit_point = self.log.commit_point();
         let incarnations = self.incarnation_table();
         self.send(
             from,
@@ -375,8 +376,7 @@ impl<S: StateMachine> Replica<S> {
         );
         self.recovery = None;
         self.set_status(AcceptorStatus::Voter, 0);
-        self.last_heard_leader = self.now;
-        self.election_deadline = self.now + self.random_timeout();
+        self.restart_election_timers();
     }
 
     fn set_status(&mut self, status: AcceptorStatus, incarnation: u64) {
@@ -472,7 +472,7 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         for (slot, (b, v, chosen)) in merged {
-            if slot < self.commit_point || self.log.get(&slot).is_some_and(|e| e.chosen) {
+            if slot < self.log.commit_point() || self.log.is_chosen(slot) {
                 continue;
             }
             if chosen {
@@ -481,10 +481,7 @@ impl<S: StateMachine> Replica<S> {
                 self.accept_local(slot, b, v);
             }
         }
-        if target > self.known_commit {
-            self.known_commit = target;
-            self.fetch_from = Some(best_node);
-        }
+        self.catch_up.heard(best_node, target);
         self.advance_commit();
         self.maybe_finish_recovery();
     }
@@ -493,7 +490,7 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn maybe_finish_recovery(&mut self) {
         let Some(r) = &self.recovery else { return };
         let Some(target) = r.catch_up_to else { return };
-        if self.commit_point < target {
+        if self.log.commit_point() < target {
             return;
         }
         let incarnation = r.incarnation;
@@ -501,12 +498,11 @@ impl<S: StateMachine> Replica<S> {
         tracing::info!(
             node = self.cfg.id,
             incarnation,
-            commit_point = self.commit_point,
+            commit_point = self.log.commit_point(),
             "recovered from lost state; voting again"
         );
         self.set_status(AcceptorStatus::Voter, incarnation);
         self.role = RoleState::Follower;
-        self.last_heard_leader = self.now;
-        self.election_deadline = self.now + self.random_timeout();
+        self.restart_election_timers();
     }
 }

@@ -1,0 +1,167 @@
+//! The acceptor: which ballots it admits, its promises, and the ACCEPTs and heartbeats
+//! it acknowledges.
+
+use super::*;
+use crate::message::Message;
+use crate::traits::{PersistOp, StateMachine};
+use crate::types::{Ballot, NodeId, Slot, Value};
+
+#[cfg(test)]
+use crate::mutation::Mutation;
+
+/// How far above its commit point an acceptor accepts proposals, in units of
+/// [`Config::max_inflight`]. Bounds the uncommitted entries an acceptor holds (and so the
+/// size of its PROMISE); a follower further behind catches up by fetching first.
+pub(super) const ACCEPT_WINDOW_FACTOR: u64 = 4;
+
+/// Accepts `value` in `slot` at `ballot`: in the log, and as a write to persist.
+pub(super) fn store_accept(
+    ready: &mut Ready,
+    log: &mut SlotLog,
+    slot: Slot,
+    ballot: Ballot,
+    value: Value,
+) {
+    ready.persist.push(PersistOp::Accept {
+        slot,
+        ballot,
+        value: value.clone(),
+    });
+    log.accept(slot, ballot, value);
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Vets a message that `from` sent under `ballot`: ignored unless `from` owns the
+    /// ballot; refused with a NACK when the ballot is below our promise (unless
+    /// `allow_stale`). Returns whether to handle it.
+    pub(super) fn admit(&mut self, from: NodeId, ballot: Ballot, allow_stale: bool) -> bool {
+        if ballot.node != from {
+            return false;
+        }
+        self.saw_round(ballot.round);
+        if ballot < self.promised && !allow_stale {
+            let promised = self.promised;
+            self.send(from, Message::Nack { ballot, promised });
+            return false;
+        }
+        true
+    }
+
+    pub(super) fn saw_round(&mut self, round: u64) {
+        self.max_round_seen = self.max_round_seen.max(round);
+    }
+
+    pub(super) fn set_promised(&mut self, ballot: Ballot) {
+        if ballot > self.promised {
+            self.promised = ballot;
+            self.ready.persist.push(PersistOp::Promise(ballot));
+        }
+    }
+
+    pub(super) fn accept_local(&mut self, slot: Slot, ballot: Ballot, value: Value) {
+        store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
+    }
+
+    pub(super) fn on_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        commit_point: Slot,
+        entries: Vec<(Slot, Value)>,
+        new_view: bool,
+    ) {
+        #[cfg(test)]
+        let below_ok = self.cfg.mutation == Mutation::AcceptBelowPromise;
+        #[cfg(not(test))]
+        let below_ok = false;
+        if !self.admit(from, ballot, below_ok) {
+            return;
+        }
+        self.follow(from, ballot);
+        if new_view {
+            let start = entries
+                .iter()
+                .map(|(s, _)| *s)
+                .min()
+                .unwrap_or(commit_point);
+            let end = entries.iter().map(|(s, _)| s + 1).max().unwrap_or(start);
+            let noops = entries.iter().filter(|(_, v)| *v == Value::Noop).count() as u64;
+            if !self
+                .views
+                .iter()
+                .any(|v| v.ballot == ballot && v.direction == ViewDirection::Received)
+            {
+                self.views
+                    .retain(|v| !(v.ballot == ballot && v.direction == ViewDirection::Adopted));
+                self.record_view(ViewChange {
+                    ballot,
+                    leader: from,
+                    direction: ViewDirection::Received,
+                    slots: start..end,
+                    noops,
+                    tick: self.now,
+                });
+            }
+        }
+        let window_end = self.log.commit_point().saturating_add(self.accept_window());
+        let mut acked = Vec::with_capacity(entries.len());
+        #[cfg(test)]
+        let blind = self.cfg.mutation == Mutation::AckChosenBlindly;
+        #[cfg(not(test))]
+        let blind = false;
+        for (slot, value) in entries {
+            if slot < self.log.commit_point() || self.log.is_chosen(slot) {
+                // Decided here already. An ACCEPTED vouches for holding this value at
+                // this ballot: give it only when the decided value is the proposed one
+                // (a leader whose proposal lost must not count us towards a quorum).
+                // A compacted slot's value is gone, so it cannot be vouched for.
+                let same = self.log.get(slot).is_some_and(|e| e.value == value);
+                if same || blind {
+                    acked.push(slot);
+                }
+                continue;
+            }
+            if slot >= window_end {
+                continue;
+            }
+            self.accept_local(slot, ballot, value);
+            acked.push(slot);
+        }
+        if !acked.is_empty() {
+            let incarnation = self.incarnation;
+            self.send(
+                from,
+                Message::Accepted {
+                    ballot,
+                    slots: acked,
+                    incarnation,
+                },
+            );
+        }
+        self.learn_commit_point(from, ballot, commit_point);
+    }
+
+    pub(super) fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit_point: Slot) {
+        if !self.admit(from, ballot, false) {
+            return;
+        }
+        self.follow(from, ballot);
+        // An empty ACCEPTED acknowledges the heartbeat: the leader counts who it hears
+        // from to notice when it is cut off from a majority.
+        let incarnation = self.incarnation;
+        self.send(
+            from,
+            Message::Accepted {
+                ballot,
+                slots: Vec::new(),
+                incarnation,
+            },
+        );
+        self.learn_commit_point(from, ballot, commit_point);
+    }
+
+    /// How far above its commit point an acceptor holds entries.
+    pub(super) fn accept_window(&self) -> Slot {
+        ACCEPT_WINDOW_FACTOR.saturating_mul(self.cfg.max_inflight)
+    }
+}

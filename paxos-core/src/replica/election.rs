@@ -1,0 +1,192 @@
+//! Election: pre-vote, election timeouts, leader stickiness, starting phase 1, and
+//! stepping down.
+
+use std::collections::BTreeMap;
+
+use rand_core::Rng;
+
+use super::*;
+use crate::message::Message;
+use crate::traits::StateMachine;
+use crate::types::{Ballot, NodeId, Response, Slot};
+
+#[cfg(test)]
+use crate::mutation::Mutation;
+
+impl<S: StateMachine> Replica<S> {
+    pub(super) fn start_prevote(&mut self) {
+        let round = self.max_round_seen.max(self.promised.round) + 1;
+        let ballot = Ballot::new(round, self.cfg.id);
+        self.prevote = Some((ballot, 1 << self.me));
+        let ticks = self.random_timeout();
+        self.timers.election.reset(self.now, ticks);
+        for m in self.peers() {
+            self.send(m, Message::PreVote { ballot });
+        }
+        self.check_prevotes();
+    }
+
+    pub(super) fn on_prevote(&mut self, from: NodeId, ballot: Ballot) {
+        if ballot.node != from || ballot <= self.promised || self.leader_alive() {
+            return;
+        }
+        self.send(from, Message::PreVoteGranted { ballot });
+    }
+
+    pub(super) fn on_prevote_granted(&mut self, from_idx: usize, ballot: Ballot) {
+        match &mut self.prevote {
+            Some((b, grants)) if *b == ballot => *grants |= 1 << from_idx,
+            _ => return,
+        }
+        self.check_prevotes();
+    }
+
+    pub(super) fn check_prevotes(&mut self) {
+        #[allow(unused_mut)]
+        let mut needed = self.quorum;
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::PreVoteNeedsEveryone {
+            needed = self.cfg.members.len() as u32;
+        }
+        if let Some((_, grants)) = self.prevote {
+            if grants.count_ones() >= needed && matches!(self.role, RoleState::Follower) {
+                self.start_election();
+            }
+        }
+    }
+
+    /// Leader stickiness: while a live leader is heard, do not help depose it.
+    pub(super) fn leader_alive(&self) -> bool {
+        match self.role {
+            RoleState::Leader(_) => true,
+            RoleState::Candidate(_) => false,
+            RoleState::Follower => {
+                self.leader.is_some() && !self.timers.leader_contact.expired(self.now)
+            }
+        }
+    }
+
+    pub(super) fn start_election(&mut self) {
+        self.prevote = None;
+        self.step_down_queue(None);
+        let round = self.max_round_seen.max(self.promised.round) + 1;
+        self.max_round_seen = round;
+        let ballot = Ballot::new(round, self.cfg.id);
+        self.set_promised(ballot);
+        self.leader = None;
+        let give_up = Timeout::after(self.now, self.random_timeout());
+        let from_slot = self.log.commit_point();
+        let nonce = self.rng.next_u64();
+        self.role = RoleState::Candidate(Candidate {
+            ballot,
+            nonce,
+            known: self.peer_inc.clone(),
+            from_slot,
+            promises: BTreeMap::new(),
+            give_up,
+            resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
+        });
+        for m in self.peers() {
+            self.send(
+                m,
+                Message::Prepare {
+                    ballot,
+                    from_slot,
+                    nonce,
+                },
+            );
+        }
+        self.check_promises();
+    }
+
+    /// Starts an election at once, skipping the timeout and the pre-vote: lets tests
+    /// choose who runs for leader.
+    #[cfg(test)]
+    pub(crate) fn start_election_now(&mut self) {
+        self.start_election();
+    }
+
+    /// Adopts `from` (owner of `ballot >= promised`) as leader.
+    pub(super) fn follow(&mut self, from: NodeId, ballot: Ballot) {
+        if ballot > self.promised {
+            self.set_promised(ballot);
+        }
+        let changed = self.leader != Some(from) || !matches!(self.role, RoleState::Follower);
+        if changed {
+            self.become_follower(Some(from));
+            if !self.views.iter().any(|v| v.ballot == ballot) {
+                self.record_view(ViewChange {
+                    ballot,
+                    leader: from,
+                    direction: ViewDirection::Adopted,
+                    slots: 0..0,
+                    noops: 0,
+                    tick: self.now,
+                });
+            }
+        }
+        self.restart_election_timers();
+    }
+
+    pub(super) fn on_nack(&mut self, ballot: Ballot, promised: Ballot) {
+        self.saw_round(promised.round);
+        let mine = match &self.role {
+            RoleState::Leader(l) => Some(l.ballot),
+            RoleState::Candidate(c) => Some(c.ballot),
+            RoleState::Follower => None,
+        };
+        if mine == Some(ballot) && promised > ballot {
+            self.set_promised(promised);
+            self.become_follower(None);
+            self.restart_election_timers();
+        }
+    }
+
+    /// Leaves leadership or candidacy. Requests waiting here are answered with a
+    /// redirect so their clients retry elsewhere (with the same request numbers).
+    pub(super) fn become_follower(&mut self, leader: Option<NodeId>) {
+        if leader.is_some() {
+            self.prevote = None;
+        }
+        if !matches!(self.role, RoleState::Follower) {
+            self.step_down_queue(leader);
+            self.role = RoleState::Follower;
+        }
+        self.leader = leader;
+    }
+
+    pub(super) fn step_down_queue(&mut self, leader: Option<NodeId>) {
+        if let RoleState::Leader(l) = &mut self.role {
+            l.queue.clear();
+        }
+        // Sorted: the replica's outputs must not depend on hash order.
+        let mut waiting: Vec<_> = self.awaiting.drain().collect();
+        waiting.sort_unstable();
+        for (client, seq) in waiting {
+            self.reply(client, seq, Response::Redirect { leader });
+        }
+    }
+
+    /// A leader that finds a slot decided under a higher ballot stops leading at once:
+    /// see [`learn`](Self::learn).
+    pub(super) fn step_down_superseded(&mut self, slot: Slot) {
+        tracing::info!(
+            node = self.cfg.id,
+            slot,
+            "a higher ballot decided a slot this leader owns: stepping down"
+        );
+        self.become_follower(None);
+        self.restart_election_timers();
+    }
+
+    /// Heard from a leader, or left a role: the leader this replica follows (if any)
+    /// counts as alive for an election timeout, and the next election waits a fresh
+    /// randomized timeout.
+    pub(super) fn restart_election_timers(&mut self) {
+        self.timers
+            .leader_contact
+            .reset(self.now, self.cfg.election_ticks);
+        let ticks = self.random_timeout();
+        self.timers.election.reset(self.now, ticks);
+    }
+}

@@ -1,0 +1,241 @@
+//! The leader: its request queue, the window of slots in flight, batching into ACCEPTs,
+//! retransmission, and counting ACCEPTEDs into quorums.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::*;
+use crate::message::Message;
+use crate::traits::StateMachine;
+use crate::types::{Ballot, ClientId, Request, Slot, Value};
+
+#[derive(Debug)]
+pub(super) struct Inflight {
+    pub(super) value: Value,
+    pub(super) acks: u64,
+    /// Expires when the proposal is due to be sent again to whoever has not accepted it.
+    pub(super) resend: Timeout,
+}
+
+#[derive(Debug)]
+pub(super) struct Leader {
+    pub(super) ballot: Ballot,
+    pub(super) next_slot: Slot,
+    pub(super) inflight: BTreeMap<Slot, Inflight>,
+    pub(super) queue: VecDeque<Request>,
+    /// Requests proposed and not yet executed, by client.
+    pub(super) proposed: HashMap<ClientId, u64>,
+    /// Proposals made since the last flush, to go out in one ACCEPT per peer.
+    pub(super) fresh: Vec<(Slot, Value)>,
+    /// Expires when a heartbeat is due: nothing went to the followers for
+    /// [`Config::heartbeat_ticks`](crate::Config).
+    pub(super) heartbeat: Timeout,
+    pub(super) announced_commit: Slot,
+    /// One per member (by index): expires when the member has not been heard from for
+    /// two election timeouts.
+    pub(super) contact: Vec<Timeout>,
+    /// The oldest incarnation of each member (by index) whose ACCEPTEDs count.
+    pub(super) min_incarnation: Vec<u64>,
+}
+
+impl<S: StateMachine> Replica<S> {
+    pub(super) fn on_accepted(
+        &mut self,
+        from_idx: usize,
+        ballot: Ballot,
+        slots: &[Slot],
+        incarnation: u64,
+    ) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if l.ballot != ballot || incarnation < l.min_incarnation[from_idx] {
+            return;
+        }
+        let bit = 1u64 << from_idx;
+        let mut newly_chosen = Vec::new();
+        for s in slots {
+            if let Some(inf) = l.inflight.get_mut(s) {
+                inf.acks |= bit;
+                if inf.acks.count_ones() >= self.quorum {
+                    newly_chosen.push(*s);
+                }
+            }
+        }
+        for s in newly_chosen {
+            if let Some(inf) = l.inflight.remove(&s) {
+                self.log.choose(s, ballot, inf.value);
+            }
+        }
+        self.advance_commit();
+        self.pump();
+    }
+
+    pub(super) fn check_commits(&mut self) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let quorum = self.quorum;
+        let done: Vec<Slot> = l
+            .inflight
+            .iter()
+            .filter(|(_, i)| i.acks.count_ones() >= quorum)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in done {
+            l.inflight.remove(&s);
+            self.log.mark_chosen(s);
+        }
+        self.advance_commit();
+    }
+
+    pub(super) fn leader_tick(&mut self) {
+        let me = self.me;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let now = self.now;
+        l.contact[me].reset(now, self.cfg.election_ticks * 2);
+        let live = l.contact.iter().filter(|t| !t.expired(now)).count() as u32;
+        if live < self.quorum {
+            // Cut off from a majority: stop accepting requests we cannot commit.
+            self.become_follower(None);
+            self.restart_election_timers();
+            return;
+        }
+        // Retransmit proposals that have waited too long, batched per peer.
+        let mut per_peer: Vec<Vec<(Slot, Value)>> = vec![Vec::new(); self.cfg.members.len()];
+        for (s, inf) in l.inflight.iter_mut() {
+            if !inf.resend.expired(now) {
+                continue;
+            }
+            let mut any = false;
+            for (i, batch) in per_peer.iter_mut().enumerate() {
+                if i != me && inf.acks & (1 << i) == 0 && batch.len() < self.cfg.max_batch {
+                    batch.push((*s, inf.value.clone()));
+                    any = true;
+                }
+            }
+            if any {
+                inf.resend.reset(now, self.cfg.retransmit_ticks);
+            }
+        }
+        let ballot = l.ballot;
+        let commit_point = self.log.commit_point();
+        for (i, batch) in per_peer.into_iter().enumerate() {
+            if !batch.is_empty() {
+                let to = self.cfg.members[i];
+                self.send(
+                    to,
+                    Message::Accept {
+                        ballot,
+                        commit_point,
+                        entries: batch,
+                    },
+                );
+            }
+        }
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if l.heartbeat.expired(now) {
+            l.heartbeat.reset(now, self.cfg.heartbeat_ticks);
+            l.announced_commit = commit_point;
+            for m in self.peers() {
+                self.send(
+                    m,
+                    Message::Heartbeat {
+                        ballot,
+                        commit_point,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Moves queued requests into free slots of the window.
+    pub(super) fn pump(&mut self) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let ballot = l.ballot;
+        let self_bit = 1u64 << self.me;
+        while l.next_slot
+            < self
+                .log
+                .commit_point()
+                .saturating_add(self.cfg.max_inflight)
+        {
+            let Some(req) = l.queue.pop_front() else {
+                break;
+            };
+            let slot = l.next_slot;
+            if self.log.is_chosen(slot) {
+                // Decided under another ballot: never overwrite a chosen value.
+                l.queue.push_front(req);
+                self.step_down_superseded(slot);
+                return;
+            }
+            l.next_slot += 1;
+            if !req.is_register() {
+                l.proposed.insert(req.client, req.seq);
+            }
+            let value = Value::Request(req);
+            l.inflight.insert(
+                slot,
+                Inflight {
+                    value: value.clone(),
+                    acks: self_bit,
+                    resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
+                },
+            );
+            l.fresh.push((slot, value.clone()));
+            store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
+        }
+        if self.quorum == 1 {
+            self.check_commits();
+        }
+    }
+
+    /// Turns the proposals made since the last flush into one ACCEPT per peer, and
+    /// tells followers about a commit point that moved.
+    pub(super) fn flush_leader(&mut self) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let ballot = l.ballot;
+        let commit_point = self.log.commit_point();
+        if l.fresh.is_empty() {
+            if l.announced_commit == commit_point {
+                return;
+            }
+            l.announced_commit = commit_point;
+            l.heartbeat.reset(self.now, self.cfg.heartbeat_ticks);
+            for m in self.peers() {
+                self.send(
+                    m,
+                    Message::Heartbeat {
+                        ballot,
+                        commit_point,
+                    },
+                );
+            }
+            return;
+        }
+        let fresh = std::mem::take(&mut l.fresh);
+        l.announced_commit = commit_point;
+        l.heartbeat.reset(self.now, self.cfg.heartbeat_ticks);
+        let peers = self.peers();
+        for chunk in fresh.chunks(self.cfg.max_batch) {
+            for m in &peers {
+                self.send(
+                    *m,
+                    Message::Accept {
+                        ballot,
+                        commit_point,
+                        entries: chunk.to_vec(),
+                    },
+                );
+            }
+        }
+    }
+}

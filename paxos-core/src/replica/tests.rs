@@ -1,0 +1,330 @@
+//! Tests of a replica driven by hand.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::message::PromiseEntry;
+use crate::sim::Recorder;
+use crate::traits::{MemStorage, Storage};
+use crate::types::Value;
+
+/// A cluster of replicas wired by a perfect in-order network, driven by hand.
+struct Harness {
+    replicas: Vec<Replica<Recorder>>,
+    /// The session the cluster assigned to each test client.
+    sessions: HashMap<ClientId, ClientId>,
+    storage: Vec<MemStorage>,
+    replies: Vec<Reply>,
+    snapshots: usize,
+    /// A node whose messages, both ways, are dropped.
+    isolated: Option<NodeId>,
+}
+
+impl Harness {
+    fn new(n: u64, tweak: impl Fn(&mut Config)) -> Self {
+        let ids: Vec<NodeId> = (1..=n).collect();
+        let storage: Vec<MemStorage> = ids.iter().map(|_| MemStorage::new()).collect();
+        let replicas = ids
+            .iter()
+            .map(|&id| {
+                let mut cfg = Config::new(id, ids.clone());
+                tweak(&mut cfg);
+                Replica::new(cfg, Recorder::default(), PersistentState::default()).unwrap()
+            })
+            .collect();
+        Harness {
+            replicas,
+            sessions: HashMap::new(),
+            storage,
+            replies: Vec::new(),
+            snapshots: 0,
+            isolated: None,
+        }
+    }
+
+    /// Delivers every output until the cluster is quiet; returns the replies.
+    fn settle(&mut self) {
+        loop {
+            let mut msgs = Vec::new();
+            for (i, r) in self.replicas.iter_mut().enumerate() {
+                let ready = r.take_ready();
+                self.storage[i].persist(&ready.persist).unwrap();
+                msgs.extend(ready.messages.into_iter().map(|(to, m)| (r.id(), to, m)));
+                self.replies.extend(ready.replies);
+            }
+            if msgs.is_empty() {
+                return;
+            }
+            for (from, to, m) in msgs {
+                if self.isolated == Some(from) || self.isolated == Some(to) {
+                    continue;
+                }
+                if matches!(m, Message::Snapshot { .. }) {
+                    self.snapshots += 1;
+                }
+                self.replicas[(to - 1) as usize].handle_message(from, m);
+            }
+        }
+    }
+
+    fn tick(&mut self, n: usize) {
+        for _ in 0..n {
+            for r in &mut self.replicas {
+                r.tick();
+            }
+            self.settle();
+        }
+    }
+
+    fn leader(&self) -> usize {
+        self.replicas
+            .iter()
+            .position(|r| r.is_leader())
+            .expect("a leader")
+    }
+
+    /// Request `seq` of test client `client` (0 registers it) at replica `at`.
+    fn request(&mut self, at: usize, client: ClientId, seq: u64) {
+        let request = if seq == 0 {
+            Request::register(client)
+        } else {
+            Request {
+                client: self.sessions.get(&client).copied().unwrap_or(client),
+                seq,
+                payload: postcard::to_allocvec(&(client, seq)).unwrap().into(),
+            }
+        };
+        self.replicas[at].handle_request(request);
+        self.settle();
+        if seq == 0 {
+            if let Some(Reply {
+                response: Response::Ok(b),
+                ..
+            }) = self.replies.last()
+            {
+                let id = postcard::from_bytes(b).expect("a session id");
+                self.sessions.insert(client, id);
+            }
+        }
+    }
+
+    fn last_reply(&self) -> &Response {
+        &self.replies.last().expect("a reply").response
+    }
+}
+
+#[test]
+fn a_follower_redirects_and_the_leader_executes_once() {
+    let mut h = Harness::new(3, |_| {});
+    h.tick(60);
+    let l = h.leader();
+    let f = (l + 1) % 3;
+    h.request(f, 7, 0);
+    assert_eq!(
+        *h.last_reply(),
+        Response::Redirect {
+            leader: Some(h.replicas[l].id())
+        }
+    );
+    h.request(l, 7, 0);
+    assert!(matches!(h.last_reply(), Response::Ok(_)), "registered");
+    h.request(l, 7, 1);
+    let first = h.last_reply().clone();
+    assert!(matches!(first, Response::Ok(_)));
+    h.request(l, 7, 1); // a retry: answered from the session table
+    assert_eq!(*h.last_reply(), first);
+    h.tick(5);
+    for r in &h.replicas {
+        assert_eq!(r.state_machine().applied, vec![(7, 1)], "node {}", r.id());
+    }
+}
+
+#[test]
+fn unregistered_and_evicted_sessions_expire() {
+    let mut h = Harness::new(1, |c| c.max_sessions = 1);
+    h.tick(60);
+    h.request(0, 1, 1);
+    assert_eq!(
+        *h.last_reply(),
+        Response::SessionExpired,
+        "never registered"
+    );
+    h.request(0, 1, 0);
+    h.request(0, 2, 0); // evicts client 1
+    h.request(0, 1, 1);
+    assert_eq!(*h.last_reply(), Response::SessionExpired, "evicted");
+    assert!(h.replicas[0].state_machine().applied.is_empty());
+}
+
+#[test]
+fn a_full_leader_answers_busy() {
+    let mut h = Harness::new(3, |c| {
+        c.max_pending = 2;
+    });
+    h.tick(60);
+    let l = h.leader();
+    // Cut the leader off so nothing commits, then overfill it.
+    for c in 1..=3 {
+        h.replicas[l].handle_request(Request::register(c));
+    }
+    let ready = h.replicas[l].take_ready();
+    assert!(ready
+        .replies
+        .iter()
+        .any(|r| r.client == 3 && r.response == Response::Busy));
+}
+
+#[test]
+fn a_restarted_replica_recovers_its_promises_and_state() {
+    let mut h = Harness::new(3, |c| c.checkpoint_interval = 4);
+    h.tick(60);
+    let l = h.leader();
+    h.request(l, 9, 0);
+    for seq in 1..=10 {
+        h.request(l, 9, seq);
+    }
+    h.tick(5);
+    let i = (l + 1) % 3;
+    let before = (h.replicas[i].promised(), h.replicas[i].commit_point());
+    let applied = h.replicas[i].state_machine().applied.clone();
+    assert!(
+        h.replicas[i].checkpoint().is_some(),
+        "checkpoints were taken"
+    );
+    let cfg = h.replicas[i].config().clone();
+    let restarted = Replica::new(cfg, Recorder::default(), h.storage[i].load().unwrap()).unwrap();
+    assert_eq!((restarted.promised(), restarted.commit_point()), before);
+    assert_eq!(restarted.state_machine().applied, applied);
+    assert!(restarted.slot(0).status == SlotStatus::Compacted);
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused() {
+    let mut h = Harness::new(1, |c| c.checkpoint_interval = 2);
+    h.tick(60);
+    for seq in 0..=5 {
+        h.request(0, 3, seq);
+    }
+    let mut state = h.storage[0].load().unwrap();
+    let cp = state.checkpoint.as_mut().expect("a checkpoint");
+    let mut data = cp.data.to_vec();
+    data[0] ^= 1;
+    cp.data = data.into();
+    let cfg = h.replicas[0].config().clone();
+    let err = Replica::new(cfg, Recorder::default(), state).unwrap_err();
+    assert!(matches!(err, ReplicaError::Checkpoint(_)), "{err}");
+}
+
+#[test]
+fn a_lagging_follower_catches_up_by_state_transfer() {
+    let mut h = Harness::new(3, |c| c.checkpoint_interval = 3);
+    h.tick(60);
+    let l = h.leader();
+    let lagging = (l + 1) % 3;
+    let lag_id = h.replicas[lagging].id();
+    // Replace the lagging follower with a fresh one that missed everything.
+    h.request(l, 5, 0);
+    for seq in 1..=20 {
+        h.request(l, 5, seq);
+    }
+    let cfg = h.replicas[lagging].config().clone();
+    h.storage[lagging] = MemStorage::new();
+    h.replicas[lagging] =
+        Replica::new(cfg, Recorder::default(), PersistentState::default()).unwrap();
+    h.tick(30);
+    let follower = &h.replicas[lagging];
+    assert_eq!(follower.id(), lag_id);
+    assert_eq!(follower.state_machine().applied.len(), 20, "caught up");
+    assert!(h.snapshots > 0, "through a snapshot");
+    assert_eq!(follower.slot(0).status, SlotStatus::Compacted);
+}
+
+#[test]
+fn a_promise_reaching_absurdly_far_cannot_size_the_new_view() {
+    let cfg = Config::new(1, vec![1, 2, 3]);
+    let mut r = Replica::new(cfg, Recorder::default(), PersistentState::founding()).unwrap();
+    let mut asked = None;
+    for _ in 0..100 {
+        r.tick();
+        asked = r
+            .take_ready()
+            .messages
+            .into_iter()
+            .find_map(|(_, m)| match m {
+                Message::PreVote { ballot } => Some(ballot),
+                _ => None,
+            });
+        if asked.is_some() {
+            break;
+        }
+    }
+    let asked = asked.expect("a pre-vote after an election timeout");
+    r.handle_message(2, Message::PreVoteGranted { ballot: asked });
+    assert_eq!(r.role(), Role::Candidate);
+    let ballot = r.promised();
+    let far = PromiseEntry {
+        slot: u64::MAX - 1,
+        ballot: Ballot::new(1, 2),
+        value: Value::Noop,
+        chosen: false,
+    };
+    let near = PromiseEntry {
+        slot: 2,
+        ballot: Ballot::new(1, 2),
+        value: Value::Noop,
+        chosen: false,
+    };
+    let nonce = r
+        .take_ready()
+        .messages
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Prepare { nonce, .. } => Some(nonce),
+            _ => None,
+        })
+        .expect("a prepare");
+    r.handle_message(
+        2,
+        Message::Promise {
+            ballot,
+            commit_point: 0,
+            entries: vec![near, far],
+            truncated: false,
+            nonce,
+            incarnation: 0,
+            incarnations: Vec::new(),
+        },
+    );
+    assert!(r.is_leader());
+    let ready = r.take_ready();
+    let new_view = ready.messages.iter().find_map(|(_, m)| match m {
+        Message::NewView { entries, .. } => Some(entries.len()),
+        _ => None,
+    });
+    assert_eq!(
+        new_view,
+        Some(3),
+        "slots 0..3: two gap no-ops and the reported one"
+    );
+}
+
+#[test]
+fn an_isolated_follower_does_not_raise_its_ballot_or_depose_the_leader() {
+    let mut h = Harness::new(3, |_| {});
+    h.tick(60);
+    let l = h.leader();
+    let f = (l + 1) % 3;
+    let ballot = h.replicas[l].promised();
+    h.isolated = Some(h.replicas[f].id());
+    h.tick(500); // many election timeouts
+    assert_eq!(
+        h.replicas[f].promised(),
+        ballot,
+        "pre-votes went unanswered"
+    );
+    h.isolated = None;
+    h.tick(20);
+    assert!(h.replicas[l].is_leader(), "the leader kept its place");
+    assert_eq!(h.replicas[l].promised(), ballot);
+    assert_eq!(h.replicas[f].leader(), Some(h.replicas[l].id()));
+}

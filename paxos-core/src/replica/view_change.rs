@@ -1,0 +1,331 @@
+//! View change: PREPARE, PROMISE, the merge of the promised logs, and NEW-VIEW.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::*;
+use crate::message::{Message, PromiseEntry};
+use crate::traits::StateMachine;
+use crate::types::{Ballot, NodeId, Slot, Value};
+
+#[cfg(test)]
+use crate::mutation::Mutation;
+
+#[derive(Debug)]
+pub(super) struct Promised {
+    pub(super) commit_point: Slot,
+    pub(super) entries: Vec<PromiseEntry>,
+    pub(super) truncated: bool,
+    /// The promiser's incarnation when it promised.
+    pub(super) incarnation: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct Candidate {
+    pub(super) ballot: Ballot,
+    /// Echoed by the promises that count (see `recovery.rs`).
+    pub(super) nonce: u64,
+    /// The latest incarnation known of each peer: ours, and what promises told us.
+    pub(super) known: BTreeMap<NodeId, u64>,
+    pub(super) from_slot: Slot,
+    pub(super) promises: BTreeMap<NodeId, Promised>,
+    /// Expires when the election failed (randomized): the candidate asks for
+    /// pre-votes again.
+    pub(super) give_up: Timeout,
+    /// Expires when PREPARE is due again to the peers that have not promised.
+    pub(super) resend: Timeout,
+}
+
+impl<S: StateMachine> Replica<S> {
+    pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, nonce: u64) {
+        if !self.admit(from, ballot, false) {
+            return;
+        }
+        if ballot > self.promised {
+            if self.leader_alive() && self.leader != Some(from) {
+                return;
+            }
+            self.set_promised(ballot);
+            self.become_follower(None);
+            self.restart_election_timers();
+        }
+        // Report everything at or above `from_slot`: chosen entries below our commit
+        // point up to a batch, then every entry from the commit point up (bounded by the
+        // acceptance window).
+        // Slots below our compaction point are gone from the log: the candidate must
+        // fetch our checkpoint first.
+        let mut entries = Vec::new();
+        let mut truncated = from_slot < self.log.start();
+        let below = from_slot..self.log.commit_point().max(from_slot);
+        for (s, e) in self.log.range(below) {
+            if truncated || entries.len() >= self.cfg.max_batch {
+                truncated = true;
+                break;
+            }
+            entries.push(PromiseEntry {
+                slot: *s,
+                ballot: e.ballot,
+                value: e.value.clone(),
+                chosen: true,
+            });
+        }
+        if !truncated {
+            for (s, e) in self.log.range(self.log.commit_point().max(from_slot)..) {
+                entries.push(PromiseEntry {
+                    slot: *s,
+                    ballot: e.ballot,
+                    value: e.value.clone(),
+                    chosen: e.chosen,
+                });
+            }
+        }
+        let commit_point = self.log.commit_point();
+        let incarnation = self.incarnation;
+        let incarnations = self.incarnation_table();
+        self.send(
+            from,
+            Message::Promise {
+                ballot,
+                commit_point,
+                entries,
+                truncated,
+                nonce,
+                incarnation,
+                incarnations,
+            },
+        );
+    }
+
+    pub(super) fn on_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        nonce: u64,
+        incarnations: &[(NodeId, u64)],
+        mut promised: Promised,
+    ) {
+        let window = self.accept_window();
+        let RoleState::Candidate(c) = &mut self.role else {
+            return;
+        };
+        if c.ballot != ballot || c.nonce != nonce {
+            return;
+        }
+        #[cfg(test)]
+        let forgetful = self.cfg.mutation == Mutation::RecoveryWithoutIncarnations;
+        #[cfg(not(test))]
+        let forgetful = false;
+        if !forgetful {
+            for &(node, inc) in incarnations {
+                let k = c.known.entry(node).or_insert(0);
+                *k = (*k).max(inc);
+            }
+        }
+        // An acceptor holds nothing beyond its acceptance window, nor anything below what
+        // we asked for: drop such entries rather than let them size the new view.
+        let limit = c
+            .from_slot
+            .max(promised.commit_point)
+            .saturating_add(window);
+        let from_slot = c.from_slot;
+        promised
+            .entries
+            .retain(|e| e.slot >= from_slot && e.slot < limit);
+        c.promises.insert(from, promised);
+        self.check_promises();
+    }
+
+    pub(super) fn check_promises(&mut self) {
+        let RoleState::Candidate(c) = &mut self.role else {
+            return;
+        };
+        // A promise from an incarnation older than the latest we know of its sender
+        // was made by a state that is gone: it does not count (see `recovery.rs`).
+        let known = &c.known;
+        c.promises
+            .retain(|n, p| p.incarnation >= known.get(n).copied().unwrap_or(0));
+        if c.promises.len() as u32 + 1 < self.quorum {
+            return;
+        }
+        let candidate = match std::mem::replace(&mut self.role, RoleState::Follower) {
+            RoleState::Candidate(c) => c,
+            _ => return,
+        };
+        if candidate.promises.values().any(|p| p.truncated) {
+            // Too far behind to merge in one go: learn the chosen entries we were sent,
+            // then prepare again (same ballot) from the new commit point. What was
+            // compacted away at the promisers comes by state transfer (fetch).
+            let before = self.log.commit_point();
+            for (node, p) in &candidate.promises {
+                self.catch_up.heard(*node, p.commit_point);
+                for e in &p.entries {
+                    if e.chosen {
+                        self.learn(e.slot, e.value.clone());
+                    }
+                }
+            }
+            self.advance_commit();
+            let from_slot = self.log.commit_point();
+            let ballot = candidate.ballot;
+            let nonce = candidate.nonce;
+            self.role = RoleState::Candidate(Candidate {
+                ballot,
+                nonce,
+                known: candidate.known,
+                from_slot,
+                promises: BTreeMap::new(),
+                give_up: candidate.give_up,
+                resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
+            });
+            // Without progress, wait for the catch-up and let the tick resend.
+            if from_slot > before {
+                for m in self.peers() {
+                    self.send(
+                        m,
+                        Message::Prepare {
+                            ballot,
+                            from_slot,
+                            nonce,
+                        },
+                    );
+                }
+            }
+            return;
+        }
+        self.become_leader(candidate);
+    }
+
+    pub(super) fn become_leader(&mut self, c: Candidate) {
+        let ballot = c.ballot;
+        let min_incarnation: Vec<u64> = self
+            .cfg
+            .members
+            .iter()
+            .map(|m| c.known.get(m).copied().unwrap_or(0))
+            .collect();
+        let promised_commit = c
+            .promises
+            .values()
+            .map(|p| p.commit_point)
+            .max()
+            .unwrap_or(0);
+        self.catch_up.raise(promised_commit);
+        // Merge: per slot, a chosen value wins; otherwise the highest ballot's value.
+        let mut merged: BTreeMap<Slot, (Ballot, Value, bool)> = self
+            .log
+            .range(c.from_slot..)
+            .map(|(s, e)| {
+                (
+                    *s,
+                    (
+                        e.ballot,
+                        e.value.clone(),
+                        e.chosen || *s < self.log.commit_point(),
+                    ),
+                )
+            })
+            .collect();
+        #[cfg(test)]
+        let ignore_promises = self.cfg.mutation == Mutation::IgnorePromisedValues;
+        #[cfg(not(test))]
+        let ignore_promises = false;
+        if !ignore_promises {
+            for p in c.promises.into_values() {
+                for e in p.entries {
+                    match merged.get_mut(&e.slot) {
+                        None => {
+                            merged.insert(e.slot, (e.ballot, e.value, e.chosen));
+                        }
+                        Some(cur) => {
+                            if cur.2 {
+                                continue;
+                            }
+                            if e.chosen || self.merge_prefers(e.ballot, cur.0) {
+                                *cur = (e.ballot, e.value, e.chosen);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (s, (_, v, chosen)) in &merged {
+            if *chosen {
+                self.learn(*s, v.clone());
+            }
+        }
+        self.advance_commit();
+        let start = self.log.commit_point();
+        let end = merged
+            .last_key_value()
+            .map_or(start, |(s, _)| (s + 1).max(start));
+        let mut entries = Vec::new();
+        let mut inflight = BTreeMap::new();
+        let mut noops = 0;
+        let self_bit = 1u64 << self.me;
+        for s in start..end {
+            let (value, chosen) = match merged.remove(&s) {
+                Some((_, v, chosen)) => (v, chosen),
+                None => {
+                    noops += 1;
+                    (Value::Noop, false)
+                }
+            };
+            if !chosen {
+                self.accept_local(s, ballot, value.clone());
+                inflight.insert(
+                    s,
+                    Inflight {
+                        value: value.clone(),
+                        acks: self_bit,
+                        resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
+                    },
+                );
+            }
+            entries.push((s, value));
+        }
+        self.leader = Some(self.cfg.id);
+        self.role = RoleState::Leader(Leader {
+            ballot,
+            next_slot: end,
+            inflight,
+            queue: VecDeque::new(),
+            proposed: HashMap::new(),
+            fresh: Vec::new(),
+            heartbeat: Timeout::after(self.now, self.cfg.heartbeat_ticks),
+            announced_commit: self.log.commit_point(),
+            contact: vec![
+                Timeout::after(self.now, self.cfg.election_ticks * 2);
+                self.cfg.members.len()
+            ],
+            min_incarnation,
+        });
+        self.record_view(ViewChange {
+            ballot,
+            leader: self.cfg.id,
+            direction: ViewDirection::Sent,
+            slots: start..end,
+            noops,
+            tick: self.now,
+        });
+        let commit_point = self.log.commit_point();
+        for m in self.peers() {
+            self.send(
+                m,
+                Message::NewView {
+                    ballot,
+                    commit_point,
+                    entries: entries.clone(),
+                },
+            );
+        }
+        self.check_commits();
+        self.pump();
+    }
+
+    pub(super) fn merge_prefers(&self, incoming: Ballot, current: Ballot) -> bool {
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::LowestBallotWins {
+            return incoming < current;
+        }
+        incoming > current
+    }
+}
