@@ -1,0 +1,117 @@
+//! `bank bench`: load the cluster, measure throughput and latency.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bank_app::{
+    run_bench, BenchOptions, BenchProgress, Cluster, ClusterConfig, RemoteCluster, RemoteOptions,
+};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::time::Instant;
+
+use crate::options::{require_reachable, JsonFlag};
+use crate::output::{stdout_line, stdout_text};
+
+/// Options of `bank bench`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct BenchArgs {
+    /// Transfers to complete in all.
+    #[arg(long, default_value = "100000")]
+    transfers: u64,
+    /// Concurrent clients, each with one transfer in flight.
+    #[arg(long, default_value = "64")]
+    clients: usize,
+    /// Seed of the transfer choices.
+    #[arg(long, default_value = "1")]
+    seed: u64,
+    /// Print the result only: no progress on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    #[command(flatten)]
+    output: JsonFlag,
+}
+
+pub(crate) async fn run(config: &ClusterConfig, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    // One connection per client to each node, so the clients never queue for one.
+    let options = RemoteOptions {
+        connections_per_node: args.clients.max(1),
+        ..RemoteOptions::default()
+    };
+    let cluster = RemoteCluster::new(config, options)?;
+    require_reachable(&cluster).await?;
+    let options = BenchOptions {
+        transfers: args.transfers,
+        clients: args.clients,
+        seed: args.seed,
+        ..BenchOptions::default()
+    };
+    let progress = BenchProgress::default();
+    let run = run_bench(cluster.endpoints(), &options, progress.clone());
+    tokio::pin!(run);
+    let started = Instant::now();
+    // A bar on a terminal, a line a second otherwise, nothing with --quiet.
+    let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::with_draw_target(Some(args.transfers), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} [{bar:25}] {pos}/{len} transfers {msg} {elapsed}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    });
+    let lines = !args.quiet && bar.is_none();
+    let mut last = 0;
+    let mut ticker = tokio::time::interval(if bar.is_some() {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(1)
+    });
+    ticker.tick().await;
+    let report = loop {
+        tokio::select! {
+            report = &mut run => break report,
+            _ = ticker.tick() => {
+                let done = progress.completed();
+                if let Some(bar) = &bar {
+                    bar.set_position(done);
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    bar.set_message(format!("{:.0}/s", done as f64 / secs));
+                } else if lines {
+                    eprintln!(
+                        "{:>6.1} s  {done:>9} transfers  {:>8} /s",
+                        started.elapsed().as_secs_f64(),
+                        done - last
+                    );
+                }
+                last = done;
+            }
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if args.output.json {
+        stdout_line(&serde_json::to_value(&report)?)?;
+    } else {
+        stdout_text(&format!(
+            "{} transfers ({} moved, {} rejected, {} failed) in {:.2} s: {:.0} transfers/s; \
+             latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
+            report.moved + report.rejected + report.failed,
+            report.moved,
+            report.rejected,
+            report.failed,
+            report.elapsed_secs,
+            report.per_sec,
+            report.p50_us as f64 / 1000.0,
+            report.p99_us as f64 / 1000.0,
+            report.max_us as f64 / 1000.0,
+        ))?;
+    }
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

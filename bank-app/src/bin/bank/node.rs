@@ -1,0 +1,142 @@
+//! `bank node`: run a replica.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use bank_app::{ClusterConfig, NodeServer, NodeServerOptions};
+use paxos_core::{AcceptorStatus, MemStorage, NodeId};
+use paxos_storage_file::{FileStorage, OpenError};
+use tracing::{info, warn};
+
+use crate::signals::shutdown_signal;
+
+/// Options of `bank node`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct NodeArgs {
+    /// The replica's id, as listed in the config.
+    #[arg(long, value_name = "N")]
+    pub(crate) id: NodeId,
+    /// Where the replica keeps its durable state (created if missing). Default:
+    /// `bank-data/node-N` under the current directory. A directory written by
+    /// another cluster or node, or in use by another process, is refused.
+    #[arg(long, value_name = "DIR", conflicts_with = "memory")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Keep the state in memory only (a throwaway node). It starts empty every time:
+    /// on the first start of a new cluster it waits until every member is up;
+    /// otherwise it recovers its state from a majority of its peers and catches up
+    /// before it votes.
+    #[arg(long)]
+    pub(crate) memory: bool,
+}
+
+pub(crate) async fn run(
+    config: &ClusterConfig,
+    id: NodeId,
+    data_dir: Option<&Path>,
+    memory: bool,
+) -> anyhow::Result<ExitCode> {
+    if config.node(id).is_none() {
+        let ids: Vec<String> = config.ids().iter().map(u64::to_string).collect();
+        bail!(
+            "node {id} is not in the cluster config (its nodes are {})",
+            ids.join(", ")
+        );
+    }
+    let options = NodeServerOptions::default();
+    let server = if memory {
+        warn!(
+            node = id,
+            "state is in memory only: every start is a start without state"
+        );
+        NodeServer::start(config, id, MemStorage::new(), options).await
+    } else {
+        let default_dir = default_data_dir(id);
+        let dir = data_dir.unwrap_or(&default_dir);
+        check_data_dir(dir)?;
+        let storage = match FileStorage::open(dir, config.cluster_id, id) {
+            Ok(storage) => storage,
+            // The message names the directory; nothing in it was read or changed.
+            Err(e @ OpenError::Locked { .. }) => {
+                bail!("{e} (is another `bank node --id {id}` running on it?)")
+            }
+            Err(e) => {
+                return Err(anyhow!(e).context(format!(
+                    "node {id} cannot open its data directory {}",
+                    dir.display()
+                )))
+            }
+        };
+        let recovery = storage.recovery();
+        info!(node = id, dir = %dir.display(), ?recovery, "storage opened");
+        NodeServer::start(config, id, storage, options).await
+    }
+    .with_context(|| format!("node {id} cannot start"))?;
+    log_acceptor_status(&server).await;
+    let stopped_by_itself = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            info!(node = id, "signal received; shutting down");
+            false
+        }
+        _ = server.stopped() => true,
+    };
+    if tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(node = id, "shutdown did not finish in time");
+    }
+    if stopped_by_itself {
+        bail!("node {id} stopped: its storage failed (see the log above)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Says at start-up whether the replica votes, or what it waits for first.
+async fn log_acceptor_status(server: &NodeServer) {
+    let id = server.id();
+    let status = server
+        .handle()
+        .inspect(|r| (r.acceptor_status(), r.incarnation()))
+        .await;
+    match status {
+        Ok((AcceptorStatus::Voter, incarnation)) => {
+            info!(node = id, incarnation, "state found: voting");
+        }
+        Ok((AcceptorStatus::Pristine, _)) => info!(
+            node = id,
+            "no state: not voting until the peers tell whether the cluster is new; on the \
+             first start of a new cluster it waits until every member is up, otherwise it \
+             recovers its state from a majority of the peers and catches up first"
+        ),
+        Ok((AcceptorStatus::Recovering, incarnation)) => info!(
+            node = id,
+            incarnation,
+            "an earlier recovery did not finish: not voting until a majority of the peers \
+             has handed over its state"
+        ),
+        Ok((other, incarnation)) => {
+            info!(node = id, incarnation, status = ?other, "not voting yet")
+        }
+        Err(e) => warn!(node = id, error = %e, "cannot read the replica's status"),
+    }
+}
+
+/// The data directory must be a directory; it is created if missing.
+fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("--data-dir {} is not a directory", dir.display());
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create --data-dir {}", dir.display()))?;
+    Ok(())
+}
+
+/// Where `bank node` keeps its data without --data-dir.
+pub(crate) const DEFAULT_DATA_ROOT: &str = "bank-data";
+
+pub(crate) fn default_data_dir(id: NodeId) -> PathBuf {
+    Path::new(DEFAULT_DATA_ROOT).join(format!("node-{id}"))
+}
