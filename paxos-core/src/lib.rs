@@ -10,9 +10,14 @@
 //! - The seams: [`StateMachine`] (what is replicated), [`Transport`] (how replicas
 //!   talk) and [`Storage`] (where an acceptor's promises and accepted values live;
 //!   [`MemStorage`] for tests).
-//! - [`spawn_node`]: the tokio driver that owns a replica, a transport and a storage,
-//!   and gives out a cloneable [`NodeHandle`].
-//! - [`Client`]: exactly-once submission with sessions, redirects and retries.
+//! - [`Replica::drive`] / [`Ready::deliver`]: the drive loop, persist then send then
+//!   reply, shared by the node driver, the simulation and the benchmarks.
+//! - Feature `runtime` (default): `spawn_node`, the tokio driver that owns a replica, a
+//!   transport and a storage and gives out a cloneable `NodeHandle`; `Client`:
+//!   exactly-once submission with sessions, redirects and retries. Without it the crate
+//!   depends on no async runtime.
+//! - Feature `testing`: `testing`, the test kit: the deterministic simulation for your
+//!   own state machine, the linearizability checker, the storage conformance suite.
 //!
 //! # The protocol
 //! Ballots are `(round, node_id)`. A replica that hears nothing from a leader for a
@@ -79,7 +84,7 @@
 //! ```
 //!
 //! # Running nodes
-//! [`spawn_node`] does the above with real timers and a real [`Transport`] (the
+//! `spawn_node` (feature `runtime`) does the above with real timers and a real [`Transport`] (the
 //! `paxos-transport-mem` and `paxos-transport-tcp` crates provide two); see its docs and
 //! the `kv` example (`cargo run --example kv`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
