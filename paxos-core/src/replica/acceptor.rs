@@ -62,7 +62,31 @@ impl<S: StateMachine> Replica<S> {
         store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
     }
 
+    /// ACCEPT: store the leader's proposals (phase 2).
     pub(super) fn on_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        commit_point: Slot,
+        entries: Vec<(Slot, Value)>,
+    ) {
+        self.accept_entries(from, ballot, commit_point, entries, false);
+    }
+
+    /// NEW-VIEW: the new leader's merged log, accepted like an ACCEPT; it also tells a
+    /// follower that the leader's phase 1 is over (it records the view change).
+    pub(super) fn on_new_view(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        commit_point: Slot,
+        entries: Vec<(Slot, Value)>,
+    ) {
+        self.accept_entries(from, ballot, commit_point, entries, true);
+    }
+
+    /// What ACCEPT and NEW-VIEW share: admit the ballot, store and acknowledge.
+    fn accept_entries(
         &mut self,
         from: NodeId,
         ballot: Ballot,

@@ -396,12 +396,12 @@ impl<S: StateMachine> Replica<S> {
                 ballot,
                 commit_point,
                 entries,
-            } => self.on_accept(from, ballot, commit_point, entries, false),
+            } => self.on_accept(from, ballot, commit_point, entries),
             Message::NewView {
                 ballot,
                 commit_point,
                 entries,
-            } => self.on_accept(from, ballot, commit_point, entries, true),
+            } => self.on_new_view(from, ballot, commit_point, entries),
             Message::Accepted {
                 ballot,
                 slots,
