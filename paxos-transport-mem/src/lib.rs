@@ -35,13 +35,13 @@
 //!     let (network, mut nodes) = MemNetwork::cluster(7, [1, 2, 3]);
 //!     let heartbeat = Message::Heartbeat { ballot: Ballot::new(1, 1), commit_point: 0 };
 //!
-//!     nodes[0].send(2, heartbeat.clone()).await?;
+//!     nodes[0].send(2, heartbeat.clone())?;
 //!     let (from, message) = nodes[1].recv().await.ok_or("network closed")?;
 //!     assert_eq!((from, message), (1, heartbeat.clone()));
 //!
 //!     // Cut node 3 off: what is sent to it is lost.
 //!     network.isolate(3);
-//!     nodes[0].send(3, heartbeat.clone()).await?;
+//!     nodes[0].send(3, heartbeat.clone())?;
 //!     assert_eq!(nodes[2].try_recv(), None);
 //!     network.heal();
 //!

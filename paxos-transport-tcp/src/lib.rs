@@ -24,7 +24,7 @@
 //!
 //! // `send` only queues: it never waits for the network.
 //! let hello = Message::Heartbeat { ballot: Ballot::new(1, 1), commit_point: 0 };
-//! node1.send(2, hello.clone()).await?;
+//! node1.send(2, hello.clone())?;
 //!
 //! // Messages are attributed to the id the sender's connection proved in its handshake.
 //! assert_eq!(node2.recv().await, Some((1, hello)));
