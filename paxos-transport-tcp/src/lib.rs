@@ -24,7 +24,7 @@
 //!
 //! // `send` only queues: it never waits for the network.
 //! let hello = Message::Heartbeat { ballot: Ballot::new(1, 1), commit_point: 0 };
-//! node1.send(2, hello.clone()).await?;
+//! node1.send(2, hello.clone())?;
 //!
 //! // Messages are attributed to the id the sender's connection proved in its handshake.
 //! assert_eq!(node2.recv().await, Some((1, hello)));
@@ -110,7 +110,17 @@
 //! - **Bad input.** Random bytes, an HTTP request, a length prefix that is too large (or
 //!   negative as a signed number), a truncated frame, a frame that does not decode, or
 //!   silence until the handshake timeout close only that connection, with a warning; the
-//!   node keeps serving. [`TcpConfig::max_connections`] bounds open inbound connections.
+//!   node keeps serving.
+//! - **Limits.** A public port must survive idle and greedy clients, so each kind of
+//!   connection has its own limits: [`TcpConfig::max_handshaking`] bounds connections
+//!   still in their handshake (each for at most [`TcpConfig::handshake_timeout`]);
+//!   after it, peers count against [`TcpConfig::max_peer_connections`], a reserve
+//!   clients cannot take, and clients against [`TcpConfig::max_client_connections`] and
+//!   [`TcpConfig::max_client_connections_per_ip`] (refused in the handshake beyond
+//!   them). A client connection with nothing outstanding that stays silent for
+//!   [`TcpConfig::client_idle_timeout`] is closed, and client request frames have their
+//!   own small limit, [`TcpConfig::max_client_frame_size`] (1 MiB by default, against
+//!   16 MiB for peer frames), checked on the length prefix before anything is buffered.
 //! - **Shutdown.** Dropping the transport stops its listener, connections and tasks;
 //!   [`TcpTransport::shutdown`] does the same and waits for them.
 //!
@@ -136,7 +146,10 @@ mod wire;
 mod tests;
 
 pub use client::{ClientCall, ClientRequests, Responder, TcpClient};
-pub use config::{ClientConfig, TcpConfig, DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT};
+pub use config::{
+    ClientConfig, TcpConfig, DEFAULT_MAX_CLIENT_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE,
+    MAX_FRAME_SIZE_LIMIT,
+};
 pub use error::TcpError;
 pub use transport::TcpTransport;
 pub use wire::PROTOCOL_VERSION;
