@@ -22,8 +22,8 @@ use bank_app::{
     gather_views, heal, inspect_data_dir, load_scenario, remove_data_dir, run_bench, run_scenario,
     Account, Bank, BankCommand, BankOutput, BenchOptions, BenchProgress, ClientNames, Cluster,
     ClusterConfig, ConfigError, Console, DataDir, DataDirOwner, LineEditor, LogEntry, NodeResult,
-    NodeServer, NodeServerOptions, RemoteCluster, RemoteOptions, RunError, RunOptions, RunProgress,
-    RunReport, ScenarioOptions, TrackedCluster, TransferOutcome,
+    NodeServer, RemoteCluster, RemoteOptions, RunError, RunOptions, RunProgress, RunReport,
+    ScenarioOptions, TrackedCluster, TransferOutcome,
 };
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -110,6 +110,12 @@ enum Command {
         /// before it votes.
         #[arg(long)]
         memory: bool,
+        /// Let any client change this replica's availability, as `bank client` scripts
+        /// and `bank heal` do. Off by default: without it the node refuses those calls,
+        /// since from any client connection they can switch the cluster off. Use it only
+        /// on a trusted network, for scenario runs and tests.
+        #[arg(long)]
+        test_controls: bool,
     },
     /// Run a transaction script (CSV) against the cluster with ten logical clients A-J.
     ///
@@ -379,7 +385,8 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             id,
             data_dir,
             memory,
-        } => node(&config, id, data_dir.as_deref(), memory).await,
+            test_controls,
+        } => node(&config, id, data_dir.as_deref(), memory, test_controls).await,
         Command::Client {
             yes,
             json,
@@ -577,6 +584,7 @@ async fn node(
     id: NodeId,
     data_dir: Option<&Path>,
     memory: bool,
+    test_controls: bool,
 ) -> anyhow::Result<ExitCode> {
     if config.node(id).is_none() {
         let ids: Vec<String> = config.ids().iter().map(u64::to_string).collect();
@@ -585,13 +593,13 @@ async fn node(
             ids.join(", ")
         );
     }
-    let options = NodeServerOptions::default();
+    let options = bank_app::node_options().with_test_controls(test_controls);
     let server = if memory {
         warn!(
             node = id,
             "state is in memory only: every start is a start without state"
         );
-        NodeServer::start(config, id, MemStorage::new(), options).await
+        NodeServer::start(config, id, Bank::new(), MemStorage::new(), options).await
     } else {
         let default_dir = default_data_dir(id);
         let dir = data_dir.unwrap_or(&default_dir);
@@ -611,7 +619,7 @@ async fn node(
         };
         let recovery = storage.recovery();
         info!(node = id, dir = %dir.display(), ?recovery, "storage opened");
-        NodeServer::start(config, id, storage, options).await
+        NodeServer::start(config, id, Bank::new(), storage, options).await
     }
     .with_context(|| format!("node {id} cannot start"))?;
     log_acceptor_status(&server).await;

@@ -14,9 +14,9 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use paxos_core::NodeId;
 use socket2::SockRef;
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use std::time::Duration;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, warn};
 

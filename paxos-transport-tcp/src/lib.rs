@@ -136,20 +136,35 @@ struct ReadmeDoctests;
 
 mod backoff;
 mod client;
+mod cluster_file;
 mod codec;
 mod config;
 mod error;
+mod gate;
+mod protocol;
+mod remote;
+mod server;
 mod transport;
 mod wire;
 
 #[cfg(test)]
+mod server_tests;
+#[cfg(test)]
 mod tests;
 
 pub use client::{ClientCall, ClientRequests, Responder, TcpClient};
+pub use cluster_file::{
+    ClusterConfig, ClusterConfigError, NodeConfig, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLUSTER_ID,
+    MAX_CONFIG_BYTES,
+};
 pub use config::{
     ClientConfig, TcpConfig, DEFAULT_MAX_CLIENT_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE,
     MAX_FRAME_SIZE_LIMIT,
 };
 pub use error::TcpError;
+pub use gate::{Gate, GatedTransport};
+pub use protocol::{NodeRequest, NodeResponse, NodeStatus, ProtocolError, ServerError, StateView};
+pub use remote::{RemoteCluster, RemoteEndpoint, RemoteError, RemoteNode, RemoteOptions};
+pub use server::{NodeServer, NodeServerOptions, QueryFn, ServeError};
 pub use transport::TcpTransport;
 pub use wire::PROTOCOL_VERSION;

@@ -509,7 +509,8 @@ async fn connections_still_in_their_handshake_are_capped() {
     let _two = TcpStream::connect(c.addr).await.expect("connect");
     let mut three = TcpStream::connect(c.addr).await.expect("connect");
     expect_closed(&mut three).await;
-    logs.wait_warn("too many connections in their handshake").await;
+    logs.wait_warn("too many connections in their handshake")
+        .await;
     // Closing one makes room again; a handshaken connection no longer counts.
     drop(one);
     until_a_client_gets_in(c.addr).await;
@@ -530,7 +531,8 @@ async fn peers_keep_reserved_slots_when_clients_fill_theirs() {
         matches!(&err, Some(TcpError::Rejected(r)) if r.contains("too many client connections")),
         "{err:?}"
     );
-    logs.wait_warn("too many client connections (limit 3)").await;
+    logs.wait_warn("too many client connections (limit 3)")
+        .await;
     // A peer that reconnects now still gets in, and is heard.
     let mut peer = handshaken(c.addr, Role::Peer(3)).await;
     let msg = heartbeat(7);
@@ -622,7 +624,9 @@ async fn client_frames_have_their_own_small_limit() {
     // Defaults: peers may send 16 MiB frames, clients 1 MiB.
     let c = cluster(|_| {}).await;
     let mut s = handshaken(c.addr, Role::Client).await;
-    s.write_all(&(16u32 << 20).to_be_bytes()).await.expect("write");
+    s.write_all(&(16u32 << 20).to_be_bytes())
+        .await
+        .expect("write");
     expect_closed(&mut s).await;
     logs.wait_warn("exceeds the limit of 1048576 bytes").await;
     // A frame just under the client limit is served.
@@ -637,9 +641,14 @@ async fn client_frames_have_their_own_small_limit() {
     // A peer's frame of the same announced size is within the peer limit: the node
     // waits for its body rather than closing the connection.
     let mut peer = handshaken(c.addr, Role::Peer(3)).await;
-    peer.write_all(&(16u32 << 20).to_be_bytes()).await.expect("write");
+    peer.write_all(&(16u32 << 20).to_be_bytes())
+        .await
+        .expect("write");
     let waited = tokio::time::timeout(Duration::from_millis(300), peer.read_u8()).await;
-    assert!(waited.is_err(), "the peer connection was closed: {waited:?}");
+    assert!(
+        waited.is_err(),
+        "the peer connection was closed: {waited:?}"
+    );
 }
 
 #[tokio::test]

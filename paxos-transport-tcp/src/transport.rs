@@ -188,7 +188,8 @@ impl TcpTransport {
         let local_addr = listener.local_addr()?;
         let (inbound_tx, inbound) = mpsc::channel(config.inbound_queue_capacity);
         let (calls_tx, calls_rx) = mpsc::channel(config.client_queue_capacity);
-        let (peer_slots, client_slots) = (config.max_peer_connections, config.max_client_connections);
+        let (peer_slots, client_slots) =
+            (config.max_peer_connections, config.max_client_connections);
         let shared = Arc::new(Shared {
             config,
             token: CancellationToken::new(),

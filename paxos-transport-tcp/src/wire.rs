@@ -291,7 +291,10 @@ pub(crate) type ClientConn<S> = Framed<S, ClientCodec>;
 
 /// Turns a connection whose handshake made it a client connection into one, keeping
 /// whatever is already buffered. Frames written may be up to `max_out` bytes.
-pub(crate) fn into_client<S: AsyncRead + AsyncWrite>(conn: Conn<S>, max_out: usize) -> ClientConn<S> {
+pub(crate) fn into_client<S: AsyncRead + AsyncWrite>(
+    conn: Conn<S>,
+    max_out: usize,
+) -> ClientConn<S> {
     conn.map_codec(|codec| ClientCodec::new(codec, max_out))
 }
 
