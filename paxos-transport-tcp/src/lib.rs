@@ -1,12 +1,83 @@
-//! A [`Transport`](paxos_core::Transport) for `paxos-core` over TCP, and the client side
-//! of the same port.
+//! A [`Transport`](paxos_core::Transport) for `paxos-core` over TCP, and the whole client
+//! path of a replica process, generic over the state machine.
 //!
 //! Each node listens on one address that serves both its peers and its clients.
-//! [`TcpTransport::bind`] returns the transport (give it to the node driver) and a
-//! [`ClientRequests`] stream of client calls (answer them from the application).
-//! [`TcpClient`] is the matching client: it sends opaque request bytes and returns the
-//! response bytes, so applications define their own request type without writing any
-//! framing.
+//!
+//! - **The client path** (what a node process and its clients use):
+//!   [`NodeServer`] runs one replica of any [`StateMachine`](paxos_core::StateMachine)
+//!   on its address, with its transport, and answers client calls: submissions (with
+//!   redirects to the leader), status, a range of the log, one slot, view changes, and
+//!   a read-only query of the state machine through a hook of your own
+//!   ([`NodeServerOptions::with_query`]). [`RemoteCluster`] and [`RemoteNode`] are the
+//!   other side: typed calls, and a [`RemoteEndpoint`] per node for a
+//!   [`paxos_core::Client`]. [`ClusterConfig`] is the cluster address file (TOML: cluster
+//!   id and the nodes' `id` and `addr`). One call is one [`NodeRequest`] and one
+//!   [`NodeResponse`], in one frame whose call id the transport echoes and checks; a
+//!   submission's reply also names the request it answers. Errors are typed and keep
+//!   their causes ([`ServeError`], [`RemoteError`], [`ServerError`]).
+//! - **Test controls.** [`Gate`] and [`GatedTransport`] make a replica unavailable
+//!   without stopping it (it drops all protocol traffic, as if crashed), around any
+//!   transport. A [`NodeServer`] lets clients do that ([`NodeRequest::SetAvailable`])
+//!   only when started with [`NodeServerOptions::test_controls`].
+//! - **The transport itself**: [`TcpTransport::bind`] returns the transport (give it to
+//!   the node driver) and a [`ClientRequests`] stream of client calls; [`TcpClient`] is
+//!   the matching client for opaque request bytes.
+//!
+//! # A state machine of your own across processes
+//!
+//! ```
+//! use paxos_core::{MemStorage, RestoreError, StateMachine};
+//! use paxos_transport_tcp::{
+//!     ClusterConfig, NodeConfig, NodeServer, NodeServerOptions, RemoteCluster, RemoteOptions,
+//! };
+//!
+//! #[derive(Default)]
+//! struct Counter(u64);
+//!
+//! impl StateMachine for Counter {
+//!     type Command = u64;
+//!     type Output = u64;
+//!     fn apply(&mut self, n: u64) -> u64 { self.0 = self.0.saturating_add(n); self.0 }
+//!     fn snapshot(&self) -> Vec<u8> { self.0.to_le_bytes().to_vec() }
+//!     fn restore(&mut self, b: &[u8]) -> Result<(), RestoreError> {
+//!         let raw: [u8; 8] = b.try_into().map_err(|_| RestoreError::new("want 8 bytes"))?;
+//!         self.0 = u64::from_le_bytes(raw);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The cluster file every process reads; here one node on a free port. In TOML:
+//! // `cluster_id = 1` and one `[[nodes]]` table (`id = 1`, `addr = "127.0.0.1:7101"`)
+//! // per node; `ClusterConfig::load(path)` reads it.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let cluster = ClusterConfig {
+//!     nodes: vec![NodeConfig { id: 1, addr: listener.local_addr()? }],
+//!     ..ClusterConfig::default()
+//! };
+//!
+//! // A node process: the replica, its transport and its client service.
+//! let options = NodeServerOptions::default()
+//!     .with_query(|c: &Counter, _query: &[u8]| c.0.to_le_bytes().to_vec());
+//! let server =
+//!     NodeServer::start_on(listener, &cluster, 1, Counter::default(), MemStorage::new(), options)?;
+//!
+//! // A client process: exactly-once commands through a `Client`, and typed inspection.
+//! let remote = RemoteCluster::new(&cluster, RemoteOptions::default())?;
+//! let mut client = remote.client::<Counter>();
+//! assert_eq!(client.execute(&5).await?, 5);
+//! let node = remote.node(1)?;
+//! let status = node.status().await?;
+//! assert!(status.is_available_leader());
+//! let view = node.query(Default::default()).await?;
+//! assert_eq!(&view.answer[..], &5u64.to_le_bytes());
+//!
+//! // Availability is a test control: refused unless the server was started with it.
+//! assert!(node.set_available(false).await.is_err());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
 //!
 //! # Two nodes exchanging a message
 //!

@@ -293,20 +293,20 @@ impl RemoteNode {
     }
 
     /// The response, unless it is an error, a refusal, or another kind than asked
-    /// (`want` returns `None` for it).
+    /// (`want` returns that kind's name for it).
     async fn typed<T>(
         &self,
         request: NodeRequest,
-        want: impl FnOnce(NodeResponse) -> Result<T, NodeResponse>,
+        want: impl FnOnce(NodeResponse) -> Result<T, &'static str>,
     ) -> Result<T, RemoteError> {
         let node = self.0.id;
         match self.call(&request).await? {
             NodeResponse::Error(source) => Err(RemoteError::Server { node, source }),
             NodeResponse::Unavailable => Err(RemoteError::Unavailable(node)),
-            response => want(response).map_err(|other| RemoteError::Unexpected {
+            response => want(response).map_err(|kind| RemoteError::Unexpected {
                 node,
                 request: request.kind(),
-                response: other.kind(),
+                response: kind,
             }),
         }
     }
@@ -318,7 +318,7 @@ impl RemoteNode {
     pub async fn submit(&self, request: Request) -> Result<Reply, RemoteError> {
         self.typed(NodeRequest::Submit(request), |r| match r {
             NodeResponse::Replied(reply) => Ok(reply),
-            other => Err(other),
+            other => Err(other.kind()),
         })
         .await
     }
@@ -327,7 +327,7 @@ impl RemoteNode {
     pub async fn status(&self) -> Result<NodeStatus, RemoteError> {
         self.typed(NodeRequest::Status, |r| match r {
             NodeResponse::Status(s) => Ok(s),
-            other => Err(other),
+            other => Err(other.kind()),
         })
         .await
     }
@@ -341,7 +341,7 @@ impl RemoteNode {
         };
         self.typed(request, |r| match r {
             NodeResponse::Log(log) => Ok(log),
-            other => Err(other),
+            other => Err(other.kind()),
         })
         .await
     }
@@ -350,7 +350,7 @@ impl RemoteNode {
     pub async fn slot(&self, slot: Slot) -> Result<SlotInfo, RemoteError> {
         self.typed(NodeRequest::Slot(slot), |r| match r {
             NodeResponse::Slot(info) => Ok(info),
-            other => Err(other),
+            other => Err(other.kind()),
         })
         .await
     }
@@ -359,7 +359,7 @@ impl RemoteNode {
     pub async fn view_changes(&self) -> Result<Vec<ViewChange>, RemoteError> {
         self.typed(NodeRequest::Views, |r| match r {
             NodeResponse::Views(views) => Ok(views),
-            other => Err(other),
+            other => Err(other.kind()),
         })
         .await
     }
@@ -368,7 +368,7 @@ impl RemoteNode {
     pub async fn query(&self, query: Bytes) -> Result<StateView, RemoteError> {
         self.typed(NodeRequest::Query(query), |r| match r {
             NodeResponse::Query(view) => Ok(view),
-            other => Err(other),
+            other => Err(other.kind()),
         })
         .await
     }
@@ -378,7 +378,7 @@ impl RemoteNode {
     pub async fn set_available(&self, available: bool) -> Result<(), RemoteError> {
         self.typed(NodeRequest::SetAvailable(available), |r| match r {
             NodeResponse::AvailabilitySet(a) if a == available => Ok(()),
-            other => Err(other),
+            other => Err(other.kind()),
         })
         .await
     }

@@ -184,7 +184,7 @@ pub enum ServeError {
 /// let options = NodeServerOptions::default()
 ///     .with_query(|counter: &Counter, _query: &[u8]| counter.0.to_le_bytes().to_vec());
 /// let server = NodeServer::start(&cluster, 1, Counter::default(), MemStorage::new(), options).await?;
-/// tokio::signal::ctrl_c().await?;
+/// server.stopped().await; // until its storage fails; or `shutdown` it
 /// server.shutdown().await;
 /// # Ok(()) }
 /// ```
