@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use paxos_core::{
-    AcceptorStatus, Ballot, ClientId, Endpoint, NodeId, Replica, ReplicaStatus, Role, Slot,
-    SlotInfo, SlotStatus, Value, ViewChange,
+    AcceptorStatus, Ballot, ClientId, Endpoint, ErrorCause, NodeId, Replica, Slot, SlotInfo,
+    SlotStatus, Value, ViewChange,
 };
+pub(crate) use paxos_transport_tcp::NodeStatus;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -20,58 +22,40 @@ use crate::bank::{Bank, BankCommand};
 pub const MAX_LOG_ENTRIES: usize = 10_000;
 
 /// A [`Cluster`] operation on one replica failed.
-#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
+#[derive(Clone, Debug, Error)]
+#[non_exhaustive]
 pub enum ClusterError {
     /// The cluster has no replica with this id.
     #[error("no replica n{0} in this cluster")]
     UnknownNode(NodeId),
     /// The replica did not answer (stopped, crashed, or not reachable over the network).
-    #[error("n{node} unreachable: {reason}")]
+    #[error("n{node} unreachable: {cause}")]
     Unreachable {
         /// The replica.
         node: NodeId,
-        /// Why.
-        reason: String,
+        /// Why: the transport's, the node's or the driver's own error.
+        #[source]
+        cause: ErrorCause,
     },
 }
 
-/// A replica's protocol status and whether it is available.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    /// False while the replica is made unavailable ([`Cluster::set_available`]).
-    pub available: bool,
-    /// Whether it votes: [`AcceptorStatus::Voter`], or, after starting without state,
-    /// [`AcceptorStatus::Pristine`] (waiting to learn whether the cluster is new) or
-    /// [`AcceptorStatus::Recovering`] (getting its state back from a majority).
-    pub acceptor: AcceptorStatus,
-    /// Its incarnation: 0 for a founding member, raised by every recovery from lost
-    /// state.
-    pub incarnation: u64,
-    /// What the replica itself reports.
-    pub replica: ReplicaStatus,
-}
-
-impl NodeStatus {
-    /// True when the replica is available and believes it leads.
-    pub fn is_available_leader(&self) -> bool {
-        self.available && self.replica.role == Role::Leader
-    }
-
-    /// True when the replica takes part in votes (it is not founding or recovering).
-    pub fn is_voter(&self) -> bool {
-        self.acceptor == AcceptorStatus::Voter
-    }
-
-    /// True when the replica has never voted: it is waiting for a new cluster to be
-    /// founded, or founded it and has promised nothing yet. A replica that lost its
-    /// state looks the same until a peer tells it the cluster exists.
-    pub fn never_voted(&self) -> bool {
-        self.acceptor != AcceptorStatus::Recovering
-            && self.replica.promised == Ballot::ZERO
-            && self.replica.commit_point == 0
-            && self.replica.log_end == 0
+impl ClusterError {
+    /// Replica `node` is unreachable because of `cause`.
+    pub fn unreachable(
+        node: NodeId,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ClusterError::Unreachable {
+            node,
+            cause: Arc::new(cause),
+        }
     }
 }
+
+/// A replica did not answer an inspection call in time.
+#[derive(Clone, Copy, Debug, Error)]
+#[error("no answer within {0:?}")]
+pub struct NoAnswer(pub Duration);
 
 /// One replica's copy of the bank (PrintDB).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,12 +285,7 @@ pub(crate) mod read {
 
     /// [`Cluster::replica_status`].
     pub(crate) fn status(r: &Replica<Bank>, available: bool) -> NodeStatus {
-        NodeStatus {
-            available,
-            acceptor: r.acceptor_status(),
-            incarnation: r.incarnation(),
-            replica: r.status(),
-        }
+        NodeStatus::of(r, available)
     }
 
     /// [`Cluster::db`].

@@ -75,7 +75,7 @@ impl ClientNames {
 }
 
 /// One replica's answer to an inspection call.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct NodeResult<T> {
     /// The replica.
     pub node: NodeId,
@@ -475,10 +475,13 @@ mod tests {
             },
             NodeResult {
                 node: 2,
-                result: Err(ClusterError::Unreachable {
-                    node: 2,
-                    reason: "connection refused".into(),
-                }),
+                result: Err(ClusterError::unreachable(
+                    2,
+                    std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "connection refused",
+                    ),
+                )),
             },
         ];
         assert_eq!(

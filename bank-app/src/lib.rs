@@ -13,8 +13,8 @@
 //!   [`Console`] decides whether it pauses between sets for inspection commands.
 //! - [`Cluster`] is the small, transport-agnostic view of a running cluster the runner
 //!   and the CLI use; [`LocalCluster`] runs one in this process over the in-memory
-//!   transport. [`Gate`] and [`GatedTransport`] make a replica unavailable (it drops
-//!   all protocol traffic) without stopping it.
+//!   transport, each replica behind a [`Gate`] (from `paxos-transport-tcp`) that makes
+//!   it unavailable (it drops all protocol traffic) without stopping it.
 //! - PrintDB, PrintLog, PrintStatus and PrintView: [`gather_db`], [`Cluster::log`],
 //!   [`gather_status`], [`gather_views`] return serde types, and [`format_db`],
 //!   [`format_log`], [`format_status`], [`format_views`] render them as [`Table`]s.
@@ -22,13 +22,14 @@
 //! - [`TrackedCluster`] remembers which replicas a run made unavailable, so an
 //!   interrupted run can [restore](TrackedCluster::restore) them; [`heal`] makes every
 //!   replica available (`bank heal`).
-//! - [`ClusterConfig`] is the TOML file naming the replicas and their addresses (or an
-//!   endpoint list, [`ClusterConfig::from_endpoints`]); [`inspect_data_dir`] and
-//!   [`remove_data_dir`] recognise and remove a replica's data directory (`bank reset`).
-//! - Replica processes: [`NodeServer`] runs one replica on its TCP address (what
-//!   `bank node` does), answering the client protocol ([`RemoteRequest`] /
-//!   [`RemoteResponse`]); [`RemoteCluster`] is the [`Cluster`] that talks to such
-//!   processes, which the other `bank` subcommands use.
+//! - [`inspect_data_dir`] and [`remove_data_dir`] recognise and remove a replica's data
+//!   directory (`bank reset`).
+//! - Replica processes use the library's client path (`paxos-transport-tcp`, re-exported
+//!   here): [`ClusterConfig`] is the TOML file naming the replicas and their addresses;
+//!   [`NodeServer`] runs one bank replica on its TCP address (what `bank node` does,
+//!   with the bank's query hook from [`node_options`]); [`RemoteCluster`] talks to such
+//!   processes, and this crate makes it a [`Cluster`], which the other `bank`
+//!   subcommands use.
 //!
 //! ```
 //! use bank_app::{expected_balances, Bank, Scenario, SAMPLE_SCENARIO};
@@ -80,16 +81,13 @@ mod availability;
 mod bank;
 mod bench;
 mod cluster;
-mod config;
 mod datadir;
-mod gate;
 mod inspect;
 mod local;
 mod reference;
 mod remote;
 mod runner;
 mod scenario;
-mod server;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -99,21 +97,21 @@ pub use availability::{heal, TrackedCluster};
 pub use bank::{Bank, BankCommand, BankError, BankOutput, Rejection, DEFAULT_INITIAL_BALANCE};
 pub use bench::{run_bench, BenchOptions, BenchProgress, BenchReport};
 pub use cluster::{
-    Cluster, ClusterError, DbSnapshot, EntryValue, LogEntry, NodeStatus, MAX_LOG_ENTRIES,
-};
-pub use config::{
-    ClusterConfig, ConfigError, NodeConfig, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLUSTER_ID,
-    MAX_CONFIG_BYTES,
+    Cluster, ClusterError, DbSnapshot, EntryValue, LogEntry, NoAnswer, MAX_LOG_ENTRIES,
 };
 pub use datadir::{inspect_data_dir, remove_data_dir, DataDir, DataDirError, DataDirOwner};
-pub use gate::{Gate, GatedTransport};
 pub use inspect::{
     format_db, format_log, format_status, format_views, gather_db, gather_status, gather_views,
     run_command, ClientNames, CommandError, ConsoleCommand, NodeResult, CONSOLE_HELP,
 };
 pub use local::{LocalCluster, LocalClusterError, LocalClusterOptions};
+pub use paxos_transport_tcp::{
+    ClusterConfig, ClusterConfigError as ConfigError, Gate, GatedTransport, NodeConfig, NodeStatus,
+    RemoteCluster, RemoteError, RemoteOptions, ServeError, DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_CLUSTER_ID, MAX_CONFIG_BYTES,
+};
 pub use reference::{expected_balances, replay, Outcome, ReferenceRun};
-pub use remote::{RemoteCluster, RemoteError, RemoteOptions, RemoteRequest, RemoteResponse};
+pub use remote::node_options;
 pub use runner::{
     await_agreement, load_scenario, run_scenario, Agreement, Console, ConsoleInput, ConsoleLine,
     LeaderFailure, LineEditor, LoadError, RunError, RunOptions, RunProgress, RunReport, SetReport,
@@ -123,5 +121,11 @@ pub use scenario::{
     Item, LineError, Scenario, ScenarioError, ScenarioOptions, TxSet, MAX_LINE_BYTES,
     MAX_SCENARIO_BYTES, MAX_SCENARIO_LINES, SAMPLE_SCENARIO, SCENARIO_HEADER,
 };
-pub use server::{NodeServer, NodeServerOptions, ServeError};
+
+/// A bank replica serving its peers and clients on one TCP address (`bank node`):
+/// the library's node server over [`Bank`]. Start it with [`node_options`].
+pub type NodeServer = paxos_transport_tcp::NodeServer<Bank>;
+
+/// How a [`NodeServer`] runs; [`node_options`] gives the bank's.
+pub type NodeServerOptions = paxos_transport_tcp::NodeServerOptions<Bank>;
 pub use table::{Align, Table};

@@ -13,8 +13,9 @@ use paxos_transport_mem::MemNetwork;
 use thiserror::Error;
 
 use crate::bank::Bank;
-use crate::cluster::{read, Cluster, ClusterError, DbSnapshot, LogEntry, NodeStatus};
-use crate::gate::{Gate, GatedTransport};
+use paxos_transport_tcp::{Gate, GatedTransport, NodeStatus};
+
+use crate::cluster::{read, Cluster, ClusterError, DbSnapshot, LogEntry, NoAnswer};
 
 /// How a [`LocalCluster`] is built.
 #[derive(Clone, Debug)]
@@ -196,10 +197,7 @@ impl LocalCluster {
 }
 
 fn unreachable(node: NodeId, e: NodeError) -> ClusterError {
-    ClusterError::Unreachable {
-        node,
-        reason: e.to_string(),
-    }
+    ClusterError::unreachable(node, e)
 }
 
 /// A client endpoint that refuses requests at once while its replica is unavailable.
@@ -242,10 +240,7 @@ impl LocalCluster {
         let call = n.handle.inspect(move |r| f(r, available));
         match tokio::time::timeout(INSPECT_TIMEOUT, call).await {
             Ok(result) => result.map_err(|e| unreachable(node, e)),
-            Err(_) => Err(ClusterError::Unreachable {
-                node,
-                reason: "no answer in time".into(),
-            }),
+            Err(_) => Err(ClusterError::unreachable(node, NoAnswer(INSPECT_TIMEOUT))),
         }
     }
 }

@@ -146,7 +146,13 @@ fn help_and_version_succeed() {
     }
     let node = bank(&["node", "--help"]);
     assert!(node.status.success());
-    assert!(String::from_utf8_lossy(&node.stdout).contains("bank-data/node-N"));
+    let node_help = String::from_utf8_lossy(&node.stdout).into_owned();
+    assert!(node_help.contains("bank-data/node-N"));
+    // Test controls are explicit, and the help says what they allow.
+    assert!(
+        node_help.contains("--test-controls") && node_help.contains("availability"),
+        "{node_help}"
+    );
     assert!(bank(&["--version"]).status.success());
 }
 

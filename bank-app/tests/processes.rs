@@ -12,11 +12,11 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bank_app::{Account, BankCommand, BankOutput, RemoteCluster, RemoteRequest, RemoteResponse};
+use bank_app::{Account, BankCommand, BankOutput, RemoteCluster};
 use bytes::Bytes;
 use common::{apply_moved, assert_balances, runtime, sample_script, Processes, NODES};
-use paxos_core::{NodeId, Request, Response};
-use paxos_transport_tcp::{ClientConfig, TcpClient};
+use paxos_core::{NodeId, Reply, Request, Response};
+use paxos_transport_tcp::{ClientConfig, NodeResponse, ServerError, TcpClient};
 
 /// Three sets, all replicas live, many one-unit transfers per client.
 fn busy_script() -> String {
@@ -129,20 +129,22 @@ async fn submit_to_leader(
             tokio::time::Instant::now() < deadline,
             "{request:?} not executed in time"
         );
+        // The node's reply is checked to name this request before it is returned.
         let answer = cluster
-            .call(target, &RemoteRequest::Submit(request.clone()))
-            .await;
+            .node(target)
+            .expect("a member")
+            .submit(request.clone())
+            .await
+            .map(|reply: Reply| reply.response);
         match answer {
-            Ok(RemoteResponse::Submitted(Response::Ok(bytes))) => return (bytes, target),
-            Ok(RemoteResponse::Submitted(Response::Redirect { leader: Some(l) }))
-                if Some(l) != skip =>
-            {
+            Ok(Response::Ok(bytes)) => return (bytes, target),
+            Ok(Response::Redirect { leader: Some(l) }) if Some(l) != skip => {
                 target = l;
                 continue;
             }
-            Ok(RemoteResponse::Submitted(
-                r @ (Response::Stale | Response::SessionExpired | Response::Invalid { .. }),
-            )) => panic!("{request:?} answered {r:?}"),
+            Ok(r @ (Response::Stale | Response::SessionExpired | Response::Invalid { .. })) => {
+                panic!("{request:?} answered {r:?}")
+            }
             _ => {}
         }
         // An election is under way, or the target is the dead node: try the next one.
@@ -179,9 +181,9 @@ fn a_retried_transfer_moves_money_once_across_a_leader_change() {
             .call(Bytes::from_static(b"\xff\xfe garbage \x00"))
             .await
             .expect("an answer");
-        RemoteResponse::decode(&bytes).expect("a response")
+        NodeResponse::decode(&bytes).expect("a response")
     });
-    assert!(matches!(garbage, RemoteResponse::Error(_)), "{garbage:?}");
+    assert_eq!(garbage, NodeResponse::Error(ServerError::Malformed));
 
     // Register a session (the cluster assigns its id: the reply carries it) and
     // transfer A->B 3 as request 1 of that session.

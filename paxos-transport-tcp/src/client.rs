@@ -14,9 +14,10 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use paxos_core::NodeId;
 use socket2::SockRef;
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 use tracing::{debug, warn};
 
 #[cfg(test)]
@@ -156,25 +157,45 @@ impl Future for PendingReply {
     }
 }
 
+/// The limits a server applies to one client connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientLimits {
+    /// Requests that may be outstanding at once.
+    pub(crate) max_inflight: usize,
+    /// The largest response frame.
+    pub(crate) max_response: usize,
+    /// How long the connection may stay silent with nothing outstanding.
+    pub(crate) idle_timeout: Duration,
+}
+
 /// Serves a client connection after its handshake: requests are handed to the
 /// application in order, responses go back in the same order, each carrying the call id
-/// of the request it answers. Up to `max_inflight` requests may be outstanding.
+/// of the request it answers. Up to `limits.max_inflight` requests may be outstanding;
+/// a connection with none outstanding that sends nothing for `limits.idle_timeout` is
+/// closed.
 pub(crate) async fn serve_client(
     conn: Conn<TcpStream>,
     remote: SocketAddr,
     calls: mpsc::Sender<ClientCall>,
-    max_inflight: usize,
+    limits: ClientLimits,
 ) -> Result<(), TcpError> {
-    let max_frame = conn.codec().max_frame_size();
-    let mut conn = wire::into_client(conn);
+    let max_frame = limits.max_response;
+    let max_inflight = limits.max_inflight;
+    let mut conn = wire::into_client(conn, max_frame);
     let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
     let mut reading = true;
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
     loop {
         if !reading && pending.is_empty() {
             return Ok(());
         }
         tokio::select! {
+            () = &mut idle, if pending.is_empty() => {
+                return Err(TcpError::IdleTimeout(limits.idle_timeout));
+            }
             frame = conn.next(), if reading && pending.len() < max_inflight => {
+                idle.as_mut().reset(Instant::now() + limits.idle_timeout);
                 match frame {
                     None => reading = false,
                     Some(Err(e)) => return Err(e),
@@ -206,6 +227,7 @@ pub(crate) async fn serve_client(
                     write_outcome(&mut conn, remote, call, outcome, max_frame).await?;
                 }
                 conn.flush().await?;
+                idle.as_mut().reset(Instant::now() + limits.idle_timeout);
             }
             else => return Ok(()),
         }
@@ -495,5 +517,5 @@ async fn open(
     )
     .await?;
     conn.codec_mut().set_max_frame_size(config.max_frame_size);
-    Ok((wire::into_client(conn), server))
+    Ok((wire::into_client(conn, config.max_frame_size), server))
 }

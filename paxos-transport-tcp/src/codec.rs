@@ -42,11 +42,6 @@ impl FrameCodec {
         self.max = max;
         self.inner.set_max_frame_length(max);
     }
-
-    /// The limit in force.
-    pub(crate) fn max_frame_size(&self) -> usize {
-        self.max
-    }
 }
 
 impl Decoder for FrameCodec {
@@ -108,19 +103,32 @@ impl Encoder<Bytes> for FrameCodec {
 /// The codec of a client connection once its handshake is done: the same frames as
 /// [`FrameCodec`], written from [`ClientFrame`]s (call id, tag, body) so that a client
 /// connection cannot send a frame without a call id.
+///
+/// Frames read are bounded by the inner codec's limit, frames written by `max_out`: a
+/// server reads small requests and may write larger responses.
 #[derive(Debug)]
-pub(crate) struct ClientCodec(pub(crate) FrameCodec);
+pub(crate) struct ClientCodec {
+    pub(crate) inner: FrameCodec,
+    pub(crate) max_out: usize,
+}
+
+impl ClientCodec {
+    /// A client codec reading with `inner`'s limit and writing frames up to `max_out`.
+    pub(crate) fn new(inner: FrameCodec, max_out: usize) -> Self {
+        ClientCodec { inner, max_out }
+    }
+}
 
 impl Decoder for ClientCodec {
     type Item = BytesMut;
     type Error = TcpError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, TcpError> {
-        self.0.decode(src)
+        self.inner.decode(src)
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, TcpError> {
-        self.0.decode_eof(buf)
+        self.inner.decode_eof(buf)
     }
 }
 
@@ -131,7 +139,7 @@ impl Encoder<ClientFrame> for ClientCodec {
     /// id, the tag (if any) and the body.
     fn encode(&mut self, item: ClientFrame, dst: &mut BytesMut) -> Result<(), TcpError> {
         let len = item.len();
-        let max = self.0.max;
+        let max = self.max_out;
         // The limit is at most 1 GiB, so a frame within it has a `u32` length.
         let prefix = match u32::try_from(len) {
             Ok(prefix) if len <= max => prefix,
@@ -212,11 +220,11 @@ mod tests {
 
     #[test]
     fn client_frames_decode_as_ordinary_frames() {
-        let mut codec = ClientCodec(FrameCodec::new(16));
+        let mut codec = ClientCodec::new(FrameCodec::new(16), 16);
         let mut buf = BytesMut::new();
         let frame = ClientFrame::request(0x0102, Bytes::from_static(b"hi"));
         assert!(codec.encode(frame, &mut buf).is_ok());
-        let frames = decode_all(&mut codec.0, &buf).ok();
+        let frames = decode_all(&mut codec.inner, &buf).ok();
         assert_eq!(
             frames,
             Some(vec![BytesMut::from(

@@ -12,6 +12,9 @@ use crate::wire::HANDSHAKE_MAX_FRAME;
 /// The default [`TcpConfig::max_frame_size`] and [`ClientConfig::max_frame_size`]: 16 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
 
+/// The default [`TcpConfig::max_client_frame_size`]: 1 MiB.
+pub const DEFAULT_MAX_CLIENT_FRAME_SIZE: usize = 1024 * 1024;
+
 /// The largest frame limit a configuration may set: 1 GiB.
 pub const MAX_FRAME_SIZE_LIMIT: usize = 1 << 30;
 
@@ -44,10 +47,17 @@ pub struct TcpConfig {
     /// An entry for [`node_id`](Self::node_id) itself is allowed and ignored, so every
     /// node can be given the same full member map.
     pub peers: BTreeMap<NodeId, SocketAddr>,
-    /// The largest frame sent or accepted, in bytes. A peer message or client request
-    /// above it is refused: a remote announcing a larger frame is disconnected, a local
+    /// The largest peer frame sent or accepted, and the largest response sent to a
+    /// client, in bytes. A peer announcing a larger frame is disconnected; a local
     /// message that encodes larger is dropped with a warning.
     pub max_frame_size: usize,
+    /// The largest request frame a client may send, in bytes: a client announcing a
+    /// larger frame is disconnected as soon as its length prefix is read. Kept small
+    /// (default [`DEFAULT_MAX_CLIENT_FRAME_SIZE`]; the smaller of this and
+    /// [`max_frame_size`](Self::max_frame_size) applies) because the frame is buffered whole:
+    /// a node's client buffers are bounded by this times
+    /// [`max_client_connections`](Self::max_client_connections).
+    pub max_client_frame_size: usize,
     /// Messages queued per peer while its connection is busy or being established.
     /// When the queue is full, [`send`](paxos_core::Transport::send) drops the message.
     pub peer_queue_capacity: usize,
@@ -60,9 +70,24 @@ pub struct TcpConfig {
     /// Requests a client connection may have outstanding (pipelined) at once; beyond it
     /// the server stops reading from that connection until responses go out.
     pub max_client_inflight: usize,
-    /// The most inbound connections (peers and clients) open at once; a connection
-    /// beyond it is closed at once with a warning.
-    pub max_connections: usize,
+    /// The most inbound connections still in their handshake; a connection beyond it
+    /// is closed at once with a warning. Each lasts at most
+    /// [`handshake_timeout`](Self::handshake_timeout), and a connection leaves this
+    /// count when its handshake completes.
+    pub max_handshaking: usize,
+    /// The most inbound peer connections open at once. Peers have these slots to
+    /// themselves: no number of client connections takes them. A newer connection from
+    /// a peer replaces its older one, so a healthy cluster uses one per peer.
+    pub max_peer_connections: usize,
+    /// The most client connections open at once; a client beyond it is refused in the
+    /// handshake ([`TcpError::Rejected`]).
+    pub max_client_connections: usize,
+    /// The most client connections open at once from one IP address; a client beyond it
+    /// is refused in the handshake.
+    pub max_client_connections_per_ip: usize,
+    /// A client connection with no request outstanding that sends nothing for this long
+    /// is closed. Clients ([`TcpClient`](crate::TcpClient)) reconnect on their next call.
+    pub client_idle_timeout: Duration,
     /// The first delay before redialing a peer; it doubles on each failure.
     pub backoff_min: Duration,
     /// The longest delay between two attempts to dial a peer.
@@ -87,11 +112,16 @@ impl TcpConfig {
             listen,
             peers: BTreeMap::new(),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            max_client_frame_size: DEFAULT_MAX_CLIENT_FRAME_SIZE,
             peer_queue_capacity: 1024,
             inbound_queue_capacity: 4096,
             client_queue_capacity: 4096,
             max_client_inflight: 64,
-            max_connections: 1024,
+            max_handshaking: 256,
+            max_peer_connections: 64,
+            max_client_connections: 1024,
+            max_client_connections_per_ip: 64,
+            client_idle_timeout: Duration::from_secs(300),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
@@ -109,12 +139,19 @@ impl TcpConfig {
     /// Checks that every setting is usable.
     pub fn validate(&self) -> Result<(), TcpError> {
         check_frame_size(self.max_frame_size)?;
+        check_frame_size(self.max_client_frame_size)?;
         let positive = [
             ("peer_queue_capacity", self.peer_queue_capacity),
             ("inbound_queue_capacity", self.inbound_queue_capacity),
             ("client_queue_capacity", self.client_queue_capacity),
             ("max_client_inflight", self.max_client_inflight),
-            ("max_connections", self.max_connections),
+            ("max_handshaking", self.max_handshaking),
+            ("max_peer_connections", self.max_peer_connections),
+            ("max_client_connections", self.max_client_connections),
+            (
+                "max_client_connections_per_ip",
+                self.max_client_connections_per_ip,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -127,6 +164,7 @@ impl TcpConfig {
             ("connect_timeout", self.connect_timeout),
             ("handshake_timeout", self.handshake_timeout),
             ("write_timeout", self.write_timeout),
+            ("client_idle_timeout", self.client_idle_timeout),
         ];
         for (name, value) in durations {
             if value.is_zero() {
@@ -137,8 +175,15 @@ impl TcpConfig {
             return Err(TcpError::config("backoff_min must not exceed backoff_max"));
         }
         // Tokio's semaphore caps permits far above any sane value; stay well below it.
-        if self.max_connections > 1 << 20 {
-            return Err(TcpError::config("max_connections must be at most 1048576"));
+        let limits = [
+            self.max_handshaking,
+            self.max_peer_connections,
+            self.max_client_connections,
+        ];
+        if limits.iter().any(|&n| n > 1 << 20) {
+            return Err(TcpError::config(
+                "connection limits must be at most 1048576",
+            ));
         }
         Ok(())
     }
@@ -166,7 +211,9 @@ pub struct ClientConfig {
     /// How long one [`call`](crate::TcpClient::call) may take, reconnecting included.
     pub call_timeout: Duration,
     /// The largest request or response frame, in bytes: a request frame holds the
-    /// request and an 8-byte call id. Keep it no larger than the server's.
+    /// request and an 8-byte call id. Requests above the server's
+    /// [`TcpConfig::max_client_frame_size`] close the connection, so keep requests
+    /// below that.
     pub max_frame_size: usize,
     /// Deliberately broken variants to run instead of the real client code, in this
     /// crate's own tests only (see [`Broken`]); empty (the default) runs the real code.

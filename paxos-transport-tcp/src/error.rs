@@ -96,6 +96,17 @@ pub enum TcpError {
     /// taking requests, or dropped the responder).
     #[error("server gave no response")]
     NoResponse,
+    /// A connection was refused because a limit on open connections was reached.
+    #[error("too many {what} connections (limit {max})")]
+    TooManyConnections {
+        /// Which limit: `"peer"`, `"client"` or `"client per address"`.
+        what: &'static str,
+        /// The limit in force.
+        max: usize,
+    },
+    /// A client connection was closed after sending nothing for the idle timeout.
+    #[error("client connection idle for {0:?}")]
+    IdleTimeout(std::time::Duration),
     /// The server's response did not fit in a frame.
     #[error("response too large for a frame")]
     ResponseTooLarge,
@@ -106,7 +117,7 @@ impl TcpError {
     /// input or misconfiguration: a close or reset by the remote.
     pub(crate) fn is_routine(&self) -> bool {
         match self {
-            TcpError::Closed => true,
+            TcpError::Closed | TcpError::IdleTimeout(_) => true,
             TcpError::Io(e) => matches!(
                 e.kind(),
                 io::ErrorKind::ConnectionReset

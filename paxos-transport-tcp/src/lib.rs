@@ -1,12 +1,83 @@
-//! A [`Transport`](paxos_core::Transport) for `paxos-core` over TCP, and the client side
-//! of the same port.
+//! A [`Transport`](paxos_core::Transport) for `paxos-core` over TCP, and the whole client
+//! path of a replica process, generic over the state machine.
 //!
 //! Each node listens on one address that serves both its peers and its clients.
-//! [`TcpTransport::bind`] returns the transport (give it to the node driver) and a
-//! [`ClientRequests`] stream of client calls (answer them from the application).
-//! [`TcpClient`] is the matching client: it sends opaque request bytes and returns the
-//! response bytes, so applications define their own request type without writing any
-//! framing.
+//!
+//! - **The client path** (what a node process and its clients use):
+//!   [`NodeServer`] runs one replica of any [`StateMachine`](paxos_core::StateMachine)
+//!   on its address, with its transport, and answers client calls: submissions (with
+//!   redirects to the leader), status, a range of the log, one slot, view changes, and
+//!   a read-only query of the state machine through a hook of your own
+//!   ([`NodeServerOptions::with_query`]). [`RemoteCluster`] and [`RemoteNode`] are the
+//!   other side: typed calls, and a [`RemoteEndpoint`] per node for a
+//!   [`paxos_core::Client`]. [`ClusterConfig`] is the cluster address file (TOML: cluster
+//!   id and the nodes' `id` and `addr`). One call is one [`NodeRequest`] and one
+//!   [`NodeResponse`], in one frame whose call id the transport echoes and checks; a
+//!   submission's reply also names the request it answers. Errors are typed and keep
+//!   their causes ([`ServeError`], [`RemoteError`], [`ServerError`]).
+//! - **Test controls.** [`Gate`] and [`GatedTransport`] make a replica unavailable
+//!   without stopping it (it drops all protocol traffic, as if crashed), around any
+//!   transport. A [`NodeServer`] lets clients do that ([`NodeRequest::SetAvailable`])
+//!   only when started with [`NodeServerOptions::test_controls`].
+//! - **The transport itself**: [`TcpTransport::bind`] returns the transport (give it to
+//!   the node driver) and a [`ClientRequests`] stream of client calls; [`TcpClient`] is
+//!   the matching client for opaque request bytes.
+//!
+//! # A state machine of your own across processes
+//!
+//! ```
+//! use paxos_core::{MemStorage, RestoreError, StateMachine};
+//! use paxos_transport_tcp::{
+//!     ClusterConfig, NodeConfig, NodeServer, NodeServerOptions, RemoteCluster, RemoteOptions,
+//! };
+//!
+//! #[derive(Default)]
+//! struct Counter(u64);
+//!
+//! impl StateMachine for Counter {
+//!     type Command = u64;
+//!     type Output = u64;
+//!     fn apply(&mut self, n: u64) -> u64 { self.0 = self.0.saturating_add(n); self.0 }
+//!     fn snapshot(&self) -> Vec<u8> { self.0.to_le_bytes().to_vec() }
+//!     fn restore(&mut self, b: &[u8]) -> Result<(), RestoreError> {
+//!         let raw: [u8; 8] = b.try_into().map_err(|_| RestoreError::new("want 8 bytes"))?;
+//!         self.0 = u64::from_le_bytes(raw);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The cluster file every process reads; here one node on a free port. In TOML:
+//! // `cluster_id = 1` and one `[[nodes]]` table (`id = 1`, `addr = "127.0.0.1:7101"`)
+//! // per node; `ClusterConfig::load(path)` reads it.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let cluster = ClusterConfig {
+//!     nodes: vec![NodeConfig { id: 1, addr: listener.local_addr()? }],
+//!     ..ClusterConfig::default()
+//! };
+//!
+//! // A node process: the replica, its transport and its client service.
+//! let options = NodeServerOptions::default()
+//!     .with_query(|c: &Counter, _query: &[u8]| c.0.to_le_bytes().to_vec());
+//! let server =
+//!     NodeServer::start_on(listener, &cluster, 1, Counter::default(), MemStorage::new(), options)?;
+//!
+//! // A client process: exactly-once commands through a `Client`, and typed inspection.
+//! let remote = RemoteCluster::new(&cluster, RemoteOptions::default())?;
+//! let mut client = remote.client::<Counter>();
+//! assert_eq!(client.execute(&5).await?, 5);
+//! let node = remote.node(1)?;
+//! let status = node.status().await?;
+//! assert!(status.is_available_leader());
+//! let view = node.query(Default::default()).await?;
+//! assert_eq!(&view.answer[..], &5u64.to_le_bytes());
+//!
+//! // Availability is a test control: refused unless the server was started with it.
+//! assert!(node.set_available(false).await.is_err());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
 //!
 //! # Two nodes exchanging a message
 //!
@@ -110,7 +181,17 @@
 //! - **Bad input.** Random bytes, an HTTP request, a length prefix that is too large (or
 //!   negative as a signed number), a truncated frame, a frame that does not decode, or
 //!   silence until the handshake timeout close only that connection, with a warning; the
-//!   node keeps serving. [`TcpConfig::max_connections`] bounds open inbound connections.
+//!   node keeps serving.
+//! - **Limits.** A public port must survive idle and greedy clients, so each kind of
+//!   connection has its own limits: [`TcpConfig::max_handshaking`] bounds connections
+//!   still in their handshake (each for at most [`TcpConfig::handshake_timeout`]);
+//!   after it, peers count against [`TcpConfig::max_peer_connections`], a reserve
+//!   clients cannot take, and clients against [`TcpConfig::max_client_connections`] and
+//!   [`TcpConfig::max_client_connections_per_ip`] (refused in the handshake beyond
+//!   them). A client connection with nothing outstanding that stays silent for
+//!   [`TcpConfig::client_idle_timeout`] is closed, and client request frames have their
+//!   own small limit, [`TcpConfig::max_client_frame_size`] (1 MiB by default, against
+//!   16 MiB for peer frames), checked on the length prefix before anything is buffered.
 //! - **Shutdown.** Dropping the transport stops its listener, connections and tasks;
 //!   [`TcpTransport::shutdown`] does the same and waits for them.
 //!
@@ -126,17 +207,35 @@ struct ReadmeDoctests;
 
 mod backoff;
 mod client;
+mod cluster_file;
 mod codec;
 mod config;
 mod error;
+mod gate;
+mod protocol;
+mod remote;
+mod server;
 mod transport;
 mod wire;
 
 #[cfg(test)]
+mod server_tests;
+#[cfg(test)]
 mod tests;
 
 pub use client::{ClientCall, ClientRequests, Responder, TcpClient};
-pub use config::{ClientConfig, TcpConfig, DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT};
+pub use cluster_file::{
+    ClusterConfig, ClusterConfigError, NodeConfig, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLUSTER_ID,
+    MAX_CONFIG_BYTES,
+};
+pub use config::{
+    ClientConfig, TcpConfig, DEFAULT_MAX_CLIENT_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE,
+    MAX_FRAME_SIZE_LIMIT,
+};
 pub use error::TcpError;
+pub use gate::{Gate, GatedTransport};
+pub use protocol::{NodeRequest, NodeResponse, NodeStatus, ProtocolError, ServerError, StateView};
+pub use remote::{RemoteCluster, RemoteEndpoint, RemoteError, RemoteNode, RemoteOptions};
+pub use server::{NodeServer, NodeServerOptions, QueryFn, ServeError};
 pub use transport::TcpTransport;
 pub use wire::PROTOCOL_VERSION;

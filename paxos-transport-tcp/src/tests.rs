@@ -482,35 +482,173 @@ async fn newer_peer_connection_replaces_older() {
         .contains("newer connection replaces the older one"));
 }
 
-#[tokio::test]
-async fn too_many_connections_are_closed() {
-    let (logs, _guard) = capture();
-    let l = listener().await;
-    let addr = l.local_addr().expect("addr");
-    let mut config = test_config(1, addr);
-    config.max_connections = 2;
-    let (_node, calls) = TcpTransport::from_listener(config, l).expect("bind");
-    tokio::spawn(echo(calls));
-    let one = handshaken(addr, Role::Client).await;
-    let _two = handshaken(addr, Role::Client).await;
-    let mut three = TcpStream::connect(addr).await.expect("connect");
-    expect_closed(&mut three).await;
-    logs.wait_warn("too many connections").await;
-    // Closing one makes room again.
-    drop(one);
+/// Connects a client and makes one call; the error if either fails.
+async fn client_call(addr: SocketAddr) -> Result<Bytes, TcpError> {
+    let mut cfg = ClientConfig::new(CLUSTER);
+    cfg.handshake_timeout = Duration::from_secs(2);
+    let mut client = within(TcpClient::connect(addr, cfg)).await?;
+    within(client.call(Bytes::from_static(b"x"))).await
+}
+
+/// Keeps trying until a new client's call succeeds (a closed slot is freed by the
+/// server's connection task, shortly after the close).
+async fn until_a_client_gets_in(addr: SocketAddr) {
     within(async {
-        loop {
-            let mut cfg = ClientConfig::new(CLUSTER);
-            cfg.handshake_timeout = Duration::from_millis(200);
-            if let Ok(mut c) = TcpClient::connect(addr, cfg).await {
-                if c.call(Bytes::from_static(b"x")).await.is_ok() {
-                    break;
-                }
-            }
+        while client_call(addr).await.is_err() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn connections_still_in_their_handshake_are_capped() {
+    let (logs, _guard) = capture();
+    let c = cluster(|c| c.max_handshaking = 2).await;
+    let one = TcpStream::connect(c.addr).await.expect("connect");
+    let _two = TcpStream::connect(c.addr).await.expect("connect");
+    let mut three = TcpStream::connect(c.addr).await.expect("connect");
+    expect_closed(&mut three).await;
+    logs.wait_warn("too many connections in their handshake")
+        .await;
+    // Closing one makes room again; a handshaken connection no longer counts.
+    drop(one);
+    until_a_client_gets_in(c.addr).await;
+}
+
+/// Today's rule, each with its test: clients fill their own slots and are then
+/// refused in the handshake, while a peer still connects and is heard.
+#[tokio::test]
+async fn peers_keep_reserved_slots_when_clients_fill_theirs() {
+    let (logs, _guard) = capture();
+    let mut c = cluster(|c| c.max_client_connections = 3).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(handshaken(c.addr, Role::Client).await);
+    }
+    let err = client_call(c.addr).await.err();
+    assert!(
+        matches!(&err, Some(TcpError::Rejected(r)) if r.contains("too many client connections")),
+        "{err:?}"
+    );
+    logs.wait_warn("too many client connections (limit 3)")
+        .await;
+    // A peer that reconnects now still gets in, and is heard.
+    let mut peer = handshaken(c.addr, Role::Peer(3)).await;
+    let msg = heartbeat(7);
+    peer.write_all(&frame(&wire::encode_message(&msg).expect("encode")))
+        .await
+        .expect("write");
+    assert_eq!(within(c.a.recv()).await, Some((3, msg)));
+    // So does the real peer's traffic.
+    c.b.send(1, heartbeat(8)).expect("send");
+    assert_eq!(within(c.a.recv()).await, Some((2, heartbeat(8))));
+    // A client slot freed is a client slot again.
+    idle.pop();
+    until_a_client_gets_in(c.addr).await;
+}
+
+#[tokio::test]
+async fn peer_connections_have_their_own_cap() {
+    let (logs, _guard) = capture();
+    let mut c = cluster(|c| c.max_peer_connections = 1).await;
+    // Node 2 holds the one peer slot (its writer dials node 1); wait until it is heard.
+    within(async {
+        loop {
+            c.b.send(1, heartbeat(1)).expect("send");
+            let got = tokio::time::timeout(Duration::from_millis(50), c.a.recv()).await;
+            if let Ok(Some((2, _))) = got {
+                break;
+            }
+        }
+    })
+    .await;
+    let reply = refused(
+        c.addr,
+        hello_frame(PROTOCOL_VERSION, CLUSTER, Role::Peer(3)),
+    )
+    .await;
+    assert!(
+        matches!(&reply, Some(HelloReply::Rejected { reason }) if reason.contains("too many peer connections")),
+        "{reply:?}"
+    );
+    logs.wait_warn("too many peer connections (limit 1)").await;
+    // Clients are not affected.
+    assert!(client_call(c.addr).await.is_ok());
+}
+
+#[tokio::test]
+async fn client_connections_per_address_are_capped() {
+    let (logs, _guard) = capture();
+    let c = cluster(|c| c.max_client_connections_per_ip = 2).await;
+    let one = handshaken(c.addr, Role::Client).await;
+    let _two = handshaken(c.addr, Role::Client).await;
+    let err = client_call(c.addr).await.err();
+    assert!(
+        matches!(&err, Some(TcpError::Rejected(r)) if r.contains("too many client per address connections")),
+        "{err:?}"
+    );
+    logs.wait_warn("limit 2").await;
+    drop(one);
+    until_a_client_gets_in(c.addr).await;
+}
+
+#[tokio::test]
+async fn idle_client_connections_are_closed() {
+    let c = cluster(|c| c.client_idle_timeout = Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let mut silent = handshaken(c.addr, Role::Client).await;
+    expect_closed(&mut silent).await;
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // A connection that keeps calling stays open past the timeout...
+    let mut client = within(TcpClient::connect(c.addr, ClientConfig::new(CLUSTER)))
+        .await
+        .expect("connect");
+    for _ in 0..6 {
+        within(client.call(Bytes::from_static(b"busy")))
+            .await
+            .expect("call");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // ... and a client whose idle connection was closed reconnects by itself.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let got = within(client.call(Bytes::from_static(b"again")))
+        .await
+        .expect("call after idle close");
+    assert_eq!(&got[..], b"again");
+}
+
+#[tokio::test]
+async fn client_frames_have_their_own_small_limit() {
+    let (logs, _guard) = capture();
+    // Defaults: peers may send 16 MiB frames, clients 1 MiB.
+    let c = cluster(|_| {}).await;
+    let mut s = handshaken(c.addr, Role::Client).await;
+    s.write_all(&(16u32 << 20).to_be_bytes())
+        .await
+        .expect("write");
+    expect_closed(&mut s).await;
+    logs.wait_warn("exceeds the limit of 1048576 bytes").await;
+    // A frame just under the client limit is served.
+    let request = vec![7u8; crate::DEFAULT_MAX_CLIENT_FRAME_SIZE - 8];
+    let mut client = within(TcpClient::connect(c.addr, ClientConfig::new(CLUSTER)))
+        .await
+        .expect("connect");
+    let got = within(client.call(Bytes::from(request.clone())))
+        .await
+        .expect("call");
+    assert_eq!(got.len(), request.len());
+    // A peer's frame of the same announced size is within the peer limit: the node
+    // waits for its body rather than closing the connection.
+    let mut peer = handshaken(c.addr, Role::Peer(3)).await;
+    peer.write_all(&(16u32 << 20).to_be_bytes())
+        .await
+        .expect("write");
+    let waited = tokio::time::timeout(Duration::from_millis(300), peer.read_u8()).await;
+    assert!(
+        waited.is_err(),
+        "the peer connection was closed: {waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -542,6 +680,7 @@ async fn client_errors_busy_no_response_and_too_large() {
     let mut config = test_config(1, addr);
     config.client_queue_capacity = 1;
     config.max_frame_size = 2048;
+    config.max_client_frame_size = 2048;
     let (_node, mut calls) = TcpTransport::from_listener(config, la).expect("bind");
     let mut cc = ClientConfig::new(CLUSTER);
     cc.call_timeout = Duration::from_secs(5);

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::client::{serve_client, ClientCall, ClientRequests};
+use crate::client::{serve_client, ClientCall, ClientLimits, ClientRequests};
 use crate::codec::FrameCodec;
 use crate::config::TcpConfig;
 use crate::error::TcpError;
@@ -45,6 +45,40 @@ struct Shared {
     /// The current inbound connection of each peer: a newer one replaces an older one.
     inbound_peers: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
     next_conn: AtomicU64,
+    /// Slots for handshaken peer connections, which clients never take.
+    peer_slots: Arc<Semaphore>,
+    /// Slots for handshaken client connections.
+    client_slots: Arc<Semaphore>,
+    /// Open client connections per remote IP address.
+    client_ips: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A handshaken connection's place under the connection limits; dropping it frees the
+/// place.
+#[allow(dead_code)] // Held only to be dropped with the connection.
+enum Slot {
+    Peer(OwnedSemaphorePermit),
+    Client(ClientSlot),
+}
+
+/// A client connection's place under [`TcpConfig::max_client_connections`] and
+/// [`TcpConfig::max_client_connections_per_ip`].
+struct ClientSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut ips = self.shared.client_ips();
+        if let Some(n) = ips.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                ips.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -53,6 +87,54 @@ impl Shared {
         self.inbound_peers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn client_ips(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.client_ips
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a slot for a connection that completed its handshake as `role`, or says
+    /// which limit refuses it.
+    fn take_slot(self: &Arc<Self>, role: Role, remote: SocketAddr) -> Result<Slot, TcpError> {
+        let config = &self.config;
+        match role {
+            Role::Peer(_) => self
+                .peer_slots
+                .clone()
+                .try_acquire_owned()
+                .map(Slot::Peer)
+                .map_err(|_| TcpError::TooManyConnections {
+                    what: "peer",
+                    max: config.max_peer_connections,
+                }),
+            Role::Client => {
+                let permit = self.client_slots.clone().try_acquire_owned().map_err(|_| {
+                    TcpError::TooManyConnections {
+                        what: "client",
+                        max: config.max_client_connections,
+                    }
+                })?;
+                let ip = remote.ip();
+                {
+                    let mut ips = self.client_ips();
+                    let n = ips.entry(ip).or_insert(0);
+                    if *n >= config.max_client_connections_per_ip {
+                        return Err(TcpError::TooManyConnections {
+                            what: "client per address",
+                            max: config.max_client_connections_per_ip,
+                        });
+                    }
+                    *n += 1;
+                }
+                Ok(Slot::Client(ClientSlot {
+                    shared: self.clone(),
+                    ip,
+                    _permit: permit,
+                }))
+            }
+        }
     }
 
     fn dropped(&self, n: u64) {
@@ -106,12 +188,17 @@ impl TcpTransport {
         let local_addr = listener.local_addr()?;
         let (inbound_tx, inbound) = mpsc::channel(config.inbound_queue_capacity);
         let (calls_tx, calls_rx) = mpsc::channel(config.client_queue_capacity);
+        let (peer_slots, client_slots) =
+            (config.max_peer_connections, config.max_client_connections);
         let shared = Arc::new(Shared {
             config,
             token: CancellationToken::new(),
             dropped: AtomicU64::new(0),
             inbound_peers: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
+            peer_slots: Arc::new(Semaphore::new(peer_slots)),
+            client_slots: Arc::new(Semaphore::new(client_slots)),
+            client_ips: Mutex::new(HashMap::new()),
         });
         let config = &shared.config;
 
@@ -263,7 +350,7 @@ async fn accept_loop(
     inbound: mpsc::Sender<(NodeId, Message)>,
     calls: mpsc::Sender<ClientCall>,
 ) {
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let limit = Arc::new(Semaphore::new(shared.config.max_handshaking));
     let mut conns = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -281,7 +368,7 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(%remote, max = shared.config.max_connections, "too many connections; closing new one");
+            warn!(%remote, max = shared.config.max_handshaking, "too many connections in their handshake; closing new one");
             drop(stream);
             continue;
         };
@@ -306,7 +393,7 @@ async fn handle_inbound(
     remote: SocketAddr,
     inbound: mpsc::Sender<(NodeId, Message)>,
     calls: mpsc::Sender<ClientCall>,
-    _permit: OwnedSemaphorePermit,
+    handshaking: OwnedSemaphorePermit,
 ) {
     let config = &shared.config;
     if let Err(e) = wire::tune_socket(&stream) {
@@ -322,15 +409,18 @@ async fn handle_inbound(
             Role::Peer(id) if id == config.node_id || !config.peers.contains_key(&id) => {
                 Err(TcpError::UnknownNode(id))
             }
-            _ => Ok(()),
+            role => shared.take_slot(role, remote),
         },
     );
-    let role = tokio::select! {
+    let accepted = tokio::select! {
         _ = shared.token.cancelled() => return,
-        role = handshake => role,
+        accepted = handshake => accepted,
     };
-    let role = match role {
-        Ok(role) => role,
+    // The handshake is over either way: the connection now counts under its role's
+    // limit, or is closed.
+    drop(handshaking);
+    let (role, _slot) = match accepted {
+        Ok(accepted) => accepted,
         Err(TcpError::Closed) => {
             debug!(%remote, "connection closed before its handshake");
             return;
@@ -340,14 +430,23 @@ async fn handle_inbound(
             return;
         }
     };
-    conn.codec_mut().set_max_frame_size(config.max_frame_size);
     match role {
-        Role::Peer(peer) => serve_peer(&shared, conn, remote, peer, inbound).await,
+        Role::Peer(peer) => {
+            conn.codec_mut().set_max_frame_size(config.max_frame_size);
+            serve_peer(&shared, conn, remote, peer, inbound).await
+        }
         Role::Client => {
             debug!(%remote, "client connected");
+            conn.codec_mut()
+                .set_max_frame_size(config.max_client_frame_size.min(config.max_frame_size));
+            let limits = ClientLimits {
+                max_inflight: config.max_client_inflight,
+                max_response: config.max_frame_size,
+                idle_timeout: config.client_idle_timeout,
+            };
             let served = tokio::select! {
                 _ = shared.token.cancelled() => return,
-                served = serve_client(conn, remote, calls, config.max_client_inflight) => served,
+                served = serve_client(conn, remote, calls, limits) => served,
             };
             match served {
                 Ok(()) => debug!(%remote, "client disconnected"),

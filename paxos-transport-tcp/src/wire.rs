@@ -290,9 +290,12 @@ pub(crate) type Conn<S> = Framed<S, FrameCodec>;
 pub(crate) type ClientConn<S> = Framed<S, ClientCodec>;
 
 /// Turns a connection whose handshake made it a client connection into one, keeping
-/// whatever is already buffered.
-pub(crate) fn into_client<S: AsyncRead + AsyncWrite>(conn: Conn<S>) -> ClientConn<S> {
-    conn.map_codec(ClientCodec)
+/// whatever is already buffered. Frames written may be up to `max_out` bytes.
+pub(crate) fn into_client<S: AsyncRead + AsyncWrite>(
+    conn: Conn<S>,
+    max_out: usize,
+) -> ClientConn<S> {
+    conn.map_codec(|codec| ClientCodec::new(codec, max_out))
 }
 
 /// Opens a TCP connection to `addr` within `connect_timeout`, tunes the socket, and runs
@@ -353,15 +356,16 @@ where
 }
 
 /// Runs the acceptor's side of the handshake: waits for a [`Hello`], checks it with
-/// `check`, answers. On a refusal the remote is told why (best effort) and the error is
-/// returned for the caller to log.
-pub(crate) async fn acceptor_handshake<S>(
+/// `check` (which may hand back a value, such as a connection slot, kept only when the
+/// handshake succeeds), answers. On a refusal the remote is told why (best effort) and
+/// the error is returned for the caller to log.
+pub(crate) async fn acceptor_handshake<S, G>(
     conn: &mut Conn<S>,
     cluster_id: u64,
     node_id: NodeId,
     handshake_timeout: Duration,
-    check: impl FnOnce(&Hello) -> Result<(), TcpError>,
-) -> Result<Role, TcpError>
+    check: impl FnOnce(&Hello) -> Result<G, TcpError>,
+) -> Result<(Role, G), TcpError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -380,8 +384,8 @@ where
                 local: cluster_id,
             });
         }
-        check(&hello)?;
-        Ok(hello.role)
+        let kept = check(&hello)?;
+        Ok((hello.role, kept))
     });
     let reply = match &checked {
         Ok(_) => HelloReply::Accepted {
@@ -393,7 +397,8 @@ where
         Err(
             e @ (TcpError::VersionMismatch { .. }
             | TcpError::ClusterMismatch { .. }
-            | TcpError::UnknownNode(_)),
+            | TcpError::UnknownNode(_)
+            | TcpError::TooManyConnections { .. }),
         ) => HelloReply::Rejected {
             reason: truncated(e.to_string(), MAX_REASON_LEN),
         },
@@ -401,9 +406,9 @@ where
     };
     let frame = encode_handshake(PROTOCOL_VERSION, &reply)?;
     let sent = timeout(handshake_timeout, conn.send(frame)).await;
-    let role = checked?;
+    let accepted = checked?;
     sent.map_err(|_| TcpError::HandshakeTimeout)??;
-    Ok(role)
+    Ok(accepted)
 }
 
 #[cfg(test)]
@@ -460,7 +465,7 @@ mod tests {
 
     fn response(call: u64, outcome: Outcome, max: usize) -> (BytesMut, bool) {
         let (frame, too_large) = encode_outcome(call, outcome, max);
-        let mut codec = ClientCodec(FrameCodec::new(max));
+        let mut codec = ClientCodec::new(FrameCodec::new(max), max);
         let mut buf = BytesMut::new();
         assert!(codec.encode(frame, &mut buf).is_ok());
         (buf.split_off(4), too_large)

@@ -188,7 +188,13 @@ impl Processes {
         let _ = writeln!(log, "==== test harness: starting n{id} ====");
         let mut command = Command::new(BANK);
         command
-            .args(["node", "--id", &id.to_string(), "--config"])
+            .args([
+                "node",
+                "--test-controls",
+                "--id",
+                &id.to_string(),
+                "--config",
+            ])
             .arg(&self.config_path);
         if self.memory.contains(&id) {
             command.arg("--memory");

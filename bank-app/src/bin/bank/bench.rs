@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bank_app::{
-    run_bench, BenchOptions, BenchProgress, Cluster, ClusterConfig, RemoteCluster, RemoteOptions,
+    run_bench, BenchOptions, BenchProgress, ClusterConfig, RemoteCluster, RemoteOptions,
 };
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};

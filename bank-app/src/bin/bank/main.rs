@@ -1,7 +1,8 @@
 //! `bank`: run a replica of the replicated bank, or talk to a running cluster.
 //!
 //! ```text
-//! bank node --id 1 &   # … one per replica, ids 1 to 5
+//! bank node --id 1 --test-controls &   # … one per replica, ids 1 to 5 (scripts switch
+//!                                     # replicas on and off: --test-controls)
 //! bank client bank-app/scenarios/sample.csv
 //! bank db
 //! ```
@@ -201,7 +202,8 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             id,
             data_dir,
             memory,
-        }) => node::run(&config, id, data_dir.as_deref(), memory).await,
+            test_controls,
+        }) => node::run(&config, id, data_dir.as_deref(), memory, test_controls).await,
         Command::Client(client::ClientCliArgs {
             yes,
             json,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use bank_app::{ClusterConfig, NodeServer, NodeServerOptions};
+use bank_app::{Bank, ClusterConfig, NodeServer};
 use paxos_core::{AcceptorStatus, MemStorage, NodeId};
 use paxos_storage_file::{FileStorage, OpenError};
 use tracing::{info, warn};
@@ -29,6 +29,12 @@ pub(crate) struct NodeArgs {
     /// before it votes.
     #[arg(long)]
     pub(crate) memory: bool,
+    /// Let any client change this replica's availability, as `bank client` scripts
+    /// and `bank heal` do. Off by default: without it the node refuses those calls,
+    /// since from any client connection they can switch the cluster off. Use it only
+    /// on a trusted network, for scenario runs and tests.
+    #[arg(long)]
+    pub(crate) test_controls: bool,
 }
 
 pub(crate) async fn run(
@@ -36,6 +42,7 @@ pub(crate) async fn run(
     id: NodeId,
     data_dir: Option<&Path>,
     memory: bool,
+    test_controls: bool,
 ) -> anyhow::Result<ExitCode> {
     if config.node(id).is_none() {
         let ids: Vec<String> = config.ids().iter().map(u64::to_string).collect();
@@ -44,13 +51,13 @@ pub(crate) async fn run(
             ids.join(", ")
         );
     }
-    let options = NodeServerOptions::default();
+    let options = bank_app::node_options().with_test_controls(test_controls);
     let server = if memory {
         warn!(
             node = id,
             "state is in memory only: every start is a start without state"
         );
-        NodeServer::start(config, id, MemStorage::new(), options).await
+        NodeServer::start(config, id, Bank::new(), MemStorage::new(), options).await
     } else {
         let default_dir = default_data_dir(id);
         let dir = data_dir.unwrap_or(&default_dir);
@@ -70,7 +77,7 @@ pub(crate) async fn run(
         };
         let recovery = storage.recovery();
         info!(node = id, dir = %dir.display(), ?recovery, "storage opened");
-        NodeServer::start(config, id, storage, options).await
+        NodeServer::start(config, id, Bank::new(), storage, options).await
     }
     .with_context(|| format!("node {id} cannot start"))?;
     log_acceptor_status(&server).await;

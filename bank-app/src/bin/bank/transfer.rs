@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use bank_app::{Account, Bank, BankCommand, BankOutput, Cluster, ClusterConfig};
+use bank_app::{Account, Bank, BankCommand, BankOutput, ClusterConfig};
 use paxos_core::{Client, ClientOptions};
 use serde_json::json;
 use tokio::time::Instant;

@@ -1,4 +1,4 @@
-//! The cluster configuration file.
+//! The cluster address file: which nodes make up a cluster and where they listen.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -18,7 +18,11 @@ pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 1000;
 /// The largest configuration file [`ClusterConfig::load`] reads: 1 MiB.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
-/// Which replicas make up the cluster and where they listen.
+/// Which replicas make up the cluster and where they listen: the file every node
+/// process and every client of a cluster reads.
+///
+/// [`NodeServer`](crate::NodeServer) listens on its own node's address and dials the
+/// others; [`RemoteCluster`](crate::RemoteCluster) connects to them.
 ///
 /// In TOML:
 /// ```toml
@@ -37,7 +41,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// go unnoticed.
 ///
 /// ```
-/// use bank_app::ClusterConfig;
+/// use paxos_transport_tcp::ClusterConfig;
 /// let config = ClusterConfig::from_toml_str(
 ///     "[[nodes]]\nid = 1\naddr = \"127.0.0.1:7001\"\n",
 /// ).unwrap();
@@ -69,7 +73,7 @@ pub struct NodeConfig {
 
 /// A configuration that cannot be loaded or is invalid.
 #[derive(Debug, Error)]
-pub enum ConfigError {
+pub enum ClusterConfigError {
     /// The file cannot be read.
     #[error("cannot read {path}: {source}")]
     Io {
@@ -148,36 +152,54 @@ impl Default for ClusterConfig {
 
 impl ClusterConfig {
     /// Five nodes, ids 1 to 5, on `127.0.0.1:7001` to `127.0.0.1:7005`, with the default
-    /// cluster id and checkpoint interval.
+    /// cluster id and checkpoint interval: [`localhost(5, 7001)`](Self::localhost).
     pub fn local_default() -> ClusterConfig {
+        ClusterConfig::localhost(5, 7001)
+    }
+
+    /// `count` nodes, ids 1 to `count`, on `127.0.0.1` at ports `first_port`,
+    /// `first_port + 1`, … (ports past 65535 are left out), with the default cluster id
+    /// and checkpoint interval.
+    ///
+    /// ```
+    /// use paxos_transport_tcp::ClusterConfig;
+    /// let c = ClusterConfig::localhost(3, 7101);
+    /// assert_eq!(c.ids(), vec![1, 2, 3]);
+    /// assert_eq!(c.addr(3), Some("127.0.0.1:7103".parse().unwrap()));
+    /// ```
+    pub fn localhost(count: u16, first_port: u16) -> ClusterConfig {
         ClusterConfig {
             cluster_id: DEFAULT_CLUSTER_ID,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
-            nodes: (1..=5u16)
-                .map(|i| NodeConfig {
-                    id: NodeId::from(i),
-                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 7000 + i)),
+            nodes: (0..count)
+                .map_while(|i| {
+                    let port = first_port.checked_add(i)?;
+                    Some(NodeConfig {
+                        id: NodeId::from(i) + 1,
+                        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                    })
                 })
                 .collect(),
         }
     }
 
     /// Parses and [validates](ClusterConfig::validate) TOML text.
-    pub fn from_toml_str(text: &str) -> Result<ClusterConfig, ConfigError> {
-        let config: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            line: e
-                .span()
-                .map(|span| 1 + text[..span.start.min(text.len())].matches('\n').count()),
-            message: e.message().split_whitespace().collect::<Vec<_>>().join(" "),
-        })?;
+    pub fn from_toml_str(text: &str) -> Result<ClusterConfig, ClusterConfigError> {
+        let config: ClusterConfig =
+            toml::from_str(text).map_err(|e| ClusterConfigError::Parse {
+                line: e
+                    .span()
+                    .map(|span| 1 + text[..span.start.min(text.len())].matches('\n').count()),
+                message: e.message().split_whitespace().collect::<Vec<_>>().join(" "),
+            })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Reads, parses and validates a file, refusing one over [`MAX_CONFIG_BYTES`].
-    pub fn load(path: impl AsRef<Path>) -> Result<ClusterConfig, ConfigError> {
+    pub fn load(path: impl AsRef<Path>) -> Result<ClusterConfig, ClusterConfigError> {
         let path = path.as_ref();
-        let io = |source| ConfigError::Io {
+        let io = |source| ClusterConfigError::Io {
             path: path.to_owned(),
             source,
         };
@@ -188,7 +210,7 @@ impl ClusterConfig {
             .read_to_end(&mut bytes)
             .map_err(io)?;
         if bytes.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge {
+            return Err(ClusterConfigError::TooLarge {
                 path: path.to_owned(),
                 max: MAX_CONFIG_BYTES,
             });
@@ -202,8 +224,8 @@ impl ClusterConfig {
         ClusterConfig::from_toml_str(&text)
     }
 
-    /// A configuration from a comma-separated endpoint list, as `bank --endpoints`
-    /// takes it: either every entry `ID=IP:PORT` (`1=127.0.0.1:7001,2=127.0.0.1:7002`,
+    /// A configuration from a comma-separated endpoint list (as a `--cluster` or
+    /// `--endpoints` flag takes it): either every entry `ID=IP:PORT` (`1=127.0.0.1:7001,2=127.0.0.1:7002`,
     /// the `id` and `addr` of a `[[nodes]]` table) or every entry `IP:PORT`, the nodes
     /// then numbered 1, 2, … in the order given. Spaces around entries are ignored.
     /// The cluster id is `cluster_id` ([`DEFAULT_CLUSTER_ID`] when `None`), the
@@ -211,7 +233,7 @@ impl ClusterConfig {
     /// [validated](ClusterConfig::validate).
     ///
     /// ```
-    /// use bank_app::ClusterConfig;
+    /// use paxos_transport_tcp::ClusterConfig;
     /// let c = ClusterConfig::from_endpoints("1=127.0.0.1:7001, 3=127.0.0.1:7003", Some(9))
     ///     .unwrap();
     /// assert_eq!((c.ids(), c.cluster_id), (vec![1, 3], 9));
@@ -222,14 +244,14 @@ impl ClusterConfig {
     pub fn from_endpoints(
         list: &str,
         cluster_id: Option<u64>,
-    ) -> Result<ClusterConfig, ConfigError> {
-        let bad = |entry: &str, reason| ConfigError::BadEndpoint {
+    ) -> Result<ClusterConfig, ClusterConfigError> {
+        let bad = |entry: &str, reason| ClusterConfigError::BadEndpoint {
             entry: entry.chars().take(40).collect(),
             reason,
         };
         let entries: Vec<&str> = list.split(',').map(str::trim).collect();
         if entries.iter().all(|e| e.is_empty()) {
-            return Err(ConfigError::NoNodes);
+            return Err(ClusterConfigError::NoNodes);
         }
         let numbered = entries.iter().any(|e| e.contains('='));
         let mut nodes = Vec::with_capacity(entries.len());
@@ -270,7 +292,7 @@ impl ClusterConfig {
     /// id, or it is an error.
     ///
     /// ```
-    /// use bank_app::ClusterConfig;
+    /// use paxos_transport_tcp::ClusterConfig;
     /// let text = "# mine\ncluster_id = 7  # set once\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:7001\"\n";
     /// let new = ClusterConfig::replace_cluster_id(text, 8).unwrap();
     /// assert_eq!(new, text.replace("= 7 ", "= 8 "));
@@ -278,7 +300,7 @@ impl ClusterConfig {
     /// let new = ClusterConfig::replace_cluster_id(text, 9).unwrap();
     /// assert_eq!(ClusterConfig::from_toml_str(&new).unwrap().cluster_id, 9);
     /// ```
-    pub fn replace_cluster_id(text: &str, cluster_id: u64) -> Result<String, ConfigError> {
+    pub fn replace_cluster_id(text: &str, cluster_id: u64) -> Result<String, ClusterConfigError> {
         let mut out = String::with_capacity(text.len() + 32);
         let mut replaced = false;
         let mut top_level = true;
@@ -313,7 +335,7 @@ impl ClusterConfig {
         }
         let config = ClusterConfig::from_toml_str(&out)?;
         if config.cluster_id != cluster_id {
-            return Err(ConfigError::Parse {
+            return Err(ClusterConfigError::Parse {
                 line: None,
                 message: "cannot rewrite cluster_id".into(),
             });
@@ -329,30 +351,30 @@ impl ClusterConfig {
     }
 
     /// Checks the rules listed on [`ClusterConfig`].
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ClusterConfigError> {
         if self.nodes.is_empty() {
-            return Err(ConfigError::NoNodes);
+            return Err(ClusterConfigError::NoNodes);
         }
         if self.nodes.len() > MAX_MEMBERS {
-            return Err(ConfigError::TooManyNodes {
+            return Err(ClusterConfigError::TooManyNodes {
                 count: self.nodes.len(),
                 max: MAX_MEMBERS,
             });
         }
         if self.checkpoint_interval == 0 {
-            return Err(ConfigError::ZeroCheckpointInterval);
+            return Err(ClusterConfigError::ZeroCheckpointInterval);
         }
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for node in &self.nodes {
             if node.id == 0 {
-                return Err(ConfigError::ZeroId);
+                return Err(ClusterConfigError::ZeroId);
             }
             if !ids.insert(node.id) {
-                return Err(ConfigError::DuplicateId(node.id));
+                return Err(ClusterConfigError::DuplicateId(node.id));
             }
             if !addrs.insert(node.addr) {
-                return Err(ConfigError::DuplicateAddr(node.addr));
+                return Err(ClusterConfigError::DuplicateAddr(node.addr));
             }
         }
         Ok(())

@@ -11,12 +11,13 @@ use paxos_core::{Message, NodeId, Transport, TransportError};
 /// (it is cut off, as if crashed).
 ///
 /// Cloning is cheap and every clone shares the same flag, so the code that decides
-/// availability (the scenario runner, a CLI request) and the transport that enforces it
+/// availability (a test, a scenario runner, a [`NodeServer`](crate::NodeServer)'s
+/// test controls) and the transport that enforces it
 /// ([`GatedTransport`]) each hold one. Reads and writes are single atomic operations;
 /// a change takes effect for the next message sent or received.
 ///
 /// ```
-/// use bank_app::Gate;
+/// use paxos_transport_tcp::Gate;
 /// let gate = Gate::new(true);
 /// let seen_by_transport = gate.clone();
 /// gate.close();
@@ -77,9 +78,9 @@ impl fmt::Debug for Gate {
 /// inner transport, discarding what arrives, so no backlog of stale messages is
 /// delivered when the gate opens. `recv` is cancel safe if the inner transport's is.
 ///
-/// It wraps any transport (every `Transport` is `Sync` in practice: its `send` borrows
-/// `&self` across an await), so the in-process cluster and a TCP node process use the
-/// same mechanism.
+/// It wraps any transport (the in-memory one of `paxos-transport-mem` as well as
+/// [`TcpTransport`](crate::TcpTransport)), so an in-process test cluster and a TCP node
+/// process use the same mechanism.
 pub struct GatedTransport<T> {
     inner: T,
     gate: Gate,

@@ -1,0 +1,334 @@
+//! The client protocol of a node's port: one request enum and one response enum, each
+//! carried whole in one client frame (whose call id the transport echoes and checks).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use paxos_core::{
+    AcceptorStatus, Ballot, ClientId, NodeId, Replica, ReplicaStatus, Reply, Request, Role, Slot,
+    SlotInfo, StateMachine, ViewChange,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use thiserror::Error;
+
+/// A call to a [`NodeServer`](crate::NodeServer), encoded with postcard as the bytes of
+/// one client frame.
+///
+/// The variants are encoded by position: new ones are only ever appended, so older
+/// clients keep working with newer nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum NodeRequest {
+    /// Submit a request (a session registration or a command) to the replica. Answered
+    /// [`NodeResponse::Replied`] with the replica's [`Reply`] (a result, or a redirect
+    /// to the leader it believes in), or [`NodeResponse::Unavailable`] while the
+    /// replica is made unavailable.
+    Submit(Request),
+    /// The replica's status: [`NodeResponse::Status`].
+    Status,
+    /// The slots `start..end` of the replica's log: [`NodeResponse::Log`]. The node
+    /// clips `end` to its log's end and, when more than its limit remain, keeps the
+    /// latest ones (so `0..u64::MAX` asks for the tail of the log).
+    Log {
+        /// The first slot.
+        start: Slot,
+        /// One past the last slot.
+        end: Slot,
+    },
+    /// One slot of the replica's log: [`NodeResponse::Slot`].
+    Slot(Slot),
+    /// The view changes the replica sent or received: [`NodeResponse::Views`].
+    Views,
+    /// A read-only query of the state machine, answered by the server's query hook
+    /// ([`NodeServerOptions::with_query`](crate::NodeServerOptions::with_query)) with
+    /// [`NodeResponse::Query`]. It does not enter the log: the answer reflects this
+    /// replica's state, which may lag behind the leader's.
+    Query(Bytes),
+    /// Make the replica available (`true`) or unavailable (`false`: it drops all
+    /// protocol traffic and refuses submissions, as if crashed). A test control:
+    /// refused with [`ServerError::Forbidden`] unless the node runs with
+    /// [`NodeServerOptions::test_controls`](crate::NodeServerOptions::test_controls).
+    SetAvailable(bool),
+}
+
+impl NodeRequest {
+    /// The request's kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeRequest::Submit(_) => "submit",
+            NodeRequest::Status => "status",
+            NodeRequest::Log { .. } => "log",
+            NodeRequest::Slot(_) => "slot",
+            NodeRequest::Views => "views",
+            NodeRequest::Query(_) => "query",
+            NodeRequest::SetAvailable(_) => "set-available",
+        }
+    }
+
+    /// The request as frame bytes.
+    pub fn encode(&self) -> Result<Bytes, ProtocolError> {
+        encode(self)
+    }
+
+    /// Decodes frame bytes. Any input gives a request or an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<NodeRequest, ProtocolError> {
+        decode(bytes)
+    }
+}
+
+/// A [`NodeServer`](crate::NodeServer)'s answer to a [`NodeRequest`].
+///
+/// Like [`NodeRequest`], variants are only ever appended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum NodeResponse {
+    /// The replica's answer to [`NodeRequest::Submit`], naming the `(client, seq)` of
+    /// the request it answers; [`RemoteNode`](crate::RemoteNode) checks it.
+    Replied(Reply),
+    /// The replica is unavailable and refused the submission without looking at it.
+    Unavailable,
+    /// The answer to [`NodeRequest::Status`].
+    Status(NodeStatus),
+    /// The answer to [`NodeRequest::Log`], oldest slot first.
+    Log(Vec<SlotInfo>),
+    /// The answer to [`NodeRequest::Slot`].
+    Slot(SlotInfo),
+    /// The answer to [`NodeRequest::Views`], oldest first.
+    Views(Vec<ViewChange>),
+    /// The answer to [`NodeRequest::Query`].
+    Query(StateView),
+    /// The answer to [`NodeRequest::SetAvailable`]: the availability now in force.
+    AvailabilitySet(bool),
+    /// The request could not be served.
+    Error(ServerError),
+}
+
+impl NodeResponse {
+    /// The response's kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeResponse::Replied(_) => "replied",
+            NodeResponse::Unavailable => "unavailable",
+            NodeResponse::Status(_) => "status",
+            NodeResponse::Log(_) => "log",
+            NodeResponse::Slot(_) => "slot",
+            NodeResponse::Views(_) => "views",
+            NodeResponse::Query(_) => "query",
+            NodeResponse::AvailabilitySet(_) => "availability-set",
+            NodeResponse::Error(_) => "error",
+        }
+    }
+
+    /// The response as frame bytes.
+    pub fn encode(&self) -> Result<Bytes, ProtocolError> {
+        encode(self)
+    }
+
+    /// Decodes frame bytes. Any input gives a response or an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<NodeResponse, ProtocolError> {
+        decode(bytes)
+    }
+}
+
+/// Why a [`NodeServer`](crate::NodeServer) could not serve a request: the error half
+/// of the protocol, sent as [`NodeResponse::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The request's bytes are not a [`NodeRequest`].
+    #[error("the request does not decode")]
+    Malformed,
+    /// An administrative call ([`NodeRequest::SetAvailable`]) reached a node that runs
+    /// without test controls.
+    #[error("test controls are off on this node (start it with them to change availability)")]
+    Forbidden,
+    /// The replica has stopped (its storage failed, or it is shutting down).
+    #[error("the replica has stopped")]
+    Stopped,
+    /// The replica did not answer within the server's limit; a submitted request may
+    /// still execute.
+    #[error("the replica did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The node has no query hook.
+    #[error("this node answers no queries")]
+    NoQuery,
+}
+
+/// Bytes that are not a message of the protocol, or a message that cannot be encoded.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A message could not be encoded.
+    #[error("cannot encode a message")]
+    Encode(#[source] postcard::Error),
+    /// Bytes do not decode as a message.
+    #[error("malformed message")]
+    Decode(#[source] postcard::Error),
+    /// A message decoded with bytes left over.
+    #[error("{0} unexpected trailing bytes after a message")]
+    TrailingBytes(usize),
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, ProtocolError> {
+    postcard::to_allocvec(value)
+        .map(Bytes::from)
+        .map_err(ProtocolError::Encode)
+}
+
+/// Decodes exactly one value: trailing bytes are an error too.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(ProtocolError::TrailingBytes(rest.len())),
+        Err(e) => Err(ProtocolError::Decode(e)),
+    }
+}
+
+/// A replica's protocol status and whether it is available.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// False while the replica is made unavailable ([`NodeRequest::SetAvailable`]).
+    pub available: bool,
+    /// Whether it votes: [`AcceptorStatus::Voter`], or, after starting without state,
+    /// [`AcceptorStatus::Pristine`] (waiting to learn whether the cluster is new) or
+    /// [`AcceptorStatus::Recovering`] (getting its state back from a majority).
+    pub acceptor: AcceptorStatus,
+    /// Its incarnation: 0 for a founding member, raised by every recovery from lost
+    /// state.
+    pub incarnation: u64,
+    /// What the replica itself reports.
+    pub replica: ReplicaStatus,
+}
+
+impl NodeStatus {
+    /// Reads a replica's status (inside its node task, e.g. through
+    /// [`NodeHandle::inspect`](paxos_core::NodeHandle::inspect)).
+    pub fn of<S: StateMachine>(replica: &Replica<S>, available: bool) -> NodeStatus {
+        NodeStatus {
+            available,
+            acceptor: replica.acceptor_status(),
+            incarnation: replica.incarnation(),
+            replica: replica.status(),
+        }
+    }
+
+    /// True when the replica is available and believes it leads.
+    pub fn is_available_leader(&self) -> bool {
+        self.available && self.replica.role == Role::Leader
+    }
+
+    /// True when the replica takes part in votes (it is not founding or recovering).
+    pub fn is_voter(&self) -> bool {
+        self.acceptor == AcceptorStatus::Voter
+    }
+
+    /// True when the replica has never voted: it is waiting for a new cluster to be
+    /// founded, or founded it and has promised nothing yet. A replica that lost its
+    /// state looks the same until a peer tells it the cluster exists.
+    pub fn never_voted(&self) -> bool {
+        self.acceptor != AcceptorStatus::Recovering
+            && self.replica.promised == Ballot::ZERO
+            && self.replica.commit_point == 0
+            && self.replica.log_end == 0
+    }
+}
+
+/// The answer to a [`NodeRequest::Query`]: what the query hook returned, and the
+/// replica's state it was read from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateView {
+    /// The replica.
+    pub node: NodeId,
+    /// False while the replica is made unavailable.
+    pub available: bool,
+    /// Whether the replica votes; while it recovers its state may lag the cluster's.
+    pub acceptor: AcceptorStatus,
+    /// How many log slots the replica had executed: the answer reflects slots
+    /// `0..executed`.
+    pub executed: Slot,
+    /// The query hook's answer.
+    pub answer: Bytes,
+}
+
+/// Checks that `response`, received for `request`, answers it: for a submission, a
+/// [`NodeResponse::Replied`] must name the request's `(client, seq)`. Returns the
+/// identities that differ.
+pub(crate) fn mismatch(
+    request: &NodeRequest,
+    response: &NodeResponse,
+) -> Option<((ClientId, u64), (ClientId, u64))> {
+    match (request, response) {
+        (NodeRequest::Submit(sent), NodeResponse::Replied(reply))
+            if (reply.client, reply.seq) != (sent.client, sent.seq) =>
+        {
+            Some(((sent.client, sent.seq), (reply.client, reply.seq)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paxos_core::Response;
+
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let requests = [
+            NodeRequest::Submit(Request::register(7)),
+            NodeRequest::SetAvailable(false),
+            NodeRequest::Status,
+            NodeRequest::Query(Bytes::from_static(b"q")),
+            NodeRequest::Log { start: 3, end: 9 },
+            NodeRequest::Slot(u64::MAX),
+            NodeRequest::Views,
+        ];
+        for r in requests {
+            let bytes = r.encode().unwrap();
+            assert_eq!(NodeRequest::decode(&bytes).unwrap(), r);
+        }
+        let responses = [
+            NodeResponse::Unavailable,
+            NodeResponse::AvailabilitySet(true),
+            NodeResponse::Log(vec![]),
+            NodeResponse::Error(ServerError::Timeout(Duration::from_millis(5))),
+            NodeResponse::Error(ServerError::Forbidden),
+            NodeResponse::Replied(Reply {
+                client: 7,
+                seq: 2,
+                response: Response::Stale,
+            }),
+        ];
+        for r in responses {
+            let bytes = r.encode().unwrap();
+            assert_eq!(NodeResponse::decode(&bytes).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let good = NodeRequest::Views.encode().unwrap();
+        let mut trailing = good.to_vec();
+        trailing.push(0);
+        let inputs: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0xff],
+            vec![0x7f, 1, 2, 3],
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            // A submit whose payload claims to be enormous.
+            vec![0, 1, 1, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            trailing,
+        ];
+        for input in inputs {
+            assert!(NodeRequest::decode(&input).is_err(), "{input:?}");
+            let _ = NodeResponse::decode(&input);
+        }
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                let _ = NodeRequest::decode(&[a, b]);
+                let _ = NodeResponse::decode(&[a, b]);
+            }
+        }
+    }
+}

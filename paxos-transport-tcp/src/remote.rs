@@ -1,0 +1,540 @@
+//! The client side of [`NodeServer`](crate::NodeServer)s: [`RemoteCluster`],
+//! [`RemoteNode`] and the [`Endpoint`] they give [`paxos_core::Client`]s.
+//!
+//! Every answer is matched to its request twice: the transport pairs each response frame
+//! with its call by call id (so a cancelled call's late answer is never taken for the
+//! next call's), and the reply to a [`NodeRequest::Submit`] names the `(client, seq)` of
+//! the request it answers, which [`RemoteNode`] checks before returning anything.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use paxos_core::{
+    Client, ClientId, Endpoint, EndpointError, EndpointErrorKind, NodeId, Reply, Request, Slot,
+    SlotInfo, StateMachine, ViewChange,
+};
+use thiserror::Error;
+use tokio::sync::Semaphore;
+
+use crate::cluster_file::{ClusterConfig, ClusterConfigError};
+use crate::protocol::{
+    mismatch, NodeRequest, NodeResponse, NodeStatus, ProtocolError, ServerError, StateView,
+};
+use crate::{ClientConfig, TcpClient, TcpError};
+
+/// How a [`RemoteCluster`] talks to the nodes. One timeout per call kind, each covering
+/// the whole call (waiting for a pooled connection, connecting, the answer).
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// How long opening a connection to a node may take. Default 1 s.
+    pub connect_timeout: Duration,
+    /// How long the connection handshake may take. Default 1 s.
+    pub handshake_timeout: Duration,
+    /// How long an inspection, query or test-control call may take. Default 3 s.
+    pub call_timeout: Duration,
+    /// How long a submitted request may wait for its answer ([`Client`]s usually give
+    /// up sooner: their attempt timeout cancels the call). Default 10 s.
+    pub submit_timeout: Duration,
+    /// The most connections open to one node at once; more concurrent callers wait for
+    /// one. Idle connections are kept for reuse. Default 16.
+    pub connections_per_node: usize,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(3),
+            submit_timeout: Duration::from_secs(10),
+            connections_per_node: 16,
+        }
+    }
+}
+
+/// A call to a node failed. Every variant but the first two names the node.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The cluster file is invalid.
+    #[error("invalid cluster config")]
+    Config(#[from] ClusterConfigError),
+    /// The options are unusable.
+    #[error("invalid remote options: {0}")]
+    Options(&'static str),
+    /// The cluster has no node with this id.
+    #[error("no node n{0} in this cluster")]
+    UnknownNode(NodeId),
+    /// The connection failed: refused, closed, timed out, rejected by the handshake.
+    #[error("n{node} at {addr}: {source}")]
+    Transport {
+        /// The node.
+        node: NodeId,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: TcpError,
+    },
+    /// The address answered as another node than the cluster file says.
+    #[error("{addr} is node {found}, not node {expected}: check the cluster config")]
+    WrongNode {
+        /// The address.
+        addr: SocketAddr,
+        /// The id the cluster file gives it.
+        expected: NodeId,
+        /// The id its handshake gave.
+        found: NodeId,
+    },
+    /// The node did not answer within the call's time limit.
+    #[error("n{node}: no answer within {limit:?}")]
+    Timeout {
+        /// The node.
+        node: NodeId,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The node's answer is not a message of the protocol.
+    #[error("n{node} sent a malformed answer: {source}")]
+    Protocol {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        #[source]
+        source: ProtocolError,
+    },
+    /// The node could not serve the request.
+    #[error("n{node}: {source}")]
+    Server {
+        /// The node.
+        node: NodeId,
+        /// What it answered.
+        #[source]
+        source: ServerError,
+    },
+    /// The replica is unavailable and refused a submitted request.
+    #[error("n{0} is unavailable")]
+    Unavailable(NodeId),
+    /// The node answered with a response of the wrong kind.
+    #[error("n{node} answered {request} with {response}")]
+    Unexpected {
+        /// The node.
+        node: NodeId,
+        /// What was asked.
+        request: &'static str,
+        /// What came back (its kind).
+        response: &'static str,
+    },
+    /// The node's answer to a submitted request belongs to another request.
+    #[error("n{node} answered c{}#{} to request c{}#{}", .found.0, .found.1, .expected.0, .expected.1)]
+    Mismatch {
+        /// The node.
+        node: NodeId,
+        /// The `(client, seq)` of the request sent.
+        expected: (ClientId, u64),
+        /// The `(client, seq)` the answer names.
+        found: (ClientId, u64),
+    },
+}
+
+impl RemoteError {
+    /// The kind of [`EndpointError`] this error is, for a [`Client`].
+    fn endpoint_kind(&self) -> EndpointErrorKind {
+        match self {
+            RemoteError::Timeout { .. } => EndpointErrorKind::Timeout,
+            RemoteError::Server {
+                source: ServerError::Stopped,
+                ..
+            } => EndpointErrorKind::Stopped,
+            RemoteError::Protocol { .. }
+            | RemoteError::Unexpected { .. }
+            | RemoteError::Mismatch { .. } => EndpointErrorKind::Protocol,
+            _ => EndpointErrorKind::Unreachable,
+        }
+    }
+}
+
+struct NodeInner {
+    id: NodeId,
+    addr: SocketAddr,
+    client_config: ClientConfig,
+    call_timeout: Duration,
+    submit_timeout: Duration,
+    idle: Mutex<Vec<TcpClient>>,
+    permits: Semaphore,
+}
+
+/// One node of a [`RemoteCluster`]: its address and a small pool of connections.
+/// Cloning is cheap and shares the pool.
+#[derive(Clone)]
+pub struct RemoteNode(Arc<NodeInner>);
+
+impl fmt::Debug for RemoteNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteNode")
+            .field("id", &self.0.id)
+            .field("addr", &self.0.addr)
+            .finish()
+    }
+}
+
+impl RemoteNode {
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.0.id
+    }
+
+    /// The node's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+
+    /// An [`Endpoint`] for [`Client`]s that submits through this node.
+    pub fn endpoint(&self) -> RemoteEndpoint {
+        RemoteEndpoint(self.clone())
+    }
+
+    /// Sends one request and returns the node's response, within
+    /// [`RemoteOptions::submit_timeout`] for a submission and
+    /// [`RemoteOptions::call_timeout`] otherwise.
+    ///
+    /// The answer to a [`NodeRequest::Submit`] must name the request's `(client, seq)`,
+    /// or the call fails with [`RemoteError::Mismatch`]. Other responses (an error, a
+    /// refusal, another kind than asked) come back as they are; the typed methods
+    /// ([`submit`](Self::submit), [`status`](Self::status), …) turn them into errors.
+    pub async fn call(&self, request: &NodeRequest) -> Result<NodeResponse, RemoteError> {
+        let n = &self.0;
+        let limit = match request {
+            NodeRequest::Submit(_) => n.submit_timeout,
+            _ => n.call_timeout,
+        };
+        let bytes = request
+            .encode()
+            .map_err(|source| RemoteError::Protocol { node: n.id, source })?;
+        let response = match tokio::time::timeout(limit, self.exchange(bytes)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(RemoteError::Timeout { node: n.id, limit }),
+        };
+        let response = NodeResponse::decode(&response)
+            .map_err(|source| RemoteError::Protocol { node: n.id, source })?;
+        if let Some((expected, found)) = mismatch(request, &response) {
+            return Err(RemoteError::Mismatch {
+                node: n.id,
+                expected,
+                found,
+            });
+        }
+        Ok(response)
+    }
+
+    /// One call on a pooled connection. A call cut short (timeout, cancellation) drops
+    /// its connection with the future that owns it, so the pool never holds a
+    /// connection with an answer outstanding. A pooled connection the server closed
+    /// under the call (its idle timeout) is retried once on a new connection: every
+    /// request of the protocol may be repeated (submissions are deduplicated by the
+    /// session table).
+    async fn exchange(&self, request: Bytes) -> Result<Bytes, RemoteError> {
+        let n = &self.0;
+        let transport = |source| RemoteError::Transport {
+            node: n.id,
+            addr: n.addr,
+            source,
+        };
+        // The semaphore is never closed, so acquiring only waits.
+        let _permit = n.permits.acquire().await;
+        let pooled = n.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let (mut client, mut retry) = match pooled {
+            Some(client) => (client, true),
+            None => (
+                TcpClient::connect(n.addr, n.client_config.clone())
+                    .await
+                    .map_err(transport)?,
+                false,
+            ),
+        };
+        loop {
+            // Checked before the call and after it (the call may have reconnected), so a
+            // misconfigured address is never trusted.
+            self.check_identity(&client)?;
+            let result = client.call(request.clone()).await;
+            self.check_identity(&client)?;
+            match result {
+                // The client reconnects on its next call.
+                Err(TcpError::Closed | TcpError::Io(_)) if retry => retry = false,
+                result => {
+                    // A client whose call failed reconnects on its next call, so it
+                    // goes back too.
+                    n.idle
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(client);
+                    return result.map_err(transport);
+                }
+            }
+        }
+    }
+
+    fn check_identity(&self, client: &TcpClient) -> Result<(), RemoteError> {
+        let found = client.server_node_id();
+        if found == self.0.id {
+            Ok(())
+        } else {
+            Err(RemoteError::WrongNode {
+                addr: self.0.addr,
+                expected: self.0.id,
+                found,
+            })
+        }
+    }
+
+    /// The response, unless it is an error, a refusal, or another kind than asked
+    /// (`want` returns that kind's name for it).
+    async fn typed<T>(
+        &self,
+        request: NodeRequest,
+        want: impl FnOnce(NodeResponse) -> Result<T, &'static str>,
+    ) -> Result<T, RemoteError> {
+        let node = self.0.id;
+        match self.call(&request).await? {
+            NodeResponse::Error(source) => Err(RemoteError::Server { node, source }),
+            NodeResponse::Unavailable => Err(RemoteError::Unavailable(node)),
+            response => want(response).map_err(|kind| RemoteError::Unexpected {
+                node,
+                request: request.kind(),
+                response: kind,
+            }),
+        }
+    }
+
+    /// Submits a request to the replica and returns its reply (checked to name the
+    /// request): a result, or a redirect to the leader. Most callers want a
+    /// [`Client`] ([`RemoteCluster::client`]), which registers a session, numbers
+    /// requests and follows redirects.
+    pub async fn submit(&self, request: Request) -> Result<Reply, RemoteError> {
+        self.typed(NodeRequest::Submit(request), |r| match r {
+            NodeResponse::Replied(reply) => Ok(reply),
+            other => Err(other.kind()),
+        })
+        .await
+    }
+
+    /// The replica's status and availability.
+    pub async fn status(&self) -> Result<NodeStatus, RemoteError> {
+        self.typed(NodeRequest::Status, |r| match r {
+            NodeResponse::Status(s) => Ok(s),
+            other => Err(other.kind()),
+        })
+        .await
+    }
+
+    /// The slots of `range` the replica knows, oldest first, at most the server's limit
+    /// of them (the latest ones; see [`NodeRequest::Log`]).
+    pub async fn log(&self, range: Range<Slot>) -> Result<Vec<SlotInfo>, RemoteError> {
+        let request = NodeRequest::Log {
+            start: range.start,
+            end: range.end,
+        };
+        self.typed(request, |r| match r {
+            NodeResponse::Log(log) => Ok(log),
+            other => Err(other.kind()),
+        })
+        .await
+    }
+
+    /// One slot's status and value.
+    pub async fn slot(&self, slot: Slot) -> Result<SlotInfo, RemoteError> {
+        self.typed(NodeRequest::Slot(slot), |r| match r {
+            NodeResponse::Slot(info) => Ok(info),
+            other => Err(other.kind()),
+        })
+        .await
+    }
+
+    /// The view changes the replica sent or received, oldest first.
+    pub async fn view_changes(&self) -> Result<Vec<ViewChange>, RemoteError> {
+        self.typed(NodeRequest::Views, |r| match r {
+            NodeResponse::Views(views) => Ok(views),
+            other => Err(other.kind()),
+        })
+        .await
+    }
+
+    /// Asks the node's query hook for a read-only view of its state machine.
+    pub async fn query(&self, query: Bytes) -> Result<StateView, RemoteError> {
+        self.typed(NodeRequest::Query(query), |r| match r {
+            NodeResponse::Query(view) => Ok(view),
+            other => Err(other.kind()),
+        })
+        .await
+    }
+
+    /// Makes the replica available or unavailable: a test control, refused
+    /// ([`ServerError::Forbidden`]) by a node that runs without test controls.
+    pub async fn set_available(&self, available: bool) -> Result<(), RemoteError> {
+        self.typed(NodeRequest::SetAvailable(available), |r| match r {
+            NodeResponse::AvailabilitySet(a) if a == available => Ok(()),
+            other => Err(other.kind()),
+        })
+        .await
+    }
+}
+
+/// A [`paxos_core::Endpoint`] that submits through one [`RemoteNode`].
+///
+/// Errors keep their cause ([`RemoteError`]) and say what kind of failure they are: a
+/// timeout, a stopped replica, a protocol violation (an answer for another request), or
+/// anything else as unreachable (refused connection, unavailable replica).
+#[derive(Clone, Debug)]
+pub struct RemoteEndpoint(RemoteNode);
+
+#[async_trait]
+impl Endpoint for RemoteEndpoint {
+    fn node(&self) -> NodeId {
+        self.0.id()
+    }
+
+    async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
+        self.0.submit(request).await.map_err(|e| {
+            let kind = e.endpoint_kind();
+            EndpointError::with_cause(self.0.id(), kind, e)
+        })
+    }
+}
+
+/// The nodes of a cluster of [`NodeServer`](crate::NodeServer)s, reached over TCP at the
+/// addresses of a [`ClusterConfig`].
+///
+/// Connections are opened on first use and pooled per node
+/// ([`RemoteOptions::connections_per_node`]), so concurrent callers do not wait for
+/// each other. Every call is bounded in time: a node that is not running answers
+/// "connection refused" at once, one that does not answer is given up after its
+/// timeout.
+///
+/// ```no_run
+/// # use paxos_core::{RestoreError, StateMachine};
+/// # #[derive(Default)] struct Counter(u64);
+/// # impl StateMachine for Counter {
+/// #     type Command = u64; type Output = u64;
+/// #     fn apply(&mut self, n: u64) -> u64 { self.0 += n; self.0 }
+/// #     fn snapshot(&self) -> Vec<u8> { self.0.to_le_bytes().to_vec() }
+/// #     fn restore(&mut self, b: &[u8]) -> Result<(), RestoreError> { Ok(()) }
+/// # }
+/// use paxos_transport_tcp::{ClusterConfig, RemoteCluster, RemoteOptions};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = RemoteCluster::new(&ClusterConfig::localhost(3, 7101), RemoteOptions::default())?;
+/// let mut client = cluster.client::<Counter>();
+/// println!("{}", client.execute(&5).await?);
+/// for node in cluster.members() {
+///     match node.status().await {
+///         Ok(status) => println!("n{}: {:?}", node.id(), status.replica.role),
+///         Err(e) => println!("{e}"),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct RemoteCluster {
+    nodes: Vec<RemoteNode>,
+}
+
+impl fmt::Debug for RemoteCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.nodes.iter().map(|n| (n.id(), n.addr())))
+            .finish()
+    }
+}
+
+impl RemoteCluster {
+    /// A cluster of the nodes `config` lists. Connects lazily: nothing is dialed until
+    /// the first call, so this succeeds whether or not the nodes are running.
+    pub fn new(
+        config: &ClusterConfig,
+        options: RemoteOptions,
+    ) -> Result<RemoteCluster, RemoteError> {
+        config.validate()?;
+        if options.connections_per_node == 0 {
+            return Err(RemoteError::Options(
+                "connections_per_node must be at least 1",
+            ));
+        }
+        let timeouts = [
+            options.connect_timeout,
+            options.handshake_timeout,
+            options.call_timeout,
+            options.submit_timeout,
+        ];
+        if timeouts.iter().any(Duration::is_zero) {
+            return Err(RemoteError::Options("timeouts must be positive"));
+        }
+        let mut client_config = ClientConfig::new(config.cluster_id);
+        client_config.connect_timeout = options.connect_timeout;
+        client_config.handshake_timeout = options.handshake_timeout;
+        // The calls' own timeouts (above) are the ones that apply.
+        client_config.call_timeout = options.call_timeout.max(options.submit_timeout);
+        let mut nodes: Vec<RemoteNode> = config
+            .nodes
+            .iter()
+            .map(|n| {
+                RemoteNode(Arc::new(NodeInner {
+                    id: n.id,
+                    addr: n.addr,
+                    client_config: client_config.clone(),
+                    call_timeout: options.call_timeout,
+                    submit_timeout: options.submit_timeout,
+                    idle: Mutex::new(Vec::new()),
+                    permits: Semaphore::new(options.connections_per_node),
+                }))
+            })
+            .collect();
+        nodes.sort_by_key(RemoteNode::id);
+        Ok(RemoteCluster { nodes })
+    }
+
+    /// The nodes, by ascending id.
+    pub fn members(&self) -> &[RemoteNode] {
+        &self.nodes
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: NodeId) -> Result<&RemoteNode, RemoteError> {
+        self.nodes
+            .iter()
+            .find(|n| n.id() == id)
+            .ok_or(RemoteError::UnknownNode(id))
+    }
+
+    /// The address of a node.
+    pub fn addr(&self, id: NodeId) -> Option<SocketAddr> {
+        self.node(id).ok().map(RemoteNode::addr)
+    }
+
+    /// Sends one request to a node: [`RemoteNode::call`].
+    pub async fn call(
+        &self,
+        id: NodeId,
+        request: &NodeRequest,
+    ) -> Result<NodeResponse, RemoteError> {
+        self.node(id)?.call(request).await
+    }
+
+    /// One [`Endpoint`] per node, for a [`Client`].
+    pub fn endpoints(&self) -> Vec<Arc<dyn Endpoint>> {
+        self.nodes
+            .iter()
+            .map(|n| Arc::new(n.endpoint()) as Arc<dyn Endpoint>)
+            .collect()
+    }
+
+    /// A [`Client`] of the cluster's state machine `S`, with default options: it
+    /// registers a session on first use, follows redirects and retries.
+    pub fn client<S: StateMachine>(&self) -> Client<S> {
+        Client::new(self.endpoints())
+    }
+}

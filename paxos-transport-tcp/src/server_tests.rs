@@ -1,0 +1,340 @@
+//! The node server and its remote client, end to end on 127.0.0.1.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use paxos_core::{
+    Endpoint, EndpointErrorKind, MemStorage, Reply, Request, Response, RestoreError, StateMachine,
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    ClientConfig, ClusterConfig, NodeConfig, NodeRequest, NodeResponse, NodeServer,
+    NodeServerOptions, RemoteCluster, RemoteError, RemoteOptions, ServerError, TcpClient,
+    TcpConfig, TcpTransport,
+};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A counter: commands add, the query hook reads the total.
+#[derive(Default)]
+struct Counter(u64);
+
+impl StateMachine for Counter {
+    type Command = u64;
+    type Output = u64;
+    fn apply(&mut self, n: u64) -> u64 {
+        self.0 = self.0.saturating_add(n);
+        self.0
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
+        let raw: [u8; 8] = bytes
+            .try_into()
+            .map_err(|_| RestoreError::new("want 8 bytes"))?;
+        self.0 = u64::from_le_bytes(raw);
+        Ok(())
+    }
+}
+
+/// A one-node cluster on a free port, served with `options`.
+async fn lone_node(
+    options: NodeServerOptions<Counter>,
+) -> (NodeServer<Counter>, ClusterConfig, RemoteCluster) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = ClusterConfig {
+        nodes: vec![NodeConfig { id: 1, addr }],
+        ..ClusterConfig::local_default()
+    };
+    let options = options.with_query(|c: &Counter, _: &[u8]| c.0.to_le_bytes().to_vec());
+    let server = NodeServer::start_on(
+        listener,
+        &config,
+        1,
+        Counter::default(),
+        MemStorage::new(),
+        options,
+    )
+    .expect("server starts");
+    let remote = RemoteCluster::new(&config, RemoteOptions::default()).expect("remote");
+    (server, config, remote)
+}
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test step timed out")
+}
+
+#[tokio::test]
+async fn a_node_serves_submissions_inspection_and_queries() {
+    let (server, config, remote) = lone_node(NodeServerOptions::default()).await;
+    let mut client = remote.client::<Counter>();
+    assert_eq!(within(client.execute(&5)).await.expect("execute"), 5);
+    assert_eq!(within(client.execute(&2)).await.expect("execute"), 7);
+
+    let node = remote.node(1).expect("node 1");
+    let status = within(node.status()).await.expect("status");
+    assert!(status.available && status.is_voter() && status.is_available_leader());
+    let view = within(node.query(Bytes::new())).await.expect("query");
+    assert_eq!(&view.answer[..], &7u64.to_le_bytes());
+    assert!(view.executed >= 3, "{view:?}");
+    let log = within(node.log(0..u64::MAX)).await.expect("log");
+    assert_eq!(log.len() as u64, status.replica.log_end);
+    let last = within(node.slot(status.replica.log_end - 1))
+        .await
+        .expect("slot");
+    assert_eq!(Some(&last), log.last());
+    assert!(!within(node.view_changes()).await.expect("views").is_empty());
+
+    // Bytes that are not a request are answered, and the node keeps serving.
+    let mut raw = within(TcpClient::connect(
+        server.local_addr(),
+        ClientConfig::new(config.cluster_id),
+    ))
+    .await
+    .expect("connect");
+    let answer = within(raw.call(Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n")))
+        .await
+        .expect("answered");
+    assert_eq!(
+        NodeResponse::decode(&answer).ok(),
+        Some(NodeResponse::Error(ServerError::Malformed))
+    );
+    assert_eq!(within(client.execute(&1)).await.expect("execute"), 8);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_log_is_capped_to_its_latest_entries() {
+    let mut options = NodeServerOptions::default();
+    options.max_log_entries = 2;
+    let (server, _, remote) = lone_node(options).await;
+    let mut client = remote.client::<Counter>();
+    for _ in 0..4 {
+        within(client.execute(&1)).await.expect("execute");
+    }
+    let node = remote.node(1).expect("node 1");
+    let end = within(node.status()).await.expect("status").replica.log_end;
+    let log = within(node.log(0..u64::MAX)).await.expect("log");
+    let slots: Vec<u64> = log.iter().map(|s| s.slot).collect();
+    assert_eq!(slots, vec![end - 2, end - 1]);
+    server.shutdown().await;
+}
+
+/// Administrative calls are not open to every client: without test controls the two
+/// bytes of `SetAvailable(false)` are refused and the replica keeps serving.
+#[tokio::test]
+async fn administrative_calls_need_test_controls() {
+    let (server, config, remote) = lone_node(NodeServerOptions::default()).await;
+    let node = remote.node(1).expect("node 1");
+    let err = within(node.set_available(false))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            RemoteError::Server {
+                source: ServerError::Forbidden,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // The raw frame, as any handshaken client could send it.
+    let frame = NodeRequest::SetAvailable(false).encode().expect("encode");
+    assert_eq!(frame.len(), 2);
+    let mut raw = within(TcpClient::connect(
+        server.local_addr(),
+        ClientConfig::new(config.cluster_id),
+    ))
+    .await
+    .expect("connect");
+    for _ in 0..3 {
+        let answer = within(raw.call(frame.clone())).await.expect("answered");
+        assert_eq!(
+            NodeResponse::decode(&answer).ok(),
+            Some(NodeResponse::Error(ServerError::Forbidden))
+        );
+    }
+    assert!(server.gate().is_open());
+    assert!(within(node.status()).await.expect("status").available);
+    let mut client = remote.client::<Counter>();
+    assert_eq!(within(client.execute(&3)).await.expect("still serving"), 3);
+    server.shutdown().await;
+
+    // With test controls, the same call makes the replica unavailable.
+    let (server, _, remote) =
+        lone_node(NodeServerOptions::default().with_test_controls(true)).await;
+    let node = remote.node(1).expect("node 1");
+    within(node.set_available(false)).await.expect("allowed");
+    assert!(!server.gate().is_open());
+    assert!(!within(node.status()).await.expect("status").available);
+    let err = within(node.submit(Request::register(9)))
+        .await
+        .expect_err("unavailable");
+    assert!(matches!(err, RemoteError::Unavailable(1)), "{err:?}");
+    within(node.set_available(true)).await.expect("allowed");
+    assert!(server.gate().is_open());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_without_a_query_hook_says_so() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = ClusterConfig {
+        nodes: vec![NodeConfig { id: 1, addr }],
+        ..ClusterConfig::local_default()
+    };
+    let server = NodeServer::start_on(
+        listener,
+        &config,
+        1,
+        Counter::default(),
+        MemStorage::new(),
+        NodeServerOptions::default(),
+    )
+    .expect("server");
+    let remote = RemoteCluster::new(&config, RemoteOptions::default()).expect("remote");
+    let err = within(remote.node(1).expect("node").query(Bytes::new()))
+        .await
+        .expect_err("no hook");
+    assert!(
+        matches!(
+            err,
+            RemoteError::Server {
+                source: ServerError::NoQuery,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    server.shutdown().await;
+}
+
+/// A node's client port on 127.0.0.1 that answers every submit with `answer(request)`.
+async fn scripted_node(answer: fn(&Request) -> NodeResponse) -> (TcpTransport, ClusterConfig) {
+    let mut config = ClusterConfig::local_default();
+    let tcp = TcpConfig::new(1, config.cluster_id, "127.0.0.1:0".parse().expect("addr"));
+    let (node, mut calls) = TcpTransport::bind(tcp).await.expect("bind");
+    config.nodes = vec![NodeConfig {
+        id: 1,
+        addr: node.local_addr(),
+    }];
+    tokio::spawn(async move {
+        while let Some(call) = calls.recv().await {
+            let response = match NodeRequest::decode(call.request()) {
+                Ok(NodeRequest::Submit(request)) => answer(&request),
+                _ => NodeResponse::Error(ServerError::Malformed),
+            };
+            call.respond(response.encode().expect("encode"));
+        }
+    });
+    (node, config)
+}
+
+fn submit(client: u64, seq: u64) -> Request {
+    Request {
+        client,
+        seq,
+        payload: Bytes::from_static(b"cmd"),
+    }
+}
+
+fn replied(client: u64, seq: u64, response: Response) -> NodeResponse {
+    NodeResponse::Replied(Reply {
+        client,
+        seq,
+        response,
+    })
+}
+
+async fn endpoint_call(
+    answer: fn(&Request) -> NodeResponse,
+    request: Request,
+) -> Result<Response, paxos_core::EndpointError> {
+    let (mut node, config) = scripted_node(answer).await;
+    let cluster = RemoteCluster::new(&config, RemoteOptions::default()).expect("remote");
+    let endpoint = cluster.endpoints().remove(0);
+    let result = within(endpoint.call(request)).await;
+    node.shutdown().await;
+    result.map(|reply| reply.response)
+}
+
+#[tokio::test]
+async fn the_endpoint_refuses_an_answer_for_another_request() {
+    // The node answers as if for the previous request of the same client.
+    let e = endpoint_call(
+        |r| replied(r.client, r.seq - 1, Response::Ok(Bytes::new())),
+        submit(9, 4),
+    )
+    .await
+    .expect_err("a mismatched answer is refused");
+    assert_eq!(e.kind(), EndpointErrorKind::Protocol);
+    let cause = std::error::Error::source(&e).map(ToString::to_string);
+    assert!(
+        cause
+            .as_deref()
+            .is_some_and(|c| c.contains("answered c9#3 to request c9#4")),
+        "{cause:?}"
+    );
+    // Another client's answer.
+    let r = endpoint_call(
+        |r| replied(r.client + 1, r.seq, Response::Stale),
+        submit(9, 4),
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+    // Not a reply at all.
+    let r = endpoint_call(|_| NodeResponse::AvailabilitySet(true), submit(9, 4)).await;
+    assert_eq!(
+        r.map_err(|e| e.kind()).err(),
+        Some(EndpointErrorKind::Protocol)
+    );
+    // A stopped replica and an unavailable one.
+    let r = endpoint_call(|_| NodeResponse::Error(ServerError::Stopped), submit(9, 4)).await;
+    assert_eq!(
+        r.map_err(|e| e.kind()).err(),
+        Some(EndpointErrorKind::Stopped)
+    );
+    let r = endpoint_call(|_| NodeResponse::Unavailable, submit(9, 4)).await;
+    assert_eq!(
+        r.map_err(|e| e.kind()).err(),
+        Some(EndpointErrorKind::Unreachable)
+    );
+    // The request's own answer goes through.
+    let r = endpoint_call(
+        |r| replied(r.client, r.seq, Response::Ok(r.payload.clone())),
+        submit(9, 4),
+    )
+    .await;
+    assert_eq!(r.ok(), Some(Response::Ok(Bytes::from_static(b"cmd"))));
+}
+
+#[tokio::test]
+async fn an_unreachable_node_fails_fast_with_its_cause() {
+    // A port nothing listens on.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let config = ClusterConfig {
+        nodes: vec![NodeConfig { id: 4, addr }],
+        ..ClusterConfig::local_default()
+    };
+    let remote = RemoteCluster::new(&config, RemoteOptions::default()).expect("remote");
+    let err = within(remote.node(4).expect("node").status())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, RemoteError::Transport { node: 4, .. }),
+        "{err:?}"
+    );
+    assert!(std::error::Error::source(&err).is_some());
+    assert!(matches!(remote.node(5), Err(RemoteError::UnknownNode(5))));
+}
