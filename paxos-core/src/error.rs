@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::types::Slot;
+
 /// The underlying cause an error keeps as its [`source`](std::error::Error::source): any
 /// error, shared so that errors holding one stay `Clone`.
 pub type ErrorCause = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -48,8 +50,51 @@ pub enum ReplicaError {
     Config(#[from] ConfigError),
     /// The recovered checkpoint is damaged or cannot be restored.
     #[error("cannot install the recovered checkpoint: {0}")]
-    Checkpoint(String),
+    Checkpoint(#[source] CheckpointError),
 }
+
+/// Why a recovered checkpoint could not be installed (see [`ReplicaError::Checkpoint`]).
+///
+/// Equality compares the variant and its fields, not the cause of
+/// [`CheckpointError::Undecodable`].
+#[derive(Debug, Clone, Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// The checkpoint's data does not match its digest.
+    #[error("checkpoint at slot {slot} fails its digest")]
+    Digest {
+        /// The slot the checkpoint was taken at.
+        slot: Slot,
+    },
+    /// The replica's snapshot (state machine snapshot and sessions) cannot be decoded.
+    #[error("undecodable checkpoint: {cause}")]
+    Undecodable {
+        /// The slot the checkpoint was taken at.
+        slot: Slot,
+        /// The decoder's error.
+        #[source]
+        cause: ErrorCause,
+    },
+    /// The state machine refused its snapshot.
+    #[error("{0}")]
+    Restore(#[from] RestoreError),
+}
+
+impl PartialEq for CheckpointError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (CheckpointError::Digest { slot: a }, CheckpointError::Digest { slot: b }) => a == b,
+            (
+                CheckpointError::Undecodable { slot: a, .. },
+                CheckpointError::Undecodable { slot: b, .. },
+            ) => a == b,
+            (CheckpointError::Restore(a), CheckpointError::Restore(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for CheckpointError {}
 
 /// A [`Storage`](crate::Storage) failed. The core's errors carry no `io::Error`;
 /// implementations describe the cause in the message.
@@ -102,9 +147,12 @@ pub enum NodeError {
     /// The node has stopped (shut down, or its storage failed).
     #[error("node stopped")]
     Stopped,
-    /// The node could not be started.
+    /// The node could not load its state from its [`Storage`](crate::Storage).
     #[error("node cannot start: {0}")]
-    Start(String),
+    Load(#[source] StorageError),
+    /// The replica could not be built from the configuration and the loaded state.
+    #[error("node cannot start: {0}")]
+    Start(#[source] ReplicaError),
 }
 
 /// A [`Client`](crate::Client) request did not complete.
