@@ -131,8 +131,8 @@ pub use client::{
 };
 pub use config::{Config, MAX_MEMBERS};
 pub use error::{
-    ClientError, ConfigError, ErrorCause, NodeError, ReplicaError, RestoreError, StorageError,
-    TransportError,
+    CheckpointError, ClientError, ConfigError, ErrorCause, NodeError, ReplicaError, RestoreError,
+    StorageError, TransportError,
 };
 pub use message::{Message, PromiseEntry};
 #[cfg(feature = "runtime")]

@@ -195,11 +195,8 @@ where
     St: Storage,
 {
     let id = config.id;
-    let state = storage
-        .load()
-        .map_err(|e| NodeError::Start(e.to_string()))?;
-    let replica =
-        Replica::new(config, state_machine, state).map_err(|e| NodeError::Start(e.to_string()))?;
+    let state = storage.load().map_err(NodeError::Load)?;
+    let replica = Replica::new(config, state_machine, state).map_err(NodeError::Start)?;
     let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
     let (done_tx, done_rx) = watch::channel(false);
     let driver = Driver {

@@ -10,9 +10,10 @@ use thiserror::Error;
 ///
 /// Every refusal leaves the directory as it was (apart from creating the directory and
 /// its empty `LOCK` file if they did not exist). It converts into a
-/// [`StorageError`] for callers that only deal in those: [`OpenError::Locked`] as
-/// [`StorageError::Io`], [`OpenError::DamagedRecord`] as [`StorageError::Corrupt`],
-/// [`OpenError::UnsupportedVersion`] as [`StorageError::Mismatch`].
+/// [`StorageError`] for callers that only deal in those, keeping itself as the
+/// cause: [`OpenError::Locked`] as [`StorageError::Io`], [`OpenError::DamagedRecord`]
+/// as [`StorageError::Corrupt`], [`OpenError::UnsupportedVersion`] as
+/// [`StorageError::Mismatch`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum OpenError {
@@ -89,10 +90,16 @@ impl fmt::Display for RecordDamage {
 impl From<OpenError> for StorageError {
     fn from(e: OpenError) -> Self {
         match e {
-            OpenError::Locked { .. } => StorageError::Io(e.to_string()),
+            OpenError::Locked { .. } => {
+                StorageError::io_because("cannot lock the data directory", e)
+            }
             // Intact data that this build cannot use, like another replica's.
-            OpenError::UnsupportedVersion { .. } => StorageError::Mismatch(e.to_string()),
-            OpenError::DamagedRecord { .. } => StorageError::Corrupt(e.to_string()),
+            OpenError::UnsupportedVersion { .. } => {
+                StorageError::mismatch_because("unsupported on-disk format", e)
+            }
+            OpenError::DamagedRecord { .. } => {
+                StorageError::corrupt_because("damaged log record", e)
+            }
             OpenError::Storage(e) => e,
         }
     }

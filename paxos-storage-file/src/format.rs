@@ -105,12 +105,26 @@ pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// A corruption error naming the file and the offset.
 pub(crate) fn corrupt(path: &Path, offset: u64, what: impl std::fmt::Display) -> StorageError {
-    StorageError::Corrupt(format!("{}: offset {offset}: {what}", path.display()))
+    StorageError::corrupt(format!("{}: offset {offset}: {what}", path.display()))
 }
 
-/// An IO error with what was being done and to which file.
+/// A corruption error naming the file and the offset, shown by `cause` (a decoder's
+/// error).
+pub(crate) fn corrupt_because(
+    path: &Path,
+    offset: u64,
+    what: impl std::fmt::Display,
+    cause: impl std::error::Error + Send + Sync + 'static,
+) -> StorageError {
+    StorageError::corrupt_because(
+        format!("{}: offset {offset}: {what}", path.display()),
+        cause,
+    )
+}
+
+/// An IO error with what was being done and to which file, keeping the `io::Error`.
 pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> StorageError {
-    StorageError::Io(format!("{what} {}: {e}", path.display()))
+    StorageError::io_because(format!("{what} {}", path.display()), e)
 }
 
 /// Checks the identity part of a header whose last four bytes are a CRC of the rest.
@@ -143,7 +157,7 @@ pub(crate) fn check_header(
     }
     let (c, n) = (u64_at(bytes, 12), u64_at(bytes, 20));
     if (c, n) != (cluster, node) {
-        return Err(StorageError::Mismatch(format!(
+        return Err(StorageError::mismatch(format!(
             "{}: written by cluster {c:#x} node {n}, but this is cluster {cluster:#x} node {node}; \
              refusing to use another replica's data",
             path.display()
@@ -235,11 +249,11 @@ impl<'a> RecordWriter<'a> {
         continuation: u8,
     ) -> Result<(), StorageError> {
         let Some(start) = self.open else {
-            return Err(StorageError::Io("internal error: no open record".into()));
+            return Err(StorageError::io("internal error: no open record"));
         };
         let before = self.buf.len();
         postcard::to_io(item, &mut *self.buf)
-            .map_err(|e| StorageError::Io(format!("cannot encode a log record: {e}")))?;
+            .map_err(|e| StorageError::io_because("cannot encode a log record", e))?;
         let payload = self.buf.len() - start - RECORD_HEADER_LEN;
         if payload <= self.max {
             return Ok(());
@@ -247,7 +261,7 @@ impl<'a> RecordWriter<'a> {
         let size = self.buf.len() - before;
         // Only the tag and this item: it cannot fit in any record.
         if before == start + RECORD_HEADER_LEN + 1 || size + 1 > self.max {
-            return Err(StorageError::Io(format!(
+            return Err(StorageError::io(format!(
                 "a log item of {size} bytes exceeds the maximum record size of {} bytes",
                 self.max
             )));

@@ -52,7 +52,7 @@
 //! // Another node's directory is refused.
 //! assert!(matches!(
 //!     FileStorage::open(dir.path(), CLUSTER, 2),
-//!     Err(OpenError::Storage(StorageError::Mismatch(_)))
+//!     Err(OpenError::Storage(StorageError::Mismatch { .. }))
 //! ));
 //! # Ok(())
 //! # }

@@ -204,7 +204,7 @@ pub(crate) fn read_checkpoint(
         return Err(corrupt(path, at, "checkpoint data does not match its checksum").into());
     }
     let checkpoint: Checkpoint = postcard::from_bytes(&payload)
-        .map_err(|e| corrupt(path, at, format_args!("cannot decode the checkpoint: {e}")))?;
+        .map_err(|e| corrupt_because(path, at, "cannot decode the checkpoint", e))?;
     if !checkpoint.verify() {
         return Err(corrupt(
             path,
@@ -294,10 +294,33 @@ struct Scan {
     records: u64,
 }
 
-fn decode_entries(mut rest: &[u8], state: &mut PersistentState) -> Result<(), String> {
+/// What is wrong inside a record whose checksum matched.
+struct BadRecord {
+    what: String,
+    cause: Option<postcard::Error>,
+}
+
+impl BadRecord {
+    fn undecodable(what: &str) -> impl FnOnce(postcard::Error) -> BadRecord + '_ {
+        move |e| BadRecord {
+            what: what.to_owned(),
+            cause: Some(e),
+        }
+    }
+
+    /// The corruption error for the record at `offset` in `path`.
+    fn at(self, path: &Path, offset: u64) -> StorageError {
+        match self.cause {
+            Some(cause) => corrupt_because(path, offset, self.what, cause),
+            None => corrupt(path, offset, self.what),
+        }
+    }
+}
+
+fn decode_entries(mut rest: &[u8], state: &mut PersistentState) -> Result<(), BadRecord> {
     while !rest.is_empty() {
         let ((slot, entry), r): ((Slot, StoredEntry), _) = postcard::take_from_bytes(rest)
-            .map_err(|e| format!("cannot decode a base entry: {e}"))?;
+            .map_err(BadRecord::undecodable("cannot decode a base entry"))?;
         state.log.insert(slot, entry);
         rest = r;
     }
@@ -308,14 +331,17 @@ fn apply_record(
     payload: &[u8],
     phase: &mut Phase,
     state: &mut PersistentState,
-) -> Result<(), String> {
+) -> Result<(), BadRecord> {
     let Some((&tag, mut rest)) = payload.split_first() else {
-        return Err("empty record".into());
+        return Err(BadRecord {
+            what: "empty record".into(),
+            cause: None,
+        });
     };
     match (*phase, tag) {
         (Phase::ExpectBase, TAG_BASE_BEGIN) => {
             let (header, r): (BaseHeader, _) = postcard::take_from_bytes(rest)
-                .map_err(|e| format!("cannot decode the base header: {e}"))?;
+                .map_err(BadRecord::undecodable("cannot decode the base header"))?;
             let BaseHeader {
                 status,
                 incarnation,
@@ -340,7 +366,7 @@ fn apply_record(
         (Phase::Ops, TAG_OPS) => {
             while !rest.is_empty() {
                 let (op, r): (PersistOp, _) = postcard::take_from_bytes(rest)
-                    .map_err(|e| format!("cannot decode an operation: {e}"))?;
+                    .map_err(BadRecord::undecodable("cannot decode an operation"))?;
                 apply_op(state, &op);
                 rest = r;
             }
@@ -351,7 +377,10 @@ fn apply_record(
                 Phase::InBase => "inside a base",
                 Phase::Ops => "among operations",
             };
-            return Err(format!("unexpected record (tag {tag}) {place}"));
+            return Err(BadRecord {
+                what: format!("unexpected record (tag {tag}) {place}"),
+                cause: None,
+            });
         }
     }
     Ok(())
@@ -523,7 +552,7 @@ fn scan_segment(
             // Complete, so possibly acknowledged: damage, even as the very last record.
             return Err(damaged(path, pos, RecordDamage::PayloadChecksum));
         }
-        apply_record(&payload, &mut phase, state).map_err(|e| corrupt(path, pos, e))?;
+        apply_record(&payload, &mut phase, state).map_err(|e| e.at(path, pos))?;
         records += 1;
         pos = end;
         if phase == Phase::Ops && base_end.is_none() {
@@ -597,7 +626,7 @@ pub(crate) fn plan_log(
         };
         for pair in segments[start..].windows(2) {
             if pair[1].0 != pair[0].0 + 1 {
-                return Err(StorageError::Corrupt(format!(
+                return Err(StorageError::corrupt(format!(
                     "{}: log segment {} is missing before it",
                     pair[1].1.display(),
                     segment_name(pair[0].0 + 1)

@@ -147,7 +147,7 @@ pub struct FileStorage {
     buf: Vec<u8>,
     recovery: RecoveryReport,
     /// Set when a write failed: the files may no longer match `state`.
-    failed: Option<String>,
+    failed: Option<StorageError>,
     /// The directory's `LOCK` file, exclusively locked for as long as this value lives
     /// (released when it is dropped, or by the OS when the process dies).
     _lock: File,
@@ -204,7 +204,7 @@ impl FileStorage {
         let (segments, has_checkpoint) = list_dir(&dir)?;
         let has_meta = read_meta(&disk.path(META_FILE), cluster_id, node_id)?;
         if !has_meta && (!segments.is_empty() || has_checkpoint) {
-            return Err(StorageError::Corrupt(format!(
+            return Err(StorageError::corrupt(format!(
                 "{}: the META file is missing but the directory holds log data; \
                  refusing to guess which replica it belongs to",
                 dir.display()
@@ -219,7 +219,7 @@ impl FileStorage {
         )?;
         let plan = plan_log(segments, cluster_id, node_id, &options)?;
         if plan.is_none() && checkpoint.is_some() {
-            return Err(StorageError::Corrupt(format!(
+            return Err(StorageError::corrupt(format!(
                 "{}: a checkpoint exists but every log segment is missing",
                 dir.display()
             ))
@@ -332,7 +332,7 @@ impl FileStorage {
             match op {
                 PersistOp::Checkpoint(cp) => {
                     if !cp.verify() {
-                        return Err(StorageError::Corrupt(format!(
+                        return Err(StorageError::corrupt(format!(
                             "refusing to store the checkpoint at slot {}: its data does not match its digest",
                             cp.slot
                         )));
@@ -412,7 +412,7 @@ impl FileStorage {
         let seq = self
             .current_seq()
             .checked_add(1)
-            .ok_or_else(|| StorageError::Io("log segment sequence numbers are exhausted".into()))?;
+            .ok_or_else(|| StorageError::io("log segment sequence numbers are exhausted"))?;
         let mut head = Vec::new();
         encode_segment_header(&mut head, self.cluster_id, self.node_id, seq, kind);
         if kind == KIND_BASE {
@@ -433,9 +433,9 @@ impl FileStorage {
             return Ok(());
         };
         let payload = postcard::to_stdvec(cp)
-            .map_err(|e| StorageError::Io(format!("cannot encode the checkpoint: {e}")))?;
+            .map_err(|e| StorageError::io_because("cannot encode the checkpoint", e))?;
         if payload.len() as u64 > self.options.max_checkpoint_size {
-            return Err(StorageError::Io(format!(
+            return Err(StorageError::io(format!(
                 "the checkpoint at slot {} is {} bytes, more than the maximum checkpoint size of {} bytes",
                 cp.slot,
                 payload.len(),
@@ -486,9 +486,7 @@ impl FileStorage {
 impl Storage for FileStorage {
     fn load(&mut self) -> Result<PersistentState, StorageError> {
         if let Some(e) = &self.failed {
-            return Err(StorageError::Io(format!(
-                "an earlier write failed ({e}); reopen the storage to recover"
-            )));
+            return Err(refused_after(e));
         }
         Ok(self.state.clone())
     }
@@ -500,19 +498,25 @@ impl Storage for FileStorage {
     /// behind what was applied in memory. Reopen it to recover.
     fn persist(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
         if let Some(e) = &self.failed {
-            return Err(StorageError::Io(format!(
-                "an earlier write failed ({e}); reopen the storage to recover"
-            )));
+            return Err(refused_after(e));
         }
         if ops.is_empty() {
             return Ok(());
         }
         let result = self.persist_ops(ops);
         if let Err(e) = &result {
-            self.failed = Some(e.to_string());
+            self.failed = Some(e.clone());
         }
         result
     }
+}
+
+/// The error of every call after a failed write, keeping that failure as its cause.
+fn refused_after(failure: &StorageError) -> StorageError {
+    StorageError::io_because(
+        "an earlier write failed (reopen the storage to recover)",
+        failure.clone(),
+    )
 }
 
 /// Appends the records of a base holding `state` (checkpoint excepted) to `buf`.
@@ -543,7 +547,7 @@ pub(crate) fn encode_base(
 fn create_dir(dir: &Path, sync: bool) -> Result<bool, StorageError> {
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(false),
-        Ok(_) => Err(StorageError::Io(format!(
+        Ok(_) => Err(StorageError::io(format!(
             "{} is not a directory",
             dir.display()
         ))),

@@ -167,7 +167,7 @@ fn records(path: &Path) -> Vec<(u64, u32, u8)> {
 }
 
 fn assert_corrupt(e: OpenError, file: &Path, offset: u64) {
-    let OpenError::Storage(StorageError::Corrupt(msg)) = &e else {
+    let OpenError::Storage(StorageError::Corrupt { what: msg, .. }) = &e else {
         panic!("expected Corrupt, got {e:?}");
     };
     let name = file.file_name().unwrap().to_str().unwrap();
@@ -186,6 +186,11 @@ fn assert_damaged(e: OpenError, file: &Path, offset: u64) -> RecordDamage {
 
 /// [`assert_damaged`] as a check: `Err` says how `e` differs from the refusal of a
 /// damaged record at `offset` of `file`.
+/// The [`OpenError`] a [`StorageError`] converted from one keeps as its cause.
+fn open_cause(e: &StorageError) -> Option<&OpenError> {
+    e.cause()?.downcast_ref::<OpenError>()
+}
+
 fn damaged_record(e: OpenError, file: &Path, offset: u64) -> Result<RecordDamage, String> {
     let OpenError::DamagedRecord {
         file: f,
@@ -210,9 +215,13 @@ fn damaged_record(e: OpenError, file: &Path, offset: u64) -> Result<RecordDamage
         return Err(format!("incomplete message: {msg}"));
     }
     let damage = *damage;
-    // Callers that only know StorageError see it as corruption.
-    match StorageError::from(e) {
-        StorageError::Corrupt(m) if m == msg => Ok(damage),
+    // Callers that only know StorageError see it as corruption, caused by `e`.
+    match StorageError::from(e.clone()) {
+        se @ StorageError::Corrupt { .. }
+            if open_cause(&se) == Some(&e) && se.to_string().contains(&msg) =>
+        {
+            Ok(damage)
+        }
         other => Err(format!("as a StorageError: {other:?}")),
     }
 }
@@ -395,7 +404,7 @@ fn another_cluster_or_node_is_refused() {
     drop(s);
     for (cluster, node) in [(CLUSTER + 1, NODE), (CLUSTER, NODE + 1)] {
         let e = FileStorage::open(dir.path(), cluster, node).unwrap_err();
-        let OpenError::Storage(StorageError::Mismatch(msg)) = &e else {
+        let OpenError::Storage(StorageError::Mismatch { what: msg, .. }) = &e else {
             panic!("expected Mismatch, got {e:?}");
         };
         assert!(msg.contains("META") && msg.contains("node"), "{msg}");
@@ -409,8 +418,25 @@ fn another_cluster_or_node_is_refused() {
     let seg = segments(dir.path()).pop().unwrap();
     fs::copy(&foreign, &seg).unwrap();
     assert!(
-        matches!(open_storage_err(dir.path()), StorageError::Mismatch(m) if m.contains(".log"))
+        matches!(open_storage_err(dir.path()), StorageError::Mismatch { what: m, .. } if m.contains(".log"))
     );
+}
+
+#[test]
+fn an_io_failure_keeps_the_io_error_as_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain");
+    fs::write(&file, b"").unwrap();
+    let e = open_storage_err(&file.join("data"));
+    let StorageError::Io { what, .. } = &e else {
+        panic!("expected Io, got {e:?}");
+    };
+    assert!(what.contains("plain"), "{what}");
+    let cause = std::error::Error::source(&e).expect("a cause");
+    let io = cause
+        .downcast_ref::<std::io::Error>()
+        .expect("an io::Error");
+    assert!(e.to_string().ends_with(&format!(": {io}")), "{e}");
 }
 
 #[test]
@@ -428,19 +454,19 @@ fn missing_meta_next_to_data_and_missing_segments_are_refused() {
     copy_dir(dir.path(), work.path());
     fs::remove_file(work.path().join(META_FILE)).unwrap();
     assert!(
-        matches!(open_storage_err(work.path()), StorageError::Corrupt(m) if m.contains("META"))
+        matches!(open_storage_err(work.path()), StorageError::Corrupt { what: m, .. } if m.contains("META"))
     );
 
     copy_dir(dir.path(), work.path());
     fs::remove_file(work.path().join(segs[1].file_name().unwrap())).unwrap();
     assert!(
-        matches!(open_storage_err(work.path()), StorageError::Corrupt(m) if m.contains("missing"))
+        matches!(open_storage_err(work.path()), StorageError::Corrupt { what: m, .. } if m.contains("missing"))
     );
 
     copy_dir(dir.path(), work.path());
     fs::remove_file(work.path().join(segs[0].file_name().unwrap())).unwrap();
     assert!(
-        matches!(open_storage_err(work.path()), StorageError::Corrupt(m) if m.contains("base"))
+        matches!(open_storage_err(work.path()), StorageError::Corrupt { what: m, .. } if m.contains("base"))
     );
 }
 
@@ -502,9 +528,17 @@ fn a_batch_larger_than_a_record_is_split_and_read_back() {
         slot: 1,
         value: value(1, 5000),
     };
-    assert!(matches!(s.persist(&[huge]), Err(StorageError::Io(_))));
-    assert!(s.persist(&[accept(1, 1)]).is_err());
-    assert!(s.load().is_err());
+    let failure = s.persist(&[huge]).unwrap_err();
+    assert!(matches!(failure, StorageError::Io { .. }), "{failure:?}");
+    // Every later call is refused, naming the failure as its cause.
+    for later in [
+        s.persist(&[accept(1, 1)]).unwrap_err(),
+        s.load().unwrap_err(),
+    ] {
+        let cause = later.cause().and_then(|c| c.downcast_ref::<StorageError>());
+        assert_eq!(cause, Some(&failure), "{later:?}");
+        assert!(later.to_string().contains("reopen"), "{later}");
+    }
     drop(s);
     assert_eq!(load(dir.path(), &o), mem_after(std::slice::from_ref(&big)));
 
@@ -614,14 +648,14 @@ fn checkpoint_file_is_replaced_atomically_and_checked() {
         copy_dir(dir.path(), work.path());
         flip_bit(&work_cp, at as u64, 0);
         assert!(
-            matches!(open_storage_err(work.path()), StorageError::Corrupt(m) if m.contains("checkpoint"))
+            matches!(open_storage_err(work.path()), StorageError::Corrupt { what: m, .. } if m.contains("checkpoint"))
         );
     }
     copy_dir(dir.path(), work.path());
     truncate(&work_cp, good.len() as u64 - 1);
     assert!(matches!(
         open_storage_err(work.path()),
-        StorageError::Corrupt(_)
+        StorageError::Corrupt { .. }
     ));
 
     // A checkpoint whose data does not match its digest (with intact framing) is caught
@@ -636,7 +670,7 @@ fn checkpoint_file_is_replaced_atomically_and_checked() {
     fs::write(&work_cp, bytes).unwrap();
     let e = open_storage_err(work.path());
     assert!(
-        matches!(&e, StorageError::Corrupt(m) if m.contains("verify")),
+        matches!(&e, StorageError::Corrupt { what: m, .. } if m.contains("verify")),
         "{e:?}"
     );
 
@@ -644,7 +678,7 @@ fn checkpoint_file_is_replaced_atomically_and_checked() {
     let mut s = open(dir.path(), &o);
     assert!(matches!(
         s.persist(&[PersistOp::Checkpoint(bad)]),
-        Err(StorageError::Corrupt(_))
+        Err(StorageError::Corrupt { .. })
     ));
 }
 
@@ -1039,8 +1073,12 @@ fn check_a_second_open_is_refused(path: &Path, options: &FileStorageOptions) -> 
     if e.to_string() != expected {
         return Err(format!("message {e}, expected {expected}"));
     }
-    match StorageError::from(e) {
-        StorageError::Io(m) if m.contains("in use") => Ok(()),
+    match StorageError::from(e.clone()) {
+        se @ StorageError::Io { .. }
+            if open_cause(&se) == Some(&e) && se.to_string().contains(&expected) =>
+        {
+            Ok(())
+        }
         other => Err(format!("as a StorageError: {other:?}")),
     }
 }
@@ -1319,7 +1357,11 @@ fn another_format_version_is_refused_naming_the_version() {
                 "{msg}"
             );
             assert!(
-                matches!(StorageError::from(e), StorageError::Mismatch(m) if m == msg),
+                matches!(
+                    StorageError::from(e.clone()),
+                    se @ StorageError::Mismatch { .. }
+                        if open_cause(&se) == Some(&e) && se.to_string().contains(&msg)
+                ),
                 "callers that only know StorageError see a mismatch"
             );
             assert_eq!(
@@ -1335,7 +1377,7 @@ fn another_format_version_is_refused_naming_the_version() {
     flip_bit(&meta, 8, 0);
     assert!(matches!(
         open_storage_err(work.path()),
-        StorageError::Corrupt(m) if m.contains("checksum")
+        StorageError::Corrupt { what: m, .. } if m.contains("checksum")
     ));
 }
 

@@ -1,10 +1,13 @@
 //! Execution: applying the log in slot order to the state machine and the session
 //! table, and taking and installing checkpoints.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::error::CheckpointError;
 use crate::sessions::{Session, SessionCheck, Sessions};
 use crate::traits::{Checkpoint, PersistOp, StateMachine};
 use crate::types::{ClientId, Request, Response, Slot, Value};
@@ -175,19 +178,18 @@ impl<S: StateMachine> Replica<S> {
 
     /// Replaces the replicated state with a checkpoint: verifies its digest, restores the
     /// state machine and the session table, and drops the log below it.
-    pub(super) fn install(&mut self, checkpoint: Checkpoint) -> Result<(), String> {
+    pub(super) fn install(&mut self, checkpoint: Checkpoint) -> Result<(), CheckpointError> {
         if !checkpoint.verify() {
-            return Err(format!(
-                "checkpoint at slot {} fails its digest",
-                checkpoint.slot
-            ));
+            return Err(CheckpointError::Digest {
+                slot: checkpoint.slot,
+            });
         }
-        let body: SnapshotBody = postcard::from_bytes(&checkpoint.data)
-            .map_err(|e| format!("undecodable checkpoint: {e}"))?;
-        self.exec
-            .sm
-            .restore(&body.state_machine)
-            .map_err(|e| e.to_string())?;
+        let body: SnapshotBody =
+            postcard::from_bytes(&checkpoint.data).map_err(|e| CheckpointError::Undecodable {
+                slot: checkpoint.slot,
+                cause: Arc::new(e),
+            })?;
+        self.exec.sm.restore(&body.state_machine)?;
         self.exec.sessions = Sessions::from_vec(body.sessions);
         let slot = checkpoint.slot;
         self.log.install(slot);

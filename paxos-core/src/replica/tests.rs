@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::error::CheckpointError;
 use crate::message::PromiseEntry;
 use crate::sim::Recorder;
 use crate::traits::{MemStorage, Storage};
@@ -210,9 +211,18 @@ fn a_damaged_checkpoint_is_refused() {
     let mut data = cp.data.to_vec();
     data[0] ^= 1;
     cp.data = data.into();
+    let cp_slot = cp.slot;
     let cfg = h.replicas[0].config().clone();
     let err = Replica::new(cfg, Recorder::default(), state).unwrap_err();
-    assert!(matches!(err, ReplicaError::Checkpoint(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            ReplicaError::Checkpoint(CheckpointError::Digest { slot }) if slot == cp_slot
+        ),
+        "{err}"
+    );
+    let source = std::error::Error::source(&err).expect("the cause is kept");
+    assert!(source.is::<CheckpointError>(), "{source}");
 }
 
 #[test]
