@@ -22,21 +22,38 @@ use crate::bank::{Bank, BankCommand};
 pub const MAX_LOG_ENTRIES: usize = 10_000;
 
 /// A [`Cluster`] operation on one replica failed.
-#[derive(Clone, Debug, Error)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum ClusterError {
     /// The cluster has no replica with this id.
-    #[error("no replica n{0} in this cluster")]
     UnknownNode(NodeId),
     /// The replica did not answer (stopped, crashed, or not reachable over the network).
-    #[error("n{node} unreachable: {cause}")]
     Unreachable {
         /// The replica.
         node: NodeId,
         /// Why: the transport's, the node's or the driver's own error.
-        #[source]
         cause: ErrorCause,
     },
+}
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterError::UnknownNode(n) => write!(f, "no replica n{n} in this cluster"),
+            ClusterError::Unreachable { node, cause } => write!(f, "n{node} unreachable: {cause}"),
+        }
+    }
+}
+
+// By hand rather than derived: thiserror would hand out the `Arc` as the source, which
+// hides the cause's own type from `downcast_ref`.
+impl std::error::Error for ClusterError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClusterError::UnknownNode(_) => None,
+            ClusterError::Unreachable { cause, .. } => Some(&**cause),
+        }
+    }
 }
 
 impl ClusterError {

@@ -47,13 +47,25 @@ pub enum EndpointErrorKind {
 /// An [`Endpoint`] could not deliver a request or get its answer. It names the node,
 /// says what kind of failure it was, and keeps the underlying error as its
 /// [`source`](std::error::Error::source).
-#[derive(Clone, Debug, Error)]
-#[error("{}", self.describe())]
+#[derive(Clone, Debug)]
 pub struct EndpointError {
     node: NodeId,
     kind: EndpointErrorKind,
-    #[source]
     cause: Option<ErrorCause>,
+}
+
+impl std::fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+// By hand rather than derived: thiserror would hand out the `Arc` as the source, which
+// hides the cause's own type from `downcast_ref`.
+impl std::error::Error for EndpointError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_ref().map(|cause| &**cause as _)
+    }
 }
 
 impl EndpointError {
@@ -503,5 +515,19 @@ mod tests {
             matches!(got, Err(ClientError::Timeout)),
             "the answer of another request was returned: {got:?}"
         );
+    }
+
+    #[test]
+    fn an_endpoint_error_hands_out_its_cause_itself() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = EndpointError::unreachable(3, io);
+        let cause = e.source().expect("a cause");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("the io::Error itself");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(e.to_string(), "node 3 unreachable: refused");
+        assert_eq!((e.node(), e.kind()), (3, EndpointErrorKind::Unreachable));
     }
 }
