@@ -335,6 +335,35 @@ impl<S: StateMachine> Client<S> {
         postcard::from_bytes(&bytes).map_err(|e| ClientError::Codec(e.to_string()))
     }
 
+    /// Reads with `command`, a read-only command (one [`StateMachine::query`] answers),
+    /// with the default deadline: linearizable, without a log round, a session or a
+    /// write to storage (see [`Request::read`]).
+    pub async fn read(&mut self, command: &S::Command) -> Result<S::Output, ClientError> {
+        let deadline = self.options.default_deadline;
+        self.read_within(command, deadline).await
+    }
+
+    /// Like [`read`](Self::read), retrying until it is answered or `timeout` passes.
+    /// Reads change nothing, so a retry is always safe. A command the state machine
+    /// does not answer as a read fails with [`ClientError::Invalid`].
+    pub async fn read_within(
+        &mut self,
+        command: &S::Command,
+        timeout: Duration,
+    ) -> Result<S::Output, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let payload = Bytes::from(
+            postcard::to_allocvec(command).map_err(|e| ClientError::Codec(e.to_string()))?,
+        );
+        // A fresh nonce per read from the operating system (replies are matched by it,
+        // and two clients created with the same id must not share nonces).
+        let nonce = os_nonce();
+        let bytes = self
+            .call_until(Request::read(nonce, payload), deadline)
+            .await?;
+        postcard::from_bytes(&bytes).map_err(|e| ClientError::Codec(e.to_string()))
+    }
+
     async fn call_until(
         &mut self,
         request: Request,

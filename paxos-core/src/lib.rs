@@ -110,6 +110,8 @@ mod mutation;
 mod node;
 #[cfg(all(test, feature = "runtime"))]
 mod node_order_tests;
+#[cfg(test)]
+mod read_tests;
 mod replica;
 #[cfg(test)]
 mod scenarios;
@@ -146,4 +148,4 @@ pub use traits::{
     apply_op, AcceptorStatus, Checkpoint, MemStorage, PersistOp, PersistentState, StateMachine,
     Storage, StoredEntry, Transport,
 };
-pub use types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot, Value};
+pub use types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot, Value, READ_SEQ};

@@ -177,6 +177,27 @@ pub enum Message {
         /// The recovery's nonce.
         nonce: u64,
     },
+    /// Leader → follower: a read-index round. Answered with [`Message::ReadIndexAck`] by
+    /// a follower that has promised nothing above `ballot`; a majority of answers
+    /// confirms that the leader still led after the reads of this round arrived. Also
+    /// serves as a heartbeat.
+    ReadIndex {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The round, increasing within a leadership.
+        round: u64,
+        /// The leader's commit point.
+        commit_point: Slot,
+    },
+    /// Follower → leader: the answer to [`Message::ReadIndex`].
+    ReadIndexAck {
+        /// The ballot of the round.
+        ballot: Ballot,
+        /// The round.
+        round: u64,
+        /// The follower's incarnation.
+        incarnation: u64,
+    },
 }
 
 impl Message {
@@ -199,6 +220,8 @@ impl Message {
             Message::RecoverGrant { .. } => "recover-grant",
             Message::RecoverRefused { .. } => "recover-refused",
             Message::NeverVoted { .. } => "never-voted",
+            Message::ReadIndex { .. } => "read-index",
+            Message::ReadIndexAck { .. } => "read-index-ack",
         }
     }
 }

@@ -46,4 +46,13 @@ pub(crate) enum Mutation {
     QuorumOfTwo,
     /// A pre-vote needs every member, not a majority: no election while one is down.
     PreVoteNeedsEveryone,
+    /// The leader answers a read from its own state at once, without confirming with a
+    /// majority that it still leads and without waiting for its read point.
+    ReadWithoutConfirmation,
+    /// The leader answers a confirmed read without waiting until it has executed up to
+    /// the read point.
+    ReadBeforeReadPoint,
+    /// A read joins the round already in flight (sent before it arrived) instead of the
+    /// next one: acknowledgements older than the read confirm it.
+    ReadJoinsSentRound,
 }

@@ -67,6 +67,16 @@ pub trait StateMachine {
     /// Replaces the whole state with a snapshot taken by [`StateMachine::snapshot`].
     /// On error the state must be left as it was.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), crate::RestoreError>;
+
+    /// Answers `command` without changing the state, if it is a read-only command: the
+    /// answer must be what [`apply`](Self::apply) would return for it now. Such commands
+    /// can be sent as [reads](crate::Request::read), which never enter the log or the
+    /// session table. The default answers none (`None`): every command goes through
+    /// the log.
+    fn query(&self, command: &Self::Command) -> Option<Self::Output> {
+        let _ = command;
+        None
+    }
 }
 
 /// Moves [`Message`]s between replicas.

@@ -82,7 +82,31 @@ impl Request {
     pub fn is_register(&self) -> bool {
         self.seq == 0
     }
+
+    /// A linearizable read: `payload` is a command the state machine answers with
+    /// [`StateMachine::query`](crate::StateMachine::query), without entering the log or
+    /// the session table. `nonce` names the read (its reply carries it back); give each
+    /// read a fresh one.
+    ///
+    /// The leader answers once it has confirmed, with a round of messages to a majority
+    /// begun after the read arrived, that it still leads, and has executed everything
+    /// that may have been chosen before (a read index, as in Raft's §6.4).
+    pub fn read(nonce: ClientId, payload: Bytes) -> Self {
+        Request {
+            client: nonce,
+            seq: READ_SEQ,
+            payload,
+        }
+    }
+
+    /// True when this request is a [read](Request::read).
+    pub fn is_read(&self) -> bool {
+        self.seq == READ_SEQ
+    }
 }
+
+/// The request number that marks a [read](Request::read): no session ever reaches it.
+pub const READ_SEQ: u64 = u64::MAX;
 
 /// The value of a log slot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,6 +27,8 @@ enum Flaw {
     RestoreForgets,
     /// An output depends on which replica computed it.
     Nondeterministic,
+    /// A read answers from a stale copy: the value before the last put.
+    StaleQuery,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -57,6 +59,18 @@ impl StateMachine for Kv {
 
     fn snapshot(&self) -> Vec<u8> {
         postcard::to_allocvec(&self.map).expect("encodes")
+    }
+
+    fn query(&self, op: &Op) -> Option<Option<Vec<u8>>> {
+        match op {
+            Op::Get(k) if self.flaw == Flaw::StaleQuery => Some(
+                self.map
+                    .get(k)
+                    .map(|v| v[..v.len().saturating_sub(1)].to_vec()),
+            ),
+            Op::Get(k) => Some(self.map.get(k).cloned()),
+            _ => None,
+        }
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
@@ -122,6 +136,10 @@ impl Workload for KvWorkload {
         KvModel
     }
 
+    fn read(&self, gen: &mut Gen, _client: usize) -> Option<Op> {
+        gen.chance(0.3).then(|| Op::Get(gen.below(3) as u8))
+    }
+
     fn command(&self, gen: &mut Gen, _client: usize) -> Op {
         let k = gen.below(3) as u8;
         let v = gen.below(256) as u8;
@@ -146,7 +164,7 @@ fn a_correct_key_value_store_passes_with_three_and_five_replicas() {
         .run()
         .unwrap_or_else(|f| panic!("{f}"));
     for r in [&three, &five] {
-        assert!(r.completed > 1000, "{r}");
+        assert!(r.completed > 1000 && r.reads > 300, "{r}");
         assert!(r.crashes > 0 && r.snapshots > 0 && r.elections > 0, "{r}");
     }
 }
@@ -185,4 +203,10 @@ fn a_nondeterministic_store_is_caught_and_the_failure_replays() {
         .run_seed(f.seed)
         .expect_err("replays");
     assert_eq!((again.tick, again.what.clone()), (f.tick, f.what.clone()));
+}
+
+#[test]
+fn a_store_whose_reads_answer_from_a_stale_copy_is_caught() {
+    let f = first_failure(Flaw::StaleQuery, 50).expect("the flaw is caught");
+    assert!(f.what.contains("read"), "{f}");
 }

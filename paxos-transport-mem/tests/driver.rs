@@ -42,6 +42,12 @@ impl StateMachine for Kv {
         self.0 = postcard::from_bytes(bytes).map_err(|e| RestoreError::new(e.to_string()))?;
         Ok(())
     }
+    fn query(&self, op: &Op) -> Option<i64> {
+        match op {
+            Op::Get(k) => Some(self.0.get(k).copied().unwrap_or(0)),
+            Op::Add(..) => None,
+        }
+    }
 }
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -297,4 +303,35 @@ async fn a_stopped_node_refuses_requests() {
     })
     .await
     .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_every_completed_write_without_entering_the_log() {
+    let (_net, nodes) = cluster(3, 41);
+    let mut writer = client(&nodes);
+    let mut reader = client(&nodes);
+    timeout(LIMIT, async {
+        for i in 1..=20 {
+            writer
+                .execute(&Op::Add("k".into(), 1))
+                .await
+                .expect("write");
+            // A read sent after the write completed sees it, through any client.
+            let seen = reader.read(&Op::Get("k".into())).await.expect("read");
+            assert_eq!(seen, i);
+        }
+        // Reads took no slots: 20 writes and two registrations only.
+        let l = leader(&nodes, &[]).await;
+        let status = l.status().await.expect("status");
+        assert!(status.log_end <= 22 + 3, "log end {}", status.log_end);
+        // A command the machine does not answer as a read is refused.
+        let refused = reader.read(&Op::Add("k".into(), 5)).await;
+        assert!(
+            matches!(refused, Err(paxos_core::ClientError::Invalid(_))),
+            "{refused:?}"
+        );
+        assert_eq!(reader.read(&Op::Get("k".into())).await.expect("read"), 20);
+    })
+    .await
+    .expect("in time");
 }

@@ -20,8 +20,10 @@ use crate::error::TcpError;
 /// speak the same version; the handshake refuses a mismatch.
 ///
 /// Version 2 opens every client request and response frame with a call id, which the
-/// server echoes and the client checks (version 1 had none).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// server echoes and the client checks (version 1 had none). Version 3 adds the
+/// read-index messages (`ReadIndex`, `ReadIndexAck`) and the envelopes of the generic
+/// client path (`NodeRequest`, `NodeResponse`).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first bytes of every handshake frame.
 pub(crate) const MAGIC: [u8; 4] = *b"PXTC";

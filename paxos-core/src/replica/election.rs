@@ -156,6 +156,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub(super) fn step_down_queue(&mut self, leader: Option<NodeId>) {
+        self.step_down_reads(leader);
         if let RoleState::Leader(l) = &mut self.role {
             l.queue.clear();
         }

@@ -35,6 +35,11 @@ pub(super) struct Leader {
     pub(super) contact: Vec<Timeout>,
     /// The oldest incarnation of each member (by index) whose ACCEPTEDs count.
     pub(super) min_incarnation: Vec<u64>,
+    /// The end of the log this leader announced when it took over: every value a
+    /// previous leader may have had chosen lies below it (the floor of read points).
+    pub(super) view_end: Slot,
+    /// Reads waiting for a confirmed round and for execution.
+    pub(super) reads: Box<Reads>,
 }
 
 impl<S: StateMachine> Replica<S> {

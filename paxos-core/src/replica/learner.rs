@@ -74,6 +74,7 @@ impl<S: StateMachine> Replica<S> {
             self.catch_up.raise(c);
             self.ready.persist.push(PersistOp::CommitPoint(c));
             self.execute();
+            self.serve_reads();
         }
     }
 }

@@ -23,6 +23,7 @@ mod inspect;
 mod leader;
 mod learner;
 mod log;
+mod reads;
 mod recovery;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ use executor::Executor;
 pub use inspect::{ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection};
 use leader::{Inflight, Leader};
 use log::{Entry, SlotLog};
+use reads::Reads;
 use timers::{Timeout, Timers};
 use view_change::{Candidate, Promised};
 
@@ -253,6 +255,7 @@ impl<S: StateMachine> Replica<S> {
     /// in which to handle them.
     pub fn take_ready(&mut self) -> Ready {
         self.flush_leader();
+        self.flush_reads();
         std::mem::take(&mut self.ready)
     }
 
@@ -297,7 +300,10 @@ impl<S: StateMachine> Replica<S> {
                     }
                 }
             }
-            RoleState::Leader(_) => self.leader_tick(),
+            RoleState::Leader(_) => {
+                self.leader_tick();
+                self.read_tick();
+            }
         }
         self.maybe_fetch();
     }
@@ -306,6 +312,10 @@ impl<S: StateMachine> Replica<S> {
     /// redirect when this replica is not the leader, the cached reply for a request
     /// already executed, or the result once the request is chosen and executed.
     pub fn handle_request(&mut self, request: Request) {
+        if request.is_read() {
+            self.on_read(request);
+            return;
+        }
         let RoleState::Leader(leader) = &mut self.role else {
             // Followers, candidates and replicas still founding or recovering.
             let leader = self.leader.filter(|l| *l != self.cfg.id);
@@ -423,6 +433,16 @@ impl<S: StateMachine> Replica<S> {
                 nonce,
                 pristine,
             } => self.on_recover(from, ballot, incarnation, nonce, pristine),
+            Message::ReadIndex {
+                ballot,
+                round,
+                commit_point,
+            } => self.on_read_index(from, ballot, round, commit_point),
+            Message::ReadIndexAck {
+                ballot,
+                round,
+                incarnation,
+            } => self.on_read_index_ack(from_idx, ballot, round, incarnation),
             // Answers to a recovery this voter is not running.
             Message::RecoverGrant { .. }
             | Message::RecoverRefused { .. }

@@ -178,6 +178,7 @@ impl<S: StateMachine> Replica<S> {
                 | Message::Accept { .. }
                 | Message::NewView { .. }
                 | Message::Heartbeat { .. }
+                | Message::ReadIndex { .. }
         );
         match message {
             Message::Recover {
@@ -211,6 +212,11 @@ impl<S: StateMachine> Replica<S> {
             Message::Heartbeat {
                 ballot,
                 commit_point,
+            }
+            | Message::ReadIndex {
+                ballot,
+                commit_point,
+                ..
             }
             | Message::Accept {
                 ballot,

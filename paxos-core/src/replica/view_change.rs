@@ -297,6 +297,8 @@ impl<S: StateMachine> Replica<S> {
                 self.cfg.members.len()
             ],
             min_incarnation,
+            view_end: end,
+            reads: Box::new(Reads::new(self.now)),
         });
         self.record_view(ViewChange {
             ballot,

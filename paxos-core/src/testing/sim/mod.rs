@@ -127,6 +127,21 @@ pub trait Workload: Clone {
     /// The next command of simulated client `client` (0-based). Draw any randomness from
     /// `gen`, never from elsewhere, so that runs replay.
     fn command(&self, gen: &mut Gen, client: usize) -> <Self::Machine as StateMachine>::Command;
+
+    /// Whether client `client`'s next operation is a [read](crate::Request::read), and
+    /// which read-only command (one your [`StateMachine::query`] answers). The default,
+    /// `None`, sends every command through the log. Reads are checked like everything
+    /// else: each answer must be what the model gives for the state after some prefix of
+    /// the executed commands, a prefix that holds every write completed before the read
+    /// was sent, nothing sent after it returned, and no less than an earlier read saw.
+    fn read(
+        &self,
+        gen: &mut Gen,
+        client: usize,
+    ) -> Option<<Self::Machine as StateMachine>::Command> {
+        let _ = (gen, client);
+        None
+    }
 }
 
 /// Runs a [`Workload`] for many seeds. See the [module docs](self).
@@ -233,8 +248,10 @@ pub struct Report {
     pub steps: u64,
     /// Messages delivered.
     pub delivered: u64,
-    /// Client requests completed.
+    /// Client requests completed (writes through the log).
     pub completed: u64,
+    /// Reads answered (not through the log).
+    pub reads: u64,
     /// Replica crashes (some in the middle of a write).
     pub crashes: u64,
     /// Replicas that lost their storage, and recoveries completed.
@@ -256,6 +273,7 @@ impl Report {
             steps: s.steps,
             delivered: s.delivered,
             completed: s.completed,
+            reads: s.reads,
             crashes: s.crashes,
             amnesia: s.amnesia,
             recoveries: s.recoveries,
@@ -270,6 +288,7 @@ impl Report {
         self.steps += o.steps;
         self.delivered += o.delivered;
         self.completed += o.completed;
+        self.reads += o.reads;
         self.crashes += o.crashes;
         self.amnesia += o.amnesia;
         self.recoveries += o.recoveries;
@@ -283,12 +302,13 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} seeds: {} steps, {} messages, {} requests completed, {} crashes, {} wiped \
-             and {} recovered, {} new views, {} snapshots sent, {} expired sessions",
+            "{} seeds: {} steps, {} messages, {} requests completed, {} reads, {} crashes, \
+             {} wiped and {} recovered, {} new views, {} snapshots sent, {} expired sessions",
             self.seeds,
             self.steps,
             self.delivered,
             self.completed,
+            self.reads,
             self.crashes,
             self.amnesia,
             self.recoveries,

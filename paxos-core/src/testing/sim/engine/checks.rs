@@ -216,6 +216,115 @@ impl<W: Workload> Sim<W> {
         }
     }
 
+    /// Reads: each answered read saw the state after the first `p` executed commands
+    /// (`p` is what it reports). Linearizable when `p` covers every write completed
+    /// before the read was sent, holds nothing sent after it returned, is no less than
+    /// what any read that returned before it was sent saw, and the output is the
+    /// model's for that state.
+    pub(super) fn check_reads(&self) -> Result<(), Violation> {
+        let done: Vec<(usize, u64, u64, u64)> = self
+            .reads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, r.call, r.ret?, r.seen.as_ref()?.0)))
+            .collect();
+        if done.is_empty() {
+            return Ok(());
+        }
+        let executed = self.history.len() as u64;
+        // Completed writes by return time, with their positions.
+        let mut writes: Vec<(u64, u64)> = self
+            .ops
+            .values()
+            .filter_map(|o| Some((o.ret?, o.pos?)))
+            .collect();
+        writes.sort_unstable();
+        // The latest first-send time among the commands at positions below each prefix.
+        let mut latest_call = Vec::with_capacity(self.history.len() + 1);
+        latest_call.push(0u64);
+        for key in &self.history {
+            let call = self.ops.get(key).map_or(0, |o| o.call);
+            let prev = *latest_call.last().unwrap_or(&0);
+            latest_call.push(prev.max(call));
+        }
+        for &(i, call, ret, p) in &done {
+            let r = &self.reads[i];
+            if p > executed {
+                return Err(self.violation(format!(
+                    "read {} saw {p} commands executed; only {executed} ever were",
+                    r.nonce
+                )));
+            }
+            // Writes completed before the read was sent.
+            let before = writes.partition_point(|(wret, _)| *wret < call);
+            if let Some((_, pos)) = writes[..before].iter().max_by_key(|(_, pos)| *pos) {
+                if *pos >= p {
+                    return Err(self.violation(format!(
+                        "stale read: read {} (sent at tick {call}) saw {p} commands, but the \
+                         write at position {pos} had completed before it was sent",
+                        r.nonce
+                    )));
+                }
+            }
+            if latest_call[p as usize] > ret {
+                return Err(self.violation(format!(
+                    "read {} returned at tick {ret} yet saw a command sent at tick {}",
+                    r.nonce, latest_call[p as usize]
+                )));
+            }
+        }
+        // Reads in real-time order see no less than earlier reads.
+        let mut by_ret: Vec<(u64, u64, usize)> = done.iter().map(|d| (d.2, d.3, d.0)).collect();
+        by_ret.sort_unstable();
+        let mut by_call: Vec<(u64, u64, usize)> = done.iter().map(|d| (d.1, d.3, d.0)).collect();
+        by_call.sort_unstable();
+        let mut j = 0;
+        let mut max_seen: Option<(u64, usize)> = None;
+        for (call, p, i) in by_call {
+            while j < by_ret.len() && by_ret[j].0 < call {
+                if max_seen.is_none_or(|(m, _)| by_ret[j].1 > m) {
+                    max_seen = Some((by_ret[j].1, by_ret[j].2));
+                }
+                j += 1;
+            }
+            if let Some((m, earlier)) = max_seen {
+                if p < m {
+                    return Err(self.violation(format!(
+                        "read {} saw {p} commands after read {} had returned having seen {m}",
+                        self.reads[i].nonce, self.reads[earlier].nonce
+                    )));
+                }
+            }
+        }
+        // The model, replayed along the executed order, gives each read its output.
+        let model = self.workload.model();
+        let mut order: Vec<(u64, usize)> = done.iter().map(|d| (d.3, d.0)).collect();
+        order.sort_unstable();
+        let mut state = model.init();
+        let mut applied = 0u64;
+        for (p, i) in order {
+            while applied < p {
+                let key = &self.history[applied as usize];
+                let Some(command) = self.commands.get(key) else {
+                    return Ok(()); // reported by check_model
+                };
+                state = model.step(&state, command).0;
+                applied += 1;
+            }
+            let r = &self.reads[i];
+            let expected = model.step(&state, &r.command).1;
+            let Some((_, got)) = &r.seen else { continue };
+            if *got != expected {
+                return Err(self.violation(format!(
+                    "read {} ({:?}) after {p} commands returned {got:?}; the model says \
+                     {expected:?}",
+                    r.nonce, r.command
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Each replica's state in one line, for liveness reports.
     pub(super) fn describe_nodes(&self) -> String {
         let mut out = Vec::new();

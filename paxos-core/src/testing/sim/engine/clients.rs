@@ -18,10 +18,14 @@ impl<W: Workload> Sim<W> {
                 continue;
             }
             let timed_out = client.outstanding.is_some() && !client.redirected;
-            let seq = if client.registered {
-                client.next_seq
-            } else {
+            let seq = if !client.registered {
                 0
+            } else if client.read.is_some()
+                || (client.outstanding.is_none() && self.start_read(c))
+            {
+                READ_SEQ
+            } else {
+                self.clients[c].next_seq
             };
             self.clients[c].redirected = false;
             if timed_out {
@@ -33,9 +37,45 @@ impl<W: Workload> Sim<W> {
         }
     }
 
+    /// Whether client `c`'s next operation is a read (the workload decides); if so, it
+    /// is recorded and becomes the client's outstanding read.
+    fn start_read(&mut self, c: usize) -> bool {
+        let Some(command) = self.workload.read(&mut self.gen, c) else {
+            return false;
+        };
+        self.next_read += 1;
+        let nonce = self.next_read;
+        // Half the reads go to any replica, as from a client that does not know (or
+        // wrongly believes it knows) who leads: a deposed leader may still answer.
+        if self.gen.chance(0.5) {
+            let n = self.members.len() as u64;
+            self.clients[c].target = self.members[self.gen.below(n) as usize];
+        }
+        self.clients[c].read = Some((nonce, self.reads.len()));
+        self.reads.push(ReadOp {
+            nonce,
+            call: self.now,
+            ret: None,
+            command,
+            seen: None,
+        });
+        true
+    }
+
     pub(super) fn send_request(&mut self, c: usize, seq: u64) {
         let client = &mut self.clients[c];
         client.outstanding = Some((seq, self.now));
+        if seq == READ_SEQ {
+            let Some((nonce, i)) = client.read else {
+                return;
+            };
+            let command = self.reads[i].command.clone();
+            let payload = postcard::to_allocvec(&(nonce, READ_SEQ, command)).unwrap_or_default();
+            let to = client.target;
+            let request = Request::read(nonce, Bytes::from(payload));
+            self.send(Envelope::Request { to, request });
+            return;
+        }
         if seq > 0 {
             let now = self.now;
             self.ops.entry((client.id, seq)).or_insert(ClientOp {
@@ -70,6 +110,9 @@ impl<W: Workload> Sim<W> {
     }
 
     pub(super) fn client_reply(&mut self, from: NodeId, reply: Reply) -> Result<(), Violation> {
+        if reply.seq == READ_SEQ {
+            return self.read_reply(from, reply);
+        }
         let Some(c) = self.clients.iter().position(|c| {
             if reply.seq == 0 {
                 !c.registered && c.nonce == reply.client
@@ -155,6 +198,68 @@ impl<W: Workload> Sim<W> {
             }
             Response::Invalid { reason } => {
                 return Err(self.violation(format!("valid command rejected: {reason}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer to a read: recorded with the position it reports (checked at the end
+    /// against the history, see `check_reads`).
+    fn read_reply(&mut self, from: NodeId, reply: Reply) -> Result<(), Violation> {
+        let Some(c) = self
+            .clients
+            .iter()
+            .position(|c| c.read.is_some_and(|(nonce, _)| nonce == reply.client))
+        else {
+            return Ok(()); // a late answer to a read already answered
+        };
+        let Some((_, i)) = self.clients[c].read else {
+            return Ok(());
+        };
+        match reply.response {
+            Response::Ok(bytes) => {
+                let seen = match postcard::from_bytes::<(u64, Out<W>)>(&bytes) {
+                    Ok((p, out))
+                        if postcard::to_allocvec(&(p, &out)).is_ok_and(|e| e[..] == bytes[..]) =>
+                    {
+                        (p, out)
+                    }
+                    _ => {
+                        return Err(self.violation(format!(
+                            "read {} answered with undecodable {bytes:?}",
+                            reply.client
+                        )))
+                    }
+                };
+                self.reads[i].ret = Some(self.now);
+                self.reads[i].seen = Some(seen);
+                self.stats.reads += 1;
+                self.last_completion = self.now;
+                let client = &mut self.clients[c];
+                client.read = None;
+                client.outstanding = None;
+                client.remaining -= 1;
+                client.target = from;
+            }
+            Response::Redirect { leader } => {
+                let t = match leader {
+                    Some(l) => l,
+                    None => {
+                        self.members[(self.rng.next_u64() % self.members.len() as u64) as usize]
+                    }
+                };
+                let client = &mut self.clients[c];
+                client.target = t;
+                client.redirected = true;
+                client.outstanding = Some((READ_SEQ, self.now.saturating_sub(25)));
+            }
+            Response::Busy => {
+                self.clients[c].outstanding = Some((READ_SEQ, self.now.saturating_sub(20)));
+            }
+            other => {
+                return Err(
+                    self.violation(format!("read {} answered with {other:?}", reply.client))
+                );
             }
         }
         Ok(())

@@ -17,6 +17,7 @@ pub(crate) use crate::mutation::Mutation;
 use crate::testing::linearizability::{check_with_budget, AppendLog, CheckError, Model, Operation};
 use crate::testing::sim::{Gen, Workload};
 
+use crate::types::READ_SEQ;
 use crate::{
     AcceptorStatus, Ballot, ClientId, Config, MemStorage, Message, NodeId, PersistOp, Replica,
     Reply, Request, Response, RestoreError, Slot, StateMachine, Storage, Value,
@@ -60,6 +61,12 @@ impl<M: StateMachine> StateMachine for Recording<M> {
         (self.applied.len() as u64 - 1, output)
     }
 
+    /// A read reports how many commands the state it read had executed.
+    fn query(&self, (_, _, command): &Self::Command) -> Option<Self::Output> {
+        let output = self.inner.query(command)?;
+        Some((self.applied.len() as u64, output))
+    }
+
     fn snapshot(&self) -> Vec<u8> {
         postcard::to_allocvec(&(&self.applied, self.inner.snapshot())).unwrap_or_default()
     }
@@ -86,6 +93,10 @@ impl StateMachine for Unit {
     type Output = ();
 
     fn apply(&mut self, _: ()) {}
+
+    fn query(&self, _: &()) -> Option<()> {
+        Some(())
+    }
 
     fn snapshot(&self) -> Vec<u8> {
         Vec::new()
@@ -137,6 +148,10 @@ impl Workload for Protocol {
     }
 
     fn command(&self, _: &mut Gen, _: usize) {}
+
+    fn read(&self, gen: &mut Gen, _: usize) -> Option<()> {
+        gen.chance(0.25).then_some(())
+    }
 }
 
 #[cfg(test)]
@@ -181,6 +196,8 @@ pub(crate) struct Stats {
     pub(crate) recoveries: u64,
     pub(crate) pauses: u64,
     pub(crate) expired: u64,
+    /// Reads answered.
+    pub(crate) reads: u64,
     /// A digest of every delivery, to show that a seed replays identically.
     pub(crate) trace: u64,
 }
@@ -238,6 +255,21 @@ struct SimClient<C> {
     /// The command of the request being sent, by session and request number: a retry
     /// resends it.
     command: Option<((ClientId, u64), C)>,
+    /// The read in progress: its nonce and its index in `Sim::reads`.
+    read: Option<(ClientId, usize)>,
+}
+
+/// One read as its client saw it.
+#[derive(Clone, Debug)]
+pub(crate) struct ReadOp<C, O> {
+    nonce: ClientId,
+    /// When it was first sent.
+    call: u64,
+    /// When the answer came.
+    ret: Option<u64>,
+    command: C,
+    /// The answer: how many commands the state had executed, and the output.
+    seen: Option<(u64, O)>,
 }
 
 /// One client request as the client saw it, for the real-time order check.
@@ -284,6 +316,9 @@ pub(crate) struct Sim<W: Workload> {
     /// the workload's model replays the executed order against them.
     commands: HashMap<(ClientId, u64), Cmd<W>>,
     outputs: HashMap<(ClientId, u64), Out<W>>,
+    /// Every read, and the last read nonce used.
+    reads: Vec<ReadOp<Cmd<W>, Out<W>>>,
+    next_read: ClientId,
     /// Liveness during faults: since when a majority has been up and connected.
     good_since: Option<(u64, Vec<NodeId>)>,
     last_completion: u64,
@@ -369,6 +404,7 @@ impl<W: Workload> Sim<W> {
                 redirected: false,
                 results: HashMap::new(),
                 command: None,
+                read: None,
             })
             .collect();
         let quorum = faults.nodes / 2 + 1;
@@ -397,6 +433,9 @@ impl<W: Workload> Sim<W> {
             ops: HashMap::new(),
             commands: HashMap::new(),
             outputs: HashMap::new(),
+            reads: Vec::new(),
+            // Far from registration nonces and session ids.
+            next_read: 1 << 62,
             good_since: None,
             last_completion: 0,
             mutation,
@@ -483,6 +522,7 @@ impl<W: Workload> Sim<W> {
         self.stats.max_slot = self.chosen.keys().next_back().map_or(0, |s| s + 1);
         self.check_real_time_order()?;
         self.check_model()?;
+        self.check_reads()?;
         Ok(self.stats)
     }
 

@@ -1,0 +1,195 @@
+//! Read-index reads driven by hand through the two message sequences that break the
+//! classic mistakes: answering before executing up to the read point, and confirming a
+//! read with a round that went out before it arrived. Each runs against the real rule
+//! (no stale answer) and against the broken variant (a stale answer), so the scripts are
+//! shown to reach the bug.
+
+use bytes::Bytes;
+
+use crate::mutation::Mutation;
+use crate::scripted::{all, Deliver, Drop, Hold, Scripted as H};
+use crate::{ClientId, Message, NodeId, Request, Response, READ_SEQ};
+
+/// A write of the simulation's recording machine: its command is its identity.
+fn write(session: ClientId, seq: u64) -> Request {
+    Request {
+        client: session,
+        seq,
+        payload: Bytes::from(postcard::to_allocvec(&(session, seq)).unwrap()),
+    }
+}
+
+fn read(nonce: ClientId) -> Request {
+    Request::read(
+        nonce,
+        Bytes::from(postcard::to_allocvec(&(nonce, READ_SEQ)).unwrap()),
+    )
+}
+
+/// The answer to read `nonce`, if one came: how many commands the state it read had
+/// executed.
+fn answered(h: &H, nonce: ClientId) -> Option<u64> {
+    h.replies.iter().find_map(|(_, r)| match &r.response {
+        Response::Ok(b) if r.client == nonce && r.seq == READ_SEQ => {
+            Some(postcard::from_bytes::<u64>(b).unwrap())
+        }
+        _ => None,
+    })
+}
+
+/// n1 leads and registers session `c100`; returns the session id.
+fn leader_with_session(h: &mut H) -> ClientId {
+    h.r(1).start_election_now();
+    h.run(&all);
+    assert!(h.r(1).is_leader());
+    h.register(1, 100);
+    h.run(&all);
+    h.replies
+        .iter()
+        .find_map(|(_, r)| match &r.response {
+            Response::Ok(b) if r.client == 100 && r.seq == 0 => postcard::from_bytes(b).ok(),
+            _ => None,
+        })
+        .expect("registered")
+}
+
+fn involves(node: NodeId, from: NodeId, to: NodeId) -> bool {
+    from == node || to == node
+}
+
+/// 1. n1 leads; write W is accepted by n2 and chosen; n1 executes it and answers the
+///    client; nobody else learns that it was chosen.
+/// 2. n1 is cut off; n2 and n3 elect a new leader L, whose merged log holds W but whose
+///    re-proposal of W is not yet acknowledged (L has not executed W).
+/// 3. A read reaches L and its round is confirmed by the other follower. Answering now
+///    misses W, which completed before the read was sent.
+///
+/// Returns the answer before, and after, the held acknowledgements arrive.
+fn read_before_the_read_point(m: Mutation) -> (Option<u64>, Option<u64>) {
+    let mut h = H::new(3, true, |c| c.mutation = m);
+    let session = leader_with_session(&mut h);
+    h.r(1).handle_request(write(session, 1));
+    h.run(&|from, to, msg| match msg {
+        Message::Accept { .. } if from == 1 && to == 2 => Deliver,
+        Message::Accepted { .. } if from == 2 && to == 1 => Deliver,
+        _ => Drop,
+    });
+    assert!(
+        h.replies.iter().any(|(_, r)| r.client == session
+            && r.seq == 1
+            && matches!(r.response, Response::Ok(_))),
+        "W completed"
+    );
+    // n1 is cut off; acknowledgements of proposals are held back.
+    let cut = |from: NodeId, to: NodeId, msg: &Message| {
+        if involves(1, from, to) {
+            Drop
+        } else if matches!(msg, Message::Accepted { slots, .. } if !slots.is_empty()) {
+            Hold
+        } else {
+            Deliver
+        }
+    };
+    for _ in 0..200 {
+        h.tick(&[2, 3], 1, &cut);
+        if h.r(2).is_leader() || h.r(3).is_leader() {
+            break;
+        }
+    }
+    let l = if h.r(2).is_leader() { 2 } else { 3 };
+    assert!(h.r(l).is_leader(), "n2 or n3 leads");
+    assert_eq!(
+        h.r(l).executed(),
+        1,
+        "the new leader executed the registration, not W"
+    );
+    h.r(l).handle_request(read(9));
+    h.run(&cut);
+    let before = answered(&h, 9);
+    h.release(&all, &cut);
+    h.release(&all, &cut);
+    (before, answered(&h, 9))
+}
+
+/// 1. n1 leads; read R0 arrives and its round goes out; both followers acknowledge it,
+///    but the acknowledgements are delayed.
+/// 2. n1 is cut off; n2 and n3 elect a new leader L, and write W completes there.
+/// 3. Read R1 reaches n1, which still believes it leads; the delayed acknowledgements
+///    arrive. They confirm R0's round, which went out before R1 arrived: answering R1
+///    on their strength misses W.
+fn read_confirmed_by_an_earlier_round(m: Mutation) -> Option<u64> {
+    let mut h = H::new(3, true, |c| c.mutation = m);
+    let session = leader_with_session(&mut h);
+    h.r(1).handle_request(read(8));
+    h.run(&|_, _, msg| match msg {
+        Message::ReadIndexAck { .. } => Hold,
+        _ => Deliver,
+    });
+    assert_eq!(answered(&h, 8), None, "R0 waits for its round");
+    let cut = |from: NodeId, to: NodeId, _: &Message| {
+        if involves(1, from, to) {
+            Drop
+        } else {
+            Deliver
+        }
+    };
+    for _ in 0..200 {
+        h.tick(&[2, 3], 1, &cut);
+        if h.r(2).is_leader() || h.r(3).is_leader() {
+            break;
+        }
+    }
+    let l = if h.r(2).is_leader() { 2 } else { 3 };
+    assert!(h.r(l).is_leader(), "n2 or n3 leads");
+    h.r(l).handle_request(write(session, 1));
+    h.run(&cut);
+    assert!(
+        h.replies.iter().any(|(_, r)| r.client == session
+            && r.seq == 1
+            && matches!(r.response, Response::Ok(_))),
+        "W completed at the new leader"
+    );
+    assert!(h.r(1).is_leader(), "n1 still believes it leads");
+    h.r(1).handle_request(read(9));
+    // The delayed acknowledgements arrive; n1's new messages are lost.
+    h.release(
+        &|_, _, msg| match msg {
+            Message::ReadIndexAck { .. } => Deliver,
+            _ => Hold,
+        },
+        &|from, _, _| if from == 1 { Drop } else { Deliver },
+    );
+    answered(&h, 9)
+}
+
+#[test]
+fn a_read_waits_for_its_read_point() {
+    assert_eq!(
+        read_before_the_read_point(Mutation::None),
+        (None, Some(1)),
+        "answered once W is executed, with W"
+    );
+}
+
+#[test]
+fn mutant_reading_before_the_read_point_answers_stale() {
+    assert_eq!(
+        read_before_the_read_point(Mutation::ReadBeforeReadPoint).0,
+        Some(0),
+        "the broken variant answers without W"
+    );
+}
+
+#[test]
+fn a_read_is_confirmed_only_by_a_round_sent_after_it_arrived() {
+    assert_eq!(read_confirmed_by_an_earlier_round(Mutation::None), None);
+}
+
+#[test]
+fn mutant_confirming_reads_with_an_earlier_round_answers_stale() {
+    assert_eq!(
+        read_confirmed_by_an_earlier_round(Mutation::ReadJoinsSentRound),
+        Some(0),
+        "the broken variant answers without W"
+    );
+}
