@@ -29,6 +29,10 @@ enum Flaw {
     Nondeterministic,
     /// A read answers from a stale copy: the value before the last put.
     StaleQuery,
+    /// The snapshot leaves key 2 out.
+    SnapshotDropsKey,
+    /// `restore` refuses every snapshot it is given.
+    RestoreFails,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,7 +62,11 @@ impl StateMachine for Kv {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        postcard::to_allocvec(&self.map).expect("encodes")
+        let mut map = self.map.clone();
+        if self.flaw == Flaw::SnapshotDropsKey {
+            map.remove(&2);
+        }
+        postcard::to_allocvec(&map).expect("encodes")
     }
 
     fn query(&self, op: &Op) -> Option<Option<Vec<u8>>> {
@@ -76,6 +84,9 @@ impl StateMachine for Kv {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         if self.flaw == Flaw::RestoreForgets {
             return Ok(());
+        }
+        if self.flaw == Flaw::RestoreFails {
+            return Err(RestoreError::new("bad version"));
         }
         self.map = postcard::from_bytes(snapshot).map_err(|e| RestoreError::new(e.to_string()))?;
         Ok(())
@@ -181,8 +192,11 @@ fn first_failure(flaw: Flaw, max: u64) -> Option<paxos_core::testing::Failure> {
 
 #[test]
 fn a_store_that_forgets_on_restore_is_caught() {
-    let f = first_failure(Flaw::RestoreForgets, 300).expect("the flaw is caught");
-    assert!(f.what.contains("model"), "{f}");
+    let f = first_failure(Flaw::RestoreForgets, 100).expect("the flaw is caught");
+    assert!(
+        f.what.contains("diverged") || f.what.contains("model"),
+        "{f}"
+    );
 }
 
 #[test]
@@ -209,4 +223,24 @@ fn a_nondeterministic_store_is_caught_and_the_failure_replays() {
 fn a_store_whose_reads_answer_from_a_stale_copy_is_caught() {
     let f = first_failure(Flaw::StaleQuery, 50).expect("the flaw is caught");
     assert!(f.what.contains("read"), "{f}");
+}
+
+#[test]
+fn a_store_whose_snapshot_loses_a_key_is_caught() {
+    // Every replica's outputs are compared position by position, so the replica that
+    // installed the bad snapshot shows at its next output on key 2.
+    let f = first_failure(Flaw::SnapshotDropsKey, 100).expect("the flaw is caught");
+    assert!(
+        f.what.contains("diverged") || f.what.contains("model"),
+        "{f}"
+    );
+}
+
+#[test]
+fn a_failing_restore_is_a_failure_not_a_panic() {
+    let f = first_failure(Flaw::RestoreFails, 100).expect("the flaw is caught");
+    assert!(
+        f.what.contains("restore") || f.what.contains("checkpoint"),
+        "{f}"
+    );
 }

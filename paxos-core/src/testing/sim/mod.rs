@@ -11,7 +11,10 @@
 //! - one value per slot, and no replica executing anything else;
 //! - identical executed prefixes on every replica, no request executed twice;
 //! - promised ballots and commit points that never go back, across restarts;
-//! - every reply equal to what the cluster executed for that request;
+//! - every reply equal to what the cluster executed for that request, and every
+//!   replica computing the same output for the command at each position (a replica
+//!   whose state diverged, after a `restore` that lost something say, shows at its next
+//!   output, whoever answers the client); a `restore` that fails is a failure too;
 //! - liveness: a majority up and connected for long enough completes requests, and
 //!   every replica votes again once the faults heal;
 //!
@@ -174,7 +177,9 @@ impl<W: Workload> Simulation<W> {
     }
 
     /// Every seed runs `n` replicas (3 or 5 are the interesting sizes; 1 to 7 are
-    /// allowed) instead of drawing three or five.
+    /// allowed) instead of drawing three or five. With fewer than three there is no
+    /// fault budget (`f = 0`): the network still loses, delays and partitions, but no
+    /// replica crashes or loses its storage, so snapshots are rarely installed.
     ///
     /// # Panics
     /// If `n` is 0 or above 7.
@@ -254,11 +259,12 @@ pub struct Report {
     pub reads: u64,
     /// Replica crashes (some in the middle of a write).
     pub crashes: u64,
-    /// Replicas that lost their storage, and recoveries completed.
+    /// Replicas that lost their storage.
     pub amnesia: u64,
     /// Recoveries from lost storage completed.
     pub recoveries: u64,
-    /// New views announced (leader changes).
+    /// Leaderships that announced a new view to followers (a single replica announces
+    /// none).
     pub elections: u64,
     /// Snapshots sent (state transfers).
     pub snapshots: u64,

@@ -471,6 +471,32 @@ impl<W: Workload> Sim<W> {
             }
         }
         node.checked = applied.len();
+        // Every replica computes the same output at each position.
+        let recording = r.state_machine();
+        if let Some(why) = &recording.restore_failed {
+            return Err(Violation {
+                tick: now,
+                what: format!("node {id} could not restore a snapshot: {why}"),
+            });
+        }
+        for (pos, bytes) in recording.outputs.iter().skip(node.checked_outputs) {
+            match self.outputs_at.get(pos) {
+                Some((first, out)) if out != bytes => {
+                    return Err(Violation {
+                        tick: now,
+                        what: format!(
+                            "node {id} computed another output than node {first} for the \
+                             command at position {pos}: the replicas' states diverged"
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.outputs_at.insert(*pos, (id, bytes.clone()));
+                }
+            }
+        }
+        node.checked_outputs = recording.outputs.len();
         // Executed slots hold chosen values.
         let executed = r.executed();
         let info: Vec<_> = r.log(executed.saturating_sub(4)..executed);

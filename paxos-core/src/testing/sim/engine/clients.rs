@@ -20,8 +20,7 @@ impl<W: Workload> Sim<W> {
             let timed_out = client.outstanding.is_some() && !client.redirected;
             let seq = if !client.registered {
                 0
-            } else if client.read.is_some()
-                || (client.outstanding.is_none() && self.start_read(c))
+            } else if client.read.is_some() || (client.outstanding.is_none() && self.start_read(c))
             {
                 READ_SEQ
             } else {

@@ -123,7 +123,7 @@ impl<W: Workload> Sim<W> {
             .count()
     }
 
-    pub(super) fn inject_faults(&mut self) {
+    pub(super) fn inject_faults(&mut self) -> Result<(), Violation> {
         let f = (self.faults.nodes - 1) / 2;
         if self.faults.pauses && chance(&mut self.rng, 0.003) {
             let i = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
@@ -141,7 +141,7 @@ impl<W: Workload> Sim<W> {
                     if wipe {
                         self.wipe(i);
                     }
-                    self.restart(i);
+                    self.restart(i)?;
                 }
             }
             let down = self.faulty();
@@ -179,7 +179,7 @@ impl<W: Workload> Sim<W> {
         if self.faults.partitions && chance(&mut self.rng, 0.006) {
             self.blocked.clear();
             if chance(&mut self.rng, 0.3) {
-                return; // heal for a while
+                return Ok(()); // heal for a while
             }
             let mut group = Vec::new();
             let leader = self
@@ -218,9 +218,10 @@ impl<W: Workload> Sim<W> {
                 }
             }
         }
+        Ok(())
     }
 
-    pub(super) fn heal(&mut self) {
+    pub(super) fn heal(&mut self) -> Result<(), Violation> {
         self.blocked.clear();
         self.lossy.clear();
         self.leaky.clear();
@@ -232,9 +233,10 @@ impl<W: Workload> Sim<W> {
         self.faults.long_delay = 0.0;
         for i in 0..self.nodes.len() {
             if self.nodes[i].replica.is_none() {
-                self.restart(i);
+                self.restart(i)?;
             }
         }
+        Ok(())
     }
 
     /// The node's storage is lost: it restarts as a new incarnation with nothing.
@@ -247,7 +249,10 @@ impl<W: Workload> Sim<W> {
         self.stats.amnesia += 1;
     }
 
-    pub(super) fn restart(&mut self, i: usize) {
+    /// Restarts replica `i` from its storage. The workload's `restore` failing on the
+    /// stored checkpoint is a violation.
+    pub(super) fn restart(&mut self, i: usize) -> Result<(), Violation> {
+        let now = self.now;
         let node = &mut self.nodes[i];
         let state = node.storage.load().expect("mem storage loads");
         let cfg = Self::config(
@@ -257,10 +262,18 @@ impl<W: Workload> Sim<W> {
             self.mutation,
             &self.faults,
         );
-        node.replica = Some(
-            Replica::new(cfg, Recording::new(self.workload.machine()), state)
-                .expect("valid config"),
-        );
+        let id = node.id;
+        match Replica::new(cfg, Recording::new(self.workload.machine()), state) {
+            Ok(r) => node.replica = Some(r),
+            Err(e) => {
+                return Err(Violation {
+                    tick: now,
+                    what: format!("node {id} cannot restart from its storage: {e}"),
+                })
+            }
+        }
         node.checked = 0;
+        node.checked_outputs = 0;
+        Ok(())
     }
 }

@@ -36,9 +36,17 @@ pub(crate) enum Mutation {
 /// Wraps the workload's state machine so that every command carries its request's
 /// identity and every output the position at which it was applied: the checkers compare
 /// executed histories across replicas and explain each reply by a position.
+///
+/// It also keeps the encoded output of every command it applied itself (not those a
+/// snapshot brought), so that replicas can be compared output by output: a replica whose
+/// state diverged (a `restore` that loses something, nondeterminism) shows at the next
+/// command whose output depends on it, whoever answers the client. And it remembers a
+/// `restore` that failed.
 #[derive(Debug, Default)]
 pub(crate) struct Recording<M> {
     pub(crate) applied: Vec<(ClientId, u64)>,
+    pub(crate) outputs: Vec<(u64, Vec<u8>)>,
+    pub(crate) restore_failed: Option<String>,
     inner: M,
 }
 
@@ -46,6 +54,8 @@ impl<M> Recording<M> {
     pub(crate) fn new(inner: M) -> Self {
         Recording {
             applied: Vec::new(),
+            outputs: Vec::new(),
+            restore_failed: None,
             inner,
         }
     }
@@ -58,7 +68,10 @@ impl<M: StateMachine> StateMachine for Recording<M> {
     fn apply(&mut self, (client, seq, command): Self::Command) -> Self::Output {
         let output = self.inner.apply(command);
         self.applied.push((client, seq));
-        (self.applied.len() as u64 - 1, output)
+        let position = self.applied.len() as u64 - 1;
+        self.outputs
+            .push((position, postcard::to_allocvec(&output).unwrap_or_default()));
+        (position, output)
     }
 
     /// A read reports how many commands the state it read had executed.
@@ -74,7 +87,10 @@ impl<M: StateMachine> StateMachine for Recording<M> {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         let (applied, inner): (Vec<(ClientId, u64)>, Vec<u8>) =
             postcard::from_bytes(snapshot).map_err(|e| RestoreError::new(e.to_string()))?;
-        self.inner.restore(&inner)?;
+        if let Err(e) = self.inner.restore(&inner) {
+            self.restore_failed = Some(e.to_string());
+            return Err(e);
+        }
         self.applied = applied;
         Ok(())
     }
@@ -227,6 +243,8 @@ struct Node<M> {
     durable_commit: Slot,
     /// How much of this incarnation's applied history was checked.
     checked: usize,
+    /// How many of this incarnation's outputs were compared.
+    checked_outputs: usize,
     dirty: bool,
     down_until: u64,
     /// While `now < paused_until` the replica neither ticks nor receives.
@@ -311,6 +329,11 @@ pub(crate) struct Sim<W: Workload> {
     chosen: BTreeMap<Slot, Value>,
     history: Vec<(ClientId, u64)>,
     history_pos: HashMap<(ClientId, u64), usize>,
+    /// The encoded output of the command at each position, as the first replica to
+    /// apply it computed it.
+    outputs_at: HashMap<u64, (NodeId, Vec<u8>)>,
+    /// The ballots whose NEW-VIEW went out (leaderships).
+    views: HashSet<Ballot>,
     ops: HashMap<(ClientId, u64), ClientOp>,
     /// Every command a client sent, and the output each completed request returned:
     /// the workload's model replays the executed order against them.
@@ -384,6 +407,7 @@ impl<W: Workload> Sim<W> {
                     durable_promised: Ballot::ZERO,
                     durable_commit: 0,
                     checked: 0,
+                    checked_outputs: 0,
                     dirty: true,
                     down_until: 0,
                     paused_until: 0,
@@ -430,6 +454,8 @@ impl<W: Workload> Sim<W> {
             chosen: BTreeMap::new(),
             history: Vec::new(),
             history_pos: HashMap::new(),
+            outputs_at: HashMap::new(),
+            views: HashSet::new(),
             ops: HashMap::new(),
             commands: HashMap::new(),
             outputs: HashMap::new(),
@@ -480,9 +506,9 @@ impl<W: Workload> Sim<W> {
             self.now += 1;
             self.stats.ticks = self.now;
             if self.now < heal_at {
-                self.inject_faults();
+                self.inject_faults()?;
             } else if self.now == heal_at {
-                self.heal();
+                self.heal()?;
             }
             self.tick_nodes()?;
             self.deliver()?;
@@ -712,8 +738,11 @@ impl<W: Workload> Sim<W> {
                     self.vote(id, *s, *ballot)?;
                 }
             }
-            if matches!(message, Message::NewView { .. }) {
-                self.stats.elections += 1;
+            if let Message::NewView { ballot, .. } = &message {
+                // One per leadership, not one per follower it is sent to.
+                if self.views.insert(*ballot) {
+                    self.stats.elections += 1;
+                }
             }
             if matches!(message, Message::Snapshot { .. }) {
                 self.stats.snapshots += 1;
