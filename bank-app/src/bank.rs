@@ -27,8 +27,9 @@ pub enum BankCommand {
         /// How much to move; must be positive.
         amount: i64,
     },
-    /// Read one account's balance. Goes through the log like any command, so the answer
-    /// reflects every command ordered before it.
+    /// Read one account's balance. Submitted as a command it goes through the log; sent
+    /// as a [read](paxos_core::Request::read) (`Client::read`, `bank balance`) it does
+    /// not, and is just as linearizable.
     Balance {
         /// The account to read.
         account: Account,
@@ -331,6 +332,18 @@ impl StateMachine for Bank {
 
     fn apply(&mut self, command: BankCommand) -> BankOutput {
         self.execute(&command)
+    }
+
+    /// A [`BankCommand::Balance`] can be answered as a read, without the log; a
+    /// transfer cannot.
+    fn query(&self, command: &BankCommand) -> Option<BankOutput> {
+        match *command {
+            BankCommand::Balance { account } => Some(match self.balance(account) {
+                Some(balance) => BankOutput::Balance { account, balance },
+                None => return None,
+            }),
+            BankCommand::Transfer { .. } => None,
+        }
     }
 
     /// A version byte followed by the postcard-encoded balances.

@@ -407,6 +407,29 @@ fn endpoints_environment_quiet_output_json_ids_and_reset() {
         .count();
     assert!(big > 0, "{}", run.stdout);
 
+    // bank balance reads without a log round: the ten balances add up to what the bank
+    // started with (transfers conserve money), and the leader's log did not grow.
+    let log_len = |procs: &Processes| {
+        let run = run_ok(procs.bank(&["log", "--json", "--node", &leader]));
+        json_lines(&run.stdout).len()
+    };
+    let before = log_len(&procs);
+    let total: i64 = "ABCDEFGHIJ"
+        .chars()
+        .map(|a| {
+            let run = run_ok(procs.bank(&["balance", "--json", &a.to_string()]));
+            let row = &json_lines(&run.stdout)[0];
+            assert_eq!(row["account"], a.to_string(), "{row}");
+            row["balance"].as_i64().expect("a balance")
+        })
+        .sum();
+    assert_eq!(total, 10 * bank_app::DEFAULT_INITIAL_BALANCE);
+    assert_eq!(log_len(&procs), before, "reads took log slots");
+    let run = procs
+        .bank(&["balance", "Z"])
+        .finish(Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+
     // bank reset refuses while nodes answer, and removes nothing.
     let run = procs.bank(&["reset"]).finish(Duration::from_secs(30));
     assert_eq!(run.status.code(), Some(1), "{}", run.stdout);

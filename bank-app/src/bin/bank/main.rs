@@ -12,6 +12,7 @@
 //! `BANK_CONFIG` / `BANK_ENDPOINTS` environment variables) or, without any of them,
 //! assumes five nodes on `127.0.0.1:7001`–`7005`. `bank --help` lists the subcommands.
 
+mod balance;
 mod bench;
 mod client;
 mod db;
@@ -132,6 +133,10 @@ enum Command {
     /// positive, sender = receiver, an account or client not among A-J) is refused
     /// before it is submitted (exit code 2); the bank checks it again when it executes.
     Transfer(transfer::TransferArgs),
+    /// Read one account's balance, linearizably, without a log round: the leader
+    /// confirms with a majority that it still leads, then answers from its state once it
+    /// has executed everything chosen before the read arrived.
+    Balance(balance::BalanceArgs),
     /// Load the cluster: many concurrent clients send one-unit transfers between random
     /// accounts; prints throughput and latency (progress on stderr: a progress bar on a
     /// terminal, else a line every second).
@@ -242,6 +247,11 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             let command = BankCommand::Transfer { from, to, amount };
             transfer::run(&config, client, command, timeout, output.json).await
         }
+        Command::Balance(balance::BalanceArgs {
+            account,
+            timeout,
+            output,
+        }) => balance::run(&config, account, timeout, output.json).await,
         Command::Bench(args) => bench::run(&config, args).await,
     }
 }
