@@ -101,6 +101,7 @@ mod attack_tests2;
 #[cfg(feature = "runtime")]
 mod client;
 mod config;
+mod counters;
 mod drive;
 mod error;
 mod message;
@@ -130,6 +131,7 @@ pub use client::{
     Client, ClientOptions, Endpoint, EndpointError, EndpointErrorKind, MismatchedReply,
 };
 pub use config::{Config, MAX_MEMBERS};
+pub use counters::Counters;
 pub use error::{
     CheckpointError, ClientError, ConfigError, ErrorCause, NodeError, ReplicaError, RestoreError,
     StorageError, TransportError,
