@@ -109,6 +109,8 @@ mod message;
 mod mutation;
 #[cfg(feature = "runtime")]
 mod node;
+#[cfg(feature = "runtime")]
+mod node_metrics;
 #[cfg(all(test, feature = "runtime"))]
 mod node_order_tests;
 mod replica;
@@ -140,6 +142,9 @@ pub use message::{Message, PromiseEntry};
 #[cfg(feature = "runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
 pub use node::{spawn_node, NodeHandle, NodeOptions};
+#[cfg(feature = "runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
+pub use node_metrics::names as metric_names;
 pub use replica::{
     Ready, Replica, ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection,
 };

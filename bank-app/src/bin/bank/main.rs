@@ -198,12 +198,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
     let source = config_source(&cli, matches)?;
     let config = load_config(&source, cli.cluster_id)?;
     match cli.command {
-        Command::Node(node::NodeArgs {
-            id,
-            data_dir,
-            memory,
-            test_controls,
-        }) => node::run(&config, id, data_dir.as_deref(), memory, test_controls).await,
+        Command::Node(args) => node::run(&config, args).await,
         Command::Client(client::ClientCliArgs {
             yes,
             json,
