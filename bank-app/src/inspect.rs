@@ -84,7 +84,7 @@ pub struct NodeResult<T> {
 }
 
 /// Asks every replica, concurrently, with `f`.
-async fn gather<'c, C, T, F, Fut>(cluster: &'c C, f: F) -> Vec<NodeResult<T>>
+pub(crate) async fn gather<'c, C, T, F, Fut>(cluster: &'c C, f: F) -> Vec<NodeResult<T>>
 where
     C: Cluster + ?Sized,
     F: Fn(&'c C, NodeId) -> Fut,

@@ -82,6 +82,7 @@ mod bank;
 mod bench;
 mod cluster;
 mod datadir;
+mod health;
 mod inspect;
 mod local;
 mod reference;
@@ -100,6 +101,7 @@ pub use cluster::{
     Cluster, ClusterError, DbSnapshot, EntryValue, LogEntry, NoAnswer, MAX_LOG_ENTRIES,
 };
 pub use datadir::{inspect_data_dir, remove_data_dir, DataDir, DataDirError, DataDirOwner};
+pub use health::{format_health, gather_health, health_leader, health_rows, HealthRow};
 pub use inspect::{
     format_db, format_log, format_status, format_views, gather_db, gather_status, gather_views,
     run_command, ClientNames, CommandError, ConsoleCommand, NodeResult, CONSOLE_HELP,

@@ -101,6 +101,7 @@ mod attack_tests2;
 #[cfg(feature = "runtime")]
 mod client;
 mod config;
+mod counters;
 mod drive;
 mod error;
 mod message;
@@ -108,6 +109,8 @@ mod message;
 mod mutation;
 #[cfg(feature = "runtime")]
 mod node;
+#[cfg(feature = "runtime")]
+mod node_metrics;
 #[cfg(all(test, feature = "runtime"))]
 mod node_order_tests;
 #[cfg(test)]
@@ -132,6 +135,7 @@ pub use client::{
     Client, ClientOptions, Endpoint, EndpointError, EndpointErrorKind, MismatchedReply,
 };
 pub use config::{Config, MAX_MEMBERS};
+pub use counters::Counters;
 pub use error::{
     CheckpointError, ClientError, ConfigError, ErrorCause, NodeError, ReplicaError, RestoreError,
     StorageError, TransportError,
@@ -140,6 +144,9 @@ pub use message::{Message, PromiseEntry};
 #[cfg(feature = "runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
 pub use node::{spawn_node, NodeHandle, NodeOptions};
+#[cfg(feature = "runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
+pub use node_metrics::names as metric_names;
 pub use replica::{
     Ready, Replica, ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection,
 };

@@ -4,15 +4,17 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info};
+use tracing::{debug, debug_span, error, info};
 
 use crate::client::{Endpoint, EndpointError, EndpointErrorKind};
 use crate::config::Config;
+use crate::counters::Counters;
 use crate::error::NodeError;
+use crate::node_metrics::NodeMetrics;
 use crate::replica::{Replica, ReplicaStatus, SlotInfo, ViewChange};
 use crate::traits::{StateMachine, Storage, Transport};
 use crate::types::{ClientId, NodeId, Reply, Request, Slot};
@@ -206,6 +208,7 @@ where
         rx,
         options,
         waiters: HashMap::new(),
+        metrics: NodeMetrics::new(id),
         #[cfg(test)]
         order,
     };
@@ -227,6 +230,8 @@ struct Driver<S, T, St> {
     rx: mpsc::Receiver<Command<S>>,
     options: NodeOptions,
     waiters: HashMap<(ClientId, u64), Vec<oneshot::Sender<Reply>>>,
+    /// What the driver publishes through the `metrics` facade.
+    metrics: NodeMetrics,
     #[cfg(test)]
     order: FlushOrder,
 }
@@ -241,6 +246,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
     async fn run(mut self) {
         let id = self.replica.id();
         info!(node = id, "node started");
+        self.metrics.publish(&self.replica, self.rx.len());
         let mut ticker = tokio::time::interval(self.options.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -249,6 +255,10 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                 m = self.transport.recv() => Input::Message(m),
                 _ = ticker.tick() => Input::Tick,
             };
+            // One round: the input, whatever else is queued, then persist, send, reply.
+            // Nothing in it awaits, so the span is entered for the round's length.
+            let _round = debug_span!("round", node = id).entered();
+            let ticked = matches!(input, Input::Tick);
             match input {
                 Input::Command(None) | Input::Command(Some(Command::Shutdown)) => break,
                 Input::Command(Some(c)) => self.command(c),
@@ -256,14 +266,14 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                     info!(node = id, "transport closed; stopping");
                     break;
                 }
-                Input::Message(Some((from, m))) => self.replica.handle_message(from, m),
+                Input::Message(Some((from, m))) => self.message(from, m),
                 Input::Tick => self.replica.tick(),
             }
             // Fold whatever else is already queued into this round (group commit).
             let mut stop = false;
             for _ in 1..self.options.max_inputs_per_round {
                 if let Some((from, m)) = self.transport.try_recv() {
-                    self.replica.handle_message(from, m);
+                    self.message(from, m);
                     continue;
                 }
                 match self.rx.try_recv() {
@@ -279,11 +289,21 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                 error!(node = id, error = %e, "storage failed; stopping the node");
                 break;
             }
+            self.metrics.round_done(&self.replica);
+            if ticked {
+                // Gauges and totals once a tick: fresh enough for any scrape.
+                self.metrics.publish(&self.replica, self.rx.len());
+            }
             if stop {
                 break;
             }
         }
         info!(node = id, "node stopped");
+    }
+
+    fn message(&mut self, from: NodeId, m: crate::Message) {
+        self.metrics.received(&m);
+        self.replica.handle_message(from, m);
     }
 
     fn command(&mut self, c: Command<S>) {
@@ -312,7 +332,13 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         let storage = &mut self.storage;
         let transport = &self.transport;
         let waiters = &mut self.waiters;
-        let persist = |ops: &[crate::PersistOp]| persist_blocking(storage, ops);
+        let metrics = &self.metrics;
+        let persist = |ops: &[crate::PersistOp]| {
+            let started = Instant::now();
+            let result = persist_blocking(storage, ops);
+            metrics.persisted(ops.len(), started.elapsed());
+            result
+        };
         let send = |to: NodeId, m: crate::Message| {
             if let Err(e) = transport.send(to, m) {
                 debug!(to, error = %e, "send failed");
@@ -419,6 +445,12 @@ impl<S: StateMachine + Send + 'static> NodeHandle<S> {
     /// The replica's status (role, ballot, leader, commit point...).
     pub async fn status(&self) -> Result<ReplicaStatus, NodeError> {
         self.inspect(|r| r.status()).await
+    }
+
+    /// The replica's running totals (proposals, batches, elections, leader changes,
+    /// snapshots): see [`Counters`].
+    pub async fn counters(&self) -> Result<Counters, NodeError> {
+        self.inspect(|r| r.counters()).await
     }
 
     /// The slots the replica knows in `range`, with status and value.

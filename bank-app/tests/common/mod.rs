@@ -68,6 +68,8 @@ pub(crate) struct Processes {
     nodes: BTreeMap<NodeId, Child>,
     /// Nodes started with `--memory` instead of a data directory.
     memory: BTreeSet<NodeId>,
+    /// Where each node serves its Prometheus metrics (`--metrics-addr`), if it does.
+    pub(crate) metrics: BTreeMap<NodeId, SocketAddr>,
 }
 
 impl Drop for Processes {
@@ -133,11 +135,30 @@ impl Processes {
         memory: &BTreeSet<NodeId>,
         adjust: impl Fn(&mut ClusterConfig),
     ) -> Processes {
+        Processes::start_cluster_serving(rt, size, memory, false, adjust)
+    }
+
+    /// Starts `size` nodes with data directories, each serving its Prometheus metrics
+    /// on a port of its own on 127.0.0.1 ([`Processes::metrics`]).
+    pub(crate) fn start_with_metrics(rt: &tokio::runtime::Runtime, size: u64) -> Processes {
+        Processes::start_cluster_serving(rt, size, &BTreeSet::new(), true, |_| {})
+    }
+
+    fn start_cluster_serving(
+        rt: &tokio::runtime::Runtime,
+        size: u64,
+        memory: &BTreeSet<NodeId>,
+        with_metrics: bool,
+        adjust: impl Fn(&mut ClusterConfig),
+    ) -> Processes {
         for attempt in 1..=3 {
             let dir = tempfile::tempdir().expect("temp dir");
+            // One call for every port, so that none is handed out twice.
+            let mut ports = free_ports(if with_metrics { 2 * size } else { size });
+            let metrics_ports = ports.split_off(size as usize);
             let mut config = ClusterConfig {
                 cluster_id: unique_cluster_id(),
-                nodes: free_ports(size)
+                nodes: ports
                     .into_iter()
                     .zip(1..)
                     .map(|(port, id)| NodeConfig {
@@ -150,12 +171,18 @@ impl Processes {
             adjust(&mut config);
             let config_path = dir.path().join("cluster.toml");
             std::fs::write(&config_path, config.to_toml_string()).expect("write config");
+            let metrics = metrics_ports
+                .into_iter()
+                .zip(1..)
+                .map(|(port, id)| (id, SocketAddr::from((Ipv4Addr::LOCALHOST, port))))
+                .collect();
             let mut procs = Processes {
                 dir,
                 config,
                 config_path,
                 nodes: BTreeMap::new(),
                 memory: memory.clone(),
+                metrics,
             };
             for id in 1..=size {
                 let child = procs.spawn_node(id);
@@ -196,6 +223,9 @@ impl Processes {
                 "--config",
             ])
             .arg(&self.config_path);
+        if let Some(addr) = self.metrics.get(&id) {
+            command.arg("--metrics-addr").arg(addr.to_string());
+        }
         if self.memory.contains(&id) {
             command.arg("--memory");
         } else {

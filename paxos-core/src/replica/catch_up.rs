@@ -82,6 +82,7 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn on_fetch(&mut self, from: NodeId, lo: Slot, hi: Slot) {
         if lo < self.log.start() {
             if let Some(checkpoint) = self.exec.checkpoint().cloned() {
+                self.exec.count().snapshots_sent += 1;
                 self.send(from, Message::Snapshot { checkpoint });
                 return;
             }
@@ -140,7 +141,7 @@ impl<S: StateMachine> Replica<S> {
         }
         match self.install(checkpoint.clone()) {
             Ok(()) => {
-                self.exec.count_installed_snapshot();
+                self.exec.count().snapshots_installed += 1;
                 tracing::info!(
                     node = self.cfg.id,
                     from,

@@ -18,6 +18,13 @@ impl<S: StateMachine> Replica<S> {
         let round = self.max_round_seen.max(self.promised.round) + 1;
         let ballot = Ballot::new(round, self.cfg.id);
         self.prevote = Some((ballot, 1 << self.me));
+        self.exec.count().prevotes_started += 1;
+        tracing::debug!(
+            node = self.cfg.id,
+            %ballot,
+            leader = %Who(self.leader),
+            "election timeout: asking for pre-votes"
+        );
         let ticks = self.random_timeout();
         self.timers.election.reset(self.now, ticks);
         for m in self.peers() {
@@ -72,8 +79,16 @@ impl<S: StateMachine> Replica<S> {
         let round = self.max_round_seen.max(self.promised.round) + 1;
         self.max_round_seen = round;
         let ballot = Ballot::new(round, self.cfg.id);
+        self.exec.count().elections_started += 1;
+        tracing::info!(
+            node = self.cfg.id,
+            %ballot,
+            old_leader = %Who(self.leader),
+            commit_point = self.log.commit_point(),
+            "starting an election"
+        );
         self.set_promised(ballot);
-        self.leader = None;
+        self.set_leader(None);
         let give_up = Timeout::after(self.now, self.random_timeout());
         let from_slot = self.log.commit_point();
         let nonce = self.rng.next_u64();
@@ -152,6 +167,28 @@ impl<S: StateMachine> Replica<S> {
             self.step_down_queue(leader);
             self.role = RoleState::Follower;
         }
+        self.set_leader(leader);
+    }
+
+    /// Changes the leader this replica believes in, with an `info` line naming the old
+    /// and the new one when it changes (and a count in [`Counters::leader_changes`]
+    /// when a new leader is known).
+    ///
+    /// [`Counters::leader_changes`]: crate::Counters::leader_changes
+    pub(super) fn set_leader(&mut self, leader: Option<NodeId>) {
+        if self.leader == leader {
+            return;
+        }
+        tracing::info!(
+            node = self.cfg.id,
+            ballot = %self.promised,
+            old_leader = %Who(self.leader),
+            new_leader = %Who(leader),
+            "leader changed"
+        );
+        if leader.is_some() {
+            self.exec.count().leader_changes += 1;
+        }
         self.leader = leader;
     }
 
@@ -189,5 +226,17 @@ impl<S: StateMachine> Replica<S> {
             .reset(self.now, self.cfg.election_ticks);
         let ticks = self.random_timeout();
         self.timers.election.reset(self.now, ticks);
+    }
+}
+
+/// A leader in a log line: its id, or `none`.
+pub(super) struct Who(pub(super) Option<NodeId>);
+
+impl std::fmt::Display for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("none"),
+        }
     }
 }

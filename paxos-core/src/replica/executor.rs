@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::counters::Counters;
 use crate::error::CheckpointError;
 use crate::sessions::{Session, SessionCheck, Sessions};
 use crate::traits::{Checkpoint, PersistOp, StateMachine};
@@ -45,8 +46,10 @@ pub(super) struct Executor<S> {
     /// before it, so a follower slightly behind can still fetch entries instead of a
     /// snapshot.
     checkpoint: Option<Checkpoint>,
-    /// Checkpoints received from peers (state transfer) and installed since start-up.
-    snapshots_installed: u64,
+    /// The replica's running totals (see [`Counters`]). They are statistics, not
+    /// replicated state; they are kept here, with the executor's other since-start-up
+    /// count (installed snapshots), and changed only through [`Executor::count`].
+    counters: Counters,
 }
 
 impl<S> Executor<S> {
@@ -56,7 +59,7 @@ impl<S> Executor<S> {
             sessions: Sessions::new(),
             executed: 0,
             checkpoint: None,
-            snapshots_installed: 0,
+            counters: Counters::default(),
         }
     }
 
@@ -77,13 +80,13 @@ impl<S> Executor<S> {
         self.checkpoint.as_ref()
     }
 
-    pub(super) fn snapshots_installed(&self) -> u64 {
-        self.snapshots_installed
+    pub(super) fn counters(&self) -> &Counters {
+        &self.counters
     }
 
-    /// A checkpoint received from a peer was installed.
-    pub(super) fn count_installed_snapshot(&mut self) {
-        self.snapshots_installed += 1;
+    /// The running totals, to count an event.
+    pub(super) fn count(&mut self) -> &mut Counters {
+        &mut self.counters
     }
 }
 
@@ -233,6 +236,7 @@ impl<S: StateMachine> Replica<S> {
             .persist
             .push(PersistOp::Checkpoint(checkpoint.clone()));
         self.exec.checkpoint = Some(checkpoint);
+        self.exec.count().checkpoints_taken += 1;
         if self.log.compact(compact_below) {
             self.ready.persist.push(PersistOp::Compact(compact_below));
         }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::config::Config;
+use crate::counters::Counters;
 use crate::sessions::Sessions;
 use crate::traits::{AcceptorStatus, Checkpoint, StateMachine};
 use crate::types::{Ballot, NodeId, Slot, Value};
@@ -233,12 +234,33 @@ impl<S: StateMachine> Replica<S> {
             executed: self.exec.executed(),
             compacted_below: self.log.start(),
             checkpoint: self.exec.checkpoint().map(|c| c.slot),
-            snapshots_installed: self.exec.snapshots_installed(),
+            snapshots_installed: self.exec.counters().snapshots_installed,
             log_end: self.log.end(),
             sessions: self.exec.sessions().len(),
             acceptor: self.status,
             incarnation: self.incarnation,
             tick: self.now,
+        }
+    }
+
+    /// The replica's running totals (proposals, batches, elections, leader changes,
+    /// snapshots...): see [`Counters`].
+    pub fn counters(&self) -> Counters {
+        *self.exec.counters()
+    }
+
+    /// Client requests this replica accepted and has not answered yet (it answers them
+    /// once they execute, or redirects them when it stops leading).
+    pub fn awaiting_replies(&self) -> usize {
+        self.awaiting.len()
+    }
+
+    /// Client requests a leader holds until a slot in its window is free (0 on a
+    /// replica that does not lead).
+    pub fn queued_requests(&self) -> usize {
+        match &self.role {
+            RoleState::Leader(l) => l.queue.len(),
+            _ => 0,
         }
     }
 

@@ -195,6 +195,7 @@ impl<S: StateMachine> Replica<S> {
             );
             l.fresh.push((slot, value.clone()));
             store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
+            self.exec.count().proposals += 1;
         }
         if self.quorum == 1 {
             self.check_commits();
@@ -231,6 +232,9 @@ impl<S: StateMachine> Replica<S> {
         l.heartbeat.reset(self.now, self.cfg.heartbeat_ticks);
         let peers = self.peers();
         for chunk in fresh.chunks(self.cfg.max_batch) {
+            let counters = self.exec.count();
+            counters.accept_batches += 1;
+            counters.accept_entries += chunk.len() as u64;
             for m in &peers {
                 self.send(
                     *m,

@@ -282,7 +282,15 @@ impl<S: StateMachine> Replica<S> {
             }
             entries.push((s, value));
         }
-        self.leader = Some(self.cfg.id);
+        self.exec.count().elections_won += 1;
+        tracing::info!(
+            node = self.cfg.id,
+            %ballot,
+            slots = ?(start..end),
+            noops,
+            "elected leader"
+        );
+        self.set_leader(Some(self.cfg.id));
         self.role = RoleState::Leader(Leader {
             ballot,
             next_slot: end,

@@ -5,6 +5,7 @@
 //!                                     # replicas on and off: --test-controls)
 //! bank client bank-app/scenarios/sample.csv
 //! bank db
+//! bank health                          # every replica's role, leader, ballot and lag
 //! ```
 //!
 //! Every subcommand reads the cluster from `--config FILE` (TOML, see
@@ -18,6 +19,7 @@ mod client;
 mod db;
 mod errors;
 mod heal;
+mod health;
 mod log;
 mod node;
 mod options;
@@ -126,6 +128,13 @@ enum Command {
     Status(status::StatusArgs),
     /// PrintView: the view changes each replica saw.
     View(options::JsonFlag),
+    /// Every replica's role, ballot, leader, commit and executed points, and its lag
+    /// behind the leader (the leader's commit point minus its executed point; `-` when
+    /// no reachable replica leads).
+    ///
+    /// A replica that does not answer is listed as unreachable (with --json:
+    /// `"reachable": false` and an `error`). Fails (exit code 1) only when none answers.
+    Health(options::JsonFlag),
     /// Submit one transfer as logical client C (with a fresh session) and print the
     /// outcome.
     ///
@@ -203,12 +212,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
     let source = config_source(&cli, matches)?;
     let config = load_config(&source, cli.cluster_id)?;
     match cli.command {
-        Command::Node(node::NodeArgs {
-            id,
-            data_dir,
-            memory,
-            test_controls,
-        }) => node::run(&config, id, data_dir.as_deref(), memory, test_controls).await,
+        Command::Node(args) => node::run(&config, args).await,
         Command::Client(client::ClientCliArgs {
             yes,
             json,
@@ -236,6 +240,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             status::run(&config, seq, output.json).await
         }
         Command::View(out) => view::run(&config, out.json).await,
+        Command::Health(out) => health::run(&config, out.json).await,
         Command::Transfer(transfer::TransferArgs {
             client,
             from,
