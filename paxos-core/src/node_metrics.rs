@@ -79,7 +79,7 @@ pub mod names {
 }
 
 /// The message kinds counted apart; anything else counts as `other`.
-const KINDS: [&str; 17] = [
+const KINDS: [&str; 19] = [
     "prevote",
     "prevote_granted",
     "prepare",
@@ -96,6 +96,8 @@ const KINDS: [&str; 17] = [
     "recover_grant",
     "recover_refused",
     "never_voted",
+    "read_index",
+    "read_index_ack",
     "other",
 ];
 
@@ -120,7 +122,9 @@ fn kind_index(m: &Message) -> usize {
         Message::RecoverGrant { .. } => 13,
         Message::RecoverRefused { .. } => 14,
         Message::NeverVoted { .. } => 15,
-        _ => 16,
+        Message::ReadIndex { .. } => 16,
+        Message::ReadIndexAck { .. } => 17,
+        _ => 18,
     }
 }
 

@@ -229,7 +229,7 @@ impl<S: StateMachine> Replica<S> {
                 ..
             } if ballot.node == from => {
                 self.saw_round(ballot.round);
-                self.leader = Some(from);
+                self.set_leader(Some(from));
                 // Entries held here at `ballot` came from that leader's proposals
                 // (through the grants), so its commit point vouches for them.
                 self.learn_commit_point(from, ballot, commit_point);
