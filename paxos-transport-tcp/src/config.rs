@@ -87,6 +87,9 @@ pub struct TcpConfig {
     pub max_client_connections_per_ip: usize,
     /// A client connection with no request outstanding that sends nothing for this long
     /// is closed. Clients ([`TcpClient`](crate::TcpClient)) reconnect on their next call.
+    /// A client that does not read its responses is idle too: a response frame (or a
+    /// flush) it does not take within this time, or [`write_timeout`](Self::write_timeout)
+    /// if shorter, closes its connection.
     pub client_idle_timeout: Duration,
     /// The first delay before redialing a peer; it doubles on each failure.
     pub backoff_min: Duration,
@@ -99,7 +102,9 @@ pub struct TcpConfig {
     pub handshake_timeout: Duration,
     /// How long a batch of writes to a peer may take. A peer that stops reading is
     /// disconnected after it (and redialed), so a half-open connection does not stall
-    /// its queue forever.
+    /// its queue forever. It also bounds each response frame written to a client (and
+    /// each flush), together with [`client_idle_timeout`](Self::client_idle_timeout):
+    /// a client that stops reading loses its connection, and its slot.
     pub write_timeout: Duration,
 }
 

@@ -32,7 +32,8 @@ pub enum TcpError {
     /// have been processed; the client opens a new connection on its next call.
     #[error("call timed out; the request may or may not have been processed")]
     CallTimeout,
-    /// Writing to a peer did not complete within the write timeout.
+    /// Writing to a peer, or a response to a client, did not complete within the write
+    /// timeout.
     #[error("write timed out")]
     WriteTimeout,
     /// A frame (announced by the remote, or about to be sent) is larger than allowed.

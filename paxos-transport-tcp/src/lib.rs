@@ -189,7 +189,10 @@
 //!   clients cannot take, and clients against [`TcpConfig::max_client_connections`] and
 //!   [`TcpConfig::max_client_connections_per_ip`] (refused in the handshake beyond
 //!   them). A client connection with nothing outstanding that stays silent for
-//!   [`TcpConfig::client_idle_timeout`] is closed, and client request frames have their
+//!   [`TcpConfig::client_idle_timeout`] is closed, and so is one that stops reading its
+//!   responses (each response frame and flush must go out within
+//!   [`TcpConfig::write_timeout`], or the idle timeout if shorter); client request
+//!   frames have their
 //!   own small limit, [`TcpConfig::max_client_frame_size`] (1 MiB by default, against
 //!   16 MiB for peer frames), checked on the length prefix before anything is buffered.
 //! - **Shutdown.** Dropping the transport stops its listener, connections and tasks;

@@ -618,6 +618,44 @@ async fn idle_client_connections_are_closed() {
     assert_eq!(&got[..], b"again");
 }
 
+/// A client that pipelines large requests and never reads the answers must not keep
+/// its connection, and its slot, for ever: a response write it does not take is bounded
+/// like silence is (here by the 200 ms idle timeout, shorter than the write timeout).
+#[tokio::test]
+async fn a_client_that_never_reads_its_responses_is_closed() {
+    let c = cluster(|c| {
+        c.client_idle_timeout = Duration::from_millis(200);
+        c.max_client_connections_per_ip = 1;
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut s = within(socket.connect(c.addr)).await.expect("connect");
+    s.write_all(&hello_frame(PROTOCOL_VERSION, CLUSTER, Role::Client))
+        .await
+        .expect("write");
+    let reply = within(read_frame(&mut s)).await.expect("reply");
+    assert!(matches!(
+        wire::decode_handshake::<HelloReply>(&reply),
+        Ok(HelloReply::Accepted { .. })
+    ));
+    // Echoed 1000 KiB requests: far more than the socket buffers hold. The read half
+    // is kept, never read.
+    let (_unread, mut write) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let request = vec![7u8; 1000 * 1024];
+        for call in 1..=16 {
+            if write.write_all(&call_frame(call, &request)).await.is_err() {
+                break;
+            }
+        }
+        write
+    });
+    // The stalled connection is closed, so the one slot for this address frees up.
+    until_a_client_gets_in(c.addr).await;
+    writer.abort();
+}
+
 #[tokio::test]
 async fn client_frames_have_their_own_small_limit() {
     let (logs, _guard) = capture();

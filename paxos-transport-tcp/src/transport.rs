@@ -443,6 +443,7 @@ async fn handle_inbound(
                 max_inflight: config.max_client_inflight,
                 max_response: config.max_frame_size,
                 idle_timeout: config.client_idle_timeout,
+                write_timeout: config.write_timeout,
             };
             let served = tokio::select! {
                 _ = shared.token.cancelled() => return,
