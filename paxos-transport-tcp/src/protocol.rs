@@ -152,6 +152,10 @@ pub enum ServerError {
     /// The node has no query hook.
     #[error("this node answers no queries")]
     NoQuery,
+    /// The node's query hook panicked on this query. The replica keeps running; the
+    /// panic is the hook's bug (or its answer to input it does not expect).
+    #[error("the query hook failed on this query")]
+    QueryFailed,
 }
 
 /// Bytes that are not a message of the protocol, or a message that cannot be encoded.
@@ -294,6 +298,7 @@ mod tests {
             NodeResponse::Log(vec![]),
             NodeResponse::Error(ServerError::Timeout(Duration::from_millis(5))),
             NodeResponse::Error(ServerError::Forbidden),
+            NodeResponse::Error(ServerError::QueryFailed),
             NodeResponse::Replied(Reply {
                 client: 7,
                 seq: 2,

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,9 @@ use crate::{ClientRequests, Responder, TcpConfig, TcpError, TcpTransport};
 
 /// A read-only view of the state machine, for [`NodeRequest::Query`]: given the state
 /// and the query's bytes, the answer's bytes. It runs inside the replica's task, so it
-/// must be quick.
+/// must be quick. Its input comes from any client: a panic in it is caught, and the
+/// client is answered [`ServerError::QueryFailed`] while the replica keeps running
+/// (the panic message still goes to the process's panic hook, normally stderr).
 pub type QueryFn<S> = Arc<dyn Fn(&S, &[u8]) -> Vec<u8> + Send + Sync>;
 
 type TcpTweak = Arc<dyn Fn(&mut TcpConfig) + Send + Sync>;
@@ -47,7 +50,7 @@ pub struct NodeServerOptions<S> {
     /// set. Default off. Turn it on only for tests and scenario runners on a trusted
     /// network.
     pub test_controls: bool,
-    query: Option<QueryFn<S>>,
+    pub(crate) query: Option<QueryFn<S>>,
     tcp: Option<TcpTweak>,
 }
 
@@ -420,13 +423,25 @@ async fn handle_call<S: StateMachine + Send + 'static>(
         NodeRequest::Slot(slot) => NodeResponse::Slot(r.slot(slot)),
         NodeRequest::Views => NodeResponse::Views(r.view_changes().cloned().collect()),
         NodeRequest::Query(bytes) => match query {
-            Some(query) => NodeResponse::Query(StateView {
-                node: r.id(),
-                available,
-                acceptor: r.acceptor_status(),
-                executed: r.executed(),
-                answer: Bytes::from(query(r.state_machine(), &bytes)),
-            }),
+            Some(query) => {
+                // The hook only reads the state, so a panic half-way leaves nothing
+                // inconsistent behind; it must not take the replica's task down.
+                let answer =
+                    panic::catch_unwind(AssertUnwindSafe(|| query(r.state_machine(), &bytes)));
+                match answer {
+                    Ok(answer) => NodeResponse::Query(StateView {
+                        node: r.id(),
+                        available,
+                        acceptor: r.acceptor_status(),
+                        executed: r.executed(),
+                        answer: Bytes::from(answer),
+                    }),
+                    Err(_) => {
+                        warn!(node = r.id(), "the query hook panicked");
+                        NodeResponse::Error(ServerError::QueryFailed)
+                    }
+                }
+            }
             None => NodeResponse::Error(ServerError::NoQuery),
         },
         NodeRequest::Submit(_) | NodeRequest::SetAvailable(_) => {

@@ -49,7 +49,11 @@ async fn lone_node(
         nodes: vec![NodeConfig { id: 1, addr }],
         ..ClusterConfig::local_default()
     };
-    let options = options.with_query(|c: &Counter, _: &[u8]| c.0.to_le_bytes().to_vec());
+    let options = if options.query.is_some() {
+        options
+    } else {
+        options.with_query(|c: &Counter, _: &[u8]| c.0.to_le_bytes().to_vec())
+    };
     let server = NodeServer::start_on(
         listener,
         &config,
@@ -122,6 +126,38 @@ async fn the_log_is_capped_to_its_latest_entries() {
     let log = within(node.log(0..u64::MAX)).await.expect("log");
     let slots: Vec<u64> = log.iter().map(|s| s.slot).collect();
     assert_eq!(slots, vec![end - 2, end - 1]);
+    server.shutdown().await;
+}
+
+/// The query hook's input comes from any client: a hook that panics on some input
+/// gets that query answered `QueryFailed`, and the replica keeps serving.
+#[tokio::test]
+async fn a_panicking_query_hook_does_not_stop_the_node() {
+    let options = NodeServerOptions::default().with_query(|c: &Counter, q: &[u8]| {
+        assert!(q != b"boom", "the hook does not expect this query");
+        c.0.to_le_bytes().to_vec()
+    });
+    let (server, _, remote) = lone_node(options).await;
+    let mut client = remote.client::<Counter>();
+    assert_eq!(within(client.execute(&3)).await.expect("execute"), 3);
+    let node = remote.node(1).expect("node 1");
+    let err = within(node.query(Bytes::from_static(b"boom")))
+        .await
+        .expect_err("the hook panicked");
+    assert!(
+        matches!(
+            err,
+            RemoteError::Server {
+                source: ServerError::QueryFailed,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!server.handle().is_stopped());
+    assert_eq!(within(client.execute(&4)).await.expect("execute"), 7);
+    let view = within(node.query(Bytes::new())).await.expect("query");
+    assert_eq!(&view.answer[..], &7u64.to_le_bytes());
     server.shutdown().await;
 }
 
