@@ -105,8 +105,9 @@ pub enum TcpError {
         /// The limit in force.
         max: usize,
     },
-    /// A client connection was closed after sending nothing for the idle timeout.
-    #[error("client connection idle for {0:?}")]
+    /// A connection (a client's, or a peer's inbound one) was closed after sending
+    /// nothing for its idle timeout.
+    #[error("connection idle for {0:?}")]
     IdleTimeout(std::time::Duration),
     /// The server's response did not fit in a frame.
     #[error("response too large for a frame")]

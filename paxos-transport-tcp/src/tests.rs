@@ -656,6 +656,51 @@ async fn a_client_that_never_reads_its_responses_is_closed() {
     writer.abort();
 }
 
+/// A connection that handshook as a peer and then says nothing is closed after the
+/// peer idle timeout, like an idle client's.
+#[tokio::test]
+async fn idle_peer_connections_are_closed() {
+    let (logs, _guard) = capture();
+    let mut c = cluster(|c| c.peer_idle_timeout = Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let mut silent = handshaken(c.addr, Role::Peer(3)).await;
+    expect_closed(&mut silent).await;
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let text = logs.text();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("peer=3") && l.contains("connection idle for")),
+        "{text}"
+    );
+    c.assert_healthy().await;
+}
+
+/// A node's writer closes its connection to a peer it has had nothing to send for
+/// half the idle timeout, before the peer's timeout does, and dials again when a
+/// message comes: a quiet link costs no warning and loses no message.
+#[tokio::test]
+async fn quiet_outbound_peer_connections_are_closed_and_dialed_again() {
+    let (logs, _guard) = capture();
+    let mut c = cluster(|c| c.peer_idle_timeout = Duration::from_millis(200)).await;
+    c.a.send(2, heartbeat(1)).expect("send");
+    assert_eq!(within(c.b.recv()).await, Some((1, heartbeat(1))));
+    within(async {
+        while !logs.text().contains("closed idle connection to peer") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    c.a.send(2, heartbeat(2)).expect("send");
+    assert_eq!(within(c.b.recv()).await, Some((1, heartbeat(2))));
+    let text = logs.text();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("peer=2")),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn client_frames_have_their_own_small_limit() {
     let (logs, _guard) = capture();
