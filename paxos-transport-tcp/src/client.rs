@@ -166,13 +166,25 @@ pub(crate) struct ClientLimits {
     pub(crate) max_response: usize,
     /// How long the connection may stay silent with nothing outstanding.
     pub(crate) idle_timeout: Duration,
+    /// How long writing one response frame, or flushing, may take.
+    pub(crate) write_timeout: Duration,
+}
+
+impl ClientLimits {
+    /// The bound on each write to the client: the write timeout, or the idle timeout if
+    /// shorter. A client that stops reading its responses is as idle as one that stops
+    /// sending, and must not keep its connection (and its slot) for longer.
+    fn write_limit(&self) -> Duration {
+        self.write_timeout.min(self.idle_timeout)
+    }
 }
 
 /// Serves a client connection after its handshake: requests are handed to the
 /// application in order, responses go back in the same order, each carrying the call id
 /// of the request it answers. Up to `limits.max_inflight` requests may be outstanding;
 /// a connection with none outstanding that sends nothing for `limits.idle_timeout` is
-/// closed.
+/// closed, and so is one that does not take a response frame (or a flush) within
+/// [`ClientLimits::write_limit`].
 pub(crate) async fn serve_client(
     conn: Conn<TcpStream>,
     remote: SocketAddr,
@@ -181,6 +193,7 @@ pub(crate) async fn serve_client(
 ) -> Result<(), TcpError> {
     let max_frame = limits.max_response;
     let max_inflight = limits.max_inflight;
+    let write_limit = limits.write_limit();
     let mut conn = wire::into_client(conn, max_frame);
     let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
     let mut reading = true;
@@ -222,16 +235,28 @@ pub(crate) async fn serve_client(
                 }
             }
             Some((call, outcome)) = pending.next(), if !pending.is_empty() => {
-                write_outcome(&mut conn, remote, call, outcome, max_frame).await?;
+                // Every write is bounded: while one waits, nothing else on this
+                // connection (reading, the idle timer) is polled.
+                bounded(write_limit, write_outcome(&mut conn, remote, call, outcome, max_frame)).await?;
                 while let Some(Some((call, outcome))) = pending.next().now_or_never() {
-                    write_outcome(&mut conn, remote, call, outcome, max_frame).await?;
+                    bounded(write_limit, write_outcome(&mut conn, remote, call, outcome, max_frame)).await?;
                 }
-                conn.flush().await?;
+                bounded(write_limit, conn.flush()).await?;
                 idle.as_mut().reset(Instant::now() + limits.idle_timeout);
             }
             else => return Ok(()),
         }
     }
+}
+
+/// Runs one write to a client within `limit`; [`TcpError::WriteTimeout`] after it.
+async fn bounded(
+    limit: Duration,
+    write: impl Future<Output = Result<(), TcpError>>,
+) -> Result<(), TcpError> {
+    timeout(limit, write)
+        .await
+        .map_err(|_| TcpError::WriteTimeout)?
 }
 
 async fn write_outcome(

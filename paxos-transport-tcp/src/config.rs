@@ -87,7 +87,17 @@ pub struct TcpConfig {
     pub max_client_connections_per_ip: usize,
     /// A client connection with no request outstanding that sends nothing for this long
     /// is closed. Clients ([`TcpClient`](crate::TcpClient)) reconnect on their next call.
+    /// A client that does not read its responses is idle too: a response frame (or a
+    /// flush) it does not take within this time, or [`write_timeout`](Self::write_timeout)
+    /// if shorter, closes its connection.
     pub client_idle_timeout: Duration,
+    /// An inbound peer connection that sends nothing for this long is closed. A leader
+    /// and its followers exchange heartbeats every few ticks, far more often than this;
+    /// two followers may have nothing to say to each other for long, so a node's writer
+    /// closes its own connection to a peer after half this time with nothing to send,
+    /// and dials again when a message comes. Keep it the same on every node, and well
+    /// above the heartbeat interval. Default 60 s.
+    pub peer_idle_timeout: Duration,
     /// The first delay before redialing a peer; it doubles on each failure.
     pub backoff_min: Duration,
     /// The longest delay between two attempts to dial a peer.
@@ -99,7 +109,9 @@ pub struct TcpConfig {
     pub handshake_timeout: Duration,
     /// How long a batch of writes to a peer may take. A peer that stops reading is
     /// disconnected after it (and redialed), so a half-open connection does not stall
-    /// its queue forever.
+    /// its queue forever. It also bounds each response frame written to a client (and
+    /// each flush), together with [`client_idle_timeout`](Self::client_idle_timeout):
+    /// a client that stops reading loses its connection, and its slot.
     pub write_timeout: Duration,
 }
 
@@ -122,6 +134,7 @@ impl TcpConfig {
             max_client_connections: 1024,
             max_client_connections_per_ip: 64,
             client_idle_timeout: Duration::from_secs(300),
+            peer_idle_timeout: Duration::from_secs(60),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
@@ -165,6 +178,7 @@ impl TcpConfig {
             ("handshake_timeout", self.handshake_timeout),
             ("write_timeout", self.write_timeout),
             ("client_idle_timeout", self.client_idle_timeout),
+            ("peer_idle_timeout", self.peer_idle_timeout),
         ];
         for (name, value) in durations {
             if value.is_zero() {

@@ -32,7 +32,8 @@ pub enum TcpError {
     /// have been processed; the client opens a new connection on its next call.
     #[error("call timed out; the request may or may not have been processed")]
     CallTimeout,
-    /// Writing to a peer did not complete within the write timeout.
+    /// Writing to a peer, or a response to a client, did not complete within the write
+    /// timeout.
     #[error("write timed out")]
     WriteTimeout,
     /// A frame (announced by the remote, or about to be sent) is larger than allowed.
@@ -104,8 +105,9 @@ pub enum TcpError {
         /// The limit in force.
         max: usize,
     },
-    /// A client connection was closed after sending nothing for the idle timeout.
-    #[error("client connection idle for {0:?}")]
+    /// A connection (a client's, or a peer's inbound one) was closed after sending
+    /// nothing for its idle timeout.
+    #[error("connection idle for {0:?}")]
     IdleTimeout(std::time::Duration),
     /// The server's response did not fit in a frame.
     #[error("response too large for a frame")]

@@ -162,7 +162,9 @@
 //!   ([`TcpConfig::backoff_min`] to [`TcpConfig::backoff_max`], jittered); while the peer
 //!   is unreachable its queue is emptied rather than delivered stale. All sockets use
 //!   `TCP_NODELAY` and TCP keepalive, and a write that stalls longer than
-//!   [`TcpConfig::write_timeout`] drops the connection and redials.
+//!   [`TcpConfig::write_timeout`] drops the connection and redials. A writer with
+//!   nothing to send for half of [`TcpConfig::peer_idle_timeout`] closes its
+//!   connection and dials again when the next message comes.
 //! - **Receiving.** Inbound messages wait in one bounded queue for
 //!   [`Transport::recv`](paxos_core::Transport::recv) /
 //!   [`Transport::try_recv`](paxos_core::Transport::try_recv); when it is full, reading
@@ -189,15 +191,25 @@
 //!   clients cannot take, and clients against [`TcpConfig::max_client_connections`] and
 //!   [`TcpConfig::max_client_connections_per_ip`] (refused in the handshake beyond
 //!   them). A client connection with nothing outstanding that stays silent for
-//!   [`TcpConfig::client_idle_timeout`] is closed, and client request frames have their
+//!   [`TcpConfig::client_idle_timeout`] is closed, and so is one that stops reading its
+//!   responses (each response frame and flush must go out within
+//!   [`TcpConfig::write_timeout`], or the idle timeout if shorter); client request
+//!   frames have their
 //!   own small limit, [`TcpConfig::max_client_frame_size`] (1 MiB by default, against
 //!   16 MiB for peer frames), checked on the length prefix before anything is buffered.
+//!   An inbound peer connection that sends nothing for [`TcpConfig::peer_idle_timeout`]
+//!   (60 s by default; leaders send heartbeats every few ticks) is closed too.
 //! - **Shutdown.** Dropping the transport stops its listener, connections and tasks;
 //!   [`TcpTransport::shutdown`] does the same and waits for them.
 //!
-//! The handshake guards against misconfiguration, not against attackers: anyone who can
-//! reach the port and knows the cluster id can claim to be a peer. Run the cluster on a
-//! trusted network.
+//! **Peer connections are trusted.** The handshake guards against misconfiguration,
+//! not against attackers: there is no authentication and no encryption, and anyone who
+//! can reach the port and knows (or guesses) the cluster id can claim to be any peer,
+//! and then vote, propose and inject protocol messages as that node. The client limits
+//! above protect a node's resources from clients; they do not make the peer side safe
+//! to expose. Make the port reachable only from the cluster's own network (a private
+//! network, firewall rules or a VPN between the nodes); clients use the same port, so
+//! they must be inside that network too.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The crate README's examples, compiled and run as doctests.

@@ -27,8 +27,16 @@ pub enum NodeRequest {
     /// The replica's status: [`NodeResponse::Status`].
     Status,
     /// The slots `start..end` of the replica's log: [`NodeResponse::Log`]. The node
-    /// clips `end` to its log's end and, when more than its limit remain, keeps the
-    /// latest ones (so `0..u64::MAX` asks for the tail of the log).
+    /// clips `end` to its log's end and, when more than its limits allow remain, keeps
+    /// the latest ones (so `0..u64::MAX` asks for the tail of the log). The limits are a
+    /// number of slots
+    /// ([`NodeServerOptions::max_log_entries`](crate::NodeServerOptions::max_log_entries))
+    /// and a number of encoded bytes
+    /// ([`NodeServerOptions::max_log_bytes`](crate::NodeServerOptions::max_log_bytes),
+    /// 1 MiB by default): the answer holds every slot the node knows from its first
+    /// entry's slot to `end`, and nothing before. Its first entry's slot is therefore
+    /// where it was cut: to read further back, ask for `start..first` next, until the
+    /// answer is empty.
     Log {
         /// The first slot.
         start: Slot,
@@ -89,7 +97,9 @@ pub enum NodeResponse {
     Unavailable,
     /// The answer to [`NodeRequest::Status`].
     Status(NodeStatus),
-    /// The answer to [`NodeRequest::Log`], oldest slot first.
+    /// The answer to [`NodeRequest::Log`], oldest slot first: the latest slots of the
+    /// range, without gaps among the slots the node knows, up to its limits. The first
+    /// entry's slot tells where the answer starts (see [`NodeRequest::Log`]).
     Log(Vec<SlotInfo>),
     /// The answer to [`NodeRequest::Slot`].
     Slot(SlotInfo),
@@ -152,6 +162,10 @@ pub enum ServerError {
     /// The node has no query hook.
     #[error("this node answers no queries")]
     NoQuery,
+    /// The node's query hook panicked on this query. The replica keeps running; the
+    /// panic is the hook's bug (or its answer to input it does not expect).
+    #[error("the query hook failed on this query")]
+    QueryFailed,
 }
 
 /// Bytes that are not a message of the protocol, or a message that cannot be encoded.
@@ -294,6 +308,7 @@ mod tests {
             NodeResponse::Log(vec![]),
             NodeResponse::Error(ServerError::Timeout(Duration::from_millis(5))),
             NodeResponse::Error(ServerError::Forbidden),
+            NodeResponse::Error(ServerError::QueryFailed),
             NodeResponse::Replied(Reply {
                 client: 7,
                 seq: 2,

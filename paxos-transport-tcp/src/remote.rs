@@ -332,8 +332,10 @@ impl RemoteNode {
         .await
     }
 
-    /// The slots of `range` the replica knows, oldest first, at most the server's limit
-    /// of them (the latest ones; see [`NodeRequest::Log`]).
+    /// The slots of `range` the replica knows, oldest first, at most the server's limits
+    /// of them (a number of slots and of bytes; the latest ones). The answer covers
+    /// every known slot from its first entry's slot to the end of `range`: to read
+    /// further back, ask for `range.start..first` next (see [`NodeRequest::Log`]).
     pub async fn log(&self, range: Range<Slot>) -> Result<Vec<SlotInfo>, RemoteError> {
         let request = NodeRequest::Log {
             start: range.start,

@@ -3,12 +3,15 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use paxos_core::{
-    spawn_node, Config, NodeError, NodeHandle, NodeId, NodeOptions, StateMachine, Storage,
+    spawn_node, Config, NodeError, NodeHandle, NodeId, NodeOptions, Replica, Slot, SlotInfo,
+    StateMachine, Storage,
 };
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -18,11 +21,19 @@ use tracing::{debug, info, warn};
 use crate::cluster_file::{ClusterConfig, ClusterConfigError};
 use crate::gate::{Gate, GatedTransport};
 use crate::protocol::{NodeRequest, NodeResponse, NodeStatus, ServerError, StateView};
-use crate::{ClientRequests, Responder, TcpConfig, TcpError, TcpTransport};
+use crate::{
+    ClientRequests, Responder, TcpConfig, TcpError, TcpTransport, DEFAULT_MAX_CLIENT_FRAME_SIZE,
+};
+
+/// Room left in a response frame for everything around a log's entries: the frame's
+/// call id and tag, the response's variant and the entry count.
+const LOG_RESPONSE_OVERHEAD: usize = 32;
 
 /// A read-only view of the state machine, for [`NodeRequest::Query`]: given the state
 /// and the query's bytes, the answer's bytes. It runs inside the replica's task, so it
-/// must be quick.
+/// must be quick. Its input comes from any client: a panic in it is caught, and the
+/// client is answered [`ServerError::QueryFailed`] while the replica keeps running
+/// (the panic message still goes to the process's panic hook, normally stderr).
 pub type QueryFn<S> = Arc<dyn Fn(&S, &[u8]) -> Vec<u8> + Send + Sync>;
 
 type TcpTweak = Arc<dyn Fn(&mut TcpConfig) + Send + Sync>;
@@ -41,13 +52,21 @@ pub struct NodeServerOptions<S> {
     pub inspect_timeout: Duration,
     /// The most slots one [`NodeRequest::Log`] returns. Default 10 000.
     pub max_log_entries: u64,
+    /// The most bytes the entries of one [`NodeRequest::Log`] answer may take, encoded.
+    /// The server stops adding entries (newest first) at this budget, so a request of a
+    /// few bytes never makes it copy and encode more than about one frame of the log;
+    /// it also never exceeds the response frame limit
+    /// ([`TcpConfig::max_frame_size`]). The newest entry in range is always sent if
+    /// it fits in a response frame by itself. Default
+    /// [`DEFAULT_MAX_CLIENT_FRAME_SIZE`](crate::DEFAULT_MAX_CLIENT_FRAME_SIZE) (1 MiB).
+    pub max_log_bytes: usize,
     /// Whether clients may use the test controls ([`NodeRequest::SetAvailable`]):
     /// making the replica unavailable from any client connection is a way to switch
     /// the cluster off, so it is refused ([`ServerError::Forbidden`]) unless this is
     /// set. Default off. Turn it on only for tests and scenario runners on a trusted
     /// network.
     pub test_controls: bool,
-    query: Option<QueryFn<S>>,
+    pub(crate) query: Option<QueryFn<S>>,
     tcp: Option<TcpTweak>,
 }
 
@@ -58,6 +77,7 @@ impl<S> Default for NodeServerOptions<S> {
             submit_timeout: Duration::from_secs(10),
             inspect_timeout: Duration::from_secs(2),
             max_log_entries: 10_000,
+            max_log_bytes: DEFAULT_MAX_CLIENT_FRAME_SIZE,
             test_controls: false,
             query: None,
             tcp: None,
@@ -72,6 +92,7 @@ impl<S> Clone for NodeServerOptions<S> {
             submit_timeout: self.submit_timeout,
             inspect_timeout: self.inspect_timeout,
             max_log_entries: self.max_log_entries,
+            max_log_bytes: self.max_log_bytes,
             test_controls: self.test_controls,
             query: self.query.clone(),
             tcp: self.tcp.clone(),
@@ -86,6 +107,7 @@ impl<S> fmt::Debug for NodeServerOptions<S> {
             .field("submit_timeout", &self.submit_timeout)
             .field("inspect_timeout", &self.inspect_timeout)
             .field("max_log_entries", &self.max_log_entries)
+            .field("max_log_bytes", &self.max_log_bytes)
             .field("test_controls", &self.test_controls)
             .field("query", &self.query.is_some())
             .finish_non_exhaustive()
@@ -249,6 +271,7 @@ impl<S: StateMachine + Send + 'static> NodeServer<S> {
         if let Some(tweak) = &options.tcp {
             tweak(&mut tcp);
         }
+        let max_response = tcp.max_frame_size;
         let (transport, calls) = TcpTransport::from_listener(tcp, listener)?;
         let gate = Gate::new(true);
         let mut replica = Config::new(id, cluster.ids());
@@ -266,7 +289,13 @@ impl<S: StateMachine + Send + 'static> NodeServer<S> {
                 "test controls are on: any client can make this replica unavailable"
             );
         }
-        let service = tokio::spawn(serve(calls, handle.clone(), gate.clone(), options));
+        let service = tokio::spawn(serve(
+            calls,
+            handle.clone(),
+            gate.clone(),
+            options,
+            max_response,
+        ));
         info!(node = id, %addr, "node serving peers and clients");
         Ok(NodeServer {
             id,
@@ -324,6 +353,7 @@ async fn serve<S: StateMachine + Send + 'static>(
     handle: NodeHandle<S>,
     gate: Gate,
     options: NodeServerOptions<S>,
+    max_response: usize,
 ) {
     let options = Arc::new(options);
     while let Some(call) = calls.recv().await {
@@ -333,7 +363,7 @@ async fn serve<S: StateMachine + Send + 'static>(
         let gate = gate.clone();
         let options = options.clone();
         tokio::spawn(async move {
-            let response = handle_call(&handle, &gate, &request, &options).await;
+            let response = handle_call(&handle, &gate, &request, &options, max_response).await;
             if let NodeResponse::Error(e) = &response {
                 debug!(%remote, error = %e, "client call failed");
             }
@@ -354,11 +384,13 @@ fn respond(responder: Responder, response: &NodeResponse) {
 }
 
 /// Serves one call's bytes: decode, act, answer. Never panics on any input.
+/// `max_response` is the largest response frame the transport sends.
 async fn handle_call<S: StateMachine + Send + 'static>(
     handle: &NodeHandle<S>,
     gate: &Gate,
     request: &Bytes,
     options: &NodeServerOptions<S>,
+    max_response: usize,
 ) -> NodeResponse {
     let Ok(request) = NodeRequest::decode(request) else {
         return NodeResponse::Error(ServerError::Malformed);
@@ -406,27 +438,37 @@ async fn handle_call<S: StateMachine + Send + 'static>(
     };
     let query = options.query.clone();
     let max_log = options.max_log_entries;
+    let max_entry = max_response.saturating_sub(LOG_RESPONSE_OVERHEAD);
+    let log_budget = options.max_log_bytes.min(max_entry);
     let answer = handle.inspect(move |r| match inspect {
         NodeRequest::Status => NodeResponse::Status(NodeStatus::of(r, available)),
         NodeRequest::Log { start, end } => {
             let end = end.min(r.status().log_end);
             let start = start.max(end.saturating_sub(max_log));
-            NodeResponse::Log(if start < end {
-                r.log(start..end)
-            } else {
-                Vec::new()
-            })
+            NodeResponse::Log(log_tail(r, start..end, log_budget, max_entry))
         }
         NodeRequest::Slot(slot) => NodeResponse::Slot(r.slot(slot)),
         NodeRequest::Views => NodeResponse::Views(r.view_changes().cloned().collect()),
         NodeRequest::Query(bytes) => match query {
-            Some(query) => NodeResponse::Query(StateView {
-                node: r.id(),
-                available,
-                acceptor: r.acceptor_status(),
-                executed: r.executed(),
-                answer: Bytes::from(query(r.state_machine(), &bytes)),
-            }),
+            Some(query) => {
+                // The hook only reads the state, so a panic half-way leaves nothing
+                // inconsistent behind; it must not take the replica's task down.
+                let answer =
+                    panic::catch_unwind(AssertUnwindSafe(|| query(r.state_machine(), &bytes)));
+                match answer {
+                    Ok(answer) => NodeResponse::Query(StateView {
+                        node: r.id(),
+                        available,
+                        acceptor: r.acceptor_status(),
+                        executed: r.executed(),
+                        answer: Bytes::from(answer),
+                    }),
+                    Err(_) => {
+                        warn!(node = r.id(), "the query hook panicked");
+                        NodeResponse::Error(ServerError::QueryFailed)
+                    }
+                }
+            }
             None => NodeResponse::Error(ServerError::NoQuery),
         },
         NodeRequest::Submit(_) | NodeRequest::SetAvailable(_) => {
@@ -438,4 +480,39 @@ async fn handle_call<S: StateMachine + Send + 'static>(
         Ok(Err(_)) => NodeResponse::Error(ServerError::Stopped),
         Err(_) => NodeResponse::Error(ServerError::Timeout(limit)),
     }
+}
+
+/// The latest entries of `range` whose encodings fit in `budget` bytes together, oldest
+/// first: the answer to [`NodeRequest::Log`]. Entries are copied one at a time, newest
+/// first, and copying stops at the budget, so a request for a huge range never copies
+/// more than about `budget` bytes of values. The newest entry is included alone if it
+/// is larger than the budget but at most `max_entry`, so a client paging back through
+/// the log (asking for `start..first slot returned` next) always makes progress.
+fn log_tail<S: StateMachine>(
+    r: &Replica<S>,
+    range: Range<Slot>,
+    budget: usize,
+    max_entry: usize,
+) -> Vec<SlotInfo> {
+    let mut entries = Vec::new();
+    let mut used = 0usize;
+    for slot in range.rev() {
+        // `log` leaves unknown slots out, as a whole-range `log` call would.
+        let Some(info) = r.log(slot..slot + 1).pop() else {
+            continue;
+        };
+        let size = postcard::serialize_with_flavor(&info, postcard::ser_flavors::Size::default())
+            .unwrap_or(usize::MAX);
+        let fits = match used.checked_add(size) {
+            Some(total) => total <= budget || (entries.is_empty() && size <= max_entry),
+            None => false,
+        };
+        if !fits {
+            break;
+        }
+        used += size;
+        entries.push(info);
+    }
+    entries.reverse();
+    entries
 }

@@ -49,7 +49,11 @@ async fn lone_node(
         nodes: vec![NodeConfig { id: 1, addr }],
         ..ClusterConfig::local_default()
     };
-    let options = options.with_query(|c: &Counter, _: &[u8]| c.0.to_le_bytes().to_vec());
+    let options = if options.query.is_some() {
+        options
+    } else {
+        options.with_query(|c: &Counter, _: &[u8]| c.0.to_le_bytes().to_vec())
+    };
     let server = NodeServer::start_on(
         listener,
         &config,
@@ -122,6 +126,110 @@ async fn the_log_is_capped_to_its_latest_entries() {
     let log = within(node.log(0..u64::MAX)).await.expect("log");
     let slots: Vec<u64> = log.iter().map(|s| s.slot).collect();
     assert_eq!(slots, vec![end - 2, end - 1]);
+    server.shutdown().await;
+}
+
+/// The query hook's input comes from any client: a hook that panics on some input
+/// gets that query answered `QueryFailed`, and the replica keeps serving.
+#[tokio::test]
+async fn a_panicking_query_hook_does_not_stop_the_node() {
+    let options = NodeServerOptions::default().with_query(|c: &Counter, q: &[u8]| {
+        assert!(q != b"boom", "the hook does not expect this query");
+        c.0.to_le_bytes().to_vec()
+    });
+    let (server, _, remote) = lone_node(options).await;
+    let mut client = remote.client::<Counter>();
+    assert_eq!(within(client.execute(&3)).await.expect("execute"), 3);
+    let node = remote.node(1).expect("node 1");
+    let err = within(node.query(Bytes::from_static(b"boom")))
+        .await
+        .expect_err("the hook panicked");
+    assert!(
+        matches!(
+            err,
+            RemoteError::Server {
+                source: ServerError::QueryFailed,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!server.handle().is_stopped());
+    assert_eq!(within(client.execute(&4)).await.expect("execute"), 7);
+    let view = within(node.query(Bytes::new())).await.expect("query");
+    assert_eq!(&view.answer[..], &7u64.to_le_bytes());
+    server.shutdown().await;
+}
+
+/// A few bytes of `Log { 0..u64::MAX }` must not make the node copy and send the
+/// whole log: with large values the answer stops at the byte budget (1 MiB by default),
+/// says where by its first slot, and the rest can be paged back.
+#[tokio::test]
+async fn the_log_answer_is_capped_in_bytes() {
+    /// Commands are blobs, kept nowhere: only the log holds them.
+    #[derive(Default)]
+    struct Blobs;
+    impl StateMachine for Blobs {
+        type Command = Vec<u8>;
+        type Output = u64;
+        fn apply(&mut self, blob: Vec<u8>) -> u64 {
+            blob.len() as u64
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), RestoreError> {
+            Ok(())
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = ClusterConfig {
+        nodes: vec![NodeConfig { id: 1, addr }],
+        ..ClusterConfig::local_default()
+    };
+    let server = NodeServer::start_on(
+        listener,
+        &config,
+        1,
+        Blobs,
+        MemStorage::new(),
+        NodeServerOptions::default(),
+    )
+    .expect("server starts");
+    let remote = RemoteCluster::new(&config, RemoteOptions::default()).expect("remote");
+    let mut client = remote.client::<Blobs>();
+    let blob = vec![0xAB; 200 * 1024];
+    for _ in 0..8 {
+        within(client.execute(&blob)).await.expect("execute");
+    }
+    let node = remote.node(1).expect("node 1");
+    let end = within(node.status()).await.expect("status").replica.log_end;
+    assert!(end >= 9, "{end}");
+
+    let log = within(node.log(0..u64::MAX)).await.expect("log");
+    let size = NodeResponse::Log(log.clone())
+        .encode()
+        .expect("encode")
+        .len();
+    assert!(size <= crate::DEFAULT_MAX_CLIENT_FRAME_SIZE, "{size} bytes");
+    let slots: Vec<u64> = log.iter().map(|s| s.slot).collect();
+    let first = slots[0];
+    assert!(first > 0, "the whole log came back: {slots:?}");
+    assert_eq!(slots, (first..end).collect::<Vec<_>>());
+
+    // Paging back from the first slot returned reads the rest of the log.
+    let mut all = slots;
+    let mut before = first;
+    while before > 0 {
+        let page = within(node.log(0..before)).await.expect("log page");
+        let Some(oldest) = page.first() else { break };
+        before = oldest.slot;
+        let mut page: Vec<u64> = page.iter().map(|s| s.slot).collect();
+        page.append(&mut all);
+        all = page;
+    }
+    assert_eq!(all, (0..end).collect::<Vec<_>>());
     server.shutdown().await;
 }
 

@@ -618,6 +618,89 @@ async fn idle_client_connections_are_closed() {
     assert_eq!(&got[..], b"again");
 }
 
+/// A client that pipelines large requests and never reads the answers must not keep
+/// its connection, and its slot, for ever: a response write it does not take is bounded
+/// like silence is (here by the 200 ms idle timeout, shorter than the write timeout).
+#[tokio::test]
+async fn a_client_that_never_reads_its_responses_is_closed() {
+    let c = cluster(|c| {
+        c.client_idle_timeout = Duration::from_millis(200);
+        c.max_client_connections_per_ip = 1;
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut s = within(socket.connect(c.addr)).await.expect("connect");
+    s.write_all(&hello_frame(PROTOCOL_VERSION, CLUSTER, Role::Client))
+        .await
+        .expect("write");
+    let reply = within(read_frame(&mut s)).await.expect("reply");
+    assert!(matches!(
+        wire::decode_handshake::<HelloReply>(&reply),
+        Ok(HelloReply::Accepted { .. })
+    ));
+    // Echoed 1000 KiB requests: far more than the socket buffers hold. The read half
+    // is kept, never read.
+    let (_unread, mut write) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let request = vec![7u8; 1000 * 1024];
+        for call in 1..=16 {
+            if write.write_all(&call_frame(call, &request)).await.is_err() {
+                break;
+            }
+        }
+        write
+    });
+    // The stalled connection is closed, so the one slot for this address frees up.
+    until_a_client_gets_in(c.addr).await;
+    writer.abort();
+}
+
+/// A connection that handshook as a peer and then says nothing is closed after the
+/// peer idle timeout, like an idle client's.
+#[tokio::test]
+async fn idle_peer_connections_are_closed() {
+    let (logs, _guard) = capture();
+    let mut c = cluster(|c| c.peer_idle_timeout = Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let mut silent = handshaken(c.addr, Role::Peer(3)).await;
+    expect_closed(&mut silent).await;
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let text = logs.text();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("peer=3") && l.contains("connection idle for")),
+        "{text}"
+    );
+    c.assert_healthy().await;
+}
+
+/// A node's writer closes its connection to a peer it has had nothing to send for
+/// half the idle timeout, before the peer's timeout does, and dials again when a
+/// message comes: a quiet link costs no warning and loses no message.
+#[tokio::test]
+async fn quiet_outbound_peer_connections_are_closed_and_dialed_again() {
+    let (logs, _guard) = capture();
+    let mut c = cluster(|c| c.peer_idle_timeout = Duration::from_millis(200)).await;
+    c.a.send(2, heartbeat(1)).expect("send");
+    assert_eq!(within(c.b.recv()).await, Some((1, heartbeat(1))));
+    within(async {
+        while !logs.text().contains("closed idle connection to peer") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    c.a.send(2, heartbeat(2)).expect("send");
+    assert_eq!(within(c.b.recv()).await, Some((1, heartbeat(2))));
+    let text = logs.text();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("peer=2")),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn client_frames_have_their_own_small_limit() {
     let (logs, _guard) = capture();

@@ -443,6 +443,7 @@ async fn handle_inbound(
                 max_inflight: config.max_client_inflight,
                 max_response: config.max_frame_size,
                 idle_timeout: config.client_idle_timeout,
+                write_timeout: config.write_timeout,
             };
             let served = tokio::select! {
                 _ = shared.token.cancelled() => return,
@@ -473,8 +474,14 @@ async fn serve_peer(
         older.cancel();
     }
     debug!(peer, %remote, "peer connected");
+    let idle = shared.config.peer_idle_timeout;
     let read = async {
-        while let Some(frame) = conn.next().await {
+        loop {
+            let frame = match timeout(idle, conn.next()).await {
+                Err(_) => return Err(TcpError::IdleTimeout(idle)),
+                Ok(None) => break,
+                Ok(Some(frame)) => frame,
+            };
             let message = wire::decode_message(&frame?)?;
             if inbound.send((peer, message)).await.is_err() {
                 break;
@@ -514,6 +521,8 @@ async fn peer_writer(
         config.node_id.rotate_left(32) ^ peer,
     );
     let mut failures: u32 = 0;
+    // A message taken from the queue while no connection was open: the first to send.
+    let mut first: Option<Message> = None;
     loop {
         match dial(config, peer, addr).await {
             Ok((reader, writer)) => {
@@ -524,8 +533,16 @@ async fn peer_writer(
                 }
                 failures = 0;
                 backoff.reset();
-                match write_loop(&shared, peer, reader, writer, &mut queue).await {
-                    Ok(()) => return,
+                match write_loop(&shared, peer, reader, writer, &mut queue, first.take()).await {
+                    Ok(WriterEnd::QueueClosed) => return,
+                    Ok(WriterEnd::Idle) => {
+                        debug!(peer, %addr, "closed idle connection to peer; will dial again when there is something to send");
+                        match queue.recv().await {
+                            Some(message) => first = Some(message),
+                            None => return,
+                        }
+                        continue;
+                    }
                     Err(e) if e.is_routine() => {
                         info!(peer, %addr, error = %e, "lost connection to peer")
                     }
@@ -552,7 +569,7 @@ async fn peer_writer(
                 }
                 // Messages queued for an unreachable peer are stale by the time it is
                 // back; the protocol retransmits what still matters.
-                let mut stale = 0;
+                let mut stale = u64::from(first.take().is_some());
                 while queue.try_recv().is_ok() {
                     stale += 1;
                 }
@@ -610,17 +627,39 @@ async fn dial(
     Ok((reader, writer))
 }
 
-/// Writes queued messages to a connected peer until the connection breaks (`Err`) or the
-/// queue closes (`Ok`). The peer never sends on this connection; reading only notices
-/// when it closes.
+/// Why [`write_loop`] ended without an error.
+enum WriterEnd {
+    /// The transport is gone.
+    QueueClosed,
+    /// Nothing was sent for half of [`TcpConfig::peer_idle_timeout`]; the connection is
+    /// closed before the peer's idle timeout does it.
+    Idle,
+}
+
+/// Writes `first`, then queued messages, to a connected peer until the connection
+/// breaks (`Err`), the queue closes or nothing is sent for a while (`Ok`). The peer
+/// never sends on this connection; reading only notices when it closes.
 async fn write_loop(
     shared: &Shared,
     peer: NodeId,
     mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
     mut writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
     queue: &mut mpsc::Receiver<Message>,
-) -> Result<(), TcpError> {
+    first: Option<Message>,
+) -> Result<WriterEnd, TcpError> {
     let write_timeout = shared.config.write_timeout;
+    if let Some(message) = first {
+        let write = async {
+            feed(shared, peer, &mut writer, &message).await?;
+            writer.flush().await
+        };
+        timeout(write_timeout, write)
+            .await
+            .map_err(|_| TcpError::WriteTimeout)??;
+    }
+    let idle_after = shared.config.peer_idle_timeout / 2;
+    let idle = sleep(idle_after);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             biased;
@@ -632,7 +671,7 @@ async fn write_loop(
                 };
             }
             message = queue.recv() => {
-                let Some(message) = message else { return Ok(()) };
+                let Some(message) = message else { return Ok(WriterEnd::QueueClosed) };
                 let batch = async {
                     feed(shared, peer, &mut writer, &message).await?;
                     let mut n = 1;
@@ -644,7 +683,9 @@ async fn write_loop(
                     writer.flush().await
                 };
                 timeout(write_timeout, batch).await.map_err(|_| TcpError::WriteTimeout)??;
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_after);
             }
+            () = &mut idle => return Ok(WriterEnd::Idle),
         }
     }
 }
