@@ -90,8 +90,9 @@ impl Cluster for RemoteCluster {
 
     async fn log(&self, node: NodeId) -> Result<Vec<LogEntry>, ClusterError> {
         let n = member(self, node)?;
-        // The node keeps the latest entries of the range, at most its limit
-        // (`MAX_LOG_ENTRIES` by default).
+        // The node answers with the latest entries of the range, at most its limits
+        // (`max_log_entries` entries and `max_log_bytes` bytes, by default 10,000 and
+        // 1 MiB): PrintLog shows the tail of a long log.
         let log = n
             .log(0..Slot::MAX)
             .await
