@@ -303,6 +303,24 @@ impl RestoreError {
     }
 }
 
+/// [`Replica::transfer_leadership`](crate::Replica::transfer_leadership) refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// This replica does not lead; `leader` is the one it believes in.
+    #[error("this replica does not lead (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this replica believes in.
+        leader: Option<u64>,
+    },
+    /// The target is not a member of the cluster.
+    #[error("node {0} is not a member of the cluster")]
+    NotAMember(u64),
+    /// The target is this replica, which leads already.
+    #[error("this replica leads already")]
+    AlreadyLeader,
+}
+
 /// A request to a node through a [`NodeHandle`](crate::NodeHandle) failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]

@@ -104,6 +104,8 @@ mod config;
 mod counters;
 mod drive;
 mod error;
+#[cfg(test)]
+mod handover_tests;
 mod message;
 #[cfg(test)]
 mod mutation;
@@ -138,7 +140,7 @@ pub use config::{Config, MAX_MEMBERS};
 pub use counters::Counters;
 pub use error::{
     CheckpointError, ClientError, ConfigError, ErrorCause, NodeError, ReplicaError, RestoreError,
-    StorageError, TransportError,
+    StorageError, TransferError, TransportError,
 };
 pub use message::{Message, PromiseEntry};
 #[cfg(feature = "runtime")]

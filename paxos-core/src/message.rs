@@ -49,6 +49,10 @@ pub enum Message {
         /// never counts a promise made to an earlier life of itself that used the same
         /// ballot before losing its state.
         nonce: u64,
+        /// The candidate runs because its leader handed leadership over to it
+        /// ([`Message::TimeoutNow`]): acceptors promise even while they hear that
+        /// leader (stickiness protects liveness, not safety; phase 1 stays the same).
+        handover: bool,
     },
     /// Phase 1b: the acceptor promised `ballot` and reports what it accepted at or above
     /// the candidate's `from_slot`.
@@ -189,6 +193,12 @@ pub enum Message {
         /// The leader's commit point.
         commit_point: Slot,
     },
+    /// Leader → follower: "run for leader now": the leader hands leadership over to
+    /// this follower, which has accepted everything the leader proposed.
+    TimeoutNow {
+        /// The leader's ballot.
+        ballot: Ballot,
+    },
     /// Follower → leader: the answer to [`Message::ReadIndex`].
     ReadIndexAck {
         /// The ballot of the round.
@@ -221,6 +231,7 @@ impl Message {
             Message::RecoverRefused { .. } => "recover-refused",
             Message::NeverVoted { .. } => "never-voted",
             Message::ReadIndex { .. } => "read-index",
+            Message::TimeoutNow { .. } => "timeout-now",
             Message::ReadIndexAck { .. } => "read-index-ack",
         }
     }

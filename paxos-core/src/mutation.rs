@@ -55,4 +55,7 @@ pub(crate) enum Mutation {
     /// A read joins the round already in flight (sent before it arrived) instead of the
     /// next one: acknowledgements older than the read confirm it.
     ReadJoinsSentRound,
+    /// Acceptors ignore the handover flag of a PREPARE: while they hear the old leader
+    /// they refuse the successor it named, and a leader transfer waits for timeouts.
+    HandoverIgnored,
 }

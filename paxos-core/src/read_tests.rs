@@ -193,3 +193,47 @@ fn mutant_confirming_reads_with_an_earlier_round_answers_stale() {
         "the broken variant answers without W"
     );
 }
+
+/// n1 leads, is cut off, n2 or n3 takes over and a write completes there; a read then
+/// reaches n1, which still believes it leads. Its READ-INDEX round is refused, so it
+/// never answers; answering from its own state at once misses the write.
+fn read_at_a_deposed_leader(m: Mutation) -> Option<u64> {
+    let mut h = H::new(3, true, |c| c.mutation = m);
+    let session = leader_with_session(&mut h);
+    let cut = |from: NodeId, to: NodeId, _: &Message| {
+        if involves(1, from, to) {
+            Drop
+        } else {
+            Deliver
+        }
+    };
+    for _ in 0..200 {
+        h.tick(&[2, 3], 1, &cut);
+        if h.r(2).is_leader() || h.r(3).is_leader() {
+            break;
+        }
+    }
+    let l = if h.r(2).is_leader() { 2 } else { 3 };
+    assert!(h.r(l).is_leader(), "n2 or n3 leads");
+    h.r(l).handle_request(write(session, 1));
+    h.run(&cut);
+    assert!(h.r(1).is_leader(), "n1 still believes it leads");
+    // The partition heals for n1's read round: the others refuse it.
+    h.r(1).handle_request(read(9));
+    h.run(&all);
+    answered(&h, 9)
+}
+
+#[test]
+fn a_deposed_leader_does_not_answer_reads() {
+    assert_eq!(read_at_a_deposed_leader(Mutation::None), None);
+}
+
+#[test]
+fn mutant_reading_without_confirmation_answers_stale_at_a_deposed_leader() {
+    assert_eq!(
+        read_at_a_deposed_leader(Mutation::ReadWithoutConfirmation),
+        Some(0),
+        "the broken variant answers from its own state"
+    );
+}

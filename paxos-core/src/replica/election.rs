@@ -57,7 +57,7 @@ impl<S: StateMachine> Replica<S> {
         }
         if let Some((_, grants)) = self.prevote {
             if grants.count_ones() >= needed && matches!(self.role, RoleState::Follower) {
-                self.start_election();
+                self.start_election(false);
             }
         }
     }
@@ -73,7 +73,9 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    pub(super) fn start_election(&mut self) {
+    /// Runs for leader at a new ballot. `handover`: the leader handed over to this
+    /// replica ([`Message::TimeoutNow`]), so acceptors promise despite stickiness.
+    pub(super) fn start_election(&mut self, handover: bool) {
         self.prevote = None;
         self.step_down_queue(None);
         let round = self.max_round_seen.max(self.promised.round) + 1;
@@ -95,6 +97,7 @@ impl<S: StateMachine> Replica<S> {
         self.role = RoleState::Candidate(Candidate {
             ballot,
             nonce,
+            handover,
             known: self.peer_inc.clone(),
             from_slot,
             promises: BTreeMap::new(),
@@ -108,6 +111,7 @@ impl<S: StateMachine> Replica<S> {
                     ballot,
                     from_slot,
                     nonce,
+                    handover,
                 },
             );
         }
@@ -118,7 +122,7 @@ impl<S: StateMachine> Replica<S> {
     /// choose who runs for leader.
     #[cfg(test)]
     pub(crate) fn start_election_now(&mut self) {
-        self.start_election();
+        self.start_election(false);
     }
 
     /// Adopts `from` (owner of `ballot >= promised`) as leader.

@@ -40,6 +40,8 @@ pub(super) struct Leader {
     pub(super) view_end: Slot,
     /// Reads waiting for a confirmed round and for execution.
     pub(super) reads: Box<Reads>,
+    /// A leader transfer in progress: no new proposals meanwhile.
+    pub(super) transfer: Option<super::handover::Transfer>,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -73,6 +75,7 @@ impl<S: StateMachine> Replica<S> {
         }
         self.advance_commit();
         self.pump();
+        self.check_transfer();
     }
 
     pub(super) fn check_commits(&mut self) {
@@ -162,6 +165,9 @@ impl<S: StateMachine> Replica<S> {
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
+        if l.transfer.is_some() {
+            return; // handing over: requests wait for the next leader
+        }
         let ballot = l.ballot;
         let self_bit = 1u64 << self.me;
         while l.next_slot

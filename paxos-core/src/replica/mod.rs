@@ -19,6 +19,7 @@ mod acceptor;
 mod catch_up;
 mod election;
 mod executor;
+mod handover;
 mod inspect;
 mod leader;
 mod learner;
@@ -280,7 +281,8 @@ impl<S: StateMachine> Replica<S> {
                     self.start_prevote();
                 } else if c.resend.expired(self.now) {
                     c.resend.reset(self.now, self.cfg.retransmit_ticks);
-                    let (ballot, from_slot, nonce) = (c.ballot, c.from_slot, c.nonce);
+                    let (ballot, from_slot, nonce, handover) =
+                        (c.ballot, c.from_slot, c.nonce, c.handover);
                     let missing: Vec<NodeId> = self
                         .cfg
                         .members
@@ -295,6 +297,7 @@ impl<S: StateMachine> Replica<S> {
                                 ballot,
                                 from_slot,
                                 nonce,
+                                handover,
                             },
                         );
                     }
@@ -303,6 +306,7 @@ impl<S: StateMachine> Replica<S> {
             RoleState::Leader(_) => {
                 self.leader_tick();
                 self.read_tick();
+                self.transfer_tick();
             }
         }
         self.maybe_fetch();
@@ -380,7 +384,9 @@ impl<S: StateMachine> Replica<S> {
                 ballot,
                 from_slot,
                 nonce,
-            } => self.on_prepare(from, ballot, from_slot, nonce),
+                handover,
+            } => self.on_prepare(from, ballot, from_slot, nonce, handover),
+            Message::TimeoutNow { ballot } => self.on_timeout_now(from, ballot),
             Message::Promise {
                 ballot,
                 commit_point,

@@ -22,6 +22,8 @@ pub(super) struct Promised {
 #[derive(Debug)]
 pub(super) struct Candidate {
     pub(super) ballot: Ballot,
+    /// Running because the leader handed over (see [`Message::TimeoutNow`]).
+    pub(super) handover: bool,
     /// Echoed by the promises that count (see `recovery.rs`).
     pub(super) nonce: u64,
     /// The latest incarnation known of each peer: ours, and what promises told us.
@@ -36,12 +38,21 @@ pub(super) struct Candidate {
 }
 
 impl<S: StateMachine> Replica<S> {
-    pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, nonce: u64) {
+    pub(super) fn on_prepare(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        from_slot: Slot,
+        nonce: u64,
+        handover: bool,
+    ) {
         if !self.admit(from, ballot, false) {
             return;
         }
         if ballot > self.promised {
-            if self.leader_alive() && self.leader != Some(from) {
+            #[cfg(test)]
+            let handover = handover && self.cfg.mutation != Mutation::HandoverIgnored;
+            if self.leader_alive() && self.leader != Some(from) && !handover {
                 return;
             }
             self.set_promised(ballot);
@@ -167,9 +178,11 @@ impl<S: StateMachine> Replica<S> {
             let from_slot = self.log.commit_point();
             let ballot = candidate.ballot;
             let nonce = candidate.nonce;
+            let handover = candidate.handover;
             self.role = RoleState::Candidate(Candidate {
                 ballot,
                 nonce,
+                handover,
                 known: candidate.known,
                 from_slot,
                 promises: BTreeMap::new(),
@@ -185,6 +198,7 @@ impl<S: StateMachine> Replica<S> {
                             ballot,
                             from_slot,
                             nonce,
+                            handover,
                         },
                     );
                 }
@@ -307,6 +321,7 @@ impl<S: StateMachine> Replica<S> {
             min_incarnation,
             view_end: end,
             reads: Box::new(Reads::new(self.now)),
+            transfer: None,
         });
         self.record_view(ViewChange {
             ballot,

@@ -125,6 +125,21 @@ impl<W: Workload> Sim<W> {
 
     pub(super) fn inject_faults(&mut self) -> Result<(), Violation> {
         let f = (self.faults.nodes - 1) / 2;
+        // Now and then the leader is asked to hand over to a random member (an operator
+        // moving leadership before maintenance), whatever else is going on.
+        if chance(&mut self.rng, 0.002) {
+            let to = self.members[(self.rng.next_u64() % self.members.len() as u64) as usize];
+            let leader = self
+                .nodes
+                .iter_mut()
+                .filter_map(|n| n.replica.as_mut())
+                .find(|r| r.is_leader());
+            if let Some(r) = leader {
+                if r.transfer_leadership(to).is_ok() {
+                    self.stats.transfers += 1;
+                }
+            }
+        }
         if self.faults.pauses && chance(&mut self.rng, 0.003) {
             let i = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
             if self.nodes[i].paused_until <= self.now {

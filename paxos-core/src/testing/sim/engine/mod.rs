@@ -214,6 +214,8 @@ pub(crate) struct Stats {
     pub(crate) expired: u64,
     /// Reads answered.
     pub(crate) reads: u64,
+    /// Leader transfers asked for.
+    pub(crate) transfers: u64,
     /// A digest of every delivery, to show that a seed replays identically.
     pub(crate) trace: u64,
 }
