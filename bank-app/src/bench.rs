@@ -13,6 +13,21 @@ use serde::Serialize;
 use crate::account::Account;
 use crate::bank::{Bank, BankCommand};
 
+/// What each operation of a [`run_bench`] is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum BenchWorkload {
+    /// One-unit transfers between random accounts, through the log.
+    #[default]
+    Transfers,
+    /// Balance reads of random accounts without a log round (`Client::read`).
+    Reads,
+    /// The same balance reads as commands through the log (`Client::execute`), to
+    /// compare with [`BenchWorkload::Reads`].
+    LoggedReads,
+}
+
 /// What [`run_bench`] does.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -26,6 +41,8 @@ pub struct BenchOptions {
     pub seed: u64,
     /// How long one transfer may take before the client gives up on it.
     pub request_timeout: Duration,
+    /// What each operation is. Default transfers.
+    pub workload: BenchWorkload,
 }
 
 impl Default for BenchOptions {
@@ -36,6 +53,7 @@ impl Default for BenchOptions {
             accounts: Account::default_set().collect(),
             seed: 1,
             request_timeout: Duration::from_secs(30),
+            workload: BenchWorkload::Transfers,
         }
     }
 }
@@ -43,7 +61,7 @@ impl Default for BenchOptions {
 /// The outcome of a [`run_bench`].
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct BenchReport {
-    /// Transfers that moved money.
+    /// Transfers that moved money (with a read workload: reads answered).
     pub moved: u64,
     /// Transfers the bank rejected (the sender had nothing left); executed all the same.
     pub rejected: u64,
@@ -94,6 +112,7 @@ pub async fn run_bench(
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed.wrapping_mul(1000).wrapping_add(c));
         let accounts = Arc::clone(&accounts);
         let progress = progress.clone();
+        let workload = options.workload;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(share as usize);
             let (mut moved, mut rejected, mut failed) = (0u64, 0u64, 0u64);
@@ -103,13 +122,26 @@ pub async fn run_bench(
                 let i = rng.next_u64() % n;
                 let j = (i + 1 + rng.next_u64() % (n - 1).max(1)) % n;
                 let (from, to) = (accounts[i as usize], accounts[j as usize]);
-                let command = BankCommand::Transfer {
-                    from,
-                    to,
-                    amount: 1,
-                };
                 let t = Instant::now();
-                match client.execute(&command).await {
+                let outcome = match workload {
+                    BenchWorkload::Transfers => {
+                        let command = BankCommand::Transfer {
+                            from,
+                            to,
+                            amount: 1,
+                        };
+                        client.execute(&command).await
+                    }
+                    BenchWorkload::Reads => {
+                        client.read(&BankCommand::Balance { account: from }).await
+                    }
+                    BenchWorkload::LoggedReads => {
+                        client
+                            .execute(&BankCommand::Balance { account: from })
+                            .await
+                    }
+                };
+                match outcome {
                     Ok(out) if out.is_ok() => moved += 1,
                     Ok(_) => rejected += 1,
                     Err(_) => failed += 1,

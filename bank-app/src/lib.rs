@@ -96,7 +96,7 @@ mod tests;
 pub use account::{Account, AccountError};
 pub use availability::{heal, TrackedCluster};
 pub use bank::{Bank, BankCommand, BankError, BankOutput, Rejection, DEFAULT_INITIAL_BALANCE};
-pub use bench::{run_bench, BenchOptions, BenchProgress, BenchReport};
+pub use bench::{run_bench, BenchOptions, BenchProgress, BenchReport, BenchWorkload};
 pub use cluster::{
     Cluster, ClusterError, DbSnapshot, EntryValue, LogEntry, NoAnswer, MAX_LOG_ENTRIES,
 };

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bank_app::{
-    run_bench, BenchOptions, BenchProgress, ClusterConfig, RemoteCluster, RemoteOptions,
+    run_bench, BenchOptions, BenchProgress, BenchWorkload, ClusterConfig, RemoteCluster,
+    RemoteOptions,
 };
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -26,11 +27,23 @@ pub(crate) struct BenchArgs {
     /// Seed of the transfer choices.
     #[arg(long, default_value = "1")]
     seed: u64,
+    /// What each operation is: `transfers`; `reads`, balance reads without a log round;
+    /// `logged-reads`, the same reads through the log (to compare).
+    #[arg(long, value_enum, default_value = "transfers")]
+    workload: Workload,
     /// Print the result only: no progress on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
     #[command(flatten)]
     output: JsonFlag,
+}
+
+/// `bank bench --workload`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Workload {
+    Transfers,
+    Reads,
+    LoggedReads,
 }
 
 pub(crate) async fn run(config: &ClusterConfig, args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -45,6 +58,11 @@ pub(crate) async fn run(config: &ClusterConfig, args: BenchArgs) -> anyhow::Resu
         transfers: args.transfers,
         clients: args.clients,
         seed: args.seed,
+        workload: match args.workload {
+            Workload::Transfers => BenchWorkload::Transfers,
+            Workload::Reads => BenchWorkload::Reads,
+            Workload::LoggedReads => BenchWorkload::LoggedReads,
+        },
         ..BenchOptions::default()
     };
     let progress = BenchProgress::default();
@@ -95,8 +113,13 @@ pub(crate) async fn run(config: &ClusterConfig, args: BenchArgs) -> anyhow::Resu
     if args.output.json {
         stdout_line(&serde_json::to_value(&report)?)?;
     } else {
+        let noun = match args.workload {
+            Workload::Transfers => "transfers",
+            Workload::Reads => "reads",
+            Workload::LoggedReads => "logged reads",
+        };
         stdout_text(&format!(
-            "{} transfers ({} moved, {} rejected, {} failed) in {:.2} s: {:.0} transfers/s; \
+            "{} {noun} ({} moved, {} rejected, {} failed) in {:.2} s: {:.0} {noun}/s; \
              latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
             report.moved + report.rejected + report.failed,
             report.moved,
