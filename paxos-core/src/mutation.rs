@@ -55,4 +55,14 @@ pub(crate) enum Mutation {
     /// A read joins the round already in flight (sent before it arrived) instead of the
     /// next one: acknowledgements older than the read confirm it.
     ReadJoinsSentRound,
+    /// When the peer it pulls a snapshot from moves on to a newer checkpoint in the
+    /// middle of a transfer, the receiver starts over on the new data but keeps the
+    /// slot of the checkpoint it started with: the state is installed under a slot it
+    /// does not belong to (a transfer's pieces and the identity they install under are
+    /// not kept together).
+    SnapshotRestartKeepsOldSlot,
+    /// A receiver resuming a snapshot transfer asks for the piece one byte past where
+    /// its received bytes end: no transfer of more than one piece completes, and the
+    /// replica never catches up by state transfer.
+    SnapshotResumeSkipsAByte,
 }

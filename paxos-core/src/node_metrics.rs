@@ -79,7 +79,7 @@ pub mod names {
 }
 
 /// The message kinds counted apart; anything else counts as `other`.
-const KINDS: [&str; 19] = [
+const KINDS: [&str; 21] = [
     "prevote",
     "prevote_granted",
     "prepare",
@@ -98,6 +98,8 @@ const KINDS: [&str; 19] = [
     "never_voted",
     "read_index",
     "read_index_ack",
+    "snapshot_chunk",
+    "snapshot_request",
     "other",
 ];
 
@@ -124,7 +126,9 @@ fn kind_index(m: &Message) -> usize {
         Message::NeverVoted { .. } => 15,
         Message::ReadIndex { .. } => 16,
         Message::ReadIndexAck { .. } => 17,
-        _ => 18,
+        Message::SnapshotChunk { .. } => 18,
+        Message::SnapshotRequest { .. } => 19,
+        _ => 20,
     }
 }
 

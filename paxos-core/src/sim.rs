@@ -71,6 +71,7 @@ mod tests {
                     total.completed += s.completed;
                     total.reads += s.reads;
                     total.snapshots += s.snapshots;
+                    total.snapshot_chunks += s.snapshot_chunks;
                     total.torn_crashes += s.torn_crashes;
                     total.amnesia += s.amnesia;
                     total.recoveries += s.recoveries;
@@ -84,7 +85,7 @@ mod tests {
         }
         // Written to stderr directly so the counts show without `--nocapture`.
         let line = format!(
-            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes ({} mid-round), {} new views, {} snapshots sent, {} requests completed, {} reads, {} wiped and {} recovered, {} pauses, {} expired sessions",
+            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes ({} mid-round), {} new views, {} snapshots sent ({} pieces), {} requests completed, {} reads, {} wiped and {} recovered, {} pauses, {} expired sessions",
             seeds.len(),
             total.steps,
             total.ticks,
@@ -93,6 +94,7 @@ mod tests {
             total.torn_crashes,
             total.elections,
             total.snapshots,
+            total.snapshot_chunks,
             total.completed,
             total.reads,
             total.amnesia,

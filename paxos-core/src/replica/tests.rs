@@ -60,7 +60,7 @@ impl Harness {
                 if self.isolated == Some(from) || self.isolated == Some(to) {
                     continue;
                 }
-                if matches!(m, Message::Snapshot { .. }) {
+                if matches!(m, Message::SnapshotChunk { offset: 0, .. }) {
                     self.snapshots += 1;
                 }
                 self.replicas[(to - 1) as usize].handle_message(from, m);
