@@ -333,6 +333,27 @@ mod tests {
     }
 
     #[test]
+    fn mutant_installing_a_restarted_snapshot_under_its_old_slot_is_caught() {
+        // Senders move to newer checkpoints while pieces of the older one are still in
+        // flight; a receiver that installs the new state under the old slot executes
+        // the slots in between a second time.
+        assert_caught(Mutation::SnapshotRestartKeepsOldSlot, stale_traffic, 1000);
+    }
+
+    #[test]
+    fn mutant_resuming_snapshots_at_the_wrong_offset_is_caught_by_the_catch_up_check() {
+        // No transfer of more than one piece completes: the replica behind stays
+        // behind while the others serve, which only the check that every replica
+        // catches up after healing sees.
+        let found = caught_in(Mutation::SnapshotResumeSkipsAByte, crashes_only, 300);
+        let (seed, v) = found.expect("the simulation did not catch a resume at the wrong offset");
+        assert!(
+            v.what.contains("behind at commit point"),
+            "seed {seed}: caught, but not by the catch-up check: {v}"
+        );
+    }
+
+    #[test]
     fn mutant_reading_without_confirmation_is_caught() {
         // A leader cut off with a follower keeps answering reads from its own state
         // while a new majority commits writes: stale reads.
