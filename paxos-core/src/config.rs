@@ -48,7 +48,9 @@ pub struct Config {
     pub max_sessions: usize,
     /// Every this many executed slots the replica checkpoints its state machine and
     /// session table and compacts its log below the previous checkpoint. 0 disables
-    /// checkpoints (the log then grows without bound).
+    /// checkpoints (the log then grows without bound). Taking one calls
+    /// [`StateMachine::snapshot`](crate::StateMachine::snapshot) on the replica's own
+    /// thread (see its cost there): a large state wants a larger interval.
     pub checkpoint_interval: u64,
     /// State transfer sends a checkpoint in pieces of at most this many bytes of data
     /// ([`Message::SnapshotChunk`](crate::Message::SnapshotChunk)), one round trip
