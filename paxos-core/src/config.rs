@@ -6,6 +6,12 @@ use crate::types::NodeId;
 /// The most members a cluster may have (acknowledgements are tracked in a bitmask).
 pub const MAX_MEMBERS: usize = 64;
 
+/// The default [`Config::snapshot_chunk_bytes`]: 1 MiB.
+pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// The default [`Config::max_snapshot_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+
 /// How a [`Replica`](crate::Replica) behaves. Times are counted in ticks: the driver
 /// decides how long a tick is ([`NodeOptions::tick`](crate::NodeOptions)).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,8 +48,23 @@ pub struct Config {
     pub max_sessions: usize,
     /// Every this many executed slots the replica checkpoints its state machine and
     /// session table and compacts its log below the previous checkpoint. 0 disables
-    /// checkpoints (the log then grows without bound).
+    /// checkpoints (the log then grows without bound). Taking one calls
+    /// [`StateMachine::snapshot`](crate::StateMachine::snapshot) on the replica's own
+    /// thread (see its cost there): a large state wants a larger interval.
     pub checkpoint_interval: u64,
+    /// State transfer sends a checkpoint in pieces of at most this many bytes of data
+    /// ([`Message::SnapshotChunk`](crate::Message::SnapshotChunk)), one round trip
+    /// each, so that no message carries a whole large state. Keep it well below the
+    /// transport's frame limit (the TCP transport's `max_frame_size`, 16 MiB by
+    /// default; a chunk adds a few dozen bytes of header). Default 1 MiB.
+    pub snapshot_chunk_bytes: usize,
+    /// The largest checkpoint this replica accepts by state transfer, in bytes. A
+    /// transfer announcing more is refused before anything is buffered, so this bounds
+    /// the memory a peer can make the replica hold for an incoming snapshot. Must be
+    /// at least the size of the largest checkpoint the cluster takes, on every replica:
+    /// a replica that falls behind a larger checkpoint can never catch up (a warning is
+    /// logged when a replica takes a checkpoint above its own limit). Default 1 GiB.
+    pub max_snapshot_bytes: u64,
     #[cfg(test)]
     pub(crate) mutation: crate::mutation::Mutation,
 }
@@ -63,6 +84,8 @@ impl Config {
             max_pending: 65_536,
             max_sessions: 100_000,
             checkpoint_interval: 1000,
+            snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             #[cfg(test)]
             mutation: crate::mutation::Mutation::None,
         }
@@ -94,6 +117,8 @@ impl Config {
             ("max_batch", self.max_batch as u64),
             ("max_pending", self.max_pending as u64),
             ("max_sessions", self.max_sessions as u64),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes as u64),
+            ("max_snapshot_bytes", self.max_snapshot_bytes),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -1,5 +1,6 @@
 //! The peer-to-peer protocol messages.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::traits::Checkpoint;
@@ -132,8 +133,10 @@ pub enum Message {
         /// `(slot, value)` pairs, every one chosen.
         entries: Vec<(Slot, Value)>,
     },
-    /// State transfer: the sender's latest checkpoint, answering a
-    /// [`Message::Fetch`] for slots it has compacted away.
+    /// State transfer of a whole checkpoint in one message. Replicas of this version
+    /// no longer send it (they send [`Message::SnapshotChunk`]s, so that no message
+    /// carries a whole large state), but still accept it, within
+    /// [`Config::max_snapshot_bytes`](crate::Config).
     Snapshot {
         /// The checkpoint.
         checkpoint: Checkpoint,
@@ -208,6 +211,34 @@ pub enum Message {
         /// The follower's incarnation.
         incarnation: u64,
     },
+    /// State transfer, one piece at a time: bytes `offset..offset + data.len()` of the
+    /// sender's latest checkpoint. Sent for a [`Message::Fetch`] of slots the sender has
+    /// compacted away (the piece at offset 0) and for a [`Message::SnapshotRequest`].
+    /// At most [`Config::snapshot_chunk_bytes`](crate::Config) of data.
+    SnapshotChunk {
+        /// The checkpoint's slot.
+        slot: Slot,
+        /// The checkpoint's digest (CRC-32 of the whole data).
+        digest: u32,
+        /// The length of the whole checkpoint data.
+        total_len: u64,
+        /// Where `data` starts in the checkpoint data.
+        offset: u64,
+        /// The piece.
+        data: Bytes,
+    },
+    /// Asks for the piece of checkpoint `(slot, digest)` from `offset` on: the next one
+    /// after a [`Message::SnapshotChunk`], or the same one again after a timeout (a lost
+    /// piece resumes from where the receiver is, not from zero). A sender that no
+    /// longer holds that checkpoint answers with its current one from offset 0.
+    SnapshotRequest {
+        /// The checkpoint's slot.
+        slot: Slot,
+        /// The checkpoint's digest.
+        digest: u32,
+        /// The first byte wanted.
+        offset: u64,
+    },
 }
 
 impl Message {
@@ -233,6 +264,8 @@ impl Message {
             Message::ReadIndex { .. } => "read-index",
             Message::TimeoutNow { .. } => "timeout-now",
             Message::ReadIndexAck { .. } => "read-index-ack",
+            Message::SnapshotChunk { .. } => "snapshot-chunk",
+            Message::SnapshotRequest { .. } => "snapshot-request",
         }
     }
 }

@@ -58,4 +58,14 @@ pub(crate) enum Mutation {
     /// Acceptors ignore the handover flag of a PREPARE: while they hear the old leader
     /// they refuse the successor it named, and a leader transfer waits for timeouts.
     HandoverIgnored,
+    /// When the peer it pulls a snapshot from moves on to a newer checkpoint in the
+    /// middle of a transfer, the receiver starts over on the new data but keeps the
+    /// slot of the checkpoint it started with: the state is installed under a slot it
+    /// does not belong to (a transfer's pieces and the identity they install under are
+    /// not kept together).
+    SnapshotRestartKeepsOldSlot,
+    /// A receiver resuming a snapshot transfer asks for the piece one byte past where
+    /// its received bytes end: no transfer of more than one piece completes, and the
+    /// replica never catches up by state transfer.
+    SnapshotResumeSkipsAByte,
 }

@@ -79,7 +79,7 @@ pub mod names {
 }
 
 /// The message kinds counted apart; anything else counts as `other`.
-const KINDS: [&str; 20] = [
+const KINDS: [&str; 22] = [
     "prevote",
     "prevote_granted",
     "prepare",
@@ -99,6 +99,8 @@ const KINDS: [&str; 20] = [
     "read_index",
     "read_index_ack",
     "timeout_now",
+    "snapshot_chunk",
+    "snapshot_request",
     "other",
 ];
 
@@ -126,7 +128,9 @@ fn kind_index(m: &Message) -> usize {
         Message::ReadIndex { .. } => 16,
         Message::ReadIndexAck { .. } => 17,
         Message::TimeoutNow { .. } => 18,
-        _ => 19,
+        Message::SnapshotChunk { .. } => 19,
+        Message::SnapshotRequest { .. } => 20,
+        _ => 21,
     }
 }
 

@@ -79,8 +79,10 @@ fn superseded_leader_scenario(mutation: Mutation) -> Scripted {
             return true;
         }
         match m {
-            Message::Fetch { .. } => from == 1,
-            Message::FetchReply { .. } | Message::Snapshot { .. } => to == 1,
+            Message::Fetch { .. } | Message::SnapshotRequest { .. } => from == 1,
+            Message::FetchReply { .. }
+            | Message::Snapshot { .. }
+            | Message::SnapshotChunk { .. } => to == 1,
             _ => false,
         }
     });

@@ -62,6 +62,19 @@ pub trait StateMachine {
     fn apply(&mut self, command: Self::Command) -> Self::Output;
 
     /// Serializes the whole state.
+    ///
+    /// # Cost
+    /// Called by the replica itself, synchronously, every
+    /// [`Config::checkpoint_interval`](crate::Config) executed slots: while it runs the
+    /// replica handles nothing else (no messages, ticks or requests), and the checkpoint
+    /// holds the returned bytes, copied once more into the encoded checkpoint with the
+    /// session table, until the next one replaces it. For a large state, keep this to a
+    /// plain copy of already-encoded bytes (keep the state serialized, or in a
+    /// persistent structure you can serialize quickly) and raise `checkpoint_interval`
+    /// so that the pause is rare. Sending the checkpoint to a peer that fell behind
+    /// costs no further copy: it goes out as slices of the checkpoint, in pieces of
+    /// [`Config::snapshot_chunk_bytes`](crate::Config), and a peer refuses checkpoints
+    /// above its [`Config::max_snapshot_bytes`](crate::Config).
     fn snapshot(&self) -> Vec<u8>;
 
     /// Replaces the whole state with a snapshot taken by [`StateMachine::snapshot`].

@@ -272,10 +272,13 @@ impl<S: StateMachine + Send + 'static> NodeServer<S> {
             tweak(&mut tcp);
         }
         let max_response = tcp.max_frame_size;
+        let max_frame_size = tcp.max_frame_size;
         let (transport, calls) = TcpTransport::from_listener(tcp, listener)?;
         let gate = Gate::new(true);
         let mut replica = Config::new(id, cluster.ids());
         replica.checkpoint_interval = cluster.checkpoint_interval;
+        // State transfer pieces must fit in a peer frame, with room for their header.
+        replica.snapshot_chunk_bytes = replica.snapshot_chunk_bytes.min(max_frame_size / 2).max(1);
         let handle = spawn_node(
             replica,
             state_machine,

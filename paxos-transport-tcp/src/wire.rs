@@ -22,8 +22,11 @@ use crate::error::TcpError;
 /// Version 2 opens every client request and response frame with a call id, which the
 /// server echoes and the client checks (version 1 had none). Version 3 adds the
 /// read-index messages (`ReadIndex`, `ReadIndexAck`) and the envelopes of the generic
-/// client path (`NodeRequest`, `NodeResponse`).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// client path (`NodeRequest`, `NodeResponse`). Version 4 transfers snapshots in pieces
+/// (`SnapshotChunk`, `SnapshotRequest`), so that a state larger than
+/// [`TcpConfig::max_frame_size`](crate::TcpConfig::max_frame_size) can reach a replica
+/// that fell behind; a version-3 node would not understand them.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The first bytes of every handshake frame.
 pub(crate) const MAGIC: [u8; 4] = *b"PXTC";

@@ -226,6 +226,15 @@ impl<S: StateMachine> Replica<S> {
             }
         };
         let slot = self.exec.executed;
+        if data.len() as u64 > self.cfg.max_snapshot_bytes {
+            tracing::warn!(
+                node = self.cfg.id,
+                slot,
+                bytes = data.len(),
+                max = self.cfg.max_snapshot_bytes,
+                "checkpoint larger than max_snapshot_bytes: replicas behind it cannot catch up by state transfer"
+            );
+        }
         let checkpoint = Checkpoint {
             slot,
             digest: crc32fast::hash(&data),

@@ -32,7 +32,7 @@ mod timers;
 mod view_change;
 
 use acceptor::store_accept;
-use catch_up::CatchUp;
+use catch_up::{CatchUp, Chunk};
 use executor::Executor;
 pub use inspect::{ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection};
 use leader::{Inflight, Leader};
@@ -449,6 +449,27 @@ impl<S: StateMachine> Replica<S> {
                 round,
                 incarnation,
             } => self.on_read_index_ack(from_idx, ballot, round, incarnation),
+            Message::SnapshotChunk {
+                slot,
+                digest,
+                total_len,
+                offset,
+                data,
+            } => self.on_snapshot_chunk(
+                from,
+                Chunk {
+                    slot,
+                    digest,
+                    total_len,
+                    offset,
+                    data,
+                },
+            ),
+            Message::SnapshotRequest {
+                slot,
+                digest,
+                offset,
+            } => self.on_snapshot_request(from, slot, digest, offset),
             // Answers to a recovery this voter is not running.
             Message::RecoverGrant { .. }
             | Message::RecoverRefused { .. }

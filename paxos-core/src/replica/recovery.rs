@@ -240,6 +240,27 @@ impl<S: StateMachine> Replica<S> {
                 entries,
             } => self.on_fetch_reply(from, commit_point, entries),
             Message::Snapshot { checkpoint } => self.on_snapshot(from, checkpoint),
+            Message::SnapshotChunk {
+                slot,
+                digest,
+                total_len,
+                offset,
+                data,
+            } => self.on_snapshot_chunk(
+                from,
+                super::Chunk {
+                    slot,
+                    digest,
+                    total_len,
+                    offset,
+                    data,
+                },
+            ),
+            Message::SnapshotRequest {
+                slot,
+                digest,
+                offset,
+            } => self.on_snapshot_request(from, slot, digest, offset),
             Message::PreVote { ballot } | Message::Prepare { ballot, .. } => {
                 self.saw_round(ballot.round)
             }

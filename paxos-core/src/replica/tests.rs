@@ -19,6 +19,12 @@ struct Harness {
     snapshots: usize,
     /// A node whose messages, both ways, are dropped.
     isolated: Option<NodeId>,
+    /// Offsets of snapshot pieces to lose, each once.
+    lose_pieces: Vec<u64>,
+    /// Every snapshot piece delivered: `(offset, length)`.
+    pieces: Vec<(u64, usize)>,
+    /// The offset of every snapshot request delivered.
+    piece_requests: Vec<u64>,
 }
 
 impl Harness {
@@ -40,6 +46,9 @@ impl Harness {
             replies: Vec::new(),
             snapshots: 0,
             isolated: None,
+            lose_pieces: Vec::new(),
+            pieces: Vec::new(),
+            piece_requests: Vec::new(),
         }
     }
 
@@ -60,8 +69,18 @@ impl Harness {
                 if self.isolated == Some(from) || self.isolated == Some(to) {
                     continue;
                 }
-                if matches!(m, Message::Snapshot { .. }) {
+                if matches!(m, Message::SnapshotChunk { offset: 0, .. }) {
                     self.snapshots += 1;
+                }
+                if let Message::SnapshotChunk { offset, data, .. } = &m {
+                    if let Some(i) = self.lose_pieces.iter().position(|o| o == offset) {
+                        self.lose_pieces.remove(i);
+                        continue;
+                    }
+                    self.pieces.push((*offset, data.len()));
+                }
+                if let Message::SnapshotRequest { offset, .. } = &m {
+                    self.piece_requests.push(*offset);
                 }
                 self.replicas[(to - 1) as usize].handle_message(from, m);
             }
@@ -247,6 +266,111 @@ fn a_lagging_follower_catches_up_by_state_transfer() {
     assert_eq!(follower.state_machine().applied.len(), 20, "caught up");
     assert!(h.snapshots > 0, "through a snapshot");
     assert_eq!(follower.slot(0).status, SlotStatus::Compacted);
+}
+
+#[test]
+fn a_snapshot_larger_than_a_piece_arrives_in_pieces_and_resumes_after_a_loss() {
+    let mut h = Harness::new(3, |c| {
+        c.checkpoint_interval = 3;
+        c.snapshot_chunk_bytes = 8;
+    });
+    h.tick(60);
+    let l = h.leader();
+    let lagging = (l + 1) % 3;
+    h.request(l, 5, 0);
+    for seq in 1..=20 {
+        h.request(l, 5, seq);
+    }
+    let cfg = h.replicas[lagging].config().clone();
+    h.storage[lagging] = MemStorage::new();
+    h.replicas[lagging] =
+        Replica::new(cfg, Recorder::default(), PersistentState::default()).unwrap();
+    h.lose_pieces = vec![16];
+    h.tick(60);
+    assert!(h.lose_pieces.is_empty(), "the piece at 16 was lost once");
+    let follower = &h.replicas[lagging];
+    assert_eq!(follower.state_machine().applied.len(), 20, "caught up");
+    assert!(h.pieces.len() > 3, "several pieces: {:?}", h.pieces);
+    assert!(h.pieces.iter().all(|(_, len)| *len <= 8), "{:?}", h.pieces);
+    // After the loss the transfer resumed at 16: asked again for it, never from 0.
+    let again = h.piece_requests.iter().filter(|o| **o == 16).count();
+    assert!(again >= 2, "asked for 16 again: {:?}", h.piece_requests);
+    assert!(!h.piece_requests.contains(&0), "{:?}", h.piece_requests);
+    assert_eq!(
+        h.pieces.iter().filter(|(o, _)| *o == 0).count(),
+        1,
+        "one transfer, not restarted: {:?}",
+        h.pieces
+    );
+}
+
+#[test]
+fn snapshot_pieces_outside_the_limits_are_refused() {
+    let mut cfg = Config::new(1, vec![1, 2, 3]);
+    cfg.max_snapshot_bytes = 64;
+    let mut r = Replica::new(cfg, Recorder::default(), PersistentState::founding()).unwrap();
+    r.handle_message(
+        2,
+        Message::Heartbeat {
+            ballot: Ballot::new(1, 2),
+            commit_point: 100,
+        },
+    );
+    let _ = r.take_ready();
+    let piece = |total_len: u64, offset: u64, len: usize| Message::SnapshotChunk {
+        slot: 50,
+        digest: 7,
+        total_len,
+        offset,
+        data: bytes::Bytes::from(vec![0u8; len]),
+    };
+    let requests = |r: &mut Replica<Recorder>| -> Vec<u64> {
+        r.take_ready()
+            .messages
+            .into_iter()
+            .filter_map(|(_, m)| match m {
+                Message::SnapshotRequest { offset, .. } => Some(offset),
+                _ => None,
+            })
+            .collect()
+    };
+    // Larger than max_snapshot_bytes: refused before anything is buffered.
+    r.handle_message(2, piece(65, 0, 8));
+    assert_eq!(requests(&mut r), Vec::<u64>::new());
+    r.handle_message(2, piece(u64::MAX, 0, 8));
+    assert_eq!(requests(&mut r), Vec::<u64>::new());
+    // A piece that overruns the length it announces.
+    r.handle_message(2, piece(16, 0, 20));
+    assert_eq!(requests(&mut r), Vec::<u64>::new());
+    r.handle_message(2, piece(16, u64::MAX, 1));
+    assert_eq!(requests(&mut r), Vec::<u64>::new());
+    // A piece in the middle of a transfer that never started.
+    r.handle_message(2, piece(16, 8, 8));
+    assert_eq!(requests(&mut r), Vec::<u64>::new());
+    // A good first piece: the next one is asked for.
+    r.handle_message(2, piece(16, 0, 8));
+    assert_eq!(requests(&mut r), vec![8]);
+    // Duplicates and pieces out of order are ignored.
+    r.handle_message(2, piece(16, 0, 8));
+    r.handle_message(2, piece(16, 4, 8));
+    assert_eq!(requests(&mut r), Vec::<u64>::new());
+    // A piece of another checkpoint from another peer, not newer: ignored.
+    r.handle_message(
+        3,
+        Message::SnapshotChunk {
+            slot: 40,
+            digest: 9,
+            total_len: 16,
+            offset: 0,
+            data: bytes::Bytes::from(vec![0u8; 8]),
+        },
+    );
+    assert_eq!(requests(&mut r), Vec::<u64>::new());
+    // The last piece completes it; the digest (7) is wrong, so nothing installs.
+    r.handle_message(2, piece(16, 8, 8));
+    let _ = r.take_ready();
+    assert_eq!(r.commit_point(), 0);
+    assert_eq!(r.status().snapshots_installed, 0);
 }
 
 #[test]

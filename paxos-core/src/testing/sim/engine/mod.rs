@@ -207,6 +207,8 @@ pub(crate) struct Stats {
     pub(crate) completed: u64,
     pub(crate) max_slot: Slot,
     pub(crate) snapshots: u64,
+    /// Pieces of snapshots sent.
+    pub(crate) snapshot_chunks: u64,
     pub(crate) torn_crashes: u64,
     pub(crate) amnesia: u64,
     pub(crate) recoveries: u64,
@@ -486,6 +488,11 @@ impl<W: Workload> Sim<W> {
         cfg.max_inflight = 8;
         cfg.max_batch = 4;
         cfg.max_sessions = faults.max_sessions;
+        // Checkpoints here are tens to hundreds of bytes: pieces of 8 to 32 bytes make every
+        // state transfer take several round trips, which the network's loss,
+        // duplication and reordering then interrupt (drawn from the seed, not from the
+        // fault generator, so that a seed's faults stay what they were).
+        cfg.snapshot_chunk_bytes = 8 << (seed % 3);
         #[cfg(test)]
         {
             cfg.mutation = mutation;
@@ -517,11 +524,15 @@ impl<W: Workload> Sim<W> {
             self.flush_all()?;
             self.drive_clients();
             self.check_progress()?;
-            // Done when every request completed and every replica votes again (a
-            // replica stuck founding or recovering is a liveness failure too).
+            // Done when every request completed, every replica votes again (a
+            // replica stuck founding or recovering is a liveness failure too) and has
+            // caught up with the highest commit point (by fetching or by state
+            // transfer: a replica stuck behind is a liveness failure even while the
+            // others serve).
             if self.now > heal_at
                 && self.clients.iter().all(|c| c.remaining == 0)
                 && self.faulty() == 0
+                && self.lagging().is_empty()
             {
                 break;
             }
@@ -539,6 +550,7 @@ impl<W: Workload> Sim<W> {
                         }
                     }
                 }
+                pending.extend(self.lagging());
                 pending.push(self.describe_nodes());
                 return Err(self.violation(format!(
                     "liveness: requests still pending {} ticks after healing: {}",
@@ -552,6 +564,24 @@ impl<W: Workload> Sim<W> {
         self.check_model()?;
         self.check_reads()?;
         Ok(self.stats)
+    }
+
+    /// The replicas that are up but behind the highest commit point of the cluster.
+    fn lagging(&self) -> Vec<String> {
+        let up = || {
+            self.nodes
+                .iter()
+                .filter_map(|n| Some((n.id, n.replica.as_ref()?)))
+        };
+        let highest = up().map(|(_, r)| r.commit_point()).max().unwrap_or(0);
+        up().filter(|(_, r)| r.commit_point() < highest)
+            .map(|(id, r)| {
+                format!(
+                    "n{id} behind at commit point {} of {highest}",
+                    r.commit_point()
+                )
+            })
+            .collect()
     }
 
     fn violation(&self, what: String) -> Violation {
@@ -746,8 +776,14 @@ impl<W: Workload> Sim<W> {
                     self.stats.elections += 1;
                 }
             }
-            if matches!(message, Message::Snapshot { .. }) {
+            if matches!(
+                message,
+                Message::Snapshot { .. } | Message::SnapshotChunk { offset: 0, .. }
+            ) {
                 self.stats.snapshots += 1;
+            }
+            if matches!(message, Message::SnapshotChunk { .. }) {
+                self.stats.snapshot_chunks += 1;
             }
             self.send(Envelope::Peer {
                 from: id,
