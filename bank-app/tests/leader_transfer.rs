@@ -81,7 +81,7 @@ fn leader_transfer_under_load() {
         tasks.push(rt.spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let (from, to) = if n % 2 == 0 { (a, b) } else { (b, a) };
+                let (from, to) = if n.is_multiple_of(2) { (a, b) } else { (b, a) };
                 let command = BankCommand::Transfer {
                     from,
                     to,
