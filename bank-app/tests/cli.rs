@@ -112,6 +112,13 @@ fn bad_arguments_are_one_line_usage_errors() {
     assert_one_line_error(&["transfer", "--client", "A", "A", "B"], 2, &[]);
     assert_one_line_error(&["client", "--set-timeout", "0", "x.csv"], 2, &["0"]);
     assert_one_line_error(&["client"], 2, &["SCRIPT"]);
+    assert_one_line_error(&["leader", "transfer", "--to", "9"], 2, &["9", "n5"]);
+    assert_one_line_error(&["leader", "transfer"], 2, &["--to"]);
+    assert_one_line_error(
+        &["leader", "transfer", "--to", "2", "--timeout", "0"],
+        2,
+        &["0"],
+    );
 }
 
 #[test]
@@ -121,6 +128,7 @@ fn help_and_version_succeed() {
     let text = String::from_utf8_lossy(&help.stdout);
     for sub in [
         "node", "client", "db", "log", "status", "view", "transfer", "bench", "heal", "reset",
+        "leader",
     ] {
         assert!(text.contains(sub), "{sub} missing from {text}");
     }
@@ -148,6 +156,15 @@ fn help_and_version_succeed() {
     assert!(node.status.success());
     let node_help = String::from_utf8_lossy(&node.stdout).into_owned();
     assert!(node_help.contains("bank-data/node-N"));
+    assert!(node_help.contains("--admin-calls"), "{node_help}");
+    let leader =
+        String::from_utf8_lossy(&bank(&["leader", "transfer", "--help"]).stdout).into_owned();
+    for documented in ["--to", "--timeout", "--admin-calls", "--json"] {
+        assert!(
+            leader.contains(documented),
+            "{documented} missing from {leader}"
+        );
+    }
     // Test controls are explicit, and the help says what they allow.
     assert!(
         node_help.contains("--test-controls") && node_help.contains("availability"),

@@ -334,6 +334,10 @@ pub enum NodeError {
     /// The replica could not be built from the configuration and the loaded state.
     #[error("node cannot start: {0}")]
     Start(#[source] ReplicaError),
+    /// The replica refused to hand leadership over
+    /// ([`NodeHandle::transfer_leadership`](crate::NodeHandle::transfer_leadership)).
+    #[error("leader transfer refused: {0}")]
+    Transfer(#[source] TransferError),
 }
 
 /// A [`Client`](crate::Client) request did not complete.

@@ -115,6 +115,8 @@ mod node;
 mod node_metrics;
 #[cfg(all(test, feature = "runtime"))]
 mod node_order_tests;
+#[cfg(all(test, feature = "runtime"))]
+mod node_transfer_tests;
 #[cfg(test)]
 mod read_tests;
 mod replica;

@@ -13,7 +13,7 @@ use tracing::{debug, debug_span, error, info};
 use crate::client::{Endpoint, EndpointError, EndpointErrorKind};
 use crate::config::Config;
 use crate::counters::Counters;
-use crate::error::NodeError;
+use crate::error::{NodeError, TransferError};
 use crate::node_metrics::NodeMetrics;
 use crate::replica::{Replica, ReplicaStatus, SlotInfo, ViewChange};
 use crate::traits::{StateMachine, Storage, Transport};
@@ -80,6 +80,7 @@ type InspectFn<S> = Box<dyn FnOnce(&Replica<S>) + Send>;
 enum Command<S> {
     Request(Request, oneshot::Sender<Reply>),
     Inspect(InspectFn<S>),
+    TransferLeadership(NodeId, oneshot::Sender<Result<(), TransferError>>),
     Shutdown,
 }
 
@@ -316,6 +317,11 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                 self.replica.handle_request(req);
             }
             Command::Inspect(f) => f(&self.replica),
+            // Its messages (TIMEOUT-NOW, once the target is up to date) leave with this
+            // round's flush, like any other output.
+            Command::TransferLeadership(to, tx) => {
+                let _ = tx.send(self.replica.transfer_leadership(to));
+            }
             Command::Shutdown => {}
         }
     }
@@ -440,6 +446,27 @@ impl<S: StateMachine + Send + 'static> NodeHandle<S> {
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Asks this node, which must lead, to hand leadership over to member `to`
+    /// ([`Replica::transfer_leadership`]): it stops proposing, waits until `to` has
+    /// accepted every proposal in flight, then tells `to` to run for leader at once.
+    ///
+    /// `Ok` means the transfer started, not that it completed: watch `to`'s status (or
+    /// this node's [`ReplicaStatus::leader`]) for the outcome. A transfer that has not
+    /// completed within an election timeout is abandoned and this node leads on.
+    /// Refusals come back as [`NodeError::Transfer`]: this node does not lead (the
+    /// error names the leader it believes in), `to` is not a member, or `to` is this
+    /// node.
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::TransferLeadership(to, tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::Transfer)
     }
 
     /// The replica's status (role, ballot, leader, commit point...).

@@ -19,6 +19,10 @@
 //!   without stopping it (it drops all protocol traffic, as if crashed), around any
 //!   transport. A [`NodeServer`] lets clients do that ([`NodeRequest::SetAvailable`])
 //!   only when started with [`NodeServerOptions::test_controls`].
+//! - **Administrative calls.** [`NodeRequest::TransferLeader`] asks the leader to hand
+//!   leadership to a member it names ([`RemoteNode::transfer_leadership`]); a
+//!   [`NodeServer`] allows it only when started with [`NodeServerOptions::admin_calls`]
+//!   (distinct from the test controls, which it does not imply).
 //! - **The transport itself**: [`TcpTransport::bind`] returns the transport (give it to
 //!   the node driver) and a [`ClientRequests`] stream of client calls; [`TcpClient`] is
 //!   the matching client for opaque request bytes.

@@ -57,6 +57,18 @@ pub enum NodeRequest {
     /// refused with [`ServerError::Forbidden`] unless the node runs with
     /// [`NodeServerOptions::test_controls`](crate::NodeServerOptions::test_controls).
     SetAvailable(bool),
+    /// Hand leadership over to the member named: the replica, which must lead, stops
+    /// proposing, waits until that member has accepted every proposal in flight, and
+    /// tells it to run for leader at once
+    /// ([`NodeHandle::transfer_leadership`](paxos_core::NodeHandle::transfer_leadership)).
+    /// Answered [`NodeResponse::TransferStarted`] once the transfer has started (not
+    /// completed: watch the member's status for that; a transfer not done within an
+    /// election timeout is abandoned), or refused with [`ServerError::NotLeader`],
+    /// [`ServerError::NotAMember`] or [`ServerError::AlreadyLeader`];
+    /// [`NodeResponse::Unavailable`] while the replica is made unavailable. An
+    /// administrative call: refused with [`ServerError::Forbidden`] unless the node runs
+    /// with [`NodeServerOptions::admin_calls`](crate::NodeServerOptions::admin_calls).
+    TransferLeader(NodeId),
 }
 
 impl NodeRequest {
@@ -70,6 +82,7 @@ impl NodeRequest {
             NodeRequest::Views => "views",
             NodeRequest::Query(_) => "query",
             NodeRequest::SetAvailable(_) => "set-available",
+            NodeRequest::TransferLeader(_) => "transfer-leader",
         }
     }
 
@@ -111,6 +124,9 @@ pub enum NodeResponse {
     AvailabilitySet(bool),
     /// The request could not be served.
     Error(ServerError),
+    /// The answer to [`NodeRequest::TransferLeader`]: the replica leads and has started
+    /// to hand over.
+    TransferStarted,
 }
 
 impl NodeResponse {
@@ -126,6 +142,7 @@ impl NodeResponse {
             NodeResponse::Query(_) => "query",
             NodeResponse::AvailabilitySet(_) => "availability-set",
             NodeResponse::Error(_) => "error",
+            NodeResponse::TransferStarted => "transfer-started",
         }
     }
 
@@ -148,9 +165,15 @@ pub enum ServerError {
     /// The request's bytes are not a [`NodeRequest`].
     #[error("the request does not decode")]
     Malformed,
-    /// An administrative call ([`NodeRequest::SetAvailable`]) reached a node that runs
-    /// without test controls.
-    #[error("test controls are off on this node (start it with them to change availability)")]
+    /// A call this node does not allow: [`NodeRequest::SetAvailable`] on a node that
+    /// runs without
+    /// [`test_controls`](crate::NodeServerOptions::test_controls), or
+    /// [`NodeRequest::TransferLeader`] on one without
+    /// [`admin_calls`](crate::NodeServerOptions::admin_calls).
+    #[error(
+        "this node does not allow the call (availability changes need test controls, \
+         leader transfers need admin calls)"
+    )]
     Forbidden,
     /// The replica has stopped (its storage failed, or it is shutting down).
     #[error("the replica has stopped")]
@@ -166,6 +189,23 @@ pub enum ServerError {
     /// panic is the hook's bug (or its answer to input it does not expect).
     #[error("the query hook failed on this query")]
     QueryFailed,
+    /// [`NodeRequest::TransferLeader`] reached a replica that does not lead; `leader`
+    /// is the one it believes in (ask that one).
+    #[error("this replica does not lead (leader: {leader:?})")]
+    NotLeader {
+        /// The leader the replica believes in, if any.
+        leader: Option<NodeId>,
+    },
+    /// [`NodeRequest::TransferLeader`] named a node that is not a member of the cluster.
+    #[error("node {0} is not a member of the cluster")]
+    NotAMember(NodeId),
+    /// [`NodeRequest::TransferLeader`] named the replica that already leads.
+    #[error("this replica leads already")]
+    AlreadyLeader,
+    /// The replica refused [`NodeRequest::TransferLeader`] for another reason (one this
+    /// version of the protocol has no variant for).
+    #[error("the replica refused to hand leadership over")]
+    TransferRefused,
 }
 
 /// Bytes that are not a message of the protocol, or a message that cannot be encoded.
@@ -297,6 +337,7 @@ mod tests {
             NodeRequest::Log { start: 3, end: 9 },
             NodeRequest::Slot(u64::MAX),
             NodeRequest::Views,
+            NodeRequest::TransferLeader(3),
         ];
         for r in requests {
             let bytes = r.encode().unwrap();
@@ -309,6 +350,12 @@ mod tests {
             NodeResponse::Error(ServerError::Timeout(Duration::from_millis(5))),
             NodeResponse::Error(ServerError::Forbidden),
             NodeResponse::Error(ServerError::QueryFailed),
+            NodeResponse::TransferStarted,
+            NodeResponse::Error(ServerError::NotLeader { leader: Some(2) }),
+            NodeResponse::Error(ServerError::NotLeader { leader: None }),
+            NodeResponse::Error(ServerError::NotAMember(9)),
+            NodeResponse::Error(ServerError::AlreadyLeader),
+            NodeResponse::Error(ServerError::TransferRefused),
             NodeResponse::Replied(Reply {
                 client: 7,
                 seq: 2,
@@ -319,6 +366,30 @@ mod tests {
             let bytes = r.encode().unwrap();
             assert_eq!(NodeResponse::decode(&bytes).unwrap(), r);
         }
+    }
+
+    /// Variants are encoded by position: the ones added later must not move the old
+    /// ones, so older clients and nodes keep understanding each other.
+    #[test]
+    fn appended_variants_leave_the_old_encodings_alone() {
+        let bytes = |r: &NodeRequest| r.encode().unwrap().to_vec();
+        assert_eq!(bytes(&NodeRequest::Status), [1]);
+        assert_eq!(bytes(&NodeRequest::SetAvailable(false)), [6, 0]);
+        assert_eq!(bytes(&NodeRequest::TransferLeader(3)), [7, 3]);
+        let bytes = |r: &NodeResponse| r.encode().unwrap().to_vec();
+        assert_eq!(bytes(&NodeResponse::AvailabilitySet(true)), [7, 1]);
+        assert_eq!(bytes(&NodeResponse::Error(ServerError::Forbidden)), [8, 1]);
+        assert_eq!(
+            bytes(&NodeResponse::Error(ServerError::QueryFailed)),
+            [8, 5]
+        );
+        assert_eq!(
+            bytes(&NodeResponse::Error(ServerError::NotLeader {
+                leader: Some(2)
+            })),
+            [8, 6, 1, 2]
+        );
+        assert_eq!(bytes(&NodeResponse::TransferStarted), [9]);
     }
 
     #[test]

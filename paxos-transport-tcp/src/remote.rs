@@ -35,7 +35,8 @@ pub struct RemoteOptions {
     pub connect_timeout: Duration,
     /// How long the connection handshake may take. Default 1 s.
     pub handshake_timeout: Duration,
-    /// How long an inspection, query or test-control call may take. Default 3 s.
+    /// How long an inspection, query, test-control or administrative call may take.
+    /// Default 3 s.
     pub call_timeout: Duration,
     /// How long a submitted request may wait for its answer ([`Client`]s usually give
     /// up sooner: their attempt timeout cancels the call). Default 10 s.
@@ -380,6 +381,22 @@ impl RemoteNode {
     pub async fn set_available(&self, available: bool) -> Result<(), RemoteError> {
         self.typed(NodeRequest::SetAvailable(available), |r| match r {
             NodeResponse::AvailabilitySet(a) if a == available => Ok(()),
+            other => Err(other.kind()),
+        })
+        .await
+    }
+
+    /// Asks the replica, which must lead, to hand leadership over to member `to`
+    /// ([`NodeRequest::TransferLeader`]). `Ok` means the transfer has started: poll
+    /// `to`'s [`status`](Self::status) to see it lead (a transfer not done within an
+    /// election timeout is abandoned). Refusals come back as [`RemoteError::Server`]:
+    /// [`ServerError::NotLeader`] (naming the leader this replica believes in),
+    /// [`ServerError::NotAMember`], [`ServerError::AlreadyLeader`], or
+    /// [`ServerError::Forbidden`] from a node that runs without admin calls
+    /// ([`NodeServerOptions::admin_calls`](crate::NodeServerOptions::admin_calls)).
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), RemoteError> {
+        self.typed(NodeRequest::TransferLeader(to), |r| match r {
+            NodeResponse::TransferStarted => Ok(()),
             other => Err(other.kind()),
         })
         .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use paxos_core::{
     spawn_node, Config, NodeError, NodeHandle, NodeId, NodeOptions, Replica, Slot, SlotInfo,
-    StateMachine, Storage,
+    StateMachine, Storage, TransferError,
 };
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -64,8 +64,16 @@ pub struct NodeServerOptions<S> {
     /// making the replica unavailable from any client connection is a way to switch
     /// the cluster off, so it is refused ([`ServerError::Forbidden`]) unless this is
     /// set. Default off. Turn it on only for tests and scenario runners on a trusted
-    /// network.
+    /// network. It governs availability only: leader transfer is an administrative
+    /// call, allowed by [`admin_calls`](Self::admin_calls).
     pub test_controls: bool,
+    /// Whether clients may make administrative calls: [`NodeRequest::TransferLeader`]
+    /// (hand leadership to another member). A leader transfer does not switch the
+    /// cluster off, but it costs a short pause in service and any client could repeat
+    /// it, so it is refused ([`ServerError::Forbidden`]) unless this is set. Default
+    /// off. Turn it on for operators on a trusted network; it does not allow the test
+    /// controls.
+    pub admin_calls: bool,
     pub(crate) query: Option<QueryFn<S>>,
     tcp: Option<TcpTweak>,
 }
@@ -79,6 +87,7 @@ impl<S> Default for NodeServerOptions<S> {
             max_log_entries: 10_000,
             max_log_bytes: DEFAULT_MAX_CLIENT_FRAME_SIZE,
             test_controls: false,
+            admin_calls: false,
             query: None,
             tcp: None,
         }
@@ -94,6 +103,7 @@ impl<S> Clone for NodeServerOptions<S> {
             max_log_entries: self.max_log_entries,
             max_log_bytes: self.max_log_bytes,
             test_controls: self.test_controls,
+            admin_calls: self.admin_calls,
             query: self.query.clone(),
             tcp: self.tcp.clone(),
         }
@@ -109,6 +119,7 @@ impl<S> fmt::Debug for NodeServerOptions<S> {
             .field("max_log_entries", &self.max_log_entries)
             .field("max_log_bytes", &self.max_log_bytes)
             .field("test_controls", &self.test_controls)
+            .field("admin_calls", &self.admin_calls)
             .field("query", &self.query.is_some())
             .finish_non_exhaustive()
     }
@@ -127,6 +138,12 @@ impl<S> NodeServerOptions<S> {
     /// Sets [`test_controls`](Self::test_controls).
     pub fn with_test_controls(mut self, on: bool) -> Self {
         self.test_controls = on;
+        self
+    }
+
+    /// Sets [`admin_calls`](Self::admin_calls).
+    pub fn with_admin_calls(mut self, on: bool) -> Self {
+        self.admin_calls = on;
         self
     }
 
@@ -186,6 +203,9 @@ pub enum ServeError {
 /// - Status, log, slot, view changes and queries are answered within
 ///   [`NodeServerOptions::inspect_timeout`], whether or not the replica is available.
 /// - [`NodeRequest::SetAvailable`] is refused unless [`NodeServerOptions::test_controls`].
+/// - [`NodeRequest::TransferLeader`] is refused unless [`NodeServerOptions::admin_calls`];
+///   otherwise answered [`NodeResponse::TransferStarted`] or the replica's refusal
+///   within [`NodeServerOptions::inspect_timeout`].
 /// - Bytes that are not a [`NodeRequest`] are answered [`ServerError::Malformed`].
 ///
 /// ```no_run
@@ -290,6 +310,12 @@ impl<S: StateMachine + Send + 'static> NodeServer<S> {
             warn!(
                 node = id,
                 "test controls are on: any client can make this replica unavailable"
+            );
+        }
+        if options.admin_calls {
+            info!(
+                node = id,
+                "admin calls are on: any client can ask this replica to hand leadership over"
             );
         }
         let service = tokio::spawn(serve(
@@ -434,6 +460,9 @@ async fn handle_call<S: StateMachine + Send + 'static>(
             gate.set(open);
             return NodeResponse::AvailabilitySet(open);
         }
+        NodeRequest::TransferLeader(to) => {
+            return transfer_leader(handle, options, available, to).await;
+        }
         NodeRequest::Query(_) if options.query.is_none() => {
             return NodeResponse::Error(ServerError::NoQuery);
         }
@@ -474,12 +503,48 @@ async fn handle_call<S: StateMachine + Send + 'static>(
             }
             None => NodeResponse::Error(ServerError::NoQuery),
         },
-        NodeRequest::Submit(_) | NodeRequest::SetAvailable(_) => {
+        NodeRequest::Submit(_) | NodeRequest::SetAvailable(_) | NodeRequest::TransferLeader(_) => {
             NodeResponse::Error(ServerError::Malformed)
         }
     });
     match tokio::time::timeout(limit, answer).await {
         Ok(Ok(response)) => response,
+        Ok(Err(_)) => NodeResponse::Error(ServerError::Stopped),
+        Err(_) => NodeResponse::Error(ServerError::Timeout(limit)),
+    }
+}
+
+/// Serves [`NodeRequest::TransferLeader`]: an administrative call, refused unless
+/// [`NodeServerOptions::admin_calls`].
+async fn transfer_leader<S: StateMachine + Send + 'static>(
+    handle: &NodeHandle<S>,
+    options: &NodeServerOptions<S>,
+    available: bool,
+    to: NodeId,
+) -> NodeResponse {
+    if !options.admin_calls {
+        warn!(
+            node = handle.id(),
+            to, "a client asked for a leader transfer; admin calls are off"
+        );
+        return NodeResponse::Error(ServerError::Forbidden);
+    }
+    if !available {
+        // It drops all protocol traffic: the target would never hear TIMEOUT-NOW.
+        return NodeResponse::Unavailable;
+    }
+    let limit = options.inspect_timeout;
+    match tokio::time::timeout(limit, handle.transfer_leadership(to)).await {
+        Ok(Ok(())) => {
+            info!(node = handle.id(), to, "leader transfer asked by a client");
+            NodeResponse::TransferStarted
+        }
+        Ok(Err(NodeError::Transfer(refused))) => NodeResponse::Error(match refused {
+            TransferError::NotLeader { leader } => ServerError::NotLeader { leader },
+            TransferError::NotAMember(id) => ServerError::NotAMember(id),
+            TransferError::AlreadyLeader => ServerError::AlreadyLeader,
+            _ => ServerError::TransferRefused,
+        }),
         Ok(Err(_)) => NodeResponse::Error(ServerError::Stopped),
         Err(_) => NodeResponse::Error(ServerError::Timeout(limit)),
     }

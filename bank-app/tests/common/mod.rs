@@ -70,6 +70,8 @@ pub(crate) struct Processes {
     memory: BTreeSet<NodeId>,
     /// Where each node serves its Prometheus metrics (`--metrics-addr`), if it does.
     pub(crate) metrics: BTreeMap<NodeId, SocketAddr>,
+    /// Whether nodes are started with `--admin-calls` (leader transfer allowed).
+    admin_calls: bool,
 }
 
 impl Drop for Processes {
@@ -135,13 +137,19 @@ impl Processes {
         memory: &BTreeSet<NodeId>,
         adjust: impl Fn(&mut ClusterConfig),
     ) -> Processes {
-        Processes::start_cluster_serving(rt, size, memory, false, adjust)
+        Processes::start_cluster_serving(rt, size, memory, false, false, adjust)
+    }
+
+    /// Starts `size` nodes with data directories and `--admin-calls`, so that `bank
+    /// leader transfer` may move leadership among them.
+    pub(crate) fn start_with_admin_calls(rt: &tokio::runtime::Runtime, size: u64) -> Processes {
+        Processes::start_cluster_serving(rt, size, &BTreeSet::new(), false, true, |_| {})
     }
 
     /// Starts `size` nodes with data directories, each serving its Prometheus metrics
     /// on a port of its own on 127.0.0.1 ([`Processes::metrics`]).
     pub(crate) fn start_with_metrics(rt: &tokio::runtime::Runtime, size: u64) -> Processes {
-        Processes::start_cluster_serving(rt, size, &BTreeSet::new(), true, |_| {})
+        Processes::start_cluster_serving(rt, size, &BTreeSet::new(), true, false, |_| {})
     }
 
     fn start_cluster_serving(
@@ -149,6 +157,7 @@ impl Processes {
         size: u64,
         memory: &BTreeSet<NodeId>,
         with_metrics: bool,
+        admin_calls: bool,
         adjust: impl Fn(&mut ClusterConfig),
     ) -> Processes {
         for attempt in 1..=3 {
@@ -183,6 +192,7 @@ impl Processes {
                 nodes: BTreeMap::new(),
                 memory: memory.clone(),
                 metrics,
+                admin_calls,
             };
             for id in 1..=size {
                 let child = procs.spawn_node(id);
@@ -223,6 +233,9 @@ impl Processes {
                 "--config",
             ])
             .arg(&self.config_path);
+        if self.admin_calls {
+            command.arg("--admin-calls");
+        }
         if let Some(addr) = self.metrics.get(&id) {
             command.arg("--metrics-addr").arg(addr.to_string());
         }

@@ -6,6 +6,7 @@
 //! bank client bank-app/scenarios/sample.csv
 //! bank db
 //! bank health                          # every replica's role, leader, ballot and lag
+//! bank leader transfer --to 3          # hand leadership to n3 (nodes run --admin-calls)
 //! ```
 //!
 //! Every subcommand reads the cluster from `--config FILE` (TOML, see
@@ -20,6 +21,7 @@ mod db;
 mod errors;
 mod heal;
 mod health;
+mod leader;
 mod log;
 mod node;
 mod options;
@@ -150,6 +152,10 @@ enum Command {
     /// accounts; prints throughput and latency (progress on stderr: a progress bar on a
     /// terminal, else a line every second).
     Bench(bench::BenchArgs),
+    /// Leadership: `bank leader transfer --to N` hands it over to node N (the nodes must
+    /// run with --admin-calls).
+    #[command(subcommand)]
+    Leader(leader::LeaderCommand),
 }
 
 fn main() -> ExitCode {
@@ -258,5 +264,6 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             output,
         }) => balance::run(&config, account, timeout, output.json).await,
         Command::Bench(args) => bench::run(&config, args).await,
+        Command::Leader(command) => leader::run(&config, command).await,
     }
 }

@@ -36,6 +36,12 @@ pub(crate) struct NodeArgs {
     /// on a trusted network, for scenario runs and tests.
     #[arg(long)]
     pub(crate) test_controls: bool,
+    /// Let any client make administrative calls: `bank leader transfer` (ask this
+    /// replica, when it leads, to hand leadership to another node). Off by default:
+    /// without it the node refuses them. It does not allow the test controls (and
+    /// --test-controls does not allow these). Use it on a trusted network.
+    #[arg(long)]
+    pub(crate) admin_calls: bool,
     /// Serve the node's metrics (ballot, leader, commit and executed points, proposals,
     /// batch sizes, fsync latency, queue depths, sessions, snapshots, elections) as
     /// Prometheus text over HTTP on this address, e.g. `127.0.0.1:9101`; any path
@@ -50,6 +56,7 @@ pub(crate) async fn run(config: &ClusterConfig, args: NodeArgs) -> anyhow::Resul
         data_dir,
         memory,
         test_controls,
+        admin_calls,
         metrics_addr,
     } = args;
     let data_dir = data_dir.as_deref();
@@ -66,7 +73,9 @@ pub(crate) async fn run(config: &ClusterConfig, args: NodeArgs) -> anyhow::Resul
         serve_metrics(addr).with_context(|| format!("node {id} cannot serve metrics on {addr}"))?;
         info!(node = id, %addr, "serving Prometheus metrics over HTTP");
     }
-    let options = bank_app::node_options().with_test_controls(test_controls);
+    let options = bank_app::node_options()
+        .with_test_controls(test_controls)
+        .with_admin_calls(admin_calls);
     let server = if memory {
         warn!(
             node = id,
