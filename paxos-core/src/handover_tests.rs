@@ -94,3 +94,27 @@ fn mutant_ignoring_the_handover_flag_keeps_the_old_leader() {
     );
     h.executed_agree().expect("one value per slot");
 }
+
+/// From the review: a TIMEOUT-NOW held past the give-up timeout still hands leadership
+/// over after the leader resumed proposing. Documented behaviour (the message cannot be
+/// taken back); the point here is that nothing is lost either way.
+#[test]
+fn a_late_timeout_now_still_hands_over_and_loses_nothing() {
+    use crate::scripted::Hold;
+    let mut h = H::new(3, true, |_| {});
+    h.r(1).start_election_now();
+    h.run(&all);
+    h.register(1, 100);
+    h.run(&all);
+    h.r(1).transfer_leadership(2).expect("n1 leads");
+    h.run(&|_, _, m| match m {
+        crate::Message::TimeoutNow { .. } => Hold,
+        _ => crate::scripted::Deliver,
+    });
+    assert_eq!(h.held.len(), 1);
+    h.tick(&[1, 2, 3], 45, &all);
+    assert!(h.r(1).is_leader(), "n1 leads on after abandoning");
+    h.release(&all, &all);
+    assert!(h.r(2).is_leader(), "the late TIMEOUT-NOW still hands over");
+    h.executed_agree().expect("one value per slot");
+}

@@ -7,7 +7,10 @@
 //! leader included) promise although they still hear the old leader. Phase 1 is the same
 //! as in any election, so a transfer cannot lose a chosen value; it only saves the
 //! election timeout. A transfer that has not completed within an election timeout is
-//! abandoned and the leader proposes again.
+//! abandoned and the leader proposes again. TIMEOUT-NOW cannot be taken back: one that
+//! went out before the leader gave up and arrives late still makes the target run, and
+//! it may then take over (a leader change the operator asked for, only later; found by
+//! review, kept deliberately as Raft does, and tested in `handover_tests.rs`).
 
 use super::*;
 use crate::error::TransferError;
@@ -29,7 +32,8 @@ impl<S: StateMachine> Replica<S> {
     /// Hands leadership over to member `to`: this replica stops proposing, waits until
     /// `to` has accepted every proposal in flight, and tells it to run for leader at
     /// once. Watch [`Replica::leader`] for the outcome; a transfer that has not completed
-    /// within an election timeout is abandoned and this replica leads on.
+    /// within an election timeout is abandoned and this replica proposes again (though a
+    /// TIMEOUT-NOW already sent and delivered late can still hand leadership over).
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
         if to == self.cfg.id {
             return Err(TransferError::AlreadyLeader);
