@@ -53,6 +53,19 @@ fn leader_with_session(h: &mut H) -> ClientId {
         .expect("registered")
 }
 
+/// n2 and n3 tick, with n1's messages under `cut`, until one of them leads; returns it.
+fn elect_without_n1(h: &mut H, cut: crate::scripted::Filter) -> NodeId {
+    for _ in 0..200 {
+        h.tick(&[2, 3], 1, cut);
+        if h.r(2).is_leader() || h.r(3).is_leader() {
+            break;
+        }
+    }
+    let l = if h.r(2).is_leader() { 2 } else { 3 };
+    assert!(h.r(l).is_leader(), "n2 or n3 leads");
+    l
+}
+
 fn involves(node: NodeId, from: NodeId, to: NodeId) -> bool {
     from == node || to == node
 }
@@ -90,14 +103,7 @@ fn read_before_the_read_point(m: Mutation) -> (Option<u64>, Option<u64>) {
             Deliver
         }
     };
-    for _ in 0..200 {
-        h.tick(&[2, 3], 1, &cut);
-        if h.r(2).is_leader() || h.r(3).is_leader() {
-            break;
-        }
-    }
-    let l = if h.r(2).is_leader() { 2 } else { 3 };
-    assert!(h.r(l).is_leader(), "n2 or n3 leads");
+    let l = elect_without_n1(&mut h, &cut);
     assert_eq!(
         h.r(l).executed(),
         1,
@@ -133,14 +139,7 @@ fn read_confirmed_by_an_earlier_round(m: Mutation) -> Option<u64> {
             Deliver
         }
     };
-    for _ in 0..200 {
-        h.tick(&[2, 3], 1, &cut);
-        if h.r(2).is_leader() || h.r(3).is_leader() {
-            break;
-        }
-    }
-    let l = if h.r(2).is_leader() { 2 } else { 3 };
-    assert!(h.r(l).is_leader(), "n2 or n3 leads");
+    let l = elect_without_n1(&mut h, &cut);
     h.r(l).handle_request(write(session, 1));
     h.run(&cut);
     assert!(
@@ -207,14 +206,7 @@ fn read_at_a_deposed_leader(m: Mutation) -> Option<u64> {
             Deliver
         }
     };
-    for _ in 0..200 {
-        h.tick(&[2, 3], 1, &cut);
-        if h.r(2).is_leader() || h.r(3).is_leader() {
-            break;
-        }
-    }
-    let l = if h.r(2).is_leader() { 2 } else { 3 };
-    assert!(h.r(l).is_leader(), "n2 or n3 leads");
+    let l = elect_without_n1(&mut h, &cut);
     h.r(l).handle_request(write(session, 1));
     h.run(&cut);
     assert!(h.r(1).is_leader(), "n1 still believes it leads");

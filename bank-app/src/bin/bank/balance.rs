@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bank_app::{Account, Bank, BankCommand, BankOutput, ClusterConfig};
-use paxos_core::{Client, ClientOptions};
 use serde_json::json;
 use tokio::time::Instant;
 
 use crate::errors::usage;
-use crate::options::{parse_secs, remote, require_reachable, JsonFlag};
+use crate::options::{one_shot_client, parse_secs, JsonFlag};
 use crate::output::{stdout_line, stdout_text};
 
 /// Options of `bank balance`.
@@ -34,14 +33,7 @@ pub(crate) async fn run(
     if Bank::new().balance(account).is_none() {
         return Err(usage(format!("unknown account {account}")));
     }
-    let cluster = remote(config)?;
-    require_reachable(&cluster).await?;
-    let options = ClientOptions::default()
-        .with_attempt_timeout(Duration::from_secs(1))
-        .with_min_backoff(Duration::from_millis(10))
-        .with_max_backoff(Duration::from_millis(300))
-        .with_default_deadline(timeout);
-    let mut client = Client::<Bank>::with_options(cluster.endpoints(), options);
+    let mut client = one_shot_client(config, timeout).await?;
     let started = Instant::now();
     let output = client
         .read(&BankCommand::Balance { account })

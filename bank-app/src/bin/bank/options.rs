@@ -120,3 +120,23 @@ pub(crate) async fn require_reachable(cluster: &RemoteCluster) -> anyhow::Result
         .unwrap_or_default();
     bail!("no replica of the cluster can be reached (is it running?): {first}")
 }
+
+/// A client for one command (`bank transfer`, `bank balance`): the cluster must answer,
+/// then the command is retried across nodes until `timeout`.
+pub(crate) async fn one_shot_client(
+    config: &ClusterConfig,
+    timeout: std::time::Duration,
+) -> anyhow::Result<paxos_core::Client<bank_app::Bank>> {
+    use std::time::Duration;
+    let cluster = remote(config)?;
+    require_reachable(&cluster).await?;
+    let options = paxos_core::ClientOptions::default()
+        .with_attempt_timeout(Duration::from_secs(1))
+        .with_min_backoff(Duration::from_millis(10))
+        .with_max_backoff(Duration::from_millis(300))
+        .with_default_deadline(timeout);
+    Ok(paxos_core::Client::with_options(
+        cluster.endpoints(),
+        options,
+    ))
+}

@@ -161,19 +161,7 @@ impl<W: Workload> Sim<W> {
                 client.outstanding = None;
                 client.target = from;
             }
-            Response::Redirect { leader } => {
-                let t = match leader {
-                    Some(l) => l,
-                    None => {
-                        self.members[(self.rng.next_u64() % self.members.len() as u64) as usize]
-                    }
-                };
-                let client = &mut self.clients[c];
-                client.target = t;
-                client.redirected = true;
-                // Retry a little later, same request number.
-                client.outstanding = Some((seq, self.now.saturating_sub(25)));
-            }
+            Response::Redirect { leader } => self.redirect(c, seq, leader),
             Response::Busy => {
                 self.clients[c].outstanding = Some((seq, self.now.saturating_sub(20)));
             }
@@ -240,18 +228,7 @@ impl<W: Workload> Sim<W> {
                 client.remaining -= 1;
                 client.target = from;
             }
-            Response::Redirect { leader } => {
-                let t = match leader {
-                    Some(l) => l,
-                    None => {
-                        self.members[(self.rng.next_u64() % self.members.len() as u64) as usize]
-                    }
-                };
-                let client = &mut self.clients[c];
-                client.target = t;
-                client.redirected = true;
-                client.outstanding = Some((READ_SEQ, self.now.saturating_sub(25)));
-            }
+            Response::Redirect { leader } => self.redirect(c, READ_SEQ, leader),
             Response::Busy => {
                 self.clients[c].outstanding = Some((READ_SEQ, self.now.saturating_sub(20)));
             }
@@ -262,5 +239,18 @@ impl<W: Workload> Sim<W> {
             }
         }
         Ok(())
+    }
+
+    /// A redirect: retry request `seq` of client `c` a little later (same number), at
+    /// the leader named or, without one, at a random member.
+    fn redirect(&mut self, c: usize, seq: u64, leader: Option<NodeId>) {
+        let t = match leader {
+            Some(l) => l,
+            None => self.members[(self.rng.next_u64() % self.members.len() as u64) as usize],
+        };
+        let client = &mut self.clients[c];
+        client.target = t;
+        client.redirected = true;
+        client.outstanding = Some((seq, self.now.saturating_sub(25)));
     }
 }
