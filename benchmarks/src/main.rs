@@ -53,9 +53,22 @@ struct CoreArgs {
     /// Client sessions the commands are spread over, round-robin.
     #[arg(long, default_value_t = 8)]
     sessions: u64,
+    /// Persist our replicas' writes to `MemStorage` (`mem`), or drop them (`skip`).
+    /// OmniPaxos always writes its in-memory storage: that is where its log lives.
+    #[arg(long, value_enum, default_value_t = Persist::Mem)]
+    persist: Persist,
     /// Write a plot of throughput against batch size here (SVG).
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+/// What our replicas do with their writes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Persist {
+    /// Into `MemStorage`, as a user's test setup would.
+    Mem,
+    /// Nowhere: the protocol's cost alone.
+    Skip,
 }
 
 /// One measured run.
@@ -142,7 +155,13 @@ fn run_core(args: &CoreArgs, progress: &Progress) -> Result<Vec<CoreRow>> {
                 let name = if ours_now { "ours" } else { "omnipaxos" };
                 progress.start_run(format!("round {round}/{} B={batch} {name}", args.rounds));
                 let r = if ours_now {
-                    ours::run(batch, args.commands, args.sessions, progress)?
+                    ours::run(
+                        batch,
+                        args.commands,
+                        args.sessions,
+                        args.persist == Persist::Mem,
+                        progress,
+                    )?
                 } else {
                     omni::run(batch, args.commands, args.sessions, progress)?
                 };
@@ -175,8 +194,14 @@ fn core(args: CoreArgs) -> Result<()> {
     progress.bar.finish_and_clear();
 
     println!(
-        "core, lockstep: 5 replicas in one thread, {} commands per run, {} sessions, median of {} rounds; replicas agreed after every run",
-        args.commands, args.sessions, args.rounds
+        "core, lockstep: 5 replicas in one thread, {} commands per run, {} sessions, ours persisting {}, median of {} rounds; replicas agreed after every run",
+        args.commands,
+        args.sessions,
+        match args.persist {
+            Persist::Mem => "to MemStorage",
+            Persist::Skip => "nothing",
+        },
+        args.rounds
     );
     println!();
     println!("| batch | ours (ops/s) | OmniPaxos (ops/s) | ours / OmniPaxos |");
@@ -210,7 +235,7 @@ mod tests {
         progress
             .bar
             .set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        let ours = ours::run(10, 2_000, 8, &progress).expect("ours runs and agrees");
+        let ours = ours::run(10, 2_000, 8, true, &progress).expect("ours runs and agrees");
         let omni = omni::run(10, 2_000, 8, &progress).expect("omnipaxos runs and agrees");
         assert_eq!(ours.commands, 2_000);
         assert_eq!(omni.commands, 2_000);

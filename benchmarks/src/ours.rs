@@ -1,6 +1,8 @@
 //! Our sans-IO core in the lockstep shape: five [`Replica`]s in one thread, messages
-//! moved by hand until the cluster is quiet, every write persisted to a [`MemStorage`]
-//! through [`Replica::drive`] (persist, then send, then reply), sessions and execution on.
+//! moved by hand until the cluster is quiet, sessions and execution on. Every write is
+//! persisted to a [`MemStorage`] through [`Replica::drive`] (persist, then send, then
+//! reply), or, with `persist == false`, dropped (the replica keeps its own log either
+//! way; OmniPaxos' in-memory storage *is* its log, so it cannot skip it).
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +42,7 @@ impl StateMachine for Counter {
 struct Cluster {
     replicas: Vec<Replica<Counter>>,
     storages: Vec<MemStorage>,
+    persist: bool,
     leader: usize,
     queue: Vec<(NodeId, NodeId, Message)>,
     /// `Ok` replies seen since the last [`Cluster::take_ok`].
@@ -51,7 +54,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new() -> Result<Self> {
+    fn new(persist: bool) -> Result<Self> {
         let ids: Vec<NodeId> = (1..=NODES as NodeId).collect();
         let mut replicas = Vec::new();
         let mut storages = Vec::new();
@@ -66,6 +69,7 @@ impl Cluster {
         let mut c = Cluster {
             replicas,
             storages,
+            persist,
             leader: 0,
             queue: Vec::new(),
             ok: 0,
@@ -96,8 +100,15 @@ impl Cluster {
                 let from = r.id();
                 let queue = &mut self.queue;
                 let (ok, other, last_ok) = (&mut self.ok, &mut self.other, &mut self.last_ok);
-                r.drive(
-                    storage,
+                let persist = self.persist;
+                r.take_ready().deliver(
+                    |ops| {
+                        if persist {
+                            storage.persist(ops)
+                        } else {
+                            Ok(())
+                        }
+                    },
                     |to, m| queue.push((from, to, m)),
                     |reply| match reply.response {
                         Response::Ok(payload) => {
@@ -134,9 +145,10 @@ pub(crate) fn run(
     batch: u64,
     commands: u64,
     sessions: u64,
+    persist: bool,
     progress: &Progress,
 ) -> Result<RunResult> {
-    let mut c = Cluster::new()?;
+    let mut c = Cluster::new(persist)?;
     let ids = (1..=sessions.max(1))
         .map(|nonce| c.register(nonce))
         .collect::<Result<Vec<_>>>()?;
