@@ -45,7 +45,7 @@ struct Cluster {
     persist: bool,
     leader: usize,
     queue: Vec<(NodeId, NodeId, Message)>,
-    /// `Ok` replies seen since the last [`Cluster::take_ok`].
+    /// `Ok` replies seen (reset after each registration).
     ok: u64,
     /// Replies other than `Ok` (redirects, busy, ...): none is expected.
     other: u64,
