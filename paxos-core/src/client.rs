@@ -304,9 +304,7 @@ impl<S: StateMachine> Client<S> {
         timeout: Duration,
     ) -> Result<S::Output, ClientError> {
         let deadline = Instant::now() + timeout;
-        let payload = Bytes::from(
-            postcard::to_allocvec(command).map_err(|e| ClientError::Codec(e.to_string()))?,
-        );
+        let payload = encode_command::<S>(command)?;
         let session = match self.session {
             Some(s) => s,
             None => {
@@ -332,7 +330,7 @@ impl<S: StateMachine> Client<S> {
                 deadline,
             )
             .await?;
-        postcard::from_bytes(&bytes).map_err(|e| ClientError::Codec(e.to_string()))
+        decode_output::<S>(&bytes)
     }
 
     /// Reads with `command`, a read-only command (one [`StateMachine::query`] answers),
@@ -352,16 +350,14 @@ impl<S: StateMachine> Client<S> {
         timeout: Duration,
     ) -> Result<S::Output, ClientError> {
         let deadline = Instant::now() + timeout;
-        let payload = Bytes::from(
-            postcard::to_allocvec(command).map_err(|e| ClientError::Codec(e.to_string()))?,
-        );
+        let payload = encode_command::<S>(command)?;
         // A fresh nonce per read from the operating system (replies are matched by it,
         // and two clients created with the same id must not share nonces).
         let nonce = os_nonce();
         let bytes = self
             .call_until(Request::read(nonce, payload), deadline)
             .await?;
-        postcard::from_bytes(&bytes).map_err(|e| ClientError::Codec(e.to_string()))
+        decode_output::<S>(&bytes)
     }
 
     async fn call_until(
@@ -477,6 +473,18 @@ impl<S: StateMachine> Client<S> {
     fn rotate(&mut self) {
         self.rotation = self.rotation.wrapping_add(1);
     }
+}
+
+/// A command as the replicas receive it.
+fn encode_command<S: StateMachine>(command: &S::Command) -> Result<Bytes, ClientError> {
+    postcard::to_allocvec(command)
+        .map(Bytes::from)
+        .map_err(|e| ClientError::Codec(e.to_string()))
+}
+
+/// An output as the state machine returned it.
+fn decode_output<S: StateMachine>(bytes: &[u8]) -> Result<S::Output, ClientError> {
+    postcard::from_bytes(bytes).map_err(|e| ClientError::Codec(e.to_string()))
 }
 
 /// A fresh odd registration nonce from the operating system's random number generator.
