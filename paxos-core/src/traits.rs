@@ -323,17 +323,22 @@ pub fn apply_op(state: &mut PersistentState, op: &PersistOp) {
             slot,
             ballot,
             value,
-        } => {
-            let e = state.log.entry(*slot).or_insert_with(|| StoredEntry {
-                ballot: *ballot,
-                value: value.clone(),
-                chosen: false,
-            });
-            if !e.chosen {
-                e.ballot = *ballot;
-                e.value = value.clone();
+        } => match state.log.entry(*slot) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(StoredEntry {
+                    ballot: *ballot,
+                    value: value.clone(),
+                    chosen: false,
+                });
             }
-        }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let e = o.get_mut();
+                if !e.chosen {
+                    e.ballot = *ballot;
+                    e.value = value.clone();
+                }
+            }
+        },
         PersistOp::Learn { slot, value } => {
             let e = state.log.entry(*slot).or_insert_with(|| StoredEntry {
                 ballot: Ballot::ZERO,

@@ -11,7 +11,7 @@ use crate::counters::Counters;
 use crate::error::CheckpointError;
 use crate::sessions::{Session, SessionCheck, Sessions};
 use crate::traits::{Checkpoint, PersistOp, StateMachine};
-use crate::types::{ClientId, Request, Response, Slot, Value};
+use crate::types::{ClientId, Response, Slot, Value};
 
 #[cfg(test)]
 use crate::mutation::Mutation;
@@ -107,24 +107,39 @@ impl<S: StateMachine> Replica<S> {
             }
             let slot = self.exec.executed;
             self.exec.executed += 1;
-            let request = match self.log.get(slot) {
+            // Read what execution needs straight out of the log entry (no copy of the
+            // request): its session, its number, and the command decoded (decoding is
+            // pure, so doing it before the session check changes no outcome).
+            let (client, seq, command) = match self.log.get(slot) {
                 Some(Entry {
                     value: Value::Request(r),
                     ..
-                }) => r.clone(),
+                }) => {
+                    let command =
+                        (!r.is_register()).then(|| postcard::from_bytes::<S::Command>(&r.payload));
+                    (r.client, r.seq, command)
+                }
                 _ => continue,
             };
-            self.execute_request(slot, request);
+            self.execute_request(slot, client, seq, command);
         }
     }
 
-    pub(super) fn execute_request(&mut self, slot: Slot, r: Request) {
+    /// Executes request `seq` of `client` chosen in `slot`: a registration when
+    /// `command` is `None`, else the decoded command (or why it would not decode).
+    pub(super) fn execute_request(
+        &mut self,
+        slot: Slot,
+        client: ClientId,
+        seq: u64,
+        command: Option<Result<S::Command, postcard::Error>>,
+    ) {
         if let RoleState::Leader(l) = &mut self.role {
-            if l.proposed.get(&r.client) == Some(&r.seq) {
-                l.proposed.remove(&r.client);
+            if l.proposed.get(&client) == Some(&seq) {
+                l.proposed.remove(&client);
             }
         }
-        if r.is_register() {
+        let Some(command) = command else {
             // The session's id is the slot of its registration, not the client's
             // nonce: a late duplicate of this registration executes in another slot
             // and creates another session, which nobody uses, instead of bringing an
@@ -132,7 +147,7 @@ impl<S: StateMachine> Replica<S> {
             // a second time).
             #[cfg(test)]
             let id = if self.cfg.mutation == Mutation::ClientChosenSessionIds {
-                r.client
+                client
             } else {
                 slot
             };
@@ -140,11 +155,11 @@ impl<S: StateMachine> Replica<S> {
             let id = slot;
             self.exec.sessions.register(id, slot, self.cfg.max_sessions);
             let reply = Bytes::from(postcard::to_allocvec(&id).unwrap_or_default());
-            self.reply_awaited(r.client, 0, Response::Ok(reply));
+            self.reply_awaited(client, 0, Response::Ok(reply));
             return;
-        }
+        };
         #[allow(unused_mut)]
-        let mut check = self.exec.sessions.check(r.client, r.seq);
+        let mut check = self.exec.sessions.check(client, seq);
         #[cfg(test)]
         if self.cfg.mutation == Mutation::LeaderLocalSessions && check != SessionCheck::Unknown {
             check = SessionCheck::Fresh;
@@ -154,19 +169,21 @@ impl<S: StateMachine> Replica<S> {
             check = SessionCheck::Fresh;
         }
         let response = match check {
-            SessionCheck::Fresh => match postcard::from_bytes::<S::Command>(&r.payload) {
+            SessionCheck::Fresh => match command {
                 Ok(cmd) => {
                     let out = self.exec.sm.apply(cmd);
                     let bytes = Bytes::from(postcard::to_allocvec(&out).unwrap_or_default());
-                    self.exec
-                        .sessions
-                        .record(r.client, r.seq, bytes.clone(), slot);
+                    if !self.awaiting.contains(&(client, seq)) {
+                        // Nobody here waits for the reply: the session table keeps the
+                        // only copy (no shared handle to make, no reply to build).
+                        self.exec.sessions.record(client, seq, bytes, slot);
+                        return;
+                    }
+                    self.exec.sessions.record(client, seq, bytes.clone(), slot);
                     Response::Ok(bytes)
                 }
                 Err(e) => {
-                    self.exec
-                        .sessions
-                        .record(r.client, r.seq, Bytes::new(), slot);
+                    self.exec.sessions.record(client, seq, Bytes::new(), slot);
                     Response::Invalid {
                         reason: format!("undecodable command: {e}"),
                     }
@@ -176,7 +193,7 @@ impl<S: StateMachine> Replica<S> {
             SessionCheck::Stale => Response::Stale,
             SessionCheck::Unknown => Response::SessionExpired,
         };
-        self.reply_awaited(r.client, r.seq, response);
+        self.reply_awaited(client, seq, response);
     }
 
     /// Replaces the replicated state with a checkpoint: verifies its digest, restores the

@@ -8,9 +8,11 @@ use crate::message::Message;
 use crate::traits::StateMachine;
 use crate::types::{Ballot, ClientId, Request, Slot, Value};
 
+/// A proposal of this leader's that no quorum has accepted yet. Its value is the
+/// leader's own log entry in the slot (accepted there at the leader's ballot), so it is
+/// not held twice.
 #[derive(Debug)]
 pub(super) struct Inflight {
-    pub(super) value: Value,
     pub(super) acks: u64,
     /// Expires when the proposal is due to be sent again to whoever has not accepted it.
     pub(super) resend: Timeout,
@@ -69,8 +71,8 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         for s in newly_chosen {
-            if let Some(inf) = l.inflight.remove(&s) {
-                self.log.choose(s, ballot, inf.value);
+            if l.inflight.remove(&s).is_some() {
+                self.log.mark_chosen(s);
             }
         }
         self.advance_commit();
@@ -116,10 +118,13 @@ impl<S: StateMachine> Replica<S> {
             if !inf.resend.expired(now) {
                 continue;
             }
+            let Some(entry) = self.log.get(*s) else {
+                continue; // decided and compacted since (learned from a peer)
+            };
             let mut any = false;
             for (i, batch) in per_peer.iter_mut().enumerate() {
                 if i != me && inf.acks & (1 << i) == 0 && batch.len() < self.cfg.max_batch {
-                    batch.push((*s, inf.value.clone()));
+                    batch.push((*s, entry.value.clone()));
                     any = true;
                 }
             }
@@ -194,7 +199,6 @@ impl<S: StateMachine> Replica<S> {
             l.inflight.insert(
                 slot,
                 Inflight {
-                    value: value.clone(),
                     acks: self_bit,
                     resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
                 },
@@ -233,21 +237,34 @@ impl<S: StateMachine> Replica<S> {
             }
             return;
         }
-        let fresh = std::mem::take(&mut l.fresh);
+        let mut rest = std::mem::take(&mut l.fresh);
         l.announced_commit = commit_point;
         l.heartbeat.reset(self.now, self.cfg.heartbeat_ticks);
         let peers = self.peers();
-        for chunk in fresh.chunks(self.cfg.max_batch) {
+        let max_batch = self.cfg.max_batch.max(1);
+        while !rest.is_empty() {
+            let tail = if rest.len() > max_batch {
+                rest.split_off(max_batch)
+            } else {
+                Vec::new()
+            };
+            let mut chunk = std::mem::replace(&mut rest, tail);
             let counters = self.exec.count();
             counters.accept_batches += 1;
             counters.accept_entries += chunk.len() as u64;
-            for m in &peers {
+            for (i, m) in peers.iter().enumerate() {
+                // The last peer gets the batch itself, the others a copy.
+                let entries = if i + 1 == peers.len() {
+                    std::mem::take(&mut chunk)
+                } else {
+                    chunk.clone()
+                };
                 self.send(
                     *m,
                     Message::Accept {
                         ballot,
                         commit_point,
-                        entries: chunk.to_vec(),
+                        entries,
                     },
                 );
             }

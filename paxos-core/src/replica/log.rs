@@ -104,23 +104,6 @@ impl SlotLog {
         );
     }
 
-    /// A quorum accepted `value` in `slot` at `ballot`: the entry held there is chosen
-    /// (or, when none is held, `value` at `ballot`).
-    pub(super) fn choose(&mut self, slot: Slot, ballot: Ballot, value: Value) {
-        if let Some(e) = self.entries.get_mut(&slot) {
-            e.chosen = true;
-        } else {
-            self.entries.insert(
-                slot,
-                Entry {
-                    ballot,
-                    value,
-                    chosen: true,
-                },
-            );
-        }
-    }
-
     /// Marks the entry held in `slot`, if any, chosen.
     pub(super) fn mark_chosen(&mut self, slot: Slot) {
         if let Some(e) = self.entries.get_mut(&slot) {

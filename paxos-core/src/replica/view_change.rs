@@ -288,7 +288,6 @@ impl<S: StateMachine> Replica<S> {
                 inflight.insert(
                     s,
                     Inflight {
-                        value: value.clone(),
                         acks: self_bit,
                         resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
                     },
