@@ -196,7 +196,7 @@ fn a_twice_wiped_replica_reuses_its_incarnation() {
         if !grp.contains(&from) || !grp.contains(&to) {
             return Drop;
         }
-        if from == 4 && to == 5 && matches!(m, Message::Heartbeat { .. }) {
+        if from == 4 && to == 5 && matches!(m, Message::Heartbeat { .. } | Message::Commit { .. }) {
             return Drop;
         }
         if to == 5 && matches!(m, Message::Fetch { .. } | Message::FetchReply { .. }) {

@@ -239,6 +239,18 @@ pub enum Message {
         /// The first byte wanted.
         offset: u64,
     },
+    /// Leader → follower: the commit point moved. Like [`Message::Heartbeat`] (below
+    /// `commit_point` the values accepted at `ballot` are the chosen ones), but **not
+    /// acknowledged**: the leader sends one whenever its commit point moves without a
+    /// new proposal to carry it, and it learns that its followers are alive from their
+    /// ACCEPTEDs and from the answers to its periodic heartbeats. (Acknowledging every
+    /// commit announcement cost a third message round per command.)
+    Commit {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The leader's commit point.
+        commit_point: Slot,
+    },
 }
 
 impl Message {
@@ -266,6 +278,7 @@ impl Message {
             Message::ReadIndexAck { .. } => "read-index-ack",
             Message::SnapshotChunk { .. } => "snapshot-chunk",
             Message::SnapshotRequest { .. } => "snapshot-request",
+            Message::Commit { .. } => "commit",
         }
     }
 }

@@ -68,4 +68,9 @@ pub(crate) enum Mutation {
     /// its received bytes end: no transfer of more than one piece completes, and the
     /// replica never catches up by state transfer.
     SnapshotResumeSkipsAByte,
+    /// A follower told a commit point (by ACCEPT, HEARTBEAT or COMMIT) marks chosen
+    /// every entry below it, whatever ballot it was accepted at, instead of only the
+    /// entries accepted at the announcing leader's ballot: a value a deposed leader
+    /// proposed is taken for the chosen one.
+    CommitPointAnyBallot,
 }

@@ -79,7 +79,7 @@ pub mod names {
 }
 
 /// The message kinds counted apart; anything else counts as `other`.
-const KINDS: [&str; 22] = [
+const KINDS: [&str; 23] = [
     "prevote",
     "prevote_granted",
     "prepare",
@@ -101,6 +101,7 @@ const KINDS: [&str; 22] = [
     "timeout_now",
     "snapshot_chunk",
     "snapshot_request",
+    "commit",
     "other",
 ];
 
@@ -130,7 +131,8 @@ fn kind_index(m: &Message) -> usize {
         Message::TimeoutNow { .. } => 18,
         Message::SnapshotChunk { .. } => 19,
         Message::SnapshotRequest { .. } => 20,
-        _ => 21,
+        Message::Commit { .. } => 21,
+        _ => 22,
     }
 }
 

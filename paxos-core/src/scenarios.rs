@@ -37,7 +37,7 @@ fn superseded_leader_scenario(mutation: Mutation) -> Scripted {
     h.register(5, 100);
     h.run_if(&|from, to, m| {
         let core = [3, 4, 5];
-        if from == 5 && matches!(m, Message::Heartbeat { .. }) {
+        if from == 5 && matches!(m, Message::Heartbeat { .. } | Message::Commit { .. }) {
             return to == 1;
         }
         core.contains(&from) && core.contains(&to)
@@ -215,7 +215,9 @@ fn stale_promise_scenario(mutation: Mutation) -> Scripted {
     h.run_if(&|from, to, m| {
         [1, 2, 4].contains(&from)
             && [1, 2, 4].contains(&to)
-            && !(from == 4 && to == 1 && matches!(m, Message::Heartbeat { .. }))
+            && !(from == 4
+                && to == 1
+                && matches!(m, Message::Heartbeat { .. } | Message::Commit { .. }))
     });
     assert_eq!(h.r(4).commit_point(), 1, "c77 chosen");
     assert_eq!(h.r(1).commit_point(), 0);

@@ -251,6 +251,13 @@ mod tests {
     }
 
     #[test]
+    fn mutant_taking_any_ballot_below_a_commit_point_is_caught() {
+        // Seeds 18 and 2 when this was written: the rule is exercised all the time.
+        assert_caught(Mutation::CommitPointAnyBallot, dueling_leaders, 500);
+        assert_caught(Mutation::CommitPointAnyBallot, five_dueling_leaders, 500);
+    }
+
+    #[test]
     fn mutant_with_quorums_of_two_is_caught_with_five_replicas() {
         assert_caught(Mutation::QuorumOfTwo, five_dueling_leaders, 500);
     }

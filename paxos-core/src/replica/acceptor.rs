@@ -184,6 +184,16 @@ impl<S: StateMachine> Replica<S> {
         self.learn_commit_point(from, ballot, commit_point);
     }
 
+    /// COMMIT: the leader's commit point moved. Handled like a heartbeat, without the
+    /// acknowledgement.
+    pub(super) fn on_commit(&mut self, from: NodeId, ballot: Ballot, commit_point: Slot) {
+        if !self.admit(from, ballot, false) {
+            return;
+        }
+        self.follow(from, ballot);
+        self.learn_commit_point(from, ballot, commit_point);
+    }
+
     /// How far above its commit point an acceptor holds entries.
     pub(super) fn accept_window(&self) -> Slot {
         ACCEPT_WINDOW_FACTOR.saturating_mul(self.cfg.max_inflight)

@@ -225,11 +225,12 @@ impl<S: StateMachine> Replica<S> {
                 return;
             }
             l.announced_commit = commit_point;
-            l.heartbeat.reset(self.now, self.cfg.heartbeat_ticks);
+            // Not acknowledged, so it does not put off the next heartbeat: that one's
+            // answers tell the leader who is still there.
             for m in self.peers() {
                 self.send(
                     m,
-                    Message::Heartbeat {
+                    Message::Commit {
                         ballot,
                         commit_point,
                     },

@@ -427,6 +427,10 @@ impl<S: StateMachine> Replica<S> {
                 ballot,
                 commit_point,
             } => self.on_heartbeat(from, ballot, commit_point),
+            Message::Commit {
+                ballot,
+                commit_point,
+            } => self.on_commit(from, ballot, commit_point),
             Message::Fetch { from: lo, to: hi } => self.on_fetch(from, lo, hi),
             Message::FetchReply {
                 commit_point,

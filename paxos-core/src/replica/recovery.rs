@@ -178,6 +178,7 @@ impl<S: StateMachine> Replica<S> {
                 | Message::Accept { .. }
                 | Message::NewView { .. }
                 | Message::Heartbeat { .. }
+                | Message::Commit { .. }
                 | Message::ReadIndex { .. }
         );
         match message {
@@ -210,6 +211,10 @@ impl<S: StateMachine> Replica<S> {
             } => self.on_recover_refused(nonce, incarnation, promised),
             Message::NeverVoted { nonce } => self.on_never_voted(from, nonce),
             Message::Heartbeat {
+                ballot,
+                commit_point,
+            }
+            | Message::Commit {
                 ballot,
                 commit_point,
             }
