@@ -9,20 +9,28 @@ use crate::traits::{PersistOp, StateMachine, Storage};
 use crate::types::{NodeId, Reply};
 
 impl Ready {
-    /// Hands the outputs over in the order the protocol needs: **persist, then send,
-    /// then reply**.
+    /// Hands the outputs over in the order the protocol needs: what waits for nothing
+    /// (`messages_now`, `replies_now`), then **persist, then send, then reply**.
     ///
-    /// Every PROMISE, ACCEPTED and client reply of a round may vouch for state in
-    /// `persist`, so nothing is sent or answered before `persist` has returned `Ok`
-    /// (made the writes durable, in one call: group commit). If it fails, nothing is
-    /// sent or answered and the error is returned: the caller must stop the replica
-    /// (what it has not made durable it may have half-written).
+    /// The PROMISEs, ACCEPTEDs and replies in `messages` and `replies` vouch for state
+    /// in `persist`, so none is sent or answered before `persist` has returned `Ok`
+    /// (made the writes durable, in one call: group commit). If it fails, none of them
+    /// is sent or answered and the error is returned: the caller must stop the replica
+    /// (what it has not made durable it may have half-written). The outputs that wait
+    /// for nothing have left by then, which is what lets the leader's ACCEPTs travel
+    /// while its own write is being made durable (see [`Ready`]).
     pub fn deliver<E>(
         self,
         persist: impl FnOnce(&[PersistOp]) -> Result<(), E>,
         mut send: impl FnMut(NodeId, Message),
         mut reply: impl FnMut(Reply),
     ) -> Result<(), E> {
+        for (to, message) in self.messages_now {
+            send(to, message);
+        }
+        for r in self.replies_now {
+            reply(r);
+        }
         if !self.persist.is_empty() {
             persist(&self.persist)?;
         }

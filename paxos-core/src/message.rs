@@ -254,6 +254,23 @@ pub enum Message {
 }
 
 impl Message {
+    /// True for the messages that vouch for the sender's stored state, which must be
+    /// durable before they leave: a PROMISE (its promise), an ACCEPTED (its accepts), a
+    /// RECOVER (the new incarnation it announces), and a voter's answers to a recovery
+    /// (RECOVER-GRANT, RECOVER-REFUSED, NEVER-VOTED). Every other message may leave
+    /// before the writes of its round are durable (see [`Ready`](crate::Ready)).
+    pub fn vouches_for_writes(&self) -> bool {
+        matches!(
+            self,
+            Message::Promise { .. }
+                | Message::Accepted { .. }
+                | Message::Recover { .. }
+                | Message::RecoverGrant { .. }
+                | Message::RecoverRefused { .. }
+                | Message::NeverVoted { .. }
+        )
+    }
+
     /// A short name for the message kind, for tracing.
     pub fn kind(&self) -> &'static str {
         match self {

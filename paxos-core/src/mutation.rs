@@ -73,4 +73,11 @@ pub(crate) enum Mutation {
     /// entries accepted at the announcing leader's ballot: a value a deposed leader
     /// proposed is taken for the chosen one.
     CommitPointAnyBallot,
+    /// PROMISEs and ACCEPTEDs may leave before the writes they vouch for are durable
+    /// (as if they vouched for nothing): a crash in the middle of the round loses a
+    /// promise or an accept that a candidate or leader already counted.
+    VotesLeaveEarly,
+    /// Every message and reply waits for the round's writes, as before outputs said
+    /// what they wait for: the correct protocol, slower (a baseline for comparisons).
+    EverythingWaits,
 }

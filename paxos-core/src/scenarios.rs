@@ -151,7 +151,7 @@ fn ack_for_a_decided_slot(mutation: Mutation) -> Vec<Slot> {
         },
     );
     r.take_ready()
-        .messages
+        .into_all_messages()
         .into_iter()
         .find_map(|(_, m)| match m {
             Message::Accepted { slots, .. } => Some(slots),

@@ -91,7 +91,8 @@ impl<S: StateMachine> Replica<S> {
         );
         self.set_promised(ballot);
         self.set_leader(None);
-        let give_up = Timeout::after(self.now, self.random_timeout());
+        let patience = self.random_timeout() << self.timers.backoff.min(timers::MAX_BACKOFF);
+        let give_up = Timeout::after(self.now, patience);
         let from_slot = self.log.commit_point();
         let nonce = self.rng.next_u64();
         self.role = RoleState::Candidate(Candidate {
@@ -191,6 +192,7 @@ impl<S: StateMachine> Replica<S> {
             "leader changed"
         );
         if leader.is_some() {
+            self.timers.backoff = 0;
             self.exec.count().leader_changes += 1;
         }
         self.leader = leader;

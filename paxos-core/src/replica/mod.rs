@@ -41,27 +41,65 @@ use reads::Reads;
 use timers::{Timeout, Timers};
 use view_change::{Candidate, Promised};
 
-/// The outputs of a [`Replica`], drained with [`Replica::take_ready`].
+/// The outputs of a [`Replica`], drained with [`Replica::take_ready`]. Each output says
+/// what it waits for.
 ///
-/// Handle them in this order: make every [`PersistOp`] in `persist` durable (one
-/// [`Storage::persist`](crate::Storage::persist) call), *then* send `messages`, *then*
-/// deliver `replies`. Messages and replies vouch for the persisted state (a PROMISE for
-/// the promised ballot, an ACCEPTED for the accepted value, a reply for a committed
-/// entry), so none may leave before the writes they depend on are stored.
+/// Handle them in this order ([`Ready::deliver`] does): send `messages_now` and deliver
+/// `replies_now` (they vouch for none of this round's writes, so they may leave at once,
+/// while the writes are being made durable); make every [`PersistOp`] in `persist`
+/// durable (one [`Storage::persist`](crate::Storage::persist) call); *then* send
+/// `messages` and deliver `replies`, which vouch for those writes (a PROMISE for the
+/// promised ballot, an ACCEPTED for the accepted value), so none may leave before the
+/// writes it depends on are stored.
+///
+/// What may leave at once, and why it is safe:
+/// - A leader's ACCEPT (and NEW-VIEW) goes out while the leader makes its own accept of
+///   the same proposals durable: the leader counts its own vote at once, but only
+///   ACCEPTEDs handled in a *later* round can complete a quorum with it, and a later
+///   round starts after this round's writes are durable. So a commit waits for one fsync
+///   in series (the leader's and the followers' run in parallel), not two.
+/// - A reply says that its request was chosen (and executed) in some slot; being chosen
+///   means durably accepted by a majority, which this round's writes do not change,
+///   unless the round itself made the slot chosen with the replica's own, not yet
+///   durable, accept (a single-member cluster): such replies are in `replies`. So the
+///   reply does not wait for the commit point the same round persists.
+/// - Commit points (COMMIT, HEARTBEAT), catch-up (FETCH, FETCH-REPLY, snapshot pieces),
+///   elections' requests (PRE-VOTE, PREPARE), read-index rounds, refusals (NACK) and
+///   leader transfer vouch for no stored state of the sender's.
 #[derive(Debug, Default)]
 pub struct Ready {
-    /// Writes to make durable before anything else.
+    /// Messages that vouch for no write of this round: send them at once, without
+    /// waiting for `persist`.
+    pub messages_now: Vec<(NodeId, Message)>,
+    /// Answers to client requests that depend on no write of this round: deliver them at
+    /// once.
+    pub replies_now: Vec<Reply>,
+    /// Writes to make durable before `messages` and `replies` leave.
     pub persist: Vec<PersistOp>,
-    /// Messages to send, as `(destination, message)`.
+    /// Messages that vouch for `persist` (PROMISE, ACCEPTED, the answers to a
+    /// recovery), as `(destination, message)`: send them only once it is durable.
     pub messages: Vec<(NodeId, Message)>,
-    /// Answers to client requests.
+    /// Answers to client requests that depend on `persist`: deliver them only once it is
+    /// durable.
     pub replies: Vec<Reply>,
 }
 
 impl Ready {
+    /// Every message, in the order [`Ready::deliver`] sends them: `messages_now`, then
+    /// `messages` (for tests and inspection; a driver must keep the two apart).
+    pub fn into_all_messages(self) -> Vec<(NodeId, Message)> {
+        let mut all = self.messages_now;
+        all.extend(self.messages);
+        all
+    }
+
     /// True when there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.persist.is_empty() && self.messages.is_empty() && self.replies.is_empty()
+        self.persist.is_empty()
+            && self.messages.is_empty()
+            && self.replies.is_empty()
+            && self.messages_now.is_empty()
+            && self.replies_now.is_empty()
     }
 }
 
@@ -257,7 +295,21 @@ impl<S: StateMachine> Replica<S> {
     pub fn take_ready(&mut self) -> Ready {
         self.flush_leader();
         self.flush_reads();
-        std::mem::take(&mut self.ready)
+        let mut ready = std::mem::take(&mut self.ready);
+        // A reply waits for this round's writes only if the round accepted, here, a
+        // value in a slot that is now committed: that slot may be chosen thanks to this
+        // replica's own vote, which is not durable yet (a single-member cluster).
+        let committed = self.log.commit_point();
+        let own_vote_counts = ready
+            .persist
+            .iter()
+            .any(|op| matches!(op, PersistOp::Accept { slot, .. } if *slot < committed));
+        #[cfg(test)]
+        let own_vote_counts = own_vote_counts || self.cfg.mutation == Mutation::EverythingWaits;
+        if !own_vote_counts {
+            ready.replies_now = std::mem::take(&mut ready.replies);
+        }
+        ready
     }
 
     /// Advances the replica's clock by one tick: heartbeats, election timeouts,
@@ -276,7 +328,9 @@ impl<S: StateMachine> Replica<S> {
             }
             RoleState::Candidate(c) => {
                 if c.give_up.expired(self.now) {
-                    // The election failed: ask again before raising the ballot further.
+                    // The election failed: ask again before raising the ballot further,
+                    // and be more patient next time.
+                    self.timers.backoff = (self.timers.backoff + 1).min(timers::MAX_BACKOFF);
                     self.become_follower(None);
                     self.start_prevote();
                 } else if c.resend.expired(self.now) {
@@ -489,8 +543,22 @@ impl<S: StateMachine> Replica<S> {
         });
     }
 
+    /// Queues `message` for `to`: in [`Ready::messages`] when it vouches for this
+    /// round's writes, else in [`Ready::messages_now`].
     pub(super) fn send(&mut self, to: NodeId, message: Message) {
-        self.ready.messages.push((to, message));
+        #[allow(unused_mut)]
+        let mut waits = message.vouches_for_writes();
+        #[cfg(test)]
+        match self.cfg.mutation {
+            Mutation::VotesLeaveEarly => waits = false,
+            Mutation::EverythingWaits => waits = true,
+            _ => {}
+        }
+        if waits {
+            self.ready.messages.push((to, message));
+        } else {
+            self.ready.messages_now.push((to, message));
+        }
     }
 
     pub(super) fn peers(&self) -> Vec<NodeId> {

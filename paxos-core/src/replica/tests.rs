@@ -59,8 +59,15 @@ impl Harness {
             for (i, r) in self.replicas.iter_mut().enumerate() {
                 let ready = r.take_ready();
                 self.storage[i].persist(&ready.persist).unwrap();
-                msgs.extend(ready.messages.into_iter().map(|(to, m)| (r.id(), to, m)));
-                self.replies.extend(ready.replies);
+                self.replies.extend(ready.replies_now.iter().cloned());
+                self.replies.extend(ready.replies.iter().cloned());
+                let id = r.id();
+                msgs.extend(
+                    ready
+                        .into_all_messages()
+                        .into_iter()
+                        .map(|(to, m)| (id, to, m)),
+                );
             }
             if msgs.is_empty() {
                 return;
@@ -189,7 +196,7 @@ fn a_full_leader_answers_busy() {
     }
     let ready = h.replicas[l].take_ready();
     assert!(ready
-        .replies
+        .replies_now
         .iter()
         .any(|r| r.client == 3 && r.response == Response::Busy));
 }
@@ -326,7 +333,7 @@ fn snapshot_pieces_outside_the_limits_are_refused() {
     };
     let requests = |r: &mut Replica<Recorder>| -> Vec<u64> {
         r.take_ready()
-            .messages
+            .into_all_messages()
             .into_iter()
             .filter_map(|(_, m)| match m {
                 Message::SnapshotRequest { offset, .. } => Some(offset),
@@ -382,7 +389,7 @@ fn a_promise_reaching_absurdly_far_cannot_size_the_new_view() {
         r.tick();
         asked = r
             .take_ready()
-            .messages
+            .into_all_messages()
             .into_iter()
             .find_map(|(_, m)| match m {
                 Message::PreVote { ballot } => Some(ballot),
@@ -410,7 +417,7 @@ fn a_promise_reaching_absurdly_far_cannot_size_the_new_view() {
     };
     let nonce = r
         .take_ready()
-        .messages
+        .into_all_messages()
         .into_iter()
         .find_map(|(_, m)| match m {
             Message::Prepare { nonce, .. } => Some(nonce),
@@ -431,7 +438,7 @@ fn a_promise_reaching_absurdly_far_cannot_size_the_new_view() {
     );
     assert!(r.is_leader());
     let ready = r.take_ready();
-    let new_view = ready.messages.iter().find_map(|(_, m)| match m {
+    let new_view = ready.messages_now.iter().find_map(|(_, m)| match m {
         Message::NewView { entries, .. } => Some(entries.len()),
         _ => None,
     });
@@ -461,4 +468,76 @@ fn an_isolated_follower_does_not_raise_its_ballot_or_depose_the_leader() {
     assert!(h.replicas[l].is_leader(), "the leader kept its place");
     assert_eq!(h.replicas[l].promised(), ballot);
     assert_eq!(h.replicas[f].leader(), Some(h.replicas[l].id()));
+}
+
+#[test]
+fn outputs_say_what_they_wait_for() {
+    // A single member: its own accept is what makes the slot chosen, so the reply waits
+    // for the round's writes.
+    let mut r = Replica::new(
+        Config::new(1, vec![1]),
+        Recorder::default(),
+        PersistentState::default(),
+    )
+    .unwrap();
+    for _ in 0..200 {
+        r.tick();
+        let _ = r.take_ready();
+        if r.is_leader() {
+            break;
+        }
+    }
+    assert!(r.is_leader());
+    r.handle_request(Request::register(7));
+    let ready = r.take_ready();
+    assert!(ready.replies_now.is_empty(), "{ready:?}");
+    assert_eq!(ready.replies.len(), 1);
+
+    // Three members: the leader's ACCEPTs leave at once, beside its own accept.
+    let mut h = Harness::new(3, |_| {});
+    h.tick(60);
+    let l = h.leader();
+    h.replicas[l].handle_request(Request::register(9));
+    let ready = h.replicas[l].take_ready();
+    assert!(ready.messages.is_empty(), "{ready:?}");
+    let accepts: Vec<_> = ready
+        .messages_now
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Accept { .. }))
+        .cloned()
+        .collect();
+    assert_eq!(accepts.len(), 2);
+    assert!(ready
+        .persist
+        .iter()
+        .any(|op| matches!(op, PersistOp::Accept { .. })));
+    // A follower's ACCEPTED vouches for its accept: it waits.
+    let leader_id = h.replicas[l].id();
+    let (to, accept) = accepts[0].clone();
+    let f = h.replicas.iter().position(|r| r.id() == to).unwrap();
+    h.replicas[f].handle_message(leader_id, accept);
+    let ready = h.replicas[f].take_ready();
+    assert!(ready
+        .messages
+        .iter()
+        .any(|(_, m)| matches!(m, Message::Accepted { .. })));
+    assert!(!ready
+        .messages_now
+        .iter()
+        .any(|(_, m)| m.vouches_for_writes()));
+    // The leader, told of the quorum, replies without waiting for the commit point
+    // it persists in the same round.
+    let follower_id = h.replicas[f].id();
+    for (to, m) in ready.into_all_messages() {
+        if to == leader_id {
+            h.replicas[l].handle_message(follower_id, m);
+        }
+    }
+    let ready = h.replicas[l].take_ready();
+    assert!(ready
+        .persist
+        .iter()
+        .any(|op| matches!(op, PersistOp::CommitPoint(1))));
+    assert_eq!(ready.replies_now.len(), 1, "{ready:?}");
+    assert!(ready.replies.is_empty());
 }

@@ -58,7 +58,16 @@ pub(super) struct Timers {
     pub(super) leader_contact: Timeout,
     /// Catch-up: the next FETCH may go out once it expires.
     pub(super) fetch: Timeout,
+    /// Candidacies that gave up in a row since a leader was last known (capped at
+    /// [`MAX_BACKOFF`]): each doubles the next candidate's patience, so that elections
+    /// still complete when round trips are longer than the election timeout (they
+    /// otherwise give up before the promises arrive, for ever).
+    pub(super) backoff: u32,
 }
+
+/// The most doublings of a candidate's patience ([`Timers::backoff`]): at most 8
+/// randomized election timeouts.
+pub(super) const MAX_BACKOFF: u32 = 3;
 
 impl Timers {
     /// The timers of a replica starting at tick 0, whose first election timeout is
@@ -68,6 +77,7 @@ impl Timers {
             election: Timeout::after(0, first_election),
             leader_contact: Timeout::after(0, cfg.election_ticks),
             fetch: Timeout::after(0, cfg.retransmit_ticks),
+            backoff: 0,
         }
     }
 }

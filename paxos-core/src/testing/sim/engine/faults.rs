@@ -38,6 +38,10 @@ pub(crate) struct Faults {
     pub(crate) selective: bool,
     /// Crashed replicas stay down for 20 to 20 + `downtime` ticks.
     pub(crate) downtime: u64,
+    /// The chance, per input of a batching replica while crashes are on, that it
+    /// crashes in the middle of its round: what waits for no write has left, a prefix of
+    /// the writes is durable (the last one maybe torn), nothing else left.
+    pub(crate) torn_crash: f64,
 }
 
 impl Faults {
@@ -87,6 +91,7 @@ impl Faults {
             max_sessions: 1024,
             selective: chance(rng, 0.3),
             downtime: 200,
+            torn_crash: 0.0005,
         }
         .with_eviction(rng)
     }

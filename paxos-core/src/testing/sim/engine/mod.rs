@@ -681,10 +681,11 @@ impl<W: Workload> Sim<W> {
             && self.faults.batch_inputs
             && self.now < self.faults.fault_ticks
             && self.faulty() < (self.faults.nodes - 1) / 2
-            && chance(&mut self.rng, 0.0005)
+            && chance(&mut self.rng, self.faults.torn_crash)
         {
             // Crash in the middle of a round: only a prefix of its writes reached the
-            // disk (the last one may be torn, i.e. lost), and nothing was sent.
+            // disk (the last one may be torn, i.e. lost), and only what waits for no
+            // write was sent.
             return self.crash_mid_round(i);
         }
         if !self.faults.batch_inputs || chance(&mut self.rng, 0.5) {
@@ -694,13 +695,19 @@ impl<W: Workload> Sim<W> {
     }
 
     fn crash_mid_round(&mut self, i: usize) -> Result<(), Violation> {
+        // What it executed in memory counts: its early replies may tell of it.
+        self.check_node(i)?;
         let Some(mut r) = self.nodes[i].replica.take() else {
             return Ok(());
         };
-        let ready = r.take_ready();
+        let mut ready = r.take_ready();
+        let id = self.nodes[i].id;
+        // What waits for nothing left before the crash, as the drive loop sends it.
+        let now = std::mem::take(&mut ready.messages_now);
+        let replies_now = std::mem::take(&mut ready.replies_now);
+        self.emit(id, now, replies_now)?;
         let keep = (self.rng.next_u64() % (ready.persist.len() as u64 + 1)) as usize;
         let durable = &ready.persist[..keep];
-        let id = self.nodes[i].id;
         self.nodes[i]
             .storage
             .persist(durable)
@@ -763,6 +770,16 @@ impl<W: Workload> Sim<W> {
             node.recovering = false;
             self.stats.recoveries += 1;
         }
+        self.emit(id, messages, replies)
+    }
+
+    /// Puts a node's messages and replies on the network, noting what they vouch for.
+    fn emit(
+        &mut self,
+        id: NodeId,
+        messages: Vec<(NodeId, Message)>,
+        replies: Vec<Reply>,
+    ) -> Result<(), Violation> {
         for (to, message) in messages {
             if let Message::Accepted { ballot, slots, .. } = &message {
                 // An ACCEPTED vouches for the proposal at that ballot.
