@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release -p benchmarks -- core --plot docs/benchmarks-core.svg
 //! cargo run --release -p benchmarks -- runtime --plot docs/benchmarks-runtime.svg
+//! cargo build --release -p bank-app && cargo run --release -p benchmarks -- failover
 //! ```
 //!
 //! `core` runs, per round and interleaved, our sans-IO core and OmniPaxos in the lockstep
@@ -16,6 +17,10 @@
 //! time after a warm-up; throughput and p50/p99 latency, agreement checked after every
 //! run.
 //!
+//! `failover` starts five `bank node` processes on 127.0.0.1, keeps a few clients busy,
+//! kills the leader with SIGKILL and measures the time until a client sees its next
+//! commit, over several trials.
+//!
 //! Results and how to read them: `docs/benchmarks.md`.
 
 use std::cell::Cell;
@@ -26,6 +31,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod failover;
 mod nodes;
 mod omni;
 mod ours;
@@ -49,6 +55,9 @@ enum Command {
     Core(CoreArgs),
     /// The node driver against openraft: 5 nodes in one process, C closed-loop clients.
     Runtime(RuntimeArgs),
+    /// Five `bank node` processes over TCP: time from SIGKILL of the leader to the next
+    /// commit a client sees.
+    Failover(failover::FailoverArgs),
 }
 
 #[derive(clap::Args)]
@@ -377,6 +386,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Core(args) => core(args),
         Command::Runtime(args) => runtime(args),
+        Command::Failover(args) => failover::run(args),
     }
 }
 
