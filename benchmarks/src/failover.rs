@@ -26,6 +26,7 @@ use paxos_core::{Client, ClientOptions, Endpoint, NodeId};
 
 use crate::{median, NODES};
 
+/// The options of `failover` (its help text is the `Command::Failover` variant's).
 #[derive(clap::Args)]
 pub(crate) struct FailoverArgs {
     /// Trials: each kills the leader once.
@@ -55,9 +56,13 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// file, data directories and logs. Dropping it kills (SIGKILL) and reaps every node
 /// still running, then removes the directory.
 struct Nodes {
+    /// The `bank` binary the nodes run.
     bank: PathBuf,
+    /// The five nodes and their addresses on 127.0.0.1.
     config: ClusterConfig,
+    /// Where `config` is written, for `bank node --config`.
     config_path: PathBuf,
+    /// The nodes running now (a killed node is removed, a restarted one put back).
     children: BTreeMap<NodeId, Child>,
     /// Declared last: removed after `drop` has killed the nodes using it.
     dir: tempfile::TempDir,
@@ -202,7 +207,9 @@ impl Nodes {
 
 /// One leader kill, as the clients see it.
 struct Kill {
+    /// The leader killed.
     victim: NodeId,
+    /// Just before the SIGKILL.
     at: Instant,
     /// The first commit after `at` answered by another node, and that node.
     first: Option<(Instant, NodeId)>,
@@ -215,7 +222,9 @@ struct Shared {
     commits: AtomicU64,
     /// Transfers the clients gave up on.
     failed: AtomicU64,
+    /// The kill of the trial under way, if any.
     kill: Mutex<Option<Kill>>,
+    /// Set once the trials are over: clients return after their command in flight.
     stop: AtomicBool,
 }
 
@@ -262,8 +271,11 @@ async fn client(
 
 /// One trial's outcome.
 struct Trial {
+    /// The leader killed.
     victim: NodeId,
+    /// The node that answered the first commit after the kill.
     successor: NodeId,
+    /// From the kill to that commit.
     gap: Duration,
 }
 

@@ -83,6 +83,7 @@ struct CoreArgs {
     plot: Option<PathBuf>,
 }
 
+/// The options of `runtime` (its help text is the `Command::Runtime` variant's).
 #[derive(clap::Args)]
 struct RuntimeArgs {
     /// Concurrent closed-loop clients (one command in flight each), per point.
@@ -285,6 +286,8 @@ fn median_stats(runs: &[runtime::RunStats]) -> runtime::RunStats {
     }
 }
 
+/// Runs every round of `runtime`: per round, per client count, both systems back to
+/// back (ours first in odd rounds); returns the medians per client count.
 async fn run_runtime(
     args: &RuntimeArgs,
     timing: &runtime::Timing,
@@ -320,6 +323,8 @@ async fn run_runtime(
         .collect())
 }
 
+/// The `runtime` subcommand: checks the options, runs the rounds on a runtime of its
+/// own, prints the table and writes the plot.
 fn runtime(args: RuntimeArgs) -> Result<()> {
     anyhow::ensure!(
         args.rounds > 0 && args.seconds > 0.0 && args.warmup >= 0.0,

@@ -32,8 +32,11 @@ use crate::{Progress, NODES};
 /// the counter's operand.
 #[derive(Clone, Debug)]
 pub(crate) struct Cmd {
+    /// The client's session (its index: openraft has no registration step).
     client: u64,
+    /// The client's request number, from 1.
     seq: u64,
+    /// What to add to the counter.
     add: u64,
 }
 
@@ -63,10 +66,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The log store's data.
 #[derive(Default)]
 struct LogData {
+    /// The last vote saved.
     vote: Option<Vote<u64>>,
+    /// The last commit point saved.
     committed: Option<LogId<u64>>,
     /// The last entry removed from the front of the log.
     purged: Option<LogId<u64>>,
+    /// The entries not purged yet, by index.
     log: BTreeMap<u64, Entry<Types>>,
 }
 
@@ -158,8 +164,11 @@ impl RaftLogStorage<Types> for LogStore {
 /// to know about the applied prefix.
 #[derive(Default)]
 struct SmData {
+    /// The last entry applied.
     last_applied: Option<LogId<u64>>,
+    /// The last membership applied.
     membership: StoredMembership<u64, EmptyNode>,
+    /// The counter.
     total: u64,
     /// Session -> (last request number, its output): O(1) per command, as ours.
     sessions: HashMap<u64, (u64, u64)>,
@@ -345,8 +354,11 @@ impl RaftNetworkFactory<Types> for Router {
 
 /// One member's view of another: calls go straight to the target's `Raft` handle.
 pub(crate) struct Peer {
+    /// The member this peer calls.
     target: u64,
+    /// Its handle, once looked up.
     raft: Option<Member>,
+    /// Where to look it up.
     router: Router,
 }
 
