@@ -1,14 +1,26 @@
-//! Issue 9's benchmark suite: our core against its peers, in the same harness and the
+//! Issue 9's benchmark suite: our code against its peers, in the same harness and the
 //! same run, so that the ratio is printed rather than remembered. From the workspace root:
 //!
 //! ```sh
 //! cargo run --release -p benchmarks -- core --plot docs/benchmarks-core.svg
+//! cargo run --release -p benchmarks -- runtime --plot docs/benchmarks-runtime.svg
+//! cargo build --release -p bank-app && cargo run --release -p benchmarks -- failover
 //! ```
 //!
 //! `core` runs, per round and interleaved, our sans-IO core and OmniPaxos in the lockstep
 //! shape: five replicas in one thread, B requests submitted at the leader, messages moved
 //! until the cluster is quiet, repeated until `--commands` commands have executed; every
 //! run ends by checking that all replicas agree. The table gives the median of the rounds.
+//!
+//! `runtime` runs, per round and interleaved, our node driver and openraft in one shape:
+//! five nodes in this process on one tokio runtime, C closed-loop clients for a fixed
+//! time after a warm-up; throughput and p50/p99 latency, agreement checked after every
+//! run.
+//!
+//! `failover` starts five `bank node` processes on 127.0.0.1, keeps a few clients busy,
+//! kills the leader with SIGKILL and measures the time until a client sees its next
+//! commit, over several trials.
+//!
 //! Results and how to read them: `docs/benchmarks.md`.
 
 use std::cell::Cell;
@@ -19,9 +31,13 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod failover;
+mod nodes;
 mod omni;
 mod ours;
 mod plot;
+mod raft;
+mod runtime;
 
 /// Replicas per cluster.
 const NODES: usize = 5;
@@ -37,6 +53,11 @@ struct Cli {
 enum Command {
     /// The sans-IO core against OmniPaxos: 5 replicas in one thread, lockstep batches.
     Core(CoreArgs),
+    /// The node driver against openraft: 5 nodes in one process, C closed-loop clients.
+    Runtime(RuntimeArgs),
+    /// Five `bank node` processes over TCP: time from SIGKILL of the leader to the next
+    /// commit a client sees.
+    Failover(failover::FailoverArgs),
 }
 
 #[derive(clap::Args)]
@@ -58,6 +79,32 @@ struct CoreArgs {
     #[arg(long, value_enum, default_value_t = Persist::Mem)]
     persist: Persist,
     /// Write a plot of throughput against batch size here (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// The options of `runtime` (its help text is the `Command::Runtime` variant's).
+#[derive(clap::Args)]
+struct RuntimeArgs {
+    /// Concurrent closed-loop clients (one command in flight each), per point.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 64, 256, 1024, 4096])]
+    clients: Vec<usize>,
+    /// Seconds each run measures (after its warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Seconds each run warms up first (clients register their sessions, the leader
+    /// settles); nothing is counted meanwhile.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Rounds; the table reports each figure's median. Odd rounds run ours first, even
+    /// rounds openraft first.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Worker threads of the tokio runtime both clusters and their clients share
+    /// (default: the machine's cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write a plot of throughput against clients here (SVG).
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -217,9 +264,134 @@ fn core(args: CoreArgs) -> Result<()> {
     Ok(())
 }
 
+/// Medians per client count, one [`runtime::RunStats`] per system.
+pub(crate) struct RuntimeRow {
+    /// Concurrent clients.
+    pub(crate) clients: usize,
+    /// Our node driver.
+    pub(crate) ours: runtime::RunStats,
+    /// openraft.
+    pub(crate) raft: runtime::RunStats,
+}
+
+/// The median of each figure over the rounds.
+fn median_stats(runs: &[runtime::RunStats]) -> runtime::RunStats {
+    let of = |f: fn(&runtime::RunStats) -> f64| median(runs.iter().map(f).collect());
+    runtime::RunStats {
+        ops_per_sec: of(|r| r.ops_per_sec),
+        p50_ms: of(|r| r.p50_ms),
+        p99_ms: of(|r| r.p99_ms),
+        completed: runs.iter().map(|r| r.completed).sum(),
+        failed: runs.iter().map(|r| r.failed).sum(),
+    }
+}
+
+/// Runs every round of `runtime`: per round, per client count, both systems back to
+/// back (ours first in odd rounds); returns the medians per client count.
+async fn run_runtime(
+    args: &RuntimeArgs,
+    timing: &runtime::Timing,
+    progress: &Progress,
+) -> Result<Vec<RuntimeRow>> {
+    let mut ours: Vec<Vec<runtime::RunStats>> = vec![Vec::new(); args.clients.len()];
+    let mut raft: Vec<Vec<runtime::RunStats>> = vec![Vec::new(); args.clients.len()];
+    for round in 1..=args.rounds {
+        for (i, &clients) in args.clients.iter().enumerate() {
+            // Alternate which system goes first, as `core` does.
+            for ours_now in [round % 2 == 1, round % 2 == 0] {
+                let name = if ours_now { "ours" } else { "openraft" };
+                progress
+                    .bar
+                    .set_message(format!("round {round}/{} C={clients} {name}", args.rounds));
+                if ours_now {
+                    ours[i].push(nodes::run(clients, timing, progress).await?);
+                } else {
+                    raft[i].push(raft::run(clients, timing, progress).await?);
+                }
+            }
+        }
+    }
+    Ok(args
+        .clients
+        .iter()
+        .zip(ours.iter().zip(&raft))
+        .map(|(&clients, (o, r))| RuntimeRow {
+            clients,
+            ours: median_stats(o),
+            raft: median_stats(r),
+        })
+        .collect())
+}
+
+/// The `runtime` subcommand: checks the options, runs the rounds on a runtime of its
+/// own, prints the table and writes the plot.
+fn runtime(args: RuntimeArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.rounds > 0 && args.seconds > 0.0 && args.warmup >= 0.0,
+        "--rounds and --seconds must be positive, --warmup not negative"
+    );
+    anyhow::ensure!(
+        !args.clients.is_empty() && args.clients.iter().all(|&c| c > 0),
+        "--clients must list positive counts"
+    );
+    let timing = runtime::Timing {
+        warmup: Duration::try_from_secs_f64(args.warmup)?,
+        measure: Duration::try_from_secs_f64(args.seconds)?,
+    };
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?;
+    let per_run = (timing.warmup + timing.measure).as_millis() as u64;
+    let progress = Progress::new(2 * args.rounds as u64 * args.clients.len() as u64 * per_run);
+    let rows = rt.block_on(run_runtime(&args, &timing, &progress))?;
+    progress.bar.finish_and_clear();
+
+    println!(
+        "runtime: 5 nodes in one process, {threads} runtime threads, closed-loop clients, {:.1} s warm-up + {:.1} s measured per run, median of {} rounds; replicas agreed after every run",
+        args.warmup, args.seconds, args.rounds
+    );
+    println!();
+    println!("| clients | ours (ops/s) | openraft (ops/s) | ours / openraft | ours p50 / p99 (ms) | openraft p50 / p99 (ms) |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.3} | {:.2} / {:.2} | {:.2} / {:.2} |",
+            r.clients,
+            r.ours.ops_per_sec,
+            r.raft.ops_per_sec,
+            r.ours.ops_per_sec / r.raft.ops_per_sec,
+            r.ours.p50_ms,
+            r.ours.p99_ms,
+            r.raft.p50_ms,
+            r.raft.p99_ms
+        );
+    }
+    let failed: u64 = rows.iter().map(|r| r.ours.failed + r.raft.failed).sum();
+    if failed > 0 {
+        println!();
+        println!(
+            "commands given up on (all runs): ours {}, openraft {}",
+            rows.iter().map(|r| r.ours.failed).sum::<u64>(),
+            rows.iter().map(|r| r.raft.failed).sum::<u64>()
+        );
+    }
+    if let Some(path) = &args.plot {
+        plot::runtime(path, &rows)?;
+        println!();
+        println!("plot written to {}", path.display());
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Core(args) => core(args),
+        Command::Runtime(args) => runtime(args),
+        Command::Failover(args) => failover::run(args),
     }
 }
 
@@ -239,6 +411,33 @@ mod tests {
         let omni = omni::run(10, 2_000, 8, &progress).expect("omnipaxos runs and agrees");
         assert_eq!(ours.commands, 2_000);
         assert_eq!(omni.commands, 2_000);
+    }
+
+    /// One short run of each system at 8 clients: both finish, complete commands and
+    /// agree (the runs check agreement themselves and fail otherwise).
+    #[test]
+    fn smoke_runtime_agrees() {
+        let progress = Progress::new(0);
+        progress
+            .bar
+            .set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        let timing = runtime::Timing {
+            warmup: Duration::from_millis(200),
+            measure: Duration::from_millis(300),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ours = rt
+            .block_on(nodes::run(8, &timing, &progress))
+            .expect("ours runs and agrees");
+        let raft = rt
+            .block_on(raft::run(8, &timing, &progress))
+            .expect("openraft runs and agrees");
+        assert!(ours.ops_per_sec > 0.0 && ours.failed == 0);
+        assert!(raft.ops_per_sec > 0.0 && raft.failed == 0);
     }
 
     #[test]

@@ -16,9 +16,10 @@ use paxos_core::{
 use crate::{Progress, RunResult, NODES};
 
 /// A counter: the cheapest state machine, so the protocol's cost shows. Each command
-/// adds its operand; the output is the new total.
+/// adds its operand; the output is the new total (also the state machine of `runtime`'s
+/// nodes, [`crate::nodes`]).
 #[derive(Default)]
-pub(crate) struct Counter(u64);
+pub(crate) struct Counter(pub(crate) u64);
 
 impl StateMachine for Counter {
     type Command = u64;
