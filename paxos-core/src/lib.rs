@@ -121,6 +121,8 @@ mod node_transfer_tests;
 mod read_tests;
 mod replica;
 #[cfg(test)]
+mod review_torn_tests;
+#[cfg(test)]
 mod scenarios;
 #[cfg(test)]
 mod scripted;

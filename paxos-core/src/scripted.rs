@@ -192,6 +192,33 @@ impl Scripted {
         self.replicas[(id - 1) as usize] = None;
     }
 
+    /// The replica crashes in the middle of a round: what waits for no write
+    /// (`messages_now`, `replies_now`) has left, as `Ready::deliver` sends it first, and
+    /// only the first `keep` writes of the round reached the disk. Returns the messages
+    /// that left (the caller delivers, holds or drops them); early replies go to
+    /// `replies`.
+    pub(crate) fn crash_mid_round(
+        &mut self,
+        id: NodeId,
+        keep: usize,
+    ) -> Vec<(NodeId, NodeId, Message)> {
+        let i = (id - 1) as usize;
+        let Some(mut r) = self.replicas[i].take() else {
+            return Vec::new();
+        };
+        let ready = r.take_ready();
+        let keep = keep.min(ready.persist.len());
+        self.storage[i].persist(&ready.persist[..keep]).unwrap();
+        for reply in ready.replies_now {
+            self.replies.push((id, reply));
+        }
+        ready
+            .messages_now
+            .into_iter()
+            .map(|(to, m)| (id, to, m))
+            .collect()
+    }
+
     /// The executed value of every slot; fails on two replicas that executed
     /// different values in one slot.
     pub(crate) fn executed_agree(&self) -> Result<BTreeMap<Slot, Value>, String> {

@@ -1,0 +1,181 @@
+//! Adversarial review of "outputs say what they wait for" (early ACCEPT / PREPARE /
+//! NEW-VIEW / replies), the unacknowledged COMMIT and the in-flight table without
+//! values: hand-driven crash-mid-round scripts, and simulation profiles that mix torn
+//! rounds with the other faults.
+
+use crate::scripted::{all, Deliver, Drop, Hold, Scripted as H};
+use crate::testing::sim::engine::{seeds, Faults, Sim};
+use crate::{Ballot, Message, NodeId, Request, Response, Value};
+
+fn ok_reply_for(h: &H, client: u64) -> bool {
+    h.replies
+        .iter()
+        .any(|(_, r)| r.client == client && matches!(r.response, Response::Ok(_)))
+}
+
+/// Q1: the leader's ACCEPT leaves, its own accept of the proposal is lost in the crash.
+/// The proposal reached one follower only; after the restart the old leader holds
+/// nothing in the slot, so a new leader elected by {old leader, other follower} puts
+/// another request there. That is safe only because nobody counted the lost vote: the client of
+/// c100 got no OK, and every replica executes c200.
+#[test]
+fn a_leader_whose_own_accept_was_lost_is_not_counted() {
+    let mut h = H::new(3, true, |_| {});
+    h.r(1).start_election_now();
+    h.run(&all);
+    assert!(h.r(1).is_leader());
+    h.register(1, 100);
+    let early = h.crash_mid_round(1, 0);
+    assert!(
+        early
+            .iter()
+            .any(|(_, _, m)| matches!(m, Message::Accept { .. })),
+        "the ACCEPT leaves before the leader's write"
+    );
+    // The ACCEPT reaches n2 only; n2's ACCEPTED reaches n1's next life.
+    for (from, to, m) in early {
+        if to == 2 {
+            h.deliver(from, to, m);
+        }
+    }
+    h.run(&|_, to, _| if to == 1 { Hold } else { Drop });
+    h.restart(1);
+    assert_eq!(h.r(1).slot(0).value, None, "n1's own accept was lost");
+    h.release(&|_, _, _| Deliver, &|_, _, _| Drop);
+    assert!(!h.r(1).is_leader());
+    // n3 is elected by {n1, n3}; n2 is cut off.
+    let n13 = |from: NodeId, to: NodeId, _: &Message| {
+        if from != 2 && to != 2 {
+            Deliver
+        } else {
+            Drop
+        }
+    };
+    h.tick(&[1, 2, 3], 45, &|_, _, _| Drop);
+    h.r(3).start_election_now();
+    h.run(&n13);
+    assert!(h.r(3).is_leader());
+    // Neither n1 nor n3 knows of slot 0: the next proposal takes it.
+    h.register(3, 200);
+    h.tick(&[1, 3], 5, &n13);
+    assert_eq!(h.r(3).commit_point(), 1);
+    let c200 = Value::Request(Request::register(200));
+    assert_eq!(h.r(3).slot(0).value, Some(c200.clone()));
+    // Heal: n2 learns c200 over its accepted c100.
+    h.tick(&[1, 2, 3], 30, &all);
+    assert_eq!(h.r(2).slot(0).value, Some(c200));
+    h.executed_agree().unwrap();
+    assert!(!ok_reply_for(&h, 100), "c100 was never chosen");
+}
+
+/// Q1: a candidate's PREPARE leaves, its own promise is lost in the crash. Its next life
+/// runs at the very same ballot (the promise that would have raised it is gone). Safe:
+/// the first life never got past the PREPARE (its promises arrive in a later round,
+/// after the write), and the promises made to it echo another nonce.
+#[test]
+fn a_candidate_whose_promise_was_lost_reuses_its_ballot_safely() {
+    let mut h = H::new(3, true, |_| {});
+    h.r(1).start_election_now();
+    let b = h.r(1).promised();
+    let early = h.crash_mid_round(1, 0);
+    assert!(early
+        .iter()
+        .any(|(_, _, m)| matches!(m, Message::Prepare { .. })));
+    for (from, to, m) in early {
+        h.deliver(from, to, m);
+    }
+    // n2 and n3 promise b to the dead life; the promises are held.
+    h.run(&|_, to, _| if to == 1 { Hold } else { Drop });
+    assert_eq!(h.r(2).promised(), b);
+    h.restart(1);
+    assert_eq!(h.r(1).promised(), Ballot::ZERO);
+    h.r(1).start_election_now();
+    assert_eq!(
+        h.r(1).promised(),
+        b,
+        "the next life runs at the same ballot"
+    );
+    h.release(&|_, _, _| Deliver, &all);
+    h.run(&all);
+    assert!(h.r(1).is_leader());
+    h.register(1, 7);
+    h.tick(&[1, 2, 3], 5, &all);
+    assert!(ok_reply_for(&h, 7));
+    h.executed_agree().unwrap();
+}
+
+/// Q2, one member: the leader's own, not yet durable, accept is what chooses the slot,
+/// so the reply waits for the write; a crash in the middle of the round sends nothing.
+#[test]
+fn a_single_member_replies_only_after_its_vote_is_durable() {
+    let mut h = H::new(1, true, |_| {});
+    h.r(1).start_election_now();
+    h.run(&all);
+    assert!(h.r(1).is_leader());
+    h.register(1, 5);
+    // A retry of the same registration in the same round.
+    h.r(1).handle_request(Request::register(5));
+    let early = h.crash_mid_round(1, 1);
+    assert!(early.is_empty());
+    assert!(h.replies.is_empty(), "{:?}", h.replies);
+    h.restart(1);
+    assert_eq!(h.r(1).executed(), 0);
+}
+
+// ---------------------------------------------------------------------- simulation
+
+fn run(name: &str, n: u64, tweak: fn(&mut Faults)) {
+    let mut crashes = 0;
+    for seed in seeds(n) {
+        match Sim::protocol(seed, crate::mutation::Mutation::None, tweak).run() {
+            Ok(s) => crashes += s.torn_crashes,
+            Err(v) => panic!("{name}: seed {seed} failed: {v}"),
+        }
+    }
+    eprintln!("{name}: {crashes} torn crashes");
+}
+
+fn torn(f: &mut Faults) {
+    f.crashes = true;
+    f.batch_inputs = true;
+    f.torn_crash = 0.05;
+}
+
+/// Torn rounds among five, with stale traffic, partitions and dueling leaders.
+#[test]
+fn review_sim_torn_five_dueling() {
+    run("torn five dueling", 300, |f| {
+        torn(f);
+        f.nodes = 5;
+        f.partitions = true;
+        f.loss = f.loss.min(0.1);
+        f.long_delay = 0.3;
+    });
+}
+
+/// Torn rounds with storage loss (recovery, incarnations) and duplicates.
+#[test]
+fn review_sim_torn_amnesia() {
+    run("torn amnesia", 300, |f| {
+        torn(f);
+        f.amnesia = true;
+        f.duplicate = f.duplicate.max(0.1);
+        f.long_delay = f.long_delay.max(0.1);
+    });
+}
+
+/// Torn rounds with paused stale leaders, skew and selective loss (COMMITs lost, not
+/// ACCEPTEDs...).
+#[test]
+fn review_sim_torn_stale_leaders_selective() {
+    run("torn stale selective", 300, |f| {
+        torn(f);
+        f.nodes = 5;
+        f.selective = true;
+        f.pauses = true;
+        f.skew = true;
+        f.one_way = true;
+        f.partitions = true;
+        f.checkpoint_interval = 3;
+    });
+}
