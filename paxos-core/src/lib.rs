@@ -121,8 +121,6 @@ mod node_transfer_tests;
 mod read_tests;
 mod replica;
 #[cfg(test)]
-mod review_torn_tests;
-#[cfg(test)]
 mod scenarios;
 #[cfg(test)]
 mod scripted;
@@ -132,6 +130,8 @@ mod sim;
 #[cfg(any(test, feature = "testing"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+#[cfg(test)]
+mod torn_round_tests;
 mod traits;
 mod types;
 

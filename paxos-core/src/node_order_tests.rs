@@ -14,7 +14,8 @@
 //! - an ACCEPTED for ballot `b` leaves only once every listed slot is durably accepted at
 //!   `b` (or durably known chosen);
 //! - a successful reply for `(client, seq)` reaches the client only once that request is
-//!   chosen durably: a majority of the nodes durably hold it in the same slot. (Not the
+//!   chosen durably: a majority of the nodes durably hold it in the same slot at the same
+//!   ballot (or a node durably learned it chosen). (Not the
 //!   replying node's own commit point: a reply may leave before the round that made its
 //!   slot committed has persisted the new commit point, see `Ready`.)
 //!
@@ -358,17 +359,20 @@ fn check_order(events: &[Event]) -> (Vec<Violation>, Checked) {
                 response: Response::Ok(_),
             } => {
                 checked.replies += 1;
-                // Per slot, how many nodes durably hold the request there.
-                let mut holders: HashMap<Slot, usize> = HashMap::new();
+                // Chosen: a majority durably accepted the request in one slot at one
+                // ballot, or some node durably learned it chosen there.
+                let mut holders: HashMap<(Slot, Ballot), usize> = HashMap::new();
+                let mut learned = false;
                 for state in durable.values() {
                     for (slot, e) in &state.log {
                         if matches!(&e.value, Value::Request(r) if r.client == *client && r.seq == *seq)
                         {
-                            *holders.entry(*slot).or_default() += 1;
+                            *holders.entry((*slot, e.ballot)).or_default() += 1;
+                            learned |= e.chosen;
                         }
                     }
                 }
-                let chosen = holders.values().any(|n| *n >= MAJORITY);
+                let chosen = learned || holders.values().any(|n| *n >= MAJORITY);
                 if !chosen {
                     violations.push(Violation::Reply {
                         node: *node,

@@ -123,15 +123,20 @@ enum RoleState {
 ///    [`handle_request`](Replica::handle_request) for a client request, and
 ///    [`tick`](Replica::tick) at a steady pace (heartbeats, elections and retransmissions
 ///    count ticks);
-/// 2. outputs: [`take_ready`](Replica::take_ready) returns a [`Ready`]. Persist its
-///    writes, then send its messages, then deliver its replies — in that order.
+/// 2. outputs: [`take_ready`](Replica::take_ready) returns a [`Ready`]. Send its
+///    `messages_now` and deliver its `replies_now` (they wait for nothing), persist its
+///    writes, then send its `messages` and deliver its `replies` — in that order.
+///    [`Ready::deliver`] (or [`Replica::drive`] with a [`Storage`](crate::Storage)) does
+///    exactly that; a driver that only handled `messages` and `replies` would never send
+///    a PREPARE, an ACCEPT or a commit point.
 ///
 /// Several inputs may be fed before one `take_ready`: the outputs accumulate, proposals
 /// are batched into one ACCEPT per peer and the writes into one persist call (group
 /// commit). Committed entries are executed inside the replica, strictly in slot order,
-/// against the [`StateMachine`] it owns; their replies wait in the `Ready` like every
-/// other output, so a client never hears of a result before the writes it depends on are
-/// durable.
+/// against the [`StateMachine`] it owns; each reply is in the `Ready` list that says
+/// what it waits for, so a client never hears of a result before the writes it depends on
+/// are durable. Finish each round's persist before feeding the next input: that is what
+/// lets the leader's ACCEPTs leave before its own write (see [`Ready`]).
 ///
 /// ```
 /// use paxos_core::{Config, MemStorage, Replica, Request, Storage, StateMachine, RestoreError};
@@ -149,13 +154,24 @@ enum RoleState {
 /// for _ in 0..100 {
 ///     replica.tick();
 ///     let ready = replica.take_ready();
-///     storage.persist(&ready.persist).unwrap(); // 1. persist
-///     assert!(ready.messages.is_empty());          // 2. send (no peers here)
+///     assert!(ready.messages_now.is_empty());      // 1. send at once (no peers here)
+///     storage.persist(&ready.persist).unwrap();    // 2. persist
+///     assert!(ready.messages.is_empty());          // 3. send what vouches for it
 /// }
 /// replica.handle_request(Request::register(7));
 /// let ready = replica.take_ready();
 /// storage.persist(&ready.persist).unwrap();
-/// assert_eq!(ready.replies.len(), 1);                // 3. reply
+/// // Its own vote chose the slot: the reply waits for the write.
+/// assert!(ready.replies_now.is_empty());
+/// assert_eq!(ready.replies.len(), 1);                // 4. reply
+///
+/// // The same, in one call: `Replica::drive` hands every output over in order.
+/// replica.handle_request(Request::register(8));
+/// let mut replies = Vec::new();
+/// replica
+///     .drive(&mut storage, |_to, _message| {}, |reply| replies.push(reply))
+///     .unwrap();
+/// assert_eq!(replies.len(), 1);
 /// ```
 #[derive(Debug)]
 pub struct Replica<S> {
@@ -366,9 +382,10 @@ impl<S: StateMachine> Replica<S> {
         self.maybe_fetch();
     }
 
-    /// Handles a client request. The answer comes later in [`Ready::replies`]: a
-    /// redirect when this replica is not the leader, the cached reply for a request
-    /// already executed, or the result once the request is chosen and executed.
+    /// Handles a client request. The answer comes later in [`Ready::replies_now`] or
+    /// [`Ready::replies`]: a redirect when this replica is not the leader, the cached
+    /// reply for a request already executed, or the result once the request is chosen
+    /// and executed.
     pub fn handle_request(&mut self, request: Request) {
         if request.is_read() {
             self.on_read(request);

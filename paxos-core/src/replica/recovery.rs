@@ -50,7 +50,12 @@
 //! carry what the sender knows of everyone's, and candidates and leaders ignore votes
 //! from incarnations older than the latest they know. PREPAREs carry a nonce that
 //! PROMISEs echo, so that a candidate whose earlier life used the same ballot never
-//! counts a promise made to that life.
+//! counts a promise made to that life. An earlier life can have used the ballot after
+//! amnesia, and also without it: a PREPARE leaves before the candidate's own promise is
+//! durable (it vouches for nothing, see `Ready`), so a crash in that round restarts the
+//! replica below the ballot it asked for, and it may ask for the same ballot again.
+//! Harmless: that life never got past PREPARE, and the nonce keeps its promises apart
+//! (`torn_round_tests::a_candidate_whose_promise_was_lost_reuses_its_ballot_safely`).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,4 +1,4 @@
-//! Adversarial review of "outputs say what they wait for" (early ACCEPT / PREPARE /
+//! Crashes in the middle of a round, against "outputs say what they wait for" (early ACCEPT / PREPARE /
 //! NEW-VIEW / replies), the unacknowledged COMMIT and the in-flight table without
 //! values: hand-driven crash-mid-round scripts, and simulation profiles that mix torn
 //! rounds with the other faults.
