@@ -150,9 +150,9 @@ impl<S: StateMachine> Replica<S> {
         let entries: Vec<(Slot, Value)> = self
             .log
             .range(lo..hi.max(lo))
-            .filter(|(s, e)| e.chosen || **s < self.log.commit_point())
+            .filter(|(s, e)| e.chosen || *s < self.log.commit_point())
             .take(self.cfg.max_batch)
-            .map(|(s, e)| (*s, e.value.clone()))
+            .map(|(s, e)| (s, e.value.clone()))
             .collect();
         let commit_point = self.log.commit_point();
         self.send(

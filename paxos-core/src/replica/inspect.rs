@@ -293,8 +293,8 @@ impl<S: StateMachine> Replica<S> {
         self.log
             .range(range)
             .map(|(s, e)| SlotInfo {
-                slot: *s,
-                status: self.status_of(*s, e),
+                slot: s,
+                status: self.status_of(s, e),
                 ballot: Some(e.ballot),
                 value: Some(e.value.clone()),
             })

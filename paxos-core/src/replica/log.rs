@@ -1,11 +1,16 @@
 //! The log: what a replica holds per slot, where it starts after compaction, and how far
 //! it is known to be chosen (the commit point).
 
-use std::collections::btree_map;
-use std::collections::BTreeMap;
-use std::ops::RangeBounds;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::{Bound, RangeBounds};
 
 use crate::types::{Ballot, Slot, Value};
+
+/// The longest run of empty slots the slot-indexed part of the log creates. An entry
+/// that would open a longer gap (a recovering replica handed entries far above its
+/// commit point, a stray slot number from a broken peer) is kept in a sorted side map
+/// instead, so that no slot number can make the log allocate without bound.
+const MAX_GAP: Slot = 1 << 16;
 
 /// One slot's entry: the value held, the ballot it was accepted at, and whether it is
 /// known to be chosen.
@@ -32,11 +37,21 @@ pub(super) struct Entry {
 ///   correct caller (learning ignores slots below the commit point).
 /// - The commit point never moves down, and a chosen entry is never un-chosen.
 ///
+/// Slot-indexed: `entries[i]` holds slot `base + i` (`None` for a gap), so finding a
+/// slot costs an index, not a tree walk, and compaction drops a prefix. `base >= start`;
+/// slots between `start` and `base` hold nothing. An entry that would open a gap longer
+/// than [`MAX_GAP`] goes to `far`, a sorted map, instead; the two never hold the same
+/// slot, and every method sees their union.
+///
 /// The fields are private to this file so that only these methods can move the commit
 /// point or the start.
 #[derive(Debug)]
 pub(super) struct SlotLog {
-    entries: BTreeMap<Slot, Entry>,
+    /// `entries[i]` is slot `base + i`.
+    entries: VecDeque<Option<Entry>>,
+    base: Slot,
+    /// Entries outside `base..base + entries.len()` whose slot is too far from it.
+    far: BTreeMap<Slot, Entry>,
     /// Entries below this slot were compacted into a checkpoint.
     start: Slot,
     /// Every slot below this is chosen.
@@ -51,13 +66,19 @@ impl SlotLog {
     /// commit point of 0; the caller then installs the checkpoint and marks what was
     /// committed.
     pub(super) fn new(entries: BTreeMap<Slot, Entry>, #[cfg(test)] skip_gaps: bool) -> Self {
-        SlotLog {
-            entries,
+        let mut log = SlotLog {
+            entries: VecDeque::new(),
+            base: 0,
+            far: BTreeMap::new(),
             start: 0,
             commit_point: 0,
             #[cfg(test)]
             skip_gaps,
+        };
+        for (slot, e) in entries {
+            log.put(slot, e);
         }
+        log
     }
 
     /// Entries below this slot were compacted away.
@@ -72,29 +93,139 @@ impl SlotLog {
 
     /// One past the highest slot holding an entry (0 when empty).
     pub(super) fn end(&self) -> Slot {
-        self.entries.last_key_value().map_or(0, |(s, _)| s + 1)
+        let ring = match self.entries.iter().rposition(Option::is_some) {
+            Some(i) => self.base + i as Slot + 1,
+            None => 0,
+        };
+        let far = self.far.last_key_value().map_or(0, |(s, _)| s + 1);
+        ring.max(far)
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.far.is_empty() && self.entries.iter().all(Option::is_none)
+    }
+
+    fn index(&self, slot: Slot) -> Option<usize> {
+        let i = slot.checked_sub(self.base)?;
+        (i < self.entries.len() as Slot).then_some(i as usize)
     }
 
     pub(super) fn get(&self, slot: Slot) -> Option<&Entry> {
-        self.entries.get(&slot)
+        match self.index(slot) {
+            Some(i) => self.entries[i].as_ref(),
+            None => self.far.get(&slot),
+        }
+    }
+
+    fn get_mut(&mut self, slot: Slot) -> Option<&mut Entry> {
+        match self.index(slot) {
+            Some(i) => self.entries[i].as_mut(),
+            None => self.far.get_mut(&slot),
+        }
     }
 
     /// True when `slot` holds an entry known to be chosen.
     pub(super) fn is_chosen(&self, slot: Slot) -> bool {
-        self.entries.get(&slot).is_some_and(|e| e.chosen)
+        self.get(slot).is_some_and(|e| e.chosen)
     }
 
-    pub(super) fn range(&self, range: impl RangeBounds<Slot>) -> btree_map::Range<'_, Slot, Entry> {
-        self.entries.range(range)
+    /// The entries held in `range`, in slot order.
+    pub(super) fn range(
+        &self,
+        range: impl RangeBounds<Slot>,
+    ) -> impl Iterator<Item = (Slot, &Entry)> + '_ {
+        let lo = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let hi = match range.end_bound() {
+            Bound::Included(s) => s.saturating_add(1),
+            Bound::Excluded(s) => *s,
+            Bound::Unbounded => Slot::MAX,
+        };
+        let (from, to) = self.window(lo, hi);
+        let base = self.base;
+        let ring = self
+            .entries
+            .range(from..to)
+            .enumerate()
+            .filter_map(move |(k, e)| e.as_ref().map(|e| (base + (from + k) as Slot, e)));
+        let far = self.far.range(lo..hi.max(lo)).map(|(s, e)| (*s, e));
+        Merged {
+            a: ring.peekable(),
+            b: far.peekable(),
+        }
+    }
+
+    /// The indexes of `entries` that hold slots in `lo..hi`.
+    fn window(&self, lo: Slot, hi: Slot) -> (usize, usize) {
+        let len = self.entries.len() as Slot;
+        let from = lo.saturating_sub(self.base).min(len);
+        let to = hi.saturating_sub(self.base).min(len).max(from);
+        (from as usize, to as usize)
+    }
+
+    /// Every entry held in `lo..hi`, in no particular order.
+    fn range_mut(&mut self, lo: Slot, hi: Slot) -> impl Iterator<Item = &mut Entry> + '_ {
+        let (from, to) = self.window(lo, hi);
+        let far = self.far.range_mut(lo..hi.max(lo)).map(|(_, e)| e);
+        self.entries
+            .range_mut(from..to)
+            .filter_map(Option::as_mut)
+            .chain(far)
+    }
+
+    /// Stores `entry` in `slot`: in the slot-indexed part, grown as needed, unless
+    /// that would open a gap longer than [`MAX_GAP`] (then in `far`).
+    fn put(&mut self, slot: Slot, entry: Entry) {
+        if let Some(i) = self.index(slot) {
+            self.entries[i] = Some(entry);
+            return;
+        }
+        if let Some(e) = self.far.get_mut(&slot) {
+            *e = entry;
+            return;
+        }
+        if self.entries.is_empty() {
+            self.base = slot;
+            self.entries.push_back(Some(entry));
+        } else if slot < self.base {
+            if self.base - slot > MAX_GAP {
+                self.far.insert(slot, entry);
+                return;
+            }
+            for _ in slot + 1..self.base {
+                self.entries.push_front(None);
+            }
+            self.entries.push_front(Some(entry));
+            self.base = slot;
+        } else {
+            let end = self.base + self.entries.len() as Slot;
+            if slot - end > MAX_GAP {
+                self.far.insert(slot, entry);
+                return;
+            }
+            self.entries
+                .resize_with((slot - self.base) as usize, || None);
+            self.entries.push_back(Some(entry));
+        }
+        // Whatever `far` held inside the grown span moves in: the two stay disjoint.
+        let end = self.base + self.entries.len() as Slot;
+        if self.far.range(self.base..end).next().is_some() {
+            let mut inside = self.far.split_off(&self.base);
+            let mut above = inside.split_off(&end);
+            self.far.append(&mut above);
+            for (s, e) in inside {
+                let i = (s - self.base) as usize;
+                self.entries[i] = Some(e);
+            }
+        }
     }
 
     /// Holds `value` in `slot` as accepted at `ballot`, not (yet) known chosen.
     pub(super) fn accept(&mut self, slot: Slot, ballot: Ballot, value: Value) {
-        self.entries.insert(
+        self.put(
             slot,
             Entry {
                 ballot,
@@ -106,7 +237,7 @@ impl SlotLog {
 
     /// Marks the entry held in `slot`, if any, chosen.
     pub(super) fn mark_chosen(&mut self, slot: Slot) {
-        if let Some(e) = self.entries.get_mut(&slot) {
+        if let Some(e) = self.get_mut(slot) {
             e.chosen = true;
         }
     }
@@ -115,7 +246,7 @@ impl SlotLog {
     /// from storage).
     pub(super) fn mark_chosen_below(&mut self, below: Slot) {
         let start = self.start;
-        for (_, e) in self.entries.range_mut(start..below.max(start)) {
+        for e in self.range_mut(start, below.max(start)) {
             e.chosen = true;
         }
     }
@@ -124,7 +255,8 @@ impl SlotLog {
     /// entries between our commit point and `below` that were accepted at exactly
     /// `ballot` (see `Replica::learn_commit_point`).
     pub(super) fn mark_chosen_at(&mut self, ballot: Ballot, below: Slot) {
-        for (_, e) in self.entries.range_mut(self.commit_point..below) {
+        let from = self.commit_point;
+        for e in self.range_mut(from, below) {
             if !e.chosen && e.ballot == ballot {
                 e.chosen = true;
             }
@@ -136,7 +268,7 @@ impl SlotLog {
     /// test-only `SupersededLeaderAnnounces` mutation). Returns false, changing nothing,
     /// when the slot is already chosen.
     pub(super) fn learn(&mut self, slot: Slot, value: Value, keep_ballot: bool) -> bool {
-        match self.entries.get_mut(&slot) {
+        match self.get_mut(slot) {
             Some(e) if e.chosen => return false,
             Some(e) => {
                 if e.value != value && !keep_ballot {
@@ -145,16 +277,14 @@ impl SlotLog {
                 e.value = value;
                 e.chosen = true;
             }
-            None => {
-                self.entries.insert(
-                    slot,
-                    Entry {
-                        ballot: Ballot::ZERO,
-                        value,
-                        chosen: true,
-                    },
-                );
-            }
+            None => self.put(
+                slot,
+                Entry {
+                    ballot: Ballot::ZERO,
+                    value,
+                    chosen: true,
+                },
+            ),
         }
         true
     }
@@ -175,11 +305,11 @@ impl SlotLog {
         let mut c = from;
         #[cfg(test)]
         let skip_gaps = self.skip_gaps;
-        for (s, e) in self.entries.range(from..) {
-            if *s != c {
+        for (s, e) in self.range(from..) {
+            if s != c {
                 #[cfg(test)]
                 if skip_gaps && e.chosen {
-                    c = *s + 1;
+                    c = s + 1;
                     continue;
                 }
                 break;
@@ -198,16 +328,108 @@ impl SlotLog {
         if below <= self.start {
             return false;
         }
-        self.entries = self.entries.split_off(&below);
-        self.start = below;
+        self.drop_below(below);
         true
+    }
+
+    fn drop_below(&mut self, below: Slot) {
+        let n = below
+            .saturating_sub(self.base)
+            .min(self.entries.len() as Slot) as usize;
+        self.entries.drain(..n);
+        self.base = self.base.max(below);
+        // Keep the slot-indexed part starting with an entry.
+        while self.entries.front().is_some_and(Option::is_none) {
+            self.entries.pop_front();
+            self.base += 1;
+        }
+        if self.entries.is_empty() {
+            self.base = below;
+        }
+        self.far = self.far.split_off(&below);
+        self.start = below;
     }
 
     /// A checkpoint at `slot` was installed: everything below it is gone and chosen.
     pub(super) fn install(&mut self, slot: Slot) {
-        self.entries = self.entries.split_off(&slot);
-        self.start = slot;
+        self.drop_below(slot);
         self.commit_point = self.commit_point.max(slot);
         self.commit_point = self.first_unchosen(self.commit_point);
+    }
+}
+
+/// Two slot-ordered iterators over disjoint slots, merged in slot order.
+struct Merged<A: Iterator, B: Iterator> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<'a, A, B> Iterator for Merged<A, B>
+where
+    A: Iterator<Item = (Slot, &'a Entry)>,
+    B: Iterator<Item = (Slot, &'a Entry)>,
+{
+    type Item = (Slot, &'a Entry);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match (self.a.peek(), self.b.peek()) {
+            (Some((x, _)), Some((y, _))) if y < x => self.b.next(),
+            (Some(_), _) => self.a.next(),
+            (None, _) => self.b.next(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log against a `BTreeMap` model, through random puts, lookups, ranges and
+    /// compactions, including slots far enough apart to go to the side map.
+    #[test]
+    fn the_slot_indexed_log_behaves_like_a_sorted_map() {
+        use rand_chacha::ChaCha8Rng;
+        use rand_core::{Rng, SeedableRng};
+        for seed in 0..25 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut log = SlotLog::new(BTreeMap::new(), false);
+            let mut model: BTreeMap<Slot, u64> = BTreeMap::new();
+            let mut start = 0;
+            for step in 0..200 {
+                let near = start + rng.next_u64() % 64;
+                let slot = match rng.next_u64() % 10 {
+                    0 => start + MAX_GAP + rng.next_u64() % (4 * MAX_GAP),
+                    1 => start + rng.next_u64() % (3 * MAX_GAP),
+                    _ => near,
+                };
+                match rng.next_u64() % 6 {
+                    0 if step % 7 == 0 => {
+                        let below = start + rng.next_u64() % 80;
+                        if log.compact(below) {
+                            model = model.split_off(&below);
+                            start = below;
+                        }
+                    }
+                    _ => {
+                        log.accept(slot, Ballot::new(step, 1), Value::Noop);
+                        model.insert(slot, step);
+                    }
+                }
+                let got: Vec<(Slot, u64)> =
+                    log.range(..).map(|(s, e)| (s, e.ballot.round)).collect();
+                let want: Vec<(Slot, u64)> = model.iter().map(|(s, n)| (*s, *n)).collect();
+                assert_eq!(got, want, "seed {seed} step {step}");
+                let (lo, hi) = (start + 10, start + MAX_GAP * 2);
+                let got: Vec<Slot> = log.range(lo..hi).map(|(s, _)| s).collect();
+                let want: Vec<Slot> = model.range(lo..hi).map(|(s, _)| *s).collect();
+                assert_eq!(got, want, "seed {seed} step {step}: range");
+                assert_eq!(log.end(), model.last_key_value().map_or(0, |(s, _)| s + 1));
+                assert_eq!(
+                    log.get(slot).map(|e| e.ballot.round),
+                    model.get(&slot).copied()
+                );
+                assert!(log.entries.len() as Slot <= 64 + 4 * MAX_GAP + 8 * MAX_GAP);
+            }
+        }
     }
 }

@@ -367,7 +367,7 @@ impl<S: StateMachine> Replica<S> {
         self.log
             .range(from..)
             .map(|(s, e)| PromiseEntry {
-                slot: *s,
+                slot: s,
                 ballot: e.ballot,
                 value: e.value.clone(),
                 chosen: e.chosen,

@@ -73,7 +73,7 @@ impl<S: StateMachine> Replica<S> {
                 break;
             }
             entries.push(PromiseEntry {
-                slot: *s,
+                slot: s,
                 ballot: e.ballot,
                 value: e.value.clone(),
                 chosen: true,
@@ -82,7 +82,7 @@ impl<S: StateMachine> Replica<S> {
         if !truncated {
             for (s, e) in self.log.range(self.log.commit_point().max(from_slot)..) {
                 entries.push(PromiseEntry {
-                    slot: *s,
+                    slot: s,
                     ballot: e.ballot,
                     value: e.value.clone(),
                     chosen: e.chosen,
@@ -229,11 +229,11 @@ impl<S: StateMachine> Replica<S> {
             .range(c.from_slot..)
             .map(|(s, e)| {
                 (
-                    *s,
+                    s,
                     (
                         e.ballot,
                         e.value.clone(),
-                        e.chosen || *s < self.log.commit_point(),
+                        e.chosen || s < self.log.commit_point(),
                     ),
                 )
             })
