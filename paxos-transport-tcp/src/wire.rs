@@ -25,8 +25,11 @@ use crate::error::TcpError;
 /// client path (`NodeRequest`, `NodeResponse`). Version 4 transfers snapshots in pieces
 /// (`SnapshotChunk`, `SnapshotRequest`), so that a state larger than
 /// [`TcpConfig::max_frame_size`](crate::TcpConfig::max_frame_size) can reach a replica
-/// that fell behind; a version-3 node would not understand them.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// that fell behind; a version-3 node would not understand them. Version 5 adds the
+/// clock entries of session expiry (`Value::Clock`) to the log values that ACCEPT,
+/// NEW-VIEW, PROMISE and FETCH-REPLY carry and that log inspection returns; a version-4
+/// node could not decode them.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The first bytes of every handshake frame.
 pub(crate) const MAGIC: [u8; 4] = *b"PXTC";

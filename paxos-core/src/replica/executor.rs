@@ -214,6 +214,14 @@ impl<S: StateMachine> Replica<S> {
                         (!r.is_register()).then(|| postcard::from_bytes::<S::Command>(&r.payload));
                     (r.client, r.seq, command)
                 }
+                Some(Entry {
+                    value: Value::Clock { time, idle_limit },
+                    ..
+                }) => {
+                    let (time, idle_limit) = (*time, *idle_limit);
+                    self.execute_clock(time, idle_limit);
+                    continue;
+                }
                 _ => continue,
             };
             self.execute_request(slot, client, seq, command);
@@ -289,6 +297,22 @@ impl<S: StateMachine> Replica<S> {
             SessionCheck::Unknown => Response::SessionExpired,
         };
         self.reply_awaited(client, seq, response);
+    }
+
+    /// Executes a clock entry: advances the log time and expires the sessions idle
+    /// for more than `idle_limit` (see [`Sessions`]). Reads nothing replica-local.
+    pub(super) fn execute_clock(&mut self, time: u64, idle_limit: u64) {
+        let expired = self.exec.sessions.advance_time(time, idle_limit);
+        if expired > 0 {
+            self.exec.count().sessions_expired += expired as u64;
+            tracing::debug!(
+                node = self.cfg.id,
+                log_time = self.exec.sessions.log_time(),
+                expired,
+                left = self.exec.sessions.len(),
+                "idle sessions expired"
+            );
+        }
     }
 
     /// Replaces the replicated state with a checkpoint: verifies its digest, restores the

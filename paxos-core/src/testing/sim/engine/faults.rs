@@ -38,6 +38,11 @@ pub(crate) struct Faults {
     pub(crate) selective: bool,
     /// Crashed replicas stay down for 20 to 20 + `downtime` ticks.
     pub(crate) downtime: u64,
+    /// The replicas' [`Config::session_ttl_ticks`](crate::Config::session_ttl_ticks):
+    /// 0 (expiry off) unless a profile sets it.
+    pub(crate) session_ttl: u64,
+    /// The replicas' [`Config::session_clock_ticks`](crate::Config::session_clock_ticks).
+    pub(crate) session_clock: u64,
 }
 
 impl Faults {
@@ -87,6 +92,9 @@ impl Faults {
             max_sessions: 1024,
             selective: chance(rng, 0.3),
             downtime: 200,
+            // Not drawn, so that every seed's faults stay what they were before expiry.
+            session_ttl: 0,
+            session_clock: crate::config::DEFAULT_SESSION_CLOCK_TICKS,
         }
         .with_eviction(rng)
     }

@@ -488,6 +488,8 @@ impl<W: Workload> Sim<W> {
         cfg.max_inflight = 8;
         cfg.max_batch = 4;
         cfg.max_sessions = faults.max_sessions;
+        cfg.session_ttl_ticks = faults.session_ttl;
+        cfg.session_clock_ticks = faults.session_clock;
         // Checkpoints here are tens to hundreds of bytes: pieces of 8 to 32 bytes make every
         // state transfer take several round trips, which the network's loss,
         // duplication and reordering then interrupt (drawn from the seed, not from the
