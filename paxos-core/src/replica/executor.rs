@@ -302,6 +302,14 @@ impl<S: StateMachine> Replica<S> {
     /// Executes a clock entry: advances the log time and expires the sessions idle
     /// for more than `idle_limit` (see [`Sessions`]). Reads nothing replica-local.
     pub(super) fn execute_clock(&mut self, time: u64, idle_limit: u64) {
+        #[allow(unused_mut)]
+        let mut time = time;
+        #[cfg(test)]
+        match self.cfg.mutation {
+            Mutation::ExpiryOnLocalClock => time = self.now,
+            Mutation::ClockTimeAdded => time = time.saturating_add(self.exec.sessions.log_time()),
+            _ => {}
+        }
         let expired = self.exec.sessions.advance_time(time, idle_limit);
         if expired > 0 {
             self.exec.count().sessions_expired += expired as u64;
