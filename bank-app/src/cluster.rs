@@ -154,6 +154,15 @@ pub enum EntryValue {
         /// The command.
         command: BankCommand,
     },
+    /// A clock entry the leader proposed for session expiry (see
+    /// [`paxos_core::Sessions`]): log time became `time`, and sessions idle for more
+    /// than `idle_limit` ticks of log time were dropped.
+    Clock {
+        /// The log time it sets, in ticks.
+        time: u64,
+        /// The idleness, in ticks of log time, beyond which sessions expire.
+        idle_limit: u64,
+    },
     /// A request whose payload is not a bank command (it was rejected on execution).
     Undecodable {
         /// The client's session id.
@@ -183,6 +192,7 @@ impl EntryValue {
                     bytes: r.payload.len(),
                 },
             },
+            Value::Clock { time, idle_limit } => EntryValue::Clock { time, idle_limit },
         }
     }
 
@@ -193,13 +203,17 @@ impl EntryValue {
             EntryValue::Command { client, .. } | EntryValue::Undecodable { client, .. } => {
                 Some(*client)
             }
-            EntryValue::Register { .. } | EntryValue::Empty | EntryValue::Noop => None,
+            EntryValue::Register { .. }
+            | EntryValue::Empty
+            | EntryValue::Noop
+            | EntryValue::Clock { .. } => None,
         }
     }
 }
 
 impl fmt::Display for EntryValue {
-    /// `A->B 2`, `balance A`, `no-op`, `register c…`, `-` for an empty slot.
+    /// `A->B 2`, `balance A`, `no-op`, `register c…`, `clock t=…`, `-` for an empty
+    /// slot.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EntryValue::Empty => f.write_str("-"),
@@ -207,6 +221,7 @@ impl fmt::Display for EntryValue {
             EntryValue::Register { nonce } => write!(f, "register {}", ShortClient(*nonce)),
             EntryValue::Command { command, .. } => write!(f, "{}", CommandDisplay(command)),
             EntryValue::Undecodable { bytes, .. } => write!(f, "undecodable ({bytes} bytes)"),
+            EntryValue::Clock { time, .. } => write!(f, "clock t={time}"),
         }
     }
 }
@@ -365,6 +380,12 @@ mod tests {
         assert_eq!(register.to_string(), "register cabcdef01");
         assert_eq!(register.client(), None);
         assert_eq!(EntryValue::decode(Value::Noop).to_string(), "no-op");
+        let clock = EntryValue::decode(Value::Clock {
+            time: 4000,
+            idle_limit: 361_000,
+        });
+        assert_eq!(clock.to_string(), "clock t=4000");
+        assert_eq!(clock.client(), None);
         let junk = EntryValue::decode(request(4, vec![9, 9, 9]));
         assert_eq!(junk.to_string(), "undecodable (3 bytes)");
         let balance = BankCommand::Balance {

@@ -157,6 +157,8 @@ fn help_and_version_succeed() {
     let node_help = String::from_utf8_lossy(&node.stdout).into_owned();
     assert!(node_help.contains("bank-data/node-N"));
     assert!(node_help.contains("--admin-calls"), "{node_help}");
+    assert!(node_help.contains("--session-ttl <SECS>"), "{node_help}");
+    assert!(node_help.contains("[default: 3600]"), "{node_help}");
     let leader =
         String::from_utf8_lossy(&bank(&["leader", "transfer", "--help"]).stdout).into_owned();
     for documented in ["--to", "--timeout", "--admin-calls", "--json"] {

@@ -164,6 +164,17 @@ pub struct ClientOptions {
     pub max_backoff: Duration,
     /// The deadline [`Client::execute`] uses.
     pub default_deadline: Duration,
+    /// A client that has not completed a command for this long registers a fresh
+    /// session before its next one, rather than risk finding its session expired
+    /// (which fails that command with [`ClientError::SessionExpired`], its outcome
+    /// unknown). `None`: keep the session however long the client idles.
+    ///
+    /// Keep it below the cluster's session time-to-live in real time
+    /// ([`Config::session_ttl_ticks`](crate::Config::session_ttl_ticks) times
+    /// [`NodeOptions::tick`](crate::NodeOptions::tick)). Default 30 minutes, half of
+    /// the default time-to-live at the default tick. A fresh session costs one more
+    /// log entry, once per idle stretch.
+    pub session_idle_limit: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -173,6 +184,7 @@ impl Default for ClientOptions {
             min_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(500),
             default_deadline: Duration::from_secs(30),
+            session_idle_limit: Some(Duration::from_secs(30 * 60)),
         }
     }
 }
@@ -201,6 +213,12 @@ impl ClientOptions {
         self.default_deadline = d;
         self
     }
+
+    /// Sets [`ClientOptions::session_idle_limit`].
+    pub fn with_session_idle_limit(mut self, limit: Option<Duration>) -> Self {
+        self.session_idle_limit = limit;
+        self
+    }
 }
 
 /// Submits commands to a cluster with exactly-once semantics.
@@ -214,11 +232,26 @@ impl ClientOptions {
 /// One command is in flight per client (`execute` takes `&mut self`); run several
 /// clients for concurrency. A command whose deadline passes may still execute later,
 /// but never after a later command of the same client.
+///
+/// # When the session expires
+/// The cluster drops sessions that stay idle past its time-to-live
+/// ([`Config::session_ttl_ticks`](crate::Config::session_ttl_ticks)), and the least
+/// recently used ones when it holds too many (see [`Sessions`](crate::Sessions)). A
+/// command sent under a dropped session is not executed, and `execute` returns
+/// [`ClientError::SessionExpired`]: its outcome is unknown, since an earlier attempt
+/// of it may have executed before the session was dropped. The client then registers
+/// a new session by itself with its next command; whether to check the state and
+/// resubmit the failed command is the caller's decision. To keep idle stretches from
+/// ending this way, a client idle for [`ClientOptions::session_idle_limit`] registers
+/// afresh before its next command.
 pub struct Client<S> {
     /// Recognises the reply to this client's registration.
     id: ClientId,
     /// The session the cluster assigned, once registered.
     session: Option<ClientId>,
+    /// When the latest command (or registration) that completed under `session` was
+    /// first sent: the session's last use the cluster could have seen, at the earliest.
+    last_used: Option<Instant>,
     next_seq: u64,
     endpoints: Vec<Arc<dyn Endpoint>>,
     leader: Option<usize>,
@@ -261,6 +294,7 @@ impl<S: StateMachine> Client<S> {
         Client {
             id,
             session: None,
+            last_used: None,
             next_seq: 1,
             endpoints,
             leader: None,
@@ -303,23 +337,35 @@ impl<S: StateMachine> Client<S> {
         command: &S::Command,
         timeout: Duration,
     ) -> Result<S::Output, ClientError> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let payload = encode_command::<S>(command)?;
+        if let (Some(limit), Some(used)) = (self.options.session_idle_limit, self.last_used) {
+            if start.saturating_duration_since(used) >= limit {
+                // The cluster may have expired the session meanwhile: start a new one
+                // rather than have this command fail with an unknown outcome.
+                debug!(client = self.id, session = ?self.session, "idle past the limit: registering a new session");
+                self.drop_session();
+            }
+        }
         let session = match self.session {
             Some(s) => s,
             None => {
+                let sent = Instant::now();
                 let reply = self
                     .call_until(Request::register(self.id), deadline)
                     .await?;
                 let s: ClientId = postcard::from_bytes(&reply)
                     .map_err(|e| ClientError::Codec(format!("session id: {e}")))?;
                 self.session = Some(s);
+                self.last_used = Some(sent);
                 self.next_seq = 1;
                 s
             }
         };
         let seq = self.next_seq;
         self.next_seq += 1;
+        let sent = Instant::now();
         let bytes = self
             .call_until(
                 Request {
@@ -330,7 +376,16 @@ impl<S: StateMachine> Client<S> {
                 deadline,
             )
             .await?;
+        self.last_used = Some(sent);
         decode_output::<S>(&bytes)
+    }
+
+    /// Forgets the session: the next command registers a new one, under a new nonce.
+    fn drop_session(&mut self) {
+        self.session = None;
+        self.last_used = None;
+        self.id = os_nonce();
+        self.next_seq = 1;
     }
 
     /// Reads with `command`, a read-only command (one [`StateMachine::query`] answers),
@@ -414,9 +469,7 @@ impl<S: StateMachine> Client<S> {
                     redirects < self.endpoints.len()
                 }
                 Ok(Ok(Response::SessionExpired)) => {
-                    self.session = None;
-                    self.id = os_nonce();
-                    self.next_seq = 1;
+                    self.drop_session();
                     return Err(ClientError::SessionExpired);
                 }
                 Ok(Ok(Response::Invalid { reason })) => return Err(ClientError::Invalid(reason)),
@@ -544,6 +597,7 @@ mod tests {
             min_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
             default_deadline: Duration::from_millis(200),
+            session_idle_limit: None,
         };
         let mut client: Client<Echo> = Client::with_options(vec![Arc::new(OffByOne)], options);
         let got = client.execute(&7).await;
@@ -552,6 +606,93 @@ mod tests {
             matches!(got, Err(ClientError::Timeout)),
             "the answer of another request was returned: {got:?}"
         );
+    }
+
+    /// A one-node "cluster" that registers sessions (ids 100, 101, ...), echoes
+    /// commands, and answers `SessionExpired` for sessions it was told to expire.
+    #[derive(Default)]
+    struct Expiring {
+        state: std::sync::Mutex<ExpiringState>,
+    }
+
+    #[derive(Default)]
+    struct ExpiringState {
+        next_session: u64,
+        expired: Vec<ClientId>,
+        nonces: Vec<ClientId>,
+        executed: Vec<(ClientId, u64)>,
+    }
+
+    #[async_trait]
+    impl Endpoint for Expiring {
+        fn node(&self) -> NodeId {
+            1
+        }
+
+        async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
+            let mut st = self.state.lock().unwrap();
+            let response = if request.is_register() {
+                st.nonces.push(request.client);
+                let id = 100 + st.next_session;
+                st.next_session += 1;
+                Response::Ok(postcard::to_allocvec(&id).unwrap().into())
+            } else if st.expired.contains(&request.client) {
+                Response::SessionExpired
+            } else {
+                st.executed.push((request.client, request.seq));
+                Response::Ok(request.payload.clone())
+            };
+            Ok(Reply {
+                client: request.client,
+                seq: request.seq,
+                response,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_session_fails_one_command_then_the_client_registers_again() {
+        let cluster = Arc::new(Expiring::default());
+        let options = ClientOptions::default().with_session_idle_limit(None);
+        let mut client: Client<Echo> = Client::with_options(vec![cluster.clone()], options);
+        assert_eq!(client.execute(&1).await, Ok(1));
+        assert_eq!(client.execute(&2).await, Ok(2));
+        assert_eq!(client.session(), Some(100));
+        let first_nonce = client.id();
+        cluster.state.lock().unwrap().expired.push(100);
+        // The command is not executed, and the caller is told its outcome is unknown.
+        assert_eq!(client.execute(&3).await, Err(ClientError::SessionExpired));
+        assert_eq!(client.session(), None);
+        assert_ne!(client.id(), first_nonce, "a new session gets a new nonce");
+        // The next command runs under a new session, numbered from 1 again.
+        assert_eq!(client.execute(&4).await, Ok(4));
+        assert_eq!(client.session(), Some(101));
+        let st = cluster.state.lock().unwrap();
+        assert_eq!(st.executed, [(100, 1), (100, 2), (101, 1)]);
+        assert_eq!(st.nonces.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_idle_past_its_limit_registers_before_its_next_command() {
+        let cluster = Arc::new(Expiring::default());
+        let options =
+            ClientOptions::default().with_session_idle_limit(Some(Duration::from_secs(60)));
+        let mut client: Client<Echo> = Client::with_options(vec![cluster.clone()], options);
+        assert_eq!(client.execute(&1).await, Ok(1));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(client.execute(&2).await, Ok(2));
+        assert_eq!(
+            client.session(),
+            Some(100),
+            "idle below the limit: same session"
+        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // Meanwhile the cluster expired the session: the client never uses it again.
+        cluster.state.lock().unwrap().expired.push(100);
+        assert_eq!(client.execute(&3).await, Ok(3));
+        assert_eq!(client.session(), Some(101));
+        let st = cluster.state.lock().unwrap();
+        assert_eq!(st.executed, [(100, 1), (100, 2), (101, 1)]);
     }
 
     #[test]

@@ -12,6 +12,12 @@ pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// The default [`Config::max_snapshot_bytes`]: 1 GiB.
 pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
+/// The default [`Config::session_ttl_ticks`]: one hour at a 10 ms tick.
+pub const DEFAULT_SESSION_TTL_TICKS: u64 = 360_000;
+
+/// The default [`Config::session_clock_ticks`]: 10 s at a 10 ms tick.
+pub const DEFAULT_SESSION_CLOCK_TICKS: u64 = 1_000;
+
 /// How a [`Replica`](crate::Replica) behaves. Times are counted in ticks: the driver
 /// decides how long a tick is ([`NodeOptions::tick`](crate::NodeOptions)).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +52,26 @@ pub struct Config {
     pub max_pending: usize,
     /// The most client sessions kept; the least recently used is dropped beyond it.
     pub max_sessions: usize,
+    /// Client sessions idle for this many ticks expire (0: never). Counted from the
+    /// moment the leader received the session's last request that executed, on the
+    /// leaders' clocks: a session is never dropped sooner, and is dropped within about
+    /// `session_ttl_ticks + 2 × session_clock_ticks` while the cluster can commit. See
+    /// [`Sessions`](crate::Sessions) for the rule and for what the client then sees.
+    ///
+    /// Default 360,000 (one hour at a 10 ms tick): long enough that a live client
+    /// rarely idles past it (and a [`Client`](crate::Client) idle for
+    /// [`ClientOptions::session_idle_limit`](crate::ClientOptions), 30 minutes by
+    /// default, registers afresh before it could), short enough that the sessions of
+    /// clients that died stop taking memory and checkpoint space within the hour,
+    /// rather than only when `max_sessions` is reached. It is the leader's value that
+    /// counts (it is written into the log with each clock entry), so replicas that
+    /// disagree about it do not diverge; set it the same everywhere all the same.
+    pub session_ttl_ticks: u64,
+    /// While sessions exist and `session_ttl_ticks` is not 0, the leader proposes a
+    /// clock entry ([`Value::Clock`](crate::Value::Clock)) every this many ticks: the
+    /// resolution of session expiry, at the cost of one log entry per period.
+    /// Positive. Default 1,000 (10 s at a 10 ms tick).
+    pub session_clock_ticks: u64,
     /// Every this many executed slots the replica checkpoints its state machine and
     /// session table and compacts its log below the previous checkpoint. 0 disables
     /// checkpoints (the log then grows without bound). Taking one calls
@@ -83,6 +109,8 @@ impl Config {
             max_batch: 1024,
             max_pending: 65_536,
             max_sessions: 100_000,
+            session_ttl_ticks: DEFAULT_SESSION_TTL_TICKS,
+            session_clock_ticks: DEFAULT_SESSION_CLOCK_TICKS,
             checkpoint_interval: 1000,
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
@@ -117,6 +145,7 @@ impl Config {
             ("max_batch", self.max_batch as u64),
             ("max_pending", self.max_pending as u64),
             ("max_sessions", self.max_sessions as u64),
+            ("session_clock_ticks", self.session_clock_ticks),
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes as u64),
             ("max_snapshot_bytes", self.max_snapshot_bytes),
         ];

@@ -33,6 +33,14 @@ pub struct Counters {
     pub snapshots_installed: u64,
     /// Checkpoints this replica took of its own state.
     pub checkpoints_taken: u64,
+    /// Client sessions this replica dropped for being idle past their time-to-live
+    /// (executing clock entries; see [`Sessions`](crate::Sessions)). Every replica
+    /// drops the same ones; a replica that installed a snapshot did not count those
+    /// the snapshot covers.
+    pub sessions_expired: u64,
+    /// Clock entries ([`Value::Clock`](crate::Value::Clock)) this replica proposed
+    /// as leader (not counted in `proposals`).
+    pub clocks_proposed: u64,
 }
 
 #[cfg(test)]

@@ -140,7 +140,10 @@ mod types;
 pub use client::{
     Client, ClientOptions, Endpoint, EndpointError, EndpointErrorKind, MismatchedReply,
 };
-pub use config::{Config, DEFAULT_MAX_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_CHUNK_BYTES, MAX_MEMBERS};
+pub use config::{
+    Config, DEFAULT_MAX_SNAPSHOT_BYTES, DEFAULT_SESSION_CLOCK_TICKS, DEFAULT_SESSION_TTL_TICKS,
+    DEFAULT_SNAPSHOT_CHUNK_BYTES, MAX_MEMBERS,
+};
 pub use counters::Counters;
 pub use error::{
     CheckpointError, ClientError, ConfigError, ErrorCause, NodeError, ReplicaError, RestoreError,

@@ -40,8 +40,16 @@ pub(crate) enum Mutation {
     ClientChosenSessionIds,
     /// A duplicate request is answered with a garbled copy of the cached reply.
     GarbledCachedReply,
-    /// A request whose session is unknown (evicted) is executed anyway.
+    /// A request whose session is unknown (evicted or expired) is executed anyway.
     ExpiredSessionExecutes,
+    /// Executing a clock entry expires sessions by the executing replica's own clock
+    /// (its tick count) instead of the time the entry carries: replicas whose clocks
+    /// differ (restarts, skew, pauses) drop different sessions.
+    ExpiryOnLocalClock,
+    /// Executing a clock entry adds its time to the log time instead of taking the
+    /// later of the two (a time read as an increment): log time runs ahead of every
+    /// leader's clock and sessions expire before their time-to-live.
+    ClockTimeAdded,
     /// Quorums of two, whatever the cluster size: right with three replicas only.
     QuorumOfTwo,
     /// A pre-vote needs every member, not a majority: no election while one is down.

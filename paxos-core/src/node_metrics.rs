@@ -66,6 +66,10 @@ pub mod names {
     pub const SNAPSHOTS_INSTALLED: &str = "paxos_snapshots_installed_total";
     /// Counter: checkpoints taken.
     pub const CHECKPOINTS: &str = "paxos_checkpoints_taken_total";
+    /// Counter: client sessions dropped for being idle past their time-to-live.
+    pub const SESSIONS_EXPIRED: &str = "paxos_sessions_expired_total";
+    /// Counter: clock entries (for session expiry) proposed as leader.
+    pub const CLOCKS_PROPOSED: &str = "paxos_clocks_proposed_total";
     /// Counter: driver rounds (inputs folded, then persist, send, reply).
     pub const ROUNDS: &str = "paxos_rounds_total";
     /// Counter, label `kind`: protocol messages received from peers.
@@ -161,6 +165,8 @@ pub(crate) struct NodeMetrics {
     snapshots_sent: Counter,
     snapshots_installed: Counter,
     checkpoints: Counter,
+    sessions_expired: Counter,
+    clocks_proposed: Counter,
     rounds: Counter,
     received: Vec<Counter>,
     persist_seconds: Histogram,
@@ -198,6 +204,8 @@ impl NodeMetrics {
             snapshots_sent: counter!(SNAPSHOTS_SENT, "node" => n.clone()),
             snapshots_installed: counter!(SNAPSHOTS_INSTALLED, "node" => n.clone()),
             checkpoints: counter!(CHECKPOINTS, "node" => n.clone()),
+            sessions_expired: counter!(SESSIONS_EXPIRED, "node" => n.clone()),
+            clocks_proposed: counter!(CLOCKS_PROPOSED, "node" => n.clone()),
             rounds: counter!(ROUNDS, "node" => n.clone()),
             received: KINDS
                 .iter()
@@ -269,5 +277,7 @@ impl NodeMetrics {
         self.snapshots_sent.absolute(c.snapshots_sent);
         self.snapshots_installed.absolute(c.snapshots_installed);
         self.checkpoints.absolute(c.checkpoints_taken);
+        self.sessions_expired.absolute(c.sessions_expired);
+        self.clocks_proposed.absolute(c.clocks_proposed);
     }
 }

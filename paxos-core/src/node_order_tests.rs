@@ -470,6 +470,7 @@ async fn run_cluster(order: FlushOrder) -> Run {
             min_backoff: Duration::from_millis(2),
             max_backoff: Duration::from_millis(20),
             default_deadline: Duration::from_secs(3),
+            session_idle_limit: None,
         };
         let mut client: Client<Positions> = Client::with_id(100 + c, endpoints, options);
         let (clock, history) = (clock.clone(), history.clone());

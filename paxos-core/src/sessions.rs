@@ -1,14 +1,19 @@
 //! The replicated session table behind exactly-once execution.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{ClientId, Slot};
 
-/// One client's session: its latest executed request and the reply it got.
+/// One client's session: its latest executed request, the reply it got, and when the
+/// session was last used.
+///
+/// `#[non_exhaustive]`: sessions are made by the table ([`Sessions::register`]) and read
+/// through [`Sessions::get`] or [`Sessions::to_sorted_vec`], not built by hand.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Session {
     /// The highest request number executed (0 right after registration).
     pub last_seq: u64,
@@ -16,6 +21,9 @@ pub struct Session {
     pub reply: Bytes,
     /// The slot that last touched the session (for least-recently-used eviction).
     pub last_slot: Slot,
+    /// The [log time](Sessions::log_time) when the session was last touched (registered,
+    /// or a new request executed): what expiry measures idleness from.
+    pub last_active: u64,
 }
 
 /// What executing a request against the session table decided.
@@ -27,7 +35,7 @@ pub enum SessionCheck {
     Duplicate(Bytes),
     /// The request is older than the session's latest: a late duplicate.
     Stale,
-    /// The session does not exist (never registered, or evicted).
+    /// The session does not exist (never registered, evicted or expired).
     Unknown,
 }
 
@@ -42,23 +50,78 @@ pub enum SessionCheck {
 /// a request whose number is not above the session's latest applies nothing and answers
 /// with the cached reply (same number) or [`SessionCheck::Stale`] (older number).
 ///
-/// **How long sessions are kept.** At most `max_sessions` sessions live at once (see
-/// [`Config::max_sessions`](crate::Config)); registering one more drops the session
-/// least recently used, by slot order, so every replica drops the same one. A client
-/// whose session was dropped gets
-/// [`Response::SessionExpired`](crate::Response::SessionExpired) for its next request,
-/// which is then *not* executed; since the client cannot know whether an earlier
-/// attempt of that request was, [`Client`](crate::Client) reports
-/// [`ClientError::SessionExpired`](crate::ClientError::SessionExpired) and registers a
-/// fresh session for the requests that follow.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// # How long sessions are kept
+/// A session goes away in one of two ways, decided by the log alone so that every
+/// replica drops the same sessions at the same slot:
+/// - **Expiry** (idle sessions, e.g. of clients that died). The table keeps a *log
+///   time* ([`Sessions::log_time`]) that only moves when a clock entry
+///   ([`Value::Clock`](crate::Value::Clock)) executes, and stamps each session with
+///   the log time of its registration and of each request it executes
+///   ([`Session::last_active`]). The leader proposes a clock entry every
+///   [`Config::session_clock_ticks`](crate::Config::session_clock_ticks) ticks while
+///   sessions exist; its time is the log time the leader had executed plus the ticks
+///   the leader counted since, so log time never runs faster than a leader's clock.
+///   Executing one ([`Sessions::advance_time`]) drops every session idle for more than
+///   the entry's `idle_limit`, which the leader sets to
+///   [`Config::session_ttl_ticks`](crate::Config::session_ttl_ticks) plus one clock
+///   period. The outcome: a session is never dropped before
+///   `session_ttl_ticks` ticks (of the leading replicas' clocks) have passed since the
+///   leader received the last request of it that executed, and is dropped within
+///   about `session_ttl_ticks + 2 × session_clock_ticks` after that when the cluster
+///   can commit. A retry answered from the cache does not count as use. Replicas never
+///   consult their own clocks for this: a clock entry carries its time and limit.
+///   `session_ttl_ticks = 0` turns expiry off (no clock entries are proposed).
+/// - **Eviction** (too many sessions). At most `max_sessions` sessions live at once
+///   (see [`Config::max_sessions`](crate::Config)); registering one more drops the
+///   session least recently used, by slot order.
+///
+/// # What a client whose session went away sees, and how it recovers
+/// Its next request gets
+/// [`Response::SessionExpired`](crate::Response::SessionExpired) and is *not* executed
+/// (nor will any later copy of it be: session ids are slots, never reused). Since
+/// the client cannot know whether an earlier attempt of that request executed before
+/// the session went away, [`Client`](crate::Client) reports
+/// [`ClientError::SessionExpired`](crate::ClientError::SessionExpired) ("may or may
+/// not have been executed") for it, and registers a fresh session for the requests
+/// that follow; the caller decides whether to check and resubmit. A `Client` that has
+/// been idle for longer than
+/// [`ClientOptions::session_idle_limit`](crate::ClientOptions) registers a fresh
+/// session before its next request instead of finding out this way.
+///
+/// # Cost
+/// Registering, recording and checking are O(1) amortised: the table keeps a queue of
+/// `(slot, client)` touches appended in slot order (execution is in slot order and
+/// each slot touches at most one session, so the queue is sorted by construction).
+/// An entry whose session was touched again later is stale and skipped when it reaches
+/// the front; the queue is rebuilt without stale entries when it grows past twice the
+/// table. Eviction and expiry pop from the front: least recently used first, which is
+/// also least recently active first, since log time never goes back along the log.
+#[derive(Clone, Debug, Default)]
 pub struct Sessions {
     map: HashMap<ClientId, Session>,
-    by_age: BTreeSet<(Slot, ClientId)>,
+    /// Every touch `(slot, client)`, sorted; an entry is live when it is the client's
+    /// `last_slot`, stale otherwise.
+    order: VecDeque<(Slot, ClientId)>,
+    /// The latest time of the clock entries executed (0 before the first).
+    log_time: u64,
 }
 
+/// The queue may hold this many stale entries beyond the table's size before it is
+/// rebuilt (so that a small table is not rebuilt at every touch).
+const ORDER_SLACK: usize = 64;
+
+impl PartialEq for Sessions {
+    /// Two tables are equal when they hold the same sessions at the same log time (how
+    /// many stale entries their queues still carry does not matter).
+    fn eq(&self, other: &Self) -> bool {
+        self.log_time == other.log_time && self.map == other.map
+    }
+}
+
+impl Eq for Sessions {}
+
 impl Sessions {
-    /// An empty table.
+    /// An empty table at log time 0.
     pub fn new() -> Self {
         Self::default()
     }
@@ -78,6 +141,13 @@ impl Sessions {
         self.map.get(&client)
     }
 
+    /// The log time: the latest time of the clock entries executed, 0 before the first.
+    /// It is replicated state (every replica has the same at the same slot) and part of
+    /// every checkpoint. Counted in ticks of the leaders that proposed the entries.
+    pub fn log_time(&self) -> u64 {
+        self.log_time
+    }
+
     /// Decides what to do with request `seq` of `client`.
     pub fn check(&self, client: ClientId, seq: u64) -> SessionCheck {
         match self.map.get(&client) {
@@ -90,18 +160,22 @@ impl Sessions {
 
     /// Registers `client` at `slot`, evicting the least recently used session when the
     /// table holds `max` already. Registering an existing session only touches it.
+    /// The session is stamped with the current [log time](Self::log_time).
+    ///
+    /// Slots are expected in increasing order across calls (as execution gives them);
+    /// an older slot is still placed correctly, at O(n) cost.
     pub fn register(&mut self, client: ClientId, slot: Slot, max: usize) {
+        let now = self.log_time;
         if let Some(s) = self.map.get_mut(&client) {
-            self.by_age.remove(&(s.last_slot, client));
             s.last_slot = slot;
-            self.by_age.insert((slot, client));
+            s.last_active = now;
+            self.touch(slot, client);
             return;
         }
         while self.map.len() >= max.max(1) {
-            let Some(oldest) = self.by_age.pop_first() else {
+            if self.pop_oldest().is_none() {
                 break;
-            };
-            self.map.remove(&oldest.1);
+            }
         }
         self.map.insert(
             client,
@@ -109,21 +183,50 @@ impl Sessions {
                 last_seq: 0,
                 reply: Bytes::new(),
                 last_slot: slot,
+                last_active: now,
             },
         );
-        self.by_age.insert((slot, client));
+        self.touch(slot, client);
     }
 
-    /// Records that request `seq` of `client` was executed at `slot` with `reply`.
-    /// Does nothing for an unknown session.
+    /// Records that request `seq` of `client` was executed at `slot` with `reply`,
+    /// stamping the session with the current [log time](Self::log_time). Does nothing
+    /// for an unknown session. Slots are expected in increasing order, as for
+    /// [`register`](Self::register).
     pub fn record(&mut self, client: ClientId, seq: u64, reply: Bytes, slot: Slot) {
+        let now = self.log_time;
         if let Some(s) = self.map.get_mut(&client) {
-            self.by_age.remove(&(s.last_slot, client));
             s.last_seq = seq;
             s.reply = reply;
             s.last_slot = slot;
-            self.by_age.insert((slot, client));
+            s.last_active = now;
+            self.touch(slot, client);
         }
+    }
+
+    /// Executes a clock entry: the log time becomes `max(log time, time)`, then every
+    /// session idle for more than `idle_limit` (log time minus its
+    /// [`last_active`](Session::last_active)) is dropped. Returns how many were.
+    ///
+    /// Sessions are examined least recently used first and the scan stops at the first
+    /// one still in use, so the work is proportional to the sessions dropped.
+    pub fn advance_time(&mut self, time: u64, idle_limit: u64) -> usize {
+        self.log_time = self.log_time.max(time);
+        let mut expired = 0;
+        while let Some(&(slot, client)) = self.order.front() {
+            match self.map.get(&client) {
+                Some(s) if s.last_slot == slot => {
+                    if self.log_time.saturating_sub(s.last_active) <= idle_limit {
+                        break;
+                    }
+                    self.map.remove(&client);
+                    expired += 1;
+                }
+                _ => {} // stale: the session was touched again later, or is gone
+            }
+            self.order.pop_front();
+        }
+        expired
     }
 
     /// All sessions, sorted by client id (for snapshots and inspection).
@@ -133,19 +236,69 @@ impl Sessions {
         v
     }
 
-    /// Rebuilds a table from [`Sessions::to_sorted_vec`].
+    /// Rebuilds a table from [`Sessions::to_sorted_vec`], at the log time of its most
+    /// recently active session. Use [`Sessions::restore`] to give the log time.
     pub fn from_vec(v: Vec<(ClientId, Session)>) -> Self {
-        let mut t = Sessions::new();
-        for (c, s) in v {
-            t.by_age.insert((s.last_slot, c));
-            t.map.insert(c, s);
+        let log_time = v.iter().map(|(_, s)| s.last_active).max().unwrap_or(0);
+        Self::restore(log_time, v)
+    }
+
+    /// Rebuilds a table from [`Sessions::to_sorted_vec`] and [`Sessions::log_time`]
+    /// (what a checkpoint holds).
+    pub fn restore(log_time: u64, v: Vec<(ClientId, Session)>) -> Self {
+        let mut order: Vec<(Slot, ClientId)> = v.iter().map(|(c, s)| (s.last_slot, *c)).collect();
+        order.sort_unstable();
+        Sessions {
+            map: v.into_iter().collect(),
+            order: order.into(),
+            log_time,
         }
-        t
+    }
+
+    /// Appends the touch of `client` at `slot` to the queue, keeping it sorted, and
+    /// rebuilds the queue when stale entries dominate it.
+    fn touch(&mut self, slot: Slot, client: ClientId) {
+        let key = (slot, client);
+        match self.order.back() {
+            Some(&last) if last == key => return,
+            Some(&last) if last > key => {
+                // Out of slot order (only by direct use of the API): insert in place.
+                let at = self.order.partition_point(|e| *e < key);
+                if self.order.get(at) != Some(&key) {
+                    self.order.insert(at, key);
+                }
+            }
+            _ => self.order.push_back(key),
+        }
+        if self.order.len() > 2 * self.map.len() + ORDER_SLACK {
+            let map = &self.map;
+            self.order
+                .retain(|(slot, client)| map.get(client).is_some_and(|s| s.last_slot == *slot));
+        }
+    }
+
+    /// Drops the least recently used session and returns its id.
+    fn pop_oldest(&mut self) -> Option<ClientId> {
+        while let Some((slot, client)) = self.order.pop_front() {
+            if self.map.get(&client).is_some_and(|s| s.last_slot == slot) {
+                self.map.remove(&client);
+                return Some(client);
+            }
+        }
+        None
+    }
+
+    /// The queue's length (stale entries included), for tests of its bound.
+    #[cfg(test)]
+    fn queue_len(&self) -> usize {
+        self.order.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -176,5 +329,121 @@ mod tests {
         assert_eq!(t.len(), 2);
         let rebuilt = Sessions::from_vec(t.to_sorted_vec());
         assert_eq!(rebuilt, t);
+    }
+
+    #[test]
+    fn idle_sessions_expire_by_log_time_only() {
+        let mut t = Sessions::new();
+        t.register(1, 0, 10); // active at log time 0
+        assert_eq!(t.advance_time(50, 100), 0);
+        t.register(2, 1, 10); // active at 50
+        t.record(1, 1, Bytes::new(), 2); // 1 active again at 50
+        assert_eq!(t.advance_time(150, 100), 0, "idle for exactly the limit");
+        // A clock with an older time changes nothing.
+        assert_eq!(t.advance_time(10, 100), 0);
+        assert_eq!(t.log_time(), 150);
+        t.register(3, 3, 10); // active at 150
+        assert_eq!(t.advance_time(151, 100), 2, "1 and 2 idle for 101");
+        assert!(t.get(1).is_none() && t.get(2).is_none());
+        assert_eq!(t.get(3).map(|s| s.last_active), Some(150));
+        assert_eq!(t.check(1, 2), SessionCheck::Unknown);
+        // Restored from a checkpoint, the table is the same, log time included.
+        let rebuilt = Sessions::restore(t.log_time(), t.to_sorted_vec());
+        assert_eq!(rebuilt, t);
+        assert_eq!(Sessions::from_vec(t.to_sorted_vec()).log_time(), 150);
+    }
+
+    /// The reference the table must agree with: the former implementation, an ordered
+    /// set of `(last slot, client)` with a remove and an insert per touch.
+    #[derive(Default)]
+    struct Reference {
+        map: HashMap<ClientId, (Slot, u64)>,
+        by_age: BTreeSet<(Slot, ClientId)>,
+        time: u64,
+    }
+
+    impl Reference {
+        fn touch(&mut self, client: ClientId, slot: Slot, max: usize, register: bool) {
+            if let Some(&(old, _)) = self.map.get(&client) {
+                self.by_age.remove(&(old, client));
+            } else if register {
+                while self.map.len() >= max {
+                    let Some((_, c)) = self.by_age.pop_first() else {
+                        break;
+                    };
+                    self.map.remove(&c);
+                }
+            } else {
+                return;
+            }
+            self.map.insert(client, (slot, self.time));
+            self.by_age.insert((slot, client));
+        }
+
+        fn advance(&mut self, time: u64, limit: u64) {
+            self.time = self.time.max(time);
+            let now = self.time;
+            let map = &mut self.map;
+            self.by_age.retain(|(_, c)| {
+                let keep = now - map[c].1 <= limit;
+                if !keep {
+                    map.remove(c);
+                }
+                keep
+            });
+        }
+    }
+
+    #[test]
+    fn the_queue_agrees_with_an_ordered_set_and_stays_bounded() {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let (mut t, mut r) = (Sessions::new(), Reference::default());
+        let max = 20;
+        let mut time = 0;
+        for slot in 0..20_000u64 {
+            let client = next() % 40;
+            match next() % 10 {
+                0..=2 => {
+                    t.register(client, slot, max);
+                    r.touch(client, slot, max, true);
+                }
+                3 => {
+                    time += next() % 30;
+                    t.advance_time(time, 60);
+                    r.advance(time, 60);
+                }
+                _ => {
+                    t.record(client, slot, Bytes::new(), slot);
+                    r.touch(client, slot, max, false);
+                }
+            }
+            let mine: BTreeSet<ClientId> = t.map.keys().copied().collect();
+            let theirs: BTreeSet<ClientId> = r.map.keys().copied().collect();
+            assert_eq!(mine, theirs, "after slot {slot}");
+            for (c, (s, active)) in &r.map {
+                let got = &t.map[c];
+                assert_eq!((got.last_slot, got.last_active), (*s, *active));
+            }
+            assert!(t.queue_len() <= 2 * t.len() + ORDER_SLACK + 1);
+        }
+    }
+
+    #[test]
+    fn touches_out_of_slot_order_keep_the_order_exact() {
+        let mut t = Sessions::new();
+        t.register(1, 10, 3);
+        t.register(2, 5, 3); // older slot than 1's
+        t.register(3, 7, 3);
+        t.register(4, 11, 3); // evicts the least recently used by slot: 2
+        assert!(t.get(2).is_none());
+        t.register(5, 12, 3); // then 3
+        assert!(t.get(3).is_none());
+        assert!(t.get(1).is_some() && t.get(4).is_some() && t.get(5).is_some());
     }
 }

@@ -63,6 +63,11 @@ mod tests {
         run_seeds("simulation (session eviction)", seeds(300), eviction);
     }
 
+    #[test]
+    fn simulation_holds_invariants_with_session_expiry() {
+        run_seeds("simulation (session expiry)", seeds(300), expiry);
+    }
+
     fn run_seeds(name: &str, seeds: Vec<u64>, tweak: fn(&mut Faults)) {
         let mut total = Stats::default();
         for &seed in &seeds {
@@ -83,6 +88,7 @@ mod tests {
                     total.recoveries += s.recoveries;
                     total.pauses += s.pauses;
                     total.expired += s.expired;
+                    total.clocks += s.clocks;
                 }
                 Err(v) => panic!(
                     "{name}: seed {seed} failed: {v}\nreplay: PAXOS_SIM_SEED={seed} cargo test -p paxos-core sim::tests -- --nocapture"
@@ -91,7 +97,7 @@ mod tests {
         }
         // Written to stderr directly so the counts show without `--nocapture`.
         let line = format!(
-            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes ({} mid-round), {} new views, {} snapshots sent ({} pieces), {} requests completed, {} reads, {} leader transfers, {} wiped and {} recovered, {} pauses, {} expired sessions",
+            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes ({} mid-round), {} new views, {} snapshots sent ({} pieces), {} requests completed, {} reads, {} leader transfers, {} wiped and {} recovered, {} pauses, {} expired sessions, {} clock entries",
             seeds.len(),
             total.steps,
             total.ticks,
@@ -107,7 +113,8 @@ mod tests {
             total.amnesia,
             total.recoveries,
             total.pauses,
-            total.expired
+            total.expired,
+            total.clocks
         );
         let _ = writeln!(std::io::stderr().lock(), "{line}");
         assert!(
@@ -194,6 +201,19 @@ mod tests {
         f.long_delay = f.long_delay.max(0.1);
     }
 
+    /// Session expiry on, with time-to-lives of 30 to 150 ticks and a clock entry every
+    /// 5 to 20 ticks (varied with the drawn fault span), among three or five replicas
+    /// with the drawn faults plus crashes: sessions expire while their clients wait out
+    /// lost requests, stale leaders, crashes and pauses, and after they finish.
+    fn expiry(f: &mut Faults) {
+        f.session_ttl = 30 + f.fault_ticks % 121;
+        f.session_clock = 5 + f.fault_ticks % 16;
+        f.crashes = true;
+        f.requests_per_client = f.requests_per_client.max(10);
+        // The TTL check holds where only expiry drops sessions.
+        f.max_sessions = 1024;
+    }
+
     fn caught_in(
         m: Mutation,
         profile: fn(&mut Faults),
@@ -275,6 +295,32 @@ mod tests {
         // Seed 851 when this was written (two values chosen in one slot: a counted
         // ACCEPTED whose accept was lost in the crash).
         assert_caught(Mutation::VotesLeaveEarly, torn_rounds, 1500);
+    }
+
+    #[test]
+    fn mutant_executing_requests_of_expired_sessions_is_caught() {
+        // The same broken rule as above, reached through expiry instead of eviction.
+        assert_caught(Mutation::ExpiredSessionExecutes, expiry, 500);
+    }
+
+    #[test]
+    fn mutant_expiring_sessions_by_the_replicas_own_clock_is_caught() {
+        // Replicas whose clocks differ drop different sessions, then execute different
+        // requests: caught as diverging executed histories or outputs.
+        assert_caught(Mutation::ExpiryOnLocalClock, expiry, 500);
+    }
+
+    #[test]
+    fn mutant_running_log_time_ahead_is_caught_by_the_time_to_live_check() {
+        // Every replica agrees, so only the check that sessions live their
+        // time-to-live sees that they were dropped too soon.
+        let found = caught_in(Mutation::ClockTimeAdded, expiry, 500);
+        let (seed, v) = found.expect("the simulation did not catch log time running ahead");
+        assert!(
+            v.what.contains("within its time-to-live"),
+            "seed {seed}: caught, but not by the time-to-live check: {v}"
+        );
+        println!("ClockTimeAdded caught at seed {seed}: {v}");
     }
 
     #[test]

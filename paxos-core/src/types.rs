@@ -109,12 +109,33 @@ impl Request {
 pub const READ_SEQ: u64 = u64::MAX;
 
 /// The value of a log slot.
+///
+/// Encoded with postcard by variant index, so variants are only ever appended: storage
+/// and checkpoints written before a variant was added still decode. A new variant
+/// changes the peer wire format (the TCP transport's protocol version says so). The
+/// enum is deliberately not `#[non_exhaustive]`: code that inspects the log should be
+/// told by the compiler when a kind of entry appears.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Value {
     /// Fills a gap left by a failed leader; executing it changes nothing.
     Noop,
     /// A client request.
     Request(Request),
+    /// The leader's clock, for session expiry (see [`Sessions`](crate::Sessions)).
+    /// Executing it advances the replicated log time to `time` (if later) and drops
+    /// the sessions idle for more than `idle_limit` of log time. Proposed by the leader
+    /// every [`Config::session_clock_ticks`](crate::Config::session_clock_ticks) ticks
+    /// while sessions exist and expiry is on; it carries both numbers so that
+    /// executing it reads nothing replica-local (not even the configuration).
+    Clock {
+        /// The log time this entry sets: the log time the leader had executed when it
+        /// started counting, plus the ticks it counted since.
+        time: u64,
+        /// Sessions idle for more than this many ticks of log time are dropped:
+        /// the leader's [`Config::session_ttl_ticks`](crate::Config::session_ttl_ticks)
+        /// plus its clock period.
+        idle_limit: u64,
+    },
 }
 
 impl Value {
@@ -124,6 +145,9 @@ impl Value {
             Value::Noop => "no-op".to_string(),
             Value::Request(r) if r.is_register() => format!("register c{}", r.client),
             Value::Request(r) => format!("c{}#{} ({} bytes)", r.client, r.seq, r.payload.len()),
+            Value::Clock { time, idle_limit } => {
+                format!("clock t={time} (expire idle > {idle_limit})")
+            }
         }
     }
 }
@@ -164,4 +188,34 @@ pub struct Reply {
     pub seq: u64,
     /// The outcome.
     pub response: Response,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Storage and checkpoints hold values encoded with postcard: the encodings of the
+    /// variants that existed before `Clock` must not change, or data written by an
+    /// older version would no longer load.
+    #[test]
+    fn older_values_keep_their_encoding() {
+        let request = Value::Request(Request {
+            client: 300,
+            seq: 2,
+            payload: Bytes::from_static(b"ab"),
+        });
+        assert_eq!(postcard::to_allocvec(&Value::Noop).unwrap(), [0]);
+        assert_eq!(
+            postcard::to_allocvec(&request).unwrap(),
+            [1, 0xac, 0x02, 2, 2, b'a', b'b']
+        );
+        let clock = Value::Clock {
+            time: 5,
+            idle_limit: 128,
+        };
+        let bytes = postcard::to_allocvec(&clock).unwrap();
+        assert_eq!(bytes, [2, 5, 0x80, 0x01]);
+        assert_eq!(postcard::from_bytes::<Value>(&bytes).unwrap(), clock);
+        assert_eq!(clock.summary(), "clock t=5 (expire idle > 128)");
+    }
 }

@@ -1386,6 +1386,8 @@ fn op_strategy() -> impl Strategy<Value = PersistOp> {
     let val = prop_oneof![
         Just(Value::Noop),
         (0u64..5, 0usize..40).prop_map(|(c, len)| value(c, len)),
+        (0u64..1 << 40, 0u64..1000)
+            .prop_map(|(time, idle_limit)| Value::Clock { time, idle_limit }),
     ];
     prop_oneof![
         3 => ballot.clone().prop_map(PersistOp::Promise),

@@ -37,6 +37,7 @@ const LOG_RESPONSE_OVERHEAD: usize = 32;
 pub type QueryFn<S> = Arc<dyn Fn(&S, &[u8]) -> Vec<u8> + Send + Sync>;
 
 type TcpTweak = Arc<dyn Fn(&mut TcpConfig) + Send + Sync>;
+type ReplicaTweak = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
 /// How a [`NodeServer`] runs. Start from [`NodeServerOptions::default`] and adjust with
 /// the `with_` methods (or the public fields).
@@ -76,6 +77,7 @@ pub struct NodeServerOptions<S> {
     pub admin_calls: bool,
     pub(crate) query: Option<QueryFn<S>>,
     tcp: Option<TcpTweak>,
+    replica: Option<ReplicaTweak>,
 }
 
 impl<S> Default for NodeServerOptions<S> {
@@ -90,6 +92,7 @@ impl<S> Default for NodeServerOptions<S> {
             admin_calls: false,
             query: None,
             tcp: None,
+            replica: None,
         }
     }
 }
@@ -106,6 +109,7 @@ impl<S> Clone for NodeServerOptions<S> {
             admin_calls: self.admin_calls,
             query: self.query.clone(),
             tcp: self.tcp.clone(),
+            replica: self.replica.clone(),
         }
     }
 }
@@ -121,6 +125,7 @@ impl<S> fmt::Debug for NodeServerOptions<S> {
             .field("test_controls", &self.test_controls)
             .field("admin_calls", &self.admin_calls)
             .field("query", &self.query.is_some())
+            .field("replica", &self.replica.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -157,6 +162,24 @@ impl<S> NodeServerOptions<S> {
     /// fills in the node id, cluster id, address and peers.
     pub fn with_tcp(mut self, tweak: impl Fn(&mut TcpConfig) + Send + Sync + 'static) -> Self {
         self.tcp = Some(Arc::new(tweak));
+        self
+    }
+
+    /// Adjusts the replica's [`Config`] (session limits and time-to-live, timeouts,
+    /// batch sizes) after the server fills in the node id, the members, the cluster
+    /// file's `checkpoint_interval` and a `snapshot_chunk_bytes` that fits the frame
+    /// limit. Times in the configuration count ticks of [`NodeOptions::tick`]. A
+    /// configuration the replica refuses makes [`NodeServer::start`] fail.
+    ///
+    /// ```
+    /// use paxos_transport_tcp::NodeServerOptions;
+    /// # struct MyMachine;
+    /// // Sessions idle for 10 minutes (at the default 10 ms tick) expire.
+    /// let options = NodeServerOptions::<MyMachine>::default()
+    ///     .with_replica(|config| config.session_ttl_ticks = 60_000);
+    /// ```
+    pub fn with_replica(mut self, tweak: impl Fn(&mut Config) + Send + Sync + 'static) -> Self {
+        self.replica = Some(Arc::new(tweak));
         self
     }
 }
@@ -299,6 +322,9 @@ impl<S: StateMachine + Send + 'static> NodeServer<S> {
         replica.checkpoint_interval = cluster.checkpoint_interval;
         // State transfer pieces must fit in a peer frame, with room for their header.
         replica.snapshot_chunk_bytes = replica.snapshot_chunk_bytes.min(max_frame_size / 2).max(1);
+        if let Some(tweak) = &options.replica {
+            tweak(&mut replica);
+        }
         let handle = spawn_node(
             replica,
             state_machine,

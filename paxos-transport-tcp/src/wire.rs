@@ -26,7 +26,10 @@ use crate::error::TcpError;
 /// (`SnapshotChunk`, `SnapshotRequest`), so that a state larger than
 /// [`TcpConfig::max_frame_size`](crate::TcpConfig::max_frame_size) can reach a replica
 /// that fell behind; a version-3 node would not understand them. Version 5 adds
-/// `Commit`, the unacknowledged commit-point announcement.
+/// `Commit`, the unacknowledged commit-point announcement, and the clock entries of
+/// session expiry (`Value::Clock`) to the log values that ACCEPT, NEW-VIEW, PROMISE and
+/// FETCH-REPLY carry and that log inspection returns; a version-4 node could decode
+/// neither.
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The first bytes of every handshake frame.

@@ -16,11 +16,106 @@ use crate::types::{ClientId, Response, Slot, Value};
 #[cfg(test)]
 use crate::mutation::Mutation;
 
-/// What a [`Checkpoint`]'s data holds.
+/// What a [`Checkpoint`]'s data holds: this body, then [`SessionTimes`].
+///
+/// The body's layout is the one checkpoints had before sessions could expire, and the
+/// times follow it, so that a checkpoint written before still installs (with every
+/// time 0: its sessions expire one time-to-live after the upgraded cluster's first
+/// clock entries), and a replica that predates expiry reads a newer checkpoint's body
+/// (postcard ignores trailing bytes).
 #[derive(Serialize, Deserialize)]
 pub(super) struct SnapshotBody {
     pub(super) state_machine: Bytes,
-    pub(super) sessions: Vec<(ClientId, Session)>,
+    pub(super) sessions: Vec<(ClientId, StoredSession)>,
+}
+
+/// A session as a checkpoint's body holds it (its time is in [`SessionTimes`]).
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredSession {
+    pub(super) last_seq: u64,
+    pub(super) reply: Bytes,
+    pub(super) last_slot: Slot,
+}
+
+/// The part of a checkpoint after its [`SnapshotBody`]: the log time, and each
+/// session's [`Session::last_active`] in the body's order.
+#[derive(Serialize, Deserialize)]
+pub(super) struct SessionTimes {
+    pub(super) log_time: u64,
+    pub(super) last_active: Vec<u64>,
+}
+
+/// Encodes a checkpoint's data: the state machine's snapshot and the session table.
+pub(super) fn encode_snapshot(
+    state_machine: Bytes,
+    sessions: &Sessions,
+) -> Result<Vec<u8>, postcard::Error> {
+    let all = sessions.to_sorted_vec();
+    let times = SessionTimes {
+        log_time: sessions.log_time(),
+        last_active: all.iter().map(|(_, s)| s.last_active).collect(),
+    };
+    let body = SnapshotBody {
+        state_machine,
+        sessions: all
+            .into_iter()
+            .map(|(c, s)| {
+                (
+                    c,
+                    StoredSession {
+                        last_seq: s.last_seq,
+                        reply: s.reply,
+                        last_slot: s.last_slot,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let mut data = postcard::to_allocvec(&body)?;
+    // Before the first clock entry every time is 0, which is also what a checkpoint
+    // without times decodes to: leave them out, so that with expiry off checkpoints
+    // are byte for byte what they were before it existed.
+    if times.log_time > 0 {
+        data.extend_from_slice(&postcard::to_allocvec(&times)?);
+    }
+    Ok(data)
+}
+
+/// Decodes what [`encode_snapshot`] wrote (or a checkpoint from before session
+/// expiry, without times): the state machine's snapshot and the session table.
+pub(super) fn decode_snapshot(data: &[u8]) -> Result<(Bytes, Sessions), postcard::Error> {
+    let (body, rest) = postcard::take_from_bytes::<SnapshotBody>(data)?;
+    let times = if rest.is_empty() {
+        SessionTimes {
+            log_time: 0,
+            last_active: vec![0; body.sessions.len()],
+        }
+    } else {
+        postcard::from_bytes::<SessionTimes>(rest)?
+    };
+    if times.last_active.len() != body.sessions.len() {
+        return Err(postcard::Error::DeserializeBadEncoding);
+    }
+    let sessions = body
+        .sessions
+        .into_iter()
+        .zip(times.last_active)
+        .map(|((c, s), last_active)| {
+            (
+                c,
+                Session {
+                    last_seq: s.last_seq,
+                    reply: s.reply,
+                    last_slot: s.last_slot,
+                    last_active,
+                },
+            )
+        })
+        .collect();
+    Ok((
+        body.state_machine,
+        Sessions::restore(times.log_time, sessions),
+    ))
 }
 
 /// The replicated state and how far the log was applied to it.
@@ -119,6 +214,14 @@ impl<S: StateMachine> Replica<S> {
                         (!r.is_register()).then(|| postcard::from_bytes::<S::Command>(&r.payload));
                     (r.client, r.seq, command)
                 }
+                Some(Entry {
+                    value: Value::Clock { time, idle_limit },
+                    ..
+                }) => {
+                    let (time, idle_limit) = (*time, *idle_limit);
+                    self.execute_clock(time, idle_limit);
+                    continue;
+                }
                 _ => continue,
             };
             self.execute_request(slot, client, seq, command);
@@ -196,6 +299,30 @@ impl<S: StateMachine> Replica<S> {
         self.reply_awaited(client, seq, response);
     }
 
+    /// Executes a clock entry: advances the log time and expires the sessions idle
+    /// for more than `idle_limit` (see [`Sessions`]). Reads nothing replica-local.
+    pub(super) fn execute_clock(&mut self, time: u64, idle_limit: u64) {
+        #[allow(unused_mut)]
+        let mut time = time;
+        #[cfg(test)]
+        match self.cfg.mutation {
+            Mutation::ExpiryOnLocalClock => time = self.now,
+            Mutation::ClockTimeAdded => time = time.saturating_add(self.exec.sessions.log_time()),
+            _ => {}
+        }
+        let expired = self.exec.sessions.advance_time(time, idle_limit);
+        if expired > 0 {
+            self.exec.count().sessions_expired += expired as u64;
+            tracing::debug!(
+                node = self.cfg.id,
+                log_time = self.exec.sessions.log_time(),
+                expired,
+                left = self.exec.sessions.len(),
+                "idle sessions expired"
+            );
+        }
+    }
+
     /// Replaces the replicated state with a checkpoint: verifies its digest, restores the
     /// state machine and the session table, and drops the log below it.
     pub(super) fn install(&mut self, checkpoint: Checkpoint) -> Result<(), CheckpointError> {
@@ -204,13 +331,13 @@ impl<S: StateMachine> Replica<S> {
                 slot: checkpoint.slot,
             });
         }
-        let body: SnapshotBody =
-            postcard::from_bytes(&checkpoint.data).map_err(|e| CheckpointError::Undecodable {
+        let (state_machine, sessions) =
+            decode_snapshot(&checkpoint.data).map_err(|e| CheckpointError::Undecodable {
                 slot: checkpoint.slot,
                 cause: Arc::new(e),
             })?;
-        self.exec.sm.restore(&body.state_machine)?;
-        self.exec.sessions = Sessions::from_vec(body.sessions);
+        self.exec.sm.restore(&state_machine)?;
+        self.exec.sessions = sessions;
         let slot = checkpoint.slot;
         self.log.install(slot);
         self.exec.executed = self.exec.executed.max(slot);
@@ -226,16 +353,18 @@ impl<S: StateMachine> Replica<S> {
     /// Snapshots the state machine and session table at `executed`, and compacts the
     /// log below the previous checkpoint.
     pub(super) fn take_checkpoint(&mut self) {
-        #[allow(unused_mut)]
-        let mut body = SnapshotBody {
-            state_machine: Bytes::from(self.exec.sm.snapshot()),
-            sessions: self.exec.sessions.to_sorted_vec(),
-        };
+        let state_machine = Bytes::from(self.exec.sm.snapshot());
         #[cfg(test)]
-        if self.cfg.mutation == Mutation::CheckpointWithoutSessions {
-            body.sessions.clear();
-        }
-        let data = match postcard::to_allocvec(&body) {
+        let without_sessions = Sessions::new();
+        #[cfg(test)]
+        let sessions = if self.cfg.mutation == Mutation::CheckpointWithoutSessions {
+            &without_sessions
+        } else {
+            &self.exec.sessions
+        };
+        #[cfg(not(test))]
+        let sessions = &self.exec.sessions;
+        let data = match encode_snapshot(state_machine, sessions) {
             Ok(d) => Bytes::from(d),
             Err(e) => {
                 tracing::warn!(node = self.cfg.id, error = %e, "cannot encode a checkpoint");
@@ -282,5 +411,65 @@ impl<S: StateMachine> Replica<S> {
         if self.awaiting.remove(&(client, seq)) {
             self.reply(client, seq, response);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint's data as replicas from before session expiry read it.
+    type OldSnapshot = (Bytes, Vec<(u64, (u64, Bytes, u64))>);
+
+    #[test]
+    fn a_checkpoint_from_before_session_expiry_still_installs() {
+        // The layout checkpoints had before: the state machine's snapshot, then each
+        // session as (client, (last request number, reply, last slot)); no times.
+        let old = postcard::to_allocvec(&(
+            Bytes::from_static(b"state"),
+            vec![
+                (5u64, (3u64, Bytes::from_static(b"r"), 7u64)),
+                (9u64, (1u64, Bytes::new(), 8u64)),
+            ],
+        ))
+        .unwrap();
+        let (sm, sessions) = decode_snapshot(&old).unwrap();
+        assert_eq!(&sm[..], b"state");
+        assert_eq!(sessions.log_time(), 0);
+        let s = sessions.get(5).unwrap();
+        assert_eq!(
+            (s.last_seq, &s.reply[..], s.last_slot, s.last_active),
+            (3, &b"r"[..], 7, 0)
+        );
+        assert_eq!(sessions.len(), 2);
+        // Written again before any clock entry, it is byte for byte what it was.
+        assert_eq!(encode_snapshot(sm, &sessions).unwrap(), old);
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_the_log_time_and_each_sessions_last_use() {
+        let mut sessions = Sessions::new();
+        sessions.register(4, 4, 10);
+        sessions.advance_time(120, 1000);
+        sessions.register(6, 6, 10);
+        sessions.record(4, 1, Bytes::from_static(b"x"), 7);
+        sessions.advance_time(130, 1000);
+        let data = encode_snapshot(Bytes::from_static(b"sm"), &sessions).unwrap();
+        let (sm, back) = decode_snapshot(&data).unwrap();
+        assert_eq!(&sm[..], b"sm");
+        assert_eq!(back, sessions);
+        assert_eq!(back.log_time(), 130);
+        assert_eq!(back.get(6).map(|s| s.last_active), Some(120));
+        // What a replica from before expiry reads of it: the same body, times ignored.
+        let old: OldSnapshot = postcard::from_bytes(&data).unwrap();
+        assert_eq!(old.1.len(), 2);
+        // Times that do not match the sessions are refused.
+        let mut bad = postcard::to_allocvec(&SnapshotBody {
+            state_machine: Bytes::new(),
+            sessions: Vec::new(),
+        })
+        .unwrap();
+        bad.extend(postcard::to_allocvec(&(5u64, vec![1u64])).unwrap());
+        assert!(decode_snapshot(&bad).is_err());
     }
 }

@@ -44,6 +44,38 @@ pub(super) struct Leader {
     pub(super) reads: Box<Reads>,
     /// A leader transfer in progress: no new proposals meanwhile.
     pub(super) transfer: Option<super::handover::Transfer>,
+    /// When to propose the next clock entry, and with what time.
+    pub(super) clock: SessionClock,
+}
+
+/// The leader's clock for session expiry (see [`Sessions`](crate::Sessions)): the time
+/// of the clock entries it proposes is a log time it had executed (`base`, at its tick
+/// `since`) plus the ticks it counted since. Log time thus never runs faster than the
+/// leader's own clock, however stale its view of the log time: a clock entry whose
+/// time is behind the log time changes nothing.
+#[derive(Debug)]
+pub(super) struct SessionClock {
+    base: u64,
+    since: u64,
+    /// Expires when the next clock entry is due.
+    due: Timeout,
+}
+
+impl SessionClock {
+    /// A clock that starts counting at tick `now` from log time `log_time`, with its
+    /// first entry due one `period` later.
+    pub(super) fn start(log_time: u64, now: u64, period: u64) -> Self {
+        SessionClock {
+            base: log_time,
+            since: now,
+            due: Timeout::after(now, period),
+        }
+    }
+
+    /// The time of a clock entry proposed at tick `now`.
+    fn time(&self, now: u64) -> u64 {
+        self.base.saturating_add(now.saturating_sub(self.since))
+    }
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -147,6 +179,7 @@ impl<S: StateMachine> Replica<S> {
                 );
             }
         }
+        self.propose_clock_if_due();
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
@@ -165,8 +198,59 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// Moves queued requests into free slots of the window.
+    /// Proposes a clock entry when one is due (see [`SessionClock`]): every
+    /// [`Config::session_clock_ticks`](crate::Config::session_clock_ticks) while
+    /// sessions exist and expiry is on. It does not wait for room in the window (one
+    /// entry per period beyond it costs nothing), so that no request is proposed more
+    /// than a period after the latest clock entry before it: that bounds how far a
+    /// session's recorded activity can lag behind the leader's clock. Without sessions
+    /// there is nothing to expire: instead of an entry, the clock restarts from the log
+    /// time executed (log time then pauses, which only makes sessions live longer).
+    pub(super) fn propose_clock_if_due(&mut self) {
+        let ttl = self.cfg.session_ttl_ticks;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if ttl == 0 || l.transfer.is_some() || !l.clock.due.expired(self.now) {
+            return;
+        }
+        let period = self.cfg.session_clock_ticks;
+        l.clock.due.reset(self.now, period);
+        if self.exec.sessions().is_empty() {
+            l.clock = SessionClock::start(self.exec.sessions().log_time(), self.now, period);
+            return;
+        }
+        let slot = l.next_slot;
+        if self.log.is_chosen(slot) {
+            // Decided under another ballot: never overwrite a chosen value.
+            self.step_down_superseded(slot);
+            return;
+        }
+        l.next_slot += 1;
+        let value = Value::Clock {
+            time: l.clock.time(self.now),
+            idle_limit: ttl.saturating_add(period),
+        };
+        l.inflight.insert(
+            slot,
+            Inflight {
+                acks: 1u64 << self.me,
+                resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
+            },
+        );
+        l.fresh.push((slot, value.clone()));
+        let ballot = l.ballot;
+        store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
+        self.exec.count().clocks_proposed += 1;
+        if self.quorum == 1 {
+            self.check_commits();
+        }
+    }
+
+    /// Moves queued requests into free slots of the window (after a clock entry, if
+    /// one is due).
     pub(super) fn pump(&mut self) {
+        self.propose_clock_if_due();
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };

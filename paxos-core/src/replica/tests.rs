@@ -184,6 +184,82 @@ fn unregistered_and_evicted_sessions_expire() {
 }
 
 #[test]
+fn idle_sessions_expire_by_the_clock_entries_the_leader_proposes() {
+    let mut h = Harness::new(3, |c| {
+        c.session_ttl_ticks = 100;
+        c.session_clock_ticks = 10;
+        c.checkpoint_interval = 4;
+    });
+    h.tick(60);
+    let l = h.leader();
+    h.tick(30);
+    assert_eq!(
+        h.replicas[l].counters().clocks_proposed,
+        0,
+        "no clock entries while there is no session to expire"
+    );
+    h.request(l, 1, 0);
+    h.request(l, 2, 0);
+    // Client 1 keeps using its session; client 2 stays idle.
+    for seq in 1..=20 {
+        h.tick(10);
+        h.request(l, 1, seq);
+        assert!(matches!(h.last_reply(), Response::Ok(_)), "#{seq}");
+    }
+    let leader = &h.replicas[l];
+    assert!(leader.counters().clocks_proposed >= 18);
+    assert!(leader.sessions().log_time() >= 180);
+    assert_eq!(leader.sessions().len(), 1, "client 2's session expired");
+    h.request(l, 2, 1);
+    assert_eq!(*h.last_reply(), Response::SessionExpired);
+    h.tick(5);
+    for r in &h.replicas {
+        assert!(
+            !r.state_machine().applied.contains(&(2, 1)),
+            "node {}",
+            r.id()
+        );
+        assert_eq!(r.sessions(), h.replicas[l].sessions(), "node {}", r.id());
+        assert_eq!(r.counters().sessions_expired, 1, "node {}", r.id());
+    }
+    // The clock entries are in the log, for inspection.
+    let executed = h.replicas[l].executed();
+    let clocks: Vec<String> = h.replicas[l]
+        .log(executed.saturating_sub(6)..executed)
+        .into_iter()
+        .filter_map(|s| s.value.filter(|v| matches!(v, Value::Clock { .. })))
+        .map(|v| v.summary())
+        .collect();
+    assert!(!clocks.is_empty());
+    assert!(clocks[0].starts_with("clock t=") && clocks[0].ends_with("(expire idle > 110)"));
+    // A replica restarted from its storage (a checkpoint, then the log after it) has
+    // the same sessions at the same log time.
+    let i = (l + 1) % 3;
+    let cfg = h.replicas[i].config().clone();
+    let restarted = Replica::new(cfg, Recorder::default(), h.storage[i].load().unwrap()).unwrap();
+    assert!(restarted.checkpoint().is_some());
+    assert_eq!(restarted.sessions(), h.replicas[i].sessions());
+}
+
+#[test]
+fn with_expiry_off_no_clock_entry_is_proposed() {
+    let mut h = Harness::new(1, |c| c.session_ttl_ticks = 0);
+    h.tick(60);
+    h.request(0, 1, 0);
+    h.tick(5_000);
+    h.request(0, 1, 1);
+    assert!(matches!(h.last_reply(), Response::Ok(_)));
+    let r = &h.replicas[0];
+    assert_eq!(r.counters().clocks_proposed, 0);
+    assert_eq!(r.sessions().log_time(), 0);
+    assert_eq!(
+        r.executed(),
+        2,
+        "a registration and a request, nothing else"
+    );
+}
+
+#[test]
 fn a_full_leader_answers_busy() {
     let mut h = Harness::new(3, |c| {
         c.max_pending = 2;

@@ -321,6 +321,11 @@ impl<S: StateMachine> Replica<S> {
             view_end: end,
             reads: Box::new(Reads::new(self.now)),
             transfer: None,
+            clock: SessionClock::start(
+                self.exec.sessions().log_time(),
+                self.now,
+                self.cfg.session_clock_ticks,
+            ),
         });
         self.record_view(ViewChange {
             ballot,

@@ -423,7 +423,14 @@ fn random_op(rng: &mut ChaCha8Rng, state: &PersistentState) -> PersistOp {
         18 => PersistOp::Accept {
             slot,
             ballot: b,
-            value: Value::Noop,
+            value: if rng.next_u64().is_multiple_of(2) {
+                Value::Noop
+            } else {
+                Value::Clock {
+                    time: rng.next_u64() % 100_000,
+                    idle_limit: 1 + rng.next_u64() % 1000,
+                }
+            },
         },
         _ => PersistOp::PeerIncarnation {
             node: 1 + rng.next_u64() % 5,

@@ -48,6 +48,23 @@ pub(crate) struct NodeArgs {
     /// answers (`curl http://127.0.0.1:9101/metrics`). Off by default.
     #[arg(long, value_name = "IP:PORT")]
     pub(crate) metrics_addr: Option<SocketAddr>,
+    /// Drop client sessions idle for this many seconds; 0 keeps them until
+    /// `max_sessions` forces the least recently used out. A client whose session was
+    /// dropped gets "session expired" for its next command (not executed) and
+    /// registers a new session. It is the leader's setting that applies, so give
+    /// every node the same.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SESSION_TTL_SECS)]
+    pub(crate) session_ttl: u64,
+}
+
+/// `--session-ttl` when not given: one hour, the library's default.
+const DEFAULT_SESSION_TTL_SECS: u64 = 3600;
+
+/// `secs` seconds in ticks of `tick` (at least one tick unless `secs` is 0), saturating.
+fn seconds_to_ticks(secs: u64, tick: Duration) -> u64 {
+    let tick = tick.as_nanos().max(1);
+    let ticks = (u128::from(secs) * 1_000_000_000).div_ceil(tick);
+    u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
 pub(crate) async fn run(config: &ClusterConfig, args: NodeArgs) -> anyhow::Result<ExitCode> {
@@ -58,6 +75,7 @@ pub(crate) async fn run(config: &ClusterConfig, args: NodeArgs) -> anyhow::Resul
         test_controls,
         admin_calls,
         metrics_addr,
+        session_ttl,
     } = args;
     let data_dir = data_dir.as_deref();
     if config.node(id).is_none() {
@@ -76,6 +94,8 @@ pub(crate) async fn run(config: &ClusterConfig, args: NodeArgs) -> anyhow::Resul
     let options = bank_app::node_options()
         .with_test_controls(test_controls)
         .with_admin_calls(admin_calls);
+    let ttl_ticks = seconds_to_ticks(session_ttl, options.node.tick);
+    let options = options.with_replica(move |config| config.session_ttl_ticks = ttl_ticks);
     let server = if memory {
         warn!(
             node = id,
@@ -191,4 +211,29 @@ pub(crate) const DEFAULT_DATA_ROOT: &str = "bank-data";
 
 pub(crate) fn default_data_dir(id: NodeId) -> PathBuf {
     Path::new(DEFAULT_DATA_ROOT).join(format!("node-{id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ttl_seconds_become_ticks() {
+        let tick = Duration::from_millis(10);
+        assert_eq!(seconds_to_ticks(0, tick), 0, "0 keeps expiry off");
+        assert_eq!(seconds_to_ticks(1, tick), 100);
+        assert_eq!(
+            seconds_to_ticks(3600, tick),
+            paxos_core::DEFAULT_SESSION_TTL_TICKS
+        );
+        assert_eq!(
+            seconds_to_ticks(1, Duration::from_millis(3)),
+            334,
+            "rounded up"
+        );
+        assert_eq!(
+            seconds_to_ticks(u64::MAX, Duration::from_nanos(1)),
+            u64::MAX
+        );
+    }
 }

@@ -63,6 +63,9 @@ impl<W: Workload> Sim<W> {
 
     pub(super) fn send_request(&mut self, c: usize, seq: u64) {
         let client = &mut self.clients[c];
+        if seq == 0 && !matches!(client.outstanding, Some((0, _))) {
+            client.registered_at = self.now;
+        }
         client.outstanding = Some((seq, self.now));
         if seq == READ_SEQ {
             let Some((nonce, i)) = client.read else {
@@ -168,10 +171,11 @@ impl<W: Workload> Sim<W> {
             Response::Stale => {}
             Response::SessionExpired => {
                 if self.faults.max_sessions >= self.clients.len() {
-                    return Err(self.violation(format!("client {} lost its session", reply.client)));
+                    // No eviction: only expiry may have dropped the session.
+                    self.check_expiry(c, reply.client)?;
                 }
-                // Evicted: the request's outcome is unknown (it stays pending in the
-                // real-time check). Carry on under a new session.
+                // Evicted or expired: the request's outcome is unknown (it stays
+                // pending in the real-time check). Carry on under a new session.
                 self.stats.expired += 1;
                 self.next_client += 1;
                 let nonce = self.next_client;
@@ -186,6 +190,34 @@ impl<W: Workload> Sim<W> {
             Response::Invalid { reason } => {
                 return Err(self.violation(format!("valid command rejected: {reason}")));
             }
+        }
+        Ok(())
+    }
+
+    /// Client `c` was told its session expired while the table had room for every
+    /// session: expiry must be on, and the session idle for its time-to-live first.
+    ///
+    /// Idle since the leader received the session's last request that executed (or
+    /// its registration), at the latest; that is no earlier than the request's first
+    /// send. Replicas tick at most once per simulated tick, so however fast or slow
+    /// the leaders' clocks ran, at least `session_ttl` simulated ticks must separate
+    /// that first send from the answer.
+    fn check_expiry(&self, c: usize, session: ClientId) -> Result<(), Violation> {
+        let ttl = self.faults.session_ttl;
+        if ttl == 0 {
+            return Err(self.violation(format!("client {session} lost its session")));
+        }
+        let client = &self.clients[c];
+        let last_use = (1..=client.next_seq)
+            .filter(|seq| self.history_pos.contains_key(&(session, *seq)))
+            .filter_map(|seq| self.ops.get(&(session, seq)).map(|o| o.call))
+            .fold(client.registered_at, u64::max);
+        if self.now - last_use <= ttl {
+            return Err(self.violation(format!(
+                "session {session} expired {} ticks after its last use at tick {last_use}, \
+                 within its time-to-live of {ttl} ticks",
+                self.now - last_use
+            )));
         }
         Ok(())
     }

@@ -42,6 +42,11 @@ pub(crate) struct Faults {
     /// crashes in the middle of its round: what waits for no write has left, a prefix of
     /// the writes is durable (the last one maybe torn), nothing else left.
     pub(crate) torn_crash: f64,
+    /// The replicas' [`Config::session_ttl_ticks`](crate::Config::session_ttl_ticks):
+    /// 0 (expiry off) unless a profile sets it.
+    pub(crate) session_ttl: u64,
+    /// The replicas' [`Config::session_clock_ticks`](crate::Config::session_clock_ticks).
+    pub(crate) session_clock: u64,
 }
 
 impl Faults {
@@ -92,6 +97,9 @@ impl Faults {
             selective: chance(rng, 0.3),
             downtime: 200,
             torn_crash: 0.0005,
+            // Not drawn, so that every seed's faults stay what they were before expiry.
+            session_ttl: 0,
+            session_clock: crate::config::DEFAULT_SESSION_CLOCK_TICKS,
         }
         .with_eviction(rng)
     }

@@ -213,7 +213,10 @@ pub(crate) struct Stats {
     pub(crate) amnesia: u64,
     pub(crate) recoveries: u64,
     pub(crate) pauses: u64,
+    /// Requests answered `SessionExpired` (their session evicted or expired).
     pub(crate) expired: u64,
+    /// Clock entries chosen (session expiry on).
+    pub(crate) clocks: u64,
     /// Reads answered.
     pub(crate) reads: u64,
     /// Leader transfers asked for.
@@ -279,6 +282,8 @@ struct SimClient<C> {
     command: Option<((ClientId, u64), C)>,
     /// The read in progress: its nonce and its index in `Sim::reads`.
     read: Option<(ClientId, usize)>,
+    /// When the registration of the current session was first sent.
+    registered_at: u64,
 }
 
 /// One read as its client saw it.
@@ -433,6 +438,7 @@ impl<W: Workload> Sim<W> {
                 results: HashMap::new(),
                 command: None,
                 read: None,
+                registered_at: 0,
             })
             .collect();
         let quorum = faults.nodes / 2 + 1;
@@ -488,6 +494,8 @@ impl<W: Workload> Sim<W> {
         cfg.max_inflight = 8;
         cfg.max_batch = 4;
         cfg.max_sessions = faults.max_sessions;
+        cfg.session_ttl_ticks = faults.session_ttl;
+        cfg.session_clock_ticks = faults.session_clock;
         // Checkpoints here are tens to hundreds of bytes: pieces of 8 to 32 bytes make every
         // state transfer take several round trips, which the network's loss,
         // duplication and reordering then interrupt (drawn from the seed, not from the
@@ -560,6 +568,11 @@ impl<W: Workload> Sim<W> {
             }
         }
         self.stats.max_slot = self.chosen.keys().next_back().map_or(0, |s| s + 1);
+        self.stats.clocks = self
+            .chosen
+            .values()
+            .filter(|v| matches!(v, Value::Clock { .. }))
+            .count() as u64;
         self.check_real_time_order()?;
         self.check_model()?;
         self.check_reads()?;
