@@ -18,6 +18,13 @@ pub const DEFAULT_SESSION_TTL_TICKS: u64 = 360_000;
 /// The default [`Config::session_clock_ticks`]: 10 s at a 10 ms tick.
 pub const DEFAULT_SESSION_CLOCK_TICKS: u64 = 1_000;
 
+/// The default [`Config::max_message_bytes`]: 4 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// What [`Config::max_message_bytes`] counts per log value beyond its payload: the
+/// slot, ballot, session and request number around it on the wire, rounded up.
+pub const VALUE_OVERHEAD_BYTES: usize = 48;
+
 /// How a [`Replica`](crate::Replica) behaves. Times are counted in ticks: the driver
 /// decides how long a tick is ([`NodeOptions::tick`](crate::NodeOptions)).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +53,18 @@ pub struct Config {
     pub max_inflight: u64,
     /// The most entries in one ACCEPT, FETCH-REPLY or PROMISE batch of chosen entries.
     pub max_batch: usize,
+    /// The most bytes of log values in one ACCEPT or FETCH-REPLY, or in a PROMISE's (or
+    /// RECOVER-GRANT's) batch of chosen entries, counted as each value's payload plus
+    /// [`VALUE_OVERHEAD_BYTES`]; a batch always carries at least one entry. Keep it well
+    /// below the transport's frame limit (the TCP transport's `max_frame_size`, 16 MiB by
+    /// default): a batch of `max_batch` large commands would otherwise exceed the frame,
+    /// be dropped by the transport, and be sent again, the same size, for ever.
+    /// `NodeServer` lowers it to a quarter of its frame limit. Default 4 MiB.
+    ///
+    /// The entries a PROMISE reports above the acceptor's commit point are not cut
+    /// (a candidate needs them all): keep `max_inflight` times the largest command well
+    /// below the frame limit.
+    pub max_message_bytes: usize,
     /// The most client requests a leader queues while its window is full; beyond that
     /// it answers [`Response::Busy`](crate::Response::Busy). Also bounds the requests a
     /// replica tracks for replies.
@@ -107,6 +126,7 @@ impl Config {
             retransmit_ticks: 5,
             max_inflight: 8192,
             max_batch: 1024,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_pending: 65_536,
             max_sessions: 100_000,
             session_ttl_ticks: DEFAULT_SESSION_TTL_TICKS,
@@ -143,6 +163,7 @@ impl Config {
             ("retransmit_ticks", self.retransmit_ticks),
             ("max_inflight", self.max_inflight),
             ("max_batch", self.max_batch as u64),
+            ("max_message_bytes", self.max_message_bytes as u64),
             ("max_pending", self.max_pending as u64),
             ("max_sessions", self.max_sessions as u64),
             ("session_clock_ticks", self.session_clock_ticks),

@@ -141,8 +141,8 @@ pub use client::{
     Client, ClientOptions, Endpoint, EndpointError, EndpointErrorKind, MismatchedReply,
 };
 pub use config::{
-    Config, DEFAULT_MAX_SNAPSHOT_BYTES, DEFAULT_SESSION_CLOCK_TICKS, DEFAULT_SESSION_TTL_TICKS,
-    DEFAULT_SNAPSHOT_CHUNK_BYTES, MAX_MEMBERS,
+    Config, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_SNAPSHOT_BYTES, DEFAULT_SESSION_CLOCK_TICKS,
+    DEFAULT_SESSION_TTL_TICKS, DEFAULT_SNAPSHOT_CHUNK_BYTES, MAX_MEMBERS, VALUE_OVERHEAD_BYTES,
 };
 pub use counters::Counters;
 pub use error::{

@@ -88,4 +88,8 @@ pub(crate) enum Mutation {
     /// Every message and reply waits for the round's writes, as before outputs said
     /// what they wait for: the correct protocol, slower (a baseline for comparisons).
     EverythingWaits,
+    /// Batches (ACCEPT, FETCH-REPLY, a PROMISE's chosen entries) are cut by count only,
+    /// not by `max_message_bytes`: a batch of large commands exceeds the transport's
+    /// frame, is dropped, and is sent again the same size for ever.
+    BatchesIgnoreBytes,
 }

@@ -139,6 +139,17 @@ pub enum Value {
 }
 
 impl Value {
+    /// The bytes this value counts for in a batch's
+    /// [`Config::max_message_bytes`](crate::Config::max_message_bytes): its payload plus
+    /// [`VALUE_OVERHEAD_BYTES`](crate::VALUE_OVERHEAD_BYTES).
+    pub fn size_hint(&self) -> usize {
+        let payload = match self {
+            Value::Request(r) => r.payload.len(),
+            Value::Noop | Value::Clock { .. } => 0,
+        };
+        payload.saturating_add(crate::config::VALUE_OVERHEAD_BYTES)
+    }
+
     /// A short human-readable summary, for logs and introspection.
     pub fn summary(&self) -> String {
         match self {

@@ -322,6 +322,9 @@ impl<S: StateMachine + Send + 'static> NodeServer<S> {
         replica.checkpoint_interval = cluster.checkpoint_interval;
         // State transfer pieces must fit in a peer frame, with room for their header.
         replica.snapshot_chunk_bytes = replica.snapshot_chunk_bytes.min(max_frame_size / 2).max(1);
+        // So must batches of entries (ACCEPT, FETCH-REPLY), with room for what a
+        // value's size hint does not count.
+        replica.max_message_bytes = replica.max_message_bytes.min(max_frame_size / 4).max(1);
         if let Some(tweak) = &options.replica {
             tweak(&mut replica);
         }

@@ -147,12 +147,19 @@ impl<S: StateMachine> Replica<S> {
             self.send_snapshot_chunk(from, 0);
             return;
         }
+        let (max_batch, max_bytes) = self.batch_limits();
+        let mut bytes = 0usize;
         let entries: Vec<(Slot, Value)> = self
             .log
             .range(lo..hi.max(lo))
             .filter(|(s, e)| e.chosen || *s < self.log.commit_point())
-            .take(self.cfg.max_batch)
-            .map(|(s, e)| (s, e.value.clone()))
+            .take(max_batch)
+            .enumerate()
+            .take_while(|(n, (_, e))| {
+                bytes = bytes.saturating_add(e.value.size_hint());
+                *n == 0 || bytes <= max_bytes
+            })
+            .map(|(_, (s, e))| (s, e.value.clone()))
             .collect();
         let commit_point = self.log.commit_point();
         self.send(

@@ -79,6 +79,16 @@ impl SessionClock {
 }
 
 impl<S: StateMachine> Replica<S> {
+    /// The most entries and bytes of values one batch carries (see
+    /// [`Config::max_message_bytes`](crate::Config::max_message_bytes)).
+    pub(super) fn batch_limits(&self) -> (usize, usize) {
+        #[cfg(test)]
+        if self.cfg.mutation == crate::mutation::Mutation::BatchesIgnoreBytes {
+            return (self.cfg.max_batch.max(1), usize::MAX);
+        }
+        (self.cfg.max_batch.max(1), self.cfg.max_message_bytes)
+    }
+
     pub(super) fn on_accepted(
         &mut self,
         from_idx: usize,
@@ -144,8 +154,11 @@ impl<S: StateMachine> Replica<S> {
             self.restart_election_timers();
             return;
         }
-        // Retransmit proposals that have waited too long, batched per peer.
+        // Retransmit proposals that have waited too long, batched per peer, each batch
+        // within `max_batch` entries and `max_message_bytes` (at least one entry).
+        let (max_batch, max_bytes) = (self.cfg.max_batch, self.cfg.max_message_bytes);
         let mut per_peer: Vec<Vec<(Slot, Value)>> = vec![Vec::new(); self.cfg.members.len()];
+        let mut per_peer_bytes = vec![0usize; self.cfg.members.len()];
         for (s, inf) in l.inflight.iter_mut() {
             if !inf.resend.expired(now) {
                 continue;
@@ -154,9 +167,14 @@ impl<S: StateMachine> Replica<S> {
                 continue; // decided and compacted since (learned from a peer)
             };
             let mut any = false;
+            let size = entry.value.size_hint();
             for (i, batch) in per_peer.iter_mut().enumerate() {
-                if i != me && inf.acks & (1 << i) == 0 && batch.len() < self.cfg.max_batch {
+                let fits = batch.is_empty()
+                    || (batch.len() < max_batch
+                        && per_peer_bytes[i].saturating_add(size) <= max_bytes);
+                if i != me && inf.acks & (1 << i) == 0 && fits {
                     batch.push((*s, entry.value.clone()));
+                    per_peer_bytes[i] = per_peer_bytes[i].saturating_add(size);
                     any = true;
                 }
             }
@@ -326,10 +344,21 @@ impl<S: StateMachine> Replica<S> {
         l.announced_commit = commit_point;
         l.heartbeat.reset(self.now, self.cfg.heartbeat_ticks);
         let peers = self.peers();
-        let max_batch = self.cfg.max_batch.max(1);
+        let (max_batch, max_bytes) = self.batch_limits();
         while !rest.is_empty() {
-            let tail = if rest.len() > max_batch {
-                rest.split_off(max_batch)
+            // As many as fit in one message: `max_batch` entries, `max_bytes` bytes,
+            // and at least one.
+            let mut n = 0;
+            let mut bytes = 0usize;
+            for (_, v) in &rest {
+                bytes = bytes.saturating_add(v.size_hint());
+                if n == max_batch || (n > 0 && bytes > max_bytes) {
+                    break;
+                }
+                n += 1;
+            }
+            let tail = if rest.len() > n {
+                rest.split_off(n)
             } else {
                 Vec::new()
             };

@@ -617,3 +617,77 @@ fn outputs_say_what_they_wait_for() {
     assert_eq!(ready.replies_now.len(), 1, "{ready:?}");
     assert!(ready.replies.is_empty());
 }
+
+/// Batches of entries stay within `max_message_bytes`: the leader's ACCEPTs, a
+/// FETCH-REPLY and a PROMISE's chosen entries (each at least one entry). With the
+/// `BatchesIgnoreBytes` mutation, the same run sends batches over the budget.
+fn largest_batch_bytes(mutation: crate::mutation::Mutation) -> usize {
+    use bytes::Bytes;
+    let budget = 3 * (1000 + crate::config::VALUE_OVERHEAD_BYTES);
+    let mut h = Harness::new(3, |c| {
+        c.max_message_bytes = budget;
+        c.mutation = mutation;
+    });
+    h.tick(60);
+    let l = h.leader();
+    let session = {
+        h.replicas[l].handle_request(Request::register(1));
+        h.settle();
+        let reply = h
+            .replies
+            .iter()
+            .find(|r| r.client == 1)
+            .expect("registered");
+        match &reply.response {
+            Response::Ok(b) => postcard::from_bytes::<u64>(b).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Ten requests of 1,000 bytes in one round: one flush.
+    for seq in 1..=10 {
+        h.replicas[l].handle_request(Request {
+            client: session,
+            seq,
+            payload: Bytes::from(vec![0u8; 1000]),
+        });
+    }
+    let size =
+        |entries: &[(Slot, Value)]| entries.iter().map(|(_, v)| v.size_hint()).sum::<usize>();
+    let mut largest = 0;
+    let ready = h.replicas[l].take_ready();
+    for (_, m) in ready.messages_now.iter() {
+        if let Message::Accept { entries, .. } = m {
+            largest = largest.max(size(entries));
+        }
+    }
+    // A FETCH of everything, answered by the leader once it is all chosen.
+    h.storage[l].persist(&ready.persist).unwrap();
+    for (to, m) in ready.into_all_messages() {
+        let i = h.replicas.iter().position(|r| r.id() == to).unwrap();
+        let from = h.replicas[l].id();
+        h.replicas[i].handle_message(from, m);
+    }
+    h.settle();
+    let asker = h.replicas[(l + 1) % 3].id();
+    h.replicas[l].handle_message(asker, Message::Fetch { from: 0, to: 100 });
+    for (_, m) in h.replicas[l].take_ready().into_all_messages() {
+        if let Message::FetchReply { entries, .. } = m {
+            assert!(!entries.is_empty());
+            largest = largest.max(size(&entries));
+        }
+    }
+    largest
+}
+
+#[test]
+fn batches_stay_within_max_message_bytes() {
+    let budget = 3 * (1000 + crate::config::VALUE_OVERHEAD_BYTES);
+    let correct = largest_batch_bytes(crate::mutation::Mutation::None);
+    assert!(correct <= budget, "{correct} > {budget}");
+    assert!(correct > 0);
+    let broken = largest_batch_bytes(crate::mutation::Mutation::BatchesIgnoreBytes);
+    assert!(
+        broken > budget,
+        "the broken variant stayed within the budget: {broken}"
+    );
+}

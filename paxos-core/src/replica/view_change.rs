@@ -67,8 +67,12 @@ impl<S: StateMachine> Replica<S> {
         let mut entries = Vec::new();
         let mut truncated = from_slot < self.log.start();
         let below = from_slot..self.log.commit_point().max(from_slot);
+        let (max_batch, max_bytes) = self.batch_limits();
+        let mut bytes = 0usize;
         for (s, e) in self.log.range(below) {
-            if truncated || entries.len() >= self.cfg.max_batch {
+            bytes = bytes.saturating_add(e.value.size_hint());
+            if truncated || entries.len() >= max_batch || (!entries.is_empty() && bytes > max_bytes)
+            {
                 truncated = true;
                 break;
             }
