@@ -228,8 +228,8 @@ struct ClockRecords {
     /// Checkpoints taken by the replica itself.
     taken: Vec<CheckpointTiming>,
     /// Persist calls that wrote a checkpoint the replica did not take (installed by
-    /// state transfer).
-    installed: Vec<Span>,
+    /// state transfer), with when each ended.
+    installed: Vec<(Instant, Span)>,
     /// `StateMachine::restore` calls, with when each ended.
     restores: Vec<(Instant, Span)>,
 }
@@ -263,7 +263,7 @@ impl NodeClock {
                 persist: Span::between(start, end),
                 bytes,
             }),
-            None => r.installed.push(Span::between(start, end)),
+            None => r.installed.push((end.at, Span::between(start, end))),
         }
     }
 }
@@ -796,12 +796,12 @@ struct Transfer {
     /// The leader's latest checkpoint slot then.
     leader_checkpoint: Option<u64>,
     /// From the start of the new replica to its first piece, its last piece, the end
-    /// of its `restore`, the status that showed the snapshot installed, and its commit
-    /// point at the target with its vote back.
+    /// of its `restore` (the snapshot installed in memory), the end of the persist
+    /// that wrote it, and its commit point at the target with its vote back.
     first_chunk: Duration,
     last_chunk: Duration,
     restored: Option<Duration>,
-    installed: Duration,
+    persisted: Option<Duration>,
     caught_up: Duration,
     /// `restore`'s own length, and the persist call that wrote the installed
     /// checkpoint.
@@ -851,13 +851,9 @@ async fn transfer(
     cluster.spawn(victim, listener)?;
     let handle = cluster.handle(victim)?.clone();
     let traffic = cluster.member(victim)?.traffic.clone();
-    let mut installed = None;
     let status = loop {
         let s = handle.status().await?;
         let now = Instant::now();
-        if installed.is_none() && s.snapshots_installed > 0 {
-            installed = Some(now - started);
-        }
         {
             let c = traffic.chunks();
             if c.total > 0 {
@@ -876,9 +872,10 @@ async fn transfer(
     let caught_up = started.elapsed();
     let peak = if reset { proc_status("VmHWM") } else { None };
     let rss_after = proc_status("VmRSS");
-    let installed = installed.context(
-        "the new replica caught up without installing a snapshot (the log was not compacted?)",
-    )?;
+    ensure!(
+        status.snapshots_installed > 0,
+        "the new replica caught up without installing a snapshot (the log was not compacted?)"
+    );
     let (first_chunk, last_chunk) = {
         let c = traffic.chunks();
         let since = |t: Option<Instant>| t.map_or(Duration::ZERO, |t| t - started);
@@ -887,16 +884,17 @@ async fn transfer(
     let clock = cluster.member(victim)?.clock.clone();
     let records = clock.lock();
     let restored = records.restores.first().copied();
+    let persisted = records.installed.first().copied();
     Ok(Transfer {
         target,
         leader_checkpoint: leader_status.checkpoint,
         first_chunk,
         last_chunk,
         restored: restored.map(|(end, _)| end - started),
-        installed,
+        persisted: persisted.map(|(end, _)| end - started),
         caught_up,
         restore: restored.map(|(_, took)| took),
-        install_persist: records.installed.first().copied(),
+        install_persist: persisted.map(|(_, took)| took),
         rss_before,
         peak,
         rss_after,
@@ -1189,32 +1187,29 @@ fn print_report(s: &Settings, r: &Report) {
             .map_or_else(|| "none".to_string(), |c| c.to_string())
     );
     println!(
-        "| new replica: start → first chunk | {:.0} ms |",
+        "| new replica: start → first chunk (reconnection, recovery from a majority) | {:.0} ms |",
         ms(t.first_chunk)
     );
     println!(
-        "| new replica: start → last chunk | {:.0} ms ({:.0} MiB/s from the first chunk to the last) |",
-        ms(t.last_chunk),
+        "| new replica: first chunk → last chunk | {:.0} ms ({:.0} MiB/s) |",
+        ms(t.last_chunk - t.first_chunk),
         mib(chunk_bytes.saturating_sub(s.chunk_bytes as u64))
             / (t.last_chunk - t.first_chunk).as_secs_f64().max(1e-9)
     );
     if let (Some(end), Some(took)) = (t.restored, t.restore) {
         println!(
-            "| new replica: `restore()`, ms: wall (on a CPU, waiting for one), and when it ended | {}, at {:.0} ms |",
+            "| new replica: last chunk → installed in memory (CRC, decoding, `restore()`); `restore()` alone, ms: wall (on a CPU, waiting for one) | {:.0} ms; {} |",
+            ms(end.saturating_sub(t.last_chunk)),
+            span(&took),
+        );
+    }
+    if let (Some(end), Some(took)) = (t.persisted, t.install_persist) {
+        println!(
+            "| new replica: persisting the installed checkpoint (file, fsyncs, log compaction), ms: wall (on a CPU, waiting for one); done at | {}; {:.0} ms |",
             span(&took),
             ms(end)
         );
     }
-    if let Some(p) = t.install_persist {
-        println!(
-            "| new replica: persisting the installed checkpoint (file, fsyncs, log compaction), ms: wall (on a CPU, waiting for one) | {} |",
-            span(&p)
-        );
-    }
-    println!(
-        "| new replica: start → snapshot installed in memory (its status shows it; the persist follows) | {:.0} ms |",
-        ms(t.installed)
-    );
     println!(
         "| **new replica: start → caught up** (commit point {} ≥ leader's, voting) | **{:.0} ms** |",
         t.status.commit_point,
