@@ -8,11 +8,13 @@
 //! missed entries add up to more than the peer frame limit, the sender's transport
 //! drops the reply ("message larger than the frame limit; dropped", kind
 //! "fetch-reply"), the late replica asks again for the same range on every fetch timer,
-//! gets the same oversized reply, and stays at its commit point for ever while the
-//! others serve. `NodeServer` gives no way to lower `max_batch` (it caps only
-//! `snapshot_chunk_bytes` to the frame), so with the default 16 MiB frame any workload
-//! whose commands average more than 16 KiB can wedge a replica this way; a wiped
-//! replica recovering before the first compaction is wedged the same way. Run it with
+//! gets the same oversized reply, and stays at its commit point while the others
+//! serve: for ever if writes stop, else until the log is compacted past it (two
+//! checkpoint intervals later) and a snapshot replaces the fetch. `NodeServer` gives
+//! no way to lower `max_batch` (it caps only `snapshot_chunk_bytes` to the frame), so
+//! with the default 16 MiB frame any workload whose commands average more than 16 KiB
+//! can wedge a replica this way; a wiped replica recovering before the first
+//! compaction is wedged the same way. Run it with
 //! `cargo test --release -p paxos-transport-tcp --test large_fetch -- --ignored`.
 
 use std::net::SocketAddr;
