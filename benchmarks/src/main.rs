@@ -5,6 +5,7 @@
 //! cargo run --release -p benchmarks -- core --plot docs/benchmarks-core.svg
 //! cargo run --release -p benchmarks -- runtime --plot docs/benchmarks-runtime.svg
 //! cargo build --release -p bank-app && cargo run --release -p benchmarks -- failover
+//! cargo run --release -p benchmarks -- snapshot
 //! ```
 //!
 //! `core` runs, per round and interleaved, our sans-IO core and OmniPaxos in the lockstep
@@ -20,6 +21,10 @@
 //! `failover` starts five `bank node` processes on 127.0.0.1, keeps a few clients busy,
 //! kills the leader with SIGKILL and measures the time until a client sees its next
 //! commit, over several trials.
+//!
+//! `snapshot` fills a state of 100 MiB through the log of three replicas over TCP with
+//! durable storage, wipes a follower and times its recovery by chunked state transfer,
+//! with the leader's checkpoint stall and the process's peak RSS.
 //!
 //! Results and how to read them: `docs/benchmarks.md`.
 
@@ -38,6 +43,7 @@ mod ours;
 mod plot;
 mod raft;
 mod runtime;
+mod snapshot;
 
 /// Replicas per cluster.
 const NODES: usize = 5;
@@ -58,6 +64,9 @@ enum Command {
     /// Five `bank node` processes over TCP: time from SIGKILL of the leader to the next
     /// commit a client sees.
     Failover(failover::FailoverArgs),
+    /// Three replicas over TCP with durable storage: a 100 MiB state transferred to a
+    /// wiped replica, and the leader's checkpoint stall.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 #[derive(clap::Args)]
@@ -392,6 +401,7 @@ fn main() -> Result<()> {
         Command::Core(args) => core(args),
         Command::Runtime(args) => runtime(args),
         Command::Failover(args) => failover::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
     }
 }
 
