@@ -31,6 +31,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod bank_nodes;
 mod failover;
 mod nodes;
 mod omni;
