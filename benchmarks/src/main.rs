@@ -5,6 +5,7 @@
 //! cargo run --release -p benchmarks -- core --plot docs/benchmarks-core.svg
 //! cargo run --release -p benchmarks -- runtime --plot docs/benchmarks-runtime.svg
 //! cargo build --release -p bank-app && cargo run --release -p benchmarks -- failover
+//! cargo build --release -p bank-app && cargo run --release -p benchmarks --features etcd -- tcp
 //! ```
 //!
 //! `core` runs, per round and interleaved, our sans-IO core and OmniPaxos in the lockstep
@@ -21,6 +22,13 @@
 //! kills the leader with SIGKILL and measures the time until a client sees its next
 //! commit, over several trials.
 //!
+//! `tcp` runs, per round and interleaved, five `bank node` processes over TCP and a
+//! five-member etcd cluster on 127.0.0.1, durable and in memory, at 1 / 64 / 256
+//! closed-loop clients: throughput and p50/p99 latency, agreement checked after every
+//! run. etcd's client is behind the `etcd` feature (off by default, so that the
+//! workspace's default build does not compile a gRPC stack); without it `tcp` measures
+//! our side only.
+//!
 //! Results and how to read them: `docs/benchmarks.md`.
 
 use std::cell::Cell;
@@ -32,6 +40,8 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod bank_nodes;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod failover;
 mod nodes;
 mod omni;
@@ -39,6 +49,7 @@ mod ours;
 mod plot;
 mod raft;
 mod runtime;
+mod tcp;
 
 /// Replicas per cluster.
 const NODES: usize = 5;
@@ -59,6 +70,9 @@ enum Command {
     /// Five `bank node` processes over TCP: time from SIGKILL of the leader to the next
     /// commit a client sees.
     Failover(failover::FailoverArgs),
+    /// Five `bank node` processes over TCP against five etcd members (`--features
+    /// etcd`), durable and in memory, C closed-loop clients.
+    Tcp(tcp::TcpArgs),
 }
 
 #[derive(clap::Args)]
@@ -393,6 +407,7 @@ fn main() -> Result<()> {
         Command::Core(args) => core(args),
         Command::Runtime(args) => runtime(args),
         Command::Failover(args) => failover::run(args),
+        Command::Tcp(args) => tcp::run(args),
     }
 }
 
