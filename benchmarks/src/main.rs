@@ -298,6 +298,7 @@ fn median_stats(runs: &[runtime::RunStats]) -> runtime::RunStats {
         p99_ms: of(|r| r.p99_ms),
         completed: runs.iter().map(|r| r.completed).sum(),
         failed: runs.iter().map(|r| r.failed).sum(),
+        starved: runs.iter().map(|r| r.starved).sum(),
     }
 }
 
@@ -393,6 +394,11 @@ fn runtime(args: RuntimeArgs) -> Result<()> {
             rows.iter().map(|r| r.ours.failed).sum::<u64>(),
             rows.iter().map(|r| r.raft.failed).sum::<u64>()
         );
+    }
+    let starved: u64 = rows.iter().map(|r| r.ours.starved + r.raft.starved).sum();
+    if starved > 0 {
+        println!();
+        println!("clients that completed nothing in a window (all runs): {starved}");
     }
     if let Some(path) = &args.plot {
         plot::runtime(path, &rows)?;
