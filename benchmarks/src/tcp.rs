@@ -3,13 +3,13 @@
 //! and in memory (`bank node --memory`; etcd's data directories on a tmpfs), at several
 //! counts of closed-loop clients. Each run starts a fresh cluster, lets the clients run
 //! for a warm-up, then counts for a window the commands that complete in it and their
-//! latencies ([`crate::runtime`]'s harness, the same for both systems). Per round, each
+//! latencies ([`mod@crate::runtime`]'s harness, the same for both systems). Per round, each
 //! storage mode and client count runs both systems back to back (ours first in odd
 //! rounds); the table gives the median of the rounds and the ratio.
 //!
 //! Ours: one-unit transfers through the library's TCP client path ([`RemoteCluster`]
 //! endpoints, a [`Client`] with a session each, redirects followed to the leader).
-//! etcd ([`crate::etcd`], feature `etcd`): Puts of 16-byte values through its gRPC KV
+//! etcd (`etcd.rs`, feature `etcd`): Puts of 16-byte values through its gRPC KV
 //! API, each client under a key of its own, sent to the leader. Without the feature, or
 //! with `--ours-only`, only our side is measured.
 //!
