@@ -8,22 +8,17 @@
 //! error, on a panic, and on Ctrl-C or SIGTERM (the run's future is dropped). Data
 //! directories, logs and the cluster file live in a temporary directory removed then.
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use bank_app::{
-    await_agreement, Account, Bank, BankCommand, Cluster, ClusterConfig, NodeConfig, RemoteCluster,
-    RemoteOptions,
-};
+use anyhow::{anyhow, bail, ensure, Result};
+use bank_app::{await_agreement, Account, Bank, BankCommand, RemoteCluster, RemoteOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use paxos_core::{Client, ClientOptions, Endpoint, NodeId};
 
+use crate::bank_nodes::{bank_binary, interrupted, Nodes, PATIENCE};
 use crate::{median, NODES};
 
 /// The options of `failover` (its help text is the `Command::Failover` variant's).
@@ -47,162 +42,6 @@ pub(crate) struct FailoverArgs {
     /// `cargo build --release -p bank-app` leaves it in `target/release/`).
     #[arg(long)]
     bank: Option<PathBuf>,
-}
-
-/// The longest wait for anything (a node to answer, a leader, the next commit).
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// The node processes of one run and the temporary directory holding their cluster
-/// file, data directories and logs. Dropping it kills (SIGKILL) and reaps every node
-/// still running, then removes the directory.
-struct Nodes {
-    /// The `bank` binary the nodes run.
-    bank: PathBuf,
-    /// The five nodes and their addresses on 127.0.0.1.
-    config: ClusterConfig,
-    /// Where `config` is written, for `bank node --config`.
-    config_path: PathBuf,
-    /// The nodes running now (a killed node is removed, a restarted one put back).
-    children: BTreeMap<NodeId, Child>,
-    /// Declared last: removed after `drop` has killed the nodes using it.
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for child in self.children.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Ports nobody listens on now (another program could take one before a node binds
-/// it; the node would then exit, and the run fails with its log's path).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
-}
-
-impl Nodes {
-    /// Writes a five-node cluster file on free ports of 127.0.0.1 (with a cluster id of
-    /// its own, so no stranger's node is mistaken for one of ours) and starts the nodes.
-    fn start(bank: PathBuf) -> Result<Nodes> {
-        let dir = tempfile::Builder::new().prefix("failover-").tempdir()?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let config = ClusterConfig {
-            // Below 2^63: TOML integers are signed.
-            cluster_id: ((u64::from(std::process::id()) << 32) ^ u64::from(nanos)) >> 1,
-            nodes: free_ports(NODES)?
-                .into_iter()
-                .zip(1..)
-                .map(|(port, id)| NodeConfig {
-                    id,
-                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                })
-                .collect(),
-            ..ClusterConfig::local_default()
-        };
-        let config_path = dir.path().join("cluster.toml");
-        std::fs::write(&config_path, config.to_toml_string())?;
-        let mut nodes = Nodes {
-            bank,
-            config,
-            config_path,
-            children: BTreeMap::new(),
-            dir,
-        };
-        for id in nodes.config.ids() {
-            nodes.spawn(id)?;
-        }
-        Ok(nodes)
-    }
-
-    fn log_path(&self, id: NodeId) -> PathBuf {
-        self.dir.path().join(format!("n{id}.log"))
-    }
-
-    /// Starts node `id` on its port and data directory, its stderr appended to its log.
-    fn spawn(&mut self, id: NodeId) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(id))?;
-        let child = Command::new(&self.bank)
-            .args(["node", "--id", &id.to_string(), "--config"])
-            .arg(&self.config_path)
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("data-n{id}")))
-            .env("RUST_LOG", "warn")
-            .env_remove("BANK_CONFIG")
-            .env_remove("BANK_ENDPOINTS")
-            .env_remove("BANK_CLUSTER_ID")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} node --id {id}", self.bank.display()))?;
-        self.children.insert(id, child);
-        Ok(())
-    }
-
-    /// Kills node `id` with SIGKILL and reaps it.
-    fn kill(&mut self, id: NodeId) -> Result<()> {
-        let mut child = self
-            .children
-            .remove(&id)
-            .with_context(|| format!("n{id} is not running"))?;
-        child.kill()?;
-        child.wait()?;
-        Ok(())
-    }
-
-    /// Fails if a node exited by itself, naming its log.
-    fn check_running(&mut self) -> Result<()> {
-        let mut exited = None;
-        for (&id, child) in &mut self.children {
-            if let Some(status) = child.try_wait()? {
-                exited = Some((id, status));
-                break;
-            }
-        }
-        match exited {
-            Some((id, status)) => bail!(
-                "n{id} exited ({status}); its log: {}",
-                self.log_path(id).display()
-            ),
-            None => Ok(()),
-        }
-    }
-
-    /// Waits until every running node answers and one of them leads; returns the
-    /// leader.
-    async fn await_serving(&mut self, cluster: &RemoteCluster) -> Result<NodeId> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            self.check_running()?;
-            let mut all = true;
-            for &id in self.children.keys() {
-                all &= cluster.replica_status(id).await.is_ok();
-            }
-            if all {
-                if let Some(leader) = cluster.leader().await {
-                    return Ok(leader);
-                }
-            }
-            if Instant::now() >= deadline {
-                bail!("the cluster did not serve within {PATIENCE:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// One leader kill, as the clients see it.
@@ -277,25 +116,6 @@ struct Trial {
     successor: NodeId,
     /// From the kill to that commit.
     gap: Duration,
-}
-
-/// The `bank` binary: the one given, or the one next to this executable.
-fn bank_binary(given: Option<PathBuf>) -> Result<PathBuf> {
-    let path = match given {
-        Some(p) => p,
-        None => {
-            let exe = std::env::current_exe()?;
-            exe.parent()
-                .map(|d| d.join("bank"))
-                .context("this executable has no directory")?
-        }
-    };
-    ensure!(
-        path.is_file(),
-        "no `bank` binary at {} (build it with `cargo build --release -p bank-app`, or pass --bank PATH)",
-        path.display()
-    );
-    Ok(path)
 }
 
 /// Waits until the clients have committed something since `since` commits.
@@ -375,7 +195,7 @@ async fn trials(
 /// all five replicas agree and the bank's total is unchanged.
 async fn run_async(args: &FailoverArgs, bank: PathBuf, bar: &ProgressBar) -> Result<()> {
     bar.set_message("starting five nodes");
-    let mut nodes = Nodes::start(bank)?;
+    let mut nodes = Nodes::start(bank, false, "failover-")?;
     let cluster = RemoteCluster::new(&nodes.config, RemoteOptions::default())?;
     nodes.await_serving(&cluster).await?;
 
@@ -452,17 +272,6 @@ async fn run_async(args: &FailoverArgs, bank: PathBuf, bar: &ProgressBar) -> Res
         "kill → next commit: min {min:.0} ms, median {:.0} ms, max {max:.0} ms",
         median(gaps)
     );
-    Ok(())
-}
-
-/// Waits for Ctrl-C or SIGTERM.
-async fn interrupted() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
     Ok(())
 }
 

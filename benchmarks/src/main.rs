@@ -6,6 +6,7 @@
 //! cargo run --release -p benchmarks -- runtime --plot docs/benchmarks-runtime.svg
 //! cargo build --release -p bank-app && cargo run --release -p benchmarks -- failover
 //! cargo run --release -p benchmarks -- snapshot
+//! cargo build --release -p bank-app && cargo run --release -p benchmarks --features etcd -- tcp
 //! ```
 //!
 //! `core` runs, per round and interleaved, our sans-IO core and OmniPaxos in the lockstep
@@ -26,6 +27,13 @@
 //! durable storage, wipes a follower and times its recovery by chunked state transfer,
 //! with the leader's checkpoint stall and the process's peak RSS.
 //!
+//! `tcp` runs, per round and interleaved, five `bank node` processes over TCP and a
+//! five-member etcd cluster on 127.0.0.1, durable and in memory, at 1 / 64 / 256
+//! closed-loop clients: throughput and p50/p99 latency, agreement checked after every
+//! run. etcd's client is behind the `etcd` feature (off by default, so that the
+//! workspace's default build does not compile a gRPC stack); without it `tcp` measures
+//! our side only.
+//!
 //! Results and how to read them: `docs/benchmarks.md`.
 
 use std::cell::Cell;
@@ -36,6 +44,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod bank_nodes;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod failover;
 mod nodes;
 mod omni;
@@ -44,6 +55,7 @@ mod plot;
 mod raft;
 mod runtime;
 mod snapshot;
+mod tcp;
 
 /// Replicas per cluster.
 const NODES: usize = 5;
@@ -67,6 +79,9 @@ enum Command {
     /// Three replicas over TCP with durable storage: a 100 MiB state transferred to a
     /// wiped replica, and the leader's checkpoint stall.
     Snapshot(snapshot::SnapshotArgs),
+    /// Five `bank node` processes over TCP against five etcd members (`--features
+    /// etcd`), durable and in memory, C closed-loop clients.
+    Tcp(tcp::TcpArgs),
 }
 
 #[derive(clap::Args)]
@@ -292,6 +307,7 @@ fn median_stats(runs: &[runtime::RunStats]) -> runtime::RunStats {
         p99_ms: of(|r| r.p99_ms),
         completed: runs.iter().map(|r| r.completed).sum(),
         failed: runs.iter().map(|r| r.failed).sum(),
+        starved: runs.iter().map(|r| r.starved).sum(),
     }
 }
 
@@ -388,6 +404,11 @@ fn runtime(args: RuntimeArgs) -> Result<()> {
             rows.iter().map(|r| r.raft.failed).sum::<u64>()
         );
     }
+    let starved: u64 = rows.iter().map(|r| r.ours.starved + r.raft.starved).sum();
+    if starved > 0 {
+        println!();
+        println!("clients that completed nothing in a window (all runs): {starved}");
+    }
     if let Some(path) = &args.plot {
         plot::runtime(path, &rows)?;
         println!();
@@ -402,6 +423,7 @@ fn main() -> Result<()> {
         Command::Runtime(args) => runtime(args),
         Command::Failover(args) => failover::run(args),
         Command::Snapshot(args) => snapshot::run(args),
+        Command::Tcp(args) => tcp::run(args),
     }
 }
 

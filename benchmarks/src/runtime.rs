@@ -98,16 +98,20 @@ pub(crate) struct RunStats {
     pub(crate) completed: u64,
     /// Commands given up on in the whole run.
     pub(crate) failed: u64,
+    /// Clients that completed no command inside the window (starved: the throughput
+    /// and latencies are then those of fewer clients than asked for).
+    pub(crate) starved: u64,
 }
 
 impl RunStats {
     /// Merges the clients' records of a run whose window lasted `window`.
     pub(crate) fn of(recorders: Vec<Recorder>, window: Duration) -> RunStats {
         let mut latencies = Vec::new();
-        let (mut completed, mut failed) = (0, 0);
+        let (mut completed, mut failed, mut starved) = (0, 0, 0);
         for r in recorders {
             completed += r.completed;
             failed += r.failed;
+            starved += u64::from(r.latencies.is_empty());
             latencies.extend(r.latencies);
         }
         latencies.sort_unstable();
@@ -124,6 +128,7 @@ impl RunStats {
             p99_ms: pick(0.99),
             completed,
             failed,
+            starved,
         }
     }
 }
