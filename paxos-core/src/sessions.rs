@@ -434,6 +434,53 @@ mod tests {
         }
     }
 
+    /// REVIEW: the queue still agrees with the ordered set when the table is rebuilt
+    /// from a checkpoint (restore) at random points, with small tables (eviction on
+    /// nearly every registration) and expiry interleaved.
+    #[test]
+    fn review_the_queue_agrees_across_restores() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for max in [1usize, 2, 3, 7] {
+            let (mut t, mut r) = (Sessions::new(), Reference::default());
+            let mut time = 0;
+            for slot in 0..20_000u64 {
+                let client = next() % 12;
+                match next() % 12 {
+                    0..=2 => {
+                        t.register(client, slot, max);
+                        r.touch(client, slot, max, true);
+                    }
+                    3 => {
+                        time += next() % 30;
+                        let limit = next() % 90;
+                        t.advance_time(time, limit);
+                        r.advance(time, limit);
+                    }
+                    4 => {
+                        t = Sessions::restore(t.log_time(), t.to_sorted_vec());
+                    }
+                    _ => {
+                        t.record(client, slot, Bytes::new(), slot);
+                        r.touch(client, slot, max, false);
+                    }
+                }
+                let mine: BTreeSet<ClientId> = t.map.keys().copied().collect();
+                let theirs: BTreeSet<ClientId> = r.map.keys().copied().collect();
+                assert_eq!(mine, theirs, "max {max} after slot {slot}");
+                for (c, (s, active)) in &r.map {
+                    let got = &t.map[c];
+                    assert_eq!((got.last_slot, got.last_active), (*s, *active));
+                }
+            }
+        }
+    }
+
     #[test]
     fn touches_out_of_slot_order_keep_the_order_exact() {
         let mut t = Sessions::new();
