@@ -243,7 +243,10 @@ impl ClientOptions {
 /// a new session by itself with its next command; whether to check the state and
 /// resubmit the failed command is the caller's decision. To keep idle stretches from
 /// ending this way, a client idle for [`ClientOptions::session_idle_limit`] registers
-/// afresh before its next command.
+/// afresh before its next command, unless its previous command did not complete (its
+/// deadline passed, or the call was cancelled): then the next command goes under the
+/// old session, whose higher request number keeps a late copy of the previous one from
+/// ever executing after it.
 pub struct Client<S> {
     /// Recognises the reply to this client's registration.
     id: ClientId,
@@ -252,6 +255,11 @@ pub struct Client<S> {
     /// When the latest command (or registration) that completed under `session` was
     /// first sent: the session's last use the cluster could have seen, at the earliest.
     last_used: Option<Instant>,
+    /// A command was sent under `session` and did not complete (deadline passed, or the
+    /// call was cancelled): a copy may still execute. The next command must go under
+    /// the same session, with a higher number, so that it fences that copy off; a new
+    /// session would let the copy execute after it.
+    unsettled: bool,
     next_seq: u64,
     endpoints: Vec<Arc<dyn Endpoint>>,
     leader: Option<usize>,
@@ -295,6 +303,7 @@ impl<S: StateMachine> Client<S> {
             id,
             session: None,
             last_used: None,
+            unsettled: false,
             next_seq: 1,
             endpoints,
             leader: None,
@@ -341,7 +350,9 @@ impl<S: StateMachine> Client<S> {
         let deadline = start + timeout;
         let payload = encode_command::<S>(command)?;
         if let (Some(limit), Some(used)) = (self.options.session_idle_limit, self.last_used) {
-            if start.saturating_duration_since(used) >= limit {
+            // Not while an earlier command is unsettled: only the old session can fence
+            // it off (see `unsettled`).
+            if start.saturating_duration_since(used) >= limit && !self.unsettled {
                 // The cluster may have expired the session meanwhile: start a new one
                 // rather than have this command fail with an unknown outcome.
                 debug!(client = self.id, session = ?self.session, "idle past the limit: registering a new session");
@@ -366,6 +377,9 @@ impl<S: StateMachine> Client<S> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let sent = Instant::now();
+        // Set before the call, cleared once it completes: a timeout or a cancelled
+        // future leaves it set.
+        self.unsettled = true;
         let bytes = self
             .call_until(
                 Request {
@@ -376,6 +390,7 @@ impl<S: StateMachine> Client<S> {
                 deadline,
             )
             .await?;
+        self.unsettled = false;
         self.last_used = Some(sent);
         decode_output::<S>(&bytes)
     }
@@ -384,6 +399,10 @@ impl<S: StateMachine> Client<S> {
     fn drop_session(&mut self) {
         self.session = None;
         self.last_used = None;
+        // Nothing sent under the dropped session can execute any more: the cluster
+        // dropped it (SessionExpired), or this client stopped using it while nothing of
+        // it was unsettled.
+        self.unsettled = false;
         self.id = os_nonce();
         self.next_seq = 1;
     }
@@ -743,7 +762,9 @@ mod tests {
         }
 
         async fn call(&self, request: Request) -> Result<Reply, EndpointError> {
-            if !request.is_register() && postcard::from_bytes::<u64>(&request.payload) == Ok(self.hold) {
+            if !request.is_register()
+                && postcard::from_bytes::<u64>(&request.payload) == Ok(self.hold)
+            {
                 self.held.lock().unwrap().push(request.clone());
                 std::future::pending::<()>().await;
             }
@@ -751,12 +772,13 @@ mod tests {
         }
     }
 
-    /// REVIEW: idle re-registration breaks "a command whose deadline passes may still
-    /// execute later, but never after a later command of the same client": the old
-    /// session is still alive in the cluster, so a delayed copy of the timed-out
-    /// command executes under it after the next command ran under the new session.
+    /// "A command whose deadline passes may still execute later, but never after a later
+    /// command of the same client", across idle re-registration: a client idle past
+    /// `session_idle_limit` whose last command timed out keeps its session for the next
+    /// command, so the next command fences the timed-out one off. (Found by review:
+    /// re-registering let a delayed copy of command 2 execute after command 3.)
     #[tokio::test(start_paused = true)]
-    async fn review_idle_reregistration_lets_a_timed_out_command_run_after_a_later_one() {
+    async fn a_timed_out_command_never_runs_after_a_later_one_across_idle_reregistration() {
         let mut replica = crate::Replica::new(
             crate::Config::new(1, vec![1]),
             Applied::default(),
@@ -787,14 +809,29 @@ mod tests {
             client.execute_within(&2, Duration::from_secs(2)).await,
             Err(ClientError::Timeout)
         );
-        // Command 3: 61 s since the last completed command, so the client registers anew.
+        // Command 3: 61 s since the last completed command, but command 2 is unsettled:
+        // it goes under the same session, as #3.
+        let session = client.session();
         assert_eq!(client.execute(&3).await, Ok(3));
-        // The link now delivers the held copy of command 2 (session 1 is alive: ttl 1 h).
+        assert_eq!(
+            client.session(),
+            session,
+            "no new session while #2 is unsettled"
+        );
+        // The link now delivers the held copy of command 2: too old to execute.
         let held = link.held.lock().unwrap().pop().unwrap();
         let reply = link.deliver(held).unwrap();
-        assert!(matches!(reply.response, Response::Ok(_)), "{reply:?}");
+        assert_eq!(reply.response, Response::Stale, "{reply:?}");
         let order = link.replica.lock().unwrap().state_machine().0.clone();
-        assert_eq!(order, [1, 3, 2], "command 2 ran after command 3");
+        assert_eq!(order, [1, 3], "command 2 must not run after command 3");
+        // Settled again: the next idle stretch re-registers as before.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(client.execute(&4).await, Ok(4));
+        assert_ne!(
+            client.session(),
+            session,
+            "idle past the limit: a new session"
+        );
     }
 
     #[test]

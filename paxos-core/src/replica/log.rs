@@ -523,15 +523,34 @@ mod tests {
                 }
                 assert_eq!(log.commit_point(), commit, "seed {seed} step {step}");
                 assert_eq!(log.start(), start, "seed {seed} step {step}");
-                let got: Vec<(Slot, u64, bool)> =
-                    log.range(..).map(|(s, e)| (s, e.ballot.round, e.chosen)).collect();
+                let got: Vec<(Slot, u64, bool)> = log
+                    .range(..)
+                    .map(|(s, e)| (s, e.ballot.round, e.chosen))
+                    .collect();
                 let want: Vec<(Slot, u64, bool)> = model
                     .iter()
-                    .map(|(s, (b, c))| (*s, if *c && got.iter().any(|g| g.0 == *s && g.1 == 0) { 0 } else { *b }, *c))
+                    .map(|(s, (b, c))| {
+                        (
+                            *s,
+                            if *c && got.iter().any(|g| g.0 == *s && g.1 == 0) {
+                                0
+                            } else {
+                                *b
+                            },
+                            *c,
+                        )
+                    })
                     .collect();
-                let strip = |v: &[(Slot, u64, bool)]| v.iter().map(|(s, _, c)| (*s, *c)).collect::<Vec<_>>();
+                let strip = |v: &[(Slot, u64, bool)]| {
+                    v.iter().map(|(s, _, c)| (*s, *c)).collect::<Vec<_>>()
+                };
                 assert_eq!(strip(&got), strip(&want), "seed {seed} step {step}");
-                for (lo, hi) in [(commit, commit + MAX_GAP), (start + 3, slot), (slot, slot + 1), (slot + 5, slot)] {
+                for (lo, hi) in [
+                    (commit, commit + MAX_GAP),
+                    (start + 3, slot),
+                    (slot, slot + 1),
+                    (slot + 5, slot),
+                ] {
                     let got: Vec<Slot> = log.range(lo..hi.max(lo)).map(|(s, _)| s).collect();
                     let want: Vec<Slot> = model.range(lo..hi.max(lo)).map(|(s, _)| *s).collect();
                     assert_eq!(got, want, "seed {seed} step {step} range {lo}..{hi}");
@@ -544,7 +563,11 @@ mod tests {
                 assert_eq!(log.get(slot).is_some(), model.contains_key(&slot));
                 // Disjoint parts; the ring starts and ends with an entry; far is outside.
                 let ring_end = log.base + log.entries.len() as Slot;
-                assert!(log.far.range(log.base..ring_end.max(log.base)).next().is_none());
+                assert!(log
+                    .far
+                    .range(log.base..ring_end.max(log.base))
+                    .next()
+                    .is_none());
                 if !log.entries.is_empty() {
                     assert!(log.entries.front().unwrap().is_some());
                 }
