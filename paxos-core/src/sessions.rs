@@ -434,11 +434,11 @@ mod tests {
         }
     }
 
-    /// REVIEW: the queue still agrees with the ordered set when the table is rebuilt
+    /// The queue still agrees with the ordered set when the table is rebuilt
     /// from a checkpoint (restore) at random points, with small tables (eviction on
     /// nearly every registration) and expiry interleaved.
     #[test]
-    fn review_the_queue_agrees_across_restores() {
+    fn the_queue_agrees_with_an_ordered_set_across_restores() {
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             rng ^= rng << 13;

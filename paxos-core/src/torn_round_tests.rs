@@ -143,7 +143,7 @@ fn torn(f: &mut Faults) {
 
 /// Torn rounds among five, with stale traffic, partitions and dueling leaders.
 #[test]
-fn review_sim_torn_five_dueling() {
+fn simulation_with_torn_rounds_and_five_dueling_leaders() {
     run("torn five dueling", 300, |f| {
         torn(f);
         f.nodes = 5;
@@ -155,7 +155,7 @@ fn review_sim_torn_five_dueling() {
 
 /// Torn rounds with storage loss (recovery, incarnations) and duplicates.
 #[test]
-fn review_sim_torn_amnesia() {
+fn simulation_with_torn_rounds_and_amnesia() {
     run("torn amnesia", 300, |f| {
         torn(f);
         f.amnesia = true;
@@ -167,7 +167,7 @@ fn review_sim_torn_amnesia() {
 /// Torn rounds with paused stale leaders, skew and selective loss (COMMITs lost, not
 /// ACCEPTEDs...).
 #[test]
-fn review_sim_torn_stale_leaders_selective() {
+fn simulation_with_torn_rounds_stale_leaders_and_selective_loss() {
     run("torn stale selective", 300, |f| {
         torn(f);
         f.nodes = 5;
