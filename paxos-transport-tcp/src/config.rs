@@ -15,6 +15,9 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
 /// The default [`TcpConfig::max_client_frame_size`]: 1 MiB.
 pub const DEFAULT_MAX_CLIENT_FRAME_SIZE: usize = 1024 * 1024;
 
+/// The default [`TcpConfig::max_client_connections_per_ip`]: 64.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS_PER_IP: usize = 64;
+
 /// The largest frame limit a configuration may set: 1 GiB.
 pub const MAX_FRAME_SIZE_LIMIT: usize = 1 << 30;
 
@@ -132,7 +135,7 @@ impl TcpConfig {
             max_handshaking: 256,
             max_peer_connections: 64,
             max_client_connections: 1024,
-            max_client_connections_per_ip: 64,
+            max_client_connections_per_ip: DEFAULT_MAX_CLIENT_CONNECTIONS_PER_IP,
             client_idle_timeout: Duration::from_secs(300),
             peer_idle_timeout: Duration::from_secs(60),
             backoff_min: Duration::from_millis(50),

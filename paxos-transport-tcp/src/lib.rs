@@ -245,8 +245,8 @@ pub use cluster_file::{
     MAX_CONFIG_BYTES,
 };
 pub use config::{
-    ClientConfig, TcpConfig, DEFAULT_MAX_CLIENT_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE,
-    MAX_FRAME_SIZE_LIMIT,
+    ClientConfig, TcpConfig, DEFAULT_MAX_CLIENT_CONNECTIONS_PER_IP, DEFAULT_MAX_CLIENT_FRAME_SIZE,
+    DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT,
 };
 pub use error::TcpError;
 pub use gate::{Gate, GatedTransport};

@@ -21,7 +21,9 @@ pub(crate) struct BenchArgs {
     /// Transfers to complete in all.
     #[arg(long, default_value = "100000")]
     transfers: u64,
-    /// Concurrent clients, each with one transfer in flight.
+    /// Concurrent clients, each with one transfer in flight. Beyond 64 (what a node
+    /// accepts from one address) they share 64 connections per node, each carrying one
+    /// call at a time, so at most 64 operations are in flight.
     #[arg(long, default_value = "64")]
     clients: usize,
     /// Seed of the transfer choices.
@@ -47,9 +49,15 @@ enum Workload {
 }
 
 pub(crate) async fn run(config: &ClusterConfig, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    // One connection per client to each node, so the clients never queue for one.
+    // One connection per client to each node, so the clients never queue for one, up
+    // to what a node accepts from one address (`max_client_connections_per_ip`, 64 by
+    // default): beyond it a node refuses the connection and those clients would
+    // complete nothing. More clients than that share the connections.
     let options = RemoteOptions {
-        connections_per_node: args.clients.max(1),
+        connections_per_node: args.clients.clamp(
+            1,
+            paxos_transport_tcp::DEFAULT_MAX_CLIENT_CONNECTIONS_PER_IP,
+        ),
         ..RemoteOptions::default()
     };
     let cluster = RemoteCluster::new(config, options)?;
