@@ -53,17 +53,19 @@ pub struct Config {
     pub max_inflight: u64,
     /// The most entries in one ACCEPT, FETCH-REPLY or PROMISE batch of chosen entries.
     pub max_batch: usize,
-    /// The most bytes of log values in one ACCEPT or FETCH-REPLY, or in a PROMISE's (or
-    /// RECOVER-GRANT's) batch of chosen entries, counted as each value's payload plus
-    /// [`VALUE_OVERHEAD_BYTES`]; a batch always carries at least one entry. Keep it well
-    /// below the transport's frame limit (the TCP transport's `max_frame_size`, 16 MiB by
-    /// default): a batch of `max_batch` large commands would otherwise exceed the frame,
-    /// be dropped by the transport, and be sent again, the same size, for ever.
+    /// The most bytes of log values in one ACCEPT or FETCH-REPLY, in a PROMISE's batch
+    /// of chosen entries, and in a leader's in-flight (proposed, uncommitted) entries,
+    /// counted as each value's payload plus [`VALUE_OVERHEAD_BYTES`]; a batch always
+    /// carries at least one entry, and a leader always has one proposal in flight. Keep it
+    /// well below the transport's frame limit (the TCP transport's `max_frame_size`, 16
+    /// MiB by default): a batch of `max_batch` large commands would otherwise exceed the
+    /// frame, be dropped by the transport, and be sent again, the same size, for ever.
     /// `NodeServer` lowers it to a quarter of its frame limit. Default 4 MiB.
     ///
-    /// The entries a PROMISE reports above the acceptor's commit point are not cut
-    /// (a candidate needs them all): keep `max_inflight` times the largest command well
-    /// below the frame limit.
+    /// Not cut: the entries a PROMISE or a RECOVER-GRANT reports above the sender's
+    /// commit point (the receiver needs them all). Bounding each leader's in-flight bytes
+    /// is what keeps them small: what they report is what recent leaders left
+    /// uncommitted.
     pub max_message_bytes: usize,
     /// The most client requests a leader queues while its window is full; beyond that
     /// it answers [`Response::Busy`](crate::Response::Busy). Also bounds the requests a

@@ -89,7 +89,8 @@ pub(crate) enum Mutation {
     /// what they wait for: the correct protocol, slower (a baseline for comparisons).
     EverythingWaits,
     /// Batches (ACCEPT, FETCH-REPLY, a PROMISE's chosen entries) are cut by count only,
-    /// not by `max_message_bytes`: a batch of large commands exceeds the transport's
-    /// frame, is dropped, and is sent again the same size for ever.
+    /// not by `max_message_bytes`, and a leader's in-flight table by count only: a batch
+    /// of large commands exceeds the transport's frame, is dropped, and is sent again
+    /// the same size for ever; a full window makes its successor's PROMISEs too large.
     BatchesIgnoreBytes,
 }

@@ -343,7 +343,7 @@ impl<S: StateMachine> Replica<S> {
         self.exec.executed = self.exec.executed.max(slot);
         self.catch_up.raise(slot);
         if let RoleState::Leader(l) = &mut self.role {
-            l.inflight = l.inflight.split_off(&slot);
+            l.keep_inflight_from(slot);
             l.next_slot = l.next_slot.max(slot);
         }
         self.exec.checkpoint = Some(checkpoint);

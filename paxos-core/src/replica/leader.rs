@@ -16,6 +16,8 @@ pub(super) struct Inflight {
     pub(super) acks: u64,
     /// Expires when the proposal is due to be sent again to whoever has not accepted it.
     pub(super) resend: Timeout,
+    /// The value's [`Value::size_hint`].
+    pub(super) bytes: usize,
 }
 
 #[derive(Debug)]
@@ -23,6 +25,10 @@ pub(super) struct Leader {
     pub(super) ballot: Ballot,
     pub(super) next_slot: Slot,
     pub(super) inflight: BTreeMap<Slot, Inflight>,
+    /// The sum of `inflight`'s `bytes`: proposing stops above
+    /// [`Config::max_message_bytes`](crate::Config), so that what a leader leaves
+    /// uncommitted (and its successor's PROMISEs then report whole) fits a message.
+    pub(super) inflight_bytes: usize,
     pub(super) queue: VecDeque<Request>,
     /// Requests proposed and not yet executed, by client.
     pub(super) proposed: HashMap<ClientId, u64>,
@@ -78,6 +84,29 @@ impl SessionClock {
     }
 }
 
+impl Leader {
+    /// Adds a proposal to the in-flight table, counting its bytes.
+    pub(super) fn track(&mut self, slot: Slot, inflight: Inflight) {
+        self.inflight_bytes = self.inflight_bytes.saturating_add(inflight.bytes);
+        if let Some(old) = self.inflight.insert(slot, inflight) {
+            self.inflight_bytes = self.inflight_bytes.saturating_sub(old.bytes);
+        }
+    }
+
+    /// Takes a proposal out of the in-flight table.
+    pub(super) fn untrack(&mut self, slot: Slot) -> Option<Inflight> {
+        let inflight = self.inflight.remove(&slot)?;
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(inflight.bytes);
+        Some(inflight)
+    }
+
+    /// Keeps only the proposals at or above `slot` (a checkpoint covers the rest).
+    pub(super) fn keep_inflight_from(&mut self, slot: Slot) {
+        self.inflight = self.inflight.split_off(&slot);
+        self.inflight_bytes = self.inflight.values().map(|i| i.bytes).sum();
+    }
+}
+
 impl<S: StateMachine> Replica<S> {
     /// The most entries and bytes of values one batch carries (see
     /// [`Config::max_message_bytes`](crate::Config::max_message_bytes)).
@@ -113,7 +142,7 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         for s in newly_chosen {
-            if l.inflight.remove(&s).is_some() {
+            if l.untrack(s).is_some() {
                 self.log.mark_chosen(s);
             }
         }
@@ -134,7 +163,7 @@ impl<S: StateMachine> Replica<S> {
             .map(|(s, _)| *s)
             .collect();
         for s in done {
-            l.inflight.remove(&s);
+            l.untrack(s);
             self.log.mark_chosen(s);
         }
         self.advance_commit();
@@ -249,11 +278,12 @@ impl<S: StateMachine> Replica<S> {
             time: l.clock.time(self.now),
             idle_limit: ttl.saturating_add(period),
         };
-        l.inflight.insert(
+        l.track(
             slot,
             Inflight {
                 acks: 1u64 << self.me,
                 resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
+                bytes: value.size_hint(),
             },
         );
         l.fresh.push((slot, value.clone()));
@@ -269,6 +299,7 @@ impl<S: StateMachine> Replica<S> {
     /// one is due).
     pub(super) fn pump(&mut self) {
         self.propose_clock_if_due();
+        let max_bytes = self.batch_limits().1;
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
@@ -282,6 +313,7 @@ impl<S: StateMachine> Replica<S> {
                 .log
                 .commit_point()
                 .saturating_add(self.cfg.max_inflight)
+            && (l.inflight.is_empty() || l.inflight_bytes < max_bytes)
         {
             let Some(req) = l.queue.pop_front() else {
                 break;
@@ -298,11 +330,12 @@ impl<S: StateMachine> Replica<S> {
                 l.proposed.insert(req.client, req.seq);
             }
             let value = Value::Request(req);
-            l.inflight.insert(
+            l.track(
                 slot,
                 Inflight {
                     acks: self_bit,
                     resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
+                    bytes: value.size_hint(),
                 },
             );
             l.fresh.push((slot, value.clone()));

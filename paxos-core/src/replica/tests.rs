@@ -692,22 +692,20 @@ fn batches_stay_within_max_message_bytes() {
     );
 }
 
-/// Review (f629df4): the uncommitted part of a PROMISE is not cut by
-/// `max_message_bytes`, and neither is the NEW-VIEW built from it. With NodeServer's
-/// rule (`max_message_bytes` = frame / 4), a window of commands each far below the
-/// budget makes the PROMISE larger than the frame: the TCP transport drops it, every
-/// candidate's election fails the same way, and no leader is ever elected. Here the
-/// "frame" is 4 x 3,000 bytes; twenty 1,000-byte commands in flight suffice (with the
-/// defaults: 16 MiB frame, max_inflight 8,192, commands of ~2 KiB).
-#[test]
-#[ignore = "review: demonstrates an open limitation (PROMISE above the frame); run with --ignored"]
-fn review_promise_uncommitted_part_exceeds_nodeserver_frame() {
+/// What a leader leaves uncommitted is bounded by `max_message_bytes` (its in-flight
+/// table stops there), so the PROMISE a successor then gets, which reports those
+/// entries whole (a candidate needs them all), fits the frame `NodeServer` implies
+/// (`max_message_bytes` = frame / 4). Found by review: twenty 1,000-byte commands in
+/// flight made an untruncated PROMISE of 20 KB against a "frame" of 12.5 KB, and with
+/// the defaults (16 MiB frame, a window of 8,192) commands of ~2 KiB would wedge every
+/// election. Returns the PROMISE's size on the wire.
+fn promise_bytes_after_a_full_window(mutation: crate::mutation::Mutation) -> usize {
     use bytes::Bytes;
     let budget = 3 * (1000 + crate::config::VALUE_OVERHEAD_BYTES);
-    let frame = 4 * budget;
     let mut h = Harness::new(3, |c| {
         c.max_message_bytes = budget;
         c.max_inflight = 64;
+        c.mutation = mutation;
     });
     h.tick(60);
     let l = h.leader();
@@ -724,8 +722,8 @@ fn review_promise_uncommitted_part_exceeds_nodeserver_frame() {
             payload: Bytes::from(vec![0u8; 1000]),
         });
     }
-    // Every ACCEPT reaches follower f (each within the budget); its ACCEPTEDs are lost
-    // (the leader then crashes), so nothing new is committed anywhere.
+    // Every ACCEPT reaches follower f; its ACCEPTEDs are lost (the leader then
+    // crashes), so nothing new is committed anywhere.
     let f = (l + 1) % 3;
     let fid = h.replicas[f].id();
     let lid = h.replicas[l].id();
@@ -761,19 +759,24 @@ fn review_promise_uncommitted_part_exceeds_nodeserver_frame() {
         .find(|(_, m)| matches!(m, Message::Promise { .. }))
         .expect("a promise")
         .1;
-    let wire = postcard::to_allocvec(&promise).unwrap().len();
-    let Message::Promise {
-        entries, truncated, ..
-    } = &promise
-    else {
+    let Message::Promise { truncated, .. } = &promise else {
         unreachable!()
     };
     assert!(!truncated);
-    assert!(entries.len() >= 20, "{}", entries.len());
+    postcard::to_allocvec(&promise).unwrap().len()
+}
+
+#[test]
+fn what_a_leader_leaves_uncommitted_fits_a_promise() {
+    let frame = 4 * 3 * (1000 + crate::config::VALUE_OVERHEAD_BYTES);
+    let correct = promise_bytes_after_a_full_window(crate::mutation::Mutation::None);
     assert!(
-        wire <= frame,
-        "PROMISE of {} entries is {wire} bytes on the wire, above the frame of {frame} \
-         that NodeServer's max_message_bytes = frame / 4 implies",
-        entries.len()
+        correct <= frame,
+        "PROMISE of {correct} bytes, frame {frame}"
+    );
+    let broken = promise_bytes_after_a_full_window(crate::mutation::Mutation::BatchesIgnoreBytes);
+    assert!(
+        broken > frame,
+        "the broken variant's PROMISE fits: {broken}"
     );
 }

@@ -294,6 +294,7 @@ impl<S: StateMachine> Replica<S> {
                     Inflight {
                         acks: self_bit,
                         resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
+                        bytes: value.size_hint(),
                     },
                 );
             }
@@ -311,6 +312,7 @@ impl<S: StateMachine> Replica<S> {
         self.role = RoleState::Leader(Leader {
             ballot,
             next_slot: end,
+            inflight_bytes: inflight.values().map(|i: &Inflight| i.bytes).sum(),
             inflight,
             queue: VecDeque::new(),
             proposed: HashMap::new(),
