@@ -93,4 +93,8 @@ pub(crate) enum Mutation {
     /// of large commands exceeds the transport's frame, is dropped, and is sent again
     /// the same size for ever; a full window makes its successor's PROMISEs too large.
     BatchesIgnoreBytes,
+    /// An acceptor asked to accept a slot it knows decided with another value, or
+    /// compacted, stays silent instead of telling the leader its commit point: a leader
+    /// behind followers that compacted those slots never completes them.
+    SilentAboutDecided,
 }

@@ -164,18 +164,40 @@ fn simulation_with_torn_rounds_and_amnesia() {
     });
 }
 
-/// Torn rounds with paused stale leaders, skew and selective loss (COMMITs lost, not
-/// ACCEPTEDs...).
+/// Torn rounds with paused stale leaders, skew, selective loss (COMMITs lost, not
+/// ACCEPTEDs...) and frequent compaction.
+fn torn_stale_selective(f: &mut Faults) {
+    torn(f);
+    f.nodes = 5;
+    f.selective = true;
+    f.pauses = true;
+    f.skew = true;
+    f.one_way = true;
+    f.partitions = true;
+    f.checkpoint_interval = 3;
+}
+
 #[test]
 fn simulation_with_torn_rounds_stale_leaders_and_selective_loss() {
-    run("torn stale selective", 300, |f| {
-        torn(f);
-        f.nodes = 5;
-        f.selective = true;
-        f.pauses = true;
-        f.skew = true;
-        f.one_way = true;
-        f.partitions = true;
-        f.checkpoint_interval = 3;
-    });
+    run("torn stale selective", 300, torn_stale_selective);
+}
+
+/// Seed 3959 of the profile above (found at `PAXOS_SIM_SEEDS=20000`): a new leader at
+/// commit point 4 proposes slots 4 and 5, which three of the five followers have
+/// already decided and compacted (their commit point is 8). They cannot vouch for a
+/// compacted slot, so the leader never reaches a quorum, and nothing told it that it
+/// was behind: no request completed for 1,000 ticks. Acceptors now answer such an ACCEPT
+/// with their commit point (and the decided values they still hold); the leader fetches,
+/// steps down to install the snapshot, and the cluster moves on.
+#[test]
+fn a_leader_behind_followers_that_compacted_its_slots_learns_it() {
+    use crate::mutation::Mutation;
+    let broken = Sim::protocol(3959, Mutation::SilentAboutDecided, torn_stale_selective).run();
+    assert!(
+        broken.as_ref().is_err_and(|v| v.what.contains("liveness")),
+        "{:?}",
+        broken.map(|_| ())
+    );
+    let fixed = Sim::protocol(3959, Mutation::None, torn_stale_selective).run();
+    assert!(fixed.is_ok(), "{:?}", fixed.map(|_| ()));
 }

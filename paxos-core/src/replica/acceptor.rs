@@ -133,15 +133,24 @@ impl<S: StateMachine> Replica<S> {
         let blind = self.cfg.mutation == Mutation::AckChosenBlindly;
         #[cfg(not(test))]
         let blind = false;
+        // Decided slots the leader still proposes that we cannot vouch for: it is behind.
+        let mut decided = Vec::new();
+        let mut leader_behind = false;
         for (slot, value) in entries {
             if slot < self.log.commit_point() || self.log.is_chosen(slot) {
                 // Decided here already. An ACCEPTED vouches for holding this value at
                 // this ballot: give it only when the decided value is the proposed one
                 // (a leader whose proposal lost must not count us towards a quorum).
                 // A compacted slot's value is gone, so it cannot be vouched for.
-                let same = self.log.get(slot).is_some_and(|e| e.value == value);
+                let held = self.log.get(slot);
+                let same = held.is_some_and(|e| e.value == value);
                 if same || blind {
                     acked.push(slot);
+                } else {
+                    leader_behind = true;
+                    if let Some(e) = held {
+                        decided.push((slot, e.value.clone()));
+                    }
                 }
                 continue;
             }
@@ -159,6 +168,24 @@ impl<S: StateMachine> Replica<S> {
                     ballot,
                     slots: acked,
                     incarnation,
+                },
+            );
+        }
+        #[cfg(test)]
+        let leader_behind = leader_behind && self.cfg.mutation != Mutation::SilentAboutDecided;
+        if leader_behind {
+            // Without our vote for those slots the leader may never reach a quorum for
+            // them (if the others compacted them too); and nothing else tells a leader
+            // that its followers are ahead. Tell it what we know, as a FETCH-REPLY: our
+            // commit point (it then fetches, a snapshot if we compacted) and the chosen
+            // values we still hold (which it learns, stepping down if they are not its
+            // own).
+            let commit_point = self.log.commit_point();
+            self.send(
+                from,
+                Message::FetchReply {
+                    commit_point,
+                    entries: decided,
                 },
             );
         }

@@ -86,7 +86,8 @@
 //! }
 //!
 //! let report = Simulation::new(Counting).seeds(0..200).run().expect("no seed fails");
-//! assert_eq!(report.seeds, 200);
+//! // 200, unless PAXOS_SIM_SEEDS in the environment asks for another number.
+//! assert!(report.seeds > 0);
 //! assert!(report.completed > 0);
 //! ```
 
