@@ -85,9 +85,6 @@ pub(crate) enum Mutation {
     /// (as if they vouched for nothing): a crash in the middle of the round loses a
     /// promise or an accept that a candidate or leader already counted.
     VotesLeaveEarly,
-    /// Every message and reply waits for the round's writes, as before outputs said
-    /// what they wait for: the correct protocol, slower (a baseline for comparisons).
-    EverythingWaits,
     /// Batches (ACCEPT, FETCH-REPLY, a PROMISE's chosen entries) are cut by count only,
     /// not by `max_message_bytes`, and a leader's in-flight table by count only: a batch
     /// of large commands exceeds the transport's frame, is dropped, and is sent again

@@ -320,8 +320,6 @@ impl<S: StateMachine> Replica<S> {
             .persist
             .iter()
             .any(|op| matches!(op, PersistOp::Accept { slot, .. } if *slot < committed));
-        #[cfg(test)]
-        let own_vote_counts = own_vote_counts || self.cfg.mutation == Mutation::EverythingWaits;
         if !own_vote_counts {
             ready.replies_now = std::mem::take(&mut ready.replies);
         }
@@ -566,10 +564,8 @@ impl<S: StateMachine> Replica<S> {
         #[allow(unused_mut)]
         let mut waits = message.vouches_for_writes();
         #[cfg(test)]
-        match self.cfg.mutation {
-            Mutation::VotesLeaveEarly => waits = false,
-            Mutation::EverythingWaits => waits = true,
-            _ => {}
+        if self.cfg.mutation == Mutation::VotesLeaveEarly {
+            waits = false;
         }
         if waits {
             self.ready.messages.push((to, message));
