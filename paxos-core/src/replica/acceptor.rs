@@ -174,6 +174,18 @@ impl<S: StateMachine> Replica<S> {
         #[cfg(test)]
         let leader_behind = leader_behind && self.cfg.mutation != Mutation::SilentAboutDecided;
         if leader_behind {
+            // Within a message's budget, like any batch of entries.
+            let (max_batch, max_bytes) = self.batch_limits();
+            let mut bytes = 0usize;
+            let mut keep = 0;
+            for (_, v) in &decided {
+                bytes = bytes.saturating_add(v.size_hint());
+                if keep == max_batch || (keep > 0 && bytes > max_bytes) {
+                    break;
+                }
+                keep += 1;
+            }
+            decided.truncate(keep);
             // Without our vote for those slots the leader may never reach a quorum for
             // them (if the others compacted them too); and nothing else tells a leader
             // that its followers are ahead. Tell it what we know, as a FETCH-REPLY: our

@@ -77,6 +77,18 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn advance_commit(&mut self) {
         if self.log.advance_commit() {
             let c = self.log.commit_point();
+            if let RoleState::Leader(l) = &mut self.role {
+                // Below the commit point every slot is chosen, and a leader that is still
+                // leading proposed the chosen value (it steps down on learning another):
+                // proposals there need no more votes, even those learned from a peer
+                // rather than counted, and must not hold the in-flight byte budget.
+                while let Some((&s, _)) = l.inflight.first_key_value() {
+                    if s >= c {
+                        break;
+                    }
+                    l.untrack(s);
+                }
+            }
             self.catch_up.raise(c);
             self.ready.persist.push(PersistOp::CommitPoint(c));
             self.execute();
