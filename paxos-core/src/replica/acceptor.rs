@@ -176,16 +176,11 @@ impl<S: StateMachine> Replica<S> {
         if leader_behind {
             // Within a message's budget, like any batch of entries.
             let (max_batch, max_bytes) = self.batch_limits();
-            let mut bytes = 0usize;
-            let mut keep = 0;
-            for (_, v) in &decided {
-                bytes = bytes.saturating_add(v.size_hint());
-                if keep == max_batch || (keep > 0 && bytes > max_bytes) {
-                    break;
-                }
-                keep += 1;
-            }
-            decided.truncate(keep);
+            decided.truncate(batch_len(
+                decided.iter().map(|(_, v)| v),
+                max_batch,
+                max_bytes,
+            ));
             // Without our vote for those slots the leader may never reach a quorum for
             // them (if the others compacted them too); and nothing else tells a leader
             // that its followers are ahead. Tell it what we know, as a FETCH-REPLY: our

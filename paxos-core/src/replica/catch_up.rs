@@ -148,19 +148,18 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         let (max_batch, max_bytes) = self.batch_limits();
-        let mut bytes = 0usize;
-        let entries: Vec<(Slot, Value)> = self
+        let mut entries: Vec<(Slot, Value)> = self
             .log
             .range(lo..hi.max(lo))
             .filter(|(s, e)| e.chosen || *s < self.log.commit_point())
             .take(max_batch)
-            .enumerate()
-            .take_while(|(n, (_, e))| {
-                bytes = bytes.saturating_add(e.value.size_hint());
-                *n == 0 || bytes <= max_bytes
-            })
-            .map(|(_, (s, e))| (s, e.value.clone()))
+            .map(|(s, e)| (s, e.value.clone()))
             .collect();
+        entries.truncate(batch_len(
+            entries.iter().map(|(_, v)| v),
+            max_batch,
+            max_bytes,
+        ));
         let commit_point = self.log.commit_point();
         self.send(
             from,

@@ -84,6 +84,25 @@ impl SessionClock {
     }
 }
 
+/// How many of `values`, in order, one batch carries: at most `max_batch`, no more than
+/// `max_bytes` of [`Value::size_hint`]s, and always the first.
+pub(super) fn batch_len<'a>(
+    values: impl IntoIterator<Item = &'a Value>,
+    max_batch: usize,
+    max_bytes: usize,
+) -> usize {
+    let mut n = 0;
+    let mut bytes = 0usize;
+    for v in values {
+        bytes = bytes.saturating_add(v.size_hint());
+        if n == max_batch || (n > 0 && bytes > max_bytes) {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 impl Leader {
     /// Adds a proposal to the in-flight table, counting its bytes.
     pub(super) fn track(&mut self, slot: Slot, inflight: Inflight) {
@@ -379,17 +398,7 @@ impl<S: StateMachine> Replica<S> {
         let peers = self.peers();
         let (max_batch, max_bytes) = self.batch_limits();
         while !rest.is_empty() {
-            // As many as fit in one message: `max_batch` entries, `max_bytes` bytes,
-            // and at least one.
-            let mut n = 0;
-            let mut bytes = 0usize;
-            for (_, v) in &rest {
-                bytes = bytes.saturating_add(v.size_hint());
-                if n == max_batch || (n > 0 && bytes > max_bytes) {
-                    break;
-                }
-                n += 1;
-            }
+            let n = batch_len(rest.iter().map(|(_, v)| v), max_batch, max_bytes);
             let tail = if rest.len() > n {
                 rest.split_off(n)
             } else {

@@ -35,7 +35,7 @@ use acceptor::store_accept;
 use catch_up::{CatchUp, Chunk};
 use executor::Executor;
 pub use inspect::{ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection};
-use leader::{Inflight, Leader, SessionClock};
+use leader::{batch_len, Inflight, Leader, SessionClock};
 use log::{Entry, SlotLog};
 use reads::Reads;
 use timers::{Timeout, Timers};
