@@ -389,11 +389,14 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
 
 /// Makes `ops` durable (one [`Storage::persist`] call: group commit). A durable storage
 /// blocks on fsync: on a multi-threaded runtime, the scheduler moves other tasks off this
-/// thread meanwhile.
+/// thread meanwhile (unless the storage says it never blocks, [`Storage::blocks`]).
 fn persist_blocking<St: Storage>(
     storage: &mut St,
     ops: &[crate::PersistOp],
 ) -> Result<(), crate::StorageError> {
+    if !storage.blocks() {
+        return storage.persist(ops);
+    }
     match tokio::runtime::Handle::current().runtime_flavor() {
         tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(|| storage.persist(ops))

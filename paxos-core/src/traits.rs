@@ -278,6 +278,17 @@ pub trait Storage: Send + 'static {
 
     /// Makes `ops` durable, in order.
     fn persist(&mut self, ops: &[PersistOp]) -> Result<(), StorageError>;
+
+    /// True when [`persist`](Storage::persist) may block the thread (on a disk, on a
+    /// lock another process holds...). The node driver then runs it through
+    /// [`tokio::task::block_in_place`] on a multi-threaded runtime, so the runtime moves
+    /// the thread's other tasks elsewhere meanwhile; that hand-over costs a thread
+    /// wake-up per round, which a store that never waits ([`MemStorage`]) skips by
+    /// answering `false`. Default `true`: a store that blocks but answers `false`
+    /// stalls every task sharing the thread for the length of each write.
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// A [`Storage`] in memory: for tests, simulations and throwaway clusters.
@@ -311,6 +322,11 @@ impl Storage for MemStorage {
             apply_op(&mut self.state, op);
         }
         Ok(())
+    }
+
+    /// Never: it only updates memory.
+    fn blocks(&self) -> bool {
+        false
     }
 }
 
