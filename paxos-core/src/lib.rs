@@ -127,6 +127,7 @@ mod scripted;
 mod sessions;
 #[cfg(test)]
 mod sim;
+pub mod slot_map;
 #[cfg(any(test, feature = "testing"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
@@ -160,6 +161,7 @@ pub use replica::{
     Ready, Replica, ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection,
 };
 pub use sessions::{Session, SessionCheck, Sessions};
+pub use slot_map::SlotMap;
 pub use traits::{
     apply_op, AcceptorStatus, Checkpoint, MemStorage, PersistOp, PersistentState, StateMachine,
     Storage, StoredEntry, Transport,

@@ -336,7 +336,7 @@ fn check_order(events: &[Event]) -> (Vec<Violation>, Checked) {
                         for slot in slots {
                             let stored = state
                                 .log
-                                .get(slot)
+                                .get(*slot)
                                 .is_some_and(|e| e.ballot == *ballot || e.chosen);
                             let compacted =
                                 state.checkpoint.as_ref().is_some_and(|c| *slot < c.slot);
@@ -367,7 +367,7 @@ fn check_order(events: &[Event]) -> (Vec<Violation>, Checked) {
                     for (slot, e) in &state.log {
                         if matches!(&e.value, Value::Request(r) if r.client == *client && r.seq == *seq)
                         {
-                            *holders.entry((*slot, e.ballot)).or_default() += 1;
+                            *holders.entry((slot, e.ballot)).or_default() += 1;
                             learned |= e.chosen;
                         }
                     }

@@ -9,6 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::{StorageError, TransportError};
 use crate::message::Message;
+use crate::slot_map::SlotMap;
 use crate::types::{Ballot, NodeId, Slot, Value};
 
 /// A deterministic state machine replicated by the cluster.
@@ -187,7 +188,7 @@ pub struct PersistentState {
     /// The highest ballot promised.
     pub promised: Ballot,
     /// Accepted or chosen entries by slot.
-    pub log: BTreeMap<Slot, StoredEntry>,
+    pub log: SlotMap<StoredEntry>,
     /// Every slot below this is chosen and its stored value is the chosen one (or is
     /// covered by the checkpoint).
     pub commit_point: Slot,
@@ -339,16 +340,18 @@ pub fn apply_op(state: &mut PersistentState, op: &PersistOp) {
             slot,
             ballot,
             value,
-        } => match state.log.entry(*slot) {
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(StoredEntry {
-                    ballot: *ballot,
-                    value: value.clone(),
-                    chosen: false,
-                });
+        } => match state.log.get_mut(*slot) {
+            None => {
+                state.log.insert(
+                    *slot,
+                    StoredEntry {
+                        ballot: *ballot,
+                        value: value.clone(),
+                        chosen: false,
+                    },
+                );
             }
-            std::collections::btree_map::Entry::Occupied(mut o) => {
-                let e = o.get_mut();
+            Some(e) => {
                 if !e.chosen {
                     e.ballot = *ballot;
                     e.value = value.clone();
@@ -356,7 +359,7 @@ pub fn apply_op(state: &mut PersistentState, op: &PersistOp) {
             }
         },
         PersistOp::Learn { slot, value } => {
-            let e = state.log.entry(*slot).or_insert_with(|| StoredEntry {
+            let e = state.log.get_or_insert_with(*slot, || StoredEntry {
                 ballot: Ballot::ZERO,
                 value: value.clone(),
                 chosen: true,
@@ -381,10 +384,7 @@ pub fn apply_op(state: &mut PersistentState, op: &PersistOp) {
                 state.checkpoint = Some(cp.clone());
             }
         }
-        PersistOp::Compact(below) => {
-            let keep = state.log.split_off(below);
-            state.log = keep;
-        }
+        PersistOp::Compact(below) => state.log.remove_below(*below),
         PersistOp::Status {
             status,
             incarnation,

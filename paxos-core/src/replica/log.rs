@@ -1,16 +1,13 @@
 //! The log: what a replica holds per slot, where it starts after compaction, and how far
 //! it is known to be chosen (the commit point).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::ops::{Bound, RangeBounds};
+use std::collections::BTreeMap;
+use std::ops::RangeBounds;
 
+use crate::slot_map::SlotMap;
+#[cfg(test)]
+use crate::slot_map::MAX_SLOT_GAP as MAX_GAP;
 use crate::types::{Ballot, Slot, Value};
-
-/// The longest run of empty slots the slot-indexed part of the log creates. An entry
-/// that would open a longer gap (a recovering replica handed entries far above its
-/// commit point, a stray slot number from a broken peer) is kept in a sorted side map
-/// instead, so that no slot number can make the log allocate without bound.
-const MAX_GAP: Slot = 1 << 16;
 
 /// One slot's entry: the value held, the ballot it was accepted at, and whether it is
 /// known to be chosen.
@@ -37,21 +34,14 @@ pub(super) struct Entry {
 ///   correct caller (learning ignores slots below the commit point).
 /// - The commit point never moves down, and a chosen entry is never un-chosen.
 ///
-/// Slot-indexed: `entries[i]` holds slot `base + i` (`None` for a gap), so finding a
-/// slot costs an index, not a tree walk, and compaction drops a prefix. `base >= start`;
-/// slots between `start` and `base` hold nothing. An entry that would open a gap longer
-/// than [`MAX_GAP`] goes to `far`, a sorted map, instead; the two never hold the same
-/// slot, and every method sees their union.
+/// Slot-indexed ([`SlotMap`]): finding a slot costs an index, not a tree walk, and
+/// compaction drops a prefix; no slot number makes it allocate without bound.
 ///
 /// The fields are private to this file so that only these methods can move the commit
 /// point or the start.
 #[derive(Debug)]
 pub(super) struct SlotLog {
-    /// `entries[i]` is slot `base + i`.
-    entries: VecDeque<Option<Entry>>,
-    base: Slot,
-    /// Entries outside `base..base + entries.len()` whose slot is too far from it.
-    far: BTreeMap<Slot, Entry>,
+    entries: SlotMap<Entry>,
     /// Entries below this slot were compacted into a checkpoint.
     start: Slot,
     /// Every slot below this is chosen.
@@ -67,9 +57,7 @@ impl SlotLog {
     /// committed.
     pub(super) fn new(entries: BTreeMap<Slot, Entry>, #[cfg(test)] skip_gaps: bool) -> Self {
         let mut log = SlotLog {
-            entries: VecDeque::new(),
-            base: 0,
-            far: BTreeMap::new(),
+            entries: SlotMap::new(),
             start: 0,
             commit_point: 0,
             #[cfg(test)]
@@ -93,35 +81,19 @@ impl SlotLog {
 
     /// One past the highest slot holding an entry (0 when empty).
     pub(super) fn end(&self) -> Slot {
-        let ring = match self.entries.iter().rposition(Option::is_some) {
-            Some(i) => self.base + i as Slot + 1,
-            None => 0,
-        };
-        let far = self.far.last_key_value().map_or(0, |(s, _)| s + 1);
-        ring.max(far)
+        self.entries.last_slot().map_or(0, |s| s + 1)
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.far.is_empty() && self.entries.iter().all(Option::is_none)
-    }
-
-    fn index(&self, slot: Slot) -> Option<usize> {
-        let i = slot.checked_sub(self.base)?;
-        (i < self.entries.len() as Slot).then_some(i as usize)
+        self.entries.is_empty()
     }
 
     pub(super) fn get(&self, slot: Slot) -> Option<&Entry> {
-        match self.index(slot) {
-            Some(i) => self.entries[i].as_ref(),
-            None => self.far.get(&slot),
-        }
+        self.entries.get(slot)
     }
 
     fn get_mut(&mut self, slot: Slot) -> Option<&mut Entry> {
-        match self.index(slot) {
-            Some(i) => self.entries[i].as_mut(),
-            None => self.far.get_mut(&slot),
-        }
+        self.entries.get_mut(slot)
     }
 
     /// True when `slot` holds an entry known to be chosen.
@@ -134,98 +106,22 @@ impl SlotLog {
         &self,
         range: impl RangeBounds<Slot>,
     ) -> impl Iterator<Item = (Slot, &Entry)> + '_ {
-        let lo = match range.start_bound() {
-            Bound::Included(s) => *s,
-            Bound::Excluded(s) => s.saturating_add(1),
-            Bound::Unbounded => 0,
-        };
-        let hi = match range.end_bound() {
-            Bound::Included(s) => s.saturating_add(1),
-            Bound::Excluded(s) => *s,
-            Bound::Unbounded => Slot::MAX,
-        };
-        let (from, to) = self.window(lo, hi);
-        let base = self.base;
-        let ring = self
-            .entries
-            .range(from..to)
-            .enumerate()
-            .filter_map(move |(k, e)| e.as_ref().map(|e| (base + (from + k) as Slot, e)));
-        let far = self.far.range(lo..hi.max(lo)).map(|(s, e)| (*s, e));
-        Merged {
-            a: ring.peekable(),
-            b: far.peekable(),
-        }
-    }
-
-    /// The indexes of `entries` that hold slots in `lo..hi`.
-    fn window(&self, lo: Slot, hi: Slot) -> (usize, usize) {
-        let len = self.entries.len() as Slot;
-        let from = lo.saturating_sub(self.base).min(len);
-        let to = hi.saturating_sub(self.base).min(len).max(from);
-        (from as usize, to as usize)
+        self.entries.range(range)
     }
 
     /// Every entry held in `lo..hi`, in no particular order.
     fn range_mut(&mut self, lo: Slot, hi: Slot) -> impl Iterator<Item = &mut Entry> + '_ {
-        let (from, to) = self.window(lo, hi);
-        let far = self.far.range_mut(lo..hi.max(lo)).map(|(_, e)| e);
-        self.entries
-            .range_mut(from..to)
-            .filter_map(Option::as_mut)
-            .chain(far)
+        self.entries.values_in_mut(lo, hi)
     }
 
-    /// Stores `entry` in `slot`: in the slot-indexed part, grown as needed, unless
-    /// that would open a gap longer than [`MAX_GAP`] (then in `far`).
+    /// Stores `entry` in `slot`.
     fn put(&mut self, slot: Slot, entry: Entry) {
         if slot == Slot::MAX {
             // No log reaches it (one past it would not be a slot): a stray number from
             // a broken peer, stored nowhere.
             return;
         }
-        if let Some(i) = self.index(slot) {
-            self.entries[i] = Some(entry);
-            return;
-        }
-        if let Some(e) = self.far.get_mut(&slot) {
-            *e = entry;
-            return;
-        }
-        if self.entries.is_empty() {
-            self.base = slot;
-            self.entries.push_back(Some(entry));
-        } else if slot < self.base {
-            if self.base - slot > MAX_GAP {
-                self.far.insert(slot, entry);
-                return;
-            }
-            for _ in slot + 1..self.base {
-                self.entries.push_front(None);
-            }
-            self.entries.push_front(Some(entry));
-            self.base = slot;
-        } else {
-            let end = self.base + self.entries.len() as Slot;
-            if slot - end > MAX_GAP {
-                self.far.insert(slot, entry);
-                return;
-            }
-            self.entries
-                .resize_with((slot - self.base) as usize, || None);
-            self.entries.push_back(Some(entry));
-        }
-        // Whatever `far` held inside the grown span moves in: the two stay disjoint.
-        let end = self.base + self.entries.len() as Slot;
-        if self.far.range(self.base..end).next().is_some() {
-            let mut inside = self.far.split_off(&self.base);
-            let mut above = inside.split_off(&end);
-            self.far.append(&mut above);
-            for (s, e) in inside {
-                let i = (s - self.base) as usize;
-                self.entries[i] = Some(e);
-            }
-        }
+        self.entries.insert(slot, entry);
     }
 
     /// Holds `value` in `slot` as accepted at `ballot`, not (yet) known chosen.
@@ -338,20 +234,7 @@ impl SlotLog {
     }
 
     fn drop_below(&mut self, below: Slot) {
-        let n = below
-            .saturating_sub(self.base)
-            .min(self.entries.len() as Slot) as usize;
-        self.entries.drain(..n);
-        self.base = self.base.max(below);
-        // Keep the slot-indexed part starting with an entry.
-        while self.entries.front().is_some_and(Option::is_none) {
-            self.entries.pop_front();
-            self.base += 1;
-        }
-        if self.entries.is_empty() {
-            self.base = below;
-        }
-        self.far = self.far.split_off(&below);
+        self.entries.remove_below(below);
         self.start = below;
     }
 
@@ -360,28 +243,6 @@ impl SlotLog {
         self.drop_below(slot);
         self.commit_point = self.commit_point.max(slot);
         self.commit_point = self.first_unchosen(self.commit_point);
-    }
-}
-
-/// Two slot-ordered iterators over disjoint slots, merged in slot order.
-struct Merged<A: Iterator, B: Iterator> {
-    a: std::iter::Peekable<A>,
-    b: std::iter::Peekable<B>,
-}
-
-impl<'a, A, B> Iterator for Merged<A, B>
-where
-    A: Iterator<Item = (Slot, &'a Entry)>,
-    B: Iterator<Item = (Slot, &'a Entry)>,
-{
-    type Item = (Slot, &'a Entry);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match (self.a.peek(), self.b.peek()) {
-            (Some((x, _)), Some((y, _))) if y < x => self.b.next(),
-            (Some(_), _) => self.a.next(),
-            (None, _) => self.b.next(),
-        }
     }
 }
 
@@ -433,7 +294,7 @@ mod tests {
                     log.get(slot).map(|e| e.ballot.round),
                     model.get(&slot).copied()
                 );
-                assert!(log.entries.len() as Slot <= 64 + 4 * MAX_GAP + 8 * MAX_GAP);
+                assert!(log.entries.ring_len() as Slot <= 64 + 4 * MAX_GAP + 8 * MAX_GAP);
             }
         }
     }
@@ -566,18 +427,9 @@ mod tests {
                 assert_eq!(log.end(), model.last_key_value().map_or(0, |(s, _)| s + 1));
                 assert_eq!(log.is_empty(), model.is_empty());
                 assert_eq!(log.get(slot).is_some(), model.contains_key(&slot));
-                // Disjoint parts; the ring starts and ends with an entry; far is outside.
-                let ring_end = log.base + log.entries.len() as Slot;
-                assert!(log
-                    .far
-                    .range(log.base..ring_end.max(log.base))
-                    .next()
-                    .is_none());
-                if !log.entries.is_empty() {
-                    assert!(log.entries.front().unwrap().is_some());
-                }
-                assert!(log.base >= log.start || log.entries.is_empty());
-                assert!(log.entries.len() as Slot <= (puts + 1) * (MAX_GAP + 1));
+                log.entries.check_layout();
+                assert!(log.entries.first_slot().is_none_or(|s| s >= log.start));
+                assert!(log.entries.ring_len() as Slot <= (puts + 1) * (MAX_GAP + 1));
                 let _ = &mut puts;
             }
         }

@@ -343,8 +343,7 @@ fn compare<S: Storage>(
             .log
             .keys()
             .chain(expected.log.keys())
-            .copied()
-            .filter(|s| got.log.get(s) != expected.log.get(s))
+            .filter(|s| got.log.get(*s) != expected.log.get(*s))
             .collect();
         diffs.push(format!("log entries differ at slots {slots:?}"));
     }
@@ -566,7 +565,7 @@ mod tests {
             ops.push(PersistOp::Checkpoint(cp.clone()));
         }
         ops.push(PersistOp::CommitPoint(state.commit_point));
-        for (&slot, e) in &state.log {
+        for (slot, e) in &state.log {
             ops.push(PersistOp::Accept {
                 slot,
                 ballot: e.ballot,
