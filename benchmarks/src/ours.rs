@@ -105,7 +105,7 @@ impl Cluster {
                 r.take_ready().deliver(
                     |ops| {
                         if persist {
-                            storage.persist(ops)
+                            storage.persist_owned(ops)
                         } else {
                             Ok(())
                         }

@@ -12,6 +12,9 @@ impl Ready {
     /// Hands the outputs over in the order the protocol needs: what waits for nothing
     /// (`messages_now`, `replies_now`), then **persist, then send, then reply**.
     ///
+    /// `persist` is handed the writes to keep (a store that holds them in memory moves
+    /// them in: [`Storage::persist_owned`]).
+    ///
     /// The PROMISEs, ACCEPTEDs and replies in `messages` and `replies` vouch for state
     /// in `persist`, so none is sent or answered before `persist` has returned `Ok`
     /// (made the writes durable, in one call: group commit). If it fails, none of them
@@ -21,7 +24,7 @@ impl Ready {
     /// while its own write is being made durable (see [`Ready`]).
     pub fn deliver<E>(
         self,
-        persist: impl FnOnce(&[PersistOp]) -> Result<(), E>,
+        persist: impl FnOnce(Vec<PersistOp>) -> Result<(), E>,
         mut send: impl FnMut(NodeId, Message),
         mut reply: impl FnMut(Reply),
     ) -> Result<(), E> {
@@ -32,7 +35,7 @@ impl Ready {
             reply(r);
         }
         if !self.persist.is_empty() {
-            persist(&self.persist)?;
+            persist(self.persist)?;
         }
         for (to, message) in self.messages {
             send(to, message);
@@ -59,6 +62,6 @@ impl<S: StateMachine> Replica<S> {
         reply: impl FnMut(Reply),
     ) -> Result<(), StorageError> {
         self.take_ready()
-            .deliver(|ops| storage.persist(ops), send, reply)
+            .deliver(|ops| storage.persist_owned(ops), send, reply)
     }
 }

@@ -163,7 +163,7 @@ pub use replica::{
 pub use sessions::{Session, SessionCheck, Sessions};
 pub use slot_map::SlotMap;
 pub use traits::{
-    apply_op, AcceptorStatus, Checkpoint, MemStorage, PersistOp, PersistentState, StateMachine,
-    Storage, StoredEntry, Transport,
+    apply_op, apply_owned_op, AcceptorStatus, Checkpoint, MemStorage, PersistOp, PersistentState,
+    StateMachine, Storage, StoredEntry, Transport,
 };
 pub use types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot, Value, READ_SEQ};

@@ -339,10 +339,10 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         let transport = &self.transport;
         let waiters = &mut self.waiters;
         let metrics = &self.metrics;
-        let persist = |ops: &[crate::PersistOp]| {
-            let started = Instant::now();
+        let persist = |ops: Vec<crate::PersistOp>| {
+            let (count, started) = (ops.len(), Instant::now());
             let result = persist_blocking(storage, ops);
-            metrics.persisted(ops.len(), started.elapsed());
+            metrics.persisted(count, started.elapsed());
             result
         };
         let send = |to: NodeId, m: crate::Message| {
@@ -367,7 +367,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
             };
             let _ = unsaved.deliver(|_| Ok::<(), crate::StorageError>(()), send, reply);
             let mut persist = persist;
-            persist(&writes)?;
+            persist(writes)?;
             self.prune_waiters();
             return Ok(());
         }
@@ -392,16 +392,16 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
 /// thread meanwhile (unless the storage says it never blocks, [`Storage::blocks`]).
 fn persist_blocking<St: Storage>(
     storage: &mut St,
-    ops: &[crate::PersistOp],
+    ops: Vec<crate::PersistOp>,
 ) -> Result<(), crate::StorageError> {
     if !storage.blocks() {
-        return storage.persist(ops);
+        return storage.persist_owned(ops);
     }
     match tokio::runtime::Handle::current().runtime_flavor() {
         tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| storage.persist(ops))
+            tokio::task::block_in_place(|| storage.persist_owned(ops))
         }
-        _ => storage.persist(ops),
+        _ => storage.persist_owned(ops),
     }
 }
 

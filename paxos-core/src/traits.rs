@@ -280,6 +280,14 @@ pub trait Storage: Send + 'static {
     /// Makes `ops` durable, in order.
     fn persist(&mut self, ops: &[PersistOp]) -> Result<(), StorageError>;
 
+    /// [`persist`](Storage::persist), handed the operations to keep: a store that holds
+    /// them in memory ([`MemStorage`]) moves their values in rather than cloning them.
+    /// The drivers ([`Ready::deliver`](crate::Ready::deliver)) call this one. Default:
+    /// `self.persist(&ops)`.
+    fn persist_owned(&mut self, ops: Vec<PersistOp>) -> Result<(), StorageError> {
+        self.persist(&ops)
+    }
+
     /// True when [`persist`](Storage::persist) may block the thread (on a disk, on a
     /// lock another process holds...). The node driver then runs it through
     /// [`tokio::task::block_in_place`] on a multi-threaded runtime, so the runtime moves
@@ -325,6 +333,13 @@ impl Storage for MemStorage {
         Ok(())
     }
 
+    fn persist_owned(&mut self, ops: Vec<PersistOp>) -> Result<(), StorageError> {
+        for op in ops {
+            apply_owned_op(&mut self.state, op);
+        }
+        Ok(())
+    }
+
     /// Never: it only updates memory.
     fn blocks(&self) -> bool {
         false
@@ -334,46 +349,58 @@ impl Storage for MemStorage {
 /// Applies one operation to a [`PersistentState`]: the reference semantics every
 /// [`Storage`] implements.
 pub fn apply_op(state: &mut PersistentState, op: &PersistOp) {
+    apply_owned_op(state, op.clone());
+}
+
+/// [`apply_op`], moving the operation's values into the state instead of cloning them.
+pub fn apply_owned_op(state: &mut PersistentState, op: PersistOp) {
     match op {
-        PersistOp::Promise(b) => state.promised = state.promised.max(*b),
+        PersistOp::Promise(b) => state.promised = state.promised.max(b),
         PersistOp::Accept {
             slot,
             ballot,
             value,
-        } => match state.log.get_mut(*slot) {
+        } => match state.log.get_mut(slot) {
             None => {
                 state.log.insert(
-                    *slot,
+                    slot,
                     StoredEntry {
-                        ballot: *ballot,
-                        value: value.clone(),
+                        ballot,
+                        value,
                         chosen: false,
                     },
                 );
             }
             Some(e) => {
                 if !e.chosen {
-                    e.ballot = *ballot;
-                    e.value = value.clone();
+                    e.ballot = ballot;
+                    e.value = value;
                 }
             }
         },
-        PersistOp::Learn { slot, value } => {
-            let e = state.log.get_or_insert_with(*slot, || StoredEntry {
-                ballot: Ballot::ZERO,
-                value: value.clone(),
-                chosen: true,
-            });
-            if e.value != *value {
-                // The stored ballot proposed another value: keep no ballot for this
-                // one (a learned value is never left under a ballot that did not
-                // propose it).
-                e.ballot = Ballot::ZERO;
-                e.value = value.clone();
+        PersistOp::Learn { slot, value } => match state.log.get_mut(slot) {
+            None => {
+                state.log.insert(
+                    slot,
+                    StoredEntry {
+                        ballot: Ballot::ZERO,
+                        value,
+                        chosen: true,
+                    },
+                );
             }
-            e.chosen = true;
-        }
-        PersistOp::CommitPoint(c) => state.commit_point = state.commit_point.max(*c),
+            Some(e) => {
+                if e.value != value {
+                    // The stored ballot proposed another value: keep no ballot for this
+                    // one (a learned value is never left under a ballot that did not
+                    // propose it).
+                    e.ballot = Ballot::ZERO;
+                    e.value = value;
+                }
+                e.chosen = true;
+            }
+        },
+        PersistOp::CommitPoint(c) => state.commit_point = state.commit_point.max(c),
         PersistOp::Checkpoint(cp) => {
             if state
                 .checkpoint
@@ -381,20 +408,20 @@ pub fn apply_op(state: &mut PersistentState, op: &PersistOp) {
                 .is_none_or(|old| old.slot < cp.slot)
             {
                 state.commit_point = state.commit_point.max(cp.slot);
-                state.checkpoint = Some(cp.clone());
+                state.checkpoint = Some(cp);
             }
         }
-        PersistOp::Compact(below) => state.log.remove_below(*below),
+        PersistOp::Compact(below) => state.log.remove_below(below),
         PersistOp::Status {
             status,
             incarnation,
         } => {
-            state.status = *status;
-            state.incarnation = *incarnation;
+            state.status = status;
+            state.incarnation = incarnation;
         }
         PersistOp::PeerIncarnation { node, incarnation } => {
-            let known = state.peer_incarnations.entry(*node).or_insert(0);
-            *known = (*known).max(*incarnation);
+            let known = state.peer_incarnations.entry(node).or_insert(0);
+            *known = (*known).max(incarnation);
         }
     }
 }

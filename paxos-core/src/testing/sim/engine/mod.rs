@@ -760,8 +760,8 @@ impl<W: Workload> Sim<W> {
         r.take_ready()
             .deliver(
                 |ops| {
-                    storage.persist(ops)?;
-                    persisted.extend_from_slice(ops);
+                    storage.persist(&ops)?;
+                    persisted = ops;
                     Ok(())
                 },
                 |to, message| messages.push((to, message)),
