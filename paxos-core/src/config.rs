@@ -95,10 +95,18 @@ pub struct Config {
     pub session_clock_ticks: u64,
     /// Every this many executed slots the replica checkpoints its state machine and
     /// session table and compacts its log below the previous checkpoint. 0 disables
-    /// checkpoints (the log then grows without bound). Taking one calls
-    /// [`StateMachine::snapshot`](crate::StateMachine::snapshot) on the replica's own
-    /// thread (see its cost there): a large state wants a larger interval.
+    /// checkpoints (the log then grows without bound). See also
+    /// [`checkpoint_slots_per_session`](Config::checkpoint_slots_per_session). Taking
+    /// one calls [`StateMachine::snapshot`](crate::StateMachine::snapshot) on the
+    /// replica's own thread (see its cost there): a large state wants a larger interval.
     pub checkpoint_interval: u64,
+    /// Checkpoints are also at least this many slots apart per client session: each
+    /// one encodes the whole session table, so with the default 1 its cost stays at
+    /// most one session per executed slot however many clients there are (4,096
+    /// clients: a checkpoint every 4,096 slots rather than every `checkpoint_interval`,
+    /// and a log of up to twice that many entries). 0: `checkpoint_interval` alone
+    /// decides. Default 1.
+    pub checkpoint_slots_per_session: u64,
     /// State transfer sends a checkpoint in pieces of at most this many bytes of data
     /// ([`Message::SnapshotChunk`](crate::Message::SnapshotChunk)), one round trip
     /// each, so that no message carries a whole large state. Keep it well below the
@@ -134,6 +142,7 @@ impl Config {
             session_ttl_ticks: DEFAULT_SESSION_TTL_TICKS,
             session_clock_ticks: DEFAULT_SESSION_CLOCK_TICKS,
             checkpoint_interval: 1000,
+            checkpoint_slots_per_session: 1,
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             #[cfg(test)]

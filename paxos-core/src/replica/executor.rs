@@ -189,7 +189,12 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn execute(&mut self) {
         let interval = self.cfg.checkpoint_interval;
         while self.exec.executed < self.log.commit_point() {
-            if interval > 0
+            // Each checkpoint encodes the whole session table: spacing them by the
+            // number of sessions bounds that cost per executed slot.
+            let per_sessions = (self.exec.sessions.len() as u64)
+                .saturating_mul(self.cfg.checkpoint_slots_per_session);
+            let interval = interval.max(per_sessions);
+            if self.cfg.checkpoint_interval > 0
                 && self.exec.executed
                     >= self
                         .exec

@@ -22,6 +22,10 @@ pub(crate) struct Faults {
     /// Slots between checkpoints (0: never), small so that compaction and state
     /// transfer happen within a run.
     pub(crate) checkpoint_interval: u64,
+    /// [`Config::checkpoint_slots_per_session`](crate::Config): mostly 0, so that the
+    /// small fixed interval makes replicas compact often (what catch-up and state
+    /// transfer need exercised); 1 for one seed in five.
+    pub(crate) checkpoint_slots_per_session: u64,
     /// Some restarts lose the replica's storage (amnesia), for at most `f` replicas at
     /// a time counting the crashed and the still-recovering ones.
     pub(crate) amnesia: bool,
@@ -90,6 +94,8 @@ impl Faults {
             } else {
                 0
             },
+            // Set by the engine from the seed.
+            checkpoint_slots_per_session: 0,
             amnesia: chance(rng, 0.3),
             pauses: chance(rng, 0.3),
             skew: chance(rng, 0.3),

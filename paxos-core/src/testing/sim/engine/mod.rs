@@ -391,6 +391,8 @@ impl<W: Workload> Sim<W> {
     ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut faults = Faults::draw(&mut rng);
+        // From the seed, not the generator: a draw here would change every seed's run.
+        faults.checkpoint_slots_per_session = u64::from(seed % 5 == 0);
         tweak(&mut faults);
         let members: Vec<NodeId> = (1..=faults.nodes as u64).collect();
         let nodes = members
@@ -487,6 +489,7 @@ impl<W: Workload> Sim<W> {
     ) -> Config {
         let mut cfg = Config::new(id, members.to_vec());
         cfg.checkpoint_interval = faults.checkpoint_interval;
+        cfg.checkpoint_slots_per_session = faults.checkpoint_slots_per_session;
         cfg.seed = seed.wrapping_mul(31).wrapping_add(id);
         cfg.heartbeat_ticks = 2;
         cfg.election_ticks = 10;
