@@ -392,7 +392,7 @@ impl<W: Workload> Sim<W> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut faults = Faults::draw(&mut rng);
         // From the seed, not the generator: a draw here would change every seed's run.
-        faults.checkpoint_slots_per_session = u64::from(seed % 5 == 0);
+        faults.checkpoint_slots_per_session = u64::from(seed.is_multiple_of(5));
         tweak(&mut faults);
         let members: Vec<NodeId> = (1..=faults.nodes as u64).collect();
         let nodes = members
