@@ -2,7 +2,8 @@
 //! runtime over the in-memory transport, each with a [`MemStorage`], the defaults a user
 //! gets ([`Config::new`], [`NodeOptions::default`]), the counter of [`crate::ours`]
 //! as state machine, and one [`Client`] per closed-loop client (a session each,
-//! exactly-once, redirects followed).
+//! exactly-once, redirects followed). With `BENCH_DEBUG` set in the environment, each
+//! run ends by printing every node's role and counters (batch sizes, elections...).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,6 +112,13 @@ pub(crate) async fn run(clients: usize, timing: &Timing, progress: &Progress) ->
             stats.completed,
             stats.failed
         );
+    }
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        for n in &nodes {
+            let c = n.counters().await?;
+            let st = n.status().await?;
+            eprintln!("n{}: {:?} leader={:?} {:?}", n.id(), st.role, st.leader, c);
+        }
     }
     for n in &nodes {
         n.shutdown().await;
