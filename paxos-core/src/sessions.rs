@@ -2,6 +2,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use foldhash::fast::FixedState;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +100,10 @@ pub enum SessionCheck {
 /// also least recently active first, since log time never goes back along the log.
 #[derive(Clone, Debug, Default)]
 pub struct Sessions {
-    map: HashMap<ClientId, Session>,
+    /// Keyed by session id, which is a slot number the cluster assigned (never a
+    /// number a client chose): a fixed-seed fast hash serves, and keeps the table's
+    /// behaviour the same in every process.
+    map: HashMap<ClientId, Session, FixedState>,
     /// Every touch `(slot, client)`, sorted; an entry is live when it is the client's
     /// `last_slot`, stale otherwise.
     order: VecDeque<(Slot, ClientId)>,
