@@ -145,6 +145,9 @@ pub(super) struct Executor<S> {
     /// replicated state; they are kept here, with the executor's other since-start-up
     /// count (installed snapshots), and changed only through [`Executor::count`].
     counters: Counters,
+    /// Where outputs are encoded before being copied out at their exact size: one
+    /// allocation per output, not a growing vector and a shared header.
+    scratch: Vec<u8>,
 }
 
 impl<S> Executor<S> {
@@ -155,7 +158,27 @@ impl<S> Executor<S> {
             executed: 0,
             checkpoint: None,
             counters: Counters::default(),
+            scratch: Vec::new(),
         }
+    }
+
+    /// An output encoded with postcard (empty if it cannot be encoded, as before).
+    fn encode_output<T: Serialize>(&mut self, output: &T) -> Bytes {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let bytes = match postcard::to_extend(output, buf) {
+            Ok(buf) => {
+                let bytes = Bytes::copy_from_slice(&buf);
+                self.scratch = buf;
+                bytes
+            }
+            Err(_) => Bytes::new(),
+        };
+        if self.scratch.capacity() > 64 << 10 {
+            // One large output does not keep its buffer for ever.
+            self.scratch = Vec::new();
+        }
+        bytes
     }
 
     pub(super) fn state_machine(&self) -> &S {
@@ -280,7 +303,7 @@ impl<S: StateMachine> Replica<S> {
             SessionCheck::Fresh => match command {
                 Ok(cmd) => {
                     let out = self.exec.sm.apply(cmd);
-                    let bytes = Bytes::from(postcard::to_allocvec(&out).unwrap_or_default());
+                    let bytes = self.exec.encode_output(&out);
                     if !self.awaiting.contains(&(client, seq)) {
                         // Nobody here waits for the reply: the session table keeps the
                         // only copy (no shared handle to make, no reply to build).
