@@ -239,6 +239,8 @@ mod transport;
 mod wire;
 
 #[cfg(test)]
+mod pipeline_tests;
+#[cfg(test)]
 mod server_tests;
 #[cfg(test)]
 mod tests;
