@@ -35,10 +35,12 @@
 //! most `max_inflight` calls in flight. A call takes a slot on an idle connection if
 //! there is one; otherwise it opens a new connection while the pool has fewer than
 //! `max_connections` (open or still closing); otherwise it takes the least loaded
-//! connection with a free slot, or waits for a slot to free. So calls spread over the
-//! connections, and the queues are all bounded: a connection's writer queue and its
-//! FIFO by `max_inflight`, and the callers waiting for a slot by the callers
-//! themselves (each waits in its own future, within its own time limit).
+//! connection with a free slot. So calls spread over the connections. With every slot
+//! taken, callers wait in line for one, first come first served (a fair semaphore with
+//! a permit per slot of `max_connections` full connections, which a call holds with
+//! its slot). The queues are all bounded: a connection's writer queue and its FIFO by
+//! `max_inflight`, and the callers waiting for a slot by the callers themselves (each
+//! waits in its own future, within its own time limit).
 //!
 //! Dropping the pool (with its [`RemoteNode`](crate::RemoteNode)) closes the writer
 //! queues: each writer ends, which ends its reader and closes the socket. Tasks hold no
@@ -57,7 +59,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use paxos_core::NodeId;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -104,6 +106,9 @@ pub(crate) enum AcquireError {
 /// A node's pipelined connections.
 pub(crate) struct Pool {
     config: PoolConfig,
+    /// A permit per slot of `max_connections` full connections: callers queue here, in
+    /// order, when every slot is taken.
+    gate: Arc<Semaphore>,
     /// The connections calls may use. Closed ones are pruned when a call looks.
     conns: Mutex<Vec<Arc<Conn>>>,
     shared: Arc<PoolShared>,
@@ -140,6 +145,12 @@ enum Choice {
 impl Pool {
     pub(crate) fn new(config: PoolConfig) -> Self {
         Pool {
+            gate: Arc::new(Semaphore::new(
+                config
+                    .max_connections
+                    .saturating_mul(config.max_inflight)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
             config,
             conns: Mutex::new(Vec::new()),
             shared: Arc::new(PoolShared::default()),
@@ -151,14 +162,24 @@ impl Pool {
     /// Cancel-safe: a slot or a connection being opened is given back when the
     /// returned future is dropped.
     pub(crate) async fn acquire(&self) -> Result<Lease, AcquireError> {
+        // First in line for the pool's capacity (the gate is fair, and never closed):
+        // with every slot taken, callers get them in the order they asked.
+        let Ok(gate) = self.gate.clone().acquire_owned().await else {
+            return Err(AcquireError::Tcp(TcpError::Closed));
+        };
+        let mut gate = Some(gate);
         loop {
-            // Registered before looking, so a slot freed meanwhile is not missed.
+            // Registered before looking, so a connection that opens or ends (or a slot
+            // freed) meanwhile is not missed.
             let freed = self.shared.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            match self.choose() {
+            match self.choose(&mut gate) {
                 Choice::Use(lease) => return Ok(lease),
-                Choice::Open(ticket) => return self.dial(ticket).await,
+                Choice::Open(ticket) => {
+                    let gate = gate.take().ok_or(AcquireError::Tcp(TcpError::Closed))?;
+                    return self.dial(ticket, gate).await;
+                }
                 Choice::Wait => freed.await,
             }
         }
@@ -170,13 +191,17 @@ impl Pool {
 
     /// Slots are reserved, and connections counted, only under the lock: releases only
     /// lower the counts, so a count seen below its limit stays below it until reserved.
-    fn choose(&self) -> Choice {
+    ///
+    /// A caller holding a gate permit waits here only while a connection is being
+    /// opened or is closing: the gate has a permit per slot of `max_connections` full
+    /// connections, so with every live connection full, fewer than `max_connections`
+    /// are live.
+    fn choose(&self, gate: &mut Option<OwnedSemaphorePermit>) -> Choice {
         let mut conns = self.lock();
         conns.retain(|c| !c.state.closed.is_cancelled());
         let least = conns.iter().min_by_key(|c| c.state.load());
-        match least {
-            Some(c) if c.state.load() == 0 => return Choice::Use(self.reserve(c, false)),
-            _ => {}
+        if let Some(c) = least.filter(|c| c.state.load() == 0) {
+            return Choice::Use(self.reserve(c, gate, false));
         }
         if self.shared.open.load(Ordering::Acquire) < self.config.max_connections {
             self.shared.open.fetch_add(1, Ordering::AcqRel);
@@ -184,19 +209,26 @@ impl Pool {
         }
         match least {
             Some(c) if c.state.load() < self.config.max_inflight => {
-                Choice::Use(self.reserve(c, false))
+                Choice::Use(self.reserve(c, gate, false))
             }
             _ => Choice::Wait,
         }
     }
 
-    fn reserve(&self, conn: &Arc<Conn>, fresh: bool) -> Lease {
+    /// Takes a slot on `conn` for a caller that holds `gate` (which the slot keeps).
+    fn reserve(
+        &self,
+        conn: &Arc<Conn>,
+        gate: &mut Option<OwnedSemaphorePermit>,
+        fresh: bool,
+    ) -> Lease {
         conn.state.inflight.fetch_add(1, Ordering::AcqRel);
         Lease {
             conn: conn.clone(),
             slot: Slot {
                 conn: conn.state.clone(),
                 pool: self.shared.clone(),
+                _gate: gate.take(),
             },
             fresh,
         }
@@ -204,7 +236,11 @@ impl Pool {
 
     /// Opens a connection (counted by `ticket`), checks who answers, starts its tasks
     /// and takes its first slot.
-    async fn dial(&self, ticket: Ticket) -> Result<Lease, AcquireError> {
+    async fn dial(
+        &self,
+        ticket: Ticket,
+        gate: OwnedSemaphorePermit,
+    ) -> Result<Lease, AcquireError> {
         let c = &self.config;
         let (framed, server) = client::open(c.addr, &c.client)
             .await
@@ -214,7 +250,7 @@ impl Pool {
             return Err(AcquireError::WrongNode(server));
         }
         let conn = Conn::start(framed, server, ticket, &self.shared, c);
-        let lease = self.reserve(&conn, true);
+        let lease = self.reserve(&conn, &mut Some(gate), true);
         self.lock().push(conn);
         // Room for more calls: every waiter looks again.
         self.shared.freed.notify_waiters();
@@ -260,6 +296,9 @@ impl Drop for Ticket {
 struct Slot {
     conn: Arc<ConnState>,
     pool: Arc<PoolShared>,
+    /// The caller's place in the pool's capacity, given back after the slot (fields
+    /// drop after `drop` runs), so the next caller in line finds the slot free.
+    _gate: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Slot {

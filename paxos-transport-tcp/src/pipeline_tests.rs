@@ -603,6 +603,61 @@ async fn a_call_cut_short_keeps_its_slot_until_its_answer_arrives() {
     assert_eq!(node_server.accepted.load(Ordering::SeqCst), 1);
 }
 
+/// With every slot taken, callers get slots in the order they asked: callers that call
+/// again as soon as they have their answers (two of them here) do not starve one
+/// already waiting. Ten rounds, as an unfair pool lets the waiter through now and then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_callers_are_served_in_turn() {
+    let node_server = script(1).await;
+    let remote = cluster(
+        &node_server,
+        RemoteOptions {
+            connections_per_node: 1,
+            calls_per_connection: 1,
+            ..options()
+        },
+    );
+    let node = remote.node(1).expect("node").clone();
+    let served = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let hot: Vec<_> = (0..2)
+        .map(|h| {
+            let (node, served, stop) = (node.clone(), served.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    own(&node, q(0, Act::Echo, &format!("hot {h}.{i}"))).await?;
+                    served.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    until("the hot callers are under way", || {
+        served.load(Ordering::SeqCst) >= 4
+    })
+    .await;
+    let mut overtaken = Vec::new();
+    for round in 0..10 {
+        let asked = served.load(Ordering::SeqCst);
+        within(own(&node, q(0, Act::Echo, &format!("waiter {round}"))))
+            .await
+            .unwrap();
+        overtaken.push(served.load(Ordering::SeqCst) - asked);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for hot in hot {
+        within(hot).await.expect("task").unwrap();
+    }
+    // Each hot caller may have an answer not yet counted when the waiter asks, and
+    // one call in flight or in line before the waiter's: at most two each.
+    assert!(
+        overtaken.iter().all(|&n| n <= 4),
+        "hot calls served while each waiter waited: {overtaken:?}"
+    );
+}
+
 /// An address that answers as another node is refused, and no connection to it is kept.
 #[tokio::test]
 async fn a_connection_to_the_wrong_node_is_not_used() {
