@@ -56,6 +56,12 @@ pub struct RemoteOptions {
     pub call_timeout: Duration,
     /// How long a submitted request may wait for its answer ([`Client`]s usually give
     /// up sooner: their attempt timeout cancels the call). Default 10 s.
+    ///
+    /// A node answers every call within its own limits
+    /// ([`NodeServerOptions::submit_timeout`](crate::NodeServerOptions::submit_timeout),
+    /// 10 s by default), so a connection whose oldest call has gone unanswered for
+    /// twice the longer of this and [`call_timeout`](Self::call_timeout) is taken for
+    /// dead and closed, failing the calls on it. Keep the node's limits below that.
     pub submit_timeout: Duration,
     /// The most connections open to one node at once, each carrying up to
     /// [`calls_per_connection`](Self::calls_per_connection) calls: a call takes an idle
@@ -250,6 +256,16 @@ impl RemoteNode {
     /// Calls may run concurrently: they share the node's connections, many on each.
     /// Dropping the returned future is safe: the request may still reach the node and
     /// be executed, and its answer is then read and discarded.
+    ///
+    /// A connection that closes or breaks fails every call in flight on it. Such a
+    /// call is tried once more, on another connection, unless it opened the failed
+    /// connection itself (then the node is likely down): a pooled connection may have
+    /// been closed by the node (its idle timeout) just as the call went out, and every
+    /// request may be repeated (submissions are deduplicated by the session table).
+    /// Nothing else is retried. A request larger than the node's
+    /// [`max_client_frame_size`](crate::TcpConfig::max_client_frame_size) (1 MiB by
+    /// default) makes the node close the connection, so it fails the calls in flight
+    /// beside it too (they are tried again as above).
     pub async fn call(&self, request: &NodeRequest) -> Result<NodeResponse, RemoteError> {
         let n = &self.0;
         let limit = match request {
