@@ -525,8 +525,9 @@ fn is_stale(conn: &ClientConn<TcpStream>) -> bool {
     }
 }
 
-/// Opens a client connection and runs the handshake.
-async fn open(
+/// Opens a client connection and runs the handshake. Returns the connection, with the
+/// frame limit of `config` both ways, and the node id the server's handshake gave.
+pub(crate) async fn open(
     addr: SocketAddr,
     config: &ClientConfig,
 ) -> Result<(ClientConn<TcpStream>, NodeId), TcpError> {

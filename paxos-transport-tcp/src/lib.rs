@@ -179,7 +179,10 @@
 //!   call id of the request it answers, a tag byte (0 ok, 1 busy, 2 no response,
 //!   3 response too large) and the response bytes. Responses go back in request order; a
 //!   client may pipeline up to [`TcpConfig::max_client_inflight`] requests
-//!   ([`TcpClient`] sends one at a time). [`TcpClient`] returns a response only to the
+//!   ([`TcpClient`] sends one at a time; a [`RemoteNode`] pipelines up to
+//!   [`RemoteOptions::calls_per_connection`] on each of its connections, and hands each
+//!   response to the oldest call outstanding, which must carry its call id; a call cut
+//!   short keeps its place until its answer is read and discarded). [`TcpClient`] returns a response only to the
 //!   call whose id it carries and discards any other, so a call that was cancelled
 //!   (its future dropped by an outer timeout) never hands its late answer to the next
 //!   call; see [`TcpClient`]'s section on cancellation. A request frame too short to hold
@@ -228,12 +231,15 @@ mod codec;
 mod config;
 mod error;
 mod gate;
+mod pipeline;
 mod protocol;
 mod remote;
 mod server;
 mod transport;
 mod wire;
 
+#[cfg(test)]
+mod pipeline_tests;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]
@@ -251,7 +257,10 @@ pub use config::{
 pub use error::TcpError;
 pub use gate::{Gate, GatedTransport};
 pub use protocol::{NodeRequest, NodeResponse, NodeStatus, ProtocolError, ServerError, StateView};
-pub use remote::{RemoteCluster, RemoteEndpoint, RemoteError, RemoteNode, RemoteOptions};
+pub use remote::{
+    RemoteCluster, RemoteEndpoint, RemoteError, RemoteNode, RemoteOptions,
+    DEFAULT_CALLS_PER_CONNECTION,
+};
 pub use server::{NodeServer, NodeServerOptions, QueryFn, ServeError};
 pub use transport::TcpTransport;
 pub use wire::PROTOCOL_VERSION;

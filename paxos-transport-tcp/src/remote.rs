@@ -1,15 +1,22 @@
 //! The client side of [`NodeServer`](crate::NodeServer)s: [`RemoteCluster`],
 //! [`RemoteNode`] and the [`Endpoint`] they give [`paxos_core::Client`]s.
 //!
-//! Every answer is matched to its request twice: the transport pairs each response frame
-//! with its call by call id (so a cancelled call's late answer is never taken for the
-//! next call's), and the reply to a [`NodeRequest::Submit`] names the `(client, seq)` of
-//! the request it answers, which [`RemoteNode`] checks before returning anything.
+//! Calls to a node are pipelined: each connection carries up to
+//! [`RemoteOptions::calls_per_connection`] calls at once, over at most
+//! [`RemoteOptions::connections_per_node`] connections per node.
+//!
+//! Every answer is matched to its request twice: the server answers a connection's
+//! calls in the order they were sent, and the transport hands each response frame to
+//! the oldest call still outstanding on its connection, which must carry the call id the
+//! frame echoes (a call whose caller gave up keeps its place until its answer comes, and
+//! that answer is discarded, so a cancelled call never shifts later answers onto other
+//! callers); and the reply to a [`NodeRequest::Submit`] names the `(client, seq)` of the
+//! request it answers, which [`RemoteNode`] checks before returning anything.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,16 +26,25 @@ use paxos_core::{
     SlotInfo, StateMachine, ViewChange,
 };
 use thiserror::Error;
-use tokio::sync::Semaphore;
+use tracing::debug;
 
 use crate::cluster_file::{ClusterConfig, ClusterConfigError};
+use crate::pipeline::{AcquireError, Lease, Pool, PoolConfig};
 use crate::protocol::{
     mismatch, NodeRequest, NodeResponse, NodeStatus, ProtocolError, ServerError, StateView,
 };
-use crate::{ClientConfig, TcpClient, TcpError};
+use crate::{ClientConfig, TcpError};
+
+/// The default [`RemoteOptions::calls_per_connection`]: 64, the default
+/// [`TcpConfig::max_client_inflight`](crate::TcpConfig::max_client_inflight) of a node.
+pub const DEFAULT_CALLS_PER_CONNECTION: usize = 64;
+
+/// The largest [`RemoteOptions::connections_per_node`] and
+/// [`RemoteOptions::calls_per_connection`] accepted.
+const MAX_COUNT: usize = 1 << 16;
 
 /// How a [`RemoteCluster`] talks to the nodes. One timeout per call kind, each covering
-/// the whole call (waiting for a pooled connection, connecting, the answer).
+/// the whole call (waiting for a free slot on a connection, connecting, the answer).
 #[derive(Clone, Debug)]
 pub struct RemoteOptions {
     /// How long opening a connection to a node may take. Default 1 s.
@@ -40,10 +56,36 @@ pub struct RemoteOptions {
     pub call_timeout: Duration,
     /// How long a submitted request may wait for its answer ([`Client`]s usually give
     /// up sooner: their attempt timeout cancels the call). Default 10 s.
+    ///
+    /// A node answers every call within its own limits
+    /// ([`NodeServerOptions::submit_timeout`](crate::NodeServerOptions::submit_timeout),
+    /// 10 s by default), so a connection whose oldest call has gone unanswered for
+    /// twice the longer of this and [`call_timeout`](Self::call_timeout) is taken for
+    /// dead and closed, failing the calls on it. Keep the node's limits below that.
     pub submit_timeout: Duration,
-    /// The most connections open to one node at once; more concurrent callers wait for
-    /// one. Idle connections are kept for reuse. Default 16.
+    /// The most connections open to one node at once, each carrying up to
+    /// [`calls_per_connection`](Self::calls_per_connection) calls: a call takes an idle
+    /// connection if there is one, else opens another while there are fewer than this,
+    /// else shares the least loaded one; with every connection full it waits for a
+    /// free slot. Connections are opened on demand and kept for reuse (the node closes
+    /// one idle for its
+    /// [`client_idle_timeout`](crate::TcpConfig::client_idle_timeout)). Keep it within
+    /// the node's
+    /// [`max_client_connections_per_ip`](crate::TcpConfig::max_client_connections_per_ip)
+    /// (64 by default), shared by every client process on the same address: the node
+    /// refuses connections beyond that, and the calls that opened them fail. Default 4.
     pub connections_per_node: usize,
+    /// The most calls in flight on one connection (pipelined: sent without waiting for
+    /// earlier answers, answered in order). A call cut short keeps its slot until its
+    /// answer arrives, as the node still counts it. Keep it at most the node's
+    /// [`max_client_inflight`](crate::TcpConfig::max_client_inflight): beyond that the
+    /// node stops reading the connection until answers go out, which delays the calls
+    /// behind. Default [`DEFAULT_CALLS_PER_CONNECTION`] (64).
+    pub calls_per_connection: usize,
+    /// Test only: deliberately break how answers are matched to calls (the pool's
+    /// `broken_matching`).
+    #[cfg(test)]
+    pub(crate) broken_matching: bool,
 }
 
 impl Default for RemoteOptions {
@@ -53,7 +95,10 @@ impl Default for RemoteOptions {
             handshake_timeout: Duration::from_secs(1),
             call_timeout: Duration::from_secs(3),
             submit_timeout: Duration::from_secs(10),
-            connections_per_node: 16,
+            connections_per_node: 4,
+            calls_per_connection: DEFAULT_CALLS_PER_CONNECTION,
+            #[cfg(test)]
+            broken_matching: false,
         }
     }
 }
@@ -163,15 +208,14 @@ impl RemoteError {
 struct NodeInner {
     id: NodeId,
     addr: SocketAddr,
-    client_config: ClientConfig,
     call_timeout: Duration,
     submit_timeout: Duration,
-    idle: Mutex<Vec<TcpClient>>,
-    permits: Semaphore,
+    pool: Pool,
 }
 
-/// One node of a [`RemoteCluster`]: its address and a small pool of connections.
-/// Cloning is cheap and shares the pool.
+/// One node of a [`RemoteCluster`]: its address and its pipelined connections.
+/// Cloning is cheap and shares the connections. They close, and their tasks end, when
+/// the last clone is dropped.
 #[derive(Clone)]
 pub struct RemoteNode(Arc<NodeInner>);
 
@@ -208,6 +252,20 @@ impl RemoteNode {
     /// or the call fails with [`RemoteError::Mismatch`]. Other responses (an error, a
     /// refusal, another kind than asked) come back as they are; the typed methods
     /// ([`submit`](Self::submit), [`status`](Self::status), …) turn them into errors.
+    ///
+    /// Calls may run concurrently: they share the node's connections, many on each.
+    /// Dropping the returned future is safe: the request may still reach the node and
+    /// be executed, and its answer is then read and discarded.
+    ///
+    /// A connection that closes or breaks fails every call in flight on it. Such a
+    /// call is tried once more, on another connection, unless it opened the failed
+    /// connection itself (then the node is likely down): a pooled connection may have
+    /// been closed by the node (its idle timeout) just as the call went out, and every
+    /// request may be repeated (submissions are deduplicated by the session table).
+    /// Nothing else is retried. A request larger than the node's
+    /// [`max_client_frame_size`](crate::TcpConfig::max_client_frame_size) (1 MiB by
+    /// default) makes the node close the connection, so it fails the calls in flight
+    /// beside it too (they are tried again as above).
     pub async fn call(&self, request: &NodeRequest) -> Result<NodeResponse, RemoteError> {
         let n = &self.0;
         let limit = match request {
@@ -233,12 +291,18 @@ impl RemoteNode {
         Ok(response)
     }
 
-    /// One call on a pooled connection. A call cut short (timeout, cancellation) drops
-    /// its connection with the future that owns it, so the pool never holds a
-    /// connection with an answer outstanding. A pooled connection the server closed
-    /// under the call (its idle timeout) is retried once on a new connection: every
-    /// request of the protocol may be repeated (submissions are deduplicated by the
-    /// session table).
+    /// One call on one of the node's connections.
+    ///
+    /// A call that fails because its connection closed or broke ([`TcpError::Closed`],
+    /// [`TcpError::Io`]) is tried once more, on another connection, if its connection
+    /// was not opened for it: a pooled connection may have been closed by the node
+    /// (its idle timeout) just as the call was sent, and every call fails with the
+    /// connection that carried it. Repeating is safe because every request of the
+    /// protocol may be repeated (submissions are deduplicated by the session table),
+    /// and it happens at most once and within the call's time limit. Nothing else is
+    /// retried: not a call that timed out or whose connection stalled (no answer for
+    /// longer than any call may wait), not a refused connection or handshake, not an
+    /// answer from the node (busy, no response, too large, a malformed frame).
     async fn exchange(&self, request: Bytes) -> Result<Bytes, RemoteError> {
         let n = &self.0;
         let transport = |source| RemoteError::Transport {
@@ -246,50 +310,63 @@ impl RemoteNode {
             addr: n.addr,
             source,
         };
-        // The semaphore is never closed, so acquiring only waits.
-        let _permit = n.permits.acquire().await;
-        let pooled = n.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let (mut client, mut retry) = match pooled {
-            Some(client) => (client, true),
-            None => (
-                TcpClient::connect(n.addr, n.client_config.clone())
-                    .await
-                    .map_err(transport)?,
-                false,
-            ),
-        };
+        let mut retry = true;
         loop {
-            // Checked before the call and after it (the call may have reconnected), so a
-            // misconfigured address is never trusted.
-            self.check_identity(&client)?;
-            let result = client.call(request.clone()).await;
-            self.check_identity(&client)?;
-            match result {
-                // The client reconnects on its next call.
-                Err(TcpError::Closed | TcpError::Io(_)) if retry => retry = false,
-                result => {
-                    // A client whose call failed reconnects on its next call, so it
-                    // goes back too.
-                    n.idle
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(client);
-                    return result.map_err(transport);
+            let lease = self.lease().await?;
+            let fresh = lease.is_fresh();
+            match lease.call(request.clone()).await {
+                Err(e @ (TcpError::Closed | TcpError::Io(_))) if retry && !fresh => {
+                    debug!(node = n.id, addr = %n.addr, error = %e, "pooled connection lost under a call; trying once more");
+                    retry = false;
                 }
+                result => return result.map_err(transport),
             }
         }
     }
 
-    fn check_identity(&self, client: &TcpClient) -> Result<(), RemoteError> {
-        let found = client.server_node_id();
+    /// A slot on one of the node's connections, which must be the node the cluster
+    /// file names.
+    async fn lease(&self) -> Result<Lease, RemoteError> {
+        let n = &self.0;
+        let lease = n.pool.acquire().await.map_err(|e| match e {
+            AcquireError::Tcp(source) => RemoteError::Transport {
+                node: n.id,
+                addr: n.addr,
+                source,
+            },
+            AcquireError::WrongNode(found) => self.wrong_node(found),
+        })?;
+        // The pool keeps only connections to the right node; checked again here so
+        // that a misconfigured address is never trusted.
+        self.check_identity(lease.server())?;
+        Ok(lease)
+    }
+
+    /// Responses read and discarded because their callers had given up.
+    #[cfg(test)]
+    pub(crate) fn discarded_responses(&self) -> u64 {
+        self.0.pool.discarded_responses()
+    }
+
+    /// The node's connection pool.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.0.pool
+    }
+
+    fn wrong_node(&self, found: NodeId) -> RemoteError {
+        RemoteError::WrongNode {
+            addr: self.0.addr,
+            expected: self.0.id,
+            found,
+        }
+    }
+
+    fn check_identity(&self, found: NodeId) -> Result<(), RemoteError> {
         if found == self.0.id {
             Ok(())
         } else {
-            Err(RemoteError::WrongNode {
-                addr: self.0.addr,
-                expected: self.0.id,
-                found,
-            })
+            Err(self.wrong_node(found))
         }
     }
 
@@ -428,8 +505,9 @@ impl Endpoint for RemoteEndpoint {
 /// The nodes of a cluster of [`NodeServer`](crate::NodeServer)s, reached over TCP at the
 /// addresses of a [`ClusterConfig`].
 ///
-/// Connections are opened on first use and pooled per node
-/// ([`RemoteOptions::connections_per_node`]), so concurrent callers do not wait for
+/// Connections are opened on first use and kept per node, each carrying many calls at
+/// once ([`RemoteOptions::connections_per_node`],
+/// [`RemoteOptions::calls_per_connection`]), so concurrent callers rarely wait for
 /// each other. Every call is bounded in time: a node that is not running answers
 /// "connection refused" at once, one that does not answer is given up after its
 /// timeout.
@@ -478,9 +556,14 @@ impl RemoteCluster {
         options: RemoteOptions,
     ) -> Result<RemoteCluster, RemoteError> {
         config.validate()?;
-        if options.connections_per_node == 0 {
+        if !(1..=MAX_COUNT).contains(&options.connections_per_node) {
             return Err(RemoteError::Options(
-                "connections_per_node must be at least 1",
+                "connections_per_node must be between 1 and 65536",
+            ));
+        }
+        if !(1..=MAX_COUNT).contains(&options.calls_per_connection) {
+            return Err(RemoteError::Options(
+                "calls_per_connection must be between 1 and 65536",
             ));
         }
         let timeouts = [
@@ -495,20 +578,33 @@ impl RemoteCluster {
         let mut client_config = ClientConfig::new(config.cluster_id);
         client_config.connect_timeout = options.connect_timeout;
         client_config.handshake_timeout = options.handshake_timeout;
-        // The calls' own timeouts (above) are the ones that apply.
-        client_config.call_timeout = options.call_timeout.max(options.submit_timeout);
+        // Every call waits at most its own limit; the node answers each within its own
+        // limits. A connection whose oldest call has waited twice the longest limit is
+        // dead or wedged, and is closed.
+        let stall_limit = options
+            .call_timeout
+            .max(options.submit_timeout)
+            .saturating_mul(2);
         let mut nodes: Vec<RemoteNode> = config
             .nodes
             .iter()
             .map(|n| {
+                let pool = Pool::new(PoolConfig {
+                    node: n.id,
+                    addr: n.addr,
+                    client: client_config.clone(),
+                    max_connections: options.connections_per_node,
+                    max_inflight: options.calls_per_connection,
+                    stall_limit,
+                    #[cfg(test)]
+                    broken_matching: options.broken_matching,
+                });
                 RemoteNode(Arc::new(NodeInner {
                     id: n.id,
                     addr: n.addr,
-                    client_config: client_config.clone(),
                     call_timeout: options.call_timeout,
                     submit_timeout: options.submit_timeout,
-                    idle: Mutex::new(Vec::new()),
-                    permits: Semaphore::new(options.connections_per_node),
+                    pool,
                 }))
             })
             .collect();
