@@ -50,10 +50,10 @@ pub(crate) struct TcpArgs {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Connections the clients of one system share: ours open at most this many to each
-    /// node (one call at a time on each), etcd's clients spread over this many gRPC
-    /// connections to the leader (HTTP/2: many calls at a time on each). Default: one
-    /// per client up to 64, the most client connections a `bank node` accepts from one
-    /// IP address.
+    /// node (`RemoteCluster` pipelines up to 64 calls on each), etcd's clients spread
+    /// over this many gRPC connections to the leader (HTTP/2: many calls at a time on
+    /// each). Default: one per client up to 64, the most client connections a `bank
+    /// node` accepts from one IP address.
     #[arg(long)]
     connections: Option<usize>,
     /// The `bank` binary (default: `bank` next to this executable, as
