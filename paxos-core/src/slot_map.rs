@@ -22,8 +22,10 @@ pub const MAX_SLOT_GAP: Slot = 1 << 16;
 /// map is a ring indexed by slot (`ring[i]` holds slot `base + i`, `None` for a gap):
 /// finding, inserting or appending a slot costs an index, not a tree walk and an
 /// allocation per entry, and dropping a prefix frees it in one go. An entry that
-/// would open a gap of more than [`MAX_SLOT_GAP`] empty slots goes to a sorted side map
-/// instead; the two never hold the same slot, and every method sees their union, in
+/// would open a gap of more than [`MAX_SLOT_GAP`] empty slots, or grow the ring to more
+/// than [`MAX_SLOT_GAP`] places beyond twice its entries, goes to a sorted side map
+/// instead (so the ring's memory stays linear in the entries with a small factor,
+/// whatever the slot numbers); the two never hold the same slot, and every method sees their union, in
 /// slot order, as a `BTreeMap<Slot, E>` would.
 ///
 /// ```
@@ -137,6 +139,21 @@ impl<E> SlotMap<E> {
         self.len += 1;
         if slot == Slot::MAX {
             // One past it is not a slot: the ring never reaches it.
+            self.far.insert(slot, entry);
+            return None;
+        }
+        // The ring never grows to more than `MAX_SLOT_GAP` places beyond twice its
+        // entries: slots spaced just under the gap limit (a crafted file, a broken
+        // peer) would otherwise cost `MAX_SLOT_GAP` places each.
+        let places = if self.ring.is_empty() {
+            1
+        } else if slot < self.base {
+            (self.ring.len() as Slot).saturating_add(self.base - slot)
+        } else {
+            (slot - self.base).saturating_add(1)
+        };
+        let most = MAX_SLOT_GAP.saturating_add(2 * self.len as Slot);
+        if places > most {
             self.far.insert(slot, entry);
             return None;
         }
@@ -281,7 +298,9 @@ impl<E> SlotMap<E> {
 fn bounds(range: &impl RangeBounds<Slot>) -> (Slot, Option<Slot>) {
     let lo = match range.start_bound() {
         Bound::Included(s) => *s,
-        Bound::Excluded(s) => s.saturating_add(1),
+        // Nothing lies after the last slot.
+        Bound::Excluded(&Slot::MAX) => return (Slot::MAX, Some(Slot::MAX)),
+        Bound::Excluded(s) => s + 1,
         Bound::Unbounded => 0,
     };
     let hi = match range.end_bound() {
@@ -502,6 +521,43 @@ mod tests {
 
     fn want_all(model: &BTreeMap<Slot, u64>) -> Vec<(Slot, u64)> {
         model.iter().map(|(s, e)| (*s, *e)).collect()
+    }
+
+    /// Review: slot numbers from outside (a crafted or damaged storage file's base
+    /// entries, a peer) spaced just under the side-map threshold make the ring allocate
+    /// MAX_SLOT_GAP + 1 places per entry: the memory is linear in the entries, but with
+    /// a factor of 65,537 (a ~12-byte base entry in a file costs ~4 MiB of
+    /// `Option<StoredEntry>`). A `BTreeMap` costs a few dozen bytes per entry.
+    #[test]
+    fn review_spaced_slots_do_not_make_the_ring_outgrow_its_entries() {
+        let mut up = SlotMap::new();
+        let mut down = SlotMap::new();
+        for k in 0..64u64 {
+            up.insert(k * (MAX_SLOT_GAP + 1), 0u8);
+            down.insert((64 - k) * (MAX_SLOT_GAP + 1), 0u8);
+        }
+        assert_eq!(up.len(), 64);
+        for map in [&up, &down] {
+            assert!(
+                map.ring_len() <= 4 * map.len() + MAX_SLOT_GAP as usize,
+                "{} ring places for {} entries",
+                map.ring_len(),
+                map.len()
+            );
+        }
+    }
+
+    /// Review: `(Excluded(MAX), Unbounded)` is an empty range (BTreeMap returns
+    /// nothing), but `bounds` saturates the start to MAX and yields the entry in MAX.
+    #[test]
+    fn review_a_range_starting_after_the_last_slot_is_empty() {
+        let mut map = SlotMap::new();
+        map.insert(Slot::MAX, 1u8);
+        let got: Vec<Slot> = map
+            .range((Bound::Excluded(Slot::MAX), Bound::Unbounded))
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(got, Vec::<Slot>::new());
     }
 
     #[test]
