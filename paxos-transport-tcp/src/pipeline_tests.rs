@@ -748,3 +748,39 @@ fn options_are_checked_and_defaults_fit_a_node() {
     );
     assert!(remote.connections_per_node <= node.max_client_connections_per_ip);
 }
+
+/// Review: the node answers a connection's calls in order, so once every connection
+/// (4 by default) carries a slow call — a Submit the node holds up to its own
+/// `submit_timeout` (10 s) while it has no quorum, even one its caller already gave up
+/// on — any quick call (status, query, log) shares a connection and waits behind it,
+/// and fails at its `call_timeout` although the node would answer it at once. With one
+/// call per connection (before), it got a connection of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_quick_call_is_not_stuck_behind_slow_ones() {
+    let node_server = script(1).await;
+    let remote = cluster(
+        &node_server,
+        RemoteOptions {
+            call_timeout: Duration::from_secs(1),
+            ..options()
+        },
+    );
+    let node = remote.node(1).expect("node").clone();
+    let slow: Vec<_> = (0..4)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let _ = node.query(q(4000, Act::Echo, &format!("slow {i}"))).await;
+            })
+        })
+        .collect();
+    until("every connection carries a slow call", || {
+        node.pool().loads() == [1, 1, 1, 1]
+    })
+    .await;
+    let r = own(&node, q(0, Act::Echo, "quick")).await;
+    for s in slow {
+        s.abort();
+    }
+    assert!(r.is_ok(), "{r:?}");
+}
