@@ -489,13 +489,13 @@ impl Conn {
         let (tx, rx) = mpsc::channel(config.max_inflight);
         let (sink, stream) = framed.split();
         let ticket = Arc::new(ticket);
-        tokio::spawn(write_task(sink, rx, state.clone(), ticket.clone()));
+        tokio::spawn(write_task(sink, rx, FailOnDrop(state.clone()), ticket.clone()));
         #[cfg(test)]
         let broken = config.broken_matching;
         #[cfg(not(test))]
         let broken = false;
         let reader = Reader {
-            state: state.clone(),
+            state: FailOnDrop(state.clone()),
             pool: pool.clone(),
             stall_limit: config.stall_limit,
             broken,
@@ -511,12 +511,32 @@ impl Conn {
     }
 }
 
+/// A connection's state, held by each of its tasks: failed when dropped, so that a task
+/// dropped without running to its end (its runtime shut down) leaves no connection
+/// the pool would still hand out, and no call holding its slot (and its place in the
+/// pool's capacity) for ever.
+struct FailOnDrop(Arc<ConnState>);
+
+impl Drop for FailOnDrop {
+    fn drop(&mut self) {
+        self.0.fail(TcpError::Closed);
+    }
+}
+
+impl std::ops::Deref for FailOnDrop {
+    type Target = ConnState;
+
+    fn deref(&self) -> &ConnState {
+        &self.0
+    }
+}
+
 /// Writes calls until the queue closes (the pool dropped this connection's handle) or
 /// the connection fails.
 async fn write_task(
     mut sink: SplitSink<ClientConn<TcpStream>, ClientFrame>,
     mut rx: mpsc::Receiver<Outgoing>,
-    state: Arc<ConnState>,
+    state: FailOnDrop,
     ticket: Arc<Ticket>,
 ) {
     let result = tokio::select! {
@@ -570,7 +590,7 @@ async fn write_calls(
 
 /// The reading half of a connection.
 struct Reader {
-    state: Arc<ConnState>,
+    state: FailOnDrop,
     pool: Arc<PoolShared>,
     stall_limit: Duration,
     broken: bool,

@@ -784,3 +784,31 @@ async fn review_a_quick_call_is_not_stuck_behind_slow_ones() {
     }
     assert!(r.is_ok(), "{r:?}");
 }
+
+/// Review: a runtime that shuts down drops the connections' tasks without running
+/// `ConnState::fail`, so the pool keeps the dead connections (their tokens never
+/// cancelled, their load 0): every later call, on any runtime, takes one, finds its
+/// writer gone (`Closed`), is retried once on the same dead connection, and fails. The
+/// pool never reconnects. (The `TcpClient` pool before reconnected on the next call.)
+#[test]
+fn review_a_cluster_outlives_the_runtime_that_first_used_it() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let server_rt = runtime();
+    let node_server = server_rt.block_on(script(1));
+    let remote = cluster(&node_server, options());
+    let node = remote.node(1).expect("node").clone();
+    let first = runtime();
+    first
+        .block_on(within(own(&node, q(0, Act::Echo, "first"))))
+        .unwrap();
+    drop(first);
+    let second = runtime();
+    let r = second.block_on(within(own(&node, q(0, Act::Echo, "second"))));
+    assert!(r.is_ok(), "{r:?}");
+}
