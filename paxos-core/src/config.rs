@@ -104,8 +104,9 @@ pub struct Config {
     /// one encodes the whole session table, so with the default 1 its cost stays at
     /// most one session per executed slot however many clients there are (4,096
     /// clients: a checkpoint every 4,096 slots rather than every `checkpoint_interval`,
-    /// and a log of up to twice that many entries). 0: `checkpoint_interval` alone
-    /// decides. Default 1.
+    /// and a log of up to twice that many entries), up to 16 times
+    /// `checkpoint_interval`, so that clients cannot make the log hold much more than
+    /// the interval asks for. 0: `checkpoint_interval` alone decides. Default 1.
     pub checkpoint_slots_per_session: u64,
     /// State transfer sends a checkpoint in pieces of at most this many bytes of data
     /// ([`Message::SnapshotChunk`](crate::Message::SnapshotChunk)), one round trip

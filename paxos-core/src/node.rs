@@ -285,6 +285,9 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                 if let Some((from, m)) = self.transport.try_recv() {
                     self.message(from, m);
                     inputs += 1;
+                    if inputs >= self.options.max_inputs_per_round {
+                        break;
+                    }
                 }
                 match self.rx.try_recv() {
                     Ok(Command::Shutdown) => {

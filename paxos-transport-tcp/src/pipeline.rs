@@ -489,7 +489,12 @@ impl Conn {
         let (tx, rx) = mpsc::channel(config.max_inflight);
         let (sink, stream) = framed.split();
         let ticket = Arc::new(ticket);
-        tokio::spawn(write_task(sink, rx, FailOnDrop(state.clone()), ticket.clone()));
+        tokio::spawn(write_task(
+            sink,
+            rx,
+            FailOnDrop(state.clone()),
+            ticket.clone(),
+        ));
         #[cfg(test)]
         let broken = config.broken_matching;
         #[cfg(not(test))]

@@ -73,7 +73,15 @@ pub struct RemoteOptions {
     /// the node's
     /// [`max_client_connections_per_ip`](crate::TcpConfig::max_client_connections_per_ip)
     /// (64 by default), shared by every client process on the same address: the node
-    /// refuses connections beyond that, and the calls that opened them fail. Default 4.
+    /// refuses connections beyond that, and the calls that opened them fail.
+    ///
+    /// A node answers a connection's calls in order, so a call that shares a connection
+    /// waits behind the calls before it: a quick one (a status, a query) behind a
+    /// submission that a node without a quorum holds for up to its `submit_timeout`. A
+    /// call gets a connection of its own while fewer than this many are busy; the
+    /// default 16 keeps status calls and leader discovery going through an outage unless
+    /// 16 held submissions are all in flight at once (where one call per connection
+    /// would have made it wait for a connection as well). Default 16.
     pub connections_per_node: usize,
     /// The most calls in flight on one connection (pipelined: sent without waiting for
     /// earlier answers, answered in order). A call cut short keeps its slot until its
@@ -95,7 +103,7 @@ impl Default for RemoteOptions {
             handshake_timeout: Duration::from_secs(1),
             call_timeout: Duration::from_secs(3),
             submit_timeout: Duration::from_secs(10),
-            connections_per_node: 4,
+            connections_per_node: 16,
             calls_per_connection: DEFAULT_CALLS_PER_CONNECTION,
             #[cfg(test)]
             broken_matching: false,

@@ -208,14 +208,21 @@ impl<S> Executor<S> {
     }
 }
 
+/// Spacing checkpoints by the session count stretches them at most this many times
+/// [`Config::checkpoint_interval`](crate::Config::checkpoint_interval).
+const MAX_SESSION_SPACING: u64 = 16;
+
 impl<S: StateMachine> Replica<S> {
     pub(super) fn execute(&mut self) {
         let interval = self.cfg.checkpoint_interval;
         while self.exec.executed < self.log.commit_point() {
             // Each checkpoint encodes the whole session table: spacing them by the
             // number of sessions bounds that cost per executed slot.
+            // (At most 16 intervals apart: clients must not be able to make the log
+            // hold much more than `checkpoint_interval` asks for.)
             let per_sessions = (self.exec.sessions.len() as u64)
-                .saturating_mul(self.cfg.checkpoint_slots_per_session);
+                .saturating_mul(self.cfg.checkpoint_slots_per_session)
+                .min(interval.saturating_mul(MAX_SESSION_SPACING));
             let interval = interval.max(per_sessions);
             if self.cfg.checkpoint_interval > 0
                 && self.exec.executed
