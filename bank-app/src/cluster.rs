@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use paxos_core::{
-    AcceptorStatus, Ballot, ClientId, Endpoint, ErrorCause, NodeId, Replica, Slot, SlotInfo,
-    SlotStatus, Value, ViewChange,
+    AcceptorStatus, Ballot, ClientId, Endpoint, ErrorCause, NodeId, Replica, Request, Slot,
+    SlotInfo, SlotStatus, Value, ViewChange,
 };
 pub(crate) use paxos_transport_tcp::NodeStatus;
 use serde::{Deserialize, Serialize};
@@ -172,6 +172,10 @@ pub enum EntryValue {
         /// The payload's size.
         bytes: usize,
     },
+    /// Several requests the leader packed into this one slot
+    /// ([`paxos_core::Value::Batch`]), executed in this order; each is a
+    /// [`Command`](EntryValue::Command) or an [`Undecodable`](EntryValue::Undecodable).
+    Batch(Vec<EntryValue>),
 }
 
 impl EntryValue {
@@ -179,25 +183,35 @@ impl EntryValue {
     pub fn decode(value: Value) -> EntryValue {
         match value {
             Value::Noop => EntryValue::Noop,
-            Value::Request(r) if r.is_register() => EntryValue::Register { nonce: r.client },
-            Value::Request(r) => match postcard::from_bytes::<BankCommand>(&r.payload) {
-                Ok(command) => EntryValue::Command {
-                    client: r.client,
-                    seq: r.seq,
-                    command,
-                },
-                Err(_) => EntryValue::Undecodable {
-                    client: r.client,
-                    seq: r.seq,
-                    bytes: r.payload.len(),
-                },
-            },
+            Value::Request(r) => EntryValue::request(r),
             Value::Clock { time, idle_limit } => EntryValue::Clock { time, idle_limit },
+            Value::Batch(requests) => {
+                EntryValue::Batch(requests.iter().cloned().map(EntryValue::request).collect())
+            }
+        }
+    }
+
+    fn request(r: Request) -> EntryValue {
+        if r.is_register() {
+            return EntryValue::Register { nonce: r.client };
+        }
+        match postcard::from_bytes::<BankCommand>(&r.payload) {
+            Ok(command) => EntryValue::Command {
+                client: r.client,
+                seq: r.seq,
+                command,
+            },
+            Err(_) => EntryValue::Undecodable {
+                client: r.client,
+                seq: r.seq,
+                bytes: r.payload.len(),
+            },
         }
     }
 
     /// The session id a numbered request names. A registration names none: the
-    /// session it creates is its slot.
+    /// session it creates is its slot. A batch names none either (its requests name
+    /// theirs).
     pub fn client(&self) -> Option<ClientId> {
         match self {
             EntryValue::Command { client, .. } | EntryValue::Undecodable { client, .. } => {
@@ -206,14 +220,15 @@ impl EntryValue {
             EntryValue::Register { .. }
             | EntryValue::Empty
             | EntryValue::Noop
-            | EntryValue::Clock { .. } => None,
+            | EntryValue::Clock { .. }
+            | EntryValue::Batch(_) => None,
         }
     }
 }
 
 impl fmt::Display for EntryValue {
-    /// `A->B 2`, `balance A`, `no-op`, `register c…`, `clock t=…`, `-` for an empty
-    /// slot.
+    /// `A->B 2`, `balance A`, `no-op`, `register c…`, `clock t=…`, `[A->B 2; C->D 1]`
+    /// for a batch, `-` for an empty slot.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EntryValue::Empty => f.write_str("-"),
@@ -222,6 +237,16 @@ impl fmt::Display for EntryValue {
             EntryValue::Command { command, .. } => write!(f, "{}", CommandDisplay(command)),
             EntryValue::Undecodable { bytes, .. } => write!(f, "undecodable ({bytes} bytes)"),
             EntryValue::Clock { time, .. } => write!(f, "clock t={time}"),
+            EntryValue::Batch(values) => {
+                f.write_str("[")?;
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{v}")?;
+                }
+                f.write_str("]")
+            }
         }
     }
 }

@@ -130,6 +130,10 @@ impl LocalCluster {
         for (transport, &id) in transports.into_iter().zip(&ids) {
             let mut config = Config::new(id, ids.clone());
             config.seed = options.seed ^ id;
+            // One transaction per slot, as in the system this bank replaces: a
+            // scenario's PrintLog and PrintStatus read slot by slot. (`bank node`
+            // keeps the library's default and packs waiting requests into one slot.)
+            config.max_requests_per_slot = 1;
             let gate = Gate::new(true);
             let transport = GatedTransport::new(transport, gate.clone());
             let handle = spawn_node(

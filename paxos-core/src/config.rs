@@ -67,6 +67,13 @@ pub struct Config {
     /// is what keeps them small: what they report is what recent leaders left
     /// uncommitted.
     pub max_message_bytes: usize,
+    /// The most client requests a leader packs into one slot
+    /// ([`Value::Batch`](crate::Value::Batch)) when several wait in its queue. A batch
+    /// also stays within `max_message_bytes`. Batching costs no latency: the leader
+    /// packs only what is already waiting when it proposes, and proposes as soon as
+    /// the window has room. 1 gives every request a slot of its own (as a log
+    /// inspected slot by slot may want). Positive. Default 64.
+    pub max_requests_per_slot: usize,
     /// The most client requests a leader queues while its window is full; beyond that
     /// it answers [`Response::Busy`](crate::Response::Busy). Also bounds the requests a
     /// replica tracks for replies.
@@ -138,6 +145,7 @@ impl Config {
             max_inflight: 8192,
             max_batch: 1024,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_requests_per_slot: 64,
             max_pending: 65_536,
             max_sessions: 100_000,
             session_ttl_ticks: DEFAULT_SESSION_TTL_TICKS,
@@ -176,6 +184,7 @@ impl Config {
             ("max_inflight", self.max_inflight),
             ("max_batch", self.max_batch as u64),
             ("max_message_bytes", self.max_message_bytes as u64),
+            ("max_requests_per_slot", self.max_requests_per_slot as u64),
             ("max_pending", self.max_pending as u64),
             ("max_sessions", self.max_sessions as u64),
             ("session_clock_ticks", self.session_clock_ticks),

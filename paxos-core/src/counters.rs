@@ -41,6 +41,9 @@ pub struct Counters {
     /// Clock entries ([`Value::Clock`](crate::Value::Clock)) this replica proposed
     /// as leader (not counted in `proposals`).
     pub clocks_proposed: u64,
+    /// Slots this replica proposed as leader that carry a batch of several requests
+    /// ([`Value::Batch`](crate::Value::Batch)); their requests count in `proposals`.
+    pub batched_slots: u64,
 }
 
 #[cfg(test)]

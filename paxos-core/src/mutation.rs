@@ -42,6 +42,9 @@ pub(crate) enum Mutation {
     GarbledCachedReply,
     /// A request whose session is unknown (evicted or expired) is executed anyway.
     ExpiredSessionExecutes,
+    /// A request that is not the first of its batch ([`Value::Batch`](crate::Value::Batch))
+    /// executes without the session check: a duplicate proposed in a batch runs twice.
+    BatchedDuplicatesExecute,
     /// Executing a clock entry expires sessions by the executing replica's own clock
     /// (its tick count) instead of the time the entry carries: replicas whose clocks
     /// differ (restarts, skew, pauses) drop different sessions.

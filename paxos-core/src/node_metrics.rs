@@ -70,6 +70,8 @@ pub mod names {
     pub const SESSIONS_EXPIRED: &str = "paxos_sessions_expired_total";
     /// Counter: clock entries (for session expiry) proposed as leader.
     pub const CLOCKS_PROPOSED: &str = "paxos_clocks_proposed_total";
+    /// Counter: slots proposed as leader that carry several requests.
+    pub const BATCHED_SLOTS: &str = "paxos_batched_slots_total";
     /// Counter: driver rounds (inputs folded, then persist, send, reply).
     pub const ROUNDS: &str = "paxos_rounds_total";
     /// Counter, label `kind`: protocol messages received from peers.
@@ -167,6 +169,7 @@ pub(crate) struct NodeMetrics {
     checkpoints: Counter,
     sessions_expired: Counter,
     clocks_proposed: Counter,
+    batched_slots: Counter,
     rounds: Counter,
     received: Vec<Counter>,
     persist_seconds: Histogram,
@@ -206,6 +209,7 @@ impl NodeMetrics {
             checkpoints: counter!(CHECKPOINTS, "node" => n.clone()),
             sessions_expired: counter!(SESSIONS_EXPIRED, "node" => n.clone()),
             clocks_proposed: counter!(CLOCKS_PROPOSED, "node" => n.clone()),
+            batched_slots: counter!(BATCHED_SLOTS, "node" => n.clone()),
             rounds: counter!(ROUNDS, "node" => n.clone()),
             received: KINDS
                 .iter()
@@ -279,5 +283,6 @@ impl NodeMetrics {
         self.checkpoints.absolute(c.checkpoints_taken);
         self.sessions_expired.absolute(c.sessions_expired);
         self.clocks_proposed.absolute(c.clocks_proposed);
+        self.batched_slots.absolute(c.batched_slots);
     }
 }

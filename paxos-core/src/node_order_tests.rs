@@ -365,7 +365,10 @@ fn check_order(events: &[Event]) -> (Vec<Violation>, Checked) {
                 let mut learned = false;
                 for state in durable.values() {
                     for (slot, e) in &state.log {
-                        if matches!(&e.value, Value::Request(r) if r.client == *client && r.seq == *seq)
+                        if e.value
+                            .requests()
+                            .iter()
+                            .any(|r| r.client == *client && r.seq == *seq)
                         {
                             *holders.entry((slot, e.ballot)).or_default() += 1;
                             learned |= e.chosen;

@@ -136,6 +136,17 @@ pub enum Value {
         /// plus its clock period.
         idle_limit: u64,
     },
+    /// Several client requests chosen together in one slot, executed in order as if
+    /// each had a slot of its own. A leader packs the requests waiting in its queue
+    /// into one value, up to [`Config::max_requests_per_slot`](crate::Config::max_requests_per_slot):
+    /// under load every per-slot cost (the log entry, the write to storage, the
+    /// entry in each ACCEPT) is paid once per batch rather than once per command.
+    /// Session registrations are never batched (a session's id is the slot of its
+    /// registration); a registration found in a batch is skipped by every replica
+    /// alike. Shared, so that the copies a batch makes on its way (the log, the
+    /// write to storage, one ACCEPT per peer) cost one reference count each, not one
+    /// per request.
+    Batch(std::sync::Arc<[Request]>),
 }
 
 impl Value {
@@ -146,8 +157,32 @@ impl Value {
         let payload = match self {
             Value::Request(r) => r.payload.len(),
             Value::Noop | Value::Clock { .. } => 0,
+            Value::Batch(requests) => {
+                // Each request counts as a value of its own: payload plus overhead.
+                return requests.iter().fold(0usize, |n, r| {
+                    n.saturating_add(r.payload.len())
+                        .saturating_add(crate::config::VALUE_OVERHEAD_BYTES)
+                });
+            }
         };
         payload.saturating_add(crate::config::VALUE_OVERHEAD_BYTES)
+    }
+
+    /// The client requests this value carries, in execution order: a batch's, a
+    /// request alone, or none.
+    ///
+    /// ```
+    /// use paxos_core::{Request, Value};
+    /// let batch = Value::Batch(vec![Request::register(7), Request::register(8)].into());
+    /// assert_eq!(batch.requests().len(), 2);
+    /// assert!(Value::Noop.requests().is_empty());
+    /// ```
+    pub fn requests(&self) -> &[Request] {
+        match self {
+            Value::Request(r) => std::slice::from_ref(r),
+            Value::Batch(requests) => requests,
+            Value::Noop | Value::Clock { .. } => &[],
+        }
     }
 
     /// A short human-readable summary, for logs and introspection.
@@ -158,6 +193,13 @@ impl Value {
             Value::Request(r) => format!("c{}#{} ({} bytes)", r.client, r.seq, r.payload.len()),
             Value::Clock { time, idle_limit } => {
                 format!("clock t={time} (expire idle > {idle_limit})")
+            }
+            Value::Batch(requests) => {
+                let each: Vec<String> = requests
+                    .iter()
+                    .map(|r| format!("c{}#{}", r.client, r.seq))
+                    .collect();
+                format!("batch of {}: {}", requests.len(), each.join(", "))
             }
         }
     }

@@ -29,8 +29,9 @@ use crate::error::TcpError;
 /// `Commit`, the unacknowledged commit-point announcement, and the clock entries of
 /// session expiry (`Value::Clock`) to the log values that ACCEPT, NEW-VIEW, PROMISE and
 /// FETCH-REPLY carry and that log inspection returns; a version-4 node could decode
-/// neither.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// neither. Version 6 adds batches of requests in one slot (`Value::Batch`) to the
+/// same log values.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The first bytes of every handshake frame.
 pub(crate) const MAGIC: [u8; 4] = *b"PXTC";

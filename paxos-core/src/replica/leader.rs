@@ -103,6 +103,15 @@ pub(super) fn batch_len<'a>(
     n
 }
 
+/// What one request counts for in a batch's bytes: as much as a value of its own
+/// ([`Value::size_hint`]).
+fn request_bytes(request: &Request) -> usize {
+    request
+        .payload
+        .len()
+        .saturating_add(crate::config::VALUE_OVERHEAD_BYTES)
+}
+
 impl Leader {
     /// Adds a proposal to the in-flight table, counting its bytes.
     pub(super) fn track(&mut self, slot: Slot, inflight: Inflight) {
@@ -135,6 +144,11 @@ impl<S: StateMachine> Replica<S> {
             return (self.cfg.max_batch.max(1), usize::MAX);
         }
         (self.cfg.max_batch.max(1), self.cfg.max_message_bytes)
+    }
+
+    /// The most requests one slot carries ([`Config::max_requests_per_slot`](crate::Config)).
+    pub(super) fn requests_per_slot(&self) -> usize {
+        self.cfg.max_requests_per_slot.max(1)
     }
 
     pub(super) fn on_accepted(
@@ -319,6 +333,7 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn pump(&mut self) {
         self.propose_clock_if_due();
         let max_bytes = self.batch_limits().1;
+        let max_per_slot = self.requests_per_slot();
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
@@ -345,10 +360,33 @@ impl<S: StateMachine> Replica<S> {
                 return;
             }
             l.next_slot += 1;
-            if !req.is_register() {
+            let value = if req.is_register() {
+                Value::Request(req)
+            } else {
+                // Pack what else waits into the same slot: requests (never a
+                // registration), up to `max_requests_per_slot` and within what is
+                // left of the in-flight byte budget (always this first one).
+                let budget = max_bytes.saturating_sub(l.inflight_bytes);
+                let mut bytes = request_bytes(&req);
                 l.proposed.insert(req.client, req.seq);
-            }
-            let value = Value::Request(req);
+                let mut batch = vec![req];
+                while batch.len() < max_per_slot
+                    && l.queue.front().is_some_and(|next| {
+                        !next.is_register() && bytes.saturating_add(request_bytes(next)) <= budget
+                    })
+                {
+                    let Some(next) = l.queue.pop_front() else {
+                        break;
+                    };
+                    bytes = bytes.saturating_add(request_bytes(&next));
+                    l.proposed.insert(next.client, next.seq);
+                    batch.push(next);
+                }
+                match batch.len() {
+                    1 => Value::Request(batch.swap_remove(0)),
+                    _ => Value::Batch(batch.into()),
+                }
+            };
             l.track(
                 slot,
                 Inflight {
@@ -358,8 +396,10 @@ impl<S: StateMachine> Replica<S> {
                 },
             );
             l.fresh.push((slot, value.clone()));
+            let counters = self.exec.count();
+            counters.proposals += value.requests().len() as u64;
+            counters.batched_slots += u64::from(matches!(value, Value::Batch(_)));
             store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
-            self.exec.count().proposals += 1;
         }
         if self.quorum == 1 {
             self.check_commits();

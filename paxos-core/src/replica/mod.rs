@@ -309,6 +309,9 @@ impl<S: StateMachine> Replica<S> {
     /// Drains the outputs accumulated since the last call. See [`Ready`] for the order
     /// in which to handle them.
     pub fn take_ready(&mut self) -> Ready {
+        if matches!(&self.role, RoleState::Leader(l) if !l.queue.is_empty()) {
+            self.pump();
+        }
         self.flush_leader();
         self.flush_reads();
         let mut ready = std::mem::take(&mut self.ready);
@@ -383,7 +386,10 @@ impl<S: StateMachine> Replica<S> {
     /// Handles a client request. The answer comes later in [`Ready::replies_now`] or
     /// [`Ready::replies`]: a redirect when this replica is not the leader, the cached
     /// reply for a request already executed, or the result once the request is chosen
-    /// and executed.
+    /// and executed. A leader proposes the requests it queued at the next
+    /// [`take_ready`](Replica::take_ready) (several in one slot when
+    /// [`Config::max_requests_per_slot`](crate::Config::max_requests_per_slot) allows;
+    /// at once when it is 1).
     pub fn handle_request(&mut self, request: Request) {
         if request.is_read() {
             self.on_read(request);
@@ -428,7 +434,12 @@ impl<S: StateMachine> Replica<S> {
         }
         self.awaiting.insert(key);
         leader.queue.push_back(request);
-        self.pump();
+        if self.requests_per_slot() == 1 {
+            self.pump();
+        }
+        // Otherwise the request waits for the end of the round ([`Replica::take_ready`]),
+        // where the leader packs everything that arrived meanwhile into as few slots
+        // as it can: its ACCEPTs leave only then anyway.
     }
 
     /// Handles a message from peer `from`. Messages from non-members are ignored.

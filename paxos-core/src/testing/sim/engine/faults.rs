@@ -26,6 +26,9 @@ pub(crate) struct Faults {
     /// small fixed interval makes replicas compact often (what catch-up and state
     /// transfer need exercised); 1 for one seed in five.
     pub(crate) checkpoint_slots_per_session: u64,
+    /// [`Config::max_requests_per_slot`](crate::Config): 1 for two seeds in three (they
+    /// run as before batching existed), 2 to 8 for the others.
+    pub(crate) requests_per_slot: usize,
     /// Some restarts lose the replica's storage (amnesia), for at most `f` replicas at
     /// a time counting the crashed and the still-recovering ones.
     pub(crate) amnesia: bool,
@@ -96,6 +99,7 @@ impl Faults {
             },
             // Set by the engine from the seed.
             checkpoint_slots_per_session: 0,
+            requests_per_slot: 1,
             amnesia: chance(rng, 0.3),
             pauses: chance(rng, 0.3),
             skew: chance(rng, 0.3),

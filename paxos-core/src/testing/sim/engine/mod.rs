@@ -393,6 +393,11 @@ impl<W: Workload> Sim<W> {
         let mut faults = Faults::draw(&mut rng);
         // From the seed, not the generator: a draw here would change every seed's run.
         faults.checkpoint_slots_per_session = u64::from(seed.is_multiple_of(5));
+        faults.requests_per_slot = if seed % 3 == 1 {
+            2 + (seed / 3 % 7) as usize
+        } else {
+            1
+        };
         tweak(&mut faults);
         let members: Vec<NodeId> = (1..=faults.nodes as u64).collect();
         let nodes = members
@@ -496,6 +501,7 @@ impl<W: Workload> Sim<W> {
         cfg.retransmit_ticks = 4;
         cfg.max_inflight = 8;
         cfg.max_batch = 4;
+        cfg.max_requests_per_slot = faults.requests_per_slot;
         cfg.max_sessions = faults.max_sessions;
         cfg.session_ttl_ticks = faults.session_ttl;
         cfg.session_clock_ticks = faults.session_clock;
