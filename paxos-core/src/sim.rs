@@ -89,6 +89,7 @@ mod tests {
                     total.pauses += s.pauses;
                     total.expired += s.expired;
                     total.clocks += s.clocks;
+                    total.batches += s.batches;
                 }
                 Err(v) => panic!(
                     "{name}: seed {seed} failed: {v}\nreplay: PAXOS_SIM_SEED={seed} cargo test -p paxos-core sim::tests -- --nocapture"
@@ -97,7 +98,7 @@ mod tests {
         }
         // Written to stderr directly so the counts show without `--nocapture`.
         let line = format!(
-            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes ({} mid-round), {} new views, {} snapshots sent ({} pieces), {} requests completed, {} reads, {} leader transfers, {} wiped and {} recovered, {} pauses, {} expired sessions, {} clock entries",
+            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes ({} mid-round), {} new views, {} snapshots sent ({} pieces), {} requests completed, {} reads, {} leader transfers, {} wiped and {} recovered, {} pauses, {} expired sessions, {} clock entries, {} batches",
             seeds.len(),
             total.steps,
             total.ticks,
@@ -114,7 +115,8 @@ mod tests {
             total.recoveries,
             total.pauses,
             total.expired,
-            total.clocks
+            total.clocks,
+            total.batches
         );
         let _ = writeln!(std::io::stderr().lock(), "{line}");
         assert!(
@@ -298,6 +300,11 @@ mod tests {
     }
 
     #[test]
+    fn mutant_executing_batched_duplicates_is_caught() {
+        assert_caught(Mutation::BatchedDuplicatesExecute, stale_traffic, 1000);
+    }
+
+    #[test]
     fn mutant_executing_requests_of_expired_sessions_is_caught() {
         // The same broken rule as above, reached through expiry instead of eviction.
         assert_caught(Mutation::ExpiredSessionExecutes, expiry, 500);
@@ -379,7 +386,9 @@ mod tests {
 
     #[test]
     fn mutant_preferring_lowest_ballot_is_caught() {
-        let found = (0..1000).find_map(|seed| {
+        // Rare: seed 1311 (and 1891 among the seeds that batch requests) when batches
+        // came in; the seed below 1000 that caught it before batches changed its run.
+        let found = (0..3000).find_map(|seed| {
             Sim::protocol(seed, Mutation::LowestBallotWins, dueling_leaders)
                 .run()
                 .err()

@@ -309,7 +309,9 @@ impl<S: StateMachine> Replica<S> {
     /// Drains the outputs accumulated since the last call. See [`Ready`] for the order
     /// in which to handle them.
     pub fn take_ready(&mut self) -> Ready {
-        if matches!(&self.role, RoleState::Leader(l) if !l.queue.is_empty()) {
+        if self.requests_per_slot() > 1
+            && matches!(&self.role, RoleState::Leader(l) if !l.queue.is_empty())
+        {
             self.pump();
         }
         self.flush_leader();

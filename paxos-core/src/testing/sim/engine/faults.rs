@@ -27,7 +27,9 @@ pub(crate) struct Faults {
     /// transfer need exercised); 1 for one seed in five.
     pub(crate) checkpoint_slots_per_session: u64,
     /// [`Config::max_requests_per_slot`](crate::Config): 1 for two seeds in three (they
-    /// run as before batching existed), 2 to 8 for the others.
+    /// run as before batching existed), 2 to 8 for the others, which also have at least
+    /// three clients and leave most requests to the end of the tick, so that batches
+    /// form.
     pub(crate) requests_per_slot: usize,
     /// Some restarts lose the replica's storage (amnesia), for at most `f` replicas at
     /// a time counting the crashed and the still-recovering ones.

@@ -217,6 +217,8 @@ pub(crate) struct Stats {
     pub(crate) expired: u64,
     /// Clock entries chosen (session expiry on).
     pub(crate) clocks: u64,
+    /// Slots chosen with a batch of several requests.
+    pub(crate) batches: u64,
     /// Reads answered.
     pub(crate) reads: u64,
     /// Leader transfers asked for.
@@ -398,6 +400,10 @@ impl<W: Workload> Sim<W> {
         } else {
             1
         };
+        if faults.requests_per_slot > 1 {
+            // Enough clients at once for batches to form.
+            faults.clients = faults.clients.max(3);
+        }
         tweak(&mut faults);
         let members: Vec<NodeId> = (1..=faults.nodes as u64).collect();
         let nodes = members
@@ -582,6 +588,11 @@ impl<W: Workload> Sim<W> {
             .values()
             .filter(|v| matches!(v, Value::Clock { .. }))
             .count() as u64;
+        self.stats.batches = self
+            .chosen
+            .values()
+            .filter(|v| matches!(v, Value::Batch(_)))
+            .count() as u64;
         self.check_real_time_order()?;
         self.check_model()?;
         self.check_reads()?;
@@ -688,7 +699,14 @@ impl<W: Workload> Sim<W> {
                     r.handle_request(request);
                     self.nodes[i].dirty = true;
                     self.stats.steps += 1;
-                    self.after_input(i)?;
+                    if self.faults.requests_per_slot > 1 && chance(&mut self.rng, 0.8) {
+                        // Most requests wait for the end of the tick, with whatever
+                        // else arrives meanwhile, as a driver folding many requests
+                        // into one round does: the leader packs them into batches.
+                        self.check_node(i)?;
+                    } else {
+                        self.after_input(i)?;
+                    }
                 }
                 Envelope::Reply { from, reply } => self.client_reply(from, reply)?,
             }
