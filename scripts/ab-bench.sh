@@ -8,6 +8,8 @@
 #   # e.g. build the old commit in a worktree, then:
 #   scripts/ab-bench.sh ../old/target/release/bank target/release/bank 20000 64 2
 #
+# OLD_ARGS and NEW_ARGS, if set, are added to each side's `bank node` command line
+# (e.g. NEW_ARGS="--requests-per-slot 64" against an OLD build without the flag).
 # Ports 17201-17205; every process it starts is killed on exit, its temp dir removed.
 set -euo pipefail
 old=${1:?usage: ab-bench.sh OLD_BANK NEW_BANK [TRANSFERS] [CLIENTS] [ROUNDS]}
@@ -29,7 +31,7 @@ cleanup() {
 trap cleanup EXIT
 for r in $(seq "$rounds"); do
     for side in A B; do
-        if [ "$side" = A ]; then bank=$old; else bank=$new; fi
+        if [ "$side" = A ]; then bank=$old; args=${OLD_ARGS:-}; else bank=$new; args=${NEW_ARGS:-}; fi
         dir="$work/$side-$r"
         mkdir -p "$dir"
         {
@@ -40,7 +42,7 @@ for r in $(seq "$rounds"); do
         } > "$dir/cluster.toml"
         for i in 1 2 3 4 5; do
             RUST_LOG=warn "$bank" node --id "$i" --config "$dir/cluster.toml" \
-                --data-dir "$dir/n$i" 2> "$dir/n$i.log" &
+                --data-dir "$dir/n$i" $args 2> "$dir/n$i.log" &
             pids+=($!)
         done
         for _ in $(seq 100); do

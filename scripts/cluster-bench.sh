@@ -6,6 +6,8 @@
 #   scripts/cluster-bench.sh 1000000 64 1000      # the README's figures
 #
 # Ports 17001-17005; everything it starts is killed on exit, and its temp dir removed.
+# NODE_ARGS, if set, is added to every `bank node` command line (e.g.
+# NODE_ARGS="--requests-per-slot 64").
 set -euo pipefail
 transfers=${1:-100000}
 clients=${2:-64}
@@ -32,7 +34,7 @@ trap cleanup EXIT
 } > "$work/cluster.toml"
 for i in 1 2 3 4 5; do
     RUST_LOG=warn "$bank" node --id "$i" --config "$work/cluster.toml" --data-dir "$work/n$i" \
-        2> "$work/n$i.log" &
+        ${NODE_ARGS:-} 2> "$work/n$i.log" &
     pids+=($!)
 done
 # Wait until every node answers.

@@ -8,6 +8,8 @@
 #   scripts/read-bench.sh 50000 64 3     # 64 clients: throughput and tail latency
 #
 # Ports 17101-17105; everything it starts is killed on exit, and its temp dir removed.
+# NODE_ARGS, if set, is added to every `bank node` command line (e.g.
+# NODE_ARGS="--requests-per-slot 64").
 set -euo pipefail
 ops=${1:-20000}
 clients=${2:-1}
@@ -31,7 +33,7 @@ trap cleanup EXIT
 } > "$work/cluster.toml"
 for i in 1 2 3 4 5; do
     RUST_LOG=warn "$bank" node --id "$i" --config "$work/cluster.toml" --data-dir "$work/n$i" \
-        2> "$work/n$i.log" &
+        ${NODE_ARGS:-} 2> "$work/n$i.log" &
     pids+=($!)
 done
 for _ in $(seq 100); do

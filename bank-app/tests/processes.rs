@@ -250,3 +250,71 @@ fn a_retried_transfer_moves_money_once_across_a_leader_change() {
     let alive: Vec<NodeId> = (1..=NODES).filter(|&n| n != answered_by).collect();
     assert_balances(&procs, &alive, &expected, Duration::from_secs(5));
 }
+
+/// Nodes started with `--requests-per-slot 64`: the busy script's concurrent transfers
+/// and a `bank bench` load are packed several to a slot, every transfer moves money
+/// once, and every replica ends with the same balances after executing the same log.
+#[test]
+fn transfers_packed_several_to_a_slot_move_money_once() {
+    let rt = runtime();
+    let procs = Processes::start_with_node_args(&rt, NODES, &["--requests-per-slot", "64"]);
+    let leader = procs.leader(&rt, Duration::from_secs(10));
+    let mut expected: BTreeMap<Account, i64> = Account::default_set().map(|a| (a, 10)).collect();
+    let script = procs.dir.path().join("busy.csv");
+    std::fs::write(&script, busy_script()).expect("write script");
+    let run = procs
+        .bank(&[
+            "client",
+            "--yes",
+            "--json",
+            script.to_str().expect("utf-8 path"),
+        ])
+        .finish(Duration::from_secs(60));
+    let moved = apply_moved(&mut expected, &run);
+    assert!(moved >= 100, "the script moves money: {}", run.stdout);
+    assert_balances(&procs, &[1, 2, 3, 4, 5], &expected, Duration::from_secs(5));
+
+    let run = procs
+        .bank(&["bench", "--quiet", "--transfers", "3000", "--clients", "32"])
+        .finish(Duration::from_secs(60));
+    assert!(
+        run.stdout.starts_with("3000 transfers") && run.stdout.contains(" 0 failed"),
+        "{}",
+        run.stdout
+    );
+    // Every replica executed the same slots to the same balances.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = procs.bank_db();
+        let rows: Vec<_> = seen.values().collect();
+        let agree = seen.len() == NODES as usize && rows.windows(2).all(|w| w[0] == w[1]);
+        if agree {
+            assert_eq!(rows[0].1.values().sum::<i64>(), 100, "{seen:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas disagree: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The leader's log shows slots holding several transfers.
+    let run = procs
+        .bank(&["log", "--json", "--node", &leader.to_string()])
+        .finish(Duration::from_secs(15));
+    let batches: Vec<usize> = common::json_lines(&run.stdout)
+        .iter()
+        .filter_map(|e| e["entry"].get("Batch")?.as_array().map(Vec::len))
+        .collect();
+    assert!(
+        batches.iter().any(|n| *n >= 2),
+        "no slot holds several transfers: {}",
+        run.stdout
+    );
+    eprintln!(
+        "{} slots hold {} transfers",
+        batches.len(),
+        batches.iter().sum::<usize>()
+    );
+    let text = procs
+        .bank(&["log", "--node", &leader.to_string()])
+        .finish(Duration::from_secs(15));
+    assert!(text.stdout.contains("->"), "{}", text.stdout);
+}

@@ -38,6 +38,10 @@ pub(crate) struct Nodes {
     dir: tempfile::TempDir,
 }
 
+/// `bank node --requests-per-slot`: the library's default (the bank's, 1, keeps one
+/// transaction per slot for its scenario inspection; a throughput run packs them).
+const REQUESTS_PER_SLOT: &str = "64";
+
 impl Drop for Nodes {
     fn drop(&mut self) {
         for child in self.children.values_mut() {
@@ -113,7 +117,8 @@ impl Nodes {
         let mut command = Command::new(&self.bank);
         command
             .args(["node", "--id", &id.to_string(), "--config"])
-            .arg(&self.config_path);
+            .arg(&self.config_path)
+            .args(["--requests-per-slot", REQUESTS_PER_SLOT]);
         if self.memory {
             command.arg("--memory");
         } else {

@@ -72,6 +72,8 @@ pub(crate) struct Processes {
     pub(crate) metrics: BTreeMap<NodeId, SocketAddr>,
     /// Whether nodes are started with `--admin-calls` (leader transfer allowed).
     admin_calls: bool,
+    /// More arguments for every `bank node` command line.
+    node_args: Vec<String>,
 }
 
 impl Drop for Processes {
@@ -137,19 +139,29 @@ impl Processes {
         memory: &BTreeSet<NodeId>,
         adjust: impl Fn(&mut ClusterConfig),
     ) -> Processes {
-        Processes::start_cluster_serving(rt, size, memory, false, false, adjust)
+        Processes::start_cluster_serving(rt, size, memory, false, false, &[], adjust)
+    }
+
+    /// Starts `size` nodes with data directories, `args` added to each `bank node`
+    /// command line.
+    pub(crate) fn start_with_node_args(
+        rt: &tokio::runtime::Runtime,
+        size: u64,
+        args: &[&str],
+    ) -> Processes {
+        Processes::start_cluster_serving(rt, size, &BTreeSet::new(), false, false, args, |_| {})
     }
 
     /// Starts `size` nodes with data directories and `--admin-calls`, so that `bank
     /// leader transfer` may move leadership among them.
     pub(crate) fn start_with_admin_calls(rt: &tokio::runtime::Runtime, size: u64) -> Processes {
-        Processes::start_cluster_serving(rt, size, &BTreeSet::new(), false, true, |_| {})
+        Processes::start_cluster_serving(rt, size, &BTreeSet::new(), false, true, &[], |_| {})
     }
 
     /// Starts `size` nodes with data directories, each serving its Prometheus metrics
     /// on a port of its own on 127.0.0.1 ([`Processes::metrics`]).
     pub(crate) fn start_with_metrics(rt: &tokio::runtime::Runtime, size: u64) -> Processes {
-        Processes::start_cluster_serving(rt, size, &BTreeSet::new(), true, false, |_| {})
+        Processes::start_cluster_serving(rt, size, &BTreeSet::new(), true, false, &[], |_| {})
     }
 
     fn start_cluster_serving(
@@ -158,6 +170,7 @@ impl Processes {
         memory: &BTreeSet<NodeId>,
         with_metrics: bool,
         admin_calls: bool,
+        node_args: &[&str],
         adjust: impl Fn(&mut ClusterConfig),
     ) -> Processes {
         for attempt in 1..=3 {
@@ -193,6 +206,7 @@ impl Processes {
                 memory: memory.clone(),
                 metrics,
                 admin_calls,
+                node_args: node_args.iter().map(|a| a.to_string()).collect(),
             };
             for id in 1..=size {
                 let child = procs.spawn_node(id);
@@ -236,6 +250,7 @@ impl Processes {
         if self.admin_calls {
             command.arg("--admin-calls");
         }
+        command.args(&self.node_args);
         if let Some(addr) = self.metrics.get(&id) {
             command.arg("--metrics-addr").arg(addr.to_string());
         }

@@ -55,6 +55,15 @@ pub(crate) struct NodeArgs {
     /// every node the same.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SESSION_TTL_SECS)]
     pub(crate) session_ttl: u64,
+    /// The most transfers the leader packs into one log slot when several wait (the
+    /// library's `Config::max_requests_per_slot`). 1, the default, keeps one
+    /// transaction per slot, as the system this bank replaces did: `bank log` and
+    /// `bank status --seq` read slot by slot. Under load a larger value (64, the
+    /// library's default) multiplies throughput: a slot's log entry, write and place in
+    /// each message are then shared by the transfers in it. Only the leader's setting
+    /// matters; every node executes whatever batches are chosen.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) requests_per_slot: u16,
 }
 
 /// `--session-ttl` when not given: one hour, the library's default.
@@ -76,6 +85,7 @@ pub(crate) async fn run(config: &ClusterConfig, args: NodeArgs) -> anyhow::Resul
         admin_calls,
         metrics_addr,
         session_ttl,
+        requests_per_slot,
     } = args;
     let data_dir = data_dir.as_deref();
     if config.node(id).is_none() {
@@ -95,7 +105,10 @@ pub(crate) async fn run(config: &ClusterConfig, args: NodeArgs) -> anyhow::Resul
         .with_test_controls(test_controls)
         .with_admin_calls(admin_calls);
     let ttl_ticks = seconds_to_ticks(session_ttl, options.node.tick);
-    let options = options.with_replica(move |config| config.session_ttl_ticks = ttl_ticks);
+    let options = options.with_replica(move |config| {
+        config.session_ttl_ticks = ttl_ticks;
+        config.max_requests_per_slot = usize::from(requests_per_slot);
+    });
     let server = if memory {
         warn!(
             node = id,
