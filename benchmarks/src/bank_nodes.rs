@@ -40,7 +40,7 @@ pub(crate) struct Nodes {
 
 /// `bank node --requests-per-slot`: the library's default (the bank's, 1, keeps one
 /// transaction per slot for its scenario inspection; a throughput run packs them).
-const REQUESTS_PER_SLOT: &str = "64";
+pub(crate) const REQUESTS_PER_SLOT: u64 = 64;
 
 impl Drop for Nodes {
     fn drop(&mut self) {
@@ -118,7 +118,7 @@ impl Nodes {
         command
             .args(["node", "--id", &id.to_string(), "--config"])
             .arg(&self.config_path)
-            .args(["--requests-per-slot", REQUESTS_PER_SLOT]);
+            .args(["--requests-per-slot", &REQUESTS_PER_SLOT.to_string()]);
         if self.memory {
             command.arg("--memory");
         } else {

@@ -24,7 +24,7 @@ use anyhow::{anyhow, ensure, Result};
 use bank_app::{await_agreement, Account, Bank, BankCommand, RemoteCluster, RemoteOptions};
 use paxos_core::{Client, ClientOptions, Endpoint};
 
-use crate::bank_nodes::{bank_binary, interrupted, Nodes, PATIENCE};
+use crate::bank_nodes::{bank_binary, interrupted, Nodes, PATIENCE, REQUESTS_PER_SLOT};
 use crate::runtime::{self, Phase, Recorder, RunStats, Timing};
 use crate::{median_stats, Progress, NODES};
 
@@ -228,9 +228,10 @@ async fn run_ours(
         "ours: money was created or destroyed: total {}",
         agreement.total()
     );
+    // A slot holds at most `--requests-per-slot` transfers.
     ensure!(
-        agreement.executed >= stats.completed,
-        "ours: {} slots executed for {} completed transfers",
+        agreement.executed.saturating_mul(REQUESTS_PER_SLOT) >= stats.completed,
+        "ours: {} slots executed for {} completed transfers ({REQUESTS_PER_SLOT} per slot at most)",
         agreement.executed,
         stats.completed
     );

@@ -92,8 +92,10 @@ pub enum SessionCheck {
 ///
 /// # Cost
 /// Registering, recording and checking are O(1) amortised: the table keeps a queue of
-/// `(slot, client)` touches appended in slot order (execution is in slot order and
-/// each slot touches at most one session, so the queue is sorted by construction).
+/// `(slot, client)` touches appended in slot order (execution is in slot order, so the
+/// queue is sorted by construction, except among the sessions of one batch of
+/// requests, which share a slot: those are put in client order, a few places from the
+/// back).
 /// An entry whose session was touched again later is stale and skipped when it reaches
 /// the front; the queue is rebuilt without stale entries when it grows past twice the
 /// table. Eviction and expiry pop from the front: least recently used first, which is
@@ -267,7 +269,8 @@ impl Sessions {
         match self.order.back() {
             Some(&last) if last == key => return,
             Some(&last) if last > key => {
-                // Out of slot order (only by direct use of the API): insert in place.
+                // A batch's later request of a lower session id (or, by direct use of
+                // the API, an older slot): insert in place, sorted.
                 let at = self.order.partition_point(|e| *e < key);
                 if self.order.get(at) != Some(&key) {
                     self.order.insert(at, key);
