@@ -312,8 +312,10 @@ impl<S: StateMachine> Replica<S> {
         command: Option<Result<S::Command, postcard::Error>>,
     ) {
         if let RoleState::Leader(l) = &mut self.role {
-            if l.proposed.get(&client) == Some(&seq) {
-                l.proposed.remove(&client);
+            if let std::collections::hash_map::Entry::Occupied(e) = l.proposed.entry(client) {
+                if *e.get() == seq {
+                    e.remove();
+                }
             }
         }
         let Some(command) = command else {
@@ -350,14 +352,15 @@ impl<S: StateMachine> Replica<S> {
                 Ok(cmd) => {
                     let out = self.exec.sm.apply(cmd);
                     let bytes = self.exec.encode_output(&out);
-                    if !self.awaiting.contains(&(client, seq)) {
+                    if !self.awaiting.remove(&(client, seq)) {
                         // Nobody here waits for the reply: the session table keeps the
                         // only copy (no shared handle to make, no reply to build).
                         self.exec.sessions.record(client, seq, bytes, slot);
                         return;
                     }
                     self.exec.sessions.record(client, seq, bytes.clone(), slot);
-                    Response::Ok(bytes)
+                    self.reply(client, seq, Response::Ok(bytes));
+                    return;
                 }
                 Err(e) => {
                     self.exec.sessions.record(client, seq, Bytes::new(), slot);
