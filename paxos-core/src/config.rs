@@ -63,9 +63,13 @@ pub struct Config {
     /// `NodeServer` lowers it to a quarter of its frame limit. Default 4 MiB.
     ///
     /// Not cut: the entries a PROMISE or a RECOVER-GRANT reports above the sender's
-    /// commit point (the receiver needs them all). Bounding each leader's in-flight bytes
-    /// is what keeps them small: what they report is what recent leaders left
-    /// uncommitted.
+    /// commit point (the receiver needs them all). Two bounds keep them small: each
+    /// leader's in-flight bytes (what recent leaders left uncommitted), and an
+    /// acceptor's byte window: it accepts a proposal only while the entries it holds
+    /// from its commit point up to that slot come to less than twice this (in slots,
+    /// it also stays within four times `max_inflight`); a follower behind a gap fetches
+    /// before it accepts more. A slot can carry a batch of requests
+    /// (`max_requests_per_slot`), so a window in slots alone would not do.
     pub max_message_bytes: usize,
     /// The most client requests a leader packs into one slot
     /// ([`Value::Batch`](crate::Value::Batch)) when several wait in its queue. A batch

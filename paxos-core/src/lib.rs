@@ -98,6 +98,8 @@ struct ReadmeDoctests;
 mod attack_tests;
 #[cfg(test)]
 mod attack_tests2;
+#[cfg(test)]
+mod batch_tests;
 #[cfg(feature = "runtime")]
 mod client;
 mod config;

@@ -45,6 +45,9 @@ pub(crate) enum Mutation {
     /// A request that is not the first of its batch ([`Value::Batch`](crate::Value::Batch))
     /// executes without the session check: a duplicate proposed in a batch runs twice.
     BatchedDuplicatesExecute,
+    /// Acceptors bound what they hold above their commit point in slots only, not in
+    /// bytes: with batches in the slots, a PROMISE can outgrow any message.
+    AcceptIgnoresBytes,
     /// Executing a clock entry expires sessions by the executing replica's own clock
     /// (its tick count) instead of the time the entry carries: replicas whose clocks
     /// differ (restarts, skew, pauses) drop different sessions.

@@ -68,6 +68,38 @@ mod tests {
         run_seeds("simulation (session expiry)", seeds(300), expiry);
     }
 
+    #[test]
+    fn simulation_holds_invariants_with_heavy_batching() {
+        run_seeds("simulation (heavy batching)", seeds(300), heavy_batching);
+    }
+
+    #[test]
+    fn simulation_holds_invariants_with_heavy_batching_and_expiry() {
+        run_seeds("simulation (heavy batching, expiry)", seeds(150), |f| {
+            expiry(f);
+            heavy_batching(f);
+        });
+    }
+
+    #[test]
+    fn simulation_holds_invariants_with_heavy_batching_and_eviction() {
+        run_seeds("simulation (heavy batching, eviction)", seeds(150), |f| {
+            heavy_batching(f);
+            eviction(f);
+        });
+    }
+
+    /// Every seed batches (8 requests per slot) among many clients, and messages are
+    /// small (`max_message_bytes` of a few batches): most slots carry batches, and the
+    /// byte bounds (ACCEPT and FETCH-REPLY cuts, the leader's in-flight budget, the
+    /// acceptor's byte window) bind all the time.
+    fn heavy_batching(f: &mut Faults) {
+        f.requests_per_slot = 8;
+        f.clients = f.clients.max(6) + 2;
+        f.requests_per_client = f.requests_per_client.max(15);
+        f.max_message_bytes = 1024;
+    }
+
     fn run_seeds(name: &str, seeds: Vec<u64>, tweak: fn(&mut Faults)) {
         let mut total = Stats::default();
         for &seed in &seeds {
@@ -302,6 +334,7 @@ mod tests {
     #[test]
     fn mutant_executing_batched_duplicates_is_caught() {
         assert_caught(Mutation::BatchedDuplicatesExecute, stale_traffic, 1000);
+        assert_caught(Mutation::BatchedDuplicatesExecute, heavy_batching, 300);
     }
 
     #[test]

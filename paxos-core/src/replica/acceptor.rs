@@ -14,6 +14,19 @@ use crate::mutation::Mutation;
 /// size of its PROMISE); a follower further behind catches up by fetching first.
 pub(super) const ACCEPT_WINDOW_FACTOR: u64 = 4;
 
+/// How many bytes of values (counted as [`Value::size_hint`]s) an acceptor holds above
+/// its commit point before a proposal, in units of
+/// [`Config::max_message_bytes`](crate::Config::max_message_bytes): a proposal is
+/// accepted only if the entries held below it, from the commit point up, come to less
+/// (the first one always is). The slot window alone bounds slots, not bytes: a slot
+/// may carry a batch of requests. What a PROMISE reports above the sender's commit
+/// point is never cut, so it has to stay well within a message: with `NodeServer`'s
+/// quarter-frame `max_message_bytes`, twice that plus a cut batch of chosen entries
+/// stays within the frame. Entries above the proposal do not count, so stale values a
+/// deposed leader left higher up never block the current leader's proposals below
+/// them.
+pub(super) const ACCEPT_BYTES_FACTOR: usize = 2;
+
 /// Accepts `value` in `slot` at `ballot`: in the log, and as a write to persist.
 pub(super) fn store_accept(
     ready: &mut Ready,
@@ -129,6 +142,18 @@ impl<S: StateMachine> Replica<S> {
         }
         let window_end = self.log.commit_point().saturating_add(self.accept_window());
         let mut acked = Vec::with_capacity(entries.len());
+        // The byte window: proposals in slot order, each measured against what the log
+        // holds from the commit point up to it (`held`, sizes in slot order).
+        let byte_budget = self.accept_bytes_budget();
+        let mut entries = entries;
+        entries.sort_by_key(|(slot, _)| *slot);
+        let held: Vec<(Slot, usize)> = self
+            .log
+            .range(self.log.commit_point()..)
+            .map(|(s, e)| (s, e.value.size_hint()))
+            .collect();
+        let mut next_held = 0;
+        let mut below = 0usize;
         #[cfg(test)]
         let blind = self.cfg.mutation == Mutation::AckChosenBlindly;
         #[cfg(not(test))]
@@ -137,6 +162,16 @@ impl<S: StateMachine> Replica<S> {
         let mut decided = Vec::new();
         let mut leader_behind = false;
         for (slot, value) in entries {
+            // Bytes held from the commit point up to this slot, and this slot's own.
+            while next_held < held.len() && held[next_held].0 < slot {
+                below = below.saturating_add(held[next_held].1);
+                next_held += 1;
+            }
+            let mut here = 0;
+            if next_held < held.len() && held[next_held].0 == slot {
+                here = held[next_held].1;
+                next_held += 1;
+            }
             if slot < self.log.commit_point() || self.log.is_chosen(slot) {
                 // Decided here already. An ACCEPTED vouches for holding this value at
                 // this ballot: give it only when the decided value is the proposed one
@@ -152,11 +187,16 @@ impl<S: StateMachine> Replica<S> {
                         decided.push((slot, e.value.clone()));
                     }
                 }
+                below = below.saturating_add(here);
                 continue;
             }
-            if slot >= window_end {
+            let size = value.size_hint();
+            if slot >= window_end || (below > 0 && below.saturating_add(size) > byte_budget) {
+                // Beyond what we hold above our commit point: fetch first.
+                below = below.saturating_add(here);
                 continue;
             }
+            below = below.saturating_add(size);
             self.accept_local(slot, ballot, value);
             acked.push(slot);
         }
@@ -231,5 +271,15 @@ impl<S: StateMachine> Replica<S> {
     /// How far above its commit point an acceptor holds entries.
     pub(super) fn accept_window(&self) -> Slot {
         ACCEPT_WINDOW_FACTOR.saturating_mul(self.cfg.max_inflight)
+    }
+
+    /// How many bytes of values below a proposal an acceptor may hold above its commit
+    /// point and still accept it (see [`ACCEPT_BYTES_FACTOR`]).
+    pub(super) fn accept_bytes_budget(&self) -> usize {
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::AcceptIgnoresBytes {
+            return usize::MAX;
+        }
+        ACCEPT_BYTES_FACTOR.saturating_mul(self.cfg.max_message_bytes)
     }
 }

@@ -31,6 +31,9 @@ pub(crate) struct Faults {
     /// three clients and leave most requests to the end of the tick, so that batches
     /// form.
     pub(crate) requests_per_slot: usize,
+    /// [`Config::max_message_bytes`](crate::Config): the default, or small (a few
+    /// batches' worth) where a profile wants the byte bounds to bind.
+    pub(crate) max_message_bytes: usize,
     /// Some restarts lose the replica's storage (amnesia), for at most `f` replicas at
     /// a time counting the crashed and the still-recovering ones.
     pub(crate) amnesia: bool,
@@ -102,6 +105,7 @@ impl Faults {
             // Set by the engine from the seed.
             checkpoint_slots_per_session: 0,
             requests_per_slot: 1,
+            max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
             amnesia: chance(rng, 0.3),
             pauses: chance(rng, 0.3),
             skew: chance(rng, 0.3),
