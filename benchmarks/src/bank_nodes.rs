@@ -38,7 +38,7 @@ pub(crate) struct Nodes {
     dir: tempfile::TempDir,
 }
 
-/// `bank node --requests-per-slot`: the library's default (the bank's, 1, keeps one
+/// `bank node --requests-per-slot` (the bank's default, 1, keeps one
 /// transaction per slot for its scenario inspection; a throughput run packs them).
 pub(crate) const REQUESTS_PER_SLOT: u64 = 64;
 

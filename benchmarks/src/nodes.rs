@@ -70,8 +70,11 @@ pub(crate) async fn run(clients: usize, timing: &Timing, progress: &Progress) ->
     let (network, transports) = MemNetwork::cluster(7, ids.clone());
     let mut nodes = Vec::new();
     for (transport, &id) in transports.into_iter().zip(&ids) {
+        let mut config = Config::new(id, ids.clone());
+        // Several requests per slot (off by default in the library).
+        config.max_requests_per_slot = 64;
         nodes.push(spawn_node(
-            Config::new(id, ids.clone()),
+            config,
             Counter::default(),
             transport,
             MemStorage::new(),

@@ -63,7 +63,9 @@ impl Cluster {
             let mut storage = MemStorage::new();
             let state = storage.load()?;
             // The defaults a user gets, checkpoints (every 1,000 slots) included.
-            let cfg = Config::new(id, ids.clone());
+            let mut cfg = Config::new(id, ids.clone());
+            // Several requests per slot (off by default in the library).
+            cfg.max_requests_per_slot = 64;
             replicas.push(Replica::new(cfg, Counter::default(), state)?);
             storages.push(storage);
         }

@@ -32,7 +32,10 @@ fn oks(h: &H, session: ClientId, seq: u64) -> usize {
 
 /// n1 leads `n` replicas; `clients` sessions registered through it.
 fn cluster(n: u64, clients: u64, tweak: impl Fn(&mut Config)) -> (H, Vec<ClientId>) {
-    let mut h = H::new(n, true, tweak);
+    let mut h = H::new(n, true, |c| {
+        c.max_requests_per_slot = 64;
+        tweak(c);
+    });
     h.r(1).start_election_now();
     h.run(&all);
     assert!(h.r(1).is_leader());

@@ -75,8 +75,13 @@ pub struct Config {
     /// ([`Value::Batch`](crate::Value::Batch)) when several wait in its queue. A batch
     /// also stays within `max_message_bytes`. Batching costs no latency: the leader
     /// packs only what is already waiting when it proposes, and proposes as soon as
-    /// the window has room. 1 gives every request a slot of its own (as a log
-    /// inspected slot by slot may want). Positive. Default 64.
+    /// the window has room. 1 gives every request a slot of its own. Positive.
+    ///
+    /// Default 1 (off) for now: with batching on and session expiry on, the
+    /// simulation found a session dropped a few ticks before its time-to-live
+    /// (`simulation_holds_invariants_with_heavy_batching_and_expiry`, seed 1977 of
+    /// `PAXOS_SIM_SEEDS=3000`); not yet explained. Exactly-once holds (the client
+    /// gets `SessionExpired` and registers again). 64 is what the benchmarks use.
     pub max_requests_per_slot: usize,
     /// The most client requests a leader queues while its window is full; beyond that
     /// it answers [`Response::Busy`](crate::Response::Busy). Also bounds the requests a
@@ -149,7 +154,7 @@ impl Config {
             max_inflight: 8192,
             max_batch: 1024,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            max_requests_per_slot: 64,
+            max_requests_per_slot: 1,
             max_pending: 65_536,
             max_sessions: 100_000,
             session_ttl_ticks: DEFAULT_SESSION_TTL_TICKS,

@@ -95,6 +95,7 @@ pub(crate) enum Mutation {
     /// not by `max_message_bytes`, and a leader's in-flight table by count only: a batch
     /// of large commands exceeds the transport's frame, is dropped, and is sent again
     /// the same size for ever; a full window makes its successor's PROMISEs too large.
+    /// Acceptors then ignore their byte window as well.
     BatchesIgnoreBytes,
     /// An acceptor asked to accept a slot it knows decided with another value, or
     /// compacted, stays silent instead of telling the leader its commit point: a leader

@@ -277,7 +277,10 @@ impl<S: StateMachine> Replica<S> {
     /// point and still accept it (see [`ACCEPT_BYTES_FACTOR`]).
     pub(super) fn accept_bytes_budget(&self) -> usize {
         #[cfg(test)]
-        if self.cfg.mutation == Mutation::AcceptIgnoresBytes {
+        if matches!(
+            self.cfg.mutation,
+            Mutation::AcceptIgnoresBytes | Mutation::BatchesIgnoreBytes
+        ) {
             return usize::MAX;
         }
         ACCEPT_BYTES_FACTOR.saturating_mul(self.cfg.max_message_bytes)

@@ -58,8 +58,8 @@ pub(crate) struct NodeArgs {
     /// The most transfers the leader packs into one log slot when several wait (the
     /// library's `Config::max_requests_per_slot`). 1, the default, keeps one
     /// transaction per slot, as the system this bank replaces did: `bank log` and
-    /// `bank status --seq` read slot by slot. Under load a larger value (64, the
-    /// library's default) multiplies throughput: a slot's log entry, write and place in
+    /// `bank status --seq` read slot by slot. Under load a larger value (64, as the
+    /// benchmarks use) multiplies throughput: a slot's log entry, write and place in
     /// each message are then shared by the transfers in it. Only the leader's setting
     /// matters; every node executes whatever batches are chosen.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
