@@ -240,3 +240,171 @@ fn batches_respect_the_byte_budget() {
         "{proposed} bytes in flight"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Review of the acceptor byte window (c15eb37): what a PROMISE reports above the
+// sender's commit point is bounded per acceptor (2 x max_message_bytes below each
+// accepted proposal), but a new leader adopts the *union* of a majority's windows
+// (`become_leader` -> `accept_local`, no byte check), so its own log (and its PROMISE
+// once deposed) holds about twice that, plus the chosen part of a PROMISE.
+
+const MMB: usize = 4096;
+
+fn fat(session: ClientId, seq: u64) -> Request {
+    Request {
+        client: session,
+        seq,
+        payload: Bytes::from(vec![7u8; 400]),
+    }
+}
+
+fn is_catch_up(m: &Message) -> bool {
+    matches!(
+        m,
+        Message::Fetch { .. }
+            | Message::FetchReply { .. }
+            | Message::SnapshotChunk { .. }
+            | Message::SnapshotRequest { .. }
+    )
+}
+
+/// n1 proposes `reqs` (one slot); its ACCEPT reaches only `to` (and no catch-up).
+fn propose_to(h: &mut H, reqs: Vec<Request>, to: &'static [NodeId]) {
+    for r in reqs {
+        h.r(1).handle_request(r);
+    }
+    h.run(&|_, dest, m| {
+        if (matches!(m, Message::Accept { .. }) && !to.contains(&dest)) || is_catch_up(m) {
+            Drop
+        } else {
+            Deliver
+        }
+    });
+}
+
+fn held_above_commit(h: &mut H, id: NodeId) -> usize {
+    let r = h.r(id);
+    let c = r.commit_point();
+    r.log(c..c + 64)
+        .iter()
+        .filter_map(|i| i.value.as_ref().map(|v| v.size_hint()))
+        .sum()
+}
+
+/// Three replicas, n1 leading, 4 KiB messages (a 16 KiB frame, as `NodeServer` pairs
+/// them). Lossy ACCEPTs, no retransmission yet, FETCHes lost:
+/// - slot g-1 (a full batch) reaches n2 only: chosen, n2 commits it, n3 has a gap;
+/// - slot g (one small request) reaches nobody: n1's commit point stays at g, so
+///   nobody learns anything above;
+/// - slots g+1, g+2 (full batches) reach n2 only, g+3, g+4 n3 only: each within its
+///   own byte window (n2 holds 8064 bytes from g, n3 8064 from g-1), all chosen.
+/// n1 crashes; n2 is elected with n3's PROMISE and adopts g..g+4 (4 x 4032 bytes of
+/// batches) in its own log; it crashes before its NEW-VIEW leaves. n3 then runs: n2's
+/// PROMISE carries the chosen slot g-1 plus everything above its commit point g.
+#[test]
+#[ignore = "known, open: a new leader adopts its promisers' logs without a byte check, so a deposed leader's PROMISE can exceed the frame (pages of PROMISE/RECOVER-GRANT/NEW-VIEW needed)"]
+fn a_merged_leaders_promise_fits_the_frame() {
+    let (mut h, sessions) = cluster(3, 9, |c| {
+        c.max_message_bytes = MMB;
+        c.max_inflight = 32;
+    });
+    let batch = |seq: u64| sessions.iter().map(|s| fat(*s, seq)).collect::<Vec<_>>();
+    let g = h.r(1).commit_point() + 1;
+    propose_to(&mut h, batch(1), &[2]); // g-1
+    propose_to(&mut h, vec![write(sessions[0], 2)], &[]); // g
+    propose_to(&mut h, batch(3), &[2]); // g+1
+    propose_to(&mut h, batch(4), &[2]); // g+2
+    propose_to(&mut h, batch(5), &[3]); // g+3
+    propose_to(&mut h, batch(6), &[3]); // g+4
+    assert_eq!(h.r(1).commit_point(), g);
+    assert_eq!(h.r(2).commit_point(), g);
+    assert_eq!(h.r(3).commit_point(), g - 1);
+    let (n2, n3) = (held_above_commit(&mut h, 2), held_above_commit(&mut h, 3));
+    eprintln!(
+        "held above the commit point: n2 {n2}, n3 {n3} (window {})",
+        2 * MMB
+    );
+    assert!(n2 <= 2 * MMB && n3 <= 2 * MMB);
+
+    h.crash(1);
+    for _ in 0..2000 {
+        h.tick(&[2, 3], 1, &|from, to, m| {
+            let n3_runs =
+                from == 3 && matches!(m, Message::PreVote { .. } | Message::Prepare { .. });
+            if to == 1 || is_catch_up(m) || n3_runs || matches!(m, Message::NewView { .. }) {
+                Drop
+            } else {
+                Deliver
+            }
+        });
+        if h.r(2).is_leader() {
+            break;
+        }
+    }
+    assert!(h.r(2).is_leader());
+    let merged = held_above_commit(&mut h, 2);
+    eprintln!("the new leader n2 holds {merged} bytes above its commit point");
+    h.crash(2);
+    h.restart(2);
+
+    let largest = Cell::new(0usize);
+    for _ in 0..2000 {
+        h.tick(&[2, 3], 1, &|from, to, m| {
+            let n2_runs =
+                from == 2 && matches!(m, Message::PreVote { .. } | Message::Prepare { .. });
+            if to == 1 || is_catch_up(m) || n2_runs {
+                return Drop;
+            }
+            if matches!(m, Message::Promise { .. }) {
+                let n = postcard::to_allocvec(m).map_or(0, |b| b.len());
+                largest.set(largest.get().max(n));
+            }
+            Deliver
+        });
+        if largest.get() > 0 {
+            break;
+        }
+    }
+    let promise = largest.get();
+    eprintln!("largest PROMISE: {promise} bytes, frame {}", 4 * MMB);
+    assert!(promise > 0, "a PROMISE went out");
+    assert!(
+        promise <= 4 * MMB,
+        "PROMISE of {promise} bytes, frame {}",
+        4 * MMB
+    );
+}
+
+/// A request larger than `max_message_bytes` (allowed: it goes alone in a slot)
+/// proposed right behind a full batch: every follower still holds that batch (its
+/// commit comes later), so `below + size > 2 x max_message_bytes` and all refuse it.
+/// It is chosen only by the retransmission a timer later.
+#[test]
+#[ignore = "known, open: with batching on, a request above max_message_bytes right behind a full batch waits one retransmission (fix sketched by the review: learn the commit point before the byte window)"]
+fn a_large_request_behind_a_batch_is_accepted_at_once() {
+    let (mut h, sessions) = cluster(3, 10, |c| {
+        c.max_message_bytes = MMB;
+        c.max_inflight = 32;
+    });
+    for s in &sessions[..9] {
+        h.r(1).handle_request(fat(*s, 1));
+    }
+    h.r(1).handle_request(Request {
+        client: sessions[9],
+        seq: 1,
+        payload: Bytes::from(vec![1u8; 6000]),
+    });
+    h.run(&all);
+    assert_eq!(oks(&h, sessions[0], 1), 1, "the batch");
+    let at_once = oks(&h, sessions[9], 1);
+    let mut ticks = 0;
+    while oks(&h, sessions[9], 1) == 0 && ticks < 100 {
+        h.tick(&[1, 2, 3], 1, &all);
+        ticks += 1;
+    }
+    eprintln!("large request: {at_once} replies at once, executed after {ticks} ticks");
+    assert_eq!(
+        at_once, 1,
+        "the large request waited {ticks} ticks for a retransmission"
+    );
+}
