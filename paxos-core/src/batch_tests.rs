@@ -298,6 +298,7 @@ fn held_above_commit(h: &mut H, id: NodeId) -> usize {
 ///   nobody learns anything above;
 /// - slots g+1, g+2 (full batches) reach n2 only, g+3, g+4 n3 only: each within its
 ///   own byte window (n2 holds 8064 bytes from g, n3 8064 from g-1), all chosen.
+///
 /// n1 crashes; n2 is elected with n3's PROMISE and adopts g..g+4 (4 x 4032 bytes of
 /// batches) in its own log; it crashes before its NEW-VIEW leaves. n3 then runs: n2's
 /// PROMISE carries the chosen slot g-1 plus everything above its commit point g.
