@@ -132,6 +132,12 @@ impl EventLog {
     }
 }
 
+/// A slow follower disk: accepting another node's proposal takes this long to become
+/// durable. It opens a window in which a driver that sends before persisting is seen
+/// doing so (an ACCEPTED, and the leader's reply that counts it, both land before the
+/// follower's write), whatever the scheduling; a correct driver only runs slower.
+const FOLLOWER_WRITE: Duration = Duration::from_millis(15);
+
 struct SpyStorage {
     node: NodeId,
     inner: MemStorage,
@@ -148,6 +154,14 @@ impl Storage for SpyStorage {
             node: self.node,
             ops: ops.to_vec(),
         });
+        let follows = ops
+            .iter()
+            .any(|op| matches!(op, PersistOp::Accept { ballot, .. } if ballot.node != self.node));
+        if follows {
+            // Blocks this node's task like a synchronous disk write; the runtime has
+            // workers to spare for the leader meanwhile.
+            std::thread::sleep(FOLLOWER_WRITE);
+        }
         self.inner.persist(ops)?;
         self.log.record(Event::PersistDone {
             node: self.node,
@@ -508,12 +522,14 @@ async fn run_cluster(order: FlushOrder) -> Run {
 }
 
 async fn run_bounded(order: FlushOrder) -> Run {
-    tokio::time::timeout(Duration::from_secs(4), run_cluster(order))
+    tokio::time::timeout(Duration::from_secs(10), run_cluster(order))
         .await
         .expect("the cluster run finishes in time")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One worker per node and one for the clients: a node blocked in a slow write never
+// holds up the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_driver_persists_before_anything_vouches_for_it() {
     let run = run_bounded(FlushOrder::PersistFirst).await;
     let (violations, checked) = check_order(&run.events);
@@ -535,7 +551,7 @@ async fn the_driver_persists_before_anything_vouches_for_it() {
     assert_eq!(AppendLog::check_fast(ops), Ok(()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_driver_that_sends_before_persisting_is_caught() {
     let run = run_bounded(FlushOrder::SendFirst).await;
     let (violations, checked) = check_order(&run.events);
