@@ -184,7 +184,10 @@ impl EntryValue {
         match value {
             Value::Noop => EntryValue::Noop,
             Value::Request(r) => EntryValue::request(r),
-            Value::Clock { time, idle_limit } => EntryValue::Clock { time, idle_limit },
+            Value::Clock { time, idle_limit }
+            | Value::ClockStep {
+                time, idle_limit, ..
+            } => EntryValue::Clock { time, idle_limit },
             Value::Batch(requests) => {
                 EntryValue::Batch(requests.iter().cloned().map(EntryValue::request).collect())
             }
@@ -411,6 +414,12 @@ mod tests {
         });
         assert_eq!(clock.to_string(), "clock t=4000");
         assert_eq!(clock.client(), None);
+        let step = EntryValue::decode(Value::ClockStep {
+            from: 3900,
+            time: 4000,
+            idle_limit: 361_000,
+        });
+        assert_eq!(step, clock);
         let junk = EntryValue::decode(request(4, vec![9, 9, 9]));
         assert_eq!(junk.to_string(), "undecodable (3 bytes)");
         let balance = BankCommand::Balance {

@@ -38,9 +38,13 @@ pub struct Counters {
     /// drops the same ones; a replica that installed a snapshot did not count those
     /// the snapshot covers.
     pub sessions_expired: u64,
-    /// Clock entries ([`Value::Clock`](crate::Value::Clock)) this replica proposed
-    /// as leader (not counted in `proposals`).
+    /// Clock entries ([`Value::ClockStep`](crate::Value::ClockStep)) this replica
+    /// proposed as leader (not counted in `proposals`).
     pub clocks_proposed: u64,
+    /// Clock steps this replica executed without effect because they did not start
+    /// at the log time (a deposed leader's steps, placed behind entries it never
+    /// saw): see [`Value::ClockStep`](crate::Value::ClockStep).
+    pub clock_steps_ignored: u64,
     /// Slots this replica proposed as leader that carry a batch of several requests
     /// ([`Value::Batch`](crate::Value::Batch)); their requests count in `proposals`.
     pub batched_slots: u64,

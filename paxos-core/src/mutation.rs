@@ -56,6 +56,14 @@ pub(crate) enum Mutation {
     /// later of the two (a time read as an increment): log time runs ahead of every
     /// leader's clock and sessions expire before their time-to-live.
     ClockTimeAdded,
+    /// Clock steps execute wherever they land, whatever log time they started from:
+    /// a deposed leader's steps, re-proposed behind newer requests, count ticks that
+    /// passed before those requests were sent, and their sessions expire early.
+    ClockStepsUnchained,
+    /// A new leader starts its clock steps from the log time it executed, not from
+    /// the log time after the entries it re-proposes: where those hold clock steps,
+    /// its steps never chain onto the log, and idle sessions never expire.
+    LeaderClockFromExecuted,
     /// Quorums of two, whatever the cluster size: right with three replicas only.
     QuorumOfTwo,
     /// A pre-vote needs every member, not a majority: no election while one is down.

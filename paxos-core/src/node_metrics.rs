@@ -70,6 +70,9 @@ pub mod names {
     pub const SESSIONS_EXPIRED: &str = "paxos_sessions_expired_total";
     /// Counter: clock entries (for session expiry) proposed as leader.
     pub const CLOCKS_PROPOSED: &str = "paxos_clocks_proposed_total";
+    /// Counter: clock steps executed without effect (a deposed leader's, off the
+    /// log's chain).
+    pub const CLOCK_STEPS_IGNORED: &str = "paxos_clock_steps_ignored_total";
     /// Counter: slots proposed as leader that carry several requests.
     pub const BATCHED_SLOTS: &str = "paxos_batched_slots_total";
     /// Counter: driver rounds (inputs folded, then persist, send, reply).
@@ -169,6 +172,7 @@ pub(crate) struct NodeMetrics {
     checkpoints: Counter,
     sessions_expired: Counter,
     clocks_proposed: Counter,
+    clock_steps_ignored: Counter,
     batched_slots: Counter,
     rounds: Counter,
     received: Vec<Counter>,
@@ -209,6 +213,7 @@ impl NodeMetrics {
             checkpoints: counter!(CHECKPOINTS, "node" => n.clone()),
             sessions_expired: counter!(SESSIONS_EXPIRED, "node" => n.clone()),
             clocks_proposed: counter!(CLOCKS_PROPOSED, "node" => n.clone()),
+            clock_steps_ignored: counter!(CLOCK_STEPS_IGNORED, "node" => n.clone()),
             batched_slots: counter!(BATCHED_SLOTS, "node" => n.clone()),
             rounds: counter!(ROUNDS, "node" => n.clone()),
             received: KINDS
@@ -283,6 +288,7 @@ impl NodeMetrics {
         self.checkpoints.absolute(c.checkpoints_taken);
         self.sessions_expired.absolute(c.sessions_expired);
         self.clocks_proposed.absolute(c.clocks_proposed);
+        self.clock_steps_ignored.absolute(c.clock_steps_ignored);
         self.batched_slots.absolute(c.batched_slots);
     }
 }

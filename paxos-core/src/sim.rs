@@ -364,6 +364,17 @@ mod tests {
     }
 
     #[test]
+    fn mutant_starting_a_leaders_clock_off_the_chain_is_caught() {
+        let found = caught_in(Mutation::LeaderClockFromExecuted, expiry, 500);
+        let (seed, v) = found.expect("the simulation did not catch a clock off the chain");
+        assert!(
+            v.what.contains("not expired"),
+            "seed {seed}: caught, but not by the expiry liveness check: {v}"
+        );
+        println!("LeaderClockFromExecuted caught at seed {seed}: {v}");
+    }
+
+    #[test]
     fn mutant_with_quorums_of_two_is_caught_with_five_replicas() {
         assert_caught(Mutation::QuorumOfTwo, five_dueling_leaders, 500);
     }

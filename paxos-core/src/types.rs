@@ -121,12 +121,11 @@ pub enum Value {
     Noop,
     /// A client request.
     Request(Request),
-    /// The leader's clock, for session expiry (see [`Sessions`](crate::Sessions)).
-    /// Executing it advances the replicated log time to `time` (if later) and drops
-    /// the sessions idle for more than `idle_limit` of log time. Proposed by the leader
-    /// every [`Config::session_clock_ticks`](crate::Config::session_clock_ticks) ticks
-    /// while sessions exist and expiry is on; it carries both numbers so that
-    /// executing it reads nothing replica-local (not even the configuration).
+    /// A clock entry for session expiry as versions before
+    /// [`ClockStep`](Value::ClockStep) wrote it: executing it advances the replicated
+    /// log time to `time` (if later) and drops the sessions idle for more than
+    /// `idle_limit` of log time. Leaders no longer propose it; logs and checkpoints
+    /// written by older versions still hold it, and it still executes as it did.
     Clock {
         /// The log time this entry sets: the log time the leader had executed when it
         /// started counting, plus the ticks it counted since.
@@ -147,6 +146,32 @@ pub enum Value {
     /// write to storage, one ACCEPT per peer) cost one reference count each, not one
     /// per request.
     Batch(std::sync::Arc<[Request]>),
+    /// The leader's clock, for session expiry (see [`Sessions`](crate::Sessions)):
+    /// one step of the log time, from `from` to `time`. Executing it when the log
+    /// time is `from` advances the log time to `time` and drops the sessions idle for
+    /// more than `idle_limit` of log time; at any other log time it does nothing.
+    /// Proposed by the leader every
+    /// [`Config::session_clock_ticks`](crate::Config::session_clock_ticks) ticks while
+    /// sessions exist and expiry is on, each step starting where the leader's previous
+    /// one ended, so that only a leader's unbroken chain of steps moves the log time.
+    /// A step that lands after entries it did not know of (a deposed leader's
+    /// proposal, re-proposed by a later leader behind newer requests) no longer
+    /// starts where the log time is, and is ignored: it could otherwise count, after
+    /// those requests, ticks that passed before they were sent. It carries all its
+    /// numbers so that executing it reads nothing replica-local (not even the
+    /// configuration).
+    ClockStep {
+        /// The log time this step starts from: where the leader's previous step
+        /// ended, or the log time of its log when it was elected.
+        from: u64,
+        /// The log time this step sets: `from` plus the ticks the leader counted
+        /// since its previous step.
+        time: u64,
+        /// Sessions idle for more than this many ticks of log time are dropped:
+        /// the leader's [`Config::session_ttl_ticks`](crate::Config::session_ttl_ticks)
+        /// plus its clock period.
+        idle_limit: u64,
+    },
 }
 
 impl Value {
@@ -156,7 +181,7 @@ impl Value {
     pub fn size_hint(&self) -> usize {
         let payload = match self {
             Value::Request(r) => r.payload.len(),
-            Value::Noop | Value::Clock { .. } => 0,
+            Value::Noop | Value::Clock { .. } | Value::ClockStep { .. } => 0,
             Value::Batch(requests) => {
                 // Each request counts as a value of its own: payload plus overhead.
                 return requests.iter().fold(0usize, |n, r| {
@@ -181,7 +206,7 @@ impl Value {
         match self {
             Value::Request(r) => std::slice::from_ref(r),
             Value::Batch(requests) => requests,
-            Value::Noop | Value::Clock { .. } => &[],
+            Value::Noop | Value::Clock { .. } | Value::ClockStep { .. } => &[],
         }
     }
 
@@ -194,6 +219,11 @@ impl Value {
             Value::Clock { time, idle_limit } => {
                 format!("clock t={time} (expire idle > {idle_limit})")
             }
+            Value::ClockStep {
+                from,
+                time,
+                idle_limit,
+            } => format!("clock t={from}->{time} (expire idle > {idle_limit})"),
             Value::Batch(requests) => {
                 let each: Vec<String> = requests
                     .iter()
@@ -248,7 +278,7 @@ mod tests {
     use super::*;
 
     /// Storage and checkpoints hold values encoded with postcard: the encodings of the
-    /// variants that existed before `Clock` must not change, or data written by an
+    /// variants that existed before `Clock` (and before `ClockStep`) must not change, or data written by an
     /// older version would no longer load.
     #[test]
     fn older_values_keep_their_encoding() {
@@ -270,5 +300,14 @@ mod tests {
         assert_eq!(bytes, [2, 5, 0x80, 0x01]);
         assert_eq!(postcard::from_bytes::<Value>(&bytes).unwrap(), clock);
         assert_eq!(clock.summary(), "clock t=5 (expire idle > 128)");
+        let step = Value::ClockStep {
+            from: 3,
+            time: 5,
+            idle_limit: 128,
+        };
+        let bytes = postcard::to_allocvec(&step).unwrap();
+        assert_eq!(bytes, [4, 3, 5, 0x80, 0x01]);
+        assert_eq!(postcard::from_bytes::<Value>(&bytes).unwrap(), step);
+        assert_eq!(step.summary(), "clock t=3->5 (expire idle > 128)");
     }
 }

@@ -1388,6 +1388,13 @@ fn op_strategy() -> impl Strategy<Value = PersistOp> {
         (0u64..5, 0usize..40).prop_map(|(c, len)| value(c, len)),
         (0u64..1 << 40, 0u64..1000)
             .prop_map(|(time, idle_limit)| Value::Clock { time, idle_limit }),
+        (0u64..1 << 40, 0u64..1 << 40, 0u64..1000).prop_map(|(from, time, idle_limit)| {
+            Value::ClockStep {
+                from,
+                time,
+                idle_limit,
+            }
+        }),
     ];
     prop_oneof![
         3 => ballot.clone().prop_map(PersistOp::Promise),

@@ -271,6 +271,34 @@ impl<S: StateMachine> Replica<S> {
                     self.execute_clock(time, idle_limit);
                     continue;
                 }
+                Some(Entry {
+                    value:
+                        Value::ClockStep {
+                            from,
+                            time,
+                            idle_limit,
+                        },
+                    ..
+                }) => {
+                    let (from, time, idle_limit) = (*from, *time, *idle_limit);
+                    #[cfg(test)]
+                    let chained = self.cfg.mutation == Mutation::ClockStepsUnchained;
+                    #[cfg(not(test))]
+                    let chained = false;
+                    if chained || from == self.exec.sessions.log_time() {
+                        self.execute_clock(time, idle_limit);
+                    } else {
+                        self.exec.count().clock_steps_ignored += 1;
+                        tracing::debug!(
+                            node = self.cfg.id,
+                            slot,
+                            from,
+                            log_time = self.exec.sessions.log_time(),
+                            "clock step off the log's chain ignored"
+                        );
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             self.execute_request(slot, client, seq, command);

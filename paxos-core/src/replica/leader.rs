@@ -54,33 +54,70 @@ pub(super) struct Leader {
     pub(super) clock: SessionClock,
 }
 
-/// The leader's clock for session expiry (see [`Sessions`](crate::Sessions)): the time
-/// of the clock entries it proposes is a log time it had executed (`base`, at its tick
-/// `since`) plus the ticks it counted since. Log time thus never runs faster than the
-/// leader's own clock, however stale its view of the log time: a clock entry whose
-/// time is behind the log time changes nothing.
+/// The leader's clock for session expiry (see [`Sessions`](crate::Sessions)): a chain
+/// of steps ([`Value::ClockStep`]), each from where the previous one ended (the first
+/// from the log time of the leader's log when it was elected, `base` at its tick
+/// `since`) to `base` plus the ticks it counted since. Log time thus never runs faster
+/// than the leader's own clock, and a step only counts where the log time is what the
+/// leader built on: a deposed leader's steps, landing behind entries it never saw, do
+/// nothing.
 #[derive(Debug)]
 pub(super) struct SessionClock {
     base: u64,
     since: u64,
+    /// Where the next step starts: the log time after this leader's latest step.
+    from: u64,
     /// Expires when the next clock entry is due.
     due: Timeout,
 }
 
 impl SessionClock {
-    /// A clock that starts counting at tick `now` from log time `log_time`, with its
+    /// A clock that starts counting at tick `now` from log time `log_time` (the log
+    /// time after every entry this leader has proposed or will re-propose), with its
     /// first entry due one `period` later.
     pub(super) fn start(log_time: u64, now: u64, period: u64) -> Self {
         SessionClock {
             base: log_time,
             since: now,
+            from: log_time,
             due: Timeout::after(now, period),
         }
     }
 
-    /// The time of a clock entry proposed at tick `now`.
-    fn time(&self, now: u64) -> u64 {
-        self.base.saturating_add(now.saturating_sub(self.since))
+    /// The next step, proposed at tick `now`: from where the previous one ended to
+    /// the time counted. The chain moves on to its end.
+    fn step(&mut self, now: u64) -> (u64, u64) {
+        let from = self.from;
+        let time = self
+            .base
+            .saturating_add(now.saturating_sub(self.since))
+            .max(from);
+        self.from = time;
+        (from, time)
+    }
+
+    /// Pauses the clock at tick `now` (nothing to expire): counting resumes later
+    /// from where the chain stands, so the paused ticks are never counted.
+    fn pause(&mut self, now: u64, period: u64) {
+        *self = SessionClock::start(self.from, now, period);
+    }
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// The log time after executing every entry of the log below `end`, from the
+    /// log time executed (clock steps count only where they chain, as on execution).
+    /// A new leader starts its clock from it: its own steps then chain onto the
+    /// entries it re-proposes.
+    pub(super) fn log_time_at(&self, end: Slot) -> u64 {
+        let mut t = self.exec.sessions().log_time();
+        for slot in self.exec.executed()..end {
+            match self.log.get(slot).map(|e| &e.value) {
+                Some(Value::Clock { time, .. }) => t = t.max(*time),
+                Some(Value::ClockStep { from, time, .. }) if *from == t => t = t.max(*time),
+                _ => {}
+            }
+        }
+        t
     }
 }
 
@@ -297,7 +334,7 @@ impl<S: StateMachine> Replica<S> {
         let period = self.cfg.session_clock_ticks;
         l.clock.due.reset(self.now, period);
         if self.exec.sessions().is_empty() {
-            l.clock = SessionClock::start(self.exec.sessions().log_time(), self.now, period);
+            l.clock.pause(self.now, period);
             return;
         }
         let slot = l.next_slot;
@@ -307,8 +344,10 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         l.next_slot += 1;
-        let value = Value::Clock {
-            time: l.clock.time(self.now),
+        let (from, time) = l.clock.step(self.now);
+        let value = Value::ClockStep {
+            from,
+            time,
             idle_limit: ttl.saturating_add(period),
         };
         l.track(

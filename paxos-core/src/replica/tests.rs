@@ -227,7 +227,7 @@ fn idle_sessions_expire_by_the_clock_entries_the_leader_proposes() {
     let clocks: Vec<String> = h.replicas[l]
         .log(executed.saturating_sub(6)..executed)
         .into_iter()
-        .filter_map(|s| s.value.filter(|v| matches!(v, Value::Clock { .. })))
+        .filter_map(|s| s.value.filter(|v| matches!(v, Value::ClockStep { .. })))
         .map(|v| v.summary())
         .collect();
     assert!(!clocks.is_empty());
@@ -779,4 +779,69 @@ fn what_a_leader_leaves_uncommitted_fits_a_promise() {
         broken > frame,
         "the broken variant's PROMISE fits: {broken}"
     );
+}
+
+/// The sessions a follower keeps after executing `values` from slot 0 (a registration
+/// first: session 0), under `mutation`.
+fn sessions_after(values: &[Value], mutation: crate::mutation::Mutation) -> crate::Sessions {
+    let mut cfg = Config::new(1, vec![1, 2, 3]);
+    cfg.mutation = mutation;
+    let mut r = Replica::new(cfg, Recorder::default(), PersistentState::default()).unwrap();
+    for (slot, value) in values.iter().enumerate() {
+        r.learn(slot as Slot, value.clone());
+    }
+    r.advance_commit();
+    assert_eq!(r.executed(), values.len() as Slot);
+    r.sessions().clone()
+}
+
+#[test]
+fn a_clock_step_counts_only_where_it_chains_onto_the_log() {
+    use crate::mutation::Mutation;
+    let step = |from, time| Value::ClockStep {
+        from,
+        time,
+        idle_limit: 50,
+    };
+    let use_session = Value::Request(Request {
+        client: 0,
+        seq: 1,
+        payload: bytes::Bytes::from(postcard::to_allocvec(&1u64).unwrap()),
+    });
+    let log = vec![
+        Value::Request(Request::register(7)),
+        step(0, 10),
+        use_session.clone(), // session 0 last active at log time 10
+        // A deposed leader's step, counted from log time 500 that this log never
+        // reached: nothing happens.
+        step(500, 600),
+        // The current leader's chain goes on: 20 - 10 is within the limit.
+        step(10, 20),
+    ];
+    let kept = sessions_after(&log, Mutation::None);
+    assert_eq!(kept.log_time(), 20);
+    assert_eq!(kept.get(0).map(|s| s.last_active), Some(10));
+    // Further along the chain the session does go, once idle past the limit.
+    let mut longer = log.clone();
+    longer.push(step(20, 61));
+    assert!(sessions_after(&longer, Mutation::None).get(0).is_none());
+    // The broken variant counts the deposed leader's step: session 0 is dropped 0
+    // ticks after its use.
+    let broken = sessions_after(&log, Mutation::ClockStepsUnchained);
+    assert!(broken.get(0).is_none());
+    assert_eq!(broken.log_time(), 600);
+    // Clock entries written before steps existed still execute as they did.
+    let legacy = vec![
+        Value::Request(Request::register(7)),
+        Value::Clock {
+            time: 10,
+            idle_limit: 50,
+        },
+        use_session,
+        Value::Clock {
+            time: 61,
+            idle_limit: 50,
+        },
+    ];
+    assert!(sessions_after(&legacy, Mutation::None).get(0).is_none());
 }

@@ -309,6 +309,12 @@ impl<S: StateMachine> Replica<S> {
             "elected leader"
         );
         self.set_leader(Some(self.cfg.id));
+        #[allow(unused_mut)]
+        let mut clock_from = self.log_time_at(end);
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::LeaderClockFromExecuted {
+            clock_from = self.exec.sessions().log_time();
+        }
         self.role = RoleState::Leader(Leader {
             ballot,
             next_slot: end,
@@ -327,11 +333,7 @@ impl<S: StateMachine> Replica<S> {
             view_end: end,
             reads: Box::new(Reads::new(self.now)),
             transfer: None,
-            clock: SessionClock::start(
-                self.exec.sessions().log_time(),
-                self.now,
-                self.cfg.session_clock_ticks,
-            ),
+            clock: SessionClock::start(clock_from, self.now, self.cfg.session_clock_ticks),
         });
         self.record_view(ViewChange {
             ballot,

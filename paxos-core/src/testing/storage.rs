@@ -429,13 +429,17 @@ fn random_op(rng: &mut ChaCha8Rng, state: &PersistentState) -> PersistOp {
         18 => PersistOp::Accept {
             slot,
             ballot: b,
-            value: if rng.next_u64().is_multiple_of(2) {
-                Value::Noop
-            } else {
-                Value::Clock {
+            value: match rng.next_u64() % 3 {
+                0 => Value::Noop,
+                1 => Value::Clock {
                     time: rng.next_u64() % 100_000,
                     idle_limit: 1 + rng.next_u64() % 1000,
-                }
+                },
+                _ => Value::ClockStep {
+                    from: rng.next_u64() % 100_000,
+                    time: rng.next_u64() % 100_000,
+                    idle_limit: 1 + rng.next_u64() % 1000,
+                },
             },
         },
         _ => PersistOp::PeerIncarnation {

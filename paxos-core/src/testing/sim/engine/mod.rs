@@ -526,6 +526,51 @@ impl<W: Workload> Sim<W> {
         cfg
     }
 
+    /// With expiry on, every session idles once the clients are done: the healed
+    /// cluster must drop them all, on every replica, within the time-to-live plus a
+    /// few clock periods of its leaders' clocks (generously counted: skewed replicas
+    /// tick at half the rate at worst, and a leader may change meanwhile). A leader
+    /// whose clock entries stopped counting (say, clock steps that no longer chain
+    /// onto the log) keeps idle sessions forever: caught here.
+    fn check_sessions_expire(&mut self) -> Result<(), Violation> {
+        let bound = 2 * (self.faults.session_ttl + 4 * self.faults.session_clock) + 200;
+        let until = self.now + bound;
+        while self.now < until {
+            self.now += 1;
+            self.stats.ticks = self.now;
+            self.tick_nodes()?;
+            self.deliver()?;
+            self.flush_all()?;
+            self.drive_clients();
+            self.check_progress()?;
+            let live: usize = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.replica.as_ref())
+                .map(|r| r.sessions().len())
+                .sum();
+            if live == 0 {
+                return Ok(());
+            }
+        }
+        let left: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref().map(|r| (n.id, r)))
+            .map(|(id, r)| {
+                format!(
+                    "n{id}: {} sessions at log time {}",
+                    r.sessions().len(),
+                    r.sessions().log_time()
+                )
+            })
+            .collect();
+        Err(self.violation(format!(
+            "liveness: idle sessions not expired {bound} ticks after the clients finished: {}",
+            left.join(", ")
+        )))
+    }
+
     /// How many replicas this run has.
     pub(crate) fn replicas(&self) -> usize {
         self.nodes.len()
@@ -583,11 +628,14 @@ impl<W: Workload> Sim<W> {
                 )));
             }
         }
+        if self.faults.session_ttl > 0 {
+            self.check_sessions_expire()?;
+        }
         self.stats.max_slot = self.chosen.keys().next_back().map_or(0, |s| s + 1);
         self.stats.clocks = self
             .chosen
             .values()
-            .filter(|v| matches!(v, Value::Clock { .. }))
+            .filter(|v| matches!(v, Value::Clock { .. } | Value::ClockStep { .. }))
             .count() as u64;
         self.stats.batches = self
             .chosen
