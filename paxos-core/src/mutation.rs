@@ -60,6 +60,15 @@ pub(crate) enum Mutation {
     /// a deposed leader's steps, re-proposed behind newer requests, count ticks that
     /// passed before those requests were sent, and their sessions expire early.
     ClockStepsUnchained,
+    /// An acceptor learns the commit point an ACCEPT carries only after its byte
+    /// window: a large request proposed right after a full batch committed is
+    /// refused for the batch's bytes, and waits a retransmission.
+    CommitPointLearnedLast,
+    /// A leader proposes a request whatever its size while its in-flight bytes are
+    /// under the budget: a large request right behind a full batch lands on
+    /// acceptors that still hold the batch, is refused for its bytes, and waits a
+    /// retransmission.
+    LargeValueJoinsFullWindow,
     /// A new leader starts its clock steps from the log time it executed, not from
     /// the log time after the entries it re-proposes: where those hold clock steps,
     /// its steps never chain onto the log, and idle sessions never expire.

@@ -57,12 +57,15 @@ pub enum SessionCheck {
 /// replica drops the same sessions at the same slot:
 /// - **Expiry** (idle sessions, e.g. of clients that died). The table keeps a *log
 ///   time* ([`Sessions::log_time`]) that only moves when a clock entry
-///   ([`Value::Clock`](crate::Value::Clock)) executes, and stamps each session with
-///   the log time of its registration and of each request it executes
+///   ([`Value::ClockStep`](crate::Value::ClockStep)) executes, and stamps each session
+///   with the log time of its registration and of each request it executes
 ///   ([`Session::last_active`]). The leader proposes a clock entry every
 ///   [`Config::session_clock_ticks`](crate::Config::session_clock_ticks) ticks while
-///   sessions exist; its time is the log time the leader had executed plus the ticks
-///   the leader counted since, so log time never runs faster than a leader's clock.
+///   sessions exist: a step of a chain, from where its previous step ended (the first
+///   from the log time of its log when elected) to that plus the ticks it counted
+///   since, so log time never runs faster than a leader's clock. A step counts only
+///   where the log time is its start: a deposed leader's steps, re-proposed behind
+///   requests it never saw, do nothing.
 ///   Executing one ([`Sessions::advance_time`]) drops every session idle for more than
 ///   the entry's `idle_limit`, which the leader sets to
 ///   [`Config::session_ttl_ticks`](crate::Config::session_ttl_ticks) plus one clock

@@ -29,8 +29,8 @@ use crate::error::TcpError;
 /// `Commit`, the unacknowledged commit-point announcement, and the clock entries of
 /// session expiry (`Value::Clock`) to the log values that ACCEPT, NEW-VIEW, PROMISE and
 /// FETCH-REPLY carry and that log inspection returns; a version-4 node could decode
-/// neither. Version 6 adds batches of requests in one slot (`Value::Batch`) to the
-/// same log values.
+/// neither. Version 6 adds batches of requests in one slot (`Value::Batch`) and the
+/// chained clock steps of session expiry (`Value::ClockStep`) to the same log values.
 pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The first bytes of every handshake frame.

@@ -140,6 +140,17 @@ impl<S: StateMachine> Replica<S> {
                 });
             }
         }
+        // Learn the leader's commit point first: what it says is chosen no longer
+        // counts against the byte window below (a large request proposed right after
+        // a full batch committed is then accepted at once, not a retransmission
+        // later). Learned again at the end, for the entries stored meanwhile.
+        #[cfg(test)]
+        let learn_first = self.cfg.mutation != Mutation::CommitPointLearnedLast;
+        #[cfg(not(test))]
+        let learn_first = true;
+        if learn_first {
+            self.learn_commit_point(from, ballot, commit_point);
+        }
         let window_end = self.log.commit_point().saturating_add(self.accept_window());
         let mut acked = Vec::with_capacity(entries.len());
         // The byte window: proposals in slot order, each measured against what the log

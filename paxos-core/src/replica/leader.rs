@@ -373,6 +373,10 @@ impl<S: StateMachine> Replica<S> {
         self.propose_clock_if_due();
         let max_bytes = self.batch_limits().1;
         let max_per_slot = self.requests_per_slot();
+        #[cfg(test)]
+        let joins_anyway = self.cfg.mutation == Mutation::LargeValueJoinsFullWindow;
+        #[cfg(not(test))]
+        let joins_anyway = false;
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
@@ -391,6 +395,16 @@ impl<S: StateMachine> Replica<S> {
             let Some(req) = l.queue.pop_front() else {
                 break;
             };
+            if !l.inflight.is_empty()
+                && l.inflight_bytes.saturating_add(request_bytes(&req)) > max_bytes
+                && !joins_anyway
+            {
+                // Too large for what is left of the budget: it goes once the window
+                // drains, with a commit point past what is in flight now (acceptors
+                // learn it before their byte window, so they take it at once).
+                l.queue.push_front(req);
+                break;
+            }
             let slot = l.next_slot;
             if self.log.is_chosen(slot) {
                 // Decided under another ballot: never overwrite a chosen value.
