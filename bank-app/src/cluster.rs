@@ -415,6 +415,7 @@ mod tests {
         assert_eq!(clock.to_string(), "clock t=4000");
         assert_eq!(clock.client(), None);
         let step = EntryValue::decode(Value::ClockStep {
+            ballot: paxos_core::Ballot::new(3, 1),
             from: 3900,
             time: 4000,
             idle_limit: 361_000,

@@ -106,7 +106,7 @@ pub struct Config {
     /// disagree about it do not diverge; set it the same everywhere all the same.
     pub session_ttl_ticks: u64,
     /// While sessions exist and `session_ttl_ticks` is not 0, the leader proposes a
-    /// clock entry ([`Value::Clock`](crate::Value::Clock)) every this many ticks: the
+    /// clock entry ([`Value::ClockStep`](crate::Value::ClockStep)) every this many ticks: the
     /// resolution of session expiry, at the cost of one log entry per period.
     /// Positive. Default 1,000 (10 s at a 10 ms tick).
     pub session_clock_ticks: u64,

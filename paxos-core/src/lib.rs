@@ -102,6 +102,8 @@ mod attack_tests2;
 mod batch_tests;
 #[cfg(feature = "runtime")]
 mod client;
+#[cfg(test)]
+mod clock_tests;
 mod config;
 mod counters;
 mod drive;

@@ -73,6 +73,10 @@ pub(crate) enum Mutation {
     /// the log time after the entries it re-proposes: where those hold clock steps,
     /// its steps never chain onto the log, and idle sessions never expire.
     LeaderClockFromExecuted,
+    /// A new leader proposes requests before any clock step of its own: a deposed
+    /// leader's steps, re-proposed behind them, still chain onto the log time and
+    /// count ticks that passed before those requests were sent.
+    ReignOpensWithoutStep,
     /// Quorums of two, whatever the cluster size: right with three replicas only.
     QuorumOfTwo,
     /// A pre-vote needs every member, not a majority: no election while one is down.

@@ -7,7 +7,7 @@ use foldhash::fast::FixedState;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{ClientId, Slot};
+use crate::types::{Ballot, ClientId, Slot};
 
 /// One client's session: its latest executed request, the reply it got, and when the
 /// session was last used.
@@ -114,6 +114,9 @@ pub struct Sessions {
     order: VecDeque<(Slot, ClientId)>,
     /// The latest time of the clock entries executed (0 before the first).
     log_time: u64,
+    /// The ballot of the latest clock step that counted ([`Ballot::ZERO`] before the
+    /// first): steps of lower ballots no longer count.
+    clock_ballot: Ballot,
 }
 
 /// The queue may hold this many stale entries beyond the table's size before it is
@@ -124,7 +127,9 @@ impl PartialEq for Sessions {
     /// Two tables are equal when they hold the same sessions at the same log time (how
     /// many stale entries their queues still carry does not matter).
     fn eq(&self, other: &Self) -> bool {
-        self.log_time == other.log_time && self.map == other.map
+        self.log_time == other.log_time
+            && self.clock_ballot == other.clock_ballot
+            && self.map == other.map
     }
 }
 
@@ -156,6 +161,33 @@ impl Sessions {
     /// every checkpoint. Counted in ticks of the leaders that proposed the entries.
     pub fn log_time(&self) -> u64 {
         self.log_time
+    }
+
+    /// The ballot of the latest [clock step](crate::Value::ClockStep) that counted
+    /// ([`Ballot::ZERO`] before the first): only steps of this ballot or a higher one
+    /// count. Replicated state, part of every checkpoint, like the log time.
+    pub fn clock_ballot(&self) -> Ballot {
+        self.clock_ballot
+    }
+
+    /// Whether a clock step of `ballot` starting at log time `from` counts here: it
+    /// must start where the log time is, and come from the leader whose steps count
+    /// now or a later one. See [`Value::ClockStep`](crate::Value::ClockStep).
+    pub fn step_counts(&self, ballot: Ballot, from: u64) -> bool {
+        ballot >= self.clock_ballot && from == self.log_time
+    }
+
+    /// The first half of executing a clock step that [counts](Self::step_counts): the
+    /// steps of `ballot` are the ones that count from now on. The second half is
+    /// [`advance_time`](Self::advance_time) with the step's time and limit.
+    pub fn raise_clock_ballot(&mut self, ballot: Ballot) {
+        self.clock_ballot = self.clock_ballot.max(ballot);
+    }
+
+    /// Sets the ballot whose clock steps count (restoring a checkpoint).
+    pub fn with_clock_ballot(mut self, ballot: Ballot) -> Self {
+        self.clock_ballot = ballot;
+        self
     }
 
     /// Decides what to do with request `seq` of `client`.
@@ -262,6 +294,7 @@ impl Sessions {
             map: v.into_iter().collect(),
             order: order.into(),
             log_time,
+            clock_ballot: Ballot::ZERO,
         }
     }
 

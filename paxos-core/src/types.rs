@@ -147,20 +147,25 @@ pub enum Value {
     /// per request.
     Batch(std::sync::Arc<[Request]>),
     /// The leader's clock, for session expiry (see [`Sessions`](crate::Sessions)):
-    /// one step of the log time, from `from` to `time`. Executing it when the log
-    /// time is `from` advances the log time to `time` and drops the sessions idle for
-    /// more than `idle_limit` of log time; at any other log time it does nothing.
-    /// Proposed by the leader every
+    /// one step of the log time, from `from` to `time`, by the leader of `ballot`.
+    /// It counts only where the log time is `from` and no step of a higher ballot
+    /// counted before it ([`Sessions::step_counts`](crate::Sessions::step_counts));
+    /// then it advances the log time to `time` and drops the sessions idle for more
+    /// than `idle_limit` of log time. Elsewhere it does nothing.
+    ///
+    /// A leader opens its reign with a step (from the log time after the entries it
+    /// re-proposes, to the same time) in the slot after them, before any request,
+    /// then proposes one every
     /// [`Config::session_clock_ticks`](crate::Config::session_clock_ticks) ticks while
-    /// sessions exist and expiry is on, each step starting where the leader's previous
-    /// one ended, so that only a leader's unbroken chain of steps moves the log time.
-    /// A step that lands after entries it did not know of (a deposed leader's
-    /// proposal, re-proposed by a later leader behind newer requests) no longer
-    /// starts where the log time is, and is ignored: it could otherwise count, after
-    /// those requests, ticks that passed before they were sent. It carries all its
-    /// numbers so that executing it reads nothing replica-local (not even the
-    /// configuration).
+    /// sessions exist, each from where its previous one ended. So a deposed leader's
+    /// steps, which a later leader may have to re-propose in slots behind the
+    /// requests of newer leaders, do not count there: a newer leader's step came
+    /// first, and they would otherwise add ticks that passed before those requests
+    /// were sent. It carries all its numbers so that executing it reads nothing
+    /// replica-local (not even the configuration).
     ClockStep {
+        /// The ballot of the leader that proposed it.
+        ballot: Ballot,
         /// The log time this step starts from: where the leader's previous step
         /// ended, or the log time of its log when it was elected.
         from: u64,
@@ -220,10 +225,11 @@ impl Value {
                 format!("clock t={time} (expire idle > {idle_limit})")
             }
             Value::ClockStep {
+                ballot,
                 from,
                 time,
                 idle_limit,
-            } => format!("clock t={from}->{time} (expire idle > {idle_limit})"),
+            } => format!("clock t={from}->{time} by {ballot} (expire idle > {idle_limit})"),
             Value::Batch(requests) => {
                 let each: Vec<String> = requests
                     .iter()
@@ -301,13 +307,17 @@ mod tests {
         assert_eq!(postcard::from_bytes::<Value>(&bytes).unwrap(), clock);
         assert_eq!(clock.summary(), "clock t=5 (expire idle > 128)");
         let step = Value::ClockStep {
+            ballot: Ballot::new(7, 2),
             from: 3,
             time: 5,
             idle_limit: 128,
         };
         let bytes = postcard::to_allocvec(&step).unwrap();
-        assert_eq!(bytes, [4, 3, 5, 0x80, 0x01]);
+        assert_eq!(bytes, [4, 7, 2, 3, 5, 0x80, 0x01]);
         assert_eq!(postcard::from_bytes::<Value>(&bytes).unwrap(), step);
-        assert_eq!(step.summary(), "clock t=3->5 (expire idle > 128)");
+        assert_eq!(
+            step.summary(),
+            format!("clock t=3->5 by {} (expire idle > 128)", Ballot::new(7, 2))
+        );
     }
 }

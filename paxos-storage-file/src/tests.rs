@@ -1390,6 +1390,7 @@ fn op_strategy() -> impl Strategy<Value = PersistOp> {
             .prop_map(|(time, idle_limit)| Value::Clock { time, idle_limit }),
         (0u64..1 << 40, 0u64..1 << 40, 0u64..1000).prop_map(|(from, time, idle_limit)| {
             Value::ClockStep {
+                ballot: Ballot::new(from % 7, time % 5),
                 from,
                 time,
                 idle_limit,

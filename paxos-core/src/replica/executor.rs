@@ -11,7 +11,7 @@ use crate::counters::Counters;
 use crate::error::CheckpointError;
 use crate::sessions::{Session, SessionCheck, Sessions};
 use crate::traits::{Checkpoint, PersistOp, StateMachine};
-use crate::types::{ClientId, Response, Slot, Value};
+use crate::types::{Ballot, ClientId, Response, Slot, Value};
 
 #[cfg(test)]
 use crate::mutation::Mutation;
@@ -74,9 +74,14 @@ pub(super) fn encode_snapshot(
     let mut data = postcard::to_allocvec(&body)?;
     // Before the first clock entry every time is 0, which is also what a checkpoint
     // without times decodes to: leave them out, so that with expiry off checkpoints
-    // are byte for byte what they were before it existed.
-    if times.log_time > 0 {
+    // are byte for byte what they were before it existed. Likewise the ballot of the
+    // clock steps that count, after the times, once a step counted.
+    let ballot = sessions.clock_ballot();
+    if times.log_time > 0 || ballot != Ballot::ZERO {
         data.extend_from_slice(&postcard::to_allocvec(&times)?);
+    }
+    if ballot != Ballot::ZERO {
+        data.extend_from_slice(&postcard::to_allocvec(&ballot)?);
     }
     Ok(data)
 }
@@ -85,13 +90,19 @@ pub(super) fn encode_snapshot(
 /// expiry, without times): the state machine's snapshot and the session table.
 pub(super) fn decode_snapshot(data: &[u8]) -> Result<(Bytes, Sessions), postcard::Error> {
     let (body, rest) = postcard::take_from_bytes::<SnapshotBody>(data)?;
-    let times = if rest.is_empty() {
-        SessionTimes {
+    let (times, rest) = if rest.is_empty() {
+        let times = SessionTimes {
             log_time: 0,
             last_active: vec![0; body.sessions.len()],
-        }
+        };
+        (times, rest)
     } else {
-        postcard::from_bytes::<SessionTimes>(rest)?
+        postcard::take_from_bytes::<SessionTimes>(rest)?
+    };
+    let clock_ballot = if rest.is_empty() {
+        Ballot::ZERO
+    } else {
+        postcard::from_bytes::<Ballot>(rest)?
     };
     if times.last_active.len() != body.sessions.len() {
         return Err(postcard::Error::DeserializeBadEncoding);
@@ -114,7 +125,7 @@ pub(super) fn decode_snapshot(data: &[u8]) -> Result<(Bytes, Sessions), postcard
         .collect();
     Ok((
         body.state_machine,
-        Sessions::restore(times.log_time, sessions),
+        Sessions::restore(times.log_time, sessions).with_clock_ballot(clock_ballot),
     ))
 }
 
@@ -274,18 +285,20 @@ impl<S: StateMachine> Replica<S> {
                 Some(Entry {
                     value:
                         Value::ClockStep {
+                            ballot,
                             from,
                             time,
                             idle_limit,
                         },
                     ..
                 }) => {
-                    let (from, time, idle_limit) = (*from, *time, *idle_limit);
+                    let (ballot, from, time, idle_limit) = (*ballot, *from, *time, *idle_limit);
                     #[cfg(test)]
-                    let chained = self.cfg.mutation == Mutation::ClockStepsUnchained;
+                    let unchained = self.cfg.mutation == Mutation::ClockStepsUnchained;
                     #[cfg(not(test))]
-                    let chained = false;
-                    if chained || from == self.exec.sessions.log_time() {
+                    let unchained = false;
+                    if unchained || self.exec.sessions.step_counts(ballot, from) {
+                        self.exec.sessions.raise_clock_ballot(ballot);
                         self.execute_clock(time, idle_limit);
                     } else {
                         self.exec.count().clock_steps_ignored += 1;
@@ -293,7 +306,9 @@ impl<S: StateMachine> Replica<S> {
                             node = self.cfg.id,
                             slot,
                             from,
+                            %ballot,
                             log_time = self.exec.sessions.log_time(),
+                            clock_ballot = %self.exec.sessions.clock_ballot(),
                             "clock step off the log's chain ignored"
                         );
                     }

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::*;
 use crate::message::Message;
+#[cfg(test)]
+use crate::mutation::Mutation;
 use crate::traits::StateMachine;
 use crate::types::{Ballot, ClientId, Request, Slot, Value};
 
@@ -55,12 +57,12 @@ pub(super) struct Leader {
 }
 
 /// The leader's clock for session expiry (see [`Sessions`](crate::Sessions)): a chain
-/// of steps ([`Value::ClockStep`]), each from where the previous one ended (the first
-/// from the log time of the leader's log when it was elected, `base` at its tick
-/// `since`) to `base` plus the ticks it counted since. Log time thus never runs faster
-/// than the leader's own clock, and a step only counts where the log time is what the
-/// leader built on: a deposed leader's steps, landing behind entries it never saw, do
-/// nothing.
+/// of steps ([`Value::ClockStep`]), each from where the previous one ended (the first,
+/// which opens the reign and moves no time, from the log time of the leader's log when
+/// it was elected, `base` at its tick `since`) to `base` plus the ticks it counted
+/// since. Log time thus never runs faster than the leader's own clock, and a step only
+/// counts where the log time is what the leader built on and no newer leader's step
+/// counted: a deposed leader's steps, landing behind entries it never saw, do nothing.
 #[derive(Debug)]
 pub(super) struct SessionClock {
     base: u64,
@@ -105,15 +107,21 @@ impl SessionClock {
 
 impl<S: StateMachine> Replica<S> {
     /// The log time after executing every entry of the log below `end`, from the
-    /// log time executed (clock steps count only where they chain, as on execution).
+    /// log time executed (clock steps count only where they would on execution).
     /// A new leader starts its clock from it: its own steps then chain onto the
     /// entries it re-proposes.
     pub(super) fn log_time_at(&self, end: Slot) -> u64 {
         let mut t = self.exec.sessions().log_time();
+        let mut counting = self.exec.sessions().clock_ballot();
         for slot in self.exec.executed()..end {
             match self.log.get(slot).map(|e| &e.value) {
                 Some(Value::Clock { time, .. }) => t = t.max(*time),
-                Some(Value::ClockStep { from, time, .. }) if *from == t => t = t.max(*time),
+                Some(Value::ClockStep {
+                    ballot, from, time, ..
+                }) if *ballot >= counting && *from == t => {
+                    counting = *ballot;
+                    t = t.max(*time);
+                }
                 _ => {}
             }
         }
@@ -321,8 +329,8 @@ impl<S: StateMachine> Replica<S> {
     /// entry per period beyond it costs nothing), so that no request is proposed more
     /// than a period after the latest clock entry before it: that bounds how far a
     /// session's recorded activity can lag behind the leader's clock. Without sessions
-    /// there is nothing to expire: instead of an entry, the clock restarts from the log
-    /// time executed (log time then pauses, which only makes sessions live longer).
+    /// there is nothing to expire: instead of an entry, the clock pauses where its
+    /// chain stands (log time then pauses, which only makes sessions live longer).
     pub(super) fn propose_clock_if_due(&mut self) {
         let ttl = self.cfg.session_ttl_ticks;
         let RoleState::Leader(l) = &mut self.role else {
@@ -337,6 +345,31 @@ impl<S: StateMachine> Replica<S> {
             l.clock.pause(self.now, period);
             return;
         }
+        self.propose_clock_step(false);
+    }
+
+    /// Opens a new leader's reign, with expiry on, with a clock step that moves no
+    /// time, in the slot after the entries it re-proposes and before any request: from
+    /// there on, no deposed leader's step counts (see
+    /// [`Value::ClockStep`](crate::Value::ClockStep)).
+    pub(super) fn open_clock(&mut self) {
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::ReignOpensWithoutStep {
+            return;
+        }
+        if self.cfg.session_ttl_ticks > 0 {
+            self.propose_clock_step(true);
+        }
+    }
+
+    /// Proposes the next step of the leader's clock in the next slot (`opening`: a
+    /// step to where the chain already stands).
+    fn propose_clock_step(&mut self, opening: bool) {
+        let ttl = self.cfg.session_ttl_ticks;
+        let period = self.cfg.session_clock_ticks;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
         let slot = l.next_slot;
         if self.log.is_chosen(slot) {
             // Decided under another ballot: never overwrite a chosen value.
@@ -344,8 +377,14 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         l.next_slot += 1;
-        let (from, time) = l.clock.step(self.now);
+        let (from, time) = if opening {
+            (l.clock.from, l.clock.from)
+        } else {
+            l.clock.step(self.now)
+        };
+        let ballot = l.ballot;
         let value = Value::ClockStep {
+            ballot,
             from,
             time,
             idle_limit: ttl.saturating_add(period),
@@ -359,7 +398,6 @@ impl<S: StateMachine> Replica<S> {
             },
         );
         l.fresh.push((slot, value.clone()));
-        let ballot = l.ballot;
         store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
         self.exec.count().clocks_proposed += 1;
         if self.quorum == 1 {

@@ -195,8 +195,21 @@ fn idle_sessions_expire_by_the_clock_entries_the_leader_proposes() {
     h.tick(30);
     assert_eq!(
         h.replicas[l].counters().clocks_proposed,
-        0,
-        "no clock entries while there is no session to expire"
+        1,
+        "no clock entries while there is no session to expire, but the step that \
+         opened the reign"
+    );
+    let opening = h.replicas[l].log(0..h.replicas[l].executed());
+    assert!(
+        opening.iter().any(|s| matches!(
+            s.value,
+            Some(Value::ClockStep {
+                from: 0,
+                time: 0,
+                ..
+            })
+        )),
+        "{opening:?}"
     );
     h.request(l, 1, 0);
     h.request(l, 2, 0);
@@ -613,7 +626,7 @@ fn outputs_say_what_they_wait_for() {
     assert!(ready
         .persist
         .iter()
-        .any(|op| matches!(op, PersistOp::CommitPoint(1))));
+        .any(|op| matches!(op, PersistOp::CommitPoint(_))));
     assert_eq!(ready.replies_now.len(), 1, "{ready:?}");
     assert!(ready.replies.is_empty());
 }
@@ -798,7 +811,9 @@ fn sessions_after(values: &[Value], mutation: crate::mutation::Mutation) -> crat
 #[test]
 fn a_clock_step_counts_only_where_it_chains_onto_the_log() {
     use crate::mutation::Mutation;
-    let step = |from, time| Value::ClockStep {
+    let (old, new) = (Ballot::new(1, 1), Ballot::new(2, 2));
+    let step = |ballot, from, time| Value::ClockStep {
+        ballot,
         from,
         time,
         idle_limit: 50,
@@ -810,26 +825,37 @@ fn a_clock_step_counts_only_where_it_chains_onto_the_log() {
     });
     let log = vec![
         Value::Request(Request::register(7)),
-        step(0, 10),
+        step(old, 0, 10),
+        // A new leader opens its reign where the log time stands, then a request.
+        step(new, 10, 10),
         use_session.clone(), // session 0 last active at log time 10
-        // A deposed leader's step, counted from log time 500 that this log never
-        // reached: nothing happens.
-        step(500, 600),
-        // The current leader's chain goes on: 20 - 10 is within the limit.
-        step(10, 20),
+        // The deposed leader's steps, re-proposed behind it: one that starts where
+        // the log time is (its chain went 0 -> 10 -> 100 -> ...) and one that does
+        // not. Neither counts.
+        step(old, 10, 100),
+        step(old, 100, 200),
+        // The new leader's chain goes on: 20 - 10 is within the limit.
+        step(new, 10, 20),
     ];
     let kept = sessions_after(&log, Mutation::None);
     assert_eq!(kept.log_time(), 20);
+    assert_eq!(kept.clock_ballot(), new);
     assert_eq!(kept.get(0).map(|s| s.last_active), Some(10));
     // Further along the chain the session does go, once idle past the limit.
     let mut longer = log.clone();
-    longer.push(step(20, 61));
+    longer.push(step(new, 20, 61));
     assert!(sessions_after(&longer, Mutation::None).get(0).is_none());
-    // The broken variant counts the deposed leader's step: session 0 is dropped 0
-    // ticks after its use.
+    // The broken variant counts the deposed leader's steps: session 0 is dropped
+    // 0 ticks after its use.
     let broken = sessions_after(&log, Mutation::ClockStepsUnchained);
     assert!(broken.get(0).is_none());
-    assert_eq!(broken.log_time(), 600);
+    // A checkpoint keeps the ballot whose steps count: restored, the same steps
+    // are refused.
+    let data = super::executor::encode_snapshot(bytes::Bytes::new(), &kept).unwrap();
+    let (_, restored) = super::executor::decode_snapshot(&data).unwrap();
+    assert_eq!(restored, kept);
+    assert!(!restored.step_counts(old, 20));
+    assert!(restored.step_counts(new, 20));
     // Clock entries written before steps existed still execute as they did.
     let legacy = vec![
         Value::Request(Request::register(7)),

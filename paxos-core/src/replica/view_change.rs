@@ -354,6 +354,7 @@ impl<S: StateMachine> Replica<S> {
                 },
             );
         }
+        self.open_clock();
         self.check_commits();
         self.pump();
     }

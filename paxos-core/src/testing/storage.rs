@@ -436,6 +436,7 @@ fn random_op(rng: &mut ChaCha8Rng, state: &PersistentState) -> PersistOp {
                     idle_limit: 1 + rng.next_u64() % 1000,
                 },
                 _ => Value::ClockStep {
+                    ballot: b,
                     from: rng.next_u64() % 100_000,
                     time: rng.next_u64() % 100_000,
                     idle_limit: 1 + rng.next_u64() % 1000,
