@@ -77,6 +77,11 @@ pub(crate) enum Mutation {
     /// leader's steps, re-proposed behind them, still chain onto the log time and
     /// count ticks that passed before those requests were sent.
     ReignOpensWithoutStep,
+    /// Clock entries are proposed however far above the leader's commit point: its
+    /// own vote there counts towards a quorum, but a later candidate drops PROMISE
+    /// entries beyond the promiser's acceptance window, so it proposes another value
+    /// in a slot already decided.
+    ClockBeyondWindow,
     /// Quorums of two, whatever the cluster size: right with three replicas only.
     QuorumOfTwo,
     /// A pre-vote needs every member, not a majority: no election while one is down.

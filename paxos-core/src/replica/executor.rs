@@ -102,7 +102,11 @@ pub(super) fn decode_snapshot(data: &[u8]) -> Result<(Bytes, Sessions), postcard
     let clock_ballot = if rest.is_empty() {
         Ballot::ZERO
     } else {
-        postcard::from_bytes::<Ballot>(rest)?
+        match postcard::take_from_bytes::<Ballot>(rest)? {
+            (ballot, []) => ballot,
+            // Anything after the ballot is not a checkpoint this version wrote.
+            _ => return Err(postcard::Error::DeserializeBadEncoding),
+        }
     };
     if times.last_active.len() != body.sessions.len() {
         return Err(postcard::Error::DeserializeBadEncoding);

@@ -71,6 +71,9 @@ pub(super) struct SessionClock {
     from: u64,
     /// Expires when the next clock entry is due.
     due: Timeout,
+    /// The step that opens the reign was proposed (with expiry on, no request goes
+    /// before it).
+    opened: bool,
 }
 
 impl SessionClock {
@@ -83,6 +86,7 @@ impl SessionClock {
             since: now,
             from: log_time,
             due: Timeout::after(now, period),
+            opened: false,
         }
     }
 
@@ -101,7 +105,9 @@ impl SessionClock {
     /// Pauses the clock at tick `now` (nothing to expire): counting resumes later
     /// from where the chain stands, so the paused ticks are never counted.
     fn pause(&mut self, now: u64, period: u64) {
+        let opened = self.opened;
         *self = SessionClock::start(self.from, now, period);
+        self.opened = opened;
     }
 }
 
@@ -326,9 +332,11 @@ impl<S: StateMachine> Replica<S> {
     /// Proposes a clock entry when one is due (see [`SessionClock`]): every
     /// [`Config::session_clock_ticks`](crate::Config::session_clock_ticks) while
     /// sessions exist and expiry is on. It does not wait for room in the window (one
-    /// entry per period beyond it costs nothing), so that no request is proposed more
-    /// than a period after the latest clock entry before it: that bounds how far a
-    /// session's recorded activity can lag behind the leader's clock. Without sessions
+    /// entry per period beyond it costs nothing), so that none of this leader's
+    /// requests is proposed more than a period after its latest clock entry before it:
+    /// that bounds how far a session's recorded activity can lag behind the leader's
+    /// clock (a request of another, overlapping leader placed among these entries is
+    /// not bounded so; see the README's Session expiry). Without sessions
     /// there is nothing to expire: instead of an entry, the clock pauses where its
     /// chain stands (log time then pauses, which only makes sessions live longer).
     pub(super) fn propose_clock_if_due(&mut self) {
@@ -339,7 +347,13 @@ impl<S: StateMachine> Replica<S> {
         if ttl == 0 || l.transfer.is_some() || !l.clock.due.expired(self.now) {
             return;
         }
+        if !self.clock_opened() {
+            return;
+        }
         let period = self.cfg.session_clock_ticks;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
         l.clock.due.reset(self.now, period);
         if self.exec.sessions().is_empty() {
             l.clock.pause(self.now, period);
@@ -353,30 +367,54 @@ impl<S: StateMachine> Replica<S> {
     /// there on, no deposed leader's step counts (see
     /// [`Value::ClockStep`](crate::Value::ClockStep)).
     pub(super) fn open_clock(&mut self) {
+        self.clock_opened();
+    }
+
+    /// Whether the reign opened (always, with expiry off), proposing the opening step
+    /// first if it is still due and fits the window. No request is proposed before.
+    pub(super) fn clock_opened(&mut self) -> bool {
         #[cfg(test)]
         if self.cfg.mutation == Mutation::ReignOpensWithoutStep {
-            return;
+            return true;
         }
-        if self.cfg.session_ttl_ticks > 0 {
-            self.propose_clock_step(true);
+        if self.cfg.session_ttl_ticks == 0 {
+            return true;
         }
+        let RoleState::Leader(l) = &self.role else {
+            return false;
+        };
+        l.clock.opened || self.propose_clock_step(true)
     }
 
     /// Proposes the next step of the leader's clock in the next slot (`opening`: a
-    /// step to where the chain already stands).
-    fn propose_clock_step(&mut self, opening: bool) {
+    /// step to where the chain already stands). Not beyond the acceptance window above
+    /// the commit point: a PROMISE's entries past the promiser's window are dropped by
+    /// the candidate (`on_promise`), so this leader's own vote there would count
+    /// towards a quorum that a later leader cannot see. Returns whether it proposed.
+    fn propose_clock_step(&mut self, opening: bool) -> bool {
         let ttl = self.cfg.session_ttl_ticks;
         let period = self.cfg.session_clock_ticks;
+        let window_end = self.log.commit_point().saturating_add(self.accept_window());
+        #[cfg(test)]
+        let window_end = if self.cfg.mutation == Mutation::ClockBeyondWindow {
+            Slot::MAX
+        } else {
+            window_end
+        };
         let RoleState::Leader(l) = &mut self.role else {
-            return;
+            return false;
         };
         let slot = l.next_slot;
+        if slot >= window_end {
+            return false;
+        }
         if self.log.is_chosen(slot) {
             // Decided under another ballot: never overwrite a chosen value.
             self.step_down_superseded(slot);
-            return;
+            return false;
         }
         l.next_slot += 1;
+        l.clock.opened = true;
         let (from, time) = if opening {
             (l.clock.from, l.clock.from)
         } else {
@@ -403,12 +441,16 @@ impl<S: StateMachine> Replica<S> {
         if self.quorum == 1 {
             self.check_commits();
         }
+        true
     }
 
     /// Moves queued requests into free slots of the window (after a clock entry, if
     /// one is due).
     pub(super) fn pump(&mut self) {
         self.propose_clock_if_due();
+        if !self.clock_opened() {
+            return; // requests wait behind the step that opens the reign
+        }
         let max_bytes = self.batch_limits().1;
         let max_per_slot = self.requests_per_slot();
         #[cfg(test)]
