@@ -331,8 +331,9 @@ impl<S: StateMachine> Replica<S> {
 
     /// Proposes a clock entry when one is due (see [`SessionClock`]): every
     /// [`Config::session_clock_ticks`](crate::Config::session_clock_ticks) while
-    /// sessions exist and expiry is on. It does not wait for room in the window (one
-    /// entry per period beyond it costs nothing), so that none of this leader's
+    /// sessions exist and expiry is on. It does not wait for room in the in-flight
+    /// window of requests (one entry per period beyond it costs nothing), only for
+    /// the wider acceptance window (see `propose_clock_step`), so that none of this leader's
     /// requests is proposed more than a period after its latest clock entry before it:
     /// that bounds how far a session's recorded activity can lag behind the leader's
     /// clock (a request of another, overlapping leader placed among these entries is
@@ -354,12 +355,18 @@ impl<S: StateMachine> Replica<S> {
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
-        l.clock.due.reset(self.now, period);
         if self.exec.sessions().is_empty() {
+            l.clock.due.reset(self.now, period);
             l.clock.pause(self.now, period);
             return;
         }
-        self.propose_clock_step(false);
+        // Due again one period after it went out; while the window is full it stays
+        // due (no request can go meanwhile either: their window is narrower).
+        if self.propose_clock_step(false) {
+            if let RoleState::Leader(l) = &mut self.role {
+                l.clock.due.reset(self.now, period);
+            }
+        }
     }
 
     /// Opens a new leader's reign, with expiry on, with a clock step that moves no
@@ -383,7 +390,11 @@ impl<S: StateMachine> Replica<S> {
         let RoleState::Leader(l) = &self.role else {
             return false;
         };
-        l.clock.opened || self.propose_clock_step(true)
+        if l.clock.opened {
+            return true;
+        }
+        // Handing over: no new proposals (the next leader opens its own reign).
+        l.transfer.is_none() && self.propose_clock_step(true)
     }
 
     /// Proposes the next step of the leader's clock in the next slot (`opening`: a
