@@ -369,16 +369,11 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// Opens a new leader's reign, with expiry on, with a clock step that moves no
-    /// time, in the slot after the entries it re-proposes and before any request: from
-    /// there on, no deposed leader's step counts (see
+    /// Whether the leader's reign opened (always, with expiry off), proposing the step
+    /// that opens it first if it is still due and fits the window. That step moves no
+    /// time and goes in the slot after the entries the leader re-proposes, before any
+    /// request of its own: from there on no deposed leader's step counts (see
     /// [`Value::ClockStep`](crate::Value::ClockStep)).
-    pub(super) fn open_clock(&mut self) {
-        self.clock_opened();
-    }
-
-    /// Whether the reign opened (always, with expiry off), proposing the opening step
-    /// first if it is still due and fits the window. No request is proposed before.
     pub(super) fn clock_opened(&mut self) -> bool {
         #[cfg(test)]
         if self.cfg.mutation == Mutation::ReignOpensWithoutStep {

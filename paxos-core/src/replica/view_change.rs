@@ -354,7 +354,8 @@ impl<S: StateMachine> Replica<S> {
                 },
             );
         }
-        self.open_clock();
+        // With expiry on, the clock step that opens the reign goes first.
+        self.clock_opened();
         self.check_commits();
         self.pump();
     }
