@@ -50,6 +50,9 @@ pub struct Config {
     /// Unacknowledged proposals, prepares and fetches are sent again after this many ticks.
     pub retransmit_ticks: u64,
     /// The most slots a leader has in flight (proposed, not yet committed) at once.
+    /// It also sizes the acceptance window (four times this many slots above an
+    /// acceptor's commit point), which a candidate applies to the PROMISEs it gets:
+    /// set it the same on every member.
     pub max_inflight: u64,
     /// The most entries in one ACCEPT, FETCH-REPLY or PROMISE batch of chosen entries.
     pub max_batch: usize,
@@ -103,7 +106,9 @@ pub struct Config {
     /// clients that died stop taking memory and checkpoint space within the hour,
     /// rather than only when `max_sessions` is reached. It is the leader's value that
     /// counts (it is written into the log with each clock entry), so replicas that
-    /// disagree about it do not diverge; set it the same everywhere all the same.
+    /// disagree about it do not diverge; set it the same everywhere all the same (a
+    /// leader with expiry off does not open its reign with a clock step, which weakens
+    /// the time-to-live guarantee for the others' sessions).
     pub session_ttl_ticks: u64,
     /// While sessions exist and `session_ttl_ticks` is not 0, the leader proposes a
     /// clock entry ([`Value::ClockStep`](crate::Value::ClockStep)) every this many ticks: the
