@@ -119,6 +119,13 @@ pub struct Sessions {
     clock_ballot: Ballot,
 }
 
+/// The rule of [`Sessions::step_counts`], for a table whose latest counted step was
+/// of ballot `counting` and whose log time is `log_time` (a leader applies it ahead of
+/// execution, over the entries it re-proposes).
+pub(crate) fn step_counts(counting: Ballot, log_time: u64, ballot: Ballot, from: u64) -> bool {
+    ballot >= counting && from == log_time
+}
+
 /// The queue may hold this many stale entries beyond the table's size before it is
 /// rebuilt (so that a small table is not rebuilt at every touch).
 const ORDER_SLACK: usize = 64;
@@ -174,7 +181,7 @@ impl Sessions {
     /// must start where the log time is, and come from the leader whose steps count
     /// now or a later one. See [`Value::ClockStep`](crate::Value::ClockStep).
     pub fn step_counts(&self, ballot: Ballot, from: u64) -> bool {
-        ballot >= self.clock_ballot && from == self.log_time
+        step_counts(self.clock_ballot, self.log_time, ballot, from)
     }
 
     /// The first half of executing a clock step that [counts](Self::step_counts): the

@@ -267,6 +267,24 @@ mod tests {
         println!("{m:?} caught at seed {found:?}");
     }
 
+    /// Like [`assert_caught`], and the violation found must be the one `check` (its
+    /// name) reports: its text contains `what`.
+    fn assert_caught_by(
+        m: Mutation,
+        profile: fn(&mut Faults),
+        max_seeds: u64,
+        what: &str,
+        check: &str,
+    ) {
+        let found = caught_in(m, profile, max_seeds);
+        let (seed, v) = found.unwrap_or_else(|| panic!("the simulation did not catch {m:?}"));
+        assert!(
+            v.what.contains(what),
+            "seed {seed}: caught, but not by the {check}: {v}"
+        );
+        println!("{m:?} caught at seed {seed}: {v}");
+    }
+
     /// Replicas that batch their inputs and often crash in the middle of a round, after
     /// what waits for nothing has left and before all the writes are durable.
     fn torn_rounds(f: &mut Faults) {
@@ -354,13 +372,13 @@ mod tests {
     fn mutant_running_log_time_ahead_is_caught_by_the_time_to_live_check() {
         // Every replica agrees, so only the check that sessions live their
         // time-to-live sees that they were dropped too soon.
-        let found = caught_in(Mutation::ClockTimeAdded, expiry, 500);
-        let (seed, v) = found.expect("the simulation did not catch log time running ahead");
-        assert!(
-            v.what.contains("within its time-to-live"),
-            "seed {seed}: caught, but not by the time-to-live check: {v}"
+        assert_caught_by(
+            Mutation::ClockTimeAdded,
+            expiry,
+            500,
+            "within its time-to-live",
+            "time-to-live check",
         );
-        println!("ClockTimeAdded caught at seed {seed}: {v}");
     }
 
     #[test]
@@ -386,13 +404,13 @@ mod tests {
 
     #[test]
     fn mutant_starting_a_leaders_clock_off_the_chain_is_caught() {
-        let found = caught_in(Mutation::LeaderClockFromExecuted, expiry, 500);
-        let (seed, v) = found.expect("the simulation did not catch a clock off the chain");
-        assert!(
-            v.what.contains("not expired"),
-            "seed {seed}: caught, but not by the expiry liveness check: {v}"
+        assert_caught_by(
+            Mutation::LeaderClockFromExecuted,
+            expiry,
+            500,
+            "not expired",
+            "expiry liveness check",
         );
-        println!("LeaderClockFromExecuted caught at seed {seed}: {v}");
     }
 
     #[test]

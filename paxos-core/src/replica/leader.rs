@@ -124,7 +124,7 @@ impl<S: StateMachine> Replica<S> {
                 Some(Value::Clock { time, .. }) => t = t.max(*time),
                 Some(Value::ClockStep {
                     ballot, from, time, ..
-                }) if *ballot >= counting && *from == t => {
+                }) if crate::sessions::step_counts(counting, t, *ballot, *from) => {
                     counting = *ballot;
                     t = t.max(*time);
                 }
