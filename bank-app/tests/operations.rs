@@ -424,6 +424,27 @@ fn endpoints_environment_quiet_output_json_ids_and_reset() {
         })
         .sum();
     assert_eq!(total, 10 * bank_app::DEFAULT_INITIAL_BALANCE);
+    // Stale reads from one named replica: the same total (nothing is moving now), and
+    // each answer says which executed slot it reflects.
+    let stale_total: i64 = "ABCDEFGHIJ"
+        .chars()
+        .map(|a| {
+            let args = [
+                "balance",
+                "--stale",
+                "--node",
+                "3",
+                "--json",
+                &a.to_string(),
+            ];
+            let run = run_ok(procs.bank(&args));
+            let row = &json_lines(&run.stdout)[0];
+            assert_eq!(row["stale"], true, "{row}");
+            assert!(row["executed"].as_u64().is_some_and(|e| e > 0), "{row}");
+            row["balance"].as_i64().expect("a balance")
+        })
+        .sum();
+    assert_eq!(stale_total, 10 * bank_app::DEFAULT_INITIAL_BALANCE);
     assert_eq!(log_len(&procs), before, "reads took log slots");
     let run = procs
         .bank(&["balance", "Z"])

@@ -14,7 +14,7 @@ use tracing::debug;
 
 use crate::error::{ClientError, ErrorCause};
 use crate::traits::StateMachine;
-use crate::types::{ClientId, NodeId, Reply, Request, Response};
+use crate::types::{ClientId, NodeId, Reply, Request, Response, Slot, StaleAnswer};
 
 /// A replica reachable by a client: a local [`NodeHandle`](crate::NodeHandle), or a
 /// remote node behind a network connection (the TCP transport provides one).
@@ -266,6 +266,8 @@ pub struct Client<S> {
     rotation: usize,
     options: ClientOptions,
     rng: ChaCha8Rng,
+    /// The executed slot of the newest stale read answer: the floor of the next.
+    stale_floor: Slot,
     _sm: PhantomData<fn() -> S>,
 }
 
@@ -310,6 +312,7 @@ impl<S: StateMachine> Client<S> {
             rotation: (id % 7) as usize,
             options,
             rng: ChaCha8Rng::seed_from_u64(id),
+            stale_floor: 0,
             _sm: PhantomData,
         }
     }
@@ -432,6 +435,105 @@ impl<S: StateMachine> Client<S> {
             .call_until(Request::read(nonce, payload), deadline)
             .await?;
         decode_output::<S>(&bytes)
+    }
+
+    /// A **stale read**, by explicit choice: `command` (a read-only command, one
+    /// [`StateMachine::query`] answers) is answered by the first of this client's
+    /// endpoints that can, a follower as well as the leader, from its own state and
+    /// without any message to other replicas (see [`Request::stale_read`]). Put the
+    /// nearest replica first when creating the client; [`read_stale_at`](Self::read_stale_at)
+    /// names one.
+    ///
+    /// The answer reflects a prefix of the chosen log, possibly missing writes that
+    /// already completed (this client's own included): use [`read`](Self::read) when
+    /// that matters. This client's stale reads never go back in time, whichever
+    /// replicas answer them: each asks for at least the state the previous one saw
+    /// ([`stale_floor`](Self::stale_floor)), and a replica that has not executed that
+    /// far waits, or after an election timeout sends the read on.
+    pub async fn read_stale(&mut self, command: &S::Command) -> Result<S::Output, ClientError> {
+        self.read_stale_from(0, command).await
+    }
+
+    /// Like [`read_stale`](Self::read_stale), asking replica `node` first (then the
+    /// others, when it cannot answer). A node this client has no endpoint for fails
+    /// with [`ClientError::Invalid`].
+    pub async fn read_stale_at(
+        &mut self,
+        node: NodeId,
+        command: &S::Command,
+    ) -> Result<S::Output, ClientError> {
+        let Some(first) = self.endpoints.iter().position(|e| e.node() == node) else {
+            return Err(ClientError::Invalid(format!(
+                "no endpoint for node {node} in this client"
+            )));
+        };
+        self.read_stale_from(first, command).await
+    }
+
+    /// The least executed slot this client's next stale read may reflect: the slot the
+    /// newest stale answer reflected.
+    pub fn stale_floor(&self) -> Slot {
+        self.stale_floor
+    }
+
+    async fn read_stale_from(
+        &mut self,
+        first: usize,
+        command: &S::Command,
+    ) -> Result<S::Output, ClientError> {
+        if self.endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let deadline = Instant::now() + self.options.default_deadline;
+        let payload = encode_command::<S>(command)?;
+        let request = Request::stale_read(os_nonce(), payload, self.stale_floor);
+        let mut target = first;
+        let mut backoff = self.options.min_backoff;
+        let mut tried = 0usize;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            let attempt = self.options.attempt_timeout.min(deadline - now);
+            let endpoint = &self.endpoints[target];
+            let outcome = tokio::time::timeout(attempt, endpoint.call(request.clone())).await;
+            let next = match outcome {
+                Ok(Ok(reply)) if (reply.client, reply.seq) == (request.client, request.seq) => {
+                    match reply.response {
+                        Response::Ok(bytes) => {
+                            let answer: StaleAnswer<S::Output> = postcard::from_bytes(&bytes)
+                                .map_err(|e| ClientError::Codec(e.to_string()))?;
+                            self.stale_floor = self.stale_floor.max(answer.executed);
+                            return Ok(answer.output);
+                        }
+                        Response::Invalid { reason } => return Err(ClientError::Invalid(reason)),
+                        Response::Redirect { leader: Some(l) } => self
+                            .endpoints
+                            .iter()
+                            .position(|e| e.node() == l)
+                            .unwrap_or(target + 1),
+                        _ => target + 1,
+                    }
+                }
+                Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+                    debug!(
+                        client = self.id,
+                        node = endpoint.node(),
+                        "stale read attempt failed"
+                    );
+                    target + 1
+                }
+            };
+            target = next % self.endpoints.len();
+            tried += 1;
+            if tried.is_multiple_of(self.endpoints.len()) {
+                let jitter = self.rng.next_u64() % (backoff.as_micros() as u64 / 2 + 1);
+                let pause = backoff + Duration::from_micros(jitter);
+                tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
+                backoff = (backoff * 2).min(self.options.max_backoff);
+            }
+        }
     }
 
     async fn call_until(

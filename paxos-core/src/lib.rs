@@ -170,4 +170,7 @@ pub use traits::{
     apply_op, apply_owned_op, AcceptorStatus, Checkpoint, MemStorage, PersistOp, PersistentState,
     StateMachine, Storage, StoredEntry, Transport,
 };
-pub use types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot, Value, READ_SEQ};
+pub use types::{
+    Ballot, ClientId, NodeId, Reply, Request, Response, Slot, StaleAnswer, Value, READ_SEQ,
+    STALE_READ_BASE,
+};

@@ -95,6 +95,9 @@ pub(crate) enum Mutation {
     /// A read joins the round already in flight (sent before it arrived) instead of the
     /// next one: acknowledgements older than the read confirm it.
     ReadJoinsSentRound,
+    /// A replica answers a stale read at once, below the floor the client asked for:
+    /// a client's reads go back in time when they move to a replica that lags.
+    StaleReadIgnoresFloor,
     /// Acceptors ignore the handover flag of a PREPARE: while they hear the old leader
     /// they refuse the successor it named, and a leader transfer waits for timeouts.
     HandoverIgnored,

@@ -229,3 +229,100 @@ fn mutant_reading_without_confirmation_answers_stale_at_a_deposed_leader() {
         "the broken variant answers from its own state"
     );
 }
+
+fn stale_read(nonce: ClientId, floor: crate::Slot) -> Request {
+    Request::stale_read(
+        nonce,
+        Bytes::from(postcard::to_allocvec(&(nonce, READ_SEQ)).unwrap()),
+        floor,
+    )
+}
+
+/// The answer to stale read `nonce`, if one came: the executed slot it reflects and how
+/// many commands the state had executed.
+fn stale_answered(h: &H, nonce: ClientId) -> Option<(crate::Slot, u64)> {
+    h.replies.iter().find_map(|(_, r)| match &r.response {
+        Response::Ok(b) if r.client == nonce && r.seq >= crate::STALE_READ_BASE => {
+            let a: crate::StaleAnswer<u64> = postcard::from_bytes(b).unwrap();
+            Some((a.executed, a.output))
+        }
+        _ => None,
+    })
+}
+
+/// n1 leads with n2 while n3 is cut off; write W completes. A stale read at n2 sees W;
+/// the same client's next stale read, with n2's executed slot as its floor, goes to n3,
+/// which has not executed W. Returns n2's answer, n3's answer while cut off, and n3's
+/// answer once the partition heals.
+fn stale_reads_across_a_lagging_replica(m: Mutation) -> [Option<(crate::Slot, u64)>; 3] {
+    let mut h = H::new(3, true, |c| c.mutation = m);
+    let session = leader_with_session(&mut h);
+    let cut = |from: NodeId, to: NodeId, _: &Message| {
+        if involves(3, from, to) {
+            Drop
+        } else {
+            Deliver
+        }
+    };
+    h.r(1).handle_request(write(session, 1));
+    h.run(&cut);
+    // n2 learns the commit point with the next heartbeat.
+    h.tick(&[1], 5, &cut);
+    h.r(2).handle_request(stale_read(7, 0));
+    h.run(&cut);
+    let at_n2 = stale_answered(&h, 7);
+    let floor = at_n2.map_or(0, |(e, _)| e);
+    h.r(3).handle_request(stale_read(8, floor));
+    h.run(&cut);
+    let cut_off = stale_answered(&h, 8);
+    for _ in 0..20 {
+        h.tick(&[1, 3], 1, &all);
+        h.run(&all);
+    }
+    [at_n2, cut_off, stale_answered(&h, 8)]
+}
+
+#[test]
+fn a_stale_read_waits_for_its_floor() {
+    let [at_n2, cut_off, healed] = stale_reads_across_a_lagging_replica(Mutation::None);
+    let (floor, seen) = at_n2.expect("n2 answers a stale read at once");
+    assert_eq!(seen, 1, "n2 executed W");
+    assert_eq!(cut_off, None, "n3 has not executed up to the floor");
+    let (executed, seen) = healed.expect("n3 answers once it has caught up");
+    assert!(executed >= floor);
+    assert_eq!(seen, 1);
+}
+
+#[test]
+fn mutant_stale_read_ignoring_its_floor_goes_back_in_time() {
+    let [at_n2, cut_off, _] = stale_reads_across_a_lagging_replica(Mutation::StaleReadIgnoresFloor);
+    assert_eq!(at_n2.map(|a| a.1), Some(1));
+    assert_eq!(
+        cut_off.map(|a| a.1),
+        Some(0),
+        "the broken variant answers from before W"
+    );
+}
+
+#[test]
+fn a_stale_read_that_cannot_reach_its_floor_is_redirected() {
+    let mut h = H::new(3, true, |_| {});
+    leader_with_session(&mut h);
+    let cut = |from: NodeId, to: NodeId, _: &Message| {
+        if involves(3, from, to) {
+            Drop
+        } else {
+            Deliver
+        }
+    };
+    h.r(3).handle_request(stale_read(8, 1_000));
+    h.run(&cut);
+    assert!(h.replies.iter().all(|(_, r)| r.client != 8));
+    let limit = h.r(3).config().election_ticks as usize;
+    h.tick(&[3], limit, &cut);
+    let reply = h.replies.iter().find(|(_, r)| r.client == 8);
+    assert!(
+        matches!(reply, Some((3, r)) if matches!(r.response, Response::Redirect { .. })),
+        "after an election timeout the read goes elsewhere: {reply:?}"
+    );
+}

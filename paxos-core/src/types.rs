@@ -103,10 +103,65 @@ impl Request {
     pub fn is_read(&self) -> bool {
         self.seq == READ_SEQ
     }
+
+    /// A **stale read**, the explicit, named alternative to [`read`](Request::read):
+    /// whichever replica receives it (a follower too) answers from its own state, with
+    /// no message to any other replica. The answer is the state after some prefix of
+    /// the chosen log, never one with a value that was not chosen, but possibly older
+    /// than writes that already completed: it is not linearizable.
+    ///
+    /// `floor` is the least executed slot the answer may reflect: a replica that has
+    /// executed less keeps the read until it has (or, after an election timeout,
+    /// redirects it). A client that passes the executed slot of its previous stale
+    /// answer ([`StaleAnswer::executed`]) never sees the state go back, whichever
+    /// replicas answer (monotonic reads). [`Client::read_stale`](crate::Client::read_stale)
+    /// does this for you.
+    ///
+    /// The reply's payload is a postcard-encoded [`StaleAnswer`]. The floor travels in
+    /// the request number (`STALE_READ_BASE + floor`, capped below [`READ_SEQ`]), so
+    /// the wire format of [`Request`] is unchanged.
+    pub fn stale_read(nonce: ClientId, payload: Bytes, floor: Slot) -> Self {
+        Request {
+            client: nonce,
+            seq: STALE_READ_BASE.saturating_add(floor).min(READ_SEQ - 1),
+            payload,
+        }
+    }
+
+    /// True when this request is a [stale read](Request::stale_read).
+    pub fn is_stale_read(&self) -> bool {
+        (STALE_READ_BASE..READ_SEQ).contains(&self.seq)
+    }
+
+    /// The floor of a [stale read](Request::stale_read): the least executed slot its
+    /// answer may reflect (0 for any other request).
+    pub fn stale_read_floor(&self) -> Slot {
+        if self.is_stale_read() {
+            self.seq - STALE_READ_BASE
+        } else {
+            0
+        }
+    }
 }
 
 /// The request number that marks a [read](Request::read): no session ever reaches it.
 pub const READ_SEQ: u64 = u64::MAX;
+
+/// Request numbers from here up to (not including) [`READ_SEQ`] mark
+/// [stale reads](Request::stale_read) and carry their floor; no session reaches them
+/// (a client would have to send 2^63 commands).
+pub const STALE_READ_BASE: u64 = 1 << 63;
+
+/// The payload of the reply to a [stale read](Request::stale_read): the answer and
+/// the executed slot it reflects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleAnswer<O> {
+    /// The replica had executed every slot below this one, and nothing above, when it
+    /// answered. Pass it as the floor of the next stale read for monotonic reads.
+    pub executed: Slot,
+    /// [`StateMachine::query`](crate::StateMachine::query)'s answer.
+    pub output: O,
+}
 
 /// The value of a log slot.
 ///

@@ -306,6 +306,53 @@ async fn a_stopped_node_refuses_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_reads_are_answered_by_a_follower_alone_and_never_go_back() {
+    let (_net, nodes) = cluster(3, 43);
+    let mut writer = client(&nodes);
+    let mut reader = client(&nodes);
+    timeout(LIMIT, async {
+        let mut last = 0;
+        for i in 1..=10 {
+            writer
+                .execute(&Op::Add("k".into(), 1))
+                .await
+                .expect("write");
+            // Each replica in turn: the same client's answers never go back, whichever
+            // replica gives them.
+            let n = &nodes[i % nodes.len()];
+            let seen = reader
+                .read_stale_at(n.id(), &Op::Get("k".into()))
+                .await
+                .expect("stale read");
+            assert!(seen >= last, "stale read went back from {last} to {seen}");
+            assert!(seen <= i as i64);
+            last = seen;
+        }
+        assert!(reader.stale_floor() > 0);
+        // Only one follower left: no majority, so no linearizable read and no write,
+        // but the follower still answers stale reads, with every write it executed.
+        let l = leader(&nodes, &[]).await;
+        let follower = nodes.iter().find(|n| n.id() != l.id()).expect("a follower");
+        let upto = l.status().await.expect("status").executed;
+        converge(std::slice::from_ref(follower), upto).await;
+        for n in nodes.iter().filter(|n| n.id() != follower.id()) {
+            n.shutdown().await;
+        }
+        let seen = reader
+            .read_stale_at(follower.id(), &Op::Get("k".into()))
+            .await
+            .expect("a stale read needs no majority");
+        assert_eq!(seen, 10);
+        let linearizable = reader
+            .read_within(&Op::Get("k".into()), Duration::from_millis(300))
+            .await;
+        assert!(linearizable.is_err(), "{linearizable:?}");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_see_every_completed_write_without_entering_the_log() {
     let (_net, nodes) = cluster(3, 41);
     let mut writer = client(&nodes);

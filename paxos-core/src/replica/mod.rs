@@ -214,6 +214,9 @@ pub struct Replica<S> {
 
     /// Client requests this leader will answer once they execute.
     awaiting: HashSet<(ClientId, u64)>,
+    /// Stale reads waiting for execution to reach their floor, with the tick they
+    /// arrived (see `reads.rs`).
+    stale_reads: VecDeque<(Request, u64)>,
     views: VecDeque<ViewChange>,
     ready: Ready,
 }
@@ -279,6 +282,7 @@ impl<S: StateMachine> Replica<S> {
             max_round_seen: state.promised.round,
             catch_up: CatchUp::new(state.commit_point),
             awaiting: HashSet::new(),
+            stale_reads: VecDeque::new(),
             views: VecDeque::new(),
             ready: Ready::default(),
             cfg,
@@ -316,6 +320,7 @@ impl<S: StateMachine> Replica<S> {
         }
         self.flush_leader();
         self.flush_reads();
+        self.serve_stale_reads();
         let mut ready = std::mem::take(&mut self.ready);
         // A reply waits for this round's writes only if the round accepted, here, a
         // value in a slot that is now committed: that slot may be chosen thanks to this
@@ -335,6 +340,7 @@ impl<S: StateMachine> Replica<S> {
     /// retransmissions and catch-up all count ticks.
     pub fn tick(&mut self) {
         self.now += 1;
+        self.stale_read_tick();
         if self.status != AcceptorStatus::Voter {
             self.recovery_tick();
             return;
@@ -395,6 +401,10 @@ impl<S: StateMachine> Replica<S> {
     pub fn handle_request(&mut self, request: Request) {
         if request.is_read() {
             self.on_read(request);
+            return;
+        }
+        if request.is_stale_read() {
+            self.on_stale_read(request);
             return;
         }
         let RoleState::Leader(leader) = &mut self.role else {

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use super::*;
 use crate::message::Message;
 use crate::traits::StateMachine;
-use crate::types::{Ballot, NodeId, Request, Response, Slot};
+use crate::types::{Ballot, NodeId, Request, Response, Slot, StaleAnswer};
 
 /// A read waiting for its round and for execution.
 #[derive(Debug)]
@@ -284,5 +284,96 @@ impl<S: StateMachine> Replica<S> {
         for r in pending {
             self.reply(r.client, r.seq, Response::Redirect { leader });
         }
+    }
+}
+
+/// Stale reads ([`Request::stale_read`]): any replica answers from its own state once it
+/// has executed up to the read's floor. Nothing is sent to other replicas; the answer
+/// reflects a prefix of the chosen log because a replica executes only chosen values,
+/// in slot order, and waits for its own vote's write like any reply (see
+/// `take_ready`).
+impl<S: StateMachine> Replica<S> {
+    /// A stale read reached this replica.
+    pub(super) fn on_stale_read(&mut self, request: Request) {
+        let command = match postcard::from_bytes::<S::Command>(&request.payload) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("undecodable command: {e}");
+                self.reply(request.client, request.seq, Response::Invalid { reason });
+                return;
+            }
+        };
+        if self.exec.state_machine().query(&command).is_none() {
+            let reason = "not a read-only command: submit it through the log".to_string();
+            self.reply(request.client, request.seq, Response::Invalid { reason });
+            return;
+        }
+        #[allow(unused_mut)]
+        let mut floor = request.stale_read_floor();
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::StaleReadIgnoresFloor {
+            floor = 0;
+        }
+        if floor <= self.exec.executed() {
+            self.answer_stale_read(&request);
+        } else if self.stale_reads.len() >= self.cfg.max_pending {
+            self.reply(request.client, request.seq, Response::Busy);
+        } else {
+            self.stale_reads.push_back((request, self.now));
+        }
+    }
+
+    /// Answers the waiting stale reads whose floor is executed (called when outputs
+    /// are taken).
+    pub(super) fn serve_stale_reads(&mut self) {
+        if self.stale_reads.is_empty() {
+            return;
+        }
+        let executed = self.exec.executed();
+        let waiting = std::mem::take(&mut self.stale_reads);
+        for (request, since) in waiting {
+            if request.stale_read_floor() <= executed {
+                self.answer_stale_read(&request);
+            } else {
+                self.stale_reads.push_back((request, since));
+            }
+        }
+    }
+
+    /// Stale reads that waited an election timeout for their floor are sent to the
+    /// leader this replica knows of (a replica cut off from the cluster may never get
+    /// there); the client asks again there.
+    pub(super) fn stale_read_tick(&mut self) {
+        let limit = self.cfg.election_ticks;
+        while self
+            .stale_reads
+            .front()
+            .is_some_and(|(_, since)| self.now.saturating_sub(*since) >= limit)
+        {
+            let Some((request, _)) = self.stale_reads.pop_front() else {
+                break;
+            };
+            let leader = self.leader.filter(|l| *l != self.cfg.id);
+            self.reply(request.client, request.seq, Response::Redirect { leader });
+        }
+    }
+
+    fn answer_stale_read(&mut self, request: &Request) {
+        let executed = self.exec.executed();
+        let answer = postcard::from_bytes::<S::Command>(&request.payload)
+            .ok()
+            .and_then(|c| self.exec.state_machine().query(&c));
+        let response = match answer {
+            Some(output) => match postcard::to_allocvec(&StaleAnswer { executed, output }) {
+                Ok(bytes) => Response::Ok(bytes.into()),
+                Err(e) => Response::Invalid {
+                    reason: format!("cannot encode the answer: {e}"),
+                },
+            },
+            None => Response::Invalid {
+                reason: "not a read-only command".to_string(),
+            },
+        };
+        self.reply(request.client, request.seq, response);
     }
 }

@@ -20,29 +20,67 @@ pub(crate) struct BalanceArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub(crate) timeout: Duration,
+    /// A stale read: the first replica that can (or the one --node names) answers
+    /// from its own state, with no message to the others. Possibly older than writes
+    /// that already completed; answered even by a replica cut off from the majority.
+    #[arg(long)]
+    pub(crate) stale: bool,
+    /// With --stale: the replica to ask first.
+    #[arg(long, value_name = "ID", requires = "stale")]
+    pub(crate) node: Option<paxos_core::NodeId>,
     #[command(flatten)]
     pub(crate) output: JsonFlag,
 }
 
-pub(crate) async fn run(
-    config: &ClusterConfig,
-    account: Account,
-    timeout: Duration,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(config: &ClusterConfig, args: BalanceArgs) -> anyhow::Result<ExitCode> {
+    let BalanceArgs {
+        account,
+        timeout,
+        stale,
+        node,
+        output,
+    } = args;
+    let json = output.json;
     if Bank::new().balance(account).is_none() {
         return Err(usage(format!("unknown account {account}")));
     }
+    if let Some(n) = node {
+        if !config.nodes.iter().any(|c| c.id == n) {
+            return Err(usage(format!("node {n} is not in the cluster file")));
+        }
+    }
     let mut client = one_shot_client(config, timeout).await?;
     let started = Instant::now();
-    let output = client
-        .read(&BankCommand::Balance { account })
-        .await
-        .with_context(|| format!("reading the balance of {account} did not complete"))?;
+    let command = BankCommand::Balance { account };
+    let output = match (stale, node) {
+        (false, _) => client.read(&command).await,
+        (true, None) => client.read_stale(&command).await,
+        (true, Some(n)) => client.read_stale_at(n, &command).await,
+    }
+    .with_context(|| format!("reading the balance of {account} did not complete"))?;
     let elapsed = started.elapsed();
     let BankOutput::Balance { balance, .. } = output else {
         anyhow::bail!("the cluster answered a balance read with {output}");
     };
+    if stale {
+        let executed = client.stale_floor();
+        if json {
+            stdout_line(&json!({
+                "account": account,
+                "balance": balance,
+                "stale": true,
+                "executed": executed,
+                "latency_ms": elapsed.as_secs_f64() * 1000.0,
+            }))?;
+        } else {
+            stdout_text(&format!(
+                "{account}: {balance} [stale read in {} ms: the state after slots below \
+                 {executed}; writes after them may be missing]\n",
+                elapsed.as_millis()
+            ))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let leader = client.leader();
     if json {
         stdout_line(&json!({

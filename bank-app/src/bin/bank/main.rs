@@ -258,11 +258,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             let command = BankCommand::Transfer { from, to, amount };
             transfer::run(&config, client, command, timeout, output.json).await
         }
-        Command::Balance(balance::BalanceArgs {
-            account,
-            timeout,
-            output,
-        }) => balance::run(&config, account, timeout, output.json).await,
+        Command::Balance(args) => balance::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,
         Command::Leader(command) => leader::run(&config, command).await,
     }

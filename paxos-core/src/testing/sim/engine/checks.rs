@@ -220,17 +220,40 @@ impl<W: Workload> Sim<W> {
     /// (`p` is what it reports). Linearizable when `p` covers every write completed
     /// before the read was sent, holds nothing sent after it returned, is no less than
     /// what any read that returned before it was sent saw, and the output is the
-    /// model's for that state.
+    /// model's for that state. Stale reads need only the last: the output is the
+    /// model's after `p` commands, `p` holds nothing sent after the read returned, and
+    /// a client's stale reads never see fewer commands than its previous ones.
     pub(super) fn check_reads(&self) -> Result<(), Violation> {
-        let done: Vec<(usize, u64, u64, u64)> = self
+        let all: Vec<(usize, u64, u64, u64)> = self
             .reads
             .iter()
             .enumerate()
             .filter_map(|(i, r)| Some((i, r.call, r.ret?, r.seen.as_ref()?.0)))
             .collect();
-        if done.is_empty() {
+        if all.is_empty() {
             return Ok(());
         }
+        // A client's stale reads, in the order it made them (one at a time).
+        let mut last_stale: HashMap<usize, (u64, usize)> = HashMap::new();
+        for &(i, _, _, p) in &all {
+            let Some((_, c)) = self.reads[i].stale else {
+                continue;
+            };
+            if let Some((before, earlier)) = last_stale.insert(c, (p, i)) {
+                if p < before {
+                    return Err(self.violation(format!(
+                        "stale read {} saw {p} commands after the same client's stale read \
+                         {} had seen {before}: its reads went back in time",
+                        self.reads[i].nonce, self.reads[earlier].nonce
+                    )));
+                }
+            }
+        }
+        let done: Vec<(usize, u64, u64, u64)> = all
+            .iter()
+            .copied()
+            .filter(|&(i, ..)| self.reads[i].stale.is_none())
+            .collect();
         let executed = self.history.len() as u64;
         // Completed writes by return time, with their positions.
         let mut writes: Vec<(u64, u64)> = self
@@ -247,7 +270,7 @@ impl<W: Workload> Sim<W> {
             let prev = *latest_call.last().unwrap_or(&0);
             latest_call.push(prev.max(call));
         }
-        for &(i, call, ret, p) in &done {
+        for &(i, call, ret, p) in &all {
             let r = &self.reads[i];
             if p > executed {
                 return Err(self.violation(format!(
@@ -255,15 +278,17 @@ impl<W: Workload> Sim<W> {
                     r.nonce
                 )));
             }
-            // Writes completed before the read was sent.
-            let before = writes.partition_point(|(wret, _)| *wret < call);
-            if let Some((_, pos)) = writes[..before].iter().max_by_key(|(_, pos)| *pos) {
-                if *pos >= p {
-                    return Err(self.violation(format!(
-                        "stale read: read {} (sent at tick {call}) saw {p} commands, but the \
+            if r.stale.is_none() {
+                // Writes completed before the read was sent.
+                let before = writes.partition_point(|(wret, _)| *wret < call);
+                if let Some((_, pos)) = writes[..before].iter().max_by_key(|(_, pos)| *pos) {
+                    if *pos >= p {
+                        return Err(self.violation(format!(
+                            "stale read: read {} (sent at tick {call}) saw {p} commands, but the \
                          write at position {pos} had completed before it was sent",
-                        r.nonce
-                    )));
+                            r.nonce
+                        )));
+                    }
                 }
             }
             if latest_call[p as usize] > ret {
@@ -298,7 +323,7 @@ impl<W: Workload> Sim<W> {
         }
         // The model, replayed along the executed order, gives each read its output.
         let model = self.workload.model();
-        let mut order: Vec<(u64, usize)> = done.iter().map(|d| (d.3, d.0)).collect();
+        let mut order: Vec<(u64, usize)> = all.iter().map(|d| (d.3, d.0)).collect();
         order.sort_unstable();
         let mut state = model.init();
         let mut applied = 0u64;

@@ -46,7 +46,13 @@ impl<W: Workload> Sim<W> {
         let nonce = self.next_read;
         // Half the reads go to any replica, as from a client that does not know (or
         // wrongly believes it knows) who leads: a deposed leader may still answer.
-        if self.gen.chance(0.5) {
+        // A third of them are stale reads, to any replica, each with the executed slot
+        // of the client's previous stale answer as its floor.
+        let stale = self
+            .gen
+            .chance(0.3)
+            .then_some((self.clients[c].stale_floor, c));
+        if stale.is_some() || self.gen.chance(0.5) {
             let n = self.members.len() as u64;
             self.clients[c].target = self.members[self.gen.below(n) as usize];
         }
@@ -57,6 +63,7 @@ impl<W: Workload> Sim<W> {
             ret: None,
             command,
             seen: None,
+            stale,
         });
         true
     }
@@ -74,7 +81,10 @@ impl<W: Workload> Sim<W> {
             let command = self.reads[i].command.clone();
             let payload = postcard::to_allocvec(&(nonce, READ_SEQ, command)).unwrap_or_default();
             let to = client.target;
-            let request = Request::read(nonce, Bytes::from(payload));
+            let request = match self.reads[i].stale {
+                Some((floor, _)) => Request::stale_read(nonce, Bytes::from(payload), floor),
+                None => Request::read(nonce, Bytes::from(payload)),
+            };
             self.send(Envelope::Request { to, request });
             return;
         }
@@ -112,7 +122,7 @@ impl<W: Workload> Sim<W> {
     }
 
     pub(super) fn client_reply(&mut self, from: NodeId, reply: Reply) -> Result<(), Violation> {
-        if reply.seq == READ_SEQ {
+        if reply.seq >= STALE_READ_BASE {
             return self.read_reply(from, reply);
         }
         let Some(c) = self.clients.iter().position(|c| {
@@ -237,22 +247,32 @@ impl<W: Workload> Sim<W> {
         };
         match reply.response {
             Response::Ok(bytes) => {
-                let seen = match postcard::from_bytes::<(u64, Out<W>)>(&bytes) {
-                    Ok((p, out))
-                        if postcard::to_allocvec(&(p, &out)).is_ok_and(|e| e[..] == bytes[..]) =>
-                    {
-                        (p, out)
-                    }
-                    _ => {
-                        return Err(self.violation(format!(
-                            "read {} answered with undecodable {bytes:?}",
-                            reply.client
-                        )))
-                    }
+                let stale = self.reads[i].stale.is_some();
+                let decoded = if stale {
+                    postcard::from_bytes::<StaleAnswer<(u64, Out<W>)>>(&bytes)
+                        .ok()
+                        .filter(|a| postcard::to_allocvec(a).is_ok_and(|e| e[..] == bytes[..]))
+                        .map(|a| (Some(a.executed), a.output))
+                } else {
+                    postcard::from_bytes::<(u64, Out<W>)>(&bytes)
+                        .ok()
+                        .filter(|a| postcard::to_allocvec(a).is_ok_and(|e| e[..] == bytes[..]))
+                        .map(|a| (None, a))
                 };
+                let Some((executed, seen)) = decoded else {
+                    return Err(self.violation(format!(
+                        "read {} answered with undecodable {bytes:?}",
+                        reply.client
+                    )));
+                };
+                if let Some(executed) = executed {
+                    let floor = &mut self.clients[c].stale_floor;
+                    *floor = (*floor).max(executed);
+                }
                 self.reads[i].ret = Some(self.now);
                 self.reads[i].seen = Some(seen);
                 self.stats.reads += 1;
+                self.stats.stale_reads += u64::from(stale);
                 self.last_completion = self.now;
                 let client = &mut self.clients[c];
                 client.read = None;

@@ -17,7 +17,7 @@ pub(crate) use crate::mutation::Mutation;
 use crate::testing::linearizability::{check_with_budget, AppendLog, CheckError, Model, Operation};
 use crate::testing::sim::{Gen, Workload};
 
-use crate::types::READ_SEQ;
+use crate::types::{StaleAnswer, READ_SEQ, STALE_READ_BASE};
 use crate::{
     AcceptorStatus, Ballot, ClientId, Config, MemStorage, Message, NodeId, PersistOp, Replica,
     Reply, Request, Response, RestoreError, Slot, StateMachine, Storage, Value,
@@ -221,6 +221,8 @@ pub(crate) struct Stats {
     pub(crate) batches: u64,
     /// Reads answered.
     pub(crate) reads: u64,
+    /// Of which stale reads (answered by any replica from its own state).
+    pub(crate) stale_reads: u64,
     /// Leader transfers asked for.
     pub(crate) transfers: u64,
     /// A digest of every delivery, to show that a seed replays identically.
@@ -284,6 +286,8 @@ struct SimClient<C> {
     command: Option<((ClientId, u64), C)>,
     /// The read in progress: its nonce and its index in `Sim::reads`.
     read: Option<(ClientId, usize)>,
+    /// The executed slot of the newest stale read answer: the floor of the next one.
+    stale_floor: Slot,
     /// When the registration of the current session was first sent.
     registered_at: u64,
 }
@@ -299,6 +303,10 @@ pub(crate) struct ReadOp<C, O> {
     command: C,
     /// The answer: how many commands the state had executed, and the output.
     seen: Option<(u64, O)>,
+    /// A [stale read](Request::stale_read) with this floor, from this client (index):
+    /// not linearizable, but a prefix of the log and never older than the client's
+    /// previous stale answer.
+    stale: Option<(Slot, usize)>,
 }
 
 /// One client request as the client saw it, for the real-time order check.
@@ -451,6 +459,7 @@ impl<W: Workload> Sim<W> {
                 results: HashMap::new(),
                 command: None,
                 read: None,
+                stale_floor: 0,
                 registered_at: 0,
             })
             .collect();
