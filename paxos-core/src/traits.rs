@@ -268,6 +268,14 @@ pub enum PersistOp {
 ///   `Ready`'s messages or replies, so a PROMISE or ACCEPTED never leaves a node before
 ///   the state it vouches for is stored. One call covers a whole batch: an implementation
 ///   should make it one fsync (group commit), never one per operation.
+///   One relaxation: a `Checkpoint` the stored log already covers (every slot from the
+///   stored checkpoint up to its slot is in the log, below a commit point the log
+///   records, and no `Compact` of the batch goes past the stored checkpoint) may become
+///   durable later, as long as no entry it covers is dropped before it is. A crash in
+///   between loads the previous checkpoint with those entries: the state the replica
+///   had before taking it, which it replays to the same point. A checkpoint installed
+///   from a peer is never covered that way and must be durable on return.
+///   `paxos-storage-file` writes covered checkpoints on a thread of its own.
 /// - [`load`](Storage::load) returns what was persisted, for [`Replica::new`](crate::Replica::new).
 /// - The promised ballot and the commit point never go back: an implementation ignores a
 ///   `Promise` or `CommitPoint` lower than what it holds.

@@ -120,7 +120,24 @@
 //! image of the state, then:
 //!
 //! 1. If the batch holds a checkpoint newer than the stored one, writes it to
-//!    `checkpoint.tmp`, fsyncs it, renames it over `checkpoint` and fsyncs the directory.
+//!    `checkpoint.tmp`, fsyncs it, renames it over `checkpoint` and fsyncs the directory:
+//!    at once, or on a thread of its own when the log already covers it (below).
+//!
+//!    **Checkpoints off the replica's path.** A checkpoint the replica took itself
+//!    covers slots the log still holds: every slot from the stored checkpoint up to its
+//!    slot has an entry below a commit point the log records. Losing it in a crash
+//!    loses nothing (recovery loads the previous checkpoint and those entries, the state
+//!    the replica had before taking it, and the replica replays them), so it is written
+//!    by a background thread and `persist` returns without waiting for it. Until it is
+//!    on disk no compaction drops an entry it covers: a `Compact` past the stored
+//!    checkpoint (the next checkpoint's, normally long after) first waits for it, as
+//!    does a newer checkpoint (one write at a time, never an older one last) and
+//!    dropping the storage. A checkpoint installed from a peer covers slots this
+//!    replica never had, so it is written before `persist` returns, as are all of them
+//!    with [`FileStorageOptions::background_checkpoints`] off. A failure of the
+//!    background write fails the next `persist`, like any write error.
+//!    [`FileStorageStats::checkpoints_in_background`] and
+//!    [`FileStorageStats::background_waits`] count them.
 //! 2. If the batch holds a `Compact` that drops entries, starts a new *base* segment
 //!    holding the whole image after the batch (status, incarnation, peers'
 //!    incarnations, promised ballot, commit point, live entries), fdatasyncs it,
@@ -185,7 +202,9 @@
 //! After a crash at any point, [`load`](paxos_core::Storage::load) returns the state
 //! after every `persist` call that returned, plus, for an interrupted call, either
 //! nothing of it, a prefix of its records (a batch is one record unless it exceeds the
-//! maximum record size), or just its checkpoint. A checkpoint is written first because
+//! maximum record size), or just its checkpoint; except that a checkpoint still being
+//! written in the background may be missing, with the previous one and every log entry
+//! it covers in its place. A checkpoint is written first because
 //! it is self-contained: it covers slots that were already chosen. A compaction's base
 //! supersedes the older segments only once it is complete and synced, so an interrupted
 //! compaction recovers the state before it (with the new checkpoint) and a finished one

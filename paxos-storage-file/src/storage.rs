@@ -45,10 +45,18 @@ pub struct FileStorageOptions {
     /// and an acceptor that forgets a promise or an accepted value breaks Paxos. Only
     /// for tests and benchmarks.
     pub sync: bool,
+    /// Whether a checkpoint the log already covers is written on a background thread,
+    /// so that `persist` returns without waiting for it (default `true`). See
+    /// [`FileStorage`]'s "Checkpoints off the replica's path"; `false` writes every
+    /// checkpoint before `persist` returns.
+    pub background_checkpoints: bool,
     /// A deliberately broken variant to run instead of the real code, in this crate's
     /// own tests only (see [`Broken`]); `None` (the default) runs the real code.
     #[cfg(test)]
     pub(crate) broken: Option<Broken>,
+    /// Tests only: the background writer waits this long before it writes.
+    #[cfg(test)]
+    pub(crate) background_delay: std::time::Duration,
 }
 
 /// Deliberately broken variants of the safety rules of [`FileStorage::open`], compiled
@@ -66,6 +74,10 @@ pub(crate) enum Broken {
     /// newest segment whose payload fails its checksum is cut as if torn, losing a write
     /// that may have been acknowledged.
     CutDamagedTail,
+    /// Every new checkpoint is written in the background, including one the log does
+    /// not cover (a checkpoint installed from a peer): a crash before it is written
+    /// leaves a commit point above a log with holes or unchosen values.
+    BackgroundAlways,
 }
 
 impl Default for FileStorageOptions {
@@ -75,8 +87,11 @@ impl Default for FileStorageOptions {
             max_record_size: 64 << 20,
             max_checkpoint_size: 4 << 30,
             sync: true,
+            background_checkpoints: true,
             #[cfg(test)]
             broken: None,
+            #[cfg(test)]
+            background_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -100,6 +115,11 @@ pub struct FileStorageStats {
     pub compactions: u64,
     /// Checkpoint files written.
     pub checkpoints_written: u64,
+    /// Of which on the background thread (after `persist` returned).
+    pub checkpoints_in_background: u64,
+    /// Times `persist` waited for a background checkpoint write to finish (a newer
+    /// checkpoint, or a compaction that needs it, arrived first).
+    pub background_waits: u64,
 }
 
 /// What [`FileStorage::open`] found and repaired.
@@ -148,9 +168,25 @@ pub struct FileStorage {
     recovery: RecoveryReport,
     /// Set when a write failed: the files may no longer match `state`.
     failed: Option<StorageError>,
+    /// The slot of the checkpoint in the `checkpoint` file (0 without one): log
+    /// entries from here up are never compacted away.
+    durable_checkpoint: u64,
+    /// The commit point the log itself records (without the raise of a checkpoint that
+    /// may not be written yet).
+    logged_commit: u64,
+    /// The checkpoint being written on the background thread, if any.
+    background: Option<BackgroundWrite>,
     /// The directory's `LOCK` file, exclusively locked for as long as this value lives
-    /// (released when it is dropped, or by the OS when the process dies).
+    /// (released when it is dropped, or by the OS when the process dies). Declared
+    /// last: it is released after the background write is joined (see `Drop`).
     _lock: File,
+}
+
+/// A checkpoint file being written by a thread of its own.
+#[derive(Debug)]
+struct BackgroundWrite {
+    slot: u64,
+    thread: std::thread::JoinHandle<Result<FileStorageStats, StorageError>>,
 }
 
 impl FileStorage {
@@ -252,6 +288,8 @@ impl FileStorage {
                 (state, vec![1], f, len, len)
             }
         };
+        let logged_commit = state.commit_point;
+        let durable_checkpoint = checkpoint.as_ref().map_or(0, |c| c.slot);
         if let Some(cp) = checkpoint {
             state.commit_point = state.commit_point.max(cp.slot);
             state.checkpoint = Some(cp);
@@ -286,6 +324,9 @@ impl FileStorage {
             buf,
             recovery,
             failed: None,
+            durable_checkpoint,
+            logged_commit,
+            background: None,
             _lock: lock,
         })
     }
@@ -323,7 +364,114 @@ impl FileStorage {
             .collect()
     }
 
+    /// Waits for the checkpoint being written in the background, if any (it is
+    /// durable when this returns `Ok`).
+    pub fn wait_for_checkpoint(&mut self) -> Result<(), StorageError> {
+        self.reap_background(true)
+    }
+
+    /// Collects the background write if it has finished (or, with `wait`, once it
+    /// has): its counters, and its error, which fails the storage like any write.
+    fn reap_background(&mut self, wait: bool) -> Result<(), StorageError> {
+        let Some(bg) = self
+            .background
+            .take_if(|bg| wait || bg.thread.is_finished())
+        else {
+            return Ok(());
+        };
+        if !bg.thread.is_finished() {
+            self.disk.stats.background_waits += 1;
+        }
+        let stats = bg.thread.join().unwrap_or_else(|_| {
+            Err(StorageError::io(
+                "the thread writing a checkpoint in the background panicked",
+            ))
+        })?;
+        let total = &mut self.disk.stats;
+        total.syncs += stats.syncs;
+        total.bytes_written += stats.bytes_written;
+        total.checkpoints_written += stats.checkpoints_written;
+        total.checkpoints_in_background += stats.checkpoints_written;
+        self.durable_checkpoint = self.durable_checkpoint.max(bg.slot);
+        self.logged_commit = self.logged_commit.max(bg.slot);
+        Ok(())
+    }
+
+    /// Whether the new checkpoint (already applied to `state`) may be written after
+    /// `persist` returns: only when losing it in a crash loses nothing, because the
+    /// log holds what it covers. That is, every slot from the durable checkpoint up to
+    /// its slot has an entry, below the commit point the log records, and no
+    /// compaction of this batch goes past the durable checkpoint. A checkpoint taken by
+    /// the replica itself qualifies; one installed from a peer (which covers slots
+    /// this replica never had, or raises its commit point) does not.
+    fn may_write_later(&self, slot: u64, max_compact: u64) -> bool {
+        #[cfg(test)]
+        if self.options.broken == Some(Broken::BackgroundAlways) {
+            return true;
+        }
+        let from = self.durable_checkpoint;
+        self.options.background_checkpoints
+            && max_compact <= from
+            && slot <= self.logged_commit
+            && from <= slot
+            && self.state.log.range(from..slot).count() as u64 == slot - from
+    }
+
+    /// Starts writing the stored checkpoint on a thread of its own.
+    fn write_checkpoint_later(&mut self) -> Result<(), StorageError> {
+        let Some(cp) = self.state.checkpoint.clone() else {
+            return Ok(());
+        };
+        self.check_checkpoint_size(&cp)?;
+        let mut disk = Disk {
+            dir: self.disk.dir.clone(),
+            sync: self.disk.sync,
+            stats: FileStorageStats::default(),
+        };
+        let (cluster_id, node_id) = (self.cluster_id, self.node_id);
+        #[cfg(test)]
+        let delay = self.options.background_delay;
+        let slot = cp.slot;
+        let thread = std::thread::Builder::new()
+            .name(format!("checkpoint-{node_id}"))
+            .spawn(move || {
+                #[cfg(test)]
+                std::thread::sleep(delay);
+                write_checkpoint_file(&mut disk, cluster_id, node_id, &cp)?;
+                Ok(disk.stats)
+            })
+            .map_err(|e| StorageError::io_because("cannot start the checkpoint writer", e))?;
+        self.background = Some(BackgroundWrite { slot, thread });
+        Ok(())
+    }
+
+    fn check_checkpoint_size(&self, cp: &paxos_core::Checkpoint) -> Result<(), StorageError> {
+        // The encoded checkpoint is its data plus a few bytes of slot, digest and length.
+        if cp.data.len() as u64 + 32 > self.options.max_checkpoint_size {
+            return Err(StorageError::io(format!(
+                "the checkpoint at slot {} holds {} bytes, more than the maximum checkpoint size of {} bytes",
+                cp.slot,
+                cp.data.len(),
+                self.options.max_checkpoint_size
+            )));
+        }
+        Ok(())
+    }
+
     fn persist_ops(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
+        self.reap_background(false)?;
+        let max_compact = ops
+            .iter()
+            .filter_map(|op| match op {
+                PersistOp::Compact(below) => Some(*below),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        // A compaction past the durable checkpoint needs the one being written.
+        if max_compact > self.durable_checkpoint && self.background.is_some() {
+            self.reap_background(true)?;
+        }
         // Update the in-memory image first, noting what needs more than an append.
         let mut new_checkpoint = false;
         let mut compacted = false;
@@ -352,6 +500,10 @@ impl FileStorage {
                     }
                     logged += 1;
                 }
+                PersistOp::CommitPoint(c) => {
+                    self.logged_commit = self.logged_commit.max(*c);
+                    logged += 1;
+                }
                 _ => logged += 1,
             }
             paxos_core::apply_op(&mut self.state, op);
@@ -360,9 +512,19 @@ impl FileStorage {
         stats.persists += 1;
         stats.ops += ops.len() as u64;
 
-        // 1. The checkpoint, before anything that may drop the entries it covers.
+        // 1. The checkpoint, before anything that may drop the entries it covers: after
+        //    the one in progress (never two at once, never an older one last), then
+        //    now, or in the background when the log covers it (`may_write_later`).
         if new_checkpoint {
-            self.write_checkpoint()?;
+            self.reap_background(true)?;
+            let slot = self.state.checkpoint.as_ref().map_or(0, |c| c.slot);
+            if self.may_write_later(slot, max_compact) {
+                self.write_checkpoint_later()?;
+            } else {
+                self.write_checkpoint()?;
+                self.durable_checkpoint = slot;
+                self.logged_commit = self.logged_commit.max(slot);
+            }
         }
         // 2a. A compaction rewrites the whole state as the base of a new segment, which
         //     covers every operation of the batch.
@@ -432,24 +594,8 @@ impl FileStorage {
         let Some(cp) = &self.state.checkpoint else {
             return Ok(());
         };
-        let payload = postcard::to_stdvec(cp)
-            .map_err(|e| StorageError::io_because("cannot encode the checkpoint", e))?;
-        if payload.len() as u64 > self.options.max_checkpoint_size {
-            return Err(StorageError::io(format!(
-                "the checkpoint at slot {} is {} bytes, more than the maximum checkpoint size of {} bytes",
-                cp.slot,
-                payload.len(),
-                self.options.max_checkpoint_size
-            )));
-        }
-        let mut bytes = Vec::with_capacity(CHECKPOINT_HEADER_LEN + payload.len());
-        encode_checkpoint_header(&mut bytes, self.cluster_id, self.node_id, &payload);
-        bytes.extend_from_slice(&payload);
-        drop(payload);
-        let disk = &mut self.disk;
-        disk.replace(CHECKPOINT_TMP, CHECKPOINT_FILE, &bytes)?;
-        disk.stats.checkpoints_written += 1;
-        Ok(())
+        self.check_checkpoint_size(cp)?;
+        write_checkpoint_file(&mut self.disk, self.cluster_id, self.node_id, cp)
     }
 
     /// Starts a segment whose base is the whole current state, makes it durable, then
@@ -509,6 +655,34 @@ impl Storage for FileStorage {
         }
         result
     }
+}
+
+impl Drop for FileStorage {
+    /// Finishes the checkpoint being written in the background, if any, before the
+    /// directory is unlocked: a clean shutdown leaves it on disk.
+    fn drop(&mut self) {
+        if let Err(e) = self.reap_background(true) {
+            warn!(error = %e, "the checkpoint being written when the storage closed was not stored");
+        }
+    }
+}
+
+/// Writes `cp` to the checkpoint file, atomically (see [`Disk::replace`]).
+fn write_checkpoint_file(
+    disk: &mut Disk,
+    cluster_id: u64,
+    node_id: u64,
+    cp: &paxos_core::Checkpoint,
+) -> Result<(), StorageError> {
+    let payload = postcard::to_stdvec(cp)
+        .map_err(|e| StorageError::io_because("cannot encode the checkpoint", e))?;
+    let mut bytes = Vec::with_capacity(CHECKPOINT_HEADER_LEN + payload.len());
+    encode_checkpoint_header(&mut bytes, cluster_id, node_id, &payload);
+    bytes.extend_from_slice(&payload);
+    drop(payload);
+    disk.replace(CHECKPOINT_TMP, CHECKPOINT_FILE, &bytes)?;
+    disk.stats.checkpoints_written += 1;
+    Ok(())
 }
 
 /// The error of every call after a failed write, keeping that failure as its cause.

@@ -1132,9 +1132,134 @@ fn a_refused_open_changes_nothing_in_the_directory() {
 // safety rule (`Broken`, compiled for tests only) and asserts that the check fails, so
 // every run proves the real test can still catch that bug.
 
+/// Options whose background checkpoint writer waits `ms` milliseconds first, so that a
+/// test can look at the directory before the checkpoint is written.
+fn late_writer(ms: u64) -> FileStorageOptions {
+    FileStorageOptions {
+        background_delay: Duration::from_millis(ms),
+        ..nosync(1 << 20)
+    }
+}
+
+/// Every slot below the commit point is either covered by the checkpoint or in the log:
+/// what a replica replays after a restart has no hole.
+fn check_no_hole_below_the_commit_point(state: &PersistentState) -> Result<(), String> {
+    let from = state.checkpoint.as_ref().map_or(0, |c| c.slot);
+    match (from..state.commit_point).find(|s| state.log.get(*s).is_none()) {
+        None => Ok(()),
+        Some(hole) => Err(format!(
+            "slot {hole} is below the commit point {} but neither in the checkpoint (slot {from}) nor in the log",
+            state.commit_point
+        )),
+    }
+}
+
+/// A replica installs a checkpoint from a peer (slot 10, its log ends at 4), then
+/// learns slot 10; the directory is copied as a crash would leave it right after.
+fn check_an_installed_checkpoint_is_durable_before_persist_returns(
+    options: &FileStorageOptions,
+) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), options);
+    for i in 0..4u64 {
+        s.persist(&[accept(i, 1), learn(i), PersistOp::CommitPoint(i + 1)])
+            .unwrap();
+    }
+    s.persist(&[PersistOp::Checkpoint(checkpoint(10, b"installed at 10"))])
+        .unwrap();
+    s.persist(&[accept(10, 2), learn(10), PersistOp::CommitPoint(11)])
+        .unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    let state = load(crashed.path(), &nosync(1 << 20));
+    check_no_hole_below_the_commit_point(&state)?;
+    if state.checkpoint.as_ref().map(|c| c.slot) != Some(10) {
+        return Err(format!(
+            "the installed checkpoint is missing: {:?}",
+            state.checkpoint
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn an_installed_checkpoint_is_written_before_persist_returns() {
+    check_an_installed_checkpoint_is_durable_before_persist_returns(&late_writer(300)).unwrap();
+}
+
+#[test]
+fn a_checkpoint_the_log_covers_is_written_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &late_writer(300));
+    let mut batches = Vec::new();
+    for i in 0..12u64 {
+        let b = vec![accept(i, 1), learn(i), PersistOp::CommitPoint(i + 1)];
+        s.persist(&b).unwrap();
+        batches.push(b);
+    }
+    let started = Instant::now();
+    s.persist(&[PersistOp::Checkpoint(checkpoint(8, b"state at 8"))])
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "persist waited for the checkpoint"
+    );
+    assert_eq!(s.stats().checkpoints_written, 0);
+    // A crash now: the checkpoint is not there, and nothing is lost (the log covers it).
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    let state = load(crashed.path(), &nosync(1 << 20));
+    assert_eq!(state, mem_after(&batches));
+    check_no_hole_below_the_commit_point(&state).unwrap();
+    // The next checkpoint's compaction (below 8) waits for it; then it is durable.
+    s.persist(&[accept(12, 1), learn(12), PersistOp::CommitPoint(13)])
+        .unwrap();
+    s.persist(&[
+        PersistOp::Checkpoint(checkpoint(12, b"state at 12")),
+        PersistOp::Compact(8),
+    ])
+    .unwrap();
+    s.wait_for_checkpoint().unwrap();
+    let stats = s.stats();
+    assert_eq!(stats.checkpoints_written, 2);
+    assert_eq!(stats.checkpoints_in_background, 2);
+    assert!(stats.background_waits >= 1, "{stats:?}");
+    drop(s);
+    let state = load(dir.path(), &nosync(1 << 20));
+    assert_eq!(state.checkpoint.as_ref().map(|c| c.slot), Some(12));
+    assert_eq!(state.log.range(..8).count(), 0, "compacted below 8");
+    check_no_hole_below_the_commit_point(&state).unwrap();
+}
+
+#[test]
+fn closing_the_storage_finishes_the_background_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &late_writer(200));
+    for i in 0..5u64 {
+        s.persist(&[accept(i, 1), learn(i), PersistOp::CommitPoint(i + 1)])
+            .unwrap();
+    }
+    s.persist(&[PersistOp::Checkpoint(checkpoint(5, b"state at 5"))])
+        .unwrap();
+    drop(s);
+    let state = load(dir.path(), &nosync(1 << 20));
+    assert_eq!(state.checkpoint.as_ref().map(|c| c.slot), Some(5));
+}
+
 mod broken_variants {
     use super::*;
     use crate::storage::Broken;
+
+    #[test]
+    fn writing_an_installed_checkpoint_in_the_background_is_caught() {
+        let options = FileStorageOptions {
+            broken: Some(Broken::BackgroundAlways),
+            ..late_writer(300)
+        };
+        let e =
+            check_an_installed_checkpoint_is_durable_before_persist_returns(&options).unwrap_err();
+        assert!(e.contains("neither in the checkpoint"), "{e}");
+    }
 
     fn broken(variant: Broken) -> FileStorageOptions {
         FileStorageOptions {
