@@ -476,6 +476,13 @@ impl<S: StateMachine> Client<S> {
         self.stale_floor
     }
 
+    /// Sets the floor of the next stale read: to carry monotonic reads over from
+    /// another client or process (pass the [`stale_floor`](Self::stale_floor) it
+    /// reached), or to start afresh with 0.
+    pub fn set_stale_floor(&mut self, floor: Slot) {
+        self.stale_floor = floor;
+    }
+
     async fn read_stale_from(
         &mut self,
         first: usize,
@@ -504,8 +511,12 @@ impl<S: StateMachine> Client<S> {
                         Response::Ok(bytes) => {
                             let answer: StaleAnswer<S::Output> = postcard::from_bytes(&bytes)
                                 .map_err(|e| ClientError::Codec(e.to_string()))?;
-                            self.stale_floor = self.stale_floor.max(answer.executed);
-                            return Ok(answer.output);
+                            // A replica below the floor broke its promise: ask another.
+                            if answer.executed >= self.stale_floor {
+                                self.stale_floor = answer.executed;
+                                return Ok(answer.output);
+                            }
+                            target + 1
                         }
                         Response::Invalid { reason } => return Err(ClientError::Invalid(reason)),
                         Response::Redirect { leader: Some(l) } => self

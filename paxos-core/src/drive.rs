@@ -61,7 +61,15 @@ impl<S: StateMachine> Replica<S> {
         send: impl FnMut(NodeId, Message),
         reply: impl FnMut(Reply),
     ) -> Result<(), StorageError> {
-        self.take_ready()
-            .deliver(|ops| storage.persist_owned(ops), send, reply)
+        let mut ready = self.take_ready();
+        let job = ready.checkpoint_job.take();
+        ready.deliver(|ops| storage.persist_owned(ops), send, reply)?;
+        // A checkpoint the state machine snapshots off the replica's thread: here, at
+        // once (a driver with threads to spare runs it elsewhere). Its writes go out
+        // with the next call.
+        if let Some(job) = job {
+            self.checkpoint_finished(job.run());
+        }
+        Ok(())
     }
 }

@@ -162,13 +162,14 @@ pub use node::{spawn_node, NodeHandle, NodeOptions};
 #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
 pub use node_metrics::names as metric_names;
 pub use replica::{
-    Ready, Replica, ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection,
+    CheckpointJob, FinishedCheckpoint, Ready, Replica, ReplicaStatus, Role, SlotInfo, SlotStatus,
+    ViewChange, ViewDirection,
 };
 pub use sessions::{Session, SessionCheck, Sessions};
 pub use slot_map::SlotMap;
 pub use traits::{
     apply_op, apply_owned_op, AcceptorStatus, Checkpoint, MemStorage, PersistOp, PersistentState,
-    StateMachine, Storage, StoredEntry, Transport,
+    SnapshotJob, StateMachine, Storage, StoredEntry, Transport,
 };
 pub use types::{
     Ballot, ClientId, NodeId, Reply, Request, Response, Slot, StaleAnswer, Value, READ_SEQ,

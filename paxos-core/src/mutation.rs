@@ -98,6 +98,13 @@ pub(crate) enum Mutation {
     /// A replica answers a stale read at once, below the floor the client asked for:
     /// a client's reads go back in time when they move to a replica that lags.
     StaleReadIgnoresFloor,
+    /// A stale read's answer leaves before the round's writes: in a single-member
+    /// cluster it can show a slot chosen only by the replica's own unwritten vote.
+    StaleReadRepliesEarly,
+    /// A checkpoint finished off the replica's thread is stored under the slot the
+    /// replica had executed when it came back, not the slot it was taken at: the slots
+    /// in between are in neither the state nor, after a restart, the replay.
+    CheckpointAtCompletion,
     /// Acceptors ignore the handover flag of a PREPARE: while they hear the old leader
     /// they refuse the successor it named, and a leader transfer waits for timeouts.
     HandoverIgnored,

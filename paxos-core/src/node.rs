@@ -202,11 +202,14 @@ where
     let replica = Replica::new(config, state_machine, state).map_err(NodeError::Start)?;
     let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
     let (done_tx, done_rx) = watch::channel(false);
+    let (checkpoints_tx, checkpoints) = mpsc::channel(1);
     let driver = Driver {
         replica,
         transport,
         storage,
         rx,
+        checkpoints,
+        checkpoints_tx,
         options,
         waiters: HashMap::new(),
         metrics: NodeMetrics::new(id),
@@ -229,6 +232,9 @@ struct Driver<S, T, St> {
     transport: T,
     storage: St,
     rx: mpsc::Receiver<Command<S>>,
+    /// Checkpoints finished on the blocking pool ([`Ready::checkpoint_job`]).
+    checkpoints: mpsc::Receiver<crate::FinishedCheckpoint>,
+    checkpoints_tx: mpsc::Sender<crate::FinishedCheckpoint>,
     options: NodeOptions,
     waiters: HashMap<(ClientId, u64), Vec<oneshot::Sender<Reply>>>,
     /// What the driver publishes through the `metrics` facade.
@@ -240,6 +246,7 @@ struct Driver<S, T, St> {
 enum Input<S> {
     Command(Option<Command<S>>),
     Message(Option<(NodeId, crate::Message)>),
+    Checkpoint(crate::FinishedCheckpoint),
     Tick,
 }
 
@@ -254,6 +261,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
             let input = tokio::select! {
                 c = self.rx.recv() => Input::Command(c),
                 m = self.transport.recv() => Input::Message(m),
+                Some(f) = self.checkpoints.recv() => Input::Checkpoint(f),
                 _ = ticker.tick() => Input::Tick,
             };
             // Let the tasks that are ready run first (clients, peers on this runtime):
@@ -272,6 +280,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                     break;
                 }
                 Input::Message(Some((from, m))) => self.message(from, m),
+                Input::Checkpoint(f) => self.replica.checkpoint_finished(f),
                 Input::Tick => self.replica.tick(),
             }
             // Fold whatever else is already queued into this round (group commit),
@@ -349,9 +358,18 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
     /// writes, so none leaves before [`Storage::persist`] has returned. A storage error
     /// drops the round's messages and replies and stops the node.
     fn flush(&mut self) -> Result<(), crate::StorageError> {
-        let ready = self.replica.take_ready();
+        let mut ready = self.replica.take_ready();
         if ready.is_empty() {
             return Ok(());
+        }
+        // A checkpoint the state machine serializes off this task: on the blocking
+        // pool, back through `checkpoints` (the replica waits for it before taking
+        // another, so the channel never holds more than one).
+        if let Some(job) = ready.checkpoint_job.take() {
+            let tx = self.checkpoints_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.blocking_send(job.run());
+            });
         }
         let storage = &mut self.storage;
         let transport = &self.transport;

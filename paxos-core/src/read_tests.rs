@@ -250,15 +250,23 @@ fn stale_answered(h: &H, nonce: ClientId) -> Option<(crate::Slot, u64)> {
     })
 }
 
-/// n1 leads with n2 while n3 is cut off; write W completes. A stale read at n2 sees W;
-/// the same client's next stale read, with n2's executed slot as its floor, goes to n3,
-/// which has not executed W. Returns n2's answer, n3's answer while cut off, and n3's
-/// answer once the partition heals.
+/// n1 leads with n2 while n3 gets no entries (ACCEPTs, FETCH-REPLYs and snapshots to
+/// it are lost; it still hears commit points); write W completes. A stale read at n2
+/// sees W; the same client's next stale read, with n2's executed slot as its floor, goes
+/// to n3, which has not executed W. Returns n2's answer, n3's answer while it lags, and
+/// n3's answer once it gets entries again.
 fn stale_reads_across_a_lagging_replica(m: Mutation) -> [Option<(crate::Slot, u64)>; 3] {
     let mut h = H::new(3, true, |c| c.mutation = m);
     let session = leader_with_session(&mut h);
-    let cut = |from: NodeId, to: NodeId, _: &Message| {
-        if involves(3, from, to) {
+    let cut = |_: NodeId, to: NodeId, msg: &Message| {
+        let entries = matches!(
+            msg,
+            Message::Accept { .. }
+                | Message::FetchReply { .. }
+                | Message::Snapshot { .. }
+                | Message::SnapshotChunk { .. }
+        );
+        if to == 3 && entries {
             Drop
         } else {
             Deliver
@@ -272,6 +280,8 @@ fn stale_reads_across_a_lagging_replica(m: Mutation) -> [Option<(crate::Slot, u6
     h.run(&cut);
     let at_n2 = stale_answered(&h, 7);
     let floor = at_n2.map_or(0, |(e, _)| e);
+    h.tick(&[1, 3], 5, &cut);
+    assert!(h.r(3).executed() < floor, "n3 lags");
     h.r(3).handle_request(stale_read(8, floor));
     h.run(&cut);
     let cut_off = stale_answered(&h, 8);
@@ -307,7 +317,18 @@ fn mutant_stale_read_ignoring_its_floor_goes_back_in_time() {
 #[test]
 fn a_stale_read_that_cannot_reach_its_floor_is_redirected() {
     let mut h = H::new(3, true, |_| {});
-    leader_with_session(&mut h);
+    let session = leader_with_session(&mut h);
+    let redirected = |h: &H, nonce: ClientId| {
+        h.replies.iter().any(|(from, r)| {
+            *from == 3 && r.client == nonce && matches!(r.response, Response::Redirect { .. })
+        })
+    };
+    // A floor above every commit point n3 heard of: redirected at once.
+    h.r(3).handle_request(stale_read(8, 1_000));
+    h.run(&all);
+    assert!(redirected(&h, 8));
+    // n3 hears of a commit point it cannot reach (no entries get through): it keeps
+    // the read for an election timeout, then redirects it.
     let cut = |from: NodeId, to: NodeId, _: &Message| {
         if involves(3, from, to) {
             Drop
@@ -315,14 +336,54 @@ fn a_stale_read_that_cannot_reach_its_floor_is_redirected() {
             Deliver
         }
     };
-    h.r(3).handle_request(stale_read(8, 1_000));
+    h.r(1).handle_request(write(session, 1));
     h.run(&cut);
-    assert!(h.replies.iter().all(|(_, r)| r.client != 8));
+    let floor = h.r(1).executed();
+    let starved = |_: NodeId, to: NodeId, msg: &Message| {
+        if to == 3 && !matches!(msg, Message::Heartbeat { .. } | Message::Commit { .. }) {
+            Drop
+        } else {
+            Deliver
+        }
+    };
+    h.tick(&[1], 5, &starved);
+    h.r(3).handle_request(stale_read(9, floor));
+    h.run(&starved);
+    assert!(h.replies.iter().all(|(_, r)| r.client != 9), "n3 keeps it");
     let limit = h.r(3).config().election_ticks as usize;
-    h.tick(&[3], limit, &cut);
-    let reply = h.replies.iter().find(|(_, r)| r.client == 8);
+    h.tick(&[3], limit, &starved);
     assert!(
-        matches!(reply, Some((3, r)) if matches!(r.response, Response::Redirect { .. })),
-        "after an election timeout the read goes elsewhere: {reply:?}"
+        redirected(&h, 9),
+        "after an election timeout the read goes elsewhere"
+    );
+}
+
+/// A single-member cluster: a write and a stale read in the same round. The write is
+/// chosen by the replica's own vote, which is durable only once the round's writes are:
+/// the stale answer, which reflects it, must wait for them like the write's reply.
+fn stale_read_in_a_single_member_round(m: Mutation) -> (bool, bool) {
+    let mut h = H::new(1, true, |c| c.mutation = m);
+    let session = leader_with_session(&mut h);
+    let r = h.r(1);
+    r.handle_request(write(session, 1));
+    r.handle_request(stale_read(7, 0));
+    let ready = r.take_ready();
+    let waits = |replies: &[crate::Reply]| replies.iter().any(|r| r.client == 7);
+    (waits(&ready.replies), waits(&ready.replies_now))
+}
+
+#[test]
+fn a_stale_read_waits_for_the_writes_of_its_round() {
+    assert_eq!(
+        stale_read_in_a_single_member_round(Mutation::None),
+        (true, false)
+    );
+}
+
+#[test]
+fn mutant_stale_read_leaving_before_the_writes_is_caught() {
+    assert_eq!(
+        stale_read_in_a_single_member_round(Mutation::StaleReadRepliesEarly),
+        (false, true)
     );
 }

@@ -78,6 +78,52 @@ pub trait StateMachine {
     /// above its [`Config::max_snapshot_bytes`](crate::Config).
     fn snapshot(&self) -> Vec<u8>;
 
+    /// Optionally takes the snapshot **off the replica's thread**: return a
+    /// [`SnapshotJob`] that captures the current state cheaply (an `Arc` clone of an
+    /// immutable or persistent structure, a copy-on-write handle) and, when run later on
+    /// another thread, returns exactly the bytes [`snapshot`](Self::snapshot) would
+    /// return now. The replica goes on executing meanwhile; the checkpoint is stored when
+    /// the job is done, at the slot where it was taken. The default, `None`, snapshots
+    /// synchronously with [`snapshot`](Self::snapshot).
+    ///
+    /// The job is handed to the driver in [`Ready::checkpoint_job`](crate::Ready): the
+    /// node driver (`spawn_node`) runs it on Tokio's blocking pool, and
+    /// [`Replica::drive`](crate::Replica::drive) runs it at once. A replica takes no
+    /// other checkpoint until the job is back
+    /// ([`Replica::checkpoint_finished`](crate::Replica::checkpoint_finished)).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use paxos_core::{RestoreError, SnapshotJob, StateMachine};
+    ///
+    /// /// A large, append-only state: snapshots share the entries, never copy them
+    /// /// on the replica's thread.
+    /// #[derive(Default)]
+    /// struct Journal(Arc<Vec<u64>>);
+    ///
+    /// impl StateMachine for Journal {
+    ///     type Command = u64;
+    ///     type Output = usize;
+    ///     fn apply(&mut self, entry: u64) -> usize {
+    ///         Arc::make_mut(&mut self.0).push(entry); // copies only while a job holds it
+    ///         self.0.len()
+    ///     }
+    ///     fn snapshot(&self) -> Vec<u8> { postcard::to_allocvec(&*self.0).unwrap() }
+    ///     fn snapshot_job(&self) -> Option<SnapshotJob> {
+    ///         let captured = Arc::clone(&self.0);
+    ///         Some(SnapshotJob::new(move || postcard::to_allocvec(&*captured).unwrap()))
+    ///     }
+    ///     fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
+    ///         let entries = postcard::from_bytes(bytes).map_err(|e| RestoreError::new(e.to_string()))?;
+    ///         self.0 = Arc::new(entries);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    fn snapshot_job(&self) -> Option<SnapshotJob> {
+        None
+    }
+
     /// Replaces the whole state with a snapshot taken by [`StateMachine::snapshot`].
     /// On error the state must be left as it was.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), crate::RestoreError>;
@@ -90,6 +136,29 @@ pub trait StateMachine {
     fn query(&self, command: &Self::Command) -> Option<Self::Output> {
         let _ = command;
         None
+    }
+}
+
+/// A state machine's snapshot, captured now and serialized later on any thread (see
+/// [`StateMachine::snapshot_job`]).
+pub struct SnapshotJob(Box<dyn FnOnce() -> Vec<u8> + Send>);
+
+impl SnapshotJob {
+    /// A job whose `serialize` returns the bytes [`StateMachine::snapshot`] would have
+    /// returned when the job was made.
+    pub fn new(serialize: impl FnOnce() -> Vec<u8> + Send + 'static) -> Self {
+        SnapshotJob(Box::new(serialize))
+    }
+
+    /// Runs the serialization.
+    pub fn run(self) -> Vec<u8> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for SnapshotJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotJob")
     }
 }
 

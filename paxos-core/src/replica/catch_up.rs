@@ -95,6 +95,11 @@ impl CatchUp {
 
     /// `from` reports the commit point `commit_point`: if it is the highest heard of,
     /// remember it, and ask `from` first.
+    /// The highest commit point heard of.
+    pub(super) fn known(&self) -> Slot {
+        self.known_commit
+    }
+
     pub(super) fn heard(&mut self, from: NodeId, commit_point: Slot) {
         if commit_point > self.known_commit {
             self.known_commit = commit_point;

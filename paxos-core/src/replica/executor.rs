@@ -86,6 +86,56 @@ pub(super) fn encode_snapshot(
     Ok(data)
 }
 
+/// A checkpoint whose state machine snapshot is still to be serialized, off the
+/// replica's thread (see [`StateMachine::snapshot_job`](crate::StateMachine::snapshot_job)
+/// and [`Ready::checkpoint_job`](crate::Ready::checkpoint_job)).
+#[derive(Debug)]
+pub struct CheckpointJob {
+    slot: Slot,
+    job: crate::SnapshotJob,
+    /// The encoded session table (and what follows it), as of `slot`.
+    tail: Vec<u8>,
+}
+
+impl CheckpointJob {
+    /// The slot the checkpoint is taken at: it reflects every slot below.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// Serializes the state machine's snapshot and encodes the checkpoint (with its
+    /// CRC): the expensive part, on whatever thread calls it. Hand the result to
+    /// [`Replica::checkpoint_finished`].
+    pub fn run(self) -> FinishedCheckpoint {
+        let state = self.job.run();
+        // The layout of `encode_snapshot`: the state's bytes with their length, then
+        // the rest of the body and the times.
+        let mut data = postcard::to_allocvec(&Bytes::from(state)).unwrap_or_default();
+        data.extend_from_slice(&self.tail);
+        let data = Bytes::from(data);
+        FinishedCheckpoint {
+            checkpoint: Checkpoint {
+                slot: self.slot,
+                digest: crc32fast::hash(&data),
+                data,
+            },
+        }
+    }
+}
+
+/// What [`CheckpointJob::run`] made, for [`Replica::checkpoint_finished`].
+#[derive(Debug)]
+pub struct FinishedCheckpoint {
+    checkpoint: Checkpoint,
+}
+
+impl FinishedCheckpoint {
+    /// The slot the checkpoint was taken at.
+    pub fn slot(&self) -> Slot {
+        self.checkpoint.slot
+    }
+}
+
 /// Decodes what [`encode_snapshot`] wrote (or a checkpoint from before session
 /// expiry, without times): the state machine's snapshot and the session table.
 pub(super) fn decode_snapshot(data: &[u8]) -> Result<(Bytes, Sessions), postcard::Error> {
@@ -156,6 +206,8 @@ pub(super) struct Executor<S> {
     /// before it, so a follower slightly behind can still fetch entries instead of a
     /// snapshot.
     checkpoint: Option<Checkpoint>,
+    /// The slot of the checkpoint whose [`CheckpointJob`] is out, if one is.
+    pending_checkpoint: Option<Slot>,
     /// The replica's running totals (see [`Counters`]). They are statistics, not
     /// replicated state; they are kept here, with the executor's other since-start-up
     /// count (installed snapshots), and changed only through [`Executor::count`].
@@ -172,6 +224,7 @@ impl<S> Executor<S> {
             sessions: Sessions::new(),
             executed: 0,
             checkpoint: None,
+            pending_checkpoint: None,
             counters: Counters::default(),
             scratch: Vec::new(),
         }
@@ -475,27 +528,86 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Snapshots the state machine and session table at `executed`, and compacts the
-    /// log below the previous checkpoint.
+    /// log below the previous checkpoint; or, when the state machine offers a
+    /// [`SnapshotJob`](crate::SnapshotJob), hands the snapshot to the driver as a
+    /// [`CheckpointJob`] and stores the checkpoint when it comes back.
     pub(super) fn take_checkpoint(&mut self) {
+        if self.exec.pending_checkpoint.is_some() {
+            return;
+        }
+        if let Some(job) = self.exec.sm.snapshot_job() {
+            // The session table as of this slot, encoded now (the state machine's part
+            // comes later, also as of this slot).
+            let tail = match self.encode_checkpoint_data(Bytes::new()) {
+                Ok(mut d) => {
+                    // An empty state is one byte, its length 0: what follows it is the rest.
+                    d.remove(0);
+                    d
+                }
+                Err(e) => {
+                    tracing::warn!(node = self.cfg.id, error = %e, "cannot encode a checkpoint");
+                    return;
+                }
+            };
+            let slot = self.exec.executed;
+            self.exec.pending_checkpoint = Some(slot);
+            self.ready.checkpoint_job = Some(CheckpointJob { slot, job, tail });
+            return;
+        }
         let state_machine = Bytes::from(self.exec.sm.snapshot());
-        #[cfg(test)]
-        let without_sessions = Sessions::new();
-        #[cfg(test)]
-        let sessions = if self.cfg.mutation == Mutation::CheckpointWithoutSessions {
-            &without_sessions
-        } else {
-            &self.exec.sessions
-        };
-        #[cfg(not(test))]
-        let sessions = &self.exec.sessions;
-        let data = match encode_snapshot(state_machine, sessions) {
+        let data = match self.encode_checkpoint_data(state_machine) {
             Ok(d) => Bytes::from(d),
             Err(e) => {
                 tracing::warn!(node = self.cfg.id, error = %e, "cannot encode a checkpoint");
                 return;
             }
         };
-        let slot = self.exec.executed;
+        let checkpoint = Checkpoint {
+            slot: self.exec.executed,
+            digest: crc32fast::hash(&data),
+            data,
+        };
+        self.store_checkpoint(checkpoint);
+    }
+
+    /// A [`CheckpointJob`] came back from the driver: the checkpoint is stored (and the
+    /// log compacted below the previous one) unless a newer one was installed
+    /// meanwhile. A result that is not the one this replica waits for is ignored.
+    pub fn checkpoint_finished(&mut self, finished: FinishedCheckpoint) {
+        if self.exec.pending_checkpoint != Some(finished.slot()) {
+            return;
+        }
+        self.exec.pending_checkpoint = None;
+        if self
+            .exec
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.slot >= finished.slot())
+        {
+            return;
+        }
+        #[allow(unused_mut)]
+        let mut checkpoint = finished.checkpoint;
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::CheckpointAtCompletion {
+            checkpoint.slot = self.exec.executed;
+        }
+        self.store_checkpoint(checkpoint);
+    }
+
+    /// A checkpoint's data: the state machine's snapshot, then the session table as it
+    /// is now (none in the broken variant that forgets it).
+    fn encode_checkpoint_data(&self, state_machine: Bytes) -> Result<Vec<u8>, postcard::Error> {
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::CheckpointWithoutSessions {
+            return encode_snapshot(state_machine, &Sessions::new());
+        }
+        encode_snapshot(state_machine, &self.exec.sessions)
+    }
+
+    /// Stores `checkpoint`, taken here, and compacts the log below the previous one.
+    fn store_checkpoint(&mut self, checkpoint: Checkpoint) {
+        let (slot, data) = (checkpoint.slot, &checkpoint.data);
         if data.len() as u64 > self.cfg.max_snapshot_bytes {
             tracing::warn!(
                 node = self.cfg.id,
@@ -505,11 +617,6 @@ impl<S: StateMachine> Replica<S> {
                 "checkpoint larger than max_snapshot_bytes: replicas behind it cannot catch up by state transfer"
             );
         }
-        let checkpoint = Checkpoint {
-            slot,
-            digest: crc32fast::hash(&data),
-            data,
-        };
         let compact_below = self.exec.checkpoint.as_ref().map_or(0, |c| c.slot);
         self.ready
             .persist

@@ -34,6 +34,7 @@ mod view_change;
 use acceptor::store_accept;
 use catch_up::{CatchUp, Chunk};
 use executor::Executor;
+pub use executor::{CheckpointJob, FinishedCheckpoint};
 pub use inspect::{ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection};
 use leader::{batch_len, Inflight, Leader, SessionClock};
 use log::{Entry, SlotLog};
@@ -82,6 +83,13 @@ pub struct Ready {
     /// Answers to client requests that depend on `persist`: deliver them only once it is
     /// durable.
     pub replies: Vec<Reply>,
+    /// A checkpoint to finish off the replica's thread, when the state machine offers
+    /// [`snapshot_job`](crate::StateMachine::snapshot_job)s: run it
+    /// ([`CheckpointJob::run`], on any thread, whenever convenient) and hand the result
+    /// to [`Replica::checkpoint_finished`]. Until then the replica takes no other
+    /// checkpoint. It depends on nothing in this `Ready`. [`Ready::deliver`] leaves it
+    /// alone (take it out first); [`Replica::drive`] runs it at once.
+    pub checkpoint_job: Option<CheckpointJob>,
 }
 
 impl Ready {
@@ -100,6 +108,7 @@ impl Ready {
             && self.replies.is_empty()
             && self.messages_now.is_empty()
             && self.replies_now.is_empty()
+            && self.checkpoint_job.is_none()
     }
 }
 
@@ -217,6 +226,8 @@ pub struct Replica<S> {
     /// Stale reads waiting for execution to reach their floor, with the tick they
     /// arrived (see `reads.rs`).
     stale_reads: VecDeque<(Request, u64)>,
+    /// The lowest floor among `stale_reads` (`Slot::MAX` when none waits).
+    stale_min_floor: Slot,
     views: VecDeque<ViewChange>,
     ready: Ready,
 }
@@ -283,6 +294,7 @@ impl<S: StateMachine> Replica<S> {
             catch_up: CatchUp::new(state.commit_point),
             awaiting: HashSet::new(),
             stale_reads: VecDeque::new(),
+            stale_min_floor: Slot::MAX,
             views: VecDeque::new(),
             ready: Ready::default(),
             cfg,

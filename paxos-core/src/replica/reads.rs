@@ -308,6 +308,13 @@ impl<S: StateMachine> Replica<S> {
             self.reply(request.client, request.seq, Response::Invalid { reason });
             return;
         }
+        // A replica that lost its state (or never had one) answers nothing until it
+        // votes again: its empty state is a prefix, but not one a client expects.
+        if self.status != AcceptorStatus::Voter {
+            let leader = self.leader.filter(|l| *l != self.cfg.id);
+            self.reply(request.client, request.seq, Response::Redirect { leader });
+            return;
+        }
         #[allow(unused_mut)]
         let mut floor = request.stale_read_floor();
         #[cfg(test)]
@@ -316,25 +323,33 @@ impl<S: StateMachine> Replica<S> {
         }
         if floor <= self.exec.executed() {
             self.answer_stale_read(&request);
+        } else if floor > self.catch_up.known().max(self.log.commit_point()) {
+            // Beyond any commit point this replica heard of: waiting here helps nobody.
+            let leader = self.leader.filter(|l| *l != self.cfg.id);
+            self.reply(request.client, request.seq, Response::Redirect { leader });
         } else if self.stale_reads.len() >= self.cfg.max_pending {
             self.reply(request.client, request.seq, Response::Busy);
         } else {
+            self.stale_min_floor = self.stale_min_floor.min(floor);
             self.stale_reads.push_back((request, self.now));
         }
     }
 
     /// Answers the waiting stale reads whose floor is executed (called when outputs
-    /// are taken).
+    /// are taken; a pass over the queue only once execution reached its lowest floor).
     pub(super) fn serve_stale_reads(&mut self) {
-        if self.stale_reads.is_empty() {
+        let executed = self.exec.executed();
+        if self.stale_reads.is_empty() || executed < self.stale_min_floor {
             return;
         }
-        let executed = self.exec.executed();
         let waiting = std::mem::take(&mut self.stale_reads);
+        self.stale_min_floor = Slot::MAX;
         for (request, since) in waiting {
-            if request.stale_read_floor() <= executed {
+            let floor = request.stale_read_floor();
+            if floor <= executed {
                 self.answer_stale_read(&request);
             } else {
+                self.stale_min_floor = self.stale_min_floor.min(floor);
                 self.stale_reads.push_back((request, since));
             }
         }
@@ -374,6 +389,17 @@ impl<S: StateMachine> Replica<S> {
                 reason: "not a read-only command".to_string(),
             },
         };
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::StaleReadRepliesEarly {
+            // The broken variant: the answer leaves before this round's writes, though
+            // it may reflect a slot chosen only by this replica's own, unwritten vote.
+            self.ready.replies_now.push(crate::types::Reply {
+                client: request.client,
+                seq: request.seq,
+                response,
+            });
+            return;
+        }
         self.reply(request.client, request.seq, response);
     }
 }

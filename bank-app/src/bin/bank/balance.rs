@@ -28,6 +28,10 @@ pub(crate) struct BalanceArgs {
     /// With --stale: the replica to ask first.
     #[arg(long, value_name = "ID", requires = "stale")]
     pub(crate) node: Option<paxos_core::NodeId>,
+    /// With --stale: the least executed slot the answer may reflect (the `executed` an
+    /// earlier stale read printed), so that a series of reads never goes back in time.
+    #[arg(long, value_name = "SLOT", requires = "stale", default_value_t = 0)]
+    pub(crate) floor: u64,
     #[command(flatten)]
     pub(crate) output: JsonFlag,
 }
@@ -38,6 +42,7 @@ pub(crate) async fn run(config: &ClusterConfig, args: BalanceArgs) -> anyhow::Re
         timeout,
         stale,
         node,
+        floor,
         output,
     } = args;
     let json = output.json;
@@ -50,6 +55,7 @@ pub(crate) async fn run(config: &ClusterConfig, args: BalanceArgs) -> anyhow::Re
         }
     }
     let mut client = one_shot_client(config, timeout).await?;
+    client.set_stale_floor(floor);
     let started = Instant::now();
     let command = BankCommand::Balance { account };
     let output = match (stale, node) {

@@ -46,11 +46,9 @@ impl<W: Workload> Sim<W> {
         let nonce = self.next_read;
         // Half the reads go to any replica, as from a client that does not know (or
         // wrongly believes it knows) who leads: a deposed leader may still answer.
-        // A third of them are stale reads, to any replica, each with the executed slot
-        // of the client's previous stale answer as its floor.
-        let stale = self
-            .gen
-            .chance(0.3)
+        // With stale reads on, half of them are, to any replica, each with the executed
+        // slot of the client's previous stale answer as its floor.
+        let stale = (self.faults.stale_reads && self.gen.chance(0.5))
             .then_some((self.clients[c].stale_floor, c));
         if stale.is_some() || self.gen.chance(0.5) {
             let n = self.members.len() as u64;
@@ -245,6 +243,16 @@ impl<W: Workload> Sim<W> {
         let Some((_, i)) = self.clients[c].read else {
             return Ok(());
         };
+        let expected = match self.reads[i].stale {
+            Some((floor, _)) => Request::stale_read(reply.client, Bytes::new(), floor).seq,
+            None => READ_SEQ,
+        };
+        if reply.seq != expected {
+            return Err(self.violation(format!(
+                "read {} answered under request number {}, not {expected}",
+                reply.client, reply.seq
+            )));
+        }
         match reply.response {
             Response::Ok(bytes) => {
                 let stale = self.reads[i].stale.is_some();

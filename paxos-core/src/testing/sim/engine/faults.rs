@@ -26,6 +26,15 @@ pub(crate) struct Faults {
     /// small fixed interval makes replicas compact often (what catch-up and state
     /// transfer need exercised); 1 for one seed in five.
     pub(crate) checkpoint_slots_per_session: u64,
+    /// The state machine takes its snapshots off the replica's thread
+    /// ([`StateMachine::snapshot_job`](crate::StateMachine::snapshot_job)), and each job
+    /// comes back 0 to 40 ticks later (or never, when the replica crashes first): for
+    /// half of the seeds.
+    pub(crate) deferred_snapshots: bool,
+    /// Half the reads are [stale reads](crate::Request::stale_read), to any replica: for
+    /// one seed in four (the others draw exactly as before stale reads existed, so that
+    /// the seeds pinned by tests replay as they were found).
+    pub(crate) stale_reads: bool,
     /// [`Config::max_requests_per_slot`](crate::Config): 1 for two seeds in three (they
     /// run as before batching existed), 2 to 8 for the others, which also have at least
     /// three clients and leave most requests to the end of the tick, so that batches
@@ -104,6 +113,8 @@ impl Faults {
             },
             // Set by the engine from the seed.
             checkpoint_slots_per_session: 0,
+            deferred_snapshots: false,
+            stale_reads: false,
             requests_per_slot: 1,
             max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
             amnesia: chance(rng, 0.3),
@@ -193,6 +204,7 @@ impl<W: Workload> Sim<W> {
                 let i = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
                 if self.nodes[i].replica.is_some() {
                     self.nodes[i].replica = None;
+                    self.nodes[i].checkpoint_job = None;
                     self.nodes[i].down_until =
                         self.now + 20 + self.rng.next_u64() % self.faults.downtime;
                     self.stats.crashes += 1;
@@ -307,7 +319,9 @@ impl<W: Workload> Sim<W> {
             &self.faults,
         );
         let id = node.id;
-        match Replica::new(cfg, Recording::new(self.workload.machine()), state) {
+        let machine =
+            Recording::new(self.workload.machine()).deferred(self.faults.deferred_snapshots);
+        match Replica::new(cfg, machine, state) {
             Ok(r) => node.replica = Some(r),
             Err(e) => {
                 return Err(Violation {

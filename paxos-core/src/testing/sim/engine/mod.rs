@@ -47,6 +47,8 @@ pub(crate) struct Recording<M> {
     pub(crate) applied: Vec<(ClientId, u64)>,
     pub(crate) outputs: Vec<(u64, Vec<u8>)>,
     pub(crate) restore_failed: Option<String>,
+    /// Snapshots are taken as [`SnapshotJob`](crate::SnapshotJob)s.
+    deferred: bool,
     inner: M,
 }
 
@@ -56,8 +58,15 @@ impl<M> Recording<M> {
             applied: Vec::new(),
             outputs: Vec::new(),
             restore_failed: None,
+            deferred: false,
             inner,
         }
+    }
+
+    /// Takes snapshots off the replica's thread (or not).
+    pub(crate) fn deferred(mut self, on: bool) -> Self {
+        self.deferred = on;
+        self
     }
 }
 
@@ -82,6 +91,16 @@ impl<M: StateMachine> StateMachine for Recording<M> {
 
     fn snapshot(&self) -> Vec<u8> {
         postcard::to_allocvec(&(&self.applied, self.inner.snapshot())).unwrap_or_default()
+    }
+
+    /// The state is captured now (a copy: the simulation's states are small); the job
+    /// only hands it over, whenever the simulation runs it.
+    fn snapshot_job(&self) -> Option<crate::SnapshotJob> {
+        if !self.deferred {
+            return None;
+        }
+        let captured = self.snapshot();
+        Some(crate::SnapshotJob::new(move || captured))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
@@ -223,6 +242,8 @@ pub(crate) struct Stats {
     pub(crate) reads: u64,
     /// Of which stale reads (answered by any replica from its own state).
     pub(crate) stale_reads: u64,
+    /// Checkpoints handed out as jobs to finish off the replica's thread.
+    pub(crate) checkpoint_jobs: u64,
     /// Leader transfers asked for.
     pub(crate) transfers: u64,
     /// A digest of every delivery, to show that a seed replays identically.
@@ -264,6 +285,8 @@ struct Node<M> {
     tick_rate: f64,
     /// The replica is recovering from lost storage (counts as faulty until it votes).
     recovering: bool,
+    /// A checkpoint being finished off the replica's thread, and the tick it is done.
+    checkpoint_job: Option<(u64, crate::CheckpointJob)>,
 }
 
 struct SimClient<C> {
@@ -403,6 +426,8 @@ impl<W: Workload> Sim<W> {
         let mut faults = Faults::draw(&mut rng);
         // From the seed, not the generator: a draw here would change every seed's run.
         faults.checkpoint_slots_per_session = u64::from(seed.is_multiple_of(5));
+        faults.deferred_snapshots = seed.is_multiple_of(2);
+        faults.stale_reads = seed % 4 == 2;
         faults.requests_per_slot = if seed % 3 == 1 {
             2 + (seed / 3 % 7) as usize
         } else {
@@ -421,7 +446,7 @@ impl<W: Workload> Sim<W> {
                 // Every replica starts without state: the cluster founds itself.
                 let replica = Replica::new(
                     Self::config(id, &members, seed, mutation, &faults),
-                    Recording::new(workload.machine()),
+                    Recording::new(workload.machine()).deferred(faults.deferred_snapshots),
                     crate::PersistentState::default(),
                 )
                 .expect("valid config");
@@ -443,6 +468,7 @@ impl<W: Workload> Sim<W> {
                     paused_until: 0,
                     tick_rate,
                     recovering: false,
+                    checkpoint_job: None,
                 }
             })
             .collect();
@@ -693,6 +719,19 @@ impl<W: Workload> Sim<W> {
             if rate < 1.0 && !chance(&mut self.rng, rate) {
                 continue;
             }
+            let due = self.nodes[i]
+                .checkpoint_job
+                .as_ref()
+                .is_some_and(|(at, _)| *at <= self.now);
+            if due {
+                let node = &mut self.nodes[i];
+                if let (Some((_, job)), Some(r)) =
+                    (node.checkpoint_job.take(), node.replica.as_mut())
+                {
+                    r.checkpoint_finished(job.run());
+                    node.dirty = true;
+                }
+            }
             if let Some(r) = self.nodes[i].replica.as_mut() {
                 r.tick();
                 self.nodes[i].dirty = true;
@@ -798,6 +837,7 @@ impl<W: Workload> Sim<W> {
         let Some(mut r) = self.nodes[i].replica.take() else {
             return Ok(());
         };
+        self.nodes[i].checkpoint_job = None;
         let mut ready = r.take_ready();
         let id = self.nodes[i].id;
         // What waits for nothing left before the crash, as the drive loop sends it.
@@ -842,7 +882,13 @@ impl<W: Workload> Sim<W> {
         };
         let storage = &mut node.storage;
         let (mut persisted, mut messages, mut replies) = (Vec::new(), Vec::new(), Vec::new());
-        r.take_ready()
+        let mut ready = r.take_ready();
+        if let Some(job) = ready.checkpoint_job.take() {
+            let at = self.now + self.rng.next_u64() % 41;
+            node.checkpoint_job = Some((at, job));
+            self.stats.checkpoint_jobs += 1;
+        }
+        ready
             .deliver(
                 |ops| {
                     storage.persist(&ops)?;
