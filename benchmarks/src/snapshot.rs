@@ -43,7 +43,7 @@ use paxos_core::{
     NodeId, NodeOptions, PersistOp, PersistentState, ReplicaStatus, RestoreError, Role,
     StateMachine, Storage, StorageError, Transport, TransportError,
 };
-use paxos_storage_file::FileStorage;
+use paxos_storage_file::{FileStorage, FileStorageOptions};
 use paxos_transport_tcp::{TcpConfig, TcpTransport, DEFAULT_MAX_FRAME_SIZE};
 use tokio::net::TcpListener;
 
@@ -85,6 +85,11 @@ pub(crate) struct SnapshotArgs {
     /// The longest wait for any one stage, in seconds.
     #[arg(long, default_value_t = 600)]
     patience: u64,
+    /// Take checkpoints on the replica's path, as before snapshot jobs and background
+    /// checkpoint files: `snapshot()` on the replica's thread and the checkpoint file
+    /// written before `persist` returns.
+    #[arg(long)]
+    synchronous_checkpoints: bool,
 }
 
 /// The settings every node of a run shares, derived from [`SnapshotArgs`].
@@ -99,6 +104,7 @@ struct Settings {
     clients: usize,
     probe: u64,
     patience: Duration,
+    synchronous_checkpoints: bool,
 }
 
 impl Settings {
@@ -134,6 +140,7 @@ impl Settings {
             clients: args.clients,
             probe: args.probe.unwrap_or(2 * args.checkpoint_interval).max(1),
             patience: Duration::from_secs(args.patience.max(1)),
+            synchronous_checkpoints: args.synchronous_checkpoints,
         })
     }
 
@@ -279,15 +286,31 @@ struct BlobMap {
     /// The sum of the values' lengths.
     bytes: u64,
     clock: Arc<NodeClock>,
+    /// Snapshots through [`StateMachine::snapshot_job`]: the map is cloned (a reference
+    /// count per value) and encoded off the replica's thread.
+    jobs: bool,
 }
 
 impl BlobMap {
-    fn new(clock: Arc<NodeClock>) -> Self {
+    fn new(clock: Arc<NodeClock>, jobs: bool) -> Self {
         BlobMap {
             values: BTreeMap::new(),
             bytes: 0,
             clock,
+            jobs,
         }
+    }
+
+    /// What `snapshot` returns for `values`.
+    fn encode(values: &BTreeMap<u64, Bytes>, bytes: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 16 * values.len() + bytes as usize);
+        out.extend_from_slice(&(values.len() as u64).to_le_bytes());
+        for (k, v) in values {
+            out.extend_from_slice(&k.to_le_bytes());
+            out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+        out
     }
 
     /// A digest of the whole state (keys and values, in order).
@@ -336,15 +359,22 @@ impl StateMachine for BlobMap {
 
     fn snapshot(&self) -> Vec<u8> {
         let started = Stamp::now();
-        let mut out = Vec::with_capacity(8 + 16 * self.values.len() + self.bytes as usize);
-        out.extend_from_slice(&(self.values.len() as u64).to_le_bytes());
-        for (k, v) in &self.values {
-            out.extend_from_slice(&k.to_le_bytes());
-            out.extend_from_slice(&(v.len() as u64).to_le_bytes());
-            out.extend_from_slice(v);
-        }
+        let out = BlobMap::encode(&self.values, self.bytes);
         self.clock.snapshot_taken(started, Stamp::now());
         out
+    }
+
+    fn snapshot_job(&self) -> Option<paxos_core::SnapshotJob> {
+        if !self.jobs {
+            return None;
+        }
+        let started = Stamp::now();
+        let (values, bytes) = (self.values.clone(), self.bytes);
+        // What the replica's thread spends: the capture.
+        self.clock.snapshot_taken(started, Stamp::now());
+        Some(paxos_core::SnapshotJob::new(move || {
+            BlobMap::encode(&values, bytes)
+        }))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
@@ -621,11 +651,15 @@ impl Cluster {
             .with_context(|| format!("no replica n{id}"))?;
         member.clock = Arc::default();
         member.traffic = Arc::default();
-        let storage = FileStorage::open(&member.dir, self.cluster_id, id)
+        let options = FileStorageOptions {
+            background_checkpoints: !s.synchronous_checkpoints,
+            ..FileStorageOptions::default()
+        };
+        let storage = FileStorage::open_with(&member.dir, self.cluster_id, id, options)
             .with_context(|| format!("opening {}", member.dir.display()))?;
         let handle = spawn_node(
             config,
-            BlobMap::new(member.clock.clone()),
+            BlobMap::new(member.clock.clone(), !s.synchronous_checkpoints),
             Counted {
                 inner: transport,
                 traffic: member.traffic.clone(),
@@ -1269,12 +1303,12 @@ mod tests {
 
     #[test]
     fn blob_map_snapshot_round_trips_and_refuses_garbage() {
-        let mut a = BlobMap::new(Arc::default());
+        let mut a = BlobMap::new(Arc::default(), false);
         for key in 0..5 {
             a.apply((key * 7, value_for(key, 100 + key as usize)));
         }
         let snapshot = a.snapshot();
-        let mut b = BlobMap::new(Arc::default());
+        let mut b = BlobMap::new(Arc::default(), false);
         b.restore(&snapshot).expect("restores");
         assert_eq!((b.digest(), b.bytes), (a.digest(), a.bytes));
         for cut in [1, 9, snapshot.len() - 1] {
@@ -1301,6 +1335,7 @@ mod tests {
             max_batch: None,
             chunk_kib: 64,
             patience: 60,
+            synchronous_checkpoints: false,
         };
         let settings = Settings::of(&args).expect("valid settings");
         let dir = tempfile::tempdir().expect("temp dir");

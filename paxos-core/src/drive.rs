@@ -28,6 +28,12 @@ impl Ready {
         mut send: impl FnMut(NodeId, Message),
         mut reply: impl FnMut(Reply),
     ) -> Result<(), E> {
+        for job in &self.checkpoint_jobs {
+            tracing::warn!(
+                slot = job.slot(),
+                "Ready::deliver dropped a checkpoint job: take it out and run it, or the replica stores no checkpoint for it"
+            );
+        }
         for (to, message) in self.messages_now {
             send(to, message);
         }
@@ -62,12 +68,12 @@ impl<S: StateMachine> Replica<S> {
         reply: impl FnMut(Reply),
     ) -> Result<(), StorageError> {
         let mut ready = self.take_ready();
-        let job = ready.checkpoint_job.take();
+        let jobs = std::mem::take(&mut ready.checkpoint_jobs);
         ready.deliver(|ops| storage.persist_owned(ops), send, reply)?;
         // A checkpoint the state machine snapshots off the replica's thread: here, at
         // once (a driver with threads to spare runs it elsewhere). Its writes go out
         // with the next call.
-        if let Some(job) = job {
+        for job in jobs {
             self.checkpoint_finished(job.run());
         }
         Ok(())

@@ -202,7 +202,7 @@ where
     let replica = Replica::new(config, state_machine, state).map_err(NodeError::Start)?;
     let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
     let (done_tx, done_rx) = watch::channel(false);
-    let (checkpoints_tx, checkpoints) = mpsc::channel(1);
+    let (checkpoints_tx, checkpoints) = mpsc::channel(4);
     let driver = Driver {
         replica,
         transport,
@@ -232,7 +232,7 @@ struct Driver<S, T, St> {
     transport: T,
     storage: St,
     rx: mpsc::Receiver<Command<S>>,
-    /// Checkpoints finished on the blocking pool ([`Ready::checkpoint_job`]).
+    /// Checkpoints finished on the blocking pool ([`Ready::checkpoint_jobs`]).
     checkpoints: mpsc::Receiver<crate::FinishedCheckpoint>,
     checkpoints_tx: mpsc::Sender<crate::FinishedCheckpoint>,
     options: NodeOptions,
@@ -365,7 +365,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         // A checkpoint the state machine serializes off this task: on the blocking
         // pool, back through `checkpoints` (the replica waits for it before taking
         // another, so the channel never holds more than one).
-        if let Some(job) = ready.checkpoint_job.take() {
+        for job in std::mem::take(&mut ready.checkpoint_jobs) {
             let tx = self.checkpoints_tx.clone();
             tokio::task::spawn_blocking(move || {
                 let _ = tx.blocking_send(job.run());

@@ -86,11 +86,14 @@ pub trait StateMachine {
     /// the job is done, at the slot where it was taken. The default, `None`, snapshots
     /// synchronously with [`snapshot`](Self::snapshot).
     ///
-    /// The job is handed to the driver in [`Ready::checkpoint_job`](crate::Ready): the
+    /// The job is handed to the driver in [`Ready::checkpoint_jobs`](crate::Ready): the
     /// node driver (`spawn_node`) runs it on Tokio's blocking pool, and
-    /// [`Replica::drive`](crate::Replica::drive) runs it at once. A replica takes no
-    /// other checkpoint until the job is back
-    /// ([`Replica::checkpoint_finished`](crate::Replica::checkpoint_finished)).
+    /// [`Replica::drive`](crate::Replica::drive) runs it at once; the result goes back
+    /// through [`Replica::checkpoint_finished`](crate::Replica::checkpoint_finished).
+    /// Checkpoints fall due at the same slots as without jobs (replicas that executed
+    /// the same log hold the same checkpoints, and a lagging replica can resume a
+    /// transfer from any of them); a few jobs may be out at once, and while the driver
+    /// holds four, further checkpoints are skipped. A job that panics stores nothing.
     ///
     /// ```
     /// use std::sync::Arc;

@@ -404,7 +404,7 @@ impl FileStorage {
     /// compaction of this batch goes past the durable checkpoint. A checkpoint taken by
     /// the replica itself qualifies; one installed from a peer (which covers slots
     /// this replica never had, or raises its commit point) does not.
-    fn may_write_later(&self, slot: u64, max_compact: u64) -> bool {
+    fn may_write_later(&self, slot: u64, max_compact: u64, logged_commit: u64) -> bool {
         #[cfg(test)]
         if self.options.broken == Some(Broken::BackgroundAlways) {
             return true;
@@ -412,7 +412,7 @@ impl FileStorage {
         let from = self.durable_checkpoint;
         self.options.background_checkpoints
             && max_compact <= from
-            && slot <= self.logged_commit
+            && slot <= logged_commit
             && from <= slot
             && self.state.log.range(from..slot).count() as u64 == slot - from
     }
@@ -476,6 +476,9 @@ impl FileStorage {
         let mut new_checkpoint = false;
         let mut compacted = false;
         let mut logged = 0;
+        // The commit point the log records where the checkpoint comes in the batch:
+        // one raised after it (as an install raises it) does not vouch for its slots.
+        let mut commit_at_checkpoint = self.logged_commit;
         for op in ops {
             match op {
                 PersistOp::Checkpoint(cp) => {
@@ -492,6 +495,7 @@ impl FileStorage {
                         .is_none_or(|old| old.slot < cp.slot)
                     {
                         new_checkpoint = true;
+                        commit_at_checkpoint = self.logged_commit;
                     }
                 }
                 PersistOp::Compact(below) => {
@@ -518,7 +522,7 @@ impl FileStorage {
         if new_checkpoint {
             self.reap_background(true)?;
             let slot = self.state.checkpoint.as_ref().map_or(0, |c| c.slot);
-            if self.may_write_later(slot, max_compact) {
+            if self.may_write_later(slot, max_compact, commit_at_checkpoint) {
                 self.write_checkpoint_later()?;
             } else {
                 self.write_checkpoint()?;

@@ -1,6 +1,7 @@
 //! Execution: applying the log in slot order to the state machine and the session
 //! table, and taking and installing checkpoints.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -88,7 +89,7 @@ pub(super) fn encode_snapshot(
 
 /// A checkpoint whose state machine snapshot is still to be serialized, off the
 /// replica's thread (see [`StateMachine::snapshot_job`](crate::StateMachine::snapshot_job)
-/// and [`Ready::checkpoint_job`](crate::Ready::checkpoint_job)).
+/// and [`Ready::checkpoint_jobs`](crate::Ready::checkpoint_jobs)).
 #[derive(Debug)]
 pub struct CheckpointJob {
     slot: Slot,
@@ -107,32 +108,49 @@ impl CheckpointJob {
     /// CRC): the expensive part, on whatever thread calls it. Hand the result to
     /// [`Replica::checkpoint_finished`].
     pub fn run(self) -> FinishedCheckpoint {
-        let state = self.job.run();
+        let slot = self.slot;
+        // A panicking job must not leave the replica waiting for it for ever: it comes
+        // back as a failure, and the replica takes the next checkpoint as usual.
+        let job = self.job;
+        let state = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run())) {
+            Ok(state) => state,
+            Err(_) => return FinishedCheckpoint { slot, result: None },
+        };
         // The layout of `encode_snapshot`: the state's bytes with their length, then
         // the rest of the body and the times.
-        let mut data = postcard::to_allocvec(&Bytes::from(state)).unwrap_or_default();
+        let Ok(mut data) = postcard::to_allocvec(&Bytes::from(state)) else {
+            return FinishedCheckpoint { slot, result: None };
+        };
         data.extend_from_slice(&self.tail);
         let data = Bytes::from(data);
         FinishedCheckpoint {
-            checkpoint: Checkpoint {
-                slot: self.slot,
+            slot,
+            result: Some(Checkpoint {
+                slot,
                 digest: crc32fast::hash(&data),
                 data,
-            },
+            }),
         }
     }
 }
 
-/// What [`CheckpointJob::run`] made, for [`Replica::checkpoint_finished`].
+/// What [`CheckpointJob::run`] made, for [`Replica::checkpoint_finished`]: the
+/// checkpoint, or a failure (the job panicked).
 #[derive(Debug)]
 pub struct FinishedCheckpoint {
-    checkpoint: Checkpoint,
+    slot: Slot,
+    result: Option<Checkpoint>,
 }
 
 impl FinishedCheckpoint {
     /// The slot the checkpoint was taken at.
     pub fn slot(&self) -> Slot {
-        self.checkpoint.slot
+        self.slot
+    }
+
+    /// False when the job failed (its snapshot panicked): no checkpoint is stored.
+    pub fn is_ok(&self) -> bool {
+        self.result.is_some()
     }
 }
 
@@ -206,8 +224,14 @@ pub(super) struct Executor<S> {
     /// before it, so a follower slightly behind can still fetch entries instead of a
     /// snapshot.
     checkpoint: Option<Checkpoint>,
-    /// The slot of the checkpoint whose [`CheckpointJob`] is out, if one is.
-    pending_checkpoint: Option<Slot>,
+    /// The slots of the checkpoints whose [`CheckpointJob`]s are out, oldest first (at
+    /// most [`MAX_CHECKPOINT_JOBS`]).
+    pending_checkpoints: VecDeque<Slot>,
+    /// The slot of the latest checkpoint taken (its job may still be out) or installed:
+    /// the next is due `checkpoint_interval` slots later, as it would be if every
+    /// checkpoint were taken at once, so that replicas that executed the same log
+    /// checkpoint at the same slots (and a transfer can resume from any of them).
+    last_checkpoint_slot: Slot,
     /// The replica's running totals (see [`Counters`]). They are statistics, not
     /// replicated state; they are kept here, with the executor's other since-start-up
     /// count (installed snapshots), and changed only through [`Executor::count`].
@@ -224,7 +248,8 @@ impl<S> Executor<S> {
             sessions: Sessions::new(),
             executed: 0,
             checkpoint: None,
-            pending_checkpoint: None,
+            pending_checkpoints: VecDeque::new(),
+            last_checkpoint_slot: 0,
             counters: Counters::default(),
             scratch: Vec::new(),
         }
@@ -276,6 +301,10 @@ impl<S> Executor<S> {
     }
 }
 
+/// At most this many [`CheckpointJob`]s out at once; while they are, checkpoints that
+/// fall due are skipped.
+const MAX_CHECKPOINT_JOBS: usize = 4;
+
 /// Spacing checkpoints by the session count stretches them at most this many times
 /// [`Config::checkpoint_interval`](crate::Config::checkpoint_interval).
 const MAX_SESSION_SPACING: u64 = 16;
@@ -299,6 +328,7 @@ impl<S: StateMachine> Replica<S> {
                         .checkpoint
                         .as_ref()
                         .map_or(0, |c| c.slot)
+                        .max(self.exec.last_checkpoint_slot)
                         .saturating_add(interval)
             {
                 self.take_checkpoint();
@@ -524,6 +554,10 @@ impl<S: StateMachine> Replica<S> {
             l.next_slot = l.next_slot.max(slot);
         }
         self.exec.checkpoint = Some(checkpoint);
+        // Jobs still out for older slots are of no use now: their results are ignored
+        // (they no longer match).
+        self.exec.pending_checkpoints.clear();
+        self.exec.last_checkpoint_slot = slot;
         Ok(())
     }
 
@@ -532,7 +566,9 @@ impl<S: StateMachine> Replica<S> {
     /// [`SnapshotJob`](crate::SnapshotJob), hands the snapshot to the driver as a
     /// [`CheckpointJob`] and stores the checkpoint when it comes back.
     pub(super) fn take_checkpoint(&mut self) {
-        if self.exec.pending_checkpoint.is_some() {
+        if self.exec.pending_checkpoints.len() >= MAX_CHECKPOINT_JOBS {
+            // The driver is slower than the checkpoint interval: skip this one (the
+            // next is due at the next slot).
             return;
         }
         if let Some(job) = self.exec.sm.snapshot_job() {
@@ -550,8 +586,11 @@ impl<S: StateMachine> Replica<S> {
                 }
             };
             let slot = self.exec.executed;
-            self.exec.pending_checkpoint = Some(slot);
-            self.ready.checkpoint_job = Some(CheckpointJob { slot, job, tail });
+            self.exec.pending_checkpoints.push_back(slot);
+            self.exec.last_checkpoint_slot = slot;
+            self.ready
+                .checkpoint_jobs
+                .push(CheckpointJob { slot, job, tail });
             return;
         }
         let state_machine = Bytes::from(self.exec.sm.snapshot());
@@ -574,20 +613,33 @@ impl<S: StateMachine> Replica<S> {
     /// log compacted below the previous one) unless a newer one was installed
     /// meanwhile. A result that is not the one this replica waits for is ignored.
     pub fn checkpoint_finished(&mut self, finished: FinishedCheckpoint) {
-        if self.exec.pending_checkpoint != Some(finished.slot()) {
+        let Some(i) = self
+            .exec
+            .pending_checkpoints
+            .iter()
+            .position(|s| *s == finished.slot())
+        else {
             return;
-        }
-        self.exec.pending_checkpoint = None;
+        };
+        self.exec.pending_checkpoints.remove(i);
+        let Some(checkpoint) = finished.result else {
+            tracing::error!(
+                node = self.cfg.id,
+                slot = finished.slot,
+                "the state machine's snapshot job panicked; no checkpoint stored, the next one is taken as usual"
+            );
+            return;
+        };
         if self
             .exec
             .checkpoint
             .as_ref()
-            .is_some_and(|c| c.slot >= finished.slot())
+            .is_some_and(|c| c.slot >= checkpoint.slot)
         {
             return;
         }
         #[allow(unused_mut)]
-        let mut checkpoint = finished.checkpoint;
+        let mut checkpoint = checkpoint;
         #[cfg(test)]
         if self.cfg.mutation == Mutation::CheckpointAtCompletion {
             checkpoint.slot = self.exec.executed;
@@ -617,6 +669,7 @@ impl<S: StateMachine> Replica<S> {
                 "checkpoint larger than max_snapshot_bytes: replicas behind it cannot catch up by state transfer"
             );
         }
+        self.exec.last_checkpoint_slot = self.exec.last_checkpoint_slot.max(slot);
         let compact_below = self.exec.checkpoint.as_ref().map_or(0, |c| c.slot);
         self.ready
             .persist

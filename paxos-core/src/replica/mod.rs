@@ -83,13 +83,13 @@ pub struct Ready {
     /// Answers to client requests that depend on `persist`: deliver them only once it is
     /// durable.
     pub replies: Vec<Reply>,
-    /// A checkpoint to finish off the replica's thread, when the state machine offers
-    /// [`snapshot_job`](crate::StateMachine::snapshot_job)s: run it
+    /// Checkpoints to finish off the replica's thread, when the state machine offers
+    /// [`snapshot_job`](crate::StateMachine::snapshot_job)s: run each
     /// ([`CheckpointJob::run`], on any thread, whenever convenient) and hand the result
-    /// to [`Replica::checkpoint_finished`]. Until then the replica takes no other
-    /// checkpoint. It depends on nothing in this `Ready`. [`Ready::deliver`] leaves it
-    /// alone (take it out first); [`Replica::drive`] runs it at once.
-    pub checkpoint_job: Option<CheckpointJob>,
+    /// to [`Replica::checkpoint_finished`]. They depend on nothing in this `Ready`.
+    /// [`Ready::deliver`] leaves them alone (take them out first); [`Replica::drive`]
+    /// runs them at once.
+    pub checkpoint_jobs: Vec<CheckpointJob>,
 }
 
 impl Ready {
@@ -108,7 +108,7 @@ impl Ready {
             && self.replies.is_empty()
             && self.messages_now.is_empty()
             && self.replies_now.is_empty()
-            && self.checkpoint_job.is_none()
+            && self.checkpoint_jobs.is_empty()
     }
 }
 

@@ -204,7 +204,7 @@ impl<W: Workload> Sim<W> {
                 let i = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
                 if self.nodes[i].replica.is_some() {
                     self.nodes[i].replica = None;
-                    self.nodes[i].checkpoint_job = None;
+                    self.nodes[i].checkpoint_jobs.clear();
                     self.nodes[i].down_until =
                         self.now + 20 + self.rng.next_u64() % self.faults.downtime;
                     self.stats.crashes += 1;

@@ -286,7 +286,7 @@ struct Node<M> {
     /// The replica is recovering from lost storage (counts as faulty until it votes).
     recovering: bool,
     /// A checkpoint being finished off the replica's thread, and the tick it is done.
-    checkpoint_job: Option<(u64, crate::CheckpointJob)>,
+    checkpoint_jobs: Vec<(u64, crate::CheckpointJob)>,
 }
 
 struct SimClient<C> {
@@ -468,7 +468,7 @@ impl<W: Workload> Sim<W> {
                     paused_until: 0,
                     tick_rate,
                     recovering: false,
-                    checkpoint_job: None,
+                    checkpoint_jobs: Vec::new(),
                 }
             })
             .collect();
@@ -719,17 +719,19 @@ impl<W: Workload> Sim<W> {
             if rate < 1.0 && !chance(&mut self.rng, rate) {
                 continue;
             }
-            let due = self.nodes[i]
-                .checkpoint_job
-                .as_ref()
-                .is_some_and(|(at, _)| *at <= self.now);
-            if due {
-                let node = &mut self.nodes[i];
-                if let (Some((_, job)), Some(r)) =
-                    (node.checkpoint_job.take(), node.replica.as_mut())
-                {
-                    r.checkpoint_finished(job.run());
-                    node.dirty = true;
+            // Checkpoint jobs done by now come back, in whatever order they finish.
+            let now = self.now;
+            let node = &mut self.nodes[i];
+            if let Some(r) = node.replica.as_mut() {
+                let mut k = 0;
+                while k < node.checkpoint_jobs.len() {
+                    if node.checkpoint_jobs[k].0 <= now {
+                        let (_, job) = node.checkpoint_jobs.swap_remove(k);
+                        r.checkpoint_finished(job.run());
+                        node.dirty = true;
+                    } else {
+                        k += 1;
+                    }
                 }
             }
             if let Some(r) = self.nodes[i].replica.as_mut() {
@@ -837,7 +839,7 @@ impl<W: Workload> Sim<W> {
         let Some(mut r) = self.nodes[i].replica.take() else {
             return Ok(());
         };
-        self.nodes[i].checkpoint_job = None;
+        self.nodes[i].checkpoint_jobs.clear();
         let mut ready = r.take_ready();
         let id = self.nodes[i].id;
         // What waits for nothing left before the crash, as the drive loop sends it.
@@ -883,9 +885,9 @@ impl<W: Workload> Sim<W> {
         let storage = &mut node.storage;
         let (mut persisted, mut messages, mut replies) = (Vec::new(), Vec::new(), Vec::new());
         let mut ready = r.take_ready();
-        if let Some(job) = ready.checkpoint_job.take() {
+        for job in std::mem::take(&mut ready.checkpoint_jobs) {
             let at = self.now + self.rng.next_u64() % 41;
-            node.checkpoint_job = Some((at, job));
+            node.checkpoint_jobs.push((at, job));
             self.stats.checkpoint_jobs += 1;
         }
         ready
