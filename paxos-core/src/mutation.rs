@@ -105,6 +105,10 @@ pub(crate) enum Mutation {
     /// replica had executed when it came back, not the slot it was taken at: the slots
     /// in between are in neither the state nor, after a restart, the replay.
     CheckpointAtCompletion,
+    /// Storage writes every checkpoint after `persist` returns, an installed one too
+    /// (which the log does not cover): a crash in between leaves a commit point above
+    /// slots that are neither in a checkpoint nor in the log.
+    LateInstalledCheckpoint,
     /// Acceptors ignore the handover flag of a PREPARE: while they hear the old leader
     /// they refuse the successor it named, and a leader transfer waits for timeouts.
     HandoverIgnored,

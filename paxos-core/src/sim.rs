@@ -550,6 +550,15 @@ mod tests {
     }
 
     #[test]
+    fn mutant_storage_writing_installed_checkpoints_late_is_caught() {
+        // The relaxation `FileStorage` takes (a checkpoint the log covers is written
+        // after `persist` returns) taken for every checkpoint: a replica that installed
+        // one from a peer and crashes before it is written restarts with a commit point
+        // above slots it has nowhere.
+        assert_caught(Mutation::LateInstalledCheckpoint, eviction, 2000);
+    }
+
+    #[test]
     fn mutant_stale_reads_ignoring_their_floor_are_caught() {
         // A client's stale read lands on a replica that lags (cut off, or restarted
         // behind) after another answered it from further ahead: without the floor its

@@ -204,6 +204,7 @@ impl<W: Workload> Sim<W> {
                 let i = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
                 if self.nodes[i].replica.is_some() {
                     self.nodes[i].replica = None;
+                    self.nodes[i].storage.crash();
                     self.nodes[i].checkpoint_jobs.clear();
                     self.nodes[i].down_until =
                         self.now + 20 + self.rng.next_u64() % self.faults.downtime;
@@ -298,7 +299,7 @@ impl<W: Workload> Sim<W> {
     /// The node's storage is lost: it restarts as a new incarnation with nothing.
     pub(super) fn wipe(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        node.storage = MemStorage::new();
+        node.storage = super::sim_storage(self.mutation, &self.faults);
         node.durable_promised = Ballot::ZERO;
         node.durable_commit = 0;
         node.recovering = true;

@@ -266,10 +266,127 @@ enum Envelope {
     },
 }
 
+/// A node's storage: [`MemStorage`], which in the seeds with deferred snapshots also
+/// takes the relaxation of the [`Storage`] contract that `FileStorage` takes: a
+/// checkpoint the stored log already covers becomes durable only at the next `persist`
+/// call (a background write), and is lost if the node crashes first.
+#[derive(Debug, Default)]
+struct SimStorage {
+    mem: MemStorage,
+    late: bool,
+    /// A checkpoint persisted but not durable yet.
+    held: Option<crate::Checkpoint>,
+    /// The commit point the stored operations record, without the raise of a
+    /// checkpoint (durable or held).
+    logged_commit: Slot,
+    /// Tests only: hold every checkpoint, covered or not (as if installed ones too).
+    hold_all: bool,
+}
+
+impl SimStorage {
+    fn new(late: bool, hold_all: bool) -> Self {
+        SimStorage {
+            late,
+            hold_all,
+            ..SimStorage::default()
+        }
+    }
+
+    /// The durable state.
+    fn state(&self) -> &crate::PersistentState {
+        self.mem.state()
+    }
+
+    /// The node crashed: a checkpoint not yet written is lost.
+    fn crash(&mut self) {
+        self.held = None;
+    }
+
+    fn durable_checkpoint(&self) -> Slot {
+        self.mem.state().checkpoint.as_ref().map_or(0, |c| c.slot)
+    }
+
+    /// Writes the held checkpoint, if any.
+    fn finish(&mut self) -> Result<(), crate::StorageError> {
+        if let Some(cp) = self.held.take() {
+            self.logged_commit = self.logged_commit.max(cp.slot);
+            self.mem.persist(&[PersistOp::Checkpoint(cp)])?;
+        }
+        Ok(())
+    }
+}
+
+impl Storage for SimStorage {
+    fn load(&mut self) -> Result<crate::PersistentState, crate::StorageError> {
+        self.crash();
+        self.logged_commit = self.mem.state().commit_point;
+        self.mem.load()
+    }
+
+    fn persist(&mut self, ops: &[PersistOp]) -> Result<(), crate::StorageError> {
+        // The background write of the previous round is done by now.
+        self.finish()?;
+        if !self.late {
+            return self.mem.persist(ops);
+        }
+        let durable = self.durable_checkpoint();
+        let max_compact = ops
+            .iter()
+            .filter_map(|op| match op {
+                PersistOp::Compact(b) => Some(*b),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let mut rest = Vec::with_capacity(ops.len());
+        let mut late = None;
+        let mut commit = self.logged_commit;
+        for op in ops {
+            match op {
+                PersistOp::CommitPoint(c) => {
+                    commit = commit.max(*c);
+                    rest.push(op.clone());
+                }
+                PersistOp::Checkpoint(cp) if cp.slot > durable => {
+                    late = Some((cp.clone(), commit));
+                }
+                _ => rest.push(op.clone()),
+            }
+        }
+        self.mem.persist(&rest)?;
+        self.logged_commit = commit;
+        if let Some((cp, commit_before)) = late {
+            let log = &self.mem.state().log;
+            let covered = max_compact <= durable
+                && cp.slot <= commit_before
+                && log.range(durable..cp.slot).count() as u64 == cp.slot - durable;
+            if covered || self.hold_all {
+                self.held = Some(cp);
+            } else {
+                self.mem.persist(&[PersistOp::Checkpoint(cp)])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node's storage for a run: checkpoints written late in the seeds whose snapshots
+/// are deferred too.
+fn sim_storage(mutation: Mutation, faults: &Faults) -> SimStorage {
+    #[cfg(test)]
+    let hold_all = mutation == Mutation::LateInstalledCheckpoint;
+    #[cfg(not(test))]
+    let hold_all = {
+        let _ = mutation;
+        false
+    };
+    SimStorage::new(faults.deferred_snapshots, hold_all)
+}
+
 struct Node<M> {
     id: NodeId,
     replica: Option<Replica<Recording<M>>>,
-    storage: MemStorage,
+    storage: SimStorage,
     /// Highest promised ballot and commit point this node ever made durable.
     durable_promised: Ballot,
     durable_commit: Slot,
@@ -442,7 +559,7 @@ impl<W: Workload> Sim<W> {
         let nodes = members
             .iter()
             .map(|&id| {
-                let storage = MemStorage::new();
+                let storage = sim_storage(mutation, &faults);
                 // Every replica starts without state: the cluster founds itself.
                 let replica = Replica::new(
                     Self::config(id, &members, seed, mutation, &faults),
@@ -855,6 +972,7 @@ impl<W: Workload> Sim<W> {
         for op in durable {
             self.observe_persist(id, op)?;
         }
+        self.nodes[i].storage.crash();
         self.nodes[i].dirty = false;
         self.nodes[i].down_until = self.now + 20 + self.rng.next_u64() % self.faults.downtime;
         self.stats.crashes += 1;
