@@ -101,6 +101,9 @@ pub(crate) enum Mutation {
     /// A stale read's answer leaves before the round's writes: in a single-member
     /// cluster it can show a slot chosen only by the replica's own unwritten vote.
     StaleReadRepliesEarly,
+    /// A stale read's answer names one slot more than the replica executed: a client
+    /// that passes it as its next floor is promised a state it was not shown.
+    StaleReadMisreportsSlot,
     /// A checkpoint finished off the replica's thread is stored under the slot the
     /// replica had executed when it came back, not the slot it was taken at: the slots
     /// in between are in neither the state nor, after a restart, the replay.

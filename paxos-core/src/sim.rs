@@ -559,6 +559,17 @@ mod tests {
     }
 
     #[test]
+    fn mutant_stale_reads_naming_the_wrong_slot_are_caught() {
+        assert_caught_by(
+            Mutation::StaleReadMisreportsSlot,
+            stale_leaders,
+            2000,
+            "said it read the state after",
+            "check of a stale answer's slot against the replicas' executions",
+        );
+    }
+
+    #[test]
     fn mutant_stale_reads_ignoring_their_floor_are_caught() {
         // A client's stale read lands on a replica that lags (cut off, or restarted
         // behind) after another answered it from further ahead: without the floor its

@@ -374,7 +374,12 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn answer_stale_read(&mut self, request: &Request) {
-        let executed = self.exec.executed();
+        #[allow(unused_mut)]
+        let mut executed = self.exec.executed();
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::StaleReadMisreportsSlot {
+            executed += 1;
+        }
         let answer = postcard::from_bytes::<S::Command>(&request.payload)
             .ok()
             .and_then(|c| self.exec.state_machine().query(&c));

@@ -474,6 +474,24 @@ impl<W: Workload> Sim<W> {
                 ),
             });
         }
+        // Replicas that executed the same slots applied the same number of commands.
+        let count = r.state_machine().applied.len() as u64;
+        match self.applied_at.entry(r.executed()) {
+            std::collections::hash_map::Entry::Occupied(e) if *e.get() != count => {
+                return Err(Violation {
+                    tick: now,
+                    what: format!(
+                        "node {id} applied {count} commands executing the slots below {}, another replica {}",
+                        r.executed(),
+                        e.get()
+                    ),
+                });
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {}
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(count);
+            }
+        }
         // Executed histories are prefixes of one another, with no request twice.
         let applied = &r.state_machine().applied;
         let from = node.checked;

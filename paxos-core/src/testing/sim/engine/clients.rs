@@ -274,6 +274,16 @@ impl<W: Workload> Sim<W> {
                     )));
                 };
                 if let Some(executed) = executed {
+                    // The slot the answer names is the state it reports.
+                    if let Some(count) = self.applied_at.get(&executed) {
+                        if *count != seen.0 {
+                            return Err(self.violation(format!(
+                                "stale read {} said it read the state after the slots below \
+                                 {executed} ({count} commands) but saw {} commands",
+                                reply.client, seen.0
+                            )));
+                        }
+                    }
                     let floor = &mut self.clients[c].stale_floor;
                     *floor = (*floor).max(executed);
                 }

@@ -501,6 +501,10 @@ pub(crate) struct Sim<W: Workload> {
     /// Every read, and the last read nonce used.
     reads: Vec<ReadOp<Cmd<W>, Out<W>>>,
     next_read: ClientId,
+    /// How many commands a replica's state machine had applied when it had executed
+    /// the slots below each slot seen (the same for every replica): what a stale read
+    /// answered at that slot must report.
+    applied_at: HashMap<Slot, u64>,
     /// Liveness during faults: since when a majority has been up and connected.
     good_since: Option<(u64, Vec<NodeId>)>,
     last_completion: u64,
@@ -635,6 +639,7 @@ impl<W: Workload> Sim<W> {
             commands: HashMap::new(),
             outputs: HashMap::new(),
             reads: Vec::new(),
+            applied_at: HashMap::new(),
             // Far from registration nonces and session ids.
             next_read: 1 << 62,
             good_since: None,
