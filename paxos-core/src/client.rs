@@ -539,8 +539,7 @@ impl<S: StateMachine> Client<S> {
             target = next % self.endpoints.len();
             tried += 1;
             if tried.is_multiple_of(self.endpoints.len()) {
-                let jitter = self.rng.next_u64() % (backoff.as_micros() as u64 / 2 + 1);
-                let pause = backoff + Duration::from_micros(jitter);
+                let pause = self.jittered(backoff);
                 tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
                 backoff = (backoff * 2).min(self.options.max_backoff);
             }
@@ -635,8 +634,7 @@ impl<S: StateMachine> Client<S> {
             };
             if !retry_now {
                 redirects = 0;
-                let jitter = self.rng.next_u64() % (backoff.as_micros() as u64 / 2 + 1);
-                let pause = backoff + Duration::from_micros(jitter);
+                let pause = self.jittered(backoff);
                 let now = Instant::now();
                 if now + pause >= deadline {
                     tokio::time::sleep_until(deadline).await;
@@ -646,6 +644,13 @@ impl<S: StateMachine> Client<S> {
                 backoff = (backoff * 2).min(self.options.max_backoff);
             }
         }
+    }
+
+    /// `backoff` plus up to half of it again, at random (so that clients retrying
+    /// together spread out).
+    fn jittered(&mut self, backoff: Duration) -> Duration {
+        let jitter = self.rng.next_u64() % (backoff.as_micros() as u64 / 2 + 1);
+        backoff + Duration::from_micros(jitter)
     }
 
     fn pick(&mut self) -> usize {

@@ -421,8 +421,7 @@ impl<S: StateMachine> Replica<S> {
         }
         let RoleState::Leader(leader) = &mut self.role else {
             // Followers, candidates and replicas still founding or recovering.
-            let leader = self.leader.filter(|l| *l != self.cfg.id);
-            self.reply(request.client, request.seq, Response::Redirect { leader });
+            self.redirect(&request);
             return;
         };
         if !request.is_register() {
@@ -583,6 +582,13 @@ impl<S: StateMachine> Replica<S> {
             | Message::RecoverRefused { .. }
             | Message::NeverVoted { .. } => {}
         }
+    }
+
+    /// Answers a request this replica does not serve with a redirect to the leader it
+    /// believes in (never itself).
+    pub(super) fn redirect(&mut self, request: &Request) {
+        let leader = self.leader.filter(|l| *l != self.cfg.id);
+        self.reply(request.client, request.seq, Response::Redirect { leader });
     }
 
     pub(super) fn reply(&mut self, client: ClientId, seq: u64, response: Response) {

@@ -68,24 +68,16 @@ impl Reads {
 impl<S: StateMachine> Replica<S> {
     /// A read reached this replica (see the module docs).
     pub(super) fn on_read(&mut self, request: Request) {
-        let RoleState::Leader(l) = &mut self.role else {
-            let leader = self.leader.filter(|l| *l != self.cfg.id);
-            self.reply(request.client, request.seq, Response::Redirect { leader });
-            return;
-        };
-        let command = match postcard::from_bytes::<S::Command>(&request.payload) {
-            Ok(c) => c,
-            Err(e) => {
-                let reason = format!("undecodable command: {e}");
-                self.reply(request.client, request.seq, Response::Invalid { reason });
-                return;
-            }
-        };
-        if self.exec.state_machine().query(&command).is_none() {
-            let reason = "not a read-only command: submit it through the log".to_string();
-            self.reply(request.client, request.seq, Response::Invalid { reason });
+        if !matches!(self.role, RoleState::Leader(_)) {
+            self.redirect(&request);
             return;
         }
+        if !self.is_read_only(&request) {
+            return;
+        }
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
         if l.reads.len() >= self.cfg.max_pending {
             self.reply(request.client, request.seq, Response::Busy);
             return;
@@ -94,7 +86,9 @@ impl<S: StateMachine> Replica<S> {
         #[cfg(test)]
         if self.cfg.mutation == Mutation::ReadWithoutConfirmation {
             // The broken variant: answer from local state at once.
-            let answer = self.exec.state_machine().query(&command);
+            let answer = postcard::from_bytes::<S::Command>(&request.payload)
+                .ok()
+                .and_then(|c| self.exec.state_machine().query(&c));
             self.answer_read(request, answer);
             return;
         }
@@ -287,6 +281,22 @@ impl<S: StateMachine> Replica<S> {
     }
 }
 
+impl<S: StateMachine> Replica<S> {
+    /// Whether a read carries a command the state machine answers as a read; if not,
+    /// the read is answered `Invalid`.
+    fn is_read_only(&mut self, request: &Request) -> bool {
+        let reason = match postcard::from_bytes::<S::Command>(&request.payload) {
+            Err(e) => format!("undecodable command: {e}"),
+            Ok(c) if self.exec.state_machine().query(&c).is_none() => {
+                "not a read-only command: submit it through the log".to_string()
+            }
+            Ok(_) => return true,
+        };
+        self.reply(request.client, request.seq, Response::Invalid { reason });
+        false
+    }
+}
+
 /// Stale reads ([`Request::stale_read`]): any replica answers from its own state once it
 /// has executed up to the read's floor. Nothing is sent to other replicas; the answer
 /// reflects a prefix of the chosen log because a replica executes only chosen values,
@@ -295,24 +305,13 @@ impl<S: StateMachine> Replica<S> {
 impl<S: StateMachine> Replica<S> {
     /// A stale read reached this replica.
     pub(super) fn on_stale_read(&mut self, request: Request) {
-        let command = match postcard::from_bytes::<S::Command>(&request.payload) {
-            Ok(c) => c,
-            Err(e) => {
-                let reason = format!("undecodable command: {e}");
-                self.reply(request.client, request.seq, Response::Invalid { reason });
-                return;
-            }
-        };
-        if self.exec.state_machine().query(&command).is_none() {
-            let reason = "not a read-only command: submit it through the log".to_string();
-            self.reply(request.client, request.seq, Response::Invalid { reason });
+        if !self.is_read_only(&request) {
             return;
         }
         // A replica that lost its state (or never had one) answers nothing until it
         // votes again: its empty state is a prefix, but not one a client expects.
         if self.status != AcceptorStatus::Voter {
-            let leader = self.leader.filter(|l| *l != self.cfg.id);
-            self.reply(request.client, request.seq, Response::Redirect { leader });
+            self.redirect(&request);
             return;
         }
         #[allow(unused_mut)]
@@ -325,8 +324,7 @@ impl<S: StateMachine> Replica<S> {
             self.answer_stale_read(&request);
         } else if floor > self.catch_up.known().max(self.log.commit_point()) {
             // Beyond any commit point this replica heard of: waiting here helps nobody.
-            let leader = self.leader.filter(|l| *l != self.cfg.id);
-            self.reply(request.client, request.seq, Response::Redirect { leader });
+            self.redirect(&request);
         } else if self.stale_reads.len() >= self.cfg.max_pending {
             self.reply(request.client, request.seq, Response::Busy);
         } else {
@@ -368,8 +366,7 @@ impl<S: StateMachine> Replica<S> {
             let Some((request, _)) = self.stale_reads.pop_front() else {
                 break;
             };
-            let leader = self.leader.filter(|l| *l != self.cfg.id);
-            self.reply(request.client, request.seq, Response::Redirect { leader });
+            self.redirect(&request);
         }
     }
 
