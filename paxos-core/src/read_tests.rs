@@ -387,3 +387,74 @@ fn mutant_stale_read_leaving_before_the_writes_is_caught() {
         (false, true)
     );
 }
+
+/// Stale reads waiting for their floor hold their commands only, and at most
+/// `max_message_bytes` of them: a frame padded after the command, or many waiting
+/// reads, cannot make a replica hold more; beyond the bound the answer is `Busy`.
+#[test]
+fn waiting_stale_reads_are_bounded_by_bytes() {
+    let mut h = H::new(3, true, |c| c.max_message_bytes = 64);
+    let session = leader_with_session(&mut h);
+    h.r(1).handle_request(write(session, 1));
+    let floor = {
+        h.run(&|_, to, _| if to == 3 { Drop } else { Deliver });
+        h.r(1).executed()
+    };
+    // n3 hears the commit point but gets no entries: its stale reads wait.
+    let starved = |_: NodeId, to: NodeId, msg: &Message| {
+        if to == 3 && !matches!(msg, Message::Heartbeat { .. } | Message::Commit { .. }) {
+            Drop
+        } else {
+            Deliver
+        }
+    };
+    h.tick(&[1], 5, &starved);
+    let padded = |nonce: ClientId, padding: usize| {
+        let mut payload = postcard::to_allocvec(&(nonce, READ_SEQ)).unwrap();
+        let command = payload.len();
+        payload.extend_from_slice(&vec![0u8; padding]);
+        (
+            Request::stale_read(nonce, Bytes::from(payload), floor),
+            command,
+        )
+    };
+    let busy = |h: &H, nonce: ClientId| {
+        h.replies
+            .iter()
+            .any(|(_, r)| r.client == nonce && matches!(r.response, Response::Busy))
+    };
+    // A padded frame: over the bound as sent, so refused.
+    let (big, command) = padded(20, 1000);
+    h.r(3).handle_request(big);
+    h.run(&starved);
+    assert!(
+        busy(&h, 20),
+        "a 1 KiB frame is more than 64 bytes of waiting reads"
+    );
+    // A frame with a little padding waits, counted (and kept) as its command alone;
+    // then small ones, up to the bound.
+    let (small_padded, _) = padded(21, 20);
+    h.r(3).handle_request(small_padded);
+    h.run(&starved);
+    assert!(!busy(&h, 21));
+    let mut waiting = 1;
+    for nonce in 22..40 {
+        h.r(3).handle_request(stale_read(nonce, floor));
+        h.run(&starved);
+        if !busy(&h, nonce) {
+            waiting += 1;
+        }
+    }
+    assert_eq!(waiting, 64 / command, "as many as fit in 64 bytes");
+    // Once n3 catches up they are all answered, and the bound is free again.
+    for _ in 0..20 {
+        h.tick(&[1, 3], 1, &all);
+        h.run(&all);
+    }
+    for nonce in 21..21 + waiting as u64 {
+        assert!(stale_answered(&h, nonce).is_some(), "read {nonce} answered");
+    }
+    h.r(3).handle_request(stale_read(50, floor));
+    h.run(&all);
+    assert!(stale_answered(&h, 50).is_some());
+}

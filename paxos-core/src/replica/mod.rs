@@ -226,6 +226,8 @@ pub struct Replica<S> {
     /// Stale reads waiting for execution to reach their floor, with the tick they
     /// arrived (see `reads.rs`).
     stale_reads: VecDeque<(Request, u64)>,
+    /// The bytes of the commands in `stale_reads` (at most `max_message_bytes`).
+    stale_read_bytes: usize,
     /// The lowest floor among `stale_reads` (`Slot::MAX` when none waits).
     stale_min_floor: Slot,
     views: VecDeque<ViewChange>,
@@ -294,6 +296,7 @@ impl<S: StateMachine> Replica<S> {
             catch_up: CatchUp::new(state.commit_point),
             awaiting: HashSet::new(),
             stale_reads: VecDeque::new(),
+            stale_read_bytes: 0,
             stale_min_floor: Slot::MAX,
             views: VecDeque::new(),
             ready: Ready::default(),

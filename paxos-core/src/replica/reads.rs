@@ -325,9 +325,19 @@ impl<S: StateMachine> Replica<S> {
         } else if floor > self.catch_up.known().max(self.log.commit_point()) {
             // Beyond any commit point this replica heard of: waiting here helps nobody.
             self.redirect(&request);
-        } else if self.stale_reads.len() >= self.cfg.max_pending {
+        } else if self.stale_reads.len() >= self.cfg.max_pending
+            || self.stale_read_bytes + request.payload.len() > self.cfg.max_message_bytes
+        {
             self.reply(request.client, request.seq, Response::Busy);
         } else {
+            // Kept: the command alone (a frame may carry bytes after it that decoding
+            // ignores), in a buffer of its own.
+            let mut request = request;
+            if let Ok((_, rest)) = postcard::take_from_bytes::<S::Command>(&request.payload) {
+                let command = request.payload.len() - rest.len();
+                request.payload = bytes::Bytes::copy_from_slice(&request.payload[..command]);
+            }
+            self.stale_read_bytes += request.payload.len();
             self.stale_min_floor = self.stale_min_floor.min(floor);
             self.stale_reads.push_back((request, self.now));
         }
@@ -345,6 +355,7 @@ impl<S: StateMachine> Replica<S> {
         for (request, since) in waiting {
             let floor = request.stale_read_floor();
             if floor <= executed {
+                self.stale_read_bytes -= request.payload.len();
                 self.answer_stale_read(&request);
             } else {
                 self.stale_min_floor = self.stale_min_floor.min(floor);
@@ -366,6 +377,7 @@ impl<S: StateMachine> Replica<S> {
             let Some((request, _)) = self.stale_reads.pop_front() else {
                 break;
             };
+            self.stale_read_bytes -= request.payload.len();
             self.redirect(&request);
         }
     }
