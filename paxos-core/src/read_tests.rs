@@ -230,6 +230,16 @@ fn mutant_reading_without_confirmation_answers_stale_at_a_deposed_leader() {
     );
 }
 
+/// n3 hears commit points (HEARTBEAT, COMMIT) but no entries: it knows how far the
+/// cluster is and cannot get there.
+fn starved_n3(_: NodeId, to: NodeId, msg: &Message) -> crate::scripted::Fate {
+    if to == 3 && !matches!(msg, Message::Heartbeat { .. } | Message::Commit { .. }) {
+        Drop
+    } else {
+        Deliver
+    }
+}
+
 fn stale_read(nonce: ClientId, floor: crate::Slot) -> Request {
     Request::stale_read(
         nonce,
@@ -339,19 +349,12 @@ fn a_stale_read_that_cannot_reach_its_floor_is_redirected() {
     h.r(1).handle_request(write(session, 1));
     h.run(&cut);
     let floor = h.r(1).executed();
-    let starved = |_: NodeId, to: NodeId, msg: &Message| {
-        if to == 3 && !matches!(msg, Message::Heartbeat { .. } | Message::Commit { .. }) {
-            Drop
-        } else {
-            Deliver
-        }
-    };
-    h.tick(&[1], 5, &starved);
+    h.tick(&[1], 5, &starved_n3);
     h.r(3).handle_request(stale_read(9, floor));
-    h.run(&starved);
+    h.run(&starved_n3);
     assert!(h.replies.iter().all(|(_, r)| r.client != 9), "n3 keeps it");
     let limit = h.r(3).config().election_ticks as usize;
-    h.tick(&[3], limit, &starved);
+    h.tick(&[3], limit, &starved_n3);
     assert!(
         redirected(&h, 9),
         "after an election timeout the read goes elsewhere"
@@ -401,14 +404,7 @@ fn waiting_stale_reads_are_bounded_by_bytes() {
         h.r(1).executed()
     };
     // n3 hears the commit point but gets no entries: its stale reads wait.
-    let starved = |_: NodeId, to: NodeId, msg: &Message| {
-        if to == 3 && !matches!(msg, Message::Heartbeat { .. } | Message::Commit { .. }) {
-            Drop
-        } else {
-            Deliver
-        }
-    };
-    h.tick(&[1], 5, &starved);
+    h.tick(&[1], 5, &starved_n3);
     let padded = |nonce: ClientId, padding: usize| {
         let mut payload = postcard::to_allocvec(&(nonce, READ_SEQ)).unwrap();
         let command = payload.len();
@@ -426,7 +422,7 @@ fn waiting_stale_reads_are_bounded_by_bytes() {
     // A padded frame: over the bound as sent, so refused.
     let (big, command) = padded(20, 1000);
     h.r(3).handle_request(big);
-    h.run(&starved);
+    h.run(&starved_n3);
     assert!(
         busy(&h, 20),
         "a 1 KiB frame is more than 64 bytes of waiting reads"
@@ -435,12 +431,12 @@ fn waiting_stale_reads_are_bounded_by_bytes() {
     // then small ones, up to the bound.
     let (small_padded, _) = padded(21, 20);
     h.r(3).handle_request(small_padded);
-    h.run(&starved);
+    h.run(&starved_n3);
     assert!(!busy(&h, 21));
     let mut waiting = 1;
     for nonce in 22..40 {
         h.r(3).handle_request(stale_read(nonce, floor));
-        h.run(&starved);
+        h.run(&starved_n3);
         if !busy(&h, nonce) {
             waiting += 1;
         }
