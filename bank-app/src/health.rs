@@ -58,6 +58,7 @@ fn role_name(role: Role) -> &'static str {
     match role {
         Role::Leader => "leader",
         Role::Candidate => "candidate",
+        Role::Learner => "learner",
         _ => "follower",
     }
 }

@@ -32,8 +32,16 @@ pub const VALUE_OVERHEAD_BYTES: usize = 48;
 pub struct Config {
     /// This replica's id.
     pub id: NodeId,
-    /// Every replica of the cluster, this one included.
+    /// Every voting replica of the cluster, this one included unless it is a
+    /// [`learner`](Config::learner).
     pub members: Vec<NodeId>,
+    /// This replica is a *learner*: it is not among `members`, never votes and never
+    /// leads, and copies the chosen log from the members (polling them with FETCHes and
+    /// pulling their checkpoints), executing it like any replica. It serves stale reads
+    /// ([`Client::read_stale`](crate::Client::read_stale)) and keeps a durable copy of
+    /// the log; the members need no configuration for it, beyond a transport that can
+    /// reach it. Build one with [`Config::learner`]. Default `false`.
+    pub learner: bool,
     /// Seed of the replica's random number generator (election timeouts). Give each
     /// replica a different seed; [`Config::new`] derives one from the id.
     /// [`spawn_node`](crate::spawn_node) mixes fresh OS randomness into it at every
@@ -153,6 +161,7 @@ impl Config {
         Config {
             id,
             members,
+            learner: false,
             seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5eed,
             heartbeat_ticks: 3,
             election_ticks: 20,
@@ -174,6 +183,22 @@ impl Config {
         }
     }
 
+    /// A configuration for learner `id` of the cluster whose voting members are
+    /// `members` (see [`Config::learner`]).
+    ///
+    /// ```
+    /// use paxos_core::Config;
+    /// let config = Config::learner(6, vec![1, 2, 3, 4, 5]);
+    /// assert!(config.learner && config.validate().is_ok());
+    /// assert!(Config::learner(3, vec![1, 2, 3]).validate().is_err()); // a member
+    /// ```
+    pub fn learner(id: NodeId, members: Vec<NodeId>) -> Self {
+        Config {
+            learner: true,
+            ..Config::new(id, members)
+        }
+    }
+
     /// Checks that the configuration is usable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.members.is_empty() {
@@ -190,7 +215,10 @@ impl Config {
                 return Err(ConfigError::DuplicateMember(*m));
             }
         }
-        if !self.members.contains(&self.id) {
+        if self.learner && self.members.contains(&self.id) {
+            return Err(ConfigError::LearnerIsAMember(self.id));
+        }
+        if !self.learner && !self.members.contains(&self.id) {
             return Err(ConfigError::NotAMember(self.id));
         }
         let positive = [

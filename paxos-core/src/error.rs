@@ -19,8 +19,11 @@ pub enum ConfigError {
     #[error("cluster has no members")]
     NoMembers,
     /// The replica's own id is not among the members.
-    #[error("node {0} is not a member of the cluster")]
+    #[error("node {0} is not a member of the cluster (a learner must say so: Config::learner)")]
     NotAMember(u64),
+    /// A learner's id is among the voting members.
+    #[error("node {0} is a voting member, so it cannot be a learner")]
+    LearnerIsAMember(u64),
     /// A node id appears twice.
     #[error("node {0} is listed twice")]
     DuplicateMember(u64),

@@ -110,6 +110,8 @@ mod drive;
 mod error;
 #[cfg(test)]
 mod handover_tests;
+#[cfg(test)]
+mod learner_tests;
 mod message;
 #[cfg(test)]
 mod mutation;

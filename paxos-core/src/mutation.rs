@@ -144,4 +144,8 @@ pub(crate) enum Mutation {
     /// compacted, stays silent instead of telling the leader its commit point: a leader
     /// behind followers that compacted those slots never completes them.
     SilentAboutDecided,
+    /// A FETCH is answered with every entry held in the range, chosen or merely
+    /// accepted: whoever fetches (a learner polling above its commit point, a member
+    /// catching up) may learn a value that is never chosen.
+    FetchServesUnchosen,
 }

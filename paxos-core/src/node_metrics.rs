@@ -28,7 +28,7 @@ pub mod names {
     pub const LEADER: &str = "paxos_leader";
     /// Gauge: 1 on a replica that leads, else 0.
     pub const IS_LEADER: &str = "paxos_is_leader";
-    /// Gauge: 0 follower, 1 candidate, 2 leader.
+    /// Gauge: 0 follower, 1 candidate, 2 leader, 3 learner.
     pub const ROLE: &str = "paxos_role";
     /// Gauge: every slot below it is chosen.
     pub const COMMIT_POINT: &str = "paxos_commit_point";
@@ -262,6 +262,7 @@ impl NodeMetrics {
             Role::Follower => 0.0,
             Role::Candidate => 1.0,
             Role::Leader => 2.0,
+            Role::Learner => 3.0,
         };
         self.role.set(role);
         self.is_leader

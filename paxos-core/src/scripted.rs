@@ -41,11 +41,24 @@ impl Scripted {
     /// `founding`: every member bootstrapped as a voter by hand; otherwise every member
     /// starts pristine and founds the cluster by itself.
     pub(crate) fn new(n: u64, founding: bool, tweak: impl Fn(&mut Config)) -> Self {
-        let ids: Vec<NodeId> = (1..=n).collect();
+        Self::with_learners(n, 0, founding, tweak)
+    }
+
+    /// As [`Scripted::new`], with `learners` learners beside the `n` members (ids
+    /// `n + 1 ..`).
+    pub(crate) fn with_learners(
+        n: u64,
+        learners: u64,
+        founding: bool,
+        tweak: impl Fn(&mut Config),
+    ) -> Self {
+        let members: Vec<NodeId> = (1..=n).collect();
+        let ids: Vec<NodeId> = (1..=n + learners).collect();
         let configs: Vec<Config> = ids
             .iter()
             .map(|&id| {
-                let mut c = Config::new(id, ids.clone());
+                let mut c = Config::new(id, members.clone());
+                c.learner = id > n;
                 // Sequences here are written slot by slot: session expiry's clock
                 // entries (a new leader opens its reign with one) would move them.
                 // A test about expiry turns it on in `tweak`.
@@ -56,9 +69,9 @@ impl Scripted {
             .collect();
         let storage: Vec<MemStorage> = ids
             .iter()
-            .map(|_| {
+            .map(|&id| {
                 let mut m = MemStorage::new();
-                if founding {
+                if founding && id <= n {
                     m.persist(&[PersistOp::Status {
                         status: AcceptorStatus::Voter,
                         incarnation: 0,

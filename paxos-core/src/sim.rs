@@ -69,6 +69,48 @@ mod tests {
     }
 
     #[test]
+    fn simulation_holds_invariants_with_learners() {
+        let seeds = seeds(300);
+        let n = seeds.len();
+        let (mut executed, mut snapshots, mut reads) = (0, 0, 0);
+        for seed in seeds {
+            let s = Sim::protocol(seed, Mutation::None, with_learners)
+                .run()
+                .unwrap_or_else(|v| {
+                    panic!("learners: seed {seed} failed: {v}\nreplay: PAXOS_SIM_SEED={seed} cargo test -p paxos-core sim::tests::simulation_holds_invariants_with_learners -- --nocapture")
+                });
+            executed += s.learner_executed;
+            snapshots += s.learner_snapshots;
+            reads += s.learner_reads;
+        }
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "simulation (learners): {n} seeds, learners executed {executed} slots, installed {snapshots} snapshots, answered {reads} stale reads"
+        );
+        // The profile exercises what it is for: learners that copy the log, catch up
+        // by state transfer and serve reads.
+        if n >= 50 {
+            assert!(executed > 0 && snapshots > 0 && reads > 0);
+        }
+    }
+
+    /// One or two learners beside three or five members, with crashes (learners
+    /// crash and lose their storage too), partitions and stale reads, half of which go
+    /// to learners.
+    fn with_learners(f: &mut Faults) {
+        f.learners = 1 + (f.fault_ticks % 2) as usize;
+        f.crashes = true;
+        f.amnesia = f.amnesia || f.fault_ticks % 3 == 0;
+        f.stale_reads = true;
+        f.requests_per_client = f.requests_per_client.max(10);
+    }
+
+    #[test]
+    fn mutant_serving_unchosen_values_to_fetches_is_caught_with_learners() {
+        assert_caught(Mutation::FetchServesUnchosen, with_learners, 500);
+    }
+
+    #[test]
     fn simulation_holds_invariants_with_heavy_batching() {
         run_seeds("simulation (heavy batching)", seeds(300), heavy_batching);
     }
@@ -113,6 +155,9 @@ mod tests {
                     total.completed += s.completed;
                     total.reads += s.reads;
                     total.stale_reads += s.stale_reads;
+                    total.learner_reads += s.learner_reads;
+                    total.learner_executed += s.learner_executed;
+                    total.learner_snapshots += s.learner_snapshots;
                     total.checkpoint_jobs += s.checkpoint_jobs;
                     total.transfers += s.transfers;
                     total.snapshots += s.snapshots;
@@ -132,7 +177,7 @@ mod tests {
         }
         // Written to stderr directly so the counts show without `--nocapture`.
         let line = format!(
-            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes ({} mid-round), {} new views, {} snapshots sent ({} pieces), {} checkpoint jobs, {} requests completed, {} reads ({} stale), {} leader transfers, {} wiped and {} recovered, {} pauses, {} expired sessions, {} clock entries, {} batches",
+            "{name}: {} seeds, {} steps, {} ticks, {} messages, {} crashes ({} mid-round), {} new views, {} snapshots sent ({} pieces), {} checkpoint jobs, {} requests completed, {} reads ({} stale, {} by learners), {} leader transfers, {} wiped and {} recovered, {} pauses, {} expired sessions, {} clock entries, {} batches",
             seeds.len(),
             total.steps,
             total.ticks,
@@ -146,6 +191,7 @@ mod tests {
             total.completed,
             total.reads,
             total.stale_reads,
+            total.learner_reads,
             total.transfers,
             total.amnesia,
             total.recoveries,
@@ -155,6 +201,14 @@ mod tests {
             total.batches
         );
         let _ = writeln!(std::io::stderr().lock(), "{line}");
+        if total.learner_executed > 0 {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{name}: learners executed {} slots in all and installed {} snapshots",
+                total.learner_executed,
+                total.learner_snapshots
+            );
+        }
         assert!(
             seeds.len() < 20 || total.reads > 0,
             "{name}: no read was answered"

@@ -47,6 +47,11 @@ pub(super) struct CatchUp {
     fetch_attempts: u64,
     /// A snapshot being received piece by piece.
     transfer: Option<Transfer>,
+    /// A learner's polling (see `learner_role.rs`): the member it asks, the polls it
+    /// left unanswered, and the polls sent in all.
+    pub(super) poll_target: Option<NodeId>,
+    pub(super) polls_unanswered: u64,
+    pub(super) polls: u64,
 }
 
 /// Requests for the same piece sent to one peer before asking another.
@@ -90,16 +95,24 @@ impl CatchUp {
             fetch_from: None,
             fetch_attempts: 0,
             transfer: None,
+            poll_target: None,
+            polls_unanswered: 0,
+            polls: 0,
         }
     }
 
-    /// `from` reports the commit point `commit_point`: if it is the highest heard of,
-    /// remember it, and ask `from` first.
     /// The highest commit point heard of.
     pub(super) fn known(&self) -> Slot {
         self.known_commit
     }
 
+    /// Who told us about the highest commit point heard of.
+    pub(super) fn fetch_from(&self) -> Option<NodeId> {
+        self.fetch_from
+    }
+
+    /// `from` reports the commit point `commit_point`: if it is the highest heard of,
+    /// remember it, and ask `from` first.
     pub(super) fn heard(&mut self, from: NodeId, commit_point: Slot) {
         if commit_point > self.known_commit {
             self.known_commit = commit_point;
@@ -153,10 +166,14 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         let (max_batch, max_bytes) = self.batch_limits();
+        #[cfg(test)]
+        let serves_unchosen = self.cfg.mutation == Mutation::FetchServesUnchosen;
+        #[cfg(not(test))]
+        let serves_unchosen = false;
         let mut entries: Vec<(Slot, Value)> = self
             .log
             .range(lo..hi.max(lo))
-            .filter(|(s, e)| e.chosen || *s < self.log.commit_point())
+            .filter(|(s, e)| e.chosen || *s < self.log.commit_point() || serves_unchosen)
             .take(max_batch)
             .map(|(s, e)| (s, e.value.clone()))
             .collect();

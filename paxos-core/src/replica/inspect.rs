@@ -25,6 +25,8 @@ pub enum Role {
     Candidate,
     /// Leads: proposes, counts acceptances, commits.
     Leader,
+    /// Copies the chosen log without voting ([`Config::learner`](crate::Config::learner)).
+    Learner,
 }
 
 /// A slot's status, as PrintStatus shows it.
@@ -180,6 +182,7 @@ impl<S: StateMachine> Replica<S> {
     /// The current role.
     pub fn role(&self) -> Role {
         match self.role {
+            _ if self.cfg.learner => Role::Learner,
             RoleState::Follower => Role::Follower,
             RoleState::Candidate(_) => Role::Candidate,
             RoleState::Leader(_) => Role::Leader,

@@ -23,6 +23,7 @@ mod handover;
 mod inspect;
 mod leader;
 mod learner;
+mod learner_role;
 mod log;
 mod reads;
 mod recovery;
@@ -316,7 +317,11 @@ impl<S: StateMachine> Replica<S> {
         if r.cfg.mutation == Mutation::AmnesiaVotesAtOnce {
             r.status = AcceptorStatus::Voter;
         }
-        if r.status != AcceptorStatus::Voter {
+        if r.cfg.learner {
+            // A learner polls at its first tick.
+            r.timers.fetch = Timeout::after(0, 1);
+        }
+        if r.status != AcceptorStatus::Voter && !r.cfg.learner {
             // No state of our own (or a recovery cut short): find out from the peers
             // whether the cluster is new, and recover if it is not.
             let incarnation = r.incarnation.max(1);
@@ -356,6 +361,10 @@ impl<S: StateMachine> Replica<S> {
     pub fn tick(&mut self) {
         self.now += 1;
         self.stale_read_tick();
+        if self.cfg.learner {
+            self.learner_tick();
+            return;
+        }
         if self.status != AcceptorStatus::Voter {
             self.recovery_tick();
             return;
@@ -468,12 +477,21 @@ impl<S: StateMachine> Replica<S> {
         // as it can: its ACCEPTs leave only then anyway.
     }
 
-    /// Handles a message from peer `from`. Messages from non-members are ignored.
+    /// Handles a message from peer `from`. A replica outside the membership (a
+    /// [learner](Config::learner)) is answered only when it asks for chosen values
+    /// (FETCH, snapshot pieces); its other messages are ignored.
     pub fn handle_message(&mut self, from: NodeId, message: Message) {
+        if from == self.cfg.id {
+            return;
+        }
         let Some(from_idx) = self.index_of(from) else {
+            if !self.cfg.learner {
+                self.handle_message_from_outsider(from, message);
+            }
             return;
         };
-        if from == self.cfg.id {
+        if self.cfg.learner {
+            self.handle_message_as_learner(from, message);
             return;
         }
         if self.status != AcceptorStatus::Voter {

@@ -310,7 +310,14 @@ impl<S: StateMachine> Replica<S> {
         }
         // A replica that lost its state (or never had one) answers nothing until it
         // votes again: its empty state is a prefix, but not one a client expects.
-        if self.status != AcceptorStatus::Voter {
+        // A learner has no vote to recover; it answers once it has heard of a commit
+        // point (a learner that never reached a member has nothing a client expects).
+        let serves = if self.cfg.learner {
+            self.catch_up.known() > 0
+        } else {
+            self.status == AcceptorStatus::Voter
+        };
+        if !serves {
             self.redirect(&request);
             return;
         }

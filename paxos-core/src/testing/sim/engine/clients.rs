@@ -51,8 +51,18 @@ impl<W: Workload> Sim<W> {
         let stale = (self.faults.stale_reads && self.gen.chance(0.5))
             .then_some((self.clients[c].stale_floor, c));
         if stale.is_some() || self.gen.chance(0.5) {
-            let n = self.members.len() as u64;
-            self.clients[c].target = self.members[self.gen.below(n) as usize];
+            // Learners (when the profile has some) serve stale reads too.
+            let k = if stale.is_some() {
+                self.learners.len()
+            } else {
+                0
+            };
+            let n = (self.members.len() + k) as u64;
+            let i = self.gen.below(n) as usize;
+            self.clients[c].target = match self.members.get(i) {
+                Some(m) => *m,
+                None => self.learners[i - self.members.len()],
+            };
         }
         self.clients[c].read = Some((nonce, self.reads.len()));
         self.reads.push(ReadOp {
@@ -291,6 +301,7 @@ impl<W: Workload> Sim<W> {
                 self.reads[i].seen = Some(seen);
                 self.stats.reads += 1;
                 self.stats.stale_reads += u64::from(stale);
+                self.stats.learner_reads += u64::from(self.learners.contains(&from));
                 self.last_completion = self.now;
                 let client = &mut self.clients[c];
                 client.read = None;

@@ -68,6 +68,10 @@ pub(crate) struct Faults {
     pub(crate) session_ttl: u64,
     /// The replicas' [`Config::session_clock_ticks`](crate::Config::session_clock_ticks).
     pub(crate) session_clock: u64,
+    /// Learners ([`Config::learner`](crate::Config::learner)) beside the members,
+    /// ids `nodes + 1 ..`: 0 unless a profile sets it. They crash, lose their storage
+    /// and get stale reads like any replica, and must execute the chosen log.
+    pub(crate) learners: usize,
 }
 
 impl Faults {
@@ -127,6 +131,7 @@ impl Faults {
             // Not drawn, so that every seed's faults stay what they were before expiry.
             session_ttl: 0,
             session_clock: crate::config::DEFAULT_SESSION_CLOCK_TICKS,
+            learners: 0,
         }
         .with_eviction(rng)
     }
@@ -154,6 +159,7 @@ impl<W: Workload> Sim<W> {
     pub(super) fn faulty(&self) -> usize {
         self.nodes
             .iter()
+            .filter(|n| self.members.contains(&n.id))
             .filter(|n| {
                 n.recovering
                     || n.replica
@@ -302,7 +308,8 @@ impl<W: Workload> Sim<W> {
         node.storage = super::sim_storage(self.mutation, &self.faults);
         node.durable_promised = Ballot::ZERO;
         node.durable_commit = 0;
-        node.recovering = true;
+        // A learner has no vote to recover: it just copies the log again.
+        node.recovering = self.members.contains(&node.id);
         self.stats.amnesia += 1;
     }
 

@@ -242,6 +242,11 @@ pub(crate) struct Stats {
     pub(crate) reads: u64,
     /// Of which stale reads (answered by any replica from its own state).
     pub(crate) stale_reads: u64,
+    /// Stale reads answered by learners.
+    pub(crate) learner_reads: u64,
+    /// Slots the learners had executed at the end, and the snapshots they installed.
+    pub(crate) learner_executed: u64,
+    pub(crate) learner_snapshots: u64,
     /// Checkpoints handed out as jobs to finish off the replica's thread.
     pub(crate) checkpoint_jobs: u64,
     /// Leader transfers asked for.
@@ -470,6 +475,8 @@ pub(crate) struct Sim<W: Workload> {
     faults: Faults,
     nodes: Vec<Node<W::Machine>>,
     members: Vec<NodeId>,
+    /// The learners' ids (after the members'; none unless the profile asks).
+    learners: Vec<NodeId>,
     quorum: usize,
     network: Vec<(u64, Envelope)>,
     blocked: HashSet<(NodeId, NodeId)>,
@@ -560,8 +567,12 @@ impl<W: Workload> Sim<W> {
         }
         tweak(&mut faults);
         let members: Vec<NodeId> = (1..=faults.nodes as u64).collect();
+        let learners: Vec<NodeId> = (1..=faults.learners as u64)
+            .map(|k| faults.nodes as u64 + k)
+            .collect();
         let nodes = members
             .iter()
+            .chain(&learners)
             .map(|&id| {
                 let storage = sim_storage(mutation, &faults);
                 // Every replica starts without state: the cluster founds itself.
@@ -620,6 +631,7 @@ impl<W: Workload> Sim<W> {
             faults,
             nodes,
             members,
+            learners,
             quorum,
             network: Vec::new(),
             blocked: HashSet::new(),
@@ -656,6 +668,7 @@ impl<W: Workload> Sim<W> {
         faults: &Faults,
     ) -> Config {
         let mut cfg = Config::new(id, members.to_vec());
+        cfg.learner = !members.contains(&id);
         cfg.checkpoint_interval = faults.checkpoint_interval;
         cfg.checkpoint_slots_per_session = faults.checkpoint_slots_per_session;
         cfg.seed = seed.wrapping_mul(31).wrapping_add(id);
@@ -771,7 +784,9 @@ impl<W: Workload> Sim<W> {
                     .collect();
                 for n in &self.nodes {
                     if let Some(r) = &n.replica {
-                        if r.acceptor_status() != AcceptorStatus::Voter {
+                        if r.acceptor_status() != AcceptorStatus::Voter
+                            && !self.learners.contains(&n.id)
+                        {
                             pending.push(format!("n{} still {:?}", n.id, r.acceptor_status()));
                         }
                     }
@@ -799,6 +814,12 @@ impl<W: Workload> Sim<W> {
             .values()
             .filter(|v| matches!(v, Value::Batch(_)))
             .count() as u64;
+        for n in &self.nodes {
+            if let (true, Some(r)) = (self.learners.contains(&n.id), &n.replica) {
+                self.stats.learner_executed += r.executed();
+                self.stats.learner_snapshots += r.counters().snapshots_installed;
+            }
+        }
         self.check_real_time_order()?;
         self.check_model()?;
         self.check_reads()?;

@@ -1,0 +1,222 @@
+//! Learners driven by hand: they copy and execute the chosen log, catch up by state
+//! transfer, answer stale reads, and are never counted by the members.
+
+use bytes::Bytes;
+
+use crate::mutation::Mutation;
+use crate::scripted::{all, Deliver, Drop, Scripted as H};
+use crate::{
+    Ballot, ClientId, Message, NodeId, Request, Response, Role, Slot, StaleAnswer, READ_SEQ,
+};
+
+/// Three members and learner n4.
+fn cluster(tweak: impl Fn(&mut crate::Config)) -> H {
+    H::with_learners(3, 1, true, tweak)
+}
+
+fn write(session: ClientId, seq: u64) -> Request {
+    Request {
+        client: session,
+        seq,
+        payload: Bytes::from(postcard::to_allocvec(&(session, seq)).unwrap()),
+    }
+}
+
+/// n1 leads and registers session `c100`; returns the session id.
+fn leader_with_session(h: &mut H) -> ClientId {
+    h.r(1).start_election_now();
+    h.run(&all);
+    assert!(h.r(1).is_leader());
+    h.register(1, 100);
+    h.run(&all);
+    h.replies
+        .iter()
+        .find_map(|(_, r)| match &r.response {
+            Response::Ok(b) if r.client == 100 && r.seq == 0 => postcard::from_bytes(b).ok(),
+            _ => None,
+        })
+        .expect("registered")
+}
+
+/// `count` writes of `session` from request number `first`, each run to completion.
+fn writes(h: &mut H, session: ClientId, first: u64, count: u64) {
+    for seq in first..first + count {
+        h.r(1).handle_request(write(session, seq));
+        h.run(&all);
+    }
+}
+
+fn stale_answer(h: &H, nonce: ClientId) -> Option<(Slot, u64)> {
+    h.replies.iter().find_map(|(_, r)| match &r.response {
+        Response::Ok(b) if r.client == nonce && r.seq >= crate::STALE_READ_BASE => {
+            let a: StaleAnswer<u64> = postcard::from_bytes(b).unwrap();
+            Some((a.executed, a.output))
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn a_learner_copies_and_executes_the_chosen_log() {
+    let mut h = cluster(|_| {});
+    let session = leader_with_session(&mut h);
+    writes(&mut h, session, 1, 5);
+    assert_eq!(h.r(4).role(), Role::Learner);
+    assert_eq!(h.r(4).commit_point(), 0, "nobody pushes to a learner");
+    // It polls every heartbeat period; the first answer brings everything.
+    h.tick(&[4], 4, &all);
+    let leader_commit = h.r(1).commit_point();
+    assert_eq!(h.r(4).commit_point(), leader_commit);
+    assert_eq!(h.r(4).executed(), leader_commit);
+    h.executed_agree()
+        .expect("the learner executed the chosen values");
+    // It never votes, never campaigns, and keeps its copy across a restart.
+    h.tick(&[4], 200, &all);
+    assert_eq!(h.r(4).role(), Role::Learner);
+    assert_eq!(h.r(4).promised(), Ballot::ZERO);
+    h.crash(4);
+    h.restart(4);
+    assert_eq!(h.r(4).executed(), leader_commit);
+}
+
+#[test]
+fn a_learner_is_never_counted() {
+    let mut h = cluster(|_| {});
+    let session = leader_with_session(&mut h);
+    writes(&mut h, session, 1, 1);
+    h.tick(&[4], 4, &all);
+    let before = h.r(1).commit_point();
+    // n2 and n3 are gone: the leader and the learner are not a majority.
+    h.crash(2);
+    h.crash(3);
+    h.r(1).handle_request(write(session, 2));
+    h.tick(&[1, 4], 50, &all);
+    assert_eq!(h.r(1).commit_point(), before);
+    // Votes in the learner's name are ignored too.
+    let ballot = h.r(1).promised();
+    h.deliver(
+        4,
+        1,
+        Message::Accepted {
+            ballot,
+            slots: vec![before],
+            incarnation: 0,
+        },
+    );
+    h.run(&all);
+    assert_eq!(h.r(1).commit_point(), before);
+    // And a learner ignores a member that asks for its vote.
+    h.deliver(
+        1,
+        4,
+        Message::Prepare {
+            ballot: Ballot::new(99, 1),
+            from_slot: 0,
+            nonce: 1,
+            handover: false,
+        },
+    );
+    assert!(h.drain().is_empty());
+    assert_eq!(h.r(4).promised(), Ballot::ZERO);
+}
+
+#[test]
+fn a_learner_behind_the_members_checkpoints_catches_up_by_state_transfer() {
+    let mut h = cluster(|c| {
+        c.checkpoint_interval = 4;
+        c.snapshot_chunk_bytes = 16;
+    });
+    h.crash(4);
+    let session = leader_with_session(&mut h);
+    writes(&mut h, session, 1, 30);
+    // Every member compacted the start of the log away.
+    assert!(h.r(2).checkpoint().is_some());
+    h.restart(4);
+    h.tick(&[4], 60, &all);
+    let leader_commit = h.r(1).commit_point();
+    assert_eq!(h.r(4).commit_point(), leader_commit);
+    assert!(h.r(4).counters().snapshots_installed >= 1);
+    h.executed_agree().expect("agree");
+    // The learner keeps following afterwards.
+    writes(&mut h, session, 31, 3);
+    h.tick(&[4], 4, &all);
+    assert_eq!(h.r(4).executed(), h.r(1).commit_point());
+}
+
+#[test]
+fn a_learner_answers_stale_reads_and_redirects_the_rest() {
+    let mut h = cluster(|_| {});
+    let session = leader_with_session(&mut h);
+    let read = |nonce: ClientId, floor: Slot| {
+        Request::stale_read(
+            nonce,
+            Bytes::from(postcard::to_allocvec(&(nonce, READ_SEQ)).unwrap()),
+            floor,
+        )
+    };
+    // Before it heard of any commit point, it has nothing a client expects.
+    h.r(4).handle_request(read(7, 0));
+    h.run(&all);
+    assert!(h
+        .replies
+        .iter()
+        .any(|(_, r)| r.client == 7 && matches!(r.response, Response::Redirect { .. })));
+    writes(&mut h, session, 1, 3);
+    h.tick(&[4], 4, &all);
+    let executed = h.r(4).executed();
+    h.r(4).handle_request(read(8, executed));
+    h.run(&all);
+    let (slot, seen) = stale_answer(&h, 8).expect("the learner answers");
+    assert_eq!(slot, executed);
+    assert_eq!(seen, 3, "the three writes");
+    // A floor beyond what it knows: it redirects at once.
+    h.r(4).handle_request(read(9, executed + 100));
+    // Writes and linearizable reads are for the leader.
+    h.r(4).handle_request(write(session, 4));
+    h.r(4).handle_request(Request::read(
+        10,
+        Bytes::from(postcard::to_allocvec(&(10u64, READ_SEQ)).unwrap()),
+    ));
+    h.run(&all);
+    for client in [9, session, 10] {
+        assert!(
+            h.replies.iter().any(|(from, r)| *from == 4
+                && r.client == client
+                && matches!(r.response, Response::Redirect { .. })),
+            "client {client} redirected"
+        );
+    }
+}
+
+/// n1 proposes W in slot s, only n2 accepts it, and n1 crashes: W is held by a
+/// minority and not chosen (a later leader may fill s with something else). The
+/// learner then polls n2. A member answers a FETCH with chosen values only, so the
+/// learner learns nothing at s; the broken variant hands it W, which it would execute.
+fn learner_polls_a_member_holding_an_unchosen_value(m: Mutation) -> Result<(), String> {
+    let mut h = cluster(|c| c.mutation = m);
+    let session = leader_with_session(&mut h);
+    h.tick(&[4], 4, &all);
+    let s = h.r(1).commit_point();
+    h.r(1).handle_request(write(session, 1));
+    h.run(&|_, to: NodeId, m: &Message| match m {
+        Message::Accept { .. } if to == 2 => Deliver,
+        _ => Drop,
+    });
+    assert!(h.r(2).slot(s).value.is_some(), "n2 accepted W");
+    h.crash(1);
+    // The learner's polls to n1 go unanswered; it turns to n2 and n3.
+    h.tick(&[4], 30, &all);
+    if h.r(4).commit_point() > s {
+        return Err(format!("the learner learned slot {s}, which is not chosen"));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_learner_learns_only_chosen_values() {
+    learner_polls_a_member_holding_an_unchosen_value(Mutation::None).unwrap();
+    assert!(
+        learner_polls_a_member_holding_an_unchosen_value(Mutation::FetchServesUnchosen).is_err(),
+        "the broken variant teaches the learner an undecided value"
+    );
+}

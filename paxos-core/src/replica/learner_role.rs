@@ -1,0 +1,164 @@
+//! Learners: replicas outside the membership that copy the chosen log.
+//!
+//! A learner ([`Config::learner`]) never votes, never campaigns and is never counted in
+//! a quorum: the members do not even know it. It *pulls*: every
+//! [`heartbeat_ticks`](Config::heartbeat_ticks) it asks a member for the chosen values
+//! above its commit point (a [`Message::Fetch`]), and while the answers bring entries
+//! and show that it is still behind it asks again at once, so under load it streams the
+//! log rather than polling it. A member that compacted the slots asked for answers with
+//! its commit point and the first piece of its checkpoint, and the learner pulls the
+//! rest as any replica does (see `catch_up.rs`).
+//!
+//! Safety needs nothing new: a member answers a FETCH with chosen values only, and a
+//! learner learns, executes, checkpoints and stores them exactly as a member would, so
+//! its state is always a prefix of the chosen log. It serves stale reads
+//! ([`Request::stale_read`](crate::Request::stale_read)) from that state once it has
+//! heard of a commit point, and redirects every other request.
+//!
+//! Whom it asks: one member at a time, at first the one that reported the highest
+//! commit point, and the next member after two unanswered polls. Every fourth poll
+//! goes to another member in turn, so that a learner whose member lags (cut off from
+//! the leader, say) hears of a higher commit point and moves to whoever reported it.
+
+use super::*;
+
+/// Polls left unanswered by the member asked before asking the next one.
+const POLLS_BEFORE_ROTATING: u64 = 2;
+
+/// One poll in this many goes to another member, to hear of higher commit points.
+const PROBE_EVERY: u64 = 4;
+
+impl<S: StateMachine> Replica<S> {
+    /// A learner's tick: catch up when behind (as a member would), else poll.
+    pub(super) fn learner_tick(&mut self) {
+        if self.catch_up.known() > self.log.commit_point() {
+            self.maybe_fetch();
+            return;
+        }
+        if !self.timers.fetch.expired(self.now) {
+            return;
+        }
+        self.timers.fetch.reset(self.now, self.cfg.heartbeat_ticks);
+        let members = self.peers();
+        if members.is_empty() {
+            return;
+        }
+        let next_after = |m: Option<NodeId>| {
+            let i = m.and_then(|m| members.iter().position(|x| *x == m));
+            members[i.map_or(0, |i| (i + 1) % members.len())]
+        };
+        let c = &mut self.catch_up;
+        c.polls += 1;
+        if c.polls % PROBE_EVERY == 0 {
+            let probe = members[(c.polls / PROBE_EVERY) as usize % members.len()];
+            self.send_learner_fetch(probe);
+            return;
+        }
+        let target = match c.poll_target.or(c.fetch_from()) {
+            Some(t) if c.polls_unanswered < POLLS_BEFORE_ROTATING => t,
+            t => {
+                c.polls_unanswered = 0;
+                next_after(t)
+            }
+        };
+        c.poll_target = Some(target);
+        c.polls_unanswered += 1;
+        self.send_learner_fetch(target);
+    }
+
+    /// Asks `to` for the chosen values above this learner's commit point.
+    fn send_learner_fetch(&mut self, to: NodeId) {
+        let lo = self.log.commit_point();
+        let hi = lo.saturating_add(self.cfg.max_batch as u64);
+        self.send(to, Message::Fetch { from: lo, to: hi });
+    }
+
+    /// A message that reached a learner: only the answers to its own requests matter.
+    pub(super) fn handle_message_as_learner(&mut self, from: NodeId, message: Message) {
+        match message {
+            Message::FetchReply {
+                commit_point,
+                entries,
+            } => {
+                if self.catch_up.poll_target == Some(from) {
+                    self.catch_up.polls_unanswered = 0;
+                }
+                let brought = !entries.is_empty();
+                self.on_fetch_reply(from, commit_point, entries);
+                if self.catch_up.fetch_from() == Some(from) {
+                    // It reported the highest commit point heard of: ask it from now on.
+                    self.catch_up.poll_target = Some(from);
+                    self.catch_up.polls_unanswered = 0;
+                }
+                if brought && self.catch_up.known() > self.log.commit_point() {
+                    // Still behind, and `from` has more: ask for the next batch now.
+                    self.timers.fetch.reset(self.now, self.cfg.retransmit_ticks);
+                    self.send_learner_fetch(from);
+                }
+            }
+            Message::SnapshotChunk {
+                slot,
+                digest,
+                total_len,
+                offset,
+                data,
+            } => {
+                self.on_snapshot_chunk(
+                    from,
+                    Chunk {
+                        slot,
+                        digest,
+                        total_len,
+                        offset,
+                        data,
+                    },
+                );
+            }
+            Message::Snapshot { checkpoint } => self.on_snapshot(from, checkpoint),
+            // Votes, elections, proposals and recoveries are for members.
+            _ => {}
+        }
+    }
+
+    /// A message from a replica outside the membership (a learner): it may copy the
+    /// chosen log, nothing else.
+    pub(super) fn handle_message_from_outsider(&mut self, from: NodeId, message: Message) {
+        match message {
+            Message::Fetch { from: lo, to: hi } => {
+                if lo < self.log.start() && self.exec.checkpoint().is_some() {
+                    self.tell_commit_point(from);
+                }
+                self.on_fetch(from, lo, hi);
+            }
+            Message::SnapshotRequest {
+                slot,
+                digest,
+                offset,
+            } => {
+                let other = self
+                    .exec
+                    .checkpoint()
+                    .is_some_and(|cp| cp.slot != slot || cp.digest != digest);
+                if other {
+                    self.tell_commit_point(from);
+                }
+                self.on_snapshot_request(from, slot, digest, offset)
+            }
+            _ => {}
+        }
+    }
+
+    /// Before the first piece of a checkpoint goes to a learner: a replica takes a
+    /// checkpoint only below a commit point it heard of, and a learner hears of commit
+    /// points only from answers like this one (no leader tells it), so tell it ours.
+    fn tell_commit_point(&mut self, to: NodeId) {
+        let commit_point = self.log.commit_point();
+        self.send(
+            to,
+            Message::FetchReply {
+                commit_point,
+                entries: Vec::new(),
+            },
+        );
+    }
+}
