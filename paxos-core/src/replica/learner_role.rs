@@ -49,7 +49,7 @@ impl<S: StateMachine> Replica<S> {
         };
         let c = &mut self.catch_up;
         c.polls += 1;
-        if c.polls % PROBE_EVERY == 0 {
+        if c.polls.is_multiple_of(PROBE_EVERY) {
             let probe = members[(c.polls / PROBE_EVERY) as usize % members.len()];
             self.send_learner_fetch(probe);
             return;
