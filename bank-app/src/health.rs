@@ -85,7 +85,12 @@ pub fn health_rows(rows: &[NodeResult<NodeStatus>]) -> Vec<HealthRow> {
                 commit: Some(s.replica.commit_point),
                 executed: Some(s.replica.executed),
                 lag: leader_commit.map(|c| c.saturating_sub(s.replica.executed)),
-                acceptor: Some(acceptor_name(s.acceptor)),
+                // A learner never votes: its acceptor status says nothing.
+                acceptor: Some(if s.replica.role == Role::Learner {
+                    "not voting"
+                } else {
+                    acceptor_name(s.acceptor)
+                }),
                 available: Some(s.available),
                 log_end: Some(s.replica.log_end),
                 live_sessions: Some(s.replica.sessions),

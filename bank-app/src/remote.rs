@@ -60,7 +60,12 @@ fn member(cluster: &RemoteCluster, node: NodeId) -> Result<&RemoteNode, ClusterE
 #[async_trait]
 impl Cluster for RemoteCluster {
     fn nodes(&self) -> Vec<NodeId> {
-        self.members().iter().map(RemoteNode::id).collect()
+        // Learners too: the inspection commands show them beside the members.
+        self.members()
+            .iter()
+            .chain(self.learners())
+            .map(RemoteNode::id)
+            .collect()
     }
 
     fn endpoints(&self) -> Vec<Arc<dyn Endpoint>> {

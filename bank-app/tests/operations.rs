@@ -461,3 +461,48 @@ fn endpoints_environment_quiet_output_json_ids_and_reset() {
     );
     assert!(procs.data_dir(1).join("META").exists());
 }
+
+/// Three nodes and a learner process (`[[learners]]` in the cluster file): transfers
+/// go through the nodes; the learner copies the ledger, answers stale reads named to
+/// it, shows up as a learner in `bank health`, and never counts: with two of the
+/// three nodes down, nothing commits though the learner is up.
+#[test]
+fn a_learner_process_copies_the_ledger_and_answers_stale_reads() {
+    let _serial = serial();
+    let rt = runtime();
+    let mut procs = Processes::start_with_learner(&rt, 3);
+    for _ in 0..5 {
+        run_ok(procs.bank(&["transfer", "--client", "A", "A", "B", "1"]));
+    }
+    // The learner catches up within its polling period.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let balance_b = loop {
+        let run = run_ok(procs.bank(&["balance", "--stale", "--node", "4", "--json", "B"]));
+        let row = json_lines(&run.stdout)[0].clone();
+        assert_eq!(row["stale"], true, "{row}");
+        let b = row["balance"].as_i64().expect("a balance");
+        if b == bank_app::DEFAULT_INITIAL_BALANCE + 5 || Instant::now() > deadline {
+            break b;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(balance_b, bank_app::DEFAULT_INITIAL_BALANCE + 5);
+    let run = run_ok(procs.bank(&["health", "--json"]));
+    let rows = json_lines(&run.stdout);
+    let learner = rows
+        .iter()
+        .find(|r| r["node"] == 4)
+        .unwrap_or_else(|| panic!("no row for the learner: {}", run.stdout));
+    assert_eq!(learner["role"], "learner", "{learner}");
+    // A learner is not a majority's third member.
+    procs.kill(2);
+    procs.kill(3);
+    let run = procs
+        .bank(&["transfer", "--timeout", "2", "--client", "A", "A", "B", "1"])
+        .finish(Duration::from_secs(30));
+    assert!(
+        !run.status.success(),
+        "a transfer committed without a majority: {}",
+        run.stdout
+    );
+}

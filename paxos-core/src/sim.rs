@@ -100,7 +100,7 @@ mod tests {
     fn with_learners(f: &mut Faults) {
         f.learners = 1 + (f.fault_ticks % 2) as usize;
         f.crashes = true;
-        f.amnesia = f.amnesia || f.fault_ticks % 3 == 0;
+        f.amnesia = f.amnesia || f.fault_ticks.is_multiple_of(3);
         f.stale_reads = true;
         f.requests_per_client = f.requests_per_client.max(10);
     }

@@ -382,3 +382,49 @@ async fn reads_see_every_completed_write_without_entering_the_log() {
     .await
     .expect("in time");
 }
+
+/// A learner beside three members, on the same in-memory network: it copies every
+/// write (polling the members, which need no configuration for it), answers stale reads
+/// by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_copies_the_log_and_answers_stale_reads() {
+    let (net, nodes) = cluster(3, 47);
+    let mut cfg = Config::learner(4, vec![1, 2, 3]);
+    cfg.seed = 47 ^ 4;
+    let learner = spawn_node(
+        cfg,
+        Kv::default(),
+        net.join(4),
+        MemStorage::new(),
+        options(),
+    )
+    .expect("learner starts");
+    let mut writer = client(&nodes);
+    timeout(LIMIT, async {
+        for _ in 0..20 {
+            writer
+                .execute(&Op::Add("k".into(), 1))
+                .await
+                .expect("write");
+        }
+        let upto = leader(&nodes, &[])
+            .await
+            .status()
+            .await
+            .expect("status")
+            .executed;
+        let states = converge(std::slice::from_ref(&learner), upto).await;
+        assert_eq!(states[0].get("k"), Some(&20));
+        assert_eq!(learner.status().await.expect("status").role, Role::Learner);
+        let mut all = endpoints(&nodes);
+        all.push(Arc::new(learner.clone()) as Arc<dyn Endpoint>);
+        let mut reader = Client::<Kv>::new(all);
+        let seen = reader
+            .read_stale_at(4, &Op::Get("k".into()))
+            .await
+            .expect("the learner answers");
+        assert_eq!(seen, 20);
+    })
+    .await
+    .expect("test finished in time");
+}

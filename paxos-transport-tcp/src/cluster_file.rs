@@ -36,6 +36,10 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// [[nodes]]
 /// id = 2
 /// addr = "127.0.0.1:7002"
+///
+/// [[learners]]                # optional: replicas that copy the log without voting
+/// id = 6
+/// addr = "127.0.0.1:7006"
 /// ```
 /// Addresses are `IP:port` (no host names). Unknown keys are errors, so a typo does not
 /// go unnoticed.
@@ -59,7 +63,17 @@ pub struct ClusterConfig {
     pub checkpoint_interval: u64,
     /// The replicas: at least one, ids nonzero and unique, addresses unique.
     pub nodes: Vec<NodeConfig>,
+    /// Learners ([`paxos_core::Config::learner`]): replicas that copy the chosen log
+    /// from the `nodes` and serve stale reads, but never vote. Their ids and addresses
+    /// are distinct from the nodes'. Every member's file must list a learner (its
+    /// transport accepts only the peers it knows), but nothing else changes for them.
+    /// At most [`MAX_LEARNERS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<NodeConfig>,
 }
+
+/// The most learners a cluster file may list.
+pub const MAX_LEARNERS: usize = 64;
 
 /// One replica of a [`ClusterConfig`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +136,14 @@ pub enum ClusterConfigError {
     /// Two nodes share an address.
     #[error("address {0} is listed twice")]
     DuplicateAddr(SocketAddr),
+    /// More learners than [`MAX_LEARNERS`] are listed.
+    #[error("{count} learners configured, at most {max} allowed")]
+    TooManyLearners {
+        /// How many are listed.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// `checkpoint_interval` is 0.
     #[error("checkpoint_interval must be positive")]
     ZeroCheckpointInterval,
@@ -180,6 +202,7 @@ impl ClusterConfig {
                     })
                 })
                 .collect(),
+            learners: Vec::new(),
         }
     }
 
@@ -281,6 +304,7 @@ impl ClusterConfig {
             cluster_id: cluster_id.unwrap_or(DEFAULT_CLUSTER_ID),
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             nodes,
+            learners: Vec::new(),
         };
         config.validate()?;
         Ok(config)
@@ -361,12 +385,18 @@ impl ClusterConfig {
                 max: MAX_MEMBERS,
             });
         }
+        if self.learners.len() > MAX_LEARNERS {
+            return Err(ClusterConfigError::TooManyLearners {
+                count: self.learners.len(),
+                max: MAX_LEARNERS,
+            });
+        }
         if self.checkpoint_interval == 0 {
             return Err(ClusterConfigError::ZeroCheckpointInterval);
         }
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
-        for node in &self.nodes {
+        for node in self.nodes.iter().chain(&self.learners) {
             if node.id == 0 {
                 return Err(ClusterConfigError::ZeroId);
             }
@@ -380,17 +410,27 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// The node ids, in file order.
+    /// The voting nodes' ids, in file order (learners are not among them).
     pub fn ids(&self) -> Vec<NodeId> {
         self.nodes.iter().map(|n| n.id).collect()
     }
 
-    /// The node with this id.
-    pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
-        self.nodes.iter().find(|n| n.id == id)
+    /// The learners' ids, in file order.
+    pub fn learner_ids(&self) -> Vec<NodeId> {
+        self.learners.iter().map(|n| n.id).collect()
     }
 
-    /// The address of the node with this id.
+    /// True when `id` is one of the [`learners`](ClusterConfig::learners).
+    pub fn is_learner(&self, id: NodeId) -> bool {
+        self.learners.iter().any(|n| n.id == id)
+    }
+
+    /// The node or learner with this id.
+    pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
+        self.nodes.iter().chain(&self.learners).find(|n| n.id == id)
+    }
+
+    /// The address of the node or learner with this id.
     pub fn addr(&self, id: NodeId) -> Option<SocketAddr> {
         self.node(id).map(|n| n.addr)
     }

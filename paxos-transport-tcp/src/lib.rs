@@ -248,7 +248,7 @@ mod tests;
 pub use client::{ClientCall, ClientRequests, Responder, TcpClient};
 pub use cluster_file::{
     ClusterConfig, ClusterConfigError, NodeConfig, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLUSTER_ID,
-    MAX_CONFIG_BYTES,
+    MAX_CONFIG_BYTES, MAX_LEARNERS,
 };
 pub use config::{
     ClientConfig, TcpConfig, DEFAULT_MAX_CLIENT_CONNECTIONS_PER_IP, DEFAULT_MAX_CLIENT_FRAME_SIZE,

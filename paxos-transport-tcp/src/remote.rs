@@ -546,12 +546,18 @@ impl Endpoint for RemoteEndpoint {
 /// ```
 pub struct RemoteCluster {
     nodes: Vec<RemoteNode>,
+    learners: Vec<RemoteNode>,
 }
 
 impl fmt::Debug for RemoteCluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.nodes.iter().map(|n| (n.id(), n.addr())))
+            .entries(
+                self.nodes
+                    .iter()
+                    .chain(&self.learners)
+                    .map(|n| (n.id(), n.addr())),
+            )
             .finish()
     }
 }
@@ -593,42 +599,47 @@ impl RemoteCluster {
             .call_timeout
             .max(options.submit_timeout)
             .saturating_mul(2);
-        let mut nodes: Vec<RemoteNode> = config
-            .nodes
-            .iter()
-            .map(|n| {
-                let pool = Pool::new(PoolConfig {
-                    node: n.id,
-                    addr: n.addr,
-                    client: client_config.clone(),
-                    max_connections: options.connections_per_node,
-                    max_inflight: options.calls_per_connection,
-                    stall_limit,
-                    #[cfg(test)]
-                    broken_matching: options.broken_matching,
-                });
-                RemoteNode(Arc::new(NodeInner {
-                    id: n.id,
-                    addr: n.addr,
-                    call_timeout: options.call_timeout,
-                    submit_timeout: options.submit_timeout,
-                    pool,
-                }))
-            })
-            .collect();
+        let remote = |n: &crate::NodeConfig| {
+            let pool = Pool::new(PoolConfig {
+                node: n.id,
+                addr: n.addr,
+                client: client_config.clone(),
+                max_connections: options.connections_per_node,
+                max_inflight: options.calls_per_connection,
+                stall_limit,
+                #[cfg(test)]
+                broken_matching: options.broken_matching,
+            });
+            RemoteNode(Arc::new(NodeInner {
+                id: n.id,
+                addr: n.addr,
+                call_timeout: options.call_timeout,
+                submit_timeout: options.submit_timeout,
+                pool,
+            }))
+        };
+        let mut nodes: Vec<RemoteNode> = config.nodes.iter().map(remote).collect();
         nodes.sort_by_key(RemoteNode::id);
-        Ok(RemoteCluster { nodes })
+        let mut learners: Vec<RemoteNode> = config.learners.iter().map(remote).collect();
+        learners.sort_by_key(RemoteNode::id);
+        Ok(RemoteCluster { nodes, learners })
     }
 
-    /// The nodes, by ascending id.
+    /// The voting nodes, by ascending id.
     pub fn members(&self) -> &[RemoteNode] {
         &self.nodes
     }
 
-    /// The node with this id.
+    /// The learners ([`ClusterConfig::learners`]), by ascending id.
+    pub fn learners(&self) -> &[RemoteNode] {
+        &self.learners
+    }
+
+    /// The node or learner with this id.
     pub fn node(&self, id: NodeId) -> Result<&RemoteNode, RemoteError> {
         self.nodes
             .iter()
+            .chain(&self.learners)
             .find(|n| n.id() == id)
             .ok_or(RemoteError::UnknownNode(id))
     }
@@ -647,10 +658,22 @@ impl RemoteCluster {
         self.node(id)?.call(request).await
     }
 
-    /// One [`Endpoint`] per node, for a [`Client`].
+    /// One [`Endpoint`] per voting node, for a [`Client`] (learners answer only
+    /// stale reads, so a client that writes does not try them).
     pub fn endpoints(&self) -> Vec<Arc<dyn Endpoint>> {
         self.nodes
             .iter()
+            .map(|n| Arc::new(n.endpoint()) as Arc<dyn Endpoint>)
+            .collect()
+    }
+
+    /// One [`Endpoint`] per voting node, then one per learner: for a [`Client`] that
+    /// makes stale reads ([`Client::read_stale_at`](paxos_core::Client::read_stale_at)
+    /// can then name a learner).
+    pub fn endpoints_with_learners(&self) -> Vec<Arc<dyn Endpoint>> {
+        self.nodes
+            .iter()
+            .chain(&self.learners)
             .map(|n| Arc::new(n.endpoint()) as Arc<dyn Endpoint>)
             .collect()
     }

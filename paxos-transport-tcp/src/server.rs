@@ -308,7 +308,8 @@ impl<S: StateMachine + Send + 'static> NodeServer<S> {
             source,
         })?;
         let mut tcp = TcpConfig::new(id, cluster.cluster_id, addr);
-        for node in &cluster.nodes {
+        // Learners are peers too: members answer their fetches.
+        for node in cluster.nodes.iter().chain(&cluster.learners) {
             tcp = tcp.with_peer(node.id, node.addr);
         }
         if let Some(tweak) = &options.tcp {
@@ -318,7 +319,11 @@ impl<S: StateMachine + Send + 'static> NodeServer<S> {
         let max_frame_size = tcp.max_frame_size;
         let (transport, calls) = TcpTransport::from_listener(tcp, listener)?;
         let gate = Gate::new(true);
-        let mut replica = Config::new(id, cluster.ids());
+        let mut replica = if cluster.is_learner(id) {
+            Config::learner(id, cluster.ids())
+        } else {
+            Config::new(id, cluster.ids())
+        };
         replica.checkpoint_interval = cluster.checkpoint_interval;
         // State transfer pieces must fit in a peer frame, with room for their header.
         replica.snapshot_chunk_bytes = replica.snapshot_chunk_bytes.min(max_frame_size / 2).max(1);

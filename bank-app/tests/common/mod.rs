@@ -164,6 +164,26 @@ impl Processes {
         Processes::start_cluster_serving(rt, size, &BTreeSet::new(), true, false, &[], |_| {})
     }
 
+    /// Starts `size` nodes and one learner (id `size + 1`, listed under `[[learners]]`
+    /// in the cluster file), each with a data directory.
+    pub(crate) fn start_with_learner(rt: &tokio::runtime::Runtime, size: u64) -> Processes {
+        let learner = size + 1;
+        let mut procs = Processes::start_cluster(rt, size, &BTreeSet::new(), |config| {
+            let port = free_ports(1)[0];
+            config.learners = vec![NodeConfig {
+                id: learner,
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            }];
+        });
+        let child = procs.spawn_node(learner);
+        procs.nodes.insert(learner, child);
+        assert!(
+            procs.wait_until_serving(rt, Duration::from_secs(10)),
+            "the learner did not start"
+        );
+        procs
+    }
+
     fn start_cluster_serving(
         rt: &tokio::runtime::Runtime,
         size: u64,

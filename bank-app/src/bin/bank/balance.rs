@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::errors::usage;
-use crate::options::{one_shot_client, parse_secs, JsonFlag};
+use crate::options::{client_of, parse_secs, JsonFlag};
 use crate::output::{stdout_line, stdout_text};
 
 /// Options of `bank balance`.
@@ -25,7 +25,7 @@ pub(crate) struct BalanceArgs {
     /// that already completed; answered even by a replica cut off from the majority.
     #[arg(long)]
     pub(crate) stale: bool,
-    /// With --stale: the replica to ask first.
+    /// With --stale: the replica to ask first (a node or a learner of the cluster file).
     #[arg(long, value_name = "ID", requires = "stale")]
     pub(crate) node: Option<paxos_core::NodeId>,
     /// With --stale: the least executed slot the answer may reflect (the `executed` an
@@ -50,11 +50,11 @@ pub(crate) async fn run(config: &ClusterConfig, args: BalanceArgs) -> anyhow::Re
         return Err(usage(format!("unknown account {account}")));
     }
     if let Some(n) = node {
-        if !config.nodes.iter().any(|c| c.id == n) {
+        if config.node(n).is_none() {
             return Err(usage(format!("node {n} is not in the cluster file")));
         }
     }
-    let mut client = one_shot_client(config, timeout).await?;
+    let mut client = client_of(config, timeout, stale).await?;
     client.set_stale_floor(floor);
     let started = Instant::now();
     let command = BankCommand::Balance { account };

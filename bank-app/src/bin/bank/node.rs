@@ -184,8 +184,16 @@ async fn log_acceptor_status(server: &NodeServer) {
     let id = server.id();
     let status = server
         .handle()
-        .inspect(|r| (r.acceptor_status(), r.incarnation()))
+        .inspect(|r| (r.acceptor_status(), r.incarnation(), r.config().learner))
         .await;
+    if let Ok((_, _, true)) = status {
+        info!(
+            node = id,
+            "a learner: copies the chosen log from the nodes and serves stale reads; never votes"
+        );
+        return;
+    }
+    let status = status.map(|(status, incarnation, _)| (status, incarnation));
     match status {
         Ok((AcceptorStatus::Voter, incarnation)) => {
             info!(node = id, incarnation, "state found: voting");

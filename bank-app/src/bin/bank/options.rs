@@ -127,6 +127,16 @@ pub(crate) async fn one_shot_client(
     config: &ClusterConfig,
     timeout: std::time::Duration,
 ) -> anyhow::Result<paxos_core::Client<bank_app::Bank>> {
+    client_of(config, timeout, false).await
+}
+
+/// As [`one_shot_client`], with the learners among the endpoints (after the voting
+/// nodes) when `learners` is true: for stale reads.
+pub(crate) async fn client_of(
+    config: &ClusterConfig,
+    timeout: std::time::Duration,
+    learners: bool,
+) -> anyhow::Result<paxos_core::Client<bank_app::Bank>> {
     use std::time::Duration;
     let cluster = remote(config)?;
     require_reachable(&cluster).await?;
@@ -135,8 +145,10 @@ pub(crate) async fn one_shot_client(
         .with_min_backoff(Duration::from_millis(10))
         .with_max_backoff(Duration::from_millis(300))
         .with_default_deadline(timeout);
-    Ok(paxos_core::Client::with_options(
-        cluster.endpoints(),
-        options,
-    ))
+    let endpoints = if learners {
+        cluster.endpoints_with_learners()
+    } else {
+        cluster.endpoints()
+    };
+    Ok(paxos_core::Client::with_options(endpoints, options))
 }
