@@ -20,6 +20,9 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
 /// Where a new checkpoint is written before it is renamed into place.
 pub(crate) const CHECKPOINT_TMP: &str = "checkpoint.tmp";
+/// A compaction's base being written in the background, before it is renamed into
+/// place as the newest segment.
+pub(crate) const BASE_TMP: &str = "base.tmp";
 
 /// The on-disk format version written into every file header, and the only one read.
 ///

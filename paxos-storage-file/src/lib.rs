@@ -141,8 +141,22 @@
 //! 2. If the batch holds a `Compact` that drops entries, starts a new *base* segment
 //!    holding the whole image after the batch (status, incarnation, peers'
 //!    incarnations, promised ballot, commit point, live entries), fdatasyncs it,
-//!    fsyncs the directory and only then deletes every older segment. The base covers
-//!    every operation of the batch, so nothing else is written.
+//!    fsyncs the directory and only then deletes every older segment.
+//!
+//!    **Compactions off the replica's path.** The base holds every live entry (tens of
+//!    MiB under a large state), so by default it is written by a thread of its own, to
+//!    `base.tmp`, while the batch is appended to the current segment as in 3 below and
+//!    `persist` returns. Later batches are appended there too, and kept in memory as
+//!    written. Once the base is on disk, the next `persist` appends those records to
+//!    it, fdatasyncs it, renames it into place as the newest segment, fsyncs the
+//!    directory and deletes the older segments; then it appends its own batch there.
+//!    Until the rename the older segments hold every write (recovery ignores and
+//!    removes `base.tmp`); after it the new segment does. No new segment is started by
+//!    size meanwhile (the base takes the next number), and a compaction that arrives
+//!    while a base is being written waits for it, as does dropping the storage.
+//!    [`FileStorageOptions::background_compaction`] off writes the base before
+//!    `persist` returns, covering every operation of the batch, so nothing else is
+//!    written; [`FileStorageStats::compactions_in_background`] counts the others.
 //! 3. Otherwise encodes the operations (except checkpoints) as one record — several if
 //!    the batch exceeds the maximum record size — and appends them with **one write and
 //!    one fdatasync**, however many operations the batch holds (group commit: the driver
@@ -204,7 +218,8 @@
 //! nothing of it, a prefix of its records (a batch is one record unless it exceeds the
 //! maximum record size), or just its checkpoint; except that a checkpoint still being
 //! written in the background may be missing, with the previous one and every log entry
-//! it covers in its place. A checkpoint is written first because
+//! it covers in its place (and a compaction whose base was being written in the
+//! background may not have happened, the older segments holding the same state). A checkpoint is written first because
 //! it is self-contained: it covers slots that were already chosen. A compaction's base
 //! supersedes the older segments only once it is complete and synced, so an interrupted
 //! compaction recovers the state before it (with the new checkpoint) and a finished one

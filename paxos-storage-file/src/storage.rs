@@ -50,6 +50,11 @@ pub struct FileStorageOptions {
     /// [`FileStorage`]'s "Checkpoints off the replica's path"; `false` writes every
     /// checkpoint before `persist` returns.
     pub background_checkpoints: bool,
+    /// Whether a compaction's new base segment (the whole live log, rewritten) is
+    /// written on a background thread, so that `persist` returns after one append to
+    /// the current segment (default `true`). See [`FileStorage`]'s "Compactions off the
+    /// replica's path"; `false` writes and syncs the base before `persist` returns.
+    pub background_compaction: bool,
     /// A deliberately broken variant to run instead of the real code, in this crate's
     /// own tests only (see [`Broken`]); `None` (the default) runs the real code.
     #[cfg(test)]
@@ -78,6 +83,10 @@ pub(crate) enum Broken {
     /// not cover (a checkpoint installed from a peer): a crash before it is written
     /// leaves a commit point above a log with holes or unchosen values.
     BackgroundAlways,
+    /// A compaction's base written in the background replaces the older segments
+    /// without the records appended to them while it was being written: a crash
+    /// after the switch loses those writes.
+    BaseWithoutSince,
 }
 
 impl Default for FileStorageOptions {
@@ -88,6 +97,7 @@ impl Default for FileStorageOptions {
             max_checkpoint_size: 4 << 30,
             sync: true,
             background_checkpoints: true,
+            background_compaction: true,
             #[cfg(test)]
             broken: None,
             #[cfg(test)]
@@ -117,9 +127,12 @@ pub struct FileStorageStats {
     pub checkpoints_written: u64,
     /// Of which on the background thread (after `persist` returned).
     pub checkpoints_in_background: u64,
-    /// Times `persist` waited for a background checkpoint write to finish (a newer
-    /// checkpoint, or a compaction that needs it, arrived first).
+    /// Times `persist` waited for a background write to finish: a checkpoint (a newer
+    /// checkpoint, or a compaction that needs it, arrived first) or a compaction's base
+    /// (the next compaction arrived first).
     pub background_waits: u64,
+    /// Compactions whose base was written on the background thread.
+    pub compactions_in_background: u64,
 }
 
 /// What [`FileStorage::open`] found and repaired.
@@ -176,10 +189,25 @@ pub struct FileStorage {
     logged_commit: u64,
     /// The checkpoint being written on the background thread, if any.
     background: Option<BackgroundWrite>,
+    /// The compaction base being written on a background thread, if any.
+    base: Option<BackgroundBase>,
     /// The directory's `LOCK` file, exclusively locked for as long as this value lives
     /// (released when it is dropped, or by the OS when the process dies). Declared
     /// last: it is released after the background write is joined (see `Drop`).
     _lock: File,
+}
+
+/// A compaction's base segment being written by a thread of its own, to `base.tmp`,
+/// until it replaces the older segments as segment number `seq`.
+#[derive(Debug)]
+struct BackgroundBase {
+    seq: u64,
+    /// The file (positioned at its end) and its length once the base is written and
+    /// synced, with the thread's counters.
+    thread: std::thread::JoinHandle<Result<(File, u64, FileStorageStats), StorageError>>,
+    /// The records appended to the log after the compaction's batch, in order: they
+    /// follow the base in the new segment before it replaces the older ones.
+    since: Vec<u8>,
 }
 
 /// A checkpoint file being written by a thread of its own.
@@ -265,6 +293,7 @@ impl FileStorage {
         // Repair. Leftovers of an interrupted replacement: the real file is intact.
         disk.remove(&disk.path(META_TMP))?;
         disk.remove(&disk.path(CHECKPOINT_TMP))?;
+        disk.remove(&disk.path(BASE_TMP))?;
         if !has_meta {
             disk.replace(META_TMP, META_FILE, &encode_meta(cluster_id, node_id))?;
             recovery.created = true;
@@ -327,6 +356,7 @@ impl FileStorage {
             durable_checkpoint,
             logged_commit,
             background: None,
+            base: None,
             _lock: lock,
         })
     }
@@ -368,6 +398,12 @@ impl FileStorage {
     /// durable when this returns `Ok`).
     pub fn wait_for_checkpoint(&mut self) -> Result<(), StorageError> {
         self.reap_background(true)
+    }
+
+    /// Waits for the compaction base being written in the background, if any, and
+    /// puts it in place of the older segments.
+    pub fn wait_for_compaction(&mut self) -> Result<(), StorageError> {
+        self.finish_base(true)
     }
 
     /// Collects the background write if it has finished (or, with `wait`, once it
@@ -460,6 +496,8 @@ impl FileStorage {
 
     fn persist_ops(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
         self.reap_background(false)?;
+        // A finished compaction base takes over before this batch is appended.
+        self.finish_base(false)?;
         let max_compact = ops
             .iter()
             .filter_map(|op| match op {
@@ -531,9 +569,17 @@ impl FileStorage {
             }
         }
         // 2a. A compaction rewrites the whole state as the base of a new segment, which
-        //     covers every operation of the batch.
+        //     covers every operation of the batch: now, or on a thread of its own while
+        //     this batch is appended to the current segment as any other (2b).
+        let mut base_started = false;
         if compacted {
-            return self.compact();
+            if !self.options.background_compaction {
+                return self.compact();
+            }
+            // One at a time: the previous one takes over first.
+            self.finish_base(true)?;
+            self.start_base()?;
+            base_started = true;
         }
         // 2b. Otherwise the operations (checkpoints excepted: they live in their own
         //     file) are appended to the log with one write and one sync.
@@ -550,7 +596,9 @@ impl FileStorage {
                 }
             }
         }
-        let new_segment = self.segment_len > self.segment_start_len
+        // No rotation while a base is being written: it takes the next number.
+        let new_segment = self.base.is_none()
+            && self.segment_len > self.segment_start_len
             && self.segment_len + self.buf.len() as u64 > self.options.segment_size;
         if new_segment {
             self.start_segment(KIND_CONTINUATION)?;
@@ -564,8 +612,112 @@ impl FileStorage {
         if new_segment {
             disk.sync_dir()?;
         }
+        if let Some(base) = &mut self.base {
+            if !base_started {
+                base.since.extend_from_slice(&self.buf);
+            }
+        }
         self.trim_buffer();
         Ok(())
+    }
+
+    /// Starts writing the current state as the base of the next segment, on a thread
+    /// of its own, to `base.tmp` (which recovery ignores and removes): see
+    /// [`finish_base`](Self::finish_base) for how it takes over.
+    fn start_base(&mut self) -> Result<(), StorageError> {
+        let seq = self
+            .current_seq()
+            .checked_add(1)
+            .ok_or_else(|| StorageError::io("log segment sequence numbers are exhausted"))?;
+        let state = self.state.clone();
+        let mut disk = Disk {
+            dir: self.disk.dir.clone(),
+            sync: self.disk.sync,
+            stats: FileStorageStats::default(),
+        };
+        let (cluster_id, node_id) = (self.cluster_id, self.node_id);
+        let max_record_size = self.options.max_record_size;
+        #[cfg(test)]
+        let delay = self.options.background_delay;
+        let thread = std::thread::Builder::new()
+            .name(format!("compaction-{node_id}"))
+            .spawn(move || {
+                #[cfg(test)]
+                std::thread::sleep(delay);
+                let mut head = Vec::new();
+                encode_segment_header(&mut head, cluster_id, node_id, seq, KIND_BASE);
+                encode_base(&mut head, &state, max_record_size)?;
+                drop(state);
+                let path = disk.path(BASE_TMP);
+                let f = disk.create(&path, &head)?;
+                disk.sync_file(&f, &path)?;
+                disk.stats.segments_created += 1;
+                Ok((f, head.len() as u64, disk.stats))
+            })
+            .map_err(|e| StorageError::io_because("cannot start the compaction writer", e))?;
+        self.base = Some(BackgroundBase {
+            seq,
+            thread,
+            since: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Once the base being written in the background is on disk (or, with `wait`,
+    /// after waiting for it): appends the records written to the log since its batch,
+    /// syncs it, renames it into place as the newest segment, syncs the directory and
+    /// deletes the older segments, as a synchronous compaction does. Until the rename
+    /// the older segments hold every write, so a crash at any point recovers them; once
+    /// it is in place the new segment holds every write too.
+    fn finish_base(&mut self, wait: bool) -> Result<(), StorageError> {
+        let Some(base) = self.base.take_if(|b| wait || b.thread.is_finished()) else {
+            return Ok(());
+        };
+        if !base.thread.is_finished() {
+            self.disk.stats.background_waits += 1;
+        }
+        let (mut file, base_len, stats) = base.thread.join().unwrap_or_else(|_| {
+            Err(StorageError::io(
+                "the thread writing a compaction base in the background panicked",
+            ))
+        })?;
+        let total = &mut self.disk.stats;
+        total.syncs += stats.syncs;
+        total.bytes_written += stats.bytes_written;
+        total.segments_created += stats.segments_created;
+        let tmp = self.disk.path(BASE_TMP);
+        #[allow(unused_mut)]
+        let mut since: &[u8] = &base.since;
+        #[cfg(test)]
+        if self.options.broken == Some(Broken::BaseWithoutSince) {
+            since = &[];
+        }
+        if !since.is_empty() {
+            self.disk.write(&mut file, &tmp, since)?;
+            self.disk.sync_file(&file, &tmp)?;
+        }
+        debug_assert_eq!(Some(base.seq), self.current_seq().checked_add(1));
+        let path = self.disk.path(&segment_name(base.seq));
+        fs::rename(&tmp, &path).map_err(|e| io_err("cannot rename into place", &path, e))?;
+        self.disk.sync_dir()?;
+        self.disk.stats.compactions += 1;
+        self.disk.stats.compactions_in_background += 1;
+        let old = std::mem::replace(&mut self.segments, vec![base.seq]);
+        self.remove_segments(old);
+        self.segment = file;
+        self.segment_start_len = base_len;
+        self.segment_len = base_len + since.len() as u64;
+        Ok(())
+    }
+
+    /// Deletes compacted segments; one that cannot be removed is left for recovery.
+    fn remove_segments(&mut self, seqs: Vec<u64>) {
+        for seq in seqs {
+            let path = self.disk.path(&segment_name(seq));
+            if let Err(e) = self.disk.remove(&path) {
+                warn!(error = %e, "cannot remove a compacted log segment; it is retried at the next start");
+            }
+        }
     }
 
     fn current_seq(&self) -> u64 {
@@ -615,13 +767,8 @@ impl FileStorage {
         disk.stats.compactions += 1;
         // The new base is durable: older segments are dead. A crash before their
         // removal is harmless, recovery starts at the newest base and removes them.
-        for seq in old {
-            let path = disk.path(&segment_name(seq));
-            if let Err(e) = disk.remove(&path) {
-                warn!(error = %e, "cannot remove a compacted log segment; it is retried at the next start");
-            }
-        }
         self.segments.drain(..self.segments.len() - 1);
+        self.remove_segments(old);
         Ok(())
     }
 
@@ -662,11 +809,21 @@ impl Storage for FileStorage {
 }
 
 impl Drop for FileStorage {
-    /// Finishes the checkpoint being written in the background, if any, before the
-    /// directory is unlocked: a clean shutdown leaves it on disk.
+    /// Finishes the checkpoint and the compaction base being written in the
+    /// background, if any, before the directory is unlocked: a clean shutdown leaves
+    /// them on disk.
     fn drop(&mut self) {
         if let Err(e) = self.reap_background(true) {
             warn!(error = %e, "the checkpoint being written when the storage closed was not stored");
+        }
+        if self.failed.is_some() {
+            // The files may not match the image: leave them as they are for recovery,
+            // but never leave a thread writing in an unlocked directory.
+            if let Some(base) = self.base.take() {
+                let _ = base.thread.join();
+            }
+        } else if let Err(e) = self.finish_base(true) {
+            warn!(error = %e, "the compaction being written when the storage closed did not finish; the older segments still hold the log");
         }
     }
 }

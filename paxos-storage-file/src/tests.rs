@@ -560,8 +560,12 @@ fn a_batch_larger_than_a_record_is_split_and_read_back() {
 
 #[test]
 fn compaction_removes_old_segments_and_keeps_the_state() {
+    // The synchronous path (the background one: `a_compaction_is_written_in_the_background`).
     let dir = tempfile::tempdir().unwrap();
-    let o = opts(400);
+    let o = FileStorageOptions {
+        background_compaction: false,
+        ..opts(400)
+    };
     let mut s = open(dir.path(), &o);
     let mut batches = Vec::new();
     for i in 0..60u64 {
@@ -1093,6 +1097,9 @@ fn a_refused_open_changes_nothing_in_the_directory() {
     first
         .persist(&[PersistOp::Checkpoint(checkpoint(2, b"two"))])
         .unwrap();
+    // The log covers it, so it is written in the background: let it land before the
+    // directory is compared (a write still under way would change it meanwhile).
+    first.wait_for_checkpoint().unwrap();
     let seg = first.segment_files().pop().unwrap();
     // Things recovery would repair: leftovers of interrupted replacements, and a torn
     // tail (as if the live node were in the middle of a write).
@@ -1339,6 +1346,94 @@ fn closing_the_storage_finishes_the_background_checkpoint() {
     assert_eq!(state.checkpoint.as_ref().map(|c| c.slot), Some(5));
 }
 
+/// A compaction whose base is written in the background (`late_writer` holds the
+/// writer back): `persist` returns without it, writes go on meanwhile, a crash image
+/// taken before the base takes over and one taken after both hold every write, and
+/// after it one segment holds everything and takes the next writes.
+fn check_background_compaction(options: &FileStorageOptions) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), options);
+    let mut batches = committed(0..30);
+    for b in &batches {
+        s.persist(b).unwrap();
+    }
+    let old = segments(dir.path());
+    let compact = vec![
+        PersistOp::Checkpoint(checkpoint(20, b"state at 20")),
+        PersistOp::Compact(20),
+    ];
+    let started = Instant::now();
+    s.persist(&compact).unwrap();
+    let took = started.elapsed();
+    batches.push(compact);
+    if took >= options.background_delay {
+        return Err(format!("persist waited {took:?} for the base"));
+    }
+    for b in committed(30..40) {
+        s.persist(&b).unwrap();
+        batches.push(b);
+    }
+    let expected = mem_after(&batches);
+    if s.load().unwrap() != expected {
+        return Err("the image differs from the model".into());
+    }
+    let image = |dir: &Path| {
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(dir, work.path());
+        let state = load(work.path(), &nosync(1 << 20));
+        (state, segments(work.path()).len())
+    };
+    // 1. A crash while the base is still being written: the older segments.
+    let (state, _) = image(dir.path());
+    if state != expected {
+        return Err("a crash before the base took over lost writes".into());
+    }
+    // 2. The base takes over, with the writes made meanwhile.
+    s.wait_for_compaction().unwrap();
+    let stats = s.stats();
+    if stats.compactions_in_background != 1 || segments(dir.path()).len() != 1 {
+        return Err(format!("{stats:?}, segments {:?}", segments(dir.path())));
+    }
+    if segments(dir.path())[0] == *old.last().unwrap() {
+        return Err("no new segment".into());
+    }
+    let (state, count) = image(dir.path());
+    if state != expected || count != 1 {
+        return Err("a crash after the base took over lost writes".into());
+    }
+    // 3. Writes go on in the new segment.
+    for b in committed(40..45) {
+        s.persist(&b).unwrap();
+        batches.push(b);
+    }
+    drop(s);
+    if load(dir.path(), &nosync(1 << 20)) != mem_after(&batches) {
+        return Err("writes after the base took over were lost".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_compaction_is_written_in_the_background() {
+    check_background_compaction(&late_writer(300)).unwrap();
+}
+
+#[test]
+fn a_leftover_base_is_ignored_and_removed() {
+    // A crash while a base was being written leaves `base.tmp`: the older segments
+    // hold the log, and the leftover goes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &nosync(1 << 20));
+    let batches = committed(0..5);
+    for b in &batches {
+        s.persist(b).unwrap();
+    }
+    drop(s);
+    fs::write(dir.path().join(BASE_TMP), b"half a base").unwrap();
+    assert_eq!(load(dir.path(), &nosync(1 << 20)), mem_after(&batches));
+    assert!(!dir.path().join(BASE_TMP).exists());
+}
+
 mod broken_variants {
     use super::*;
     use crate::storage::Broken;
@@ -1352,6 +1447,16 @@ mod broken_variants {
         let e =
             check_an_installed_checkpoint_is_durable_before_persist_returns(&options).unwrap_err();
         assert!(e.contains("neither in the checkpoint"), "{e}");
+    }
+
+    #[test]
+    fn a_base_taking_over_without_the_writes_made_meanwhile_is_caught() {
+        let options = FileStorageOptions {
+            broken: Some(Broken::BaseWithoutSince),
+            ..late_writer(300)
+        };
+        let e = check_background_compaction(&options).unwrap_err();
+        assert!(e.contains("after the base took over"), "{e}");
     }
 
     fn broken(variant: Broken) -> FileStorageOptions {
@@ -1486,6 +1591,7 @@ fn a_compaction_base_carries_status_and_incarnations() {
     ];
     s.persist(&compact).unwrap();
     batches.push(compact);
+    s.wait_for_compaction().unwrap();
     assert_eq!(s.stats().compactions, 1);
     drop(s);
     // One segment holding only a base: the status came back from the base itself.
@@ -1513,6 +1619,7 @@ fn a_compaction_base_carries_status_and_incarnations() {
     ];
     s.persist(&finish).unwrap();
     batches.push(finish);
+    s.wait_for_compaction().unwrap();
     assert_eq!(s.stats().compactions, 1);
     drop(s);
     assert_eq!(tags(dir.path()), [TAG_BASE_BEGIN, TAG_BASE_END]);
