@@ -295,8 +295,14 @@ impl fmt::Display for CommandDisplay<'_> {
 ///   unreachable replica can take.
 #[async_trait]
 pub trait Cluster: Send + Sync {
-    /// The replicas' ids, ascending.
+    /// The voting replicas' ids, ascending.
     fn nodes(&self) -> Vec<NodeId>;
+
+    /// The replicas the inspection commands (PrintDB, PrintStatus, PrintView,
+    /// health) list: the voting ones, then any learners. By default [`nodes`](Self::nodes).
+    fn inspected(&self) -> Vec<NodeId> {
+        self.nodes()
+    }
 
     /// One client endpoint per replica, for [`paxos_core::Client`]s.
     fn endpoints(&self) -> Vec<Arc<dyn Endpoint>>;

@@ -90,7 +90,7 @@ where
     F: Fn(&'c C, NodeId) -> Fut,
     Fut: std::future::Future<Output = Result<T, ClusterError>> + 'c,
 {
-    let nodes = cluster.nodes();
+    let nodes = cluster.inspected();
     let results = futures::future::join_all(nodes.iter().map(|&n| f(cluster, n))).await;
     nodes
         .into_iter()

@@ -60,6 +60,10 @@ fn member(cluster: &RemoteCluster, node: NodeId) -> Result<&RemoteNode, ClusterE
 #[async_trait]
 impl Cluster for RemoteCluster {
     fn nodes(&self) -> Vec<NodeId> {
+        self.members().iter().map(RemoteNode::id).collect()
+    }
+
+    fn inspected(&self) -> Vec<NodeId> {
         // Learners too: the inspection commands show them beside the members.
         self.members()
             .iter()

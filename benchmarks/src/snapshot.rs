@@ -90,6 +90,10 @@ pub(crate) struct SnapshotArgs {
     /// written before `persist` returns.
     #[arg(long)]
     synchronous_checkpoints: bool,
+    /// Write each compaction's base segment before `persist` returns, as before
+    /// compactions off the path (`FileStorageOptions::background_compaction` off).
+    #[arg(long)]
+    synchronous_compaction: bool,
 }
 
 /// The settings every node of a run shares, derived from [`SnapshotArgs`].
@@ -105,6 +109,7 @@ struct Settings {
     probe: u64,
     patience: Duration,
     synchronous_checkpoints: bool,
+    synchronous_compaction: bool,
 }
 
 impl Settings {
@@ -141,6 +146,7 @@ impl Settings {
             probe: args.probe.unwrap_or(2 * args.checkpoint_interval).max(1),
             patience: Duration::from_secs(args.patience.max(1)),
             synchronous_checkpoints: args.synchronous_checkpoints,
+            synchronous_compaction: args.synchronous_compaction,
         })
     }
 
@@ -653,6 +659,7 @@ impl Cluster {
         member.traffic = Arc::default();
         let options = FileStorageOptions {
             background_checkpoints: !s.synchronous_checkpoints,
+            background_compaction: !s.synchronous_compaction,
             ..FileStorageOptions::default()
         };
         let storage = FileStorage::open_with(&member.dir, self.cluster_id, id, options)
@@ -1336,6 +1343,7 @@ mod tests {
             chunk_kib: 64,
             patience: 60,
             synchronous_checkpoints: false,
+            synchronous_compaction: false,
         };
         let settings = Settings::of(&args).expect("valid settings");
         let dir = tempfile::tempdir().expect("temp dir");

@@ -169,10 +169,22 @@ fn a_learner_answers_stale_reads_and_redirects_the_rest() {
     let (slot, seen) = stale_answer(&h, 8).expect("the learner answers");
     assert_eq!(slot, executed);
     assert_eq!(seen, 3, "the three writes");
-    // A floor beyond what it knows: it redirects at once.
-    h.r(4).handle_request(read(9, executed + 100));
+    // A floor above what it knows (a client that just read from a member after a
+    // write): it waits, polls at once, and answers with that write.
+    writes(&mut h, session, 4, 1);
+    let floor = h.r(1).executed();
+    h.r(4).handle_request(read(11, floor));
+    h.run(&all);
+    assert!(stale_answer(&h, 11).is_none(), "answered below its floor");
+    h.tick(&[4], 1, &all);
+    let (slot, seen) = stale_answer(&h, 11).expect("answered after one poll");
+    assert!(slot >= floor && seen == 4, "{slot} {seen}");
+    // A floor nobody reached: after an election timeout, a redirect.
+    h.r(4).handle_request(read(9, floor + 100));
+    let timeout = 2 * h.r(4).config().election_ticks as usize;
+    h.tick(&[4], timeout, &all);
     // Writes and linearizable reads are for the leader.
-    h.r(4).handle_request(write(session, 4));
+    h.r(4).handle_request(write(session, 5));
     h.r(4).handle_request(Request::read(
         10,
         Bytes::from(postcard::to_allocvec(&(10u64, READ_SEQ)).unwrap()),
@@ -219,4 +231,70 @@ fn a_learner_learns_only_chosen_values() {
         learner_polls_a_member_holding_an_unchosen_value(Mutation::FetchServesUnchosen).is_err(),
         "the broken variant teaches the learner an undecided value"
     );
+}
+
+/// Messages in the name of a replica outside the membership reach no voting code and
+/// teach a member nothing: only FETCH and snapshot requests are answered.
+#[test]
+fn a_member_ignores_everything_but_catch_up_requests_from_outsiders() {
+    let mut h = cluster(|_| {});
+    let session = leader_with_session(&mut h);
+    writes(&mut h, session, 1, 2);
+    let cp = h.r(2).commit_point();
+    let promised = h.r(2).promised();
+    let bogus = crate::Value::Request(write(session, 99));
+    let forged = [
+        Message::FetchReply {
+            commit_point: cp + 5,
+            entries: vec![(cp, bogus.clone())],
+        },
+        Message::Prepare {
+            ballot: Ballot::new(1 << 40, 9),
+            from_slot: 0,
+            nonce: 7,
+            handover: false,
+        },
+        Message::Accept {
+            ballot: Ballot::new(1 << 40, 9),
+            commit_point: cp + 1,
+            entries: vec![(cp, bogus)],
+        },
+        Message::Heartbeat {
+            ballot: Ballot::new(1 << 40, 9),
+            commit_point: cp + 5,
+        },
+        Message::SnapshotChunk {
+            slot: cp + 3,
+            digest: 0,
+            total_len: 4,
+            offset: 0,
+            data: Bytes::from_static(b"junk"),
+        },
+    ];
+    for m in forged {
+        // From id 9, which nobody configured, and from the cluster's own learner.
+        for outsider in [9, 4] {
+            h.deliver(outsider, 2, m.clone());
+        }
+    }
+    let out = h.drain();
+    assert!(out.is_empty(), "a member answered outsiders: {out:?}");
+    assert_eq!(h.r(2).promised(), promised);
+    assert_eq!(h.r(2).commit_point(), cp);
+    assert!(h.r(2).slot(cp).value.is_none());
+    // Ticking, it does not fetch the commit point a forged message claimed.
+    h.tick(&[2], 20, &|_, _, m: &Message| {
+        assert!(
+            !matches!(m, Message::Fetch { .. }),
+            "fetched for an outsider's claim"
+        );
+        Drop
+    });
+    // A FETCH is answered, with chosen values only.
+    h.deliver(9, 2, Message::Fetch { from: 0, to: 100 });
+    let out = h.drain();
+    assert!(matches!(
+        out.as_slice(),
+        [(2, 9, Message::FetchReply { commit_point, .. })] if *commit_point == cp
+    ));
 }

@@ -312,6 +312,10 @@ impl<S: StateMachine + Send + 'static> NodeServer<S> {
         for node in cluster.nodes.iter().chain(&cluster.learners) {
             tcp = tcp.with_peer(node.id, node.addr);
         }
+        // Every node and learner may hold a connection at once (learners poll all the
+        // time, so theirs never go idle): room for all of them.
+        let peers = cluster.nodes.len() + cluster.learners.len();
+        tcp.max_peer_connections = tcp.max_peer_connections.max(peers);
         if let Some(tweak) = &options.tcp {
             tweak(&mut tcp);
         }

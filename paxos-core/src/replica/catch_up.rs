@@ -320,6 +320,14 @@ impl<S: StateMachine> Replica<S> {
             return false;
         };
         t.stalled += 1;
+        if self.cfg.learner && t.stalled > TRANSFER_ATTEMPTS_PER_PEER * peers.len() as u64 {
+            // Every member was asked and none had this checkpoint or a newer one:
+            // the one that had it is gone, and the others' logs may hold what it
+            // covered. A learner has no leader to tell it more: start again with a
+            // FETCH. (Members keep the transfer; their leader keeps them informed.)
+            self.catch_up.transfer = None;
+            return false;
+        }
         if t.stalled % TRANSFER_ATTEMPTS_PER_PEER == 0 && !peers.is_empty() {
             let next = peers.iter().position(|p| *p == t.from).map_or(0, |i| i + 1);
             t.from = peers[next % peers.len()];

@@ -15,6 +15,7 @@ use crate::mutation::Mutation;
 
 impl<S: StateMachine> Replica<S> {
     pub(super) fn start_prevote(&mut self) {
+        debug_assert!(!self.cfg.learner, "a learner never campaigns");
         let round = self.max_round_seen.max(self.promised.round) + 1;
         let ballot = Ballot::new(round, self.cfg.id);
         self.prevote = Some((ballot, 1 << self.me));
@@ -76,6 +77,7 @@ impl<S: StateMachine> Replica<S> {
     /// Runs for leader at a new ballot. `handover`: the leader handed over to this
     /// replica ([`Message::TimeoutNow`]), so acceptors promise despite stickiness.
     pub(super) fn start_election(&mut self, handover: bool) {
+        debug_assert!(!self.cfg.learner, "a learner never campaigns");
         self.prevote = None;
         self.step_down_queue(None);
         let round = self.max_round_seen.max(self.promised.round) + 1;

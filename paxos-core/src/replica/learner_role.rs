@@ -13,10 +13,16 @@
 //! learner learns, executes, checkpoints and stores them exactly as a member would, so
 //! its state is always a prefix of the chosen log. It serves stale reads
 //! ([`Request::stale_read`](crate::Request::stale_read)) from that state once it has
-//! heard of a commit point, and redirects every other request.
+//! caught up with the first commit point it heard of (or restarted with a state of its
+//! own), and redirects every other request. A stale read whose floor is above
+//! anything it heard of waits (within the usual bounds, an election timeout at most)
+//! and makes it poll at once: a client that just read from a member is a poll period
+//! ahead of it, no more.
 //!
 //! Whom it asks: one member at a time, at first the one that reported the highest
-//! commit point, and the next member after two unanswered polls. Every fourth poll
+//! commit point, and the next member after two polls left unanswered (or answered by a
+//! member behind it). A snapshot transfer that went round every member without a
+//! piece is dropped for a FETCH (the member that had the checkpoint may be gone). Every fourth poll
 //! goes to another member in turn, so that a learner whose member lags (cut off from
 //! the leader, say) hears of a higher commit point and moves to whoever reported it.
 
@@ -66,6 +72,11 @@ impl<S: StateMachine> Replica<S> {
         self.send_learner_fetch(target);
     }
 
+    /// Polls at the next tick (a stale read is waiting for more than it knows of).
+    pub(super) fn poll_soon(&mut self) {
+        self.timers.fetch.reset(self.now, 0);
+    }
+
     /// Asks `to` for the chosen values above this learner's commit point.
     fn send_learner_fetch(&mut self, to: NodeId) {
         let lo = self.log.commit_point();
@@ -80,18 +91,27 @@ impl<S: StateMachine> Replica<S> {
                 commit_point,
                 entries,
             } => {
-                if self.catch_up.poll_target == Some(from) {
+                // An answer from a member behind us (a wiped one, say) is as good as
+                // none: after a few, ask the next member.
+                let useful = commit_point >= self.log.commit_point();
+                if self.catch_up.poll_target == Some(from) && useful {
                     self.catch_up.polls_unanswered = 0;
                 }
-                let brought = !entries.is_empty();
+                let before = self.log.commit_point();
                 self.on_fetch_reply(from, commit_point, entries);
+                let brought = self.log.commit_point() > before;
+                if !self.catch_up_done && self.log.commit_point() >= self.catch_up.known() {
+                    self.catch_up_done = true;
+                }
                 if self.catch_up.fetch_from() == Some(from) {
                     // It reported the highest commit point heard of: ask it from now on.
                     self.catch_up.poll_target = Some(from);
                     self.catch_up.polls_unanswered = 0;
                 }
                 if brought && self.catch_up.known() > self.log.commit_point() {
-                    // Still behind, and `from` has more: ask for the next batch now.
+                    // It moved us on and we are still behind: ask for the next batch
+                    // now (a duplicate or stale answer moves nothing, so it starts no
+                    // second stream).
                     self.timers.fetch.reset(self.now, self.cfg.retransmit_ticks);
                     self.send_learner_fetch(from);
                 }

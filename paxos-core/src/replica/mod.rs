@@ -221,6 +221,9 @@ pub struct Replica<S> {
 
     /// The highest commit point heard of, and whom to fetch from.
     catch_up: CatchUp,
+    /// A learner serves stale reads once this is set: it restarted with a state of
+    /// its own, or caught up with the first commit point it heard of.
+    catch_up_done: bool,
 
     /// Client requests this leader will answer once they execute.
     awaiting: HashSet<(ClientId, u64)>,
@@ -295,6 +298,7 @@ impl<S: StateMachine> Replica<S> {
             prevote: None,
             max_round_seen: state.promised.round,
             catch_up: CatchUp::new(state.commit_point),
+            catch_up_done: state.commit_point > 0,
             awaiting: HashSet::new(),
             stale_reads: VecDeque::new(),
             stale_read_bytes: 0,

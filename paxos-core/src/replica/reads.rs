@@ -313,7 +313,7 @@ impl<S: StateMachine> Replica<S> {
         // A learner has no vote to recover; it answers once it has heard of a commit
         // point (a learner that never reached a member has nothing a client expects).
         let serves = if self.cfg.learner {
-            self.catch_up.known() > 0
+            self.catch_up_done
         } else {
             self.status == AcceptorStatus::Voter
         };
@@ -329,8 +329,10 @@ impl<S: StateMachine> Replica<S> {
         }
         if floor <= self.exec.executed() {
             self.answer_stale_read(&request);
-        } else if floor > self.catch_up.known().max(self.log.commit_point()) {
+        } else if floor > self.catch_up.known().max(self.log.commit_point()) && !self.cfg.learner {
             // Beyond any commit point this replica heard of: waiting here helps nobody.
+            // (A learner hears of commit points only when it polls: it waits, below,
+            // and polls at once.)
             self.redirect(&request);
         } else if self.stale_reads.len() >= self.cfg.max_pending
             || self.stale_read_bytes + request.payload.len() > self.cfg.max_message_bytes
@@ -347,6 +349,9 @@ impl<S: StateMachine> Replica<S> {
             self.stale_read_bytes += request.payload.len();
             self.stale_min_floor = self.stale_min_floor.min(floor);
             self.stale_reads.push_back((request, self.now));
+            if self.cfg.learner {
+                self.poll_soon();
+            }
         }
     }
 

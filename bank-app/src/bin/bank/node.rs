@@ -89,7 +89,12 @@ pub(crate) async fn run(config: &ClusterConfig, args: NodeArgs) -> anyhow::Resul
     } = args;
     let data_dir = data_dir.as_deref();
     if config.node(id).is_none() {
-        let ids: Vec<String> = config.ids().iter().map(u64::to_string).collect();
+        let ids: Vec<String> = config
+            .ids()
+            .iter()
+            .chain(&config.learner_ids())
+            .map(u64::to_string)
+            .collect();
         bail!(
             "node {id} is not in the cluster config (its nodes are {})",
             ids.join(", ")

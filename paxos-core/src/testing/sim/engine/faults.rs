@@ -226,8 +226,11 @@ impl<W: Workload> Sim<W> {
                     self.leaky.insert(k);
                 }
             }
-            for &a in &self.members {
-                for &b in &self.members {
+            // Learners (when the profile has any) get lossy links and partitions too.
+            let everyone: Vec<NodeId> =
+                self.members.iter().chain(&self.learners).copied().collect();
+            for &a in &everyone {
+                for &b in &everyone {
                     if a == b || !chance(&mut self.rng, 0.5) {
                         continue;
                     }
@@ -262,7 +265,7 @@ impl<W: Workload> Sim<W> {
                     }
                 }
                 _ => {
-                    for &m in &self.members {
+                    for &m in self.members.iter().chain(&self.learners) {
                         if chance(&mut self.rng, 0.5) {
                             group.push(m);
                         }
@@ -270,8 +273,10 @@ impl<W: Workload> Sim<W> {
                 }
             }
             let one_way = self.faults.one_way && chance(&mut self.rng, 0.5);
+            let everyone: Vec<NodeId> =
+                self.members.iter().chain(&self.learners).copied().collect();
             for &a in &group {
-                for &b in &self.members {
+                for &b in &everyone {
                     if !group.contains(&b) {
                         self.blocked.insert((a, b));
                         if !one_way {
