@@ -1183,7 +1183,10 @@ fn print_report(s: &Settings, r: &Report) {
     let p50 = lat.get(lat.len() / 2).copied().unwrap_or_default();
     let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or_default();
     let max = lat.last().copied().unwrap_or_default();
-    let slow = lat.iter().filter(|l| **l > Duration::from_millis(50)).count();
+    let slow = lat
+        .iter()
+        .filter(|l| **l > Duration::from_millis(50))
+        .count();
     println!(
         "| probe: {} small commands, one client: p50 / p99 / longest commit latency; commits over 50 ms | {:.1} / {:.0} / {:.0} ms; {} |",
         lat.len(),

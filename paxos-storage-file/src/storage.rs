@@ -395,15 +395,33 @@ impl FileStorage {
     }
 
     /// Waits for the checkpoint being written in the background, if any (it is
-    /// durable when this returns `Ok`).
+    /// durable when this returns `Ok`). Like `persist`, refused after a failed write,
+    /// and a failure here fails the storage.
     pub fn wait_for_checkpoint(&mut self) -> Result<(), StorageError> {
-        self.reap_background(true)
+        self.latched(|s| s.reap_background(true))
     }
 
     /// Waits for the compaction base being written in the background, if any, and
-    /// puts it in place of the older segments.
+    /// puts it in place of the older segments. Like `persist`, refused after a failed
+    /// write, and a failure here fails the storage.
     pub fn wait_for_compaction(&mut self) -> Result<(), StorageError> {
-        self.finish_base(true)
+        self.latched(|s| s.finish_base(true))
+    }
+
+    /// Runs `f` as `persist` runs its writes: refused after an earlier failure, and
+    /// a failure of its own fails the storage (the files may no longer match).
+    fn latched(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        if let Some(e) = &self.failed {
+            return Err(refused_after(e));
+        }
+        let result = f(self);
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
     }
 
     /// Collects the background write if it has finished (or, with `wait`, once it
@@ -696,17 +714,28 @@ impl FileStorage {
             self.disk.write(&mut file, &tmp, since)?;
             self.disk.sync_file(&file, &tmp)?;
         }
-        debug_assert_eq!(Some(base.seq), self.current_seq().checked_add(1));
+        if Some(base.seq) != self.current_seq().checked_add(1) {
+            // Another segment took the base's number (nothing should start one while a
+            // base is being written): renaming over it would lose its writes.
+            return Err(StorageError::io(format!(
+                "the compaction base was numbered {} but the newest segment is {}",
+                base.seq,
+                self.current_seq()
+            )));
+        }
         let path = self.disk.path(&segment_name(base.seq));
         fs::rename(&tmp, &path).map_err(|e| io_err("cannot rename into place", &path, e))?;
-        self.disk.sync_dir()?;
-        self.disk.stats.compactions += 1;
-        self.disk.stats.compactions_in_background += 1;
-        let old = std::mem::replace(&mut self.segments, vec![base.seq]);
-        self.remove_segments(old);
+        // From here on the new segment is the one recovery replays (once the rename is
+        // durable): write there, even if syncing the directory fails below.
+        let mut old = std::mem::replace(&mut self.segments, vec![base.seq]);
+        old.retain(|seq| *seq != base.seq);
         self.segment = file;
         self.segment_start_len = base_len;
         self.segment_len = base_len + since.len() as u64;
+        self.disk.sync_dir()?;
+        self.disk.stats.compactions += 1;
+        self.disk.stats.compactions_in_background += 1;
+        self.remove_segments(old);
         Ok(())
     }
 

@@ -1419,6 +1419,73 @@ fn a_compaction_is_written_in_the_background() {
 }
 
 #[test]
+fn no_segment_starts_while_a_base_is_being_written() {
+    // Segments of a few hundred bytes: the writes made while the base is being written
+    // would start several, one of which would take the base's number.
+    let options = FileStorageOptions {
+        segment_size: 400,
+        ..late_writer(200)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &options);
+    let mut batches = committed(0..20);
+    for b in &batches {
+        s.persist(b).unwrap();
+    }
+    let compact = vec![
+        PersistOp::Checkpoint(checkpoint(10, b"state at 10")),
+        PersistOp::Compact(10),
+    ];
+    s.persist(&compact).unwrap();
+    batches.push(compact);
+    let during = segments(dir.path()).len();
+    for b in committed(20..40) {
+        s.persist(&b).unwrap();
+        batches.push(b);
+    }
+    assert_eq!(
+        segments(dir.path()).len(),
+        during,
+        "a segment started meanwhile"
+    );
+    s.wait_for_compaction().unwrap();
+    assert_eq!(segments(dir.path()).len(), 1);
+    // Rotation resumes afterwards.
+    for b in committed(40..60) {
+        s.persist(&b).unwrap();
+        batches.push(b);
+    }
+    assert!(segments(dir.path()).len() > 1);
+    drop(s);
+    assert_eq!(load(dir.path(), &nosync(400)), mem_after(&batches));
+}
+
+#[test]
+fn dropping_the_storage_finishes_the_base_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &late_writer(200));
+    let mut batches = committed(0..20);
+    for b in &batches {
+        s.persist(b).unwrap();
+    }
+    let compact = vec![
+        PersistOp::Checkpoint(checkpoint(10, b"state at 10")),
+        PersistOp::Compact(10),
+    ];
+    s.persist(&compact).unwrap();
+    batches.push(compact);
+    batches.push(vec![accept(20, 1)]);
+    s.persist(&batches[batches.len() - 1]).unwrap();
+    let before = segments(dir.path());
+    drop(s);
+    let after = segments(dir.path());
+    assert_eq!(after.len(), 1);
+    assert!(!before.contains(&after[0]), "the base took over");
+    assert!(!dir.path().join(BASE_TMP).exists());
+    assert_eq!(load(dir.path(), &nosync(1 << 20)), mem_after(&batches));
+}
+
+#[test]
 fn a_leftover_base_is_ignored_and_removed() {
     // A crash while a base was being written leaves `base.tmp`: the older segments
     // hold the log, and the leftover goes.
