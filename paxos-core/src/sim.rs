@@ -72,7 +72,7 @@ mod tests {
     fn simulation_holds_invariants_with_learners() {
         let seeds = seeds(300);
         let n = seeds.len();
-        let (mut executed, mut snapshots, mut reads) = (0, 0, 0);
+        let (mut executed, mut snapshots, mut reads, mut lost) = (0, 0, 0, 0);
         for seed in seeds {
             let s = Sim::protocol(seed, Mutation::None, with_learners)
                 .run()
@@ -82,27 +82,32 @@ mod tests {
             executed += s.learner_executed;
             snapshots += s.learner_snapshots;
             reads += s.learner_reads;
+            lost += s.lost_for_good;
         }
         let _ = writeln!(
             std::io::stderr().lock(),
-            "simulation (learners): {n} seeds, learners executed {executed} slots, installed {snapshots} snapshots, answered {reads} stale reads"
+            "simulation (learners): {n} seeds, learners executed {executed} slots, installed {snapshots} snapshots, answered {reads} stale reads; {lost} leaders lost for good"
         );
         // The profile exercises what it is for: learners that copy the log, catch up
         // by state transfer and serve reads.
         if n >= 50 {
-            assert!(executed > 0 && snapshots > 0 && reads > 0);
+            assert!(executed > 0 && snapshots > 0 && reads > 0 && lost > 0);
         }
     }
 
     /// One or two learners beside three or five members, with crashes (learners
-    /// crash and lose their storage too), partitions and stale reads, half of which go
-    /// to learners.
+    /// crash and lose their storage too), partitions and lossy links that reach
+    /// learners, stale reads to any member or learner, and in a third of the runs a
+    /// leader lost for good when the faults end.
     fn with_learners(f: &mut Faults) {
         f.learners = 1 + (f.fault_ticks % 2) as usize;
         f.crashes = true;
         f.amnesia = f.amnesia || f.fault_ticks.is_multiple_of(3);
         f.stale_reads = true;
         f.requests_per_client = f.requests_per_client.max(10);
+        // In a third of the runs the leader is lost for good when the faults end: the
+        // learners' polls and transfers must turn to the other members.
+        f.lose_leader_at_heal = f.fault_ticks % 3 == 1;
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub(crate) struct Faults {
     /// ids `nodes + 1 ..`: 0 unless a profile sets it. They crash, lose their storage
     /// and get stale reads like any replica, and must execute the chosen log.
     pub(crate) learners: usize,
+    /// At healing, the leader (or the first member) crashes for good: the rest of the
+    /// run is served by the others, and learners must turn away from it. Off unless a
+    /// profile sets it.
+    pub(crate) lose_leader_at_heal: bool,
 }
 
 impl Faults {
@@ -132,6 +136,7 @@ impl Faults {
             session_ttl: 0,
             session_clock: crate::config::DEFAULT_SESSION_CLOCK_TICKS,
             learners: 0,
+            lose_leader_at_heal: false,
         }
         .with_eviction(rng)
     }
@@ -159,7 +164,7 @@ impl<W: Workload> Sim<W> {
     pub(super) fn faulty(&self) -> usize {
         self.nodes
             .iter()
-            .filter(|n| self.members.contains(&n.id))
+            .filter(|n| self.members.contains(&n.id) && !self.lost.contains(&n.id))
             .filter(|n| {
                 n.recovering
                     || n.replica
@@ -304,7 +309,31 @@ impl<W: Workload> Sim<W> {
                 self.restart(i)?;
             }
         }
+        self.maybe_lose_leader();
         Ok(())
+    }
+
+    /// With `lose_leader_at_heal`, once healed and within the fault bound (a replica
+    /// still recovering from lost storage counts against it): the leader crashes for
+    /// good.
+    pub(super) fn maybe_lose_leader(&mut self) {
+        let f = (self.faults.nodes - 1) / 2;
+        if self.faults.lose_leader_at_heal && self.lost.is_empty() && self.faulty() < f {
+            let leader = self
+                .nodes
+                .iter()
+                .find(|n| n.replica.as_ref().is_some_and(|r| r.is_leader()))
+                .map_or(self.members[0], |n| n.id);
+            if let Some(i) = self.index(leader) {
+                let node = &mut self.nodes[i];
+                node.replica = None;
+                node.storage.crash();
+                node.checkpoint_jobs.clear();
+                self.lost.push(leader);
+                self.stats.crashes += 1;
+                self.stats.lost_for_good += 1;
+            }
+        }
     }
 
     /// The node's storage is lost: it restarts as a new incarnation with nothing.

@@ -247,6 +247,8 @@ pub(crate) struct Stats {
     /// Slots the learners had executed at the end, and the snapshots they installed.
     pub(crate) learner_executed: u64,
     pub(crate) learner_snapshots: u64,
+    /// Members crashed for good at healing.
+    pub(crate) lost_for_good: u64,
     /// Checkpoints handed out as jobs to finish off the replica's thread.
     pub(crate) checkpoint_jobs: u64,
     /// Leader transfers asked for.
@@ -477,6 +479,8 @@ pub(crate) struct Sim<W: Workload> {
     members: Vec<NodeId>,
     /// The learners' ids (after the members'; none unless the profile asks).
     learners: Vec<NodeId>,
+    /// Members crashed for good at healing (`Faults::lose_leader_at_heal`).
+    lost: Vec<NodeId>,
     quorum: usize,
     network: Vec<(u64, Envelope)>,
     blocked: HashSet<(NodeId, NodeId)>,
@@ -632,6 +636,7 @@ impl<W: Workload> Sim<W> {
             nodes,
             members,
             learners,
+            lost: Vec::new(),
             quorum,
             network: Vec::new(),
             blocked: HashSet::new(),
@@ -757,6 +762,8 @@ impl<W: Workload> Sim<W> {
                 self.inject_faults()?;
             } else if self.now == heal_at {
                 self.heal()?;
+            } else {
+                self.maybe_lose_leader();
             }
             self.tick_nodes()?;
             self.deliver()?;
