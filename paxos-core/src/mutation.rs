@@ -148,4 +148,7 @@ pub(crate) enum Mutation {
     /// accepted: whoever fetches (a learner polling above its commit point, a member
     /// catching up) may learn a value that is never chosen.
     FetchServesUnchosen,
+    /// A learner polls the same member for ever, whether it answers or not: with that
+    /// member gone, the learner never catches up again.
+    LearnerNeverRotates,
 }

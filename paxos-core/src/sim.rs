@@ -111,6 +111,17 @@ mod tests {
     }
 
     #[test]
+    fn mutant_learner_polling_one_member_for_ever_is_caught() {
+        assert_caught_by(
+            Mutation::LearnerNeverRotates,
+            with_learners,
+            500,
+            "behind at commit point",
+            "catch-up check",
+        );
+    }
+
+    #[test]
     fn mutant_serving_unchosen_values_to_fetches_is_caught_with_learners() {
         assert_caught(Mutation::FetchServesUnchosen, with_learners, 500);
     }

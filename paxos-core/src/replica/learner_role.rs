@@ -53,15 +53,19 @@ impl<S: StateMachine> Replica<S> {
             let i = m.and_then(|m| members.iter().position(|x| *x == m));
             members[i.map_or(0, |i| (i + 1) % members.len())]
         };
+        #[cfg(test)]
+        let patient = self.cfg.mutation == crate::mutation::Mutation::LearnerNeverRotates;
+        #[cfg(not(test))]
+        let patient = false;
         let c = &mut self.catch_up;
         c.polls += 1;
-        if c.polls.is_multiple_of(PROBE_EVERY) {
+        if c.polls.is_multiple_of(PROBE_EVERY) && !patient {
             let probe = members[(c.polls / PROBE_EVERY) as usize % members.len()];
             self.send_learner_fetch(probe);
             return;
         }
         let target = match c.poll_target.or(c.fetch_from()) {
-            Some(t) if c.polls_unanswered < POLLS_BEFORE_ROTATING => t,
+            Some(t) if c.polls_unanswered < POLLS_BEFORE_ROTATING || patient => t,
             t => {
                 c.polls_unanswered = 0;
                 next_after(t)
