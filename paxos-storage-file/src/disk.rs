@@ -18,6 +18,16 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
+    /// The same directory and syncing, with counters of its own: for a background
+    /// writer, whose counters are added to these when it is collected.
+    pub(crate) fn with_fresh_counters(&self) -> Disk {
+        Disk {
+            dir: self.dir.clone(),
+            sync: self.sync,
+            stats: FileStorageStats::default(),
+        }
+    }
+
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }

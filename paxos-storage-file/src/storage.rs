@@ -477,11 +477,7 @@ impl FileStorage {
             return Ok(());
         };
         self.check_checkpoint_size(&cp)?;
-        let mut disk = Disk {
-            dir: self.disk.dir.clone(),
-            sync: self.disk.sync,
-            stats: FileStorageStats::default(),
-        };
+        let mut disk = self.disk.with_fresh_counters();
         let (cluster_id, node_id) = (self.cluster_id, self.node_id);
         #[cfg(test)]
         let delay = self.options.background_delay;
@@ -648,11 +644,7 @@ impl FileStorage {
             .checked_add(1)
             .ok_or_else(|| StorageError::io("log segment sequence numbers are exhausted"))?;
         let state = self.state.clone();
-        let mut disk = Disk {
-            dir: self.disk.dir.clone(),
-            sync: self.disk.sync,
-            stats: FileStorageStats::default(),
-        };
+        let mut disk = self.disk.with_fresh_counters();
         let (cluster_id, node_id) = (self.cluster_id, self.node_id);
         let max_record_size = self.options.max_record_size;
         #[cfg(test)]

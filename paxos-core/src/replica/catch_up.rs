@@ -79,12 +79,12 @@ struct Transfer {
 }
 
 /// A piece of a checkpoint, as received in a [`Message::SnapshotChunk`].
-pub(super) struct Chunk {
-    pub(super) slot: Slot,
-    pub(super) digest: u32,
-    pub(super) total_len: u64,
-    pub(super) offset: u64,
-    pub(super) data: Bytes,
+struct Chunk {
+    slot: Slot,
+    digest: u32,
+    total_len: u64,
+    offset: u64,
+    data: Bytes,
 }
 
 impl CatchUp {
@@ -355,8 +355,31 @@ impl<S: StateMachine> Replica<S> {
         );
     }
 
+    /// A [`Message::SnapshotChunk`] arrived (any other message is ignored here).
+    pub(super) fn on_snapshot_chunk_message(&mut self, from: NodeId, message: Message) {
+        if let Message::SnapshotChunk {
+            slot,
+            digest,
+            total_len,
+            offset,
+            data,
+        } = message
+        {
+            self.on_snapshot_chunk(
+                from,
+                Chunk {
+                    slot,
+                    digest,
+                    total_len,
+                    offset,
+                    data,
+                },
+            );
+        }
+    }
+
     /// A piece of a peer's checkpoint arrived.
-    pub(super) fn on_snapshot_chunk(&mut self, from: NodeId, chunk: Chunk) {
+    fn on_snapshot_chunk(&mut self, from: NodeId, chunk: Chunk) {
         self.drop_useless_transfer();
         let Chunk {
             slot,

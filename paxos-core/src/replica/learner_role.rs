@@ -120,24 +120,7 @@ impl<S: StateMachine> Replica<S> {
                     self.send_learner_fetch(from);
                 }
             }
-            Message::SnapshotChunk {
-                slot,
-                digest,
-                total_len,
-                offset,
-                data,
-            } => {
-                self.on_snapshot_chunk(
-                    from,
-                    Chunk {
-                        slot,
-                        digest,
-                        total_len,
-                        offset,
-                        data,
-                    },
-                );
-            }
+            m @ Message::SnapshotChunk { .. } => self.on_snapshot_chunk_message(from, m),
             Message::Snapshot { checkpoint } => self.on_snapshot(from, checkpoint),
             // Votes, elections, proposals and recoveries are for members.
             _ => {}

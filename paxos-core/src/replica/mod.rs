@@ -33,7 +33,7 @@ mod timers;
 mod view_change;
 
 use acceptor::store_accept;
-use catch_up::{CatchUp, Chunk};
+use catch_up::CatchUp;
 use executor::Executor;
 pub use executor::{CheckpointJob, FinishedCheckpoint};
 pub use inspect::{ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection};
@@ -581,22 +581,7 @@ impl<S: StateMachine> Replica<S> {
                 round,
                 incarnation,
             } => self.on_read_index_ack(from_idx, ballot, round, incarnation),
-            Message::SnapshotChunk {
-                slot,
-                digest,
-                total_len,
-                offset,
-                data,
-            } => self.on_snapshot_chunk(
-                from,
-                Chunk {
-                    slot,
-                    digest,
-                    total_len,
-                    offset,
-                    data,
-                },
-            ),
+            m @ Message::SnapshotChunk { .. } => self.on_snapshot_chunk_message(from, m),
             Message::SnapshotRequest {
                 slot,
                 digest,

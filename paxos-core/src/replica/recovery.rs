@@ -250,22 +250,7 @@ impl<S: StateMachine> Replica<S> {
                 entries,
             } => self.on_fetch_reply(from, commit_point, entries),
             Message::Snapshot { checkpoint } => self.on_snapshot(from, checkpoint),
-            Message::SnapshotChunk {
-                slot,
-                digest,
-                total_len,
-                offset,
-                data,
-            } => self.on_snapshot_chunk(
-                from,
-                super::Chunk {
-                    slot,
-                    digest,
-                    total_len,
-                    offset,
-                    data,
-                },
-            ),
+            m @ Message::SnapshotChunk { .. } => self.on_snapshot_chunk_message(from, m),
             Message::SnapshotRequest {
                 slot,
                 digest,
