@@ -10,16 +10,8 @@ use std::cell::Cell;
 use bytes::Bytes;
 
 use crate::mutation::Mutation;
-use crate::scripted::{all, Deliver, Drop, Scripted as H};
+use crate::scripted::{all, write, Deliver, Drop, Scripted as H};
 use crate::{ClientId, Config, Message, NodeId, Request, Response, Value};
-
-fn write(session: ClientId, seq: u64) -> Request {
-    Request {
-        client: session,
-        seq,
-        payload: Bytes::from(postcard::to_allocvec(&(session, seq)).unwrap()),
-    }
-}
 
 fn oks(h: &H, session: ClientId, seq: u64) -> usize {
     h.replies

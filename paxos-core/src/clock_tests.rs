@@ -3,22 +3,12 @@
 //! against the sessions of requests they never saw (see
 //! [`Value::ClockStep`](crate::Value::ClockStep)).
 
-use bytes::Bytes;
-
 use crate::mutation::Mutation;
-use crate::scripted::{all, Scripted as H};
-use crate::{ClientId, Message, NodeId, Request, Response, Value};
+use crate::scripted::{all, write, Scripted as H};
+use crate::{ClientId, Message, NodeId, Response, Value};
 
 const TTL: u64 = 25;
 const PERIOD: u64 = 5;
-
-fn write(session: ClientId, seq: u64) -> Request {
-    Request {
-        client: session,
-        seq,
-        payload: Bytes::from(postcard::to_allocvec(&(session, seq)).unwrap()),
-    }
-}
 
 fn registered(h: &H, nonce: ClientId) -> ClientId {
     h.replies

@@ -3,19 +3,9 @@
 //! the new leader. With acceptors that ignore the handover flag (the broken variant),
 //! the same message sequence leaves the old leader in place.
 
-use bytes::Bytes;
-
 use crate::mutation::Mutation;
-use crate::scripted::{all, Scripted as H};
-use crate::{ClientId, Request, Response, TransferError};
-
-fn write(session: ClientId, seq: u64) -> Request {
-    Request {
-        client: session,
-        seq,
-        payload: Bytes::from(postcard::to_allocvec(&(session, seq)).unwrap()),
-    }
-}
+use crate::scripted::{all, write, Scripted as H};
+use crate::{ClientId, Response, TransferError};
 
 fn completed(h: &H, session: ClientId, seq: u64) -> bool {
     h.replies

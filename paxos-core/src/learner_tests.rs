@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::mutation::Mutation;
-use crate::scripted::{all, Deliver, Drop, Scripted as H};
+use crate::scripted::{all, leader_with_session, write, Deliver, Drop, Scripted as H};
 use crate::{
     Ballot, ClientId, Message, NodeId, Request, Response, Role, Slot, StaleAnswer, READ_SEQ,
 };
@@ -12,30 +12,6 @@ use crate::{
 /// Three members and learner n4.
 fn cluster(tweak: impl Fn(&mut crate::Config)) -> H {
     H::with_learners(3, 1, true, tweak)
-}
-
-fn write(session: ClientId, seq: u64) -> Request {
-    Request {
-        client: session,
-        seq,
-        payload: Bytes::from(postcard::to_allocvec(&(session, seq)).unwrap()),
-    }
-}
-
-/// n1 leads and registers session `c100`; returns the session id.
-fn leader_with_session(h: &mut H) -> ClientId {
-    h.r(1).start_election_now();
-    h.run(&all);
-    assert!(h.r(1).is_leader());
-    h.register(1, 100);
-    h.run(&all);
-    h.replies
-        .iter()
-        .find_map(|(_, r)| match &r.response {
-            Response::Ok(b) if r.client == 100 && r.seq == 0 => postcard::from_bytes(b).ok(),
-            _ => None,
-        })
-        .expect("registered")
 }
 
 /// `count` writes of `session` from request number `first`, each run to completion.

@@ -7,17 +7,8 @@
 use bytes::Bytes;
 
 use crate::mutation::Mutation;
-use crate::scripted::{all, Deliver, Drop, Hold, Scripted as H};
+use crate::scripted::{all, leader_with_session, write, Deliver, Drop, Hold, Scripted as H};
 use crate::{ClientId, Message, NodeId, Request, Response, READ_SEQ};
-
-/// A write of the simulation's recording machine: its command is its identity.
-fn write(session: ClientId, seq: u64) -> Request {
-    Request {
-        client: session,
-        seq,
-        payload: Bytes::from(postcard::to_allocvec(&(session, seq)).unwrap()),
-    }
-}
 
 fn read(nonce: ClientId) -> Request {
     Request::read(
@@ -35,22 +26,6 @@ fn answered(h: &H, nonce: ClientId) -> Option<u64> {
         }
         _ => None,
     })
-}
-
-/// n1 leads and registers session `c100`; returns the session id.
-fn leader_with_session(h: &mut H) -> ClientId {
-    h.r(1).start_election_now();
-    h.run(&all);
-    assert!(h.r(1).is_leader());
-    h.register(1, 100);
-    h.run(&all);
-    h.replies
-        .iter()
-        .find_map(|(_, r)| match &r.response {
-            Response::Ok(b) if r.client == 100 && r.seq == 0 => postcard::from_bytes(b).ok(),
-            _ => None,
-        })
-        .expect("registered")
 }
 
 /// n2 and n3 tick, with n1's messages under `cut`, until one of them leads; returns it.

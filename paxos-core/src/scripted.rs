@@ -287,3 +287,29 @@ pub(crate) fn is_never_voted(m: &Message) -> bool {
 pub(crate) fn is_recover(m: &Message) -> bool {
     matches!(m, Message::Recover { .. })
 }
+
+/// A write of the simulation's recording machine by `session`: its command is its
+/// identity.
+pub(crate) fn write(session: ClientId, seq: u64) -> Request {
+    Request {
+        client: session,
+        seq,
+        payload: bytes::Bytes::from(postcard::to_allocvec(&(session, seq)).unwrap()),
+    }
+}
+
+/// n1 leads and registers session `c100`; returns the session id.
+pub(crate) fn leader_with_session(h: &mut Scripted) -> ClientId {
+    h.r(1).start_election_now();
+    h.run(&all);
+    assert!(h.r(1).is_leader());
+    h.register(1, 100);
+    h.run(&all);
+    h.replies
+        .iter()
+        .find_map(|(_, r)| match &r.response {
+            crate::Response::Ok(b) if r.client == 100 && r.seq == 0 => postcard::from_bytes(b).ok(),
+            _ => None,
+        })
+        .expect("registered")
+}
