@@ -117,6 +117,8 @@ mod message;
 mod mutation;
 #[cfg(feature = "runtime")]
 mod node;
+#[cfg(all(test, feature = "runtime"))]
+mod node_inspect_tests;
 #[cfg(feature = "runtime")]
 mod node_metrics;
 #[cfg(all(test, feature = "runtime"))]

@@ -212,6 +212,7 @@ where
         checkpoints_tx,
         options,
         waiters: HashMap::new(),
+        inspections: Vec::new(),
         metrics: NodeMetrics::new(id),
         #[cfg(test)]
         order,
@@ -237,6 +238,10 @@ struct Driver<S, T, St> {
     checkpoints_tx: mpsc::Sender<crate::FinishedCheckpoint>,
     options: NodeOptions,
     waiters: HashMap<(ClientId, u64), Vec<oneshot::Sender<Reply>>>,
+    /// Inspections received during the round: they run once its writes are durable, so
+    /// that none sees a slot chosen thanks to a vote not yet stored (in a cluster of
+    /// one, a request is chosen by the replica's own vote as soon as it is fed).
+    inspections: Vec<InspectFn<S>>,
     /// What the driver publishes through the `metrics` facade.
     metrics: NodeMetrics,
     #[cfg(test)]
@@ -317,6 +322,9 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                 error!(node = id, error = %e, "storage failed; stopping the node");
                 break;
             }
+            for f in std::mem::take(&mut self.inspections) {
+                f(&self.replica);
+            }
             self.metrics.round_done(&self.replica);
             if ticked {
                 // Gauges and totals once a tick: fresh enough for any scrape.
@@ -343,7 +351,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                     .push(tx);
                 self.replica.handle_request(req);
             }
-            Command::Inspect(f) => f(&self.replica),
+            Command::Inspect(f) => self.inspections.push(f),
             // Its messages (TIMEOUT-NOW, once the target is up to date) leave with this
             // round's flush, like any other output.
             Command::TransferLeadership(to, tx) => {
@@ -470,7 +478,10 @@ impl<S: StateMachine + Send + 'static> NodeHandle<S> {
             .map_err(|_| NodeError::Stopped)
     }
 
-    /// Runs `f` on the replica inside the node's task and returns its result.
+    /// Runs `f` on the replica inside the node's task and returns its result. It runs
+    /// at the end of a round, once the round's writes are durable: what it sees
+    /// committed is chosen, even in a cluster of one (whose own vote chooses a request
+    /// as soon as it is fed).
     pub async fn inspect<R, F>(&self, f: F) -> Result<R, NodeError>
     where
         R: Send + 'static,
