@@ -12,7 +12,7 @@
 //! - a PROMISE or ACCEPTED (a vote) leaves only from a node durably a voter, at an
 //!   incarnation it durably holds;
 //! - an ACCEPTED for ballot `b` leaves only once every listed slot is durably accepted at
-//!   `b` (or durably known chosen);
+//!   `b` (or durably known chosen: learned, or below the durable commit point);
 //! - a successful reply for `(client, seq)` reaches the client only once that request is
 //!   chosen durably: a majority of the nodes durably hold it in the same slot at the same
 //!   ballot (or a node durably learned it chosen). (Not the
@@ -138,10 +138,39 @@ impl EventLog {
 /// follower's write), whatever the scheduling; a correct driver only runs slower.
 const FOLLOWER_WRITE: Duration = Duration::from_millis(15);
 
+/// How long each node's writes take to become durable.
+#[derive(Clone, Copy, Debug)]
+struct Disks {
+    /// A write holding the node's own proposals (it leads).
+    leading: Duration,
+    /// A write holding another node's proposal, by node (ids 1 to 3).
+    following: [Duration; 3],
+}
+
+/// Slow followers ([`FOLLOWER_WRITE`]), a leader that writes at once.
+const SLOW_FOLLOWERS: Disks = Disks {
+    leading: Duration::ZERO,
+    following: [FOLLOWER_WRITE; 3],
+};
+
+/// A leader slower to make its own accept durable than either follower, and followers
+/// of different speeds: the leader's ACCEPTs leave before its own write, so the
+/// followers' ACCEPTEDs come back while it is still in progress, and a majority that
+/// counts the leader's vote must not be acted on (a reply) before that write ends.
+const SLOW_LEADER: Disks = Disks {
+    leading: Duration::from_millis(40),
+    following: [
+        Duration::from_millis(5),
+        Duration::from_millis(20),
+        Duration::from_millis(32),
+    ],
+};
+
 struct SpyStorage {
     node: NodeId,
     inner: MemStorage,
     log: EventLog,
+    disks: Disks,
 }
 
 impl Storage for SpyStorage {
@@ -154,13 +183,17 @@ impl Storage for SpyStorage {
             node: self.node,
             ops: ops.to_vec(),
         });
-        let follows = ops
-            .iter()
-            .any(|op| matches!(op, PersistOp::Accept { ballot, .. } if ballot.node != self.node));
-        if follows {
-            // Blocks this node's task like a synchronous disk write; the runtime has
-            // workers to spare for the leader meanwhile.
-            std::thread::sleep(FOLLOWER_WRITE);
+        let accepts = |own: bool| {
+            ops.iter().any(
+                |op| matches!(op, PersistOp::Accept { ballot, .. } if (ballot.node == self.node) == own),
+            )
+        };
+        // Blocks like a synchronous disk write (on the node's writer thread).
+        if accepts(false) {
+            std::thread::sleep(self.disks.following[(self.node - 1) as usize]);
+        }
+        if accepts(true) {
+            std::thread::sleep(self.disks.leading);
         }
         self.inner.persist(ops)?;
         self.log.record(Event::PersistDone {
@@ -354,7 +387,11 @@ fn check_order(events: &[Event]) -> (Vec<Violation>, Checked) {
                                 .is_some_and(|e| e.ballot == *ballot || e.chosen);
                             let compacted =
                                 state.checkpoint.as_ref().is_some_and(|c| *slot < c.slot);
-                            if !stored && !compacted {
+                            // Below its durable commit point the slot is known chosen:
+                            // the acceptor acknowledges the chosen value's re-proposal
+                            // without storing it again.
+                            let committed = *slot < state.commit_point;
+                            if !stored && !compacted && !committed {
                                 violations.push(Violation::Accepted {
                                     node: *from,
                                     ballot: *ballot,
@@ -418,7 +455,7 @@ struct Run {
 
 /// Three nodes on the spy network, three clients running a few commands each through
 /// [`Client`] (sessions, redirects, retries), then an orderly shutdown.
-async fn run_cluster(order: FlushOrder) -> Run {
+async fn run_cluster(order: FlushOrder, disks: Disks) -> Run {
     let log = EventLog::default();
     let ids: Vec<NodeId> = vec![1, 2, 3];
     let mut inboxes = HashMap::new();
@@ -437,6 +474,11 @@ async fn run_cluster(order: FlushOrder) -> Run {
     for &id in &ids {
         let mut config = Config::new(id, ids.clone());
         config.checkpoint_interval = 0;
+        if disks.leading > Duration::ZERO {
+            // A leader's heartbeats leave between its slow writes: an election timeout
+            // of a few of them, so that followers do not depose it under a busy machine.
+            config.election_ticks = 100;
+        }
         let transport = SpyTransport {
             node: id,
             peers: peers.clone(),
@@ -447,6 +489,7 @@ async fn run_cluster(order: FlushOrder) -> Run {
             node: id,
             inner: MemStorage::new(),
             log: log.clone(),
+            disks,
         };
         let node = spawn_node_with_order(
             config,
@@ -521,8 +564,8 @@ async fn run_cluster(order: FlushOrder) -> Run {
     }
 }
 
-async fn run_bounded(order: FlushOrder) -> Run {
-    tokio::time::timeout(Duration::from_secs(10), run_cluster(order))
+async fn run_bounded(order: FlushOrder, disks: Disks) -> Run {
+    tokio::time::timeout(Duration::from_secs(20), run_cluster(order, disks))
         .await
         .expect("the cluster run finishes in time")
 }
@@ -531,9 +574,15 @@ async fn run_bounded(order: FlushOrder) -> Run {
 // holds up the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_driver_persists_before_anything_vouches_for_it() {
-    let run = run_bounded(FlushOrder::PersistFirst).await;
+    for disks in [SLOW_FOLLOWERS, SLOW_LEADER] {
+        let run = run_bounded(FlushOrder::PersistFirst, disks).await;
+        check_correct_run(&run, disks);
+    }
+}
+
+fn check_correct_run(run: &Run, disks: Disks) {
     let (violations, checked) = check_order(&run.events);
-    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(violations.is_empty(), "{disks:?}: {violations:#?}");
     // The run exercised every kind of vouching output.
     assert!(checked.promises > 0, "{checked:?}");
     assert!(checked.accepted > 0, "{checked:?}");
@@ -553,7 +602,7 @@ async fn the_driver_persists_before_anything_vouches_for_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_driver_that_sends_before_persisting_is_caught() {
-    let run = run_bounded(FlushOrder::SendFirst).await;
+    let run = run_bounded(FlushOrder::SendFirst, SLOW_FOLLOWERS).await;
     let (violations, checked) = check_order(&run.events);
     assert!(checked.replies > 0, "{checked:?}");
     let promise = violations
