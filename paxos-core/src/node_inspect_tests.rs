@@ -7,9 +7,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::node::{spawn_node, NodeHandle, NodeOptions};
+use crate::node_transfer_tests::Sum;
 use crate::{
-    Config, MemStorage, Message, NodeId, PersistOp, PersistentState, Request, Response,
-    RestoreError, StateMachine, Storage, StorageError, Transport, TransportError,
+    Config, MemStorage, Message, NodeId, PersistOp, PersistentState, Request, Response, Storage,
+    StorageError, Transport, TransportError,
 };
 
 /// Writes that wait for permits, one permit per write; each lands in a shared
@@ -73,28 +74,6 @@ impl Transport for Alone {
     }
 }
 
-#[derive(Default)]
-struct Counter(u64);
-
-impl StateMachine for Counter {
-    type Command = u64;
-    type Output = u64;
-    fn apply(&mut self, n: u64) -> u64 {
-        self.0 += n;
-        self.0
-    }
-    fn snapshot(&self) -> Vec<u8> {
-        self.0.to_le_bytes().to_vec()
-    }
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
-        let b: [u8; 8] = bytes
-            .try_into()
-            .map_err(|_| RestoreError::new("eight bytes"))?;
-        self.0 = u64::from_le_bytes(b);
-        Ok(())
-    }
-}
-
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..2000 {
         if done() {
@@ -124,9 +103,9 @@ async fn an_inspection_waits_for_the_write_of_every_input_before_it() {
         started: started.clone(),
     };
     let options = NodeOptions::default().with_tick(Duration::from_millis(2));
-    let node: NodeHandle<Counter> = spawn_node(
+    let node: NodeHandle<Sum> = spawn_node(
         Config::new(1, vec![1]),
-        Counter::default(),
+        Sum::default(),
         Alone,
         storage,
         options,

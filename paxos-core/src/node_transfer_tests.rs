@@ -14,8 +14,9 @@ use crate::{
     Transport, TransportError,
 };
 
+/// A running sum (also the state machine of `node_inspect_tests`).
 #[derive(Default)]
-struct Sum(u64);
+pub(crate) struct Sum(pub(crate) u64);
 
 impl StateMachine for Sum {
     type Command = u64;
