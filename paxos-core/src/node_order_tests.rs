@@ -18,6 +18,9 @@
 //!   ballot (or a node durably learned it chosen). (Not the
 //!   replying node's own commit point: a reply may leave before the round that made its
 //!   slot committed has persisted the new commit point, see `Ready`.)
+//! - a commit point (in an ACCEPT, NEW-VIEW, HEARTBEAT, COMMIT, READ-INDEX or
+//!   FETCH-REPLY) leaves only once every slot below it is chosen durably: a node durably
+//!   learned its value, or a majority durably holds one value there.
 //!
 //! The same scenario runs on the real driver (no violation, every kind of message checked)
 //! and on a driver broken on purpose to send and reply before persisting (every kind of
@@ -318,6 +321,33 @@ enum Violation {
         client: ClientId,
         seq: u64,
     },
+    /// A commit point announced while a slot below it was not durably chosen.
+    CommitPoint {
+        node: NodeId,
+        kind: &'static str,
+        commit_point: Slot,
+        slot: Slot,
+    },
+}
+
+/// True when the value of `slot` is durably chosen: some node durably learned it, or a
+/// majority durably holds one value there (at whatever ballots: a chosen value is
+/// re-accepted at later ballots, never replaced).
+fn durably_chosen(durable: &HashMap<NodeId, PersistentState>, slot: Slot) -> bool {
+    let mut holders: Vec<(&Value, usize)> = Vec::new();
+    for state in durable.values() {
+        let Some(e) = state.log.get(slot) else {
+            continue;
+        };
+        if e.chosen {
+            return true;
+        }
+        match holders.iter_mut().find(|(v, _)| **v == e.value) {
+            Some((_, n)) => *n += 1,
+            None => holders.push((&e.value, 1)),
+        }
+    }
+    holders.iter().any(|(_, n)| *n >= MAJORITY)
 }
 
 /// How many vouching messages and replies the checker examined.
@@ -326,6 +356,7 @@ struct Checked {
     promises: usize,
     accepted: usize,
     replies: usize,
+    commit_points: usize,
 }
 
 /// Replays `events`, tracking each node's durable state, and reports every vouching
@@ -335,6 +366,9 @@ fn check_order(events: &[Event]) -> (Vec<Violation>, Checked) {
     let mut in_flight: HashMap<NodeId, &[PersistOp]> = HashMap::new();
     let mut violations = Vec::new();
     let mut checked = Checked::default();
+    // Every slot below this one was durably chosen when last checked (durable states
+    // only grow: it stays so).
+    let mut verified: Slot = 0;
     for event in events {
         match event {
             Event::PersistStart { node, ops } => {
@@ -352,6 +386,28 @@ fn check_order(events: &[Event]) -> (Vec<Violation>, Checked) {
                 }
             }
             Event::Send { from, message } => {
+                // A commit point says every slot below it is chosen.
+                let announced = match message {
+                    Message::Accept { commit_point, .. }
+                    | Message::NewView { commit_point, .. }
+                    | Message::Heartbeat { commit_point, .. }
+                    | Message::Commit { commit_point, .. }
+                    | Message::ReadIndex { commit_point, .. }
+                    | Message::FetchReply { commit_point, .. } => Some(*commit_point),
+                    _ => None,
+                };
+                if let Some(commit_point) = announced.filter(|c| *c > verified) {
+                    checked.commit_points += 1;
+                    match (verified..commit_point).find(|s| !durably_chosen(&durable, *s)) {
+                        Some(slot) => violations.push(Violation::CommitPoint {
+                            node: *from,
+                            kind: message.kind(),
+                            commit_point,
+                            slot,
+                        }),
+                        None => verified = commit_point,
+                    }
+                }
                 let state = durable.entry(*from).or_default();
                 let vote = match message {
                     Message::Promise { incarnation, .. }
@@ -586,6 +642,7 @@ fn check_correct_run(run: &Run, disks: Disks) {
     // The run exercised every kind of vouching output.
     assert!(checked.promises > 0, "{checked:?}");
     assert!(checked.accepted > 0, "{checked:?}");
+    assert!(checked.commit_points > 0, "{checked:?}");
     // Every command and registration was answered.
     assert!(
         checked.replies >= (CLIENTS * (COMMANDS + 1)) as usize,
@@ -614,8 +671,11 @@ async fn a_driver_that_sends_before_persisting_is_caught() {
     let reply = violations
         .iter()
         .any(|v| matches!(v, Violation::Reply { .. }));
+    let commit_point = violations
+        .iter()
+        .any(|v| matches!(v, Violation::CommitPoint { .. }));
     assert!(
-        promise && accepted && reply,
+        promise && accepted && reply && commit_point,
         "each kind of early output is caught: {violations:#?}"
     );
 }
@@ -706,6 +766,29 @@ fn the_order_checker_flags_each_early_output_on_a_hand_made_log() {
             },
         ]
     );
+    // A commit point covering slot 0 leaves once a majority durably holds its value,
+    // not when only the leader does.
+    let commit = Message::Commit {
+        ballot: b,
+        commit_point: 1,
+    };
+    let early = vec![done(1, vec![accept.clone()]), send(1, &commit)];
+    assert_eq!(
+        check_order(&early).0,
+        vec![Violation::CommitPoint {
+            node: 1,
+            kind: commit.kind(),
+            commit_point: 1,
+            slot: 0
+        }]
+    );
+    let in_time = vec![
+        done(1, vec![accept.clone()]),
+        done(2, vec![accept.clone()]),
+        send(1, &commit),
+    ];
+    let (violations, checked) = check_order(&in_time);
+    assert_eq!((violations, checked.commit_points), (vec![], 1));
     // A vote from a node that is not durably a voter (yet), or claims an incarnation it
     // has not stored.
     let recovering = vec![
