@@ -146,8 +146,10 @@ fn a_learner_answers_stale_reads_and_redirects_the_rest() {
     assert_eq!(slot, executed);
     assert_eq!(seen, 3, "the three writes");
     // A floor above what it knows (a client that just read from a member after a
-    // write): it waits, polls at once, and answers with that write.
-    writes(&mut h, session, 4, 1);
+    // write whose news the learner missed: the answer to its held poll was lost): it
+    // waits, polls at once, and answers with that write.
+    h.r(1).handle_request(write(session, 4));
+    h.run(&|_, to: NodeId, _: &Message| if to == 4 { Drop } else { Deliver });
     let floor = h.r(1).executed();
     h.r(4).handle_request(read(11, floor));
     h.run(&all);
@@ -192,8 +194,17 @@ fn learner_polls_a_member_holding_an_unchosen_value(m: Mutation) -> Result<(), S
     });
     assert!(h.r(2).slot(s).value.is_some(), "n2 accepted W");
     h.crash(1);
-    // The learner's polls to n1 go unanswered; it turns to n2 and n3.
-    h.tick(&[4], 30, &all);
+    // The learner's polls to n1 go unanswered; it turns to n2 and n3, which hold its
+    // polls (nothing new) and answer them when they expire. They elect no new leader
+    // (their messages to each other are lost), so W stays undecided.
+    let learner_only = |from: NodeId, to: NodeId, _: &Message| {
+        if from == 4 || to == 4 {
+            Deliver
+        } else {
+            Drop
+        }
+    };
+    h.tick(&[2, 3, 4], 30, &learner_only);
     if h.r(4).commit_point() > s {
         return Err(format!("the learner learned slot {s}, which is not chosen"));
     }
@@ -207,6 +218,96 @@ fn a_learner_learns_only_chosen_values() {
         learner_polls_a_member_holding_an_unchosen_value(Mutation::FetchServesUnchosen).is_err(),
         "the broken variant teaches the learner an undecided value"
     );
+}
+
+/// A caught-up learner's poll is held by the member it asks and answered the moment
+/// that member's commit point moves: the learner hears of a commit without a tick.
+/// Broken, the member answers held polls only when they expire.
+fn learner_hears_of_a_commit_without_ticking(m: Mutation) -> Result<(), String> {
+    let mut h = cluster(|c| c.mutation = m);
+    let session = leader_with_session(&mut h);
+    writes(&mut h, session, 1, 2);
+    // It polls, everything comes back, and it asks again at once: that poll is held.
+    h.tick(&[4], 4, &all);
+    let before = h.r(1).commit_point();
+    assert_eq!(h.r(4).commit_point(), before, "caught up by polling");
+    for seq in 3..6 {
+        h.r(1).handle_request(write(session, seq));
+        h.run(&all);
+        let committed = h.r(1).commit_point();
+        assert!(committed > before);
+        if h.r(4).commit_point() < committed {
+            return Err(format!(
+                "the learner is at commit point {} after the leader reached {committed}",
+                h.r(4).commit_point()
+            ));
+        }
+    }
+    h.executed_agree()
+        .expect("the learner executed the chosen values");
+    Ok(())
+}
+
+#[test]
+fn a_caught_up_learner_hears_of_each_commit_without_polling_again() {
+    learner_hears_of_a_commit_without_ticking(Mutation::None).unwrap();
+    assert!(
+        learner_hears_of_a_commit_without_ticking(Mutation::ParkedFetchForgotten).is_err(),
+        "the broken variant leaves the learner a poll period behind"
+    );
+}
+
+/// In a cluster of one, the member's own vote chooses a slot before it is durable:
+/// the answer that serves it to a learner waits for the write, as a reply does.
+#[test]
+fn a_lone_member_serves_a_learner_only_what_it_stored() {
+    let mut h = H::with_learners(1, 1, true, |_| {});
+    let session = leader_with_session(&mut h);
+    writes(&mut h, session, 1, 1);
+    h.tick(&[2], 4, &all);
+    assert_eq!(h.r(2).commit_point(), h.r(1).commit_point());
+    // The learner's poll is held; a write chooses a slot at once.
+    h.r(1).handle_request(write(session, 2));
+    let ready = h.r(1).take_ready();
+    let serves = |m: &[(NodeId, Message)]| {
+        m.iter()
+            .filter(
+                |(_, m)| matches!(m, Message::FetchReply { entries, .. } if !entries.is_empty()),
+            )
+            .count()
+    };
+    assert_eq!(serves(&ready.messages_now), 0, "served before the write");
+    assert_eq!(
+        serves(&ready.messages),
+        1,
+        "served once the write is durable"
+    );
+}
+
+/// An idle member answers a held poll after a heartbeat period, and the learner asks
+/// again at its next tick: about one poll per heartbeat period, as without long-poll.
+#[test]
+fn an_idle_learner_polls_about_once_a_heartbeat_period() {
+    let mut h = cluster(|_| {});
+    let session = leader_with_session(&mut h);
+    writes(&mut h, session, 1, 1);
+    h.tick(&[1, 2, 3, 4], 10, &all);
+    let hb = h.r(4).config().heartbeat_ticks;
+    let polls = std::cell::Cell::new(0u64);
+    let count = |from: NodeId, _: NodeId, m: &Message| {
+        if from == 4 && matches!(m, Message::Fetch { .. }) {
+            polls.set(polls.get() + 1);
+        }
+        Deliver
+    };
+    let ticks = 30 * hb;
+    h.tick(&[1, 2, 3, 4], ticks as usize, &count);
+    let (polls, expected) = (polls.get(), ticks / (hb + 1));
+    assert!(
+        polls >= expected / 2 && polls <= expected + expected / 2,
+        "{polls} polls in {ticks} ticks (about {expected} expected)"
+    );
+    assert_eq!(h.r(4).commit_point(), h.r(1).commit_point());
 }
 
 /// Messages in the name of a replica outside the membership reach no voting code and

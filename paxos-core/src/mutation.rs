@@ -151,4 +151,8 @@ pub(crate) enum Mutation {
     /// A learner polls the same member for ever, whether it answers or not: with that
     /// member gone, the learner never catches up again.
     LearnerNeverRotates,
+    /// A member answers a learner's held FETCH only once it expires, not when its
+    /// commit point moves: a caught-up learner hears of a commit up to a heartbeat
+    /// period late.
+    ParkedFetchForgotten,
 }

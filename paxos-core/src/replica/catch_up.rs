@@ -48,10 +48,11 @@ pub(super) struct CatchUp {
     /// A snapshot being received piece by piece.
     transfer: Option<Transfer>,
     /// A learner's polling (see `learner_role.rs`): the member it asks, the polls it
-    /// left unanswered, and the polls sent in all.
+    /// left unanswered, the polls sent in all, and the tick of the last one.
     pub(super) poll_target: Option<NodeId>,
     pub(super) polls_unanswered: u64,
     pub(super) polls: u64,
+    pub(super) last_poll: u64,
 }
 
 /// Requests for the same piece sent to one peer before asking another.
@@ -98,6 +99,7 @@ impl CatchUp {
             poll_target: None,
             polls_unanswered: 0,
             polls: 0,
+            last_poll: 0,
         }
     }
 

@@ -1,11 +1,10 @@
 //! Learners: replicas outside the membership that copy the chosen log.
 //!
 //! A learner ([`Config::learner`]) never votes, never campaigns and is never counted in
-//! a quorum: the members do not even know it. It *pulls*: every
-//! [`heartbeat_ticks`](Config::heartbeat_ticks) it asks a member for the chosen values
-//! above its commit point (a [`Message::Fetch`]), and while the answers bring entries
-//! and show that it is still behind it asks again at once, so under load it streams the
-//! log rather than polling it. A member that compacted the slots asked for answers with
+//! a quorum: the members do not even know it. It *pulls*: it asks a member for the
+//! chosen values above its commit point (a [`Message::Fetch`]) every two
+//! [`heartbeat_ticks`](Config::heartbeat_ticks), and at once whenever an answer moved it
+//! on, so under load it streams the log rather than polling it. A member that compacted the slots asked for answers with
 //! its commit point and the first piece of its checkpoint, and the learner pulls the
 //! rest as any replica does (see `catch_up.rs`).
 //!
@@ -16,8 +15,17 @@
 //! caught up with the first commit point it heard of (or restarted with a state of its
 //! own), and redirects every other request. A stale read whose floor is above
 //! anything it heard of waits (within the usual bounds, an election timeout at most)
-//! and makes it poll at once: a client that just read from a member is a poll period
-//! ahead of it, no more.
+//! and makes it poll at once: a client that just read from a member is rarely more
+//! than a one-way trip ahead of it (a poll period at most, when its held poll was lost).
+//!
+//! A member holds a FETCH from a learner that has everything it has (long-poll): it
+//! answers as soon as its commit point moves, or after a heartbeat period with nothing
+//! new. A learner that an answer moved on asks again at once, and one whose held poll
+//! expired asks again at its next tick, so a caught-up learner nearly always has a poll
+//! held by its member and hears of each commit a one-way trip after that member does,
+//! not a poll period later. (An answer that came at once with nothing new, from a
+//! member behind the learner or holding all the polls it may, leaves the learner to its
+//! regular polls.)
 //!
 //! Whom it asks: one member at a time, at first the one that reported the highest
 //! commit point, and the next member after two polls left unanswered (or answered by a
@@ -34,6 +42,20 @@ const POLLS_BEFORE_ROTATING: u64 = 2;
 /// One poll in this many goes to another member, to hear of higher commit points.
 const PROBE_EVERY: u64 = 4;
 
+/// The most learners' FETCHes a member holds at once (one per learner); beyond it a
+/// FETCH is answered at once, as without long-poll.
+const MAX_PARKED_FETCHES: usize = 64;
+
+/// A learner's FETCH held by a member until its commit point moves past `lo`, or
+/// until tick `until`.
+#[derive(Debug)]
+pub(super) struct ParkedFetch {
+    from: NodeId,
+    lo: Slot,
+    hi: Slot,
+    until: u64,
+}
+
 impl<S: StateMachine> Replica<S> {
     /// A learner's tick: catch up when behind (as a member would), else poll.
     pub(super) fn learner_tick(&mut self) {
@@ -44,7 +66,11 @@ impl<S: StateMachine> Replica<S> {
         if !self.timers.fetch.expired(self.now) {
             return;
         }
-        self.timers.fetch.reset(self.now, self.cfg.heartbeat_ticks);
+        // The member may hold this poll for a heartbeat period (long-poll): poll again
+        // after twice that if no answer comes (an answer schedules the next poll).
+        self.timers
+            .fetch
+            .reset(self.now, self.cfg.heartbeat_ticks.saturating_mul(2));
         let members = self.peers();
         if members.is_empty() {
             return;
@@ -83,6 +109,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// Asks `to` for the chosen values above this learner's commit point.
     fn send_learner_fetch(&mut self, to: NodeId) {
+        self.catch_up.last_poll = self.now;
         let lo = self.log.commit_point();
         let hi = lo.saturating_add(self.cfg.max_batch as u64);
         self.send(to, Message::Fetch { from: lo, to: hi });
@@ -112,12 +139,24 @@ impl<S: StateMachine> Replica<S> {
                     self.catch_up.poll_target = Some(from);
                     self.catch_up.polls_unanswered = 0;
                 }
-                if brought && self.catch_up.known() > self.log.commit_point() {
-                    // It moved us on and we are still behind: ask for the next batch
-                    // now (a duplicate or stale answer moves nothing, so it starts no
-                    // second stream).
-                    self.timers.fetch.reset(self.now, self.cfg.retransmit_ticks);
+                if brought {
+                    // It moved us on: ask again now (a duplicate or stale answer moves
+                    // nothing, so it starts no second stream). Still behind, for the
+                    // next batch; caught up, to be told of the next commit as it
+                    // happens (the member holds the FETCH until then; the regular
+                    // polls go on beside it, and with them the probes).
+                    if self.catch_up.known() > self.log.commit_point() {
+                        self.timers.fetch.reset(self.now, self.cfg.retransmit_ticks);
+                    }
                     self.send_learner_fetch(from);
+                } else if self.catch_up.poll_target == Some(from)
+                    && self.now.saturating_sub(self.catch_up.last_poll)
+                        >= self.cfg.heartbeat_ticks / 2
+                {
+                    // Nothing new after a while: the member held the poll until it
+                    // expired. Poll again at the next tick (not at once: a tick
+                    // apart at most), to be held again.
+                    self.timers.fetch.reset(self.now, 1);
                 }
             }
             m @ Message::SnapshotChunk { .. } => self.on_snapshot_chunk_message(from, m),
@@ -132,10 +171,20 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn handle_message_from_outsider(&mut self, from: NodeId, message: Message) {
         match message {
             Message::Fetch { from: lo, to: hi } => {
-                if lo < self.log.start() && self.exec.checkpoint().is_some() {
-                    self.tell_commit_point(from);
+                self.parked_fetches.retain(|p| p.from != from);
+                if lo == self.log.commit_point() && self.parked_fetches.len() < MAX_PARKED_FETCHES {
+                    // It has everything we have: answer when there is more, or
+                    // after a heartbeat period (it polls again after twice that).
+                    let wait = self.cfg.heartbeat_ticks.max(1);
+                    self.parked_fetches.push(ParkedFetch {
+                        from,
+                        lo,
+                        hi,
+                        until: self.now.saturating_add(wait),
+                    });
+                    return;
                 }
-                self.on_fetch(from, lo, hi);
+                self.answer_outsider_fetch(from, lo, hi);
             }
             Message::SnapshotRequest {
                 slot,
@@ -153,6 +202,36 @@ impl<S: StateMachine> Replica<S> {
             }
             _ => {}
         }
+    }
+
+    /// Answers the learners' FETCHes held here whose slots the commit point has
+    /// reached, and, at a tick, those held long enough (with what there is, perhaps
+    /// nothing but the commit point).
+    pub(super) fn answer_parked_fetches(&mut self, ticked: bool) {
+        let (commit_point, now) = (self.log.commit_point(), self.now);
+        #[cfg(test)]
+        let forgotten = self.cfg.mutation == crate::mutation::Mutation::ParkedFetchForgotten;
+        #[cfg(not(test))]
+        let forgotten = false;
+        let mut i = 0;
+        while i < self.parked_fetches.len() {
+            let p = &self.parked_fetches[i];
+            if (commit_point > p.lo && !forgotten) || (ticked && now >= p.until) {
+                let p = self.parked_fetches.swap_remove(i);
+                self.answer_outsider_fetch(p.from, p.lo, p.hi);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Answers a learner's FETCH: chosen values, or, when they were compacted, our
+    /// commit point and the first piece of our checkpoint.
+    fn answer_outsider_fetch(&mut self, to: NodeId, lo: Slot, hi: Slot) {
+        if lo < self.log.start() && self.exec.checkpoint().is_some() {
+            self.tell_commit_point(to);
+        }
+        self.on_fetch(to, lo, hi);
     }
 
     /// Before the first piece of a checkpoint goes to a learner: a replica takes a

@@ -38,6 +38,7 @@ use executor::Executor;
 pub use executor::{CheckpointJob, FinishedCheckpoint};
 pub use inspect::{ReplicaStatus, Role, SlotInfo, SlotStatus, ViewChange, ViewDirection};
 use leader::{batch_len, Inflight, Leader, SessionClock};
+use learner_role::ParkedFetch;
 use log::{Entry, SlotLog};
 use reads::Reads;
 use timers::{Timeout, Timers};
@@ -224,6 +225,9 @@ pub struct Replica<S> {
     /// A learner serves stale reads once this is set: it restarted with a state of
     /// its own, or caught up with the first commit point it heard of.
     catch_up_done: bool,
+    /// Learners' FETCHes this member holds until its commit point moves (long-poll):
+    /// at most one per learner (see `learner_role.rs`).
+    parked_fetches: Vec<ParkedFetch>,
 
     /// Client requests this leader will answer once they execute.
     awaiting: HashSet<(ClientId, u64)>,
@@ -299,6 +303,7 @@ impl<S: StateMachine> Replica<S> {
             max_round_seen: state.promised.round,
             catch_up: CatchUp::new(state.commit_point),
             catch_up_done: state.commit_point > 0,
+            parked_fetches: Vec::new(),
             awaiting: HashSet::new(),
             stale_reads: VecDeque::new(),
             stale_read_bytes: 0,
@@ -345,6 +350,9 @@ impl<S: StateMachine> Replica<S> {
         self.flush_leader();
         self.flush_reads();
         self.serve_stale_reads();
+        if !self.parked_fetches.is_empty() {
+            self.answer_parked_fetches(false);
+        }
         let mut ready = std::mem::take(&mut self.ready);
         // A reply waits for this round's writes only if the round accepted, here, a
         // value in a slot that is now committed: that slot may be chosen thanks to this
@@ -356,6 +364,22 @@ impl<S: StateMachine> Replica<S> {
             .any(|op| matches!(op, PersistOp::Accept { slot, .. } if *slot < committed));
         if !own_vote_counts {
             ready.replies_now = std::mem::take(&mut ready.replies);
+        } else if self.quorum == 1 {
+            // A cluster of one: its own vote, not yet durable, chose those slots, so
+            // what serves chosen values (FETCH-REPLY, snapshot pieces, to learners)
+            // waits for the writes as the replies do.
+            let (serving, now): (Vec<_>, Vec<_>) = std::mem::take(&mut ready.messages_now)
+                .into_iter()
+                .partition(|(_, m)| {
+                    matches!(
+                        m,
+                        Message::FetchReply { .. }
+                            | Message::SnapshotChunk { .. }
+                            | Message::Snapshot { .. }
+                    )
+                });
+            ready.messages_now = now;
+            ready.messages.extend(serving);
         }
         ready
     }
@@ -365,6 +389,9 @@ impl<S: StateMachine> Replica<S> {
     pub fn tick(&mut self) {
         self.now += 1;
         self.stale_read_tick();
+        if !self.parked_fetches.is_empty() {
+            self.answer_parked_fetches(true);
+        }
         if self.cfg.learner {
             self.learner_tick();
             return;
