@@ -4,9 +4,10 @@
 //! a quorum: the members do not even know it. It *pulls*: it asks a member for the
 //! chosen values above its commit point (a [`Message::Fetch`]) every two
 //! [`heartbeat_ticks`](Config::heartbeat_ticks), and at once whenever an answer moved it
-//! on, so under load it streams the log rather than polling it. A member that compacted the slots asked for answers with
-//! its commit point and the first piece of its checkpoint, and the learner pulls the
-//! rest as any replica does (see `catch_up.rs`).
+//! on, so under load it streams the log rather than polling it. A member that
+//! compacted the slots asked for answers with its commit point and the first piece of
+//! its checkpoint, and the learner pulls the rest as any replica does (see
+//! `catch_up.rs`).
 //!
 //! Safety needs nothing new: a member answers a FETCH with chosen values only, and a
 //! learner learns, executes, checkpoints and stores them exactly as a member would, so
