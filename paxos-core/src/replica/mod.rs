@@ -68,7 +68,10 @@ use view_change::{Candidate, Promised};
 ///   reply does not wait for the commit point the same round persists.
 /// - Commit points (COMMIT, HEARTBEAT), catch-up (FETCH, FETCH-REPLY, snapshot pieces),
 ///   elections' requests (PRE-VOTE, PREPARE), read-index rounds, refusals (NACK) and
-///   leader transfer vouch for no stored state of the sender's.
+///   leader transfer vouch for no stored state of the sender's. The exception is the
+///   one that makes replies wait: in a cluster of one whose round chose slots with its
+///   own, not yet durable, vote, the answers serving chosen values (FETCH-REPLY,
+///   snapshot pieces, to learners) are in `messages` too.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Messages that vouch for no write of this round: send them at once, without
