@@ -57,6 +57,12 @@ fn cluster(n: u64, clients: u64, tweak: impl Fn(&mut Config)) -> (H, Vec<ClientI
 /// n3 elect a leader among themselves while their FETCHes are lost: the PROMISE reports
 /// every entry above the commit points (the part the config docs say is never cut).
 fn largest_promise(per_slot: usize, mutation: Mutation) -> usize {
+    largest_promise_and_held(per_slot, mutation).0
+}
+
+/// [`largest_promise`], and the most bytes of values n2 or n3 held above its commit
+/// point when n1 crashed.
+fn largest_promise_and_held(per_slot: usize, mutation: Mutation) -> (usize, usize) {
     let (mut h, sessions) = cluster(3, 64, |c| {
         c.max_message_bytes = 4096;
         c.max_inflight = 32;
@@ -82,6 +88,7 @@ fn largest_promise(per_slot: usize, mutation: Mutation) -> usize {
             }
         });
     }
+    let held = held_above_commit(&mut h, 2).max(held_above_commit(&mut h, 3));
     h.crash(1);
     let largest = Cell::new(0usize);
     for _ in 0..2000 {
@@ -107,7 +114,7 @@ fn largest_promise(per_slot: usize, mutation: Mutation) -> usize {
             break;
         }
     }
-    largest.get()
+    (largest.get(), held)
 }
 
 /// Control: one request per slot. The PROMISE of the same scenario stays within the
@@ -140,12 +147,20 @@ fn a_batched_promise_fits_the_frame() {
     );
 }
 
+/// What the byte window bounds: the bytes an acceptor holds above its commit point
+/// (its memory, and the never-cut part of a RECOVER-GRANT). A PROMISE now comes in
+/// pages whatever it holds, so the broken variant is seen in what it holds.
 #[test]
 fn mutant_accepting_without_a_byte_window_outgrows_the_frame() {
-    let promise = largest_promise(64, Mutation::AcceptIgnoresBytes);
+    let (_, held) = largest_promise_and_held(64, Mutation::None);
     assert!(
-        promise > 4 * 4096,
-        "the broken variant's PROMISE fits ({promise} bytes): the test cannot catch it"
+        held <= 2 * 4096 + 4096,
+        "held {held} bytes above the commit point"
+    );
+    let (_, held) = largest_promise_and_held(64, Mutation::AcceptIgnoresBytes);
+    assert!(
+        held > 4 * 4096,
+        "the broken variant holds {held} bytes: the test cannot catch it"
     );
 }
 
@@ -277,29 +292,18 @@ fn propose_to(h: &mut H, reqs: Vec<Request>, to: &'static [NodeId]) {
 fn held_above_commit(h: &mut H, id: NodeId) -> usize {
     let r = h.r(id);
     let c = r.commit_point();
-    r.log(c..c + 64)
+    r.log(c..c + 1024)
         .iter()
         .filter_map(|i| i.value.as_ref().map(|v| v.size_hint()))
         .sum()
 }
 
-/// Three replicas, n1 leading, 4 KiB messages (a 16 KiB frame, as `NodeServer` pairs
-/// them). Lossy ACCEPTs, no retransmission yet, FETCHes lost:
-/// - slot g-1 (a full batch) reaches n2 only: chosen, n2 commits it, n3 has a gap;
-/// - slot g (one small request) reaches nobody: n1's commit point stays at g, so
-///   nobody learns anything above;
-/// - slots g+1, g+2 (full batches) reach n2 only, g+3, g+4 n3 only: each within its
-///   own byte window (n2 holds 8064 bytes from g, n3 8064 from g-1), all chosen.
-///
-/// n1 crashes; n2 is elected with n3's PROMISE and adopts g..g+4 (4 x 4032 bytes of
-/// batches) in its own log; it crashes before its NEW-VIEW leaves. n3 then runs: n2's
-/// PROMISE carries the chosen slot g-1 plus everything above its commit point g.
-#[test]
-#[ignore = "known, open: a new leader adopts its promisers' logs without a byte check, so a deposed leader's PROMISE can exceed the frame (pages of PROMISE/RECOVER-GRANT/NEW-VIEW needed)"]
-fn a_merged_leaders_promise_fits_the_frame() {
+/// The scenario of [`merged_leader`] up to n1's crash: returns the sessions and g.
+fn three_minorities(mutation: Mutation) -> (H, Vec<ClientId>, u64) {
     let (mut h, sessions) = cluster(3, 9, |c| {
         c.max_message_bytes = MMB;
         c.max_inflight = 32;
+        c.mutation = mutation;
     });
     let batch = |seq: u64| sessions.iter().map(|s| fat(*s, seq)).collect::<Vec<_>>();
     let g = h.r(1).commit_point() + 1;
@@ -319,12 +323,40 @@ fn a_merged_leaders_promise_fits_the_frame() {
     );
     assert!(n2 <= 2 * MMB && n3 <= 2 * MMB);
 
+    (h, sessions, g)
+}
+
+/// Three replicas, n1 leading, 4 KiB messages (a 16 KiB frame, as `NodeServer` pairs
+/// them). Lossy ACCEPTs, no retransmission yet, FETCHes lost:
+/// - slot g-1 (a full batch) reaches n2 only: chosen, n2 commits it, n3 has a gap;
+/// - slot g (one small request) reaches nobody: n1's commit point stays at g, so
+///   nobody learns anything above;
+/// - slots g+1, g+2 (full batches) reach n2 only, g+3, g+4 n3 only: each within its
+///   own byte window (n2 holds 8064 bytes from g, n3 8064 from g-1), all chosen.
+///
+/// n1 crashes; n2 is elected with n3's PROMISE and merges g..g+4 (4 x 4032 bytes of
+/// batches); it crashes before its NEW-VIEW leaves. n3 then runs: n2's PROMISE carries
+/// the chosen slot g-1 plus what n2 holds above its commit point g.
+///
+/// Before pages, n2 adopted the whole merge in its own log and its PROMISE (18 KB)
+/// outgrew the frame: no election needing n2 could complete. Now its NEW-VIEW carries
+/// a message's worth and the rest is re-proposed as its window drains, and PROMISEs
+/// come in pages. Returns the largest NEW-VIEW of n2, the largest PROMISE of n2, and
+/// the bytes n2 held above its commit point as leader.
+fn merged_leader(mutation: Mutation) -> (usize, usize, usize) {
+    let (mut h, sessions, g) = three_minorities(mutation);
     h.crash(1);
+    let new_view = Cell::new(0usize);
     for _ in 0..2000 {
         h.tick(&[2, 3], 1, &|from, to, m| {
+            if matches!(m, Message::NewView { .. }) {
+                let n = postcard::to_allocvec(m).map_or(0, |b| b.len());
+                new_view.set(new_view.get().max(n));
+                return Drop;
+            }
             let n3_runs =
                 from == 3 && matches!(m, Message::PreVote { .. } | Message::Prepare { .. });
-            if to == 1 || is_catch_up(m) || n3_runs || matches!(m, Message::NewView { .. }) {
+            if to == 1 || is_catch_up(m) || n3_runs {
                 Drop
             } else {
                 Deliver
@@ -354,18 +386,59 @@ fn a_merged_leaders_promise_fits_the_frame() {
             }
             Deliver
         });
-        if largest.get() > 0 {
+        if h.r(3).is_leader() {
             break;
         }
     }
+    assert!(h.r(3).is_leader(), "n3 won with n2's PROMISE");
+    h.run(&|_, to, m| {
+        if to == 1 || is_catch_up(m) {
+            Drop
+        } else {
+            Deliver
+        }
+    });
+    for seq in [1, 3, 4, 5, 6] {
+        assert!(oks(&h, sessions[8], seq) <= 1);
+    }
+    let n3 = h.r(3);
+    let log = n3.log(g - 1..g + 5);
+    for (i, seq) in [(0usize, 1u64), (2, 3), (3, 4), (4, 5), (5, 6)] {
+        let v = log[i].value.as_ref().expect("held");
+        assert_eq!(v.requests().len(), 9, "slot g{:+}: {v:?}", i as i64 - 1);
+        assert!(
+            v.requests().iter().all(|r| r.seq == seq),
+            "slot g{:+}",
+            i as i64 - 1
+        );
+    }
     let promise = largest.get();
-    eprintln!("largest PROMISE: {promise} bytes, frame {}", 4 * MMB);
-    assert!(promise > 0, "a PROMISE went out");
-    assert!(
-        promise <= 4 * MMB,
-        "PROMISE of {promise} bytes, frame {}",
+    eprintln!(
+        "largest NEW-VIEW {} bytes, largest PROMISE {promise} bytes, frame {}",
+        new_view.get(),
         4 * MMB
     );
+    (new_view.get(), promise, merged)
+}
+
+#[test]
+fn a_merged_leader_sends_and_promises_within_the_frame() {
+    let (new_view, promise, merged) = merged_leader(Mutation::None);
+    assert!(promise > 0, "a PROMISE went out");
+    assert!(new_view <= MMB + 1024, "NEW-VIEW of {new_view} bytes");
+    assert!(promise <= MMB + 1024, "PROMISE of {promise} bytes");
+    assert!(merged <= 3 * MMB, "the new leader holds {merged} bytes");
+}
+
+/// Without either half of the fix, that message grows past a message's worth (here
+/// still within the frame; a fifth promiser's window would take it past).
+#[test]
+fn mutants_unpaged_views_and_promises_break_the_bound() {
+    let (new_view, _, merged) = merged_leader(Mutation::NewViewUnpaged);
+    assert!(new_view > MMB + 1024, "NEW-VIEW of {new_view} bytes");
+    assert!(merged > 3 * MMB, "the new leader holds {merged} bytes");
+    let (_, promise, _) = merged_leader(Mutation::PromisesUnpaged);
+    assert!(promise > MMB + 1024, "PROMISE of {promise} bytes");
 }
 
 /// A request larger than `max_message_bytes` (allowed: it goes alone in a slot)
@@ -414,4 +487,141 @@ fn large_request_behind_a_batch(mutation: Mutation) -> (usize, usize) {
     }
     eprintln!("large request: {at_once} replies at once, executed after {ticks} ticks");
     (at_once, ticks)
+}
+
+/// Pages of a PROMISE are all merged. n1 leads three replicas; full batches reach n2
+/// only (the first one n3 only), so those its byte window takes are chosen while n2's
+/// commit point stays below them (a gap it cannot fetch) and n3 holds none of them. n1
+/// crashes; n3 runs, and n2's PROMISE of 8 KB or more above its commit point comes in pages of
+/// 4 KiB.
+/// n3 must re-propose every chosen batch: the broken variant that takes the first
+/// page as the whole PROMISE fills the later slots with no-ops.
+#[test]
+fn every_page_of_a_promise_counts_in_the_merge() {
+    fn run(mutation: Mutation) -> (Vec<Option<Value>>, Vec<Value>, usize) {
+        let (mut h, sessions) = cluster(3, 9, |c| {
+            c.max_message_bytes = MMB;
+            c.max_inflight = 32;
+            c.mutation = mutation;
+        });
+        let batch = |seq: u64| sessions.iter().map(|s| fat(*s, seq)).collect::<Vec<_>>();
+        let g = h.r(1).commit_point();
+        let mut chosen = Vec::new();
+        for seq in 1..=5 {
+            for r in batch(seq) {
+                h.r(1).handle_request(r);
+            }
+            // The first batch reaches n3 only, the others n2 only: n2 has a gap
+            // (its FETCHes are lost), so its commit point stays below them.
+            let to = if seq == 1 { 3 } else { 2 };
+            h.run(&|from, dest, m| match m {
+                Message::Accept { .. } if dest == to => Deliver,
+                Message::Accepted { .. } if from == to => Deliver,
+                _ => Drop,
+            });
+        }
+        // At least two of the batches n2 accepted are chosen: its PROMISE needs pages.
+        let c = h.r(1).commit_point();
+        assert!(c >= g + 3, "{c}");
+        assert_eq!(h.r(2).commit_point(), g);
+        assert_eq!(h.r(3).commit_point(), g);
+        for i in h.r(1).log(g..c) {
+            chosen.push(i.value.clone().expect("n1 holds it"));
+        }
+        h.crash(1);
+        let promises = Cell::new(0usize);
+        h.r(3).start_election_now();
+        for _ in 0..200 {
+            h.tick(&[2, 3], 1, &|_, to, m| {
+                if matches!(m, Message::Promise { .. }) {
+                    let n = postcard::to_allocvec(m).map_or(0, |b| b.len());
+                    promises.set(promises.get().max(n));
+                }
+                if to == 1 || is_catch_up(m) {
+                    Drop
+                } else {
+                    Deliver
+                }
+            });
+            if h.r(3).is_leader() {
+                break;
+            }
+        }
+        assert!(h.r(3).is_leader());
+        let held = h.r(3).log(g..c);
+        let n3: Vec<Option<Value>> = (g..c)
+            .map(|s| {
+                held.iter()
+                    .find(|i| i.slot == s)
+                    .and_then(|i| i.value.clone())
+            })
+            .collect();
+        (n3, chosen, promises.get())
+    }
+    let (n3, chosen, largest) = run(Mutation::None);
+    eprintln!("largest PROMISE page {largest} bytes");
+    assert!(largest <= MMB + 1024, "PROMISE of {largest} bytes");
+    assert_eq!(n3.len(), chosen.len());
+    for (i, v) in chosen.iter().enumerate() {
+        assert_eq!(n3[i].as_ref(), Some(v), "slot g+{i}");
+    }
+    let (n3, chosen, _) = run(Mutation::PromisePageTakenWhole);
+    assert!(
+        n3.iter().zip(&chosen).any(|(a, b)| a.as_ref() != Some(b)),
+        "the broken variant kept every chosen batch: the test cannot catch it"
+    );
+}
+
+/// The merged log a new leader leaves out of its NEW-VIEW is proposed all the same:
+/// n2, elected with n3's PROMISE over the batches of [`merged_leader`], keeps leading,
+/// and every batch is chosen and executed, each once, at n2 and n3. With the rest of
+/// the merge dropped instead, the log stops at the first slot left out.
+#[test]
+fn a_new_leader_proposes_the_merge_beyond_its_new_view() {
+    let (mut h, sessions, g) = merge_beyond_new_view(Mutation::None);
+    for id in [2, 3] {
+        assert!(h.r(id).executed() > g + 4, "n{id}");
+    }
+    let executed = h.executed_agree().expect("one value per slot");
+    for seq in [1, 3, 4, 5, 6] {
+        for s in &sessions {
+            let n = executed
+                .values()
+                .flat_map(|v| v.requests())
+                .filter(|r| r.client == *s && r.seq == seq)
+                .count();
+            assert_eq!(n, 1, "session {s} #{seq}");
+        }
+    }
+    let (mut h, _, g) = merge_beyond_new_view(Mutation::MergeBeyondViewDropped);
+    assert!(
+        h.r(3).executed() <= g + 4,
+        "the broken variant executed it all"
+    );
+}
+
+fn merge_beyond_new_view(mutation: Mutation) -> (H, Vec<ClientId>, u64) {
+    let (mut h, sessions, g) = three_minorities(mutation);
+    h.crash(1);
+    let new_views = Cell::new(0usize);
+    for _ in 0..2000 {
+        h.tick(&[2, 3], 1, &|from, to, m| {
+            if to == 3 && matches!(m, Message::NewView { .. }) {
+                new_views.set(new_views.get() + 1);
+            }
+            let n3_runs =
+                from == 3 && matches!(m, Message::PreVote { .. } | Message::Prepare { .. });
+            if to == 1 || n3_runs {
+                Drop
+            } else {
+                Deliver
+            }
+        });
+        if h.r(2).is_leader() && h.r(3).executed() > g + 4 {
+            break;
+        }
+    }
+    assert!(h.r(2).is_leader());
+    assert_eq!(new_views.get(), 1);
+    (h, sessions, g)
 }

@@ -155,4 +155,17 @@ pub(crate) enum Mutation {
     /// commit point moves: a caught-up learner hears of a commit up to a heartbeat
     /// period late.
     ParkedFetchForgotten,
+    /// A PROMISE reports every entry above the promiser's commit point in one message,
+    /// as before pages: a deposed leader's merged batches can exceed the frame.
+    PromisesUnpaged,
+    /// A candidate takes the first page of a paged PROMISE as the whole of it: values
+    /// the promiser accepted above the page are left out of the merge.
+    PromisePageTakenWhole,
+    /// A new leader sends its whole merged log in one NEW-VIEW (and accepts it all at
+    /// once), however large: its NEW-VIEW, and its own PROMISE later, can exceed the
+    /// frame.
+    NewViewUnpaged,
+    /// A new leader drops the part of its merged log that NEW-VIEW left out, instead of
+    /// proposing it: the log stops at the first slot left out.
+    MergeBeyondViewDropped,
 }

@@ -104,6 +104,7 @@ impl<S: StateMachine> Replica<S> {
             known: self.peer_inc.clone(),
             from_slot,
             promises: BTreeMap::new(),
+            pages: BTreeMap::new(),
             give_up,
             resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
         });

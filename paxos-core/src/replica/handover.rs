@@ -73,7 +73,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         };
         let bit = 1u64 << idx;
-        if l.inflight.values().any(|inf| inf.acks & bit == 0) {
+        if !l.readopt.is_empty() || l.inflight.values().any(|inf| inf.acks & bit == 0) {
             return;
         }
         t.sent = true;

@@ -48,6 +48,9 @@ pub(super) struct Leader {
     /// The end of the log this leader announced when it took over: every value a
     /// previous leader may have had chosen lies below it (the floor of read points).
     pub(super) view_end: Slot,
+    /// The merged log of phase 1 beyond what NEW-VIEW carried, by slot: proposed
+    /// (before any request) as the in-flight byte budget allows.
+    pub(super) readopt: BTreeMap<Slot, Value>,
     /// Reads waiting for a confirmed round and for execution.
     pub(super) reads: Box<Reads>,
     /// A leader transfer in progress: no new proposals meanwhile.
@@ -450,9 +453,49 @@ impl<S: StateMachine> Replica<S> {
         true
     }
 
+    /// Re-proposes the merged log that NEW-VIEW left out, in slot order, as long as
+    /// the in-flight bytes stay within the budget (always one slot when nothing is in
+    /// flight). A slot learned chosen meanwhile goes out without a vote to count: its
+    /// value is the merged one (`learn` steps a leader down otherwise).
+    fn readopt(&mut self) {
+        let max_bytes = self.batch_limits().1;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let ballot = l.ballot;
+        let self_bit = 1u64 << self.me;
+        let mut proposed = false;
+        while let Some(entry) = l.readopt.first_entry() {
+            let size = entry.get().size_hint();
+            if !l.inflight.is_empty() && l.inflight_bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            let (slot, value) = entry.remove_entry();
+            if slot < self.log.commit_point() || self.log.is_chosen(slot) {
+                l.fresh.push((slot, value));
+                continue;
+            }
+            l.track(
+                slot,
+                Inflight {
+                    acks: self_bit,
+                    resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
+                    bytes: size,
+                },
+            );
+            l.fresh.push((slot, value.clone()));
+            store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
+            proposed = true;
+        }
+        if proposed && self.quorum == 1 {
+            self.check_commits();
+        }
+    }
+
     /// Moves queued requests into free slots of the window (after a clock entry, if
     /// one is due).
     pub(super) fn pump(&mut self) {
+        self.readopt();
         self.propose_clock_if_due();
         if !self.clock_opened() {
             return; // requests wait behind the step that opens the reign

@@ -60,6 +60,7 @@ impl<S: StateMachine> Replica<S> {
         let lax = false;
         if let RoleState::Leader(l) = &self.role {
             let conflict = slot >= l.next_slot
+                || l.readopt.get(&slot).is_some_and(|v| *v != value)
                 || self
                     .log
                     .get(slot)

@@ -420,14 +420,17 @@ impl<S: StateMachine> Replica<S> {
                     c.resend.reset(self.now, self.cfg.retransmit_ticks);
                     let (ballot, from_slot, nonce, handover) =
                         (c.ballot, c.from_slot, c.nonce, c.handover);
-                    let missing: Vec<NodeId> = self
+                    // A promiser part-way through a paged PROMISE is asked again for
+                    // the page it owes.
+                    let missing: Vec<(NodeId, Slot)> = self
                         .cfg
                         .members
                         .iter()
                         .copied()
                         .filter(|m| *m != self.cfg.id && !c.promises.contains_key(m))
+                        .map(|m| (m, c.pages.get(&m).map_or(from_slot, |p| p.next)))
                         .collect();
-                    for m in missing {
+                    for (m, from_slot) in missing {
                         self.send(
                             m,
                             Message::Prepare {

@@ -19,6 +19,18 @@ pub(super) struct Promised {
     pub(super) incarnation: u64,
 }
 
+/// The pages of one PROMISE received so far.
+#[derive(Debug)]
+pub(super) struct Paged {
+    /// The entries of the pages so far, in slot order.
+    pub(super) entries: Vec<PromiseEntry>,
+    /// Where the next page starts: the slot after the last entry so far.
+    pub(super) next: Slot,
+    /// The promiser's incarnation on the first page: a page from another life starts
+    /// the promise over.
+    pub(super) incarnation: u64,
+}
+
 #[derive(Debug)]
 pub(super) struct Candidate {
     pub(super) ballot: Ballot,
@@ -30,6 +42,9 @@ pub(super) struct Candidate {
     pub(super) known: BTreeMap<NodeId, u64>,
     pub(super) from_slot: Slot,
     pub(super) promises: BTreeMap<NodeId, Promised>,
+    /// PROMISEs that came in pages (entries above the promiser's commit point beyond a
+    /// message): what the pages so far carried, until the last one completes it.
+    pub(super) pages: BTreeMap<NodeId, Paged>,
     /// Expires when the election failed (randomized): the candidate asks for
     /// pre-votes again.
     pub(super) give_up: Timeout,
@@ -68,6 +83,10 @@ impl<S: StateMachine> Replica<S> {
         let mut truncated = from_slot < self.log.start();
         let below = from_slot..self.log.commit_point().max(from_slot);
         let (max_batch, max_bytes) = self.batch_limits();
+        #[cfg(test)]
+        let unpaged = self.cfg.mutation == Mutation::PromisesUnpaged;
+        #[cfg(not(test))]
+        let unpaged = false;
         let mut bytes = 0usize;
         for (s, e) in self.log.range(below) {
             bytes = bytes.saturating_add(e.value.size_hint());
@@ -84,7 +103,16 @@ impl<S: StateMachine> Replica<S> {
             });
         }
         if !truncated {
+            // Entries above the commit point come in pages of `max_bytes` (at least one
+            // entry each): a page cut here ends above our commit point, and the
+            // candidate asks for the rest from the slot after it (see `on_promise`).
             for (s, e) in self.log.range(self.log.commit_point().max(from_slot)..) {
+                let size = e.value.size_hint();
+                if !entries.is_empty() && bytes.saturating_add(size) > max_bytes && !unpaged {
+                    truncated = true;
+                    break;
+                }
+                bytes = bytes.saturating_add(size);
                 entries.push(PromiseEntry {
                     slot: s,
                     ballot: e.ballot,
@@ -142,9 +170,60 @@ impl<S: StateMachine> Replica<S> {
             .max(promised.commit_point)
             .saturating_add(window);
         let from_slot = c.from_slot;
+        // A page of a PROMISE cut above the promiser's commit point (see `on_prepare`):
+        // the entries there are not known chosen, and the merge needs all of them.
+        // Keep the page and ask for the next from the slot after it.
+        let paged_to = match promised.entries.last() {
+            Some(last) if promised.truncated && last.slot >= promised.commit_point => {
+                Some(last.slot.saturating_add(1))
+            }
+            _ => None,
+        };
+        if let Some(p) = c.pages.remove(&from) {
+            let first = promised.entries.first().map_or(Slot::MAX, |e| e.slot);
+            if p.incarnation != promised.incarnation {
+                // Another life of the promiser: its earlier pages no longer count.
+            } else if first < p.next {
+                // A duplicate of an earlier page (or of the first reply): not the one
+                // asked for.
+                c.pages.insert(from, p);
+                return;
+            } else {
+                let mut entries = p.entries;
+                entries.append(&mut promised.entries);
+                promised.entries = entries;
+            }
+        }
         promised
             .entries
             .retain(|e| e.slot >= from_slot && e.slot < limit);
+        let a_page = paged_to.is_some();
+        #[cfg(test)]
+        let paged_to = paged_to.filter(|_| self.cfg.mutation != Mutation::PromisePageTakenWhole);
+        if let Some(next) = paged_to.filter(|next| *next < limit) {
+            let handover = c.handover;
+            c.pages.insert(
+                from,
+                Paged {
+                    entries: promised.entries,
+                    next,
+                    incarnation: promised.incarnation,
+                },
+            );
+            self.send(
+                from,
+                Message::Prepare {
+                    ballot,
+                    from_slot: next,
+                    nonce,
+                    handover,
+                },
+            );
+            return;
+        }
+        // The last page, or a PROMISE cut below its commit point (learned from, then
+        // prepared again: see `check_promises`).
+        promised.truncated = promised.truncated && !a_page;
         c.promises.insert(from, promised);
         self.check_promises();
     }
@@ -190,6 +269,7 @@ impl<S: StateMachine> Replica<S> {
                 known: candidate.known,
                 from_slot,
                 promises: BTreeMap::new(),
+                pages: BTreeMap::new(),
                 give_up: candidate.give_up,
                 resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
             });
@@ -279,6 +359,18 @@ impl<S: StateMachine> Replica<S> {
         let mut inflight = BTreeMap::new();
         let mut noops = 0;
         let self_bit = 1u64 << self.me;
+        // NEW-VIEW carries the merged log up to a message's worth of bytes (at least one
+        // entry); the rest is re-proposed through the in-flight byte budget, first
+        // thing, as the window drains (`pump`). The merge can hold several promisers'
+        // windows of batches: sent or adopted whole, it could exceed a frame, and so
+        // could this leader's own PROMISE later.
+        #[cfg(test)]
+        let unpaged = self.cfg.mutation == Mutation::NewViewUnpaged;
+        #[cfg(not(test))]
+        let unpaged = false;
+        let max_bytes = self.batch_limits().1;
+        let mut view_bytes = 0usize;
+        let mut readopt = BTreeMap::new();
         for s in start..end {
             let (value, chosen) = match merged.remove(&s) {
                 Some((_, v, chosen)) => (v, chosen),
@@ -287,6 +379,14 @@ impl<S: StateMachine> Replica<S> {
                     (Value::Noop, false)
                 }
             };
+            let size = value.size_hint();
+            if !readopt.is_empty()
+                || (!entries.is_empty() && view_bytes.saturating_add(size) > max_bytes && !unpaged)
+            {
+                readopt.insert(s, value);
+                continue;
+            }
+            view_bytes = view_bytes.saturating_add(size);
             if !chosen {
                 self.accept_local(s, ballot, value.clone());
                 inflight.insert(
@@ -299,6 +399,10 @@ impl<S: StateMachine> Replica<S> {
                 );
             }
             entries.push((s, value));
+        }
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::MergeBeyondViewDropped {
+            readopt.clear();
         }
         self.exec.count().elections_won += 1;
         tracing::info!(
@@ -331,6 +435,7 @@ impl<S: StateMachine> Replica<S> {
             ],
             min_incarnation,
             view_end: end,
+            readopt,
             reads: Box::new(Reads::new(self.now)),
             transfer: None,
             clock: SessionClock::start(clock_from, self.now, self.cfg.session_clock_ticks),
