@@ -10,7 +10,7 @@ use std::cell::Cell;
 use bytes::Bytes;
 
 use crate::mutation::Mutation;
-use crate::scripted::{all, write, Deliver, Drop, Scripted as H};
+use crate::scripted::{all, write, Deliver, Drop, Hold, Scripted as H};
 use crate::{ClientId, Config, Message, NodeId, Request, Response, Value};
 
 fn oks(h: &H, session: ClientId, seq: u64) -> usize {
@@ -624,4 +624,224 @@ fn merge_beyond_new_view(mutation: Mutation) -> (H, Vec<ClientId>, u64) {
     assert!(h.r(2).is_leader());
     assert_eq!(new_views.get(), 1);
     (h, sessions, g)
+}
+
+/// The sender and slots of each PROMISE, and each PREPARE's `from_slot`, as they pass
+/// (`--nocapture` shows the exchange when a page test fails).
+fn show(from: NodeId, to: NodeId, m: &Message) {
+    if let Message::Promise {
+        commit_point,
+        entries,
+        truncated,
+        ..
+    } = m
+    {
+        eprintln!(
+            "PROMISE n{from}->n{to} cp {commit_point} slots {:?} truncated {truncated}",
+            entries.iter().map(|e| e.slot).collect::<Vec<_>>()
+        );
+    }
+    if let Message::Prepare { from_slot, .. } = m {
+        eprintln!("PREPARE n{from}->n{to} from {from_slot}");
+    }
+}
+
+/// n1 leads `n` replicas, 14 sessions, two requests per slot and two slots per ACCEPT;
+/// one round of 14 fat requests (slots g..g+7): the ACCEPT of g, g+1 reaches
+/// `first_to` only, the others `rest_to` only, all chosen; no commit point reaches
+/// anyone. Returns g and n1's commit point.
+fn lopsided_round(
+    n: u64,
+    mutation: Mutation,
+    first_to: &'static [NodeId],
+    rest_to: &'static [NodeId],
+) -> (H, u64) {
+    let (mut h, sessions) = cluster(n, 14, |c| {
+        c.max_message_bytes = MMB;
+        c.max_inflight = 32;
+        c.max_batch = 2;
+        c.max_requests_per_slot = 2;
+        c.mutation = mutation;
+    });
+    let g = h.r(1).commit_point();
+    for s in &sessions {
+        h.r(1).handle_request(fat(*s, 1));
+    }
+    h.run(&|from, dest, m| match m {
+        Message::Accept { entries, .. } => {
+            let first = entries.iter().any(|(s, _)| *s == g);
+            if (first && first_to.contains(&dest)) || (!first && rest_to.contains(&dest)) {
+                Deliver
+            } else {
+                Drop
+            }
+        }
+        Message::Accepted { .. } if from != 1 => Deliver,
+        _ => Drop,
+    });
+    assert!(h.r(1).commit_point() >= g + 7);
+    (h, g)
+}
+
+/// From an adversarial review of pages. n3 runs with n2 (a gap at g, so its commit
+/// point stays there) and n1 (restarted, commit point past all). n2's first page
+/// arrives and n3 asks for the next; n2's answer is held. n1's PROMISE, cut below its
+/// commit point, sends n3 back to learn and re-prepare from a higher slot (same ballot,
+/// same nonce). Then n2's held answer arrives: taken as n2's whole PROMISE, it hid n2's
+/// chosen values between, and n3 filled them with no-ops. Every reply now names the
+/// slot it reports from, and only the one asked for counts.
+fn page_after_a_re_prepare(mutation: Mutation) -> Result<(), String> {
+    let (mut h, g) = lopsided_round(3, mutation, &[3], &[2]);
+    h.crash(1);
+    h.restart(1);
+    h.tick(&[2, 3], 60, &crate::scripted::none);
+    h.r(3).start_election_now();
+    let hold_promises = |from: NodeId, to: NodeId, m: &Message| {
+        show(from, to, m);
+        if is_catch_up(m) {
+            Drop
+        } else if matches!(m, Message::Promise { .. }) {
+            Hold
+        } else {
+            Deliver
+        }
+    };
+    h.run(&hold_promises);
+    // n2's first page: n3 asks for the next, whose answer is held.
+    h.release(
+        &|from, _, _| if from == 2 { Deliver } else { Hold },
+        &hold_promises,
+    );
+    // n1's PROMISE: n3 learns and re-prepares; the PREPAREs wait behind n2's answer.
+    h.release(
+        &|from, _, _| if from == 1 { Deliver } else { Hold },
+        &|from, to, m| {
+            show(from, to, m);
+            if is_catch_up(m) {
+                Drop
+            } else if matches!(m, Message::Promise { .. } | Message::Prepare { .. }) {
+                Hold
+            } else {
+                Deliver
+            }
+        },
+    );
+    h.release(&|_, _, _| Deliver, &|from, to, m| {
+        show(from, to, m);
+        if is_catch_up(m) || to == 1 {
+            Drop
+        } else {
+            Deliver
+        }
+    });
+    for _ in 0..50 {
+        h.tick(&[1, 2, 3], 1, &|_, _, m| {
+            if is_catch_up(m) {
+                Drop
+            } else {
+                Deliver
+            }
+        });
+    }
+    h.tick(&[1, 2, 3], 20, &all);
+    assert!(h.r(1).executed() >= g + 7 || h.r(3).executed() >= g + 7);
+    h.executed_agree().map(|_| ())
+}
+
+#[test]
+fn a_page_asked_for_before_a_re_prepare_is_not_taken_for_the_promise() {
+    page_after_a_re_prepare(Mutation::None).expect("one value per slot");
+    assert!(
+        page_after_a_re_prepare(Mutation::PageRepliesUnchecked).is_err(),
+        "the broken variant agreed: the test cannot catch it"
+    );
+}
+
+/// From an adversarial review of pages. Five replicas; n3 runs. n2 (a gap at g)
+/// completes its paged PROMISE; a second answer to its last page (n3's resend timer
+/// asked again while the first was delayed) arrives while n3 still waits for a quorum:
+/// taken as n2's whole PROMISE, it hid n2's chosen values, filled with no-ops.
+fn second_copy_of_a_last_page(mutation: Mutation) -> Result<(), String> {
+    let (mut h, _) = lopsided_round(5, mutation, &[4, 5], &[2, 4]);
+    h.crash(1);
+    h.tick(&[2, 3, 4, 5], 60, &crate::scripted::none);
+    h.r(3).start_election_now();
+    let f = |from: NodeId, to: NodeId, m: &Message| {
+        show(from, to, m);
+        if to == 1 || to == 4 || from == 4 || is_catch_up(m) {
+            Drop
+        } else if matches!(m, Message::Promise { .. }) && (from == 5 || from == 2) {
+            Hold
+        } else {
+            Deliver
+        }
+    };
+    h.run(&f);
+    h.release(&|from, _, _| if from == 2 { Deliver } else { Hold }, &f);
+    h.tick(&[3], 5, &f); // the resend timer asks n2 for the page again
+    h.release(&|from, _, _| if from == 2 { Deliver } else { Hold }, &f);
+    h.release(&|_, _, _| Deliver, &|from, to, m| {
+        show(from, to, m);
+        if to == 1 || is_catch_up(m) {
+            Drop
+        } else {
+            Deliver
+        }
+    });
+    h.restart(1);
+    for _ in 0..50 {
+        h.tick(&[1, 2, 3, 4, 5], 1, &|_, _, m| {
+            if is_catch_up(m) {
+                Drop
+            } else {
+                Deliver
+            }
+        });
+    }
+    h.tick(&[1, 2, 3, 4, 5], 20, &all);
+    h.executed_agree().map(|_| ())
+}
+
+#[test]
+fn a_second_copy_of_the_last_page_does_not_replace_the_promise() {
+    second_copy_of_a_last_page(Mutation::None).expect("one value per slot");
+    assert!(
+        second_copy_of_a_last_page(Mutation::PageRepliesUnchecked).is_err(),
+        "the broken variant agreed: the test cannot catch it"
+    );
+}
+
+/// From an adversarial review of pages. A cluster of one restarts with more than two
+/// messages' worth of accepted values above its durable commit point (the commit
+/// point's write was torn off): its merge beyond NEW-VIEW is re-proposed one budget at
+/// a time, and with nobody to answer and no request coming, nothing called for the
+/// next budget. It now goes on while its own vote chooses them.
+#[test]
+fn a_lone_member_re_proposes_its_whole_merge_without_requests() {
+    let (mut h, sessions) = cluster(1, 1, |c| {
+        c.max_message_bytes = MMB;
+        c.max_inflight = 64;
+        c.max_requests_per_slot = 1;
+    });
+    let g = h.r(1).commit_point();
+    for seq in 1..=30 {
+        h.r(1).handle_request(fat(sessions[0], seq));
+    }
+    let ready = h.r(1).take_ready();
+    let durable: Vec<_> = ready
+        .persist
+        .into_iter()
+        .filter(|o| !matches!(o, crate::PersistOp::CommitPoint(_)))
+        .collect();
+    h.crash(1);
+    h.storage_persist(1, &durable);
+    h.restart(1);
+    h.tick(&[1], 200, &all);
+    assert!(h.r(1).is_leader());
+    assert!(
+        h.r(1).commit_point() >= g + 30,
+        "stalled at {} of {}",
+        h.r(1).commit_point(),
+        g + 30
+    );
 }

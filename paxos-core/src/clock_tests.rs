@@ -42,6 +42,7 @@ fn session_survives_a_deposed_leaders_clock(mutation: Mutation) -> bool {
         c.session_ttl_ticks = TTL;
         c.session_clock_ticks = PERIOD;
         c.mutation = mutation;
+        c.max_requests_per_slot = 1; // the slots below are counted one request each
     });
     h.r(1).start_election_now();
     h.run(&all);

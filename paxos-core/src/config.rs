@@ -73,13 +73,16 @@ pub struct Config {
     /// frame, be dropped by the transport, and be sent again, the same size, for ever.
     /// `NodeServer` lowers it to a quarter of its frame limit. Default 4 MiB.
     ///
-    /// Not cut: the entries a PROMISE or a RECOVER-GRANT reports above the sender's
-    /// commit point (the receiver needs them all). Two bounds keep them small: each
-    /// leader's in-flight bytes (what recent leaders left uncommitted), and an
-    /// acceptor's byte window: it accepts a proposal only while the entries it holds
-    /// from its commit point up to that slot come to less than twice this (in slots,
-    /// it also stays within four times `max_inflight`); a follower behind a gap fetches
-    /// before it accepts more. A slot can carry a batch of requests
+    /// PROMISE and NEW-VIEW are cut too: a PROMISE reports the entries above the
+    /// sender's commit point in pages of this size (the candidate asks for each next
+    /// page), and a new leader's NEW-VIEW carries this much of its merged log, the
+    /// rest going out as ACCEPTs as its in-flight budget allows. Not cut: the entries
+    /// a RECOVER-GRANT reports above the sender's commit point. Two bounds keep those
+    /// small: each leader's in-flight bytes (what recent leaders left uncommitted),
+    /// and an acceptor's byte window: it accepts a proposal only while the entries it
+    /// holds from its commit point up to that slot come to less than twice this (in
+    /// slots, it also stays within four times `max_inflight`); a follower behind a
+    /// gap fetches before it accepts more. A slot can carry a batch of requests
     /// (`max_requests_per_slot`), so a window in slots alone would not do.
     pub max_message_bytes: usize,
     /// The most client requests a leader packs into one slot
@@ -88,12 +91,11 @@ pub struct Config {
     /// packs only what is already waiting when it proposes, and proposes as soon as
     /// the window has room. 1 gives every request a slot of its own. Positive.
     ///
-    /// Default 1 (off) for now, for an open liveness issue with batches (safety
-    /// holds): a new leader adopts its promisers' logs without a byte check, so a
-    /// deposed leader's PROMISE of several batches can exceed a transport's frame
-    /// limit (PROMISE, RECOVER-GRANT and NEW-VIEW are not paged yet); kept as an
-    /// ignored test in `paxos-core/src/batch_tests.rs`. 64 is what the benchmarks
-    /// use.
+    /// Default 64. PROMISE and NEW-VIEW come in pages of `max_message_bytes`, so
+    /// what a deposed leader left in batches never makes phase 1 outgrow a frame.
+    /// (A RECOVER-GRANT is not paged yet: a replica that recovered from lost state
+    /// holds what a majority held above its commit point until its commit point
+    /// moves, and its own grant to another recovering replica can then be large.)
     pub max_requests_per_slot: usize,
     /// The most client requests a leader queues while its window is full; beyond that
     /// it answers [`Response::Busy`](crate::Response::Busy). Also bounds the requests a
@@ -169,7 +171,7 @@ impl Config {
             max_inflight: 8192,
             max_batch: 1024,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            max_requests_per_slot: 1,
+            max_requests_per_slot: 64,
             max_pending: 65_536,
             max_sessions: 100_000,
             session_ttl_ticks: DEFAULT_SESSION_TTL_TICKS,

@@ -63,10 +63,15 @@ pub enum Message {
         /// The acceptor's commit point: every slot below it is chosen at the acceptor.
         commit_point: Slot,
         /// Accepted entries at or above the requested slot. Chosen entries below
-        /// `commit_point` may be cut short at [`Config::max_batch`](crate::Config) entries;
-        /// the candidate then learns them and prepares again from its new commit point.
+        /// `commit_point` may be cut short at [`Config::max_batch`](crate::Config) entries
+        /// or [`Config::max_message_bytes`](crate::Config); the candidate then learns them
+        /// and prepares again from its new commit point. Entries above `commit_point`
+        /// come in pages of `max_message_bytes` (at least one entry each): a page ends
+        /// at or above `commit_point`, and the candidate asks for the next with a
+        /// PREPARE from the slot after it.
         entries: Vec<PromiseEntry>,
-        /// True when chosen entries below `commit_point` were left out for size.
+        /// True when entries were left out for size: chosen ones below `commit_point`,
+        /// or the next page above it.
         truncated: bool,
         /// The PREPARE's nonce.
         nonce: u64,
@@ -75,6 +80,9 @@ pub enum Message {
         /// The latest incarnation the promiser knows of each peer that recovered from
         /// lost state: the candidate ignores votes from their earlier incarnations.
         incarnations: Vec<(NodeId, u64)>,
+        /// The PREPARE's `from_slot`: where `entries` start. The candidate of a paged
+        /// PROMISE asks for each next page from the slot after the last.
+        from_slot: Slot,
     },
     /// The receiver refused a message at `ballot` because it promised `promised`.
     Nack {

@@ -168,4 +168,9 @@ pub(crate) enum Mutation {
     /// A new leader drops the part of its merged log that NEW-VIEW left out, instead of
     /// proposing it: the log stops at the first slot left out.
     MergeBeyondViewDropped,
+    /// A candidate takes any reply of a promiser as the page it asked for (or, between
+    /// pages, as a whole PROMISE), whatever slot it reports from: a duplicated or late
+    /// page then stands for the promise, and the entries below it are left out of
+    /// the merge.
+    PageRepliesUnchecked,
 }

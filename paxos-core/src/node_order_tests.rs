@@ -701,6 +701,7 @@ fn the_order_checker_flags_each_early_output_on_a_hand_made_log() {
         nonce: 0,
         incarnation: 0,
         incarnations: Vec::new(),
+        from_slot: 0,
     };
     let accepted = Message::Accepted {
         ballot: b,

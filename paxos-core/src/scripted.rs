@@ -204,6 +204,14 @@ impl Scripted {
         });
     }
 
+    /// Writes `ops` to `id`'s storage, as its driver would (a test building a durable
+    /// state the replica did not reach itself).
+    pub(crate) fn storage_persist(&mut self, id: NodeId, ops: &[PersistOp]) {
+        self.storage[(id - 1) as usize]
+            .persist(ops)
+            .expect("the test storage takes every write");
+    }
+
     /// The replica crashes (its storage is kept).
     pub(crate) fn crash(&mut self, id: NodeId) {
         self.replicas[(id - 1) as usize] = None;

@@ -457,10 +457,22 @@ impl<S: StateMachine> Replica<S> {
     /// the in-flight bytes stay within the budget (always one slot when nothing is in
     /// flight). A slot learned chosen meanwhile goes out without a vote to count: its
     /// value is the merged one (`learn` steps a leader down otherwise).
-    fn readopt(&mut self) {
+    pub(super) fn readopt(&mut self) {
+        loop {
+            if !self.readopt_within_budget() || self.quorum != 1 {
+                return;
+            }
+            // A cluster of one: its own vote chose them; nothing else comes to pump.
+            self.check_commits();
+        }
+    }
+
+    /// One budget's worth of [`readopt`](Self::readopt). Returns whether it proposed
+    /// anything and more waits.
+    fn readopt_within_budget(&mut self) -> bool {
         let max_bytes = self.batch_limits().1;
         let RoleState::Leader(l) = &mut self.role else {
-            return;
+            return false;
         };
         let ballot = l.ballot;
         let self_bit = 1u64 << self.me;
@@ -487,15 +499,18 @@ impl<S: StateMachine> Replica<S> {
             store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
             proposed = true;
         }
-        if proposed && self.quorum == 1 {
-            self.check_commits();
-        }
+        proposed && !l.readopt.is_empty()
     }
 
     /// Moves queued requests into free slots of the window (after a clock entry, if
     /// one is due).
     pub(super) fn pump(&mut self) {
         self.readopt();
+        if let RoleState::Leader(l) = &self.role {
+            if !l.readopt.is_empty() {
+                return; // requests (and clock steps) wait behind the merge
+            }
+        }
         self.propose_clock_if_due();
         if !self.clock_opened() {
             return; // requests wait behind the step that opens the reign

@@ -556,12 +556,14 @@ impl<S: StateMachine> Replica<S> {
                 nonce,
                 incarnation,
                 incarnations,
+                from_slot,
             } => self.on_promise(
                 from,
                 ballot,
                 nonce,
                 &incarnations,
                 Promised {
+                    answers: from_slot,
                     commit_point,
                     entries,
                     truncated,

@@ -523,6 +523,7 @@ fn a_promise_reaching_absurdly_far_cannot_size_the_new_view() {
             nonce,
             incarnation: 0,
             incarnations: Vec::new(),
+            from_slot: 0,
         },
     );
     assert!(r.is_leader());
