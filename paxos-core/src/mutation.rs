@@ -173,4 +173,9 @@ pub(crate) enum Mutation {
     /// page then stands for the promise, and the entries below it are left out of
     /// the merge.
     PageRepliesUnchecked,
+    /// A new leader starts its session clock from the log time of its own log alone,
+    /// not of the merged values it still has to re-propose beyond its NEW-VIEW: where
+    /// those hold a deposed leader's clock steps, its own steps never count and idle
+    /// sessions never expire.
+    ClockIgnoresReadopt,
 }

@@ -183,6 +183,22 @@ mod tests {
     }
 
     #[test]
+    fn mutant_starting_the_clock_without_the_merge_beyond_new_view_is_caught() {
+        // Found at seed 2202 of `PAXOS_SIM_SEEDS=20000` of heavy batching with expiry
+        // (before the fix, by the correct protocol), pinned.
+        let profile = |f: &mut Faults| {
+            expiry(f);
+            heavy_batching(f);
+        };
+        let run = |m| Sim::protocol(2202, m, profile).run();
+        if let Err(v) = run(Mutation::None) {
+            panic!("seed 2202: {v}");
+        }
+        let v = run(Mutation::ClockIgnoresReadopt).expect_err("ClockIgnoresReadopt not caught");
+        assert!(v.what.contains("idle sessions not expired"), "{v}");
+    }
+
+    #[test]
     fn mutant_dropping_the_merge_beyond_new_view_is_caught() {
         assert_caught(Mutation::MergeBeyondViewDropped, pages, 500);
     }

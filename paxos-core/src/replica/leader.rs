@@ -118,12 +118,16 @@ impl<S: StateMachine> Replica<S> {
     /// The log time after executing every entry of the log below `end`, from the
     /// log time executed (clock steps count only where they would on execution).
     /// A new leader starts its clock from it: its own steps then chain onto the
-    /// entries it re-proposes.
-    pub(super) fn log_time_at(&self, end: Slot) -> u64 {
+    /// entries it re-proposes, including those still to go beyond its NEW-VIEW
+    /// (`readopt`, which its log does not hold yet).
+    pub(super) fn log_time_at(&self, end: Slot, readopt: &BTreeMap<Slot, Value>) -> u64 {
         let mut t = self.exec.sessions().log_time();
         let mut counting = self.exec.sessions().clock_ballot();
         for slot in self.exec.executed()..end {
-            match self.log.get(slot).map(|e| &e.value) {
+            let value = readopt
+                .get(&slot)
+                .or_else(|| self.log.get(slot).map(|e| &e.value));
+            match value {
                 Some(Value::Clock { time, .. }) => t = t.max(*time),
                 Some(Value::ClockStep {
                     ballot, from, time, ..

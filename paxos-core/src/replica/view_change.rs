@@ -439,7 +439,11 @@ impl<S: StateMachine> Replica<S> {
         );
         self.set_leader(Some(self.cfg.id));
         #[allow(unused_mut)]
-        let mut clock_from = self.log_time_at(end);
+        let mut clock_from = self.log_time_at(end, &readopt);
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::ClockIgnoresReadopt {
+            clock_from = self.log_time_at(end, &BTreeMap::new());
+        }
         #[cfg(test)]
         if self.cfg.mutation == Mutation::LeaderClockFromExecuted {
             clock_from = self.exec.sessions().log_time();
