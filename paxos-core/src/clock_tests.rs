@@ -118,3 +118,120 @@ fn a_deposed_leaders_clock_does_not_expire_newer_sessions() {
         );
     }
 }
+
+/// From an adversarial review of phase 1 pages, three replicas, a time-to-live of 100
+/// ticks, a clock step every 5:
+/// 1. n1 leads; sessions `s` and `u` register and are used; commit point k.
+/// 2. n1 proposes a large request L at k that reaches n3 only (no ACCEPTED back); cut
+///    off, it proposes clock steps alone at k+1 and up.
+/// 3. n2 leads with n3: it re-proposes L at k, opens its reign with a step at k+1 and
+///    proposes requests of `s` above; n3's ACCEPTEDs are lost. n2 crashes.
+/// 4. n1 is back and leads with n3. The merge is n2's values; with `max_message_bytes`
+///    4096, NEW-VIEW carries only k (L fills it) and k+1 and up are re-proposed
+///    afterwards, while n1's log there still holds its own stale steps.
+/// 5. `s` writes on, `u` idles for 500 ticks.
+///
+/// A clock that starts from n1's log alone starts above the log time its steps land
+/// on: none counts and `u` never expires (`ClockIgnoresReadopt`). Returns whether `u`
+/// is still a session afterwards, and n1's log time before and after step 5.
+fn idle_session_under_a_merge_beyond_new_view(mmb: usize, mutation: Mutation) -> (bool, u64, u64) {
+    use crate::scripted::{none, Deliver, Drop};
+    let ttl = 100;
+    let mut h = H::new(3, true, |c| {
+        c.session_ttl_ticks = ttl;
+        c.session_clock_ticks = PERIOD;
+        c.max_message_bytes = mmb;
+        c.max_requests_per_slot = 1;
+        c.mutation = mutation;
+    });
+    h.r(1).start_election_now();
+    h.run(&all);
+    assert!(h.r(1).is_leader());
+    h.register(1, 1000);
+    h.register(1, 1001);
+    h.run(&all);
+    let (s, u) = (registered(&h, 1000), registered(&h, 1001));
+    h.r(1).handle_request(write(s, 1));
+    h.r(1).handle_request(write(u, 1));
+    h.tick(&[1, 2, 3], 2 * PERIOD as usize, &all);
+    let k = h.r(1).commit_point();
+    assert_eq!(h.r(3).commit_point(), k);
+
+    // 2.
+    h.r(1).handle_request(crate::Request {
+        client: s,
+        seq: 2,
+        payload: bytes::Bytes::from(vec![7u8; 4030]),
+    });
+    h.run(&|from, to, m| {
+        if from == 1 && to == 3 && matches!(m, Message::Accept { .. }) {
+            Deliver
+        } else {
+            Drop
+        }
+    });
+    h.tick_if(&[1], 60, &apart(1));
+    assert!(!h.r(1).is_leader());
+
+    // 3.
+    h.tick(&[2, 3], 60, &none);
+    h.r(2).start_election_now();
+    let without_n1 = |from: NodeId, to: NodeId, m: &Message| {
+        if from == 1 || to == 1 || (from == 3 && matches!(m, Message::Accepted { .. })) {
+            Drop
+        } else {
+            Deliver
+        }
+    };
+    h.run(&without_n1);
+    assert!(h.r(2).is_leader());
+    for seq in 3..8 {
+        h.r(2).handle_request(write(s, seq));
+        h.run(&without_n1);
+    }
+    assert_eq!(h.r(2).commit_point(), k);
+    h.crash(2);
+
+    // 4.
+    h.tick(&[1, 3], 60, &none);
+    let without_n2 = |_: NodeId, to: NodeId, _: &Message| if to == 2 { Drop } else { Deliver };
+    for _ in 0..5 {
+        if !h.r(1).is_leader() {
+            h.r(1).start_election_now();
+            h.run(&without_n2);
+        }
+    }
+    assert!(h.r(1).is_leader());
+    let before = h.r(1).sessions().log_time();
+
+    // 5.
+    for i in 0..100u64 {
+        h.r(1).handle_request(write(s, 8 + i));
+        h.tick(&[1, 3], 5, &without_n2);
+    }
+    assert!(h.r(1).is_leader());
+    let after = h.r(1).sessions().log_time();
+    (h.r(1).sessions().get(u).is_some(), before, after)
+}
+
+#[test]
+fn a_new_leaders_clock_counts_from_its_whole_merge() {
+    // Control: a NEW-VIEW that carries the whole merge.
+    let (alive, before, after) =
+        idle_session_under_a_merge_beyond_new_view(1 << 20, Mutation::None);
+    assert!(
+        !alive && after > before + 300,
+        "control: {before} -> {after}"
+    );
+    let (alive, before, after) = idle_session_under_a_merge_beyond_new_view(4096, Mutation::None);
+    assert!(
+        !alive && after > before + 300,
+        "u never expired: n1's log time {before} -> {after} over 500 ticks"
+    );
+    let (alive, before, after) =
+        idle_session_under_a_merge_beyond_new_view(4096, Mutation::ClockIgnoresReadopt);
+    assert!(
+        alive && after < before + 300,
+        "the broken variant's log time moved {before} -> {after}: the test cannot catch it"
+    );
+}
