@@ -872,3 +872,75 @@ fn a_clock_step_counts_only_where_it_chains_onto_the_log() {
     ];
     assert!(sessions_after(&legacy, Mutation::None).get(0).is_none());
 }
+
+/// A promiser's pages (see `on_promise`) only move up: a reply to "the page from slot
+/// 11" that would ask next for a slot at or below 11 is not taken, and entries below
+/// 11 in a page are dropped (a correct promiser never sends either; a broken one must
+/// not make the candidate ask for the same pages for ever).
+#[test]
+fn a_page_that_does_not_move_up_is_not_taken() {
+    let cfg = Config::new(1, vec![1, 2, 3]);
+    let mut r = Replica::new(cfg, Recorder::default(), PersistentState::founding()).unwrap();
+    r.start_election_now();
+    let (ballot, nonce) = r
+        .take_ready()
+        .into_all_messages()
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Prepare { ballot, nonce, .. } => Some((ballot, nonce)),
+            _ => None,
+        })
+        .expect("a prepare");
+    let entry = |slot| PromiseEntry {
+        slot,
+        ballot: Ballot::new(1, 2),
+        value: Value::Noop,
+        chosen: false,
+    };
+    let promise = |from_slot, entries: Vec<PromiseEntry>, truncated| Message::Promise {
+        ballot,
+        commit_point: 0,
+        entries,
+        truncated,
+        nonce,
+        incarnation: 0,
+        incarnations: Vec::new(),
+        from_slot,
+    };
+    let asked = |r: &mut Replica<Recorder>| -> Vec<u64> {
+        r.take_ready()
+            .into_all_messages()
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                Message::Prepare { from_slot, .. } if to == 2 => Some(from_slot),
+                _ => None,
+            })
+            .collect()
+    };
+    // A first page, cut above the promiser's commit point: the candidate asks for the
+    // next from slot 11.
+    r.handle_message(2, promise(0, vec![entry(5), entry(10)], true));
+    assert_eq!(asked(&mut r), vec![11]);
+    // An answer for 11 cut at an entry below it: not a page (the next would start at
+    // 4, back down), and not the last page either.
+    r.handle_message(2, promise(11, vec![entry(3)], true));
+    assert_eq!(asked(&mut r), Vec::<u64>::new());
+    assert_eq!(
+        r.role(),
+        Role::Candidate,
+        "a stale reply completed the promise"
+    );
+    // The real page completes it.
+    r.handle_message(2, promise(11, vec![entry(12)], false));
+    assert!(r.is_leader());
+    let new_view: Vec<u64> = r
+        .take_ready()
+        .into_all_messages()
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::NewView { entries, .. } => Some(entries.iter().map(|(s, _)| *s).collect()),
+            _ => None,
+        })
+        .expect("a new view");
+    assert!(new_view.contains(&5) && new_view.contains(&10) && new_view.contains(&12));
+}

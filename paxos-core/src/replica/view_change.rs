@@ -192,7 +192,14 @@ impl<S: StateMachine> Replica<S> {
             promised.answers = c.pages.get(&from).map_or(from_slot, |p| p.next);
         }
         match c.pages.remove(&from) {
-            Some(p) if promised.answers == p.next && p.incarnation == promised.incarnation => {
+            Some(p)
+                if promised.answers == p.next
+                    && p.incarnation == promised.incarnation
+                    && paged_to.is_none_or(|next| next > p.next) =>
+            {
+                // A page holds nothing below where it was asked to start (a correct
+                // promiser never sends it; kept out, pages only ever grow upwards).
+                promised.entries.retain(|e| e.slot >= p.next);
                 let mut entries = p.entries;
                 entries.append(&mut promised.entries);
                 promised.entries = entries;
