@@ -186,6 +186,30 @@ impl Leader {
         Some(inflight)
     }
 
+    /// Proposes `value` in `slot` at this leader's ballot: accepted here (as a write to
+    /// persist), in flight with this leader's own vote (member index `me`) until a
+    /// quorum accepts it, and in the next ACCEPT.
+    pub(super) fn propose(
+        &mut self,
+        ready: &mut Ready,
+        log: &mut SlotLog,
+        me: usize,
+        resend: Timeout,
+        slot: Slot,
+        value: Value,
+    ) {
+        self.track(
+            slot,
+            Inflight {
+                acks: 1u64 << me,
+                resend,
+                bytes: value.size_hint(),
+            },
+        );
+        self.fresh.push((slot, value.clone()));
+        store_accept(ready, log, slot, self.ballot, value);
+    }
+
     /// Keeps only the proposals at or above `slot` (a checkpoint covers the rest).
     pub(super) fn keep_inflight_from(&mut self, slot: Slot) {
         self.inflight = self.inflight.split_off(&slot);
@@ -440,16 +464,8 @@ impl<S: StateMachine> Replica<S> {
             time,
             idle_limit: ttl.saturating_add(period),
         };
-        l.track(
-            slot,
-            Inflight {
-                acks: 1u64 << self.me,
-                resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
-                bytes: value.size_hint(),
-            },
-        );
-        l.fresh.push((slot, value.clone()));
-        store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
+        let resend = Timeout::after(self.now, self.cfg.retransmit_ticks);
+        l.propose(&mut self.ready, &mut self.log, self.me, resend, slot, value);
         self.exec.count().clocks_proposed += 1;
         if self.quorum == 1 {
             self.check_commits();
@@ -478,8 +494,6 @@ impl<S: StateMachine> Replica<S> {
         let RoleState::Leader(l) = &mut self.role else {
             return false;
         };
-        let ballot = l.ballot;
-        let self_bit = 1u64 << self.me;
         let mut proposed = false;
         while let Some(entry) = l.readopt.first_entry() {
             let size = entry.get().size_hint();
@@ -491,16 +505,8 @@ impl<S: StateMachine> Replica<S> {
                 l.fresh.push((slot, value));
                 continue;
             }
-            l.track(
-                slot,
-                Inflight {
-                    acks: self_bit,
-                    resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
-                    bytes: size,
-                },
-            );
-            l.fresh.push((slot, value.clone()));
-            store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
+            let resend = Timeout::after(self.now, self.cfg.retransmit_ticks);
+            l.propose(&mut self.ready, &mut self.log, self.me, resend, slot, value);
             proposed = true;
         }
         proposed && !l.readopt.is_empty()
@@ -533,8 +539,6 @@ impl<S: StateMachine> Replica<S> {
         if l.transfer.is_some() {
             return; // handing over: requests wait for the next leader
         }
-        let ballot = l.ballot;
-        let self_bit = 1u64 << self.me;
         while l.next_slot
             < self
                 .log
@@ -590,19 +594,11 @@ impl<S: StateMachine> Replica<S> {
                     _ => Value::Batch(batch.into()),
                 }
             };
-            l.track(
-                slot,
-                Inflight {
-                    acks: self_bit,
-                    resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
-                    bytes: value.size_hint(),
-                },
-            );
-            l.fresh.push((slot, value.clone()));
             let counters = self.exec.count();
             counters.proposals += value.requests().len() as u64;
             counters.batched_slots += u64::from(matches!(value, Value::Batch(_)));
-            store_accept(&mut self.ready, &mut self.log, slot, ballot, value);
+            let resend = Timeout::after(self.now, self.cfg.retransmit_ticks);
+            l.propose(&mut self.ready, &mut self.log, self.me, resend, slot, value);
         }
         if self.quorum == 1 {
             self.check_commits();
