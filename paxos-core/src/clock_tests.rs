@@ -25,6 +25,28 @@ fn apart(node: NodeId) -> impl Fn(NodeId, NodeId, &Message) -> bool {
     move |from, to, _| from != node && to != node
 }
 
+/// Three replicas with expiry on (`tweak` sets the rest), one request per slot: n1
+/// leads, sessions of nonces 1000 and 1001 register and each writes once, and two
+/// clock periods pass. Returns the two sessions.
+fn two_sessions_used(tweak: impl Fn(&mut crate::Config)) -> (H, ClientId, ClientId) {
+    let mut h = H::new(3, true, |c| {
+        c.session_clock_ticks = PERIOD;
+        c.max_requests_per_slot = 1; // the tests count slots one request each
+        tweak(c);
+    });
+    h.r(1).start_election_now();
+    h.run(&all);
+    assert!(h.r(1).is_leader());
+    h.register(1, 1000);
+    h.register(1, 1001);
+    h.run(&all);
+    let (s, t) = (registered(&h, 1000), registered(&h, 1001));
+    h.r(1).handle_request(write(s, 1));
+    h.r(1).handle_request(write(t, 1));
+    h.tick(&[1, 2, 3], 2 * PERIOD as usize, &all);
+    (h, s, t)
+}
+
 /// The reviewer's sequence, three replicas, expiry on (time-to-live 25 ticks, a
 /// clock entry every 5):
 /// 1. n1 leads; sessions `s` and `t` register and are used.
@@ -38,22 +60,10 @@ fn apart(node: NodeId) -> impl Fn(NodeId, NodeId, &Message) -> bool {
 ///
 /// Returns whether `s` is still a session on n3 afterwards (it was used moments ago).
 fn session_survives_a_deposed_leaders_clock(mutation: Mutation) -> bool {
-    let mut h = H::new(3, true, |c| {
+    let (mut h, s, t) = two_sessions_used(|c| {
         c.session_ttl_ticks = TTL;
-        c.session_clock_ticks = PERIOD;
         c.mutation = mutation;
-        c.max_requests_per_slot = 1; // the slots below are counted one request each
     });
-    h.r(1).start_election_now();
-    h.run(&all);
-    assert!(h.r(1).is_leader());
-    h.register(1, 1000);
-    h.register(1, 1001);
-    h.run(&all);
-    let (s, t) = (registered(&h, 1000), registered(&h, 1001));
-    h.r(1).handle_request(write(s, 1));
-    h.r(1).handle_request(write(t, 1));
-    h.tick(&[1, 2, 3], 2 * PERIOD as usize, &all);
     let f = h.r(3).sessions().log_time();
 
     // 2. n1 alone.
@@ -137,23 +147,11 @@ fn a_deposed_leaders_clock_does_not_expire_newer_sessions() {
 fn idle_session_under_a_merge_beyond_new_view(mmb: usize, mutation: Mutation) -> (bool, u64, u64) {
     use crate::scripted::{none, Deliver, Drop};
     let ttl = 100;
-    let mut h = H::new(3, true, |c| {
+    let (mut h, s, u) = two_sessions_used(|c| {
         c.session_ttl_ticks = ttl;
-        c.session_clock_ticks = PERIOD;
         c.max_message_bytes = mmb;
-        c.max_requests_per_slot = 1;
         c.mutation = mutation;
     });
-    h.r(1).start_election_now();
-    h.run(&all);
-    assert!(h.r(1).is_leader());
-    h.register(1, 1000);
-    h.register(1, 1001);
-    h.run(&all);
-    let (s, u) = (registered(&h, 1000), registered(&h, 1001));
-    h.r(1).handle_request(write(s, 1));
-    h.r(1).handle_request(write(u, 1));
-    h.tick(&[1, 2, 3], 2 * PERIOD as usize, &all);
     let k = h.r(1).commit_point();
     assert_eq!(h.r(3).commit_point(), k);
 
