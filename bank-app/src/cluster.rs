@@ -176,6 +176,14 @@ pub enum EntryValue {
     /// ([`paxos_core::Value::Batch`]), executed in this order; each is a
     /// [`Command`](EntryValue::Command) or an [`Undecodable`](EntryValue::Undecodable).
     Batch(Vec<EntryValue>),
+    /// A membership change ([`paxos_core::Value::Reconfigure`]): from the next slot
+    /// on, these nodes vote, in this epoch.
+    Members {
+        /// The epoch the change starts.
+        epoch: u64,
+        /// The voting members' ids.
+        members: Vec<NodeId>,
+    },
 }
 
 impl EntryValue {
@@ -191,6 +199,10 @@ impl EntryValue {
             Value::Batch(requests) => {
                 EntryValue::Batch(requests.iter().cloned().map(EntryValue::request).collect())
             }
+            Value::Reconfigure(m) => EntryValue::Members {
+                epoch: m.epoch,
+                members: m.ids(),
+            },
         }
     }
 
@@ -224,6 +236,7 @@ impl EntryValue {
             | EntryValue::Empty
             | EntryValue::Noop
             | EntryValue::Clock { .. }
+            | EntryValue::Members { .. }
             | EntryValue::Batch(_) => None,
         }
     }
@@ -231,7 +244,7 @@ impl EntryValue {
 
 impl fmt::Display for EntryValue {
     /// `A->B 2`, `balance A`, `no-op`, `register c…`, `clock t=…`, `[A->B 2; C->D 1]`
-    /// for a batch, `-` for an empty slot.
+    /// for a batch, `members of epoch 1: n1, n2, n3`, `-` for an empty slot.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EntryValue::Empty => f.write_str("-"),
@@ -240,6 +253,10 @@ impl fmt::Display for EntryValue {
             EntryValue::Command { command, .. } => write!(f, "{}", CommandDisplay(command)),
             EntryValue::Undecodable { bytes, .. } => write!(f, "undecodable ({bytes} bytes)"),
             EntryValue::Clock { time, .. } => write!(f, "clock t={time}"),
+            EntryValue::Members { epoch, members } => {
+                let ids: Vec<String> = members.iter().map(|m| format!("n{m}")).collect();
+                write!(f, "members of epoch {epoch}: {}", ids.join(", "))
+            }
             EntryValue::Batch(values) => {
                 f.write_str("[")?;
                 for (i, v) in values.iter().enumerate() {

@@ -48,6 +48,10 @@ pub struct Counters {
     /// Slots this replica proposed as leader that carry a batch of several requests
     /// ([`Value::Batch`](crate::Value::Batch)); their requests count in `proposals`.
     pub batched_slots: u64,
+    /// Membership changes this replica went through: stop-signs it executed, and
+    /// checkpoints of a later configuration it installed (see
+    /// [`Replica::reconfigure`](crate::Replica::reconfigure)).
+    pub membership_changes: u64,
 }
 
 #[cfg(test)]

@@ -324,6 +324,49 @@ pub enum TransferError {
     AlreadyLeader,
 }
 
+/// A membership change was refused ([`Replica::reconfigure`](crate::Replica::reconfigure)).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ReconfigureError {
+    /// This replica does not lead; `leader` is the one it believes in.
+    #[error("this replica does not lead (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this replica believes in.
+        leader: Option<u64>,
+    },
+    /// A change is already under way (its stop-sign is not executed yet), or the leader
+    /// is still re-proposing what it took over at its election, or handing over:
+    /// try again shortly.
+    #[error("a membership change or a leader hand-over is under way; try again")]
+    Busy,
+    /// The new configuration is not valid.
+    #[error("invalid membership: {0}")]
+    Invalid(#[source] ConfigError),
+    /// More new members than the new configuration tolerates failures: a new member
+    /// votes only after a majority of the *other* members granted its recovery, so
+    /// with more than `max` of them at once none could ever vote. Add them a few at a
+    /// time.
+    #[error(
+        "{added} new members at once; at most {max} (the new configuration's tolerated failures)"
+    )]
+    TooManyNewMembers {
+        /// The members not in the current configuration.
+        added: usize,
+        /// The most the new configuration allows at once.
+        max: usize,
+    },
+    /// Members that stay have not voted for this leader yet (they may be recovering,
+    /// down or behind): with the new members they would leave the new configuration
+    /// without a majority able to vote. Try again once they have (or leave them out).
+    #[error("members {members:?} have not voted for this leader yet; with {added} new members the new configuration could not vote")]
+    MembersNotVoting {
+        /// The staying members not heard voting.
+        members: Vec<u64>,
+        /// The members not in the current configuration.
+        added: usize,
+    },
+}
+
 /// A request to a node through a [`NodeHandle`](crate::NodeHandle) failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -341,6 +384,10 @@ pub enum NodeError {
     /// ([`NodeHandle::transfer_leadership`](crate::NodeHandle::transfer_leadership)).
     #[error("leader transfer refused: {0}")]
     Transfer(#[source] TransferError),
+    /// The replica refused a membership change
+    /// ([`NodeHandle::reconfigure`](crate::NodeHandle::reconfigure)).
+    #[error("membership change refused: {0}")]
+    Reconfigure(#[source] ReconfigureError),
 }
 
 /// A [`Client`](crate::Client) request did not complete.

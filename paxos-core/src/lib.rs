@@ -155,8 +155,8 @@ pub use config::{
 };
 pub use counters::Counters;
 pub use error::{
-    CheckpointError, ClientError, ConfigError, ErrorCause, NodeError, ReplicaError, RestoreError,
-    StorageError, TransferError, TransportError,
+    CheckpointError, ClientError, ConfigError, ErrorCause, NodeError, ReconfigureError,
+    ReplicaError, RestoreError, StorageError, TransferError, TransportError,
 };
 pub use message::{Message, PromiseEntry};
 #[cfg(feature = "runtime")]
@@ -176,6 +176,6 @@ pub use traits::{
     SnapshotJob, StateMachine, Storage, StoredEntry, Transport,
 };
 pub use types::{
-    Ballot, ClientId, NodeId, Reply, Request, Response, Slot, StaleAnswer, Value, READ_SEQ,
-    STALE_READ_BASE,
+    Ballot, ClientId, Member, Membership, NodeId, Reply, Request, Response, Slot, StaleAnswer,
+    Value, READ_SEQ, STALE_READ_BASE,
 };

@@ -178,4 +178,24 @@ pub(crate) enum Mutation {
     /// those hold a deposed leader's clock steps, its own steps never count and idle
     /// sessions never expire.
     ClockIgnoresReadopt,
+    /// R2 left out: a new leader re-proposes a stop-sign and whatever lies above it,
+    /// as any merged value (the trap of `docs/design-membership.md`).
+    StopSignMergedNaively,
+    /// R2 without its "flagged chosen" clause: an entry learned above a stop-sign
+    /// (kept with [`Ballot::ZERO`](crate::Ballot::ZERO)) does not count as evidence
+    /// that the stop-sign was not chosen.
+    StopSignIgnoresFlags,
+    /// R1 broken: a leader keeps proposing requests above its own stop-sign.
+    ProposesAboveStopSign,
+    /// R3 half done: a replica moves to the next epoch without promising its base
+    /// ballot, so an old-epoch leader can still get its votes.
+    EpochKeepsOldPromise,
+    /// R4 broken: a FETCH is answered with values marked chosen above the commit point
+    /// even after a membership change.
+    FetchAboveCommitAfterChange,
+    /// A candidate of a new epoch counts entries accepted under an older epoch's
+    /// ballots above the stop-sign.
+    OldEpochEntriesMerged,
+    /// An acceptor votes for ballots of an epoch whose stop-sign it has not executed.
+    VotesInUnknownEpoch,
 }

@@ -41,7 +41,114 @@ impl Ballot {
     pub const fn new(round: u64, node: NodeId) -> Self {
         Ballot { round, node }
     }
+
+    /// The configuration epoch this ballot belongs to: the high 32 bits of its round.
+    ///
+    /// Each configuration of the cluster ([`Membership`]) runs its own rounds, from
+    /// [`Ballot::epoch_base`] up, so every ballot of epoch `k + 1` is above every
+    /// ballot of epoch `k`. Clusters that never changed their membership are in epoch
+    /// 0, whose rounds are the ones ballots always had.
+    ///
+    /// ```
+    /// use paxos_core::Ballot;
+    /// assert_eq!(Ballot::new(7, 3).epoch(), 0);
+    /// assert_eq!(Ballot::epoch_base(2).epoch(), 2);
+    /// assert!(Ballot::epoch_base(1) > Ballot::new(u32::MAX as u64, 9));
+    /// ```
+    pub const fn epoch(&self) -> u64 {
+        self.round >> EPOCH_SHIFT
+    }
+
+    /// The lowest ballot of epoch `epoch` (owned by no replica): a replica that moves to
+    /// the epoch promises it, so that no ballot of an earlier epoch counts there.
+    pub const fn epoch_base(epoch: u64) -> Self {
+        Ballot {
+            round: epoch << EPOCH_SHIFT,
+            node: 0,
+        }
+    }
 }
+
+/// A ballot's round holds its epoch in the bits from here up.
+const EPOCH_SHIFT: u32 = 32;
+
+/// A voting member of a [`Membership`]: its id and its address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's node id.
+    pub id: NodeId,
+    /// Where to reach it, for transports that need to be told (the TCP transport reads
+    /// `host:port`); opaque to the protocol, and may be empty.
+    pub address: String,
+}
+
+/// A configuration of the cluster: which replicas vote, from which slot on.
+///
+/// The first configuration (epoch 0) is [`Config::members`](crate::Config::members).
+/// Each change is a log value, [`Value::Reconfigure`], proposed with
+/// [`Replica::reconfigure`](crate::Replica::reconfigure): chosen in slot `s`, it ends
+/// epoch `k` at `s` (a *stop-sign*: nothing of epoch `k` is chosen above it) and the
+/// members it names decide every slot from `s + 1`, with ballots of epoch `k + 1`.
+/// See the README's "Membership changes" for the rules that make this safe.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Membership {
+    /// The epoch this configuration starts: the previous one's plus one.
+    pub epoch: u64,
+    /// The voting members, in the order their acknowledgements are counted.
+    pub members: Vec<Member>,
+}
+
+impl Membership {
+    /// The members' ids, in order.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    /// Whether `id` is a voting member.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
+
+    /// The address given for member `id`, if it is one and has one.
+    pub fn address(&self, id: NodeId) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.address.as_str())
+            .filter(|a| !a.is_empty())
+    }
+
+    /// Checks what a configuration must be: between 1 and
+    /// [`MAX_MEMBERS`](crate::MAX_MEMBERS) members, no id twice, addresses of at most
+    /// 1 KiB.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        use crate::ConfigError;
+        if self.members.is_empty() {
+            return Err(ConfigError::NoMembers);
+        }
+        if self.members.len() > crate::config::MAX_MEMBERS {
+            return Err(ConfigError::TooManyMembers {
+                max: crate::config::MAX_MEMBERS,
+                got: self.members.len(),
+            });
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            if self.members[..i].iter().any(|o| o.id == m.id) {
+                return Err(ConfigError::DuplicateMember(m.id));
+            }
+            if m.address.len() > MAX_ADDRESS_BYTES {
+                return Err(ConfigError::OutOfRange {
+                    name: "member address",
+                    requirement: "at most 1024 bytes",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The longest member address a [`Membership`] accepts.
+const MAX_ADDRESS_BYTES: usize = 1024;
 
 impl fmt::Display for Ballot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -232,6 +339,11 @@ pub enum Value {
         /// plus its clock period.
         idle_limit: u64,
     },
+    /// A membership change: the *stop-sign* of the current epoch. Chosen in slot `s`,
+    /// it ends epoch `membership.epoch - 1` at `s`; the members it names decide the
+    /// slots from `s + 1` on (see [`Membership`]). Executing it changes nothing in the
+    /// state machine. A stop-sign whose epoch is not the next one executes as a no-op.
+    Reconfigure(std::sync::Arc<Membership>),
 }
 
 impl Value {
@@ -242,6 +354,9 @@ impl Value {
         let payload = match self {
             Value::Request(r) => r.payload.len(),
             Value::Noop | Value::Clock { .. } | Value::ClockStep { .. } => 0,
+            Value::Reconfigure(m) => m.members.iter().fold(0usize, |n, m| {
+                n.saturating_add(m.address.len()).saturating_add(16)
+            }),
             Value::Batch(requests) => {
                 // Each request counts as a value of its own: payload plus overhead.
                 return requests.iter().fold(0usize, |n, r| {
@@ -266,7 +381,9 @@ impl Value {
         match self {
             Value::Request(r) => std::slice::from_ref(r),
             Value::Batch(requests) => requests,
-            Value::Noop | Value::Clock { .. } | Value::ClockStep { .. } => &[],
+            Value::Noop | Value::Clock { .. } | Value::ClockStep { .. } | Value::Reconfigure(_) => {
+                &[]
+            }
         }
     }
 
@@ -285,6 +402,10 @@ impl Value {
                 time,
                 idle_limit,
             } => format!("clock t={from}->{time} by {ballot} (expire idle > {idle_limit})"),
+            Value::Reconfigure(m) => {
+                let ids: Vec<String> = m.members.iter().map(|m| format!("n{}", m.id)).collect();
+                format!("members of epoch {}: {}", m.epoch, ids.join(", "))
+            }
             Value::Batch(requests) => {
                 let each: Vec<String> = requests
                     .iter()

@@ -55,6 +55,8 @@ impl<S: StateMachine> Replica<S> {
         if ballot < self.promised && !allow_stale {
             let promised = self.promised;
             self.send(from, Message::Nack { ballot, promised });
+            // A sender of an epoch before ours was left behind (see `membership.rs`).
+            self.tell_behind(from, ballot);
             return false;
         }
         true

@@ -164,6 +164,12 @@ impl<S: StateMachine> Replica<S> {
 
     pub(super) fn on_fetch(&mut self, from: NodeId, lo: Slot, hi: Slot) {
         if lo < self.log.start() && self.exec.checkpoint().is_some() {
+            if self.membership.epoch > 0 {
+                // The sender may be a member left behind by a membership change, whom
+                // no leader tells of commit points: a snapshot beyond any commit point
+                // it heard of would be of no use to it.
+                self.tell_commit_point(from);
+            }
             self.send_snapshot_chunk(from, 0);
             return;
         }
@@ -172,10 +178,20 @@ impl<S: StateMachine> Replica<S> {
         let serves_unchosen = self.cfg.mutation == Mutation::FetchServesUnchosen;
         #[cfg(not(test))]
         let serves_unchosen = false;
+        // Once a cluster changed its membership, only values below our commit point:
+        // learning is contiguous (R4 of `membership.rs`), so that whoever holds a
+        // value marked chosen above a stop-sign holds the stop-sign marked chosen too.
+        #[cfg(test)]
+        let r4_broken = self.cfg.mutation == Mutation::FetchAboveCommitAfterChange;
+        #[cfg(not(test))]
+        let r4_broken = false;
+        let contiguous = (self.membership.epoch > 0 || self.promised.epoch() > 0) && !r4_broken;
         let mut entries: Vec<(Slot, Value)> = self
             .log
             .range(lo..hi.max(lo))
-            .filter(|(s, e)| e.chosen || *s < self.log.commit_point() || serves_unchosen)
+            .filter(|(s, e)| {
+                (e.chosen && !contiguous) || *s < self.log.commit_point() || serves_unchosen
+            })
             .take(max_batch)
             .map(|(s, e)| (s, e.value.clone()))
             .collect();

@@ -17,6 +17,14 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn start_prevote(&mut self) {
         debug_assert!(!self.cfg.learner, "a learner never campaigns");
         let round = self.max_round_seen.max(self.promised.round) + 1;
+        let ticks = self.random_timeout();
+        if self.behind_epoch(round) {
+            // A later configuration exists: this replica's members may have moved on.
+            // Catch up (the stop-sign changes its members) instead of campaigning.
+            self.timers.election.reset(self.now, ticks);
+            self.probe_peers();
+            return;
+        }
         let ballot = Ballot::new(round, self.cfg.id);
         self.prevote = Some((ballot, 1 << self.me));
         self.exec.count().prevotes_started += 1;
@@ -26,7 +34,6 @@ impl<S: StateMachine> Replica<S> {
             leader = %Who(self.leader),
             "election timeout: asking for pre-votes"
         );
-        let ticks = self.random_timeout();
         self.timers.election.reset(self.now, ticks);
         for m in self.peers() {
             self.send(m, Message::PreVote { ballot });
@@ -35,6 +42,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub(super) fn on_prevote(&mut self, from: NodeId, ballot: Ballot) {
+        self.tell_behind(from, ballot);
         if ballot.node != from || ballot <= self.promised || self.leader_alive() {
             return;
         }
@@ -78,9 +86,14 @@ impl<S: StateMachine> Replica<S> {
     /// replica ([`Message::TimeoutNow`]), so acceptors promise despite stickiness.
     pub(super) fn start_election(&mut self, handover: bool) {
         debug_assert!(!self.cfg.learner, "a learner never campaigns");
+        let round = self.max_round_seen.max(self.promised.round) + 1;
+        if self.behind_epoch(round) {
+            self.prevote = None;
+            self.restart_election_timers();
+            return;
+        }
         self.prevote = None;
         self.step_down_queue(None);
-        let round = self.max_round_seen.max(self.promised.round) + 1;
         self.max_round_seen = round;
         let ballot = Ballot::new(round, self.cfg.id);
         self.exec.count().elections_started += 1;

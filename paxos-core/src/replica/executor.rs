@@ -12,7 +12,7 @@ use crate::counters::Counters;
 use crate::error::CheckpointError;
 use crate::sessions::{Session, SessionCheck, Sessions};
 use crate::traits::{Checkpoint, PersistOp, StateMachine};
-use crate::types::{Ballot, ClientId, Response, Slot, Value};
+use crate::types::{Ballot, ClientId, Membership, Response, Slot, Value};
 
 #[cfg(test)]
 use crate::mutation::Mutation;
@@ -47,9 +47,22 @@ pub(super) struct SessionTimes {
 }
 
 /// Encodes a checkpoint's data: the state machine's snapshot and the session table.
+#[cfg(test)]
 pub(super) fn encode_snapshot(
     state_machine: Bytes,
     sessions: &Sessions,
+) -> Result<Vec<u8>, postcard::Error> {
+    encode_snapshot_with(state_machine, sessions, None)
+}
+
+/// [`encode_snapshot`], with the configuration after the clock ballot when the cluster
+/// changed its membership (`Some`): a replica that installs the checkpoint must know
+/// who votes. Epoch 0 writes nothing more, so checkpoints of clusters that never
+/// changed are what they were before membership changes existed.
+pub(super) fn encode_snapshot_with(
+    state_machine: Bytes,
+    sessions: &Sessions,
+    membership: Option<&Membership>,
 ) -> Result<Vec<u8>, postcard::Error> {
     let all = sessions.to_sorted_vec();
     let times = SessionTimes {
@@ -78,11 +91,14 @@ pub(super) fn encode_snapshot(
     // are byte for byte what they were before it existed. Likewise the ballot of the
     // clock steps that count, after the times, once a step counted.
     let ballot = sessions.clock_ballot();
-    if times.log_time > 0 || ballot != Ballot::ZERO {
+    if times.log_time > 0 || ballot != Ballot::ZERO || membership.is_some() {
         data.extend_from_slice(&postcard::to_allocvec(&times)?);
     }
-    if ballot != Ballot::ZERO {
+    if ballot != Ballot::ZERO || membership.is_some() {
         data.extend_from_slice(&postcard::to_allocvec(&ballot)?);
+    }
+    if let Some(m) = membership {
+        data.extend_from_slice(&postcard::to_allocvec(m)?);
     }
     Ok(data)
 }
@@ -156,7 +172,16 @@ impl FinishedCheckpoint {
 
 /// Decodes what [`encode_snapshot`] wrote (or a checkpoint from before session
 /// expiry, without times): the state machine's snapshot and the session table.
+#[cfg(test)]
 pub(super) fn decode_snapshot(data: &[u8]) -> Result<(Bytes, Sessions), postcard::Error> {
+    decode_snapshot_with(data).map(|(sm, sessions, _)| (sm, sessions))
+}
+
+/// [`decode_snapshot`], with the configuration [`encode_snapshot_with`] wrote (`None`
+/// for epoch 0).
+pub(super) fn decode_snapshot_with(
+    data: &[u8],
+) -> Result<(Bytes, Sessions, Option<Membership>), postcard::Error> {
     let (body, rest) = postcard::take_from_bytes::<SnapshotBody>(data)?;
     let (times, rest) = if rest.is_empty() {
         let times = SessionTimes {
@@ -167,12 +192,17 @@ pub(super) fn decode_snapshot(data: &[u8]) -> Result<(Bytes, Sessions), postcard
     } else {
         postcard::take_from_bytes::<SessionTimes>(rest)?
     };
-    let clock_ballot = if rest.is_empty() {
-        Ballot::ZERO
+    let (clock_ballot, rest) = if rest.is_empty() {
+        (Ballot::ZERO, rest)
     } else {
-        match postcard::take_from_bytes::<Ballot>(rest)? {
-            (ballot, []) => ballot,
-            // Anything after the ballot is not a checkpoint this version wrote.
+        postcard::take_from_bytes::<Ballot>(rest)?
+    };
+    let membership = if rest.is_empty() {
+        None
+    } else {
+        match postcard::take_from_bytes::<Membership>(rest)? {
+            (m, []) if m.validate().is_ok() => Some(m),
+            // Anything after the configuration is not a checkpoint this version wrote.
             _ => return Err(postcard::Error::DeserializeBadEncoding),
         }
     };
@@ -198,6 +228,7 @@ pub(super) fn decode_snapshot(data: &[u8]) -> Result<(Bytes, Sessions), postcard
     Ok((
         body.state_machine,
         Sessions::restore(times.log_time, sessions).with_clock_ballot(clock_ballot),
+        membership,
     ))
 }
 
@@ -401,6 +432,14 @@ impl<S: StateMachine> Replica<S> {
                     }
                     continue;
                 }
+                Some(Entry {
+                    value: Value::Reconfigure(m),
+                    ..
+                }) => {
+                    let m = Arc::clone(m);
+                    self.execute_stop_sign(slot, m);
+                    continue;
+                }
                 _ => continue,
             };
             self.execute_request(slot, client, seq, command);
@@ -538,8 +577,8 @@ impl<S: StateMachine> Replica<S> {
                 slot: checkpoint.slot,
             });
         }
-        let (state_machine, sessions) =
-            decode_snapshot(&checkpoint.data).map_err(|e| CheckpointError::Undecodable {
+        let (state_machine, sessions, membership) = decode_snapshot_with(&checkpoint.data)
+            .map_err(|e| CheckpointError::Undecodable {
                 slot: checkpoint.slot,
                 cause: Arc::new(e),
             })?;
@@ -558,6 +597,10 @@ impl<S: StateMachine> Replica<S> {
         // (they no longer match).
         self.exec.pending_checkpoints.clear();
         self.exec.last_checkpoint_slot = slot;
+        if let Some(m) = membership {
+            // The checkpoint is past the stop-sign that started this configuration.
+            self.enter_epoch(m, slot);
+        }
         Ok(())
     }
 
@@ -652,9 +695,10 @@ impl<S: StateMachine> Replica<S> {
     fn encode_checkpoint_data(&self, state_machine: Bytes) -> Result<Vec<u8>, postcard::Error> {
         #[cfg(test)]
         if self.cfg.mutation == Mutation::CheckpointWithoutSessions {
-            return encode_snapshot(state_machine, &Sessions::new());
+            return encode_snapshot_with(state_machine, &Sessions::new(), None);
         }
-        encode_snapshot(state_machine, &self.exec.sessions)
+        let membership = (self.membership.epoch > 0).then_some(&*self.membership);
+        encode_snapshot_with(state_machine, &self.exec.sessions, membership)
     }
 
     /// Stores `checkpoint`, taken here, and compacts the log below the previous one.

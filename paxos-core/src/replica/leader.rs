@@ -57,6 +57,12 @@ pub(super) struct Leader {
     pub(super) transfer: Option<super::handover::Transfer>,
     /// When to propose the next clock entry, and with what time.
     pub(super) clock: SessionClock,
+    /// The slot of the stop-sign this leader proposed or re-proposed: nothing goes
+    /// above it (R1 of `membership.rs`).
+    pub(super) stop_sign: Option<Slot>,
+    /// When this leader last counted an ACCEPTED (a heartbeat's too) of each member,
+    /// by index: those heard lately vote (a recovering replica sends none).
+    pub(super) voted_at: Vec<Option<u64>>,
 }
 
 /// The leader's clock for session expiry (see [`Sessions`](crate::Sessions)): a chain
@@ -247,6 +253,9 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         let bit = 1u64 << from_idx;
+        if let Some(t) = l.voted_at.get_mut(from_idx) {
+            *t = Some(self.now);
+        }
         let mut newly_chosen = Vec::new();
         for s in slots {
             if let Some(inf) = l.inflight.get_mut(s) {
@@ -442,7 +451,7 @@ impl<S: StateMachine> Replica<S> {
             return false;
         };
         let slot = l.next_slot;
-        if slot >= window_end {
+        if slot >= window_end || l.stop_sign.is_some() {
             return false;
         }
         if self.log.is_chosen(slot) {
@@ -538,6 +547,13 @@ impl<S: StateMachine> Replica<S> {
         };
         if l.transfer.is_some() {
             return; // handing over: requests wait for the next leader
+        }
+        #[cfg(test)]
+        let above_stop_sign = self.cfg.mutation == Mutation::ProposesAboveStopSign;
+        #[cfg(not(test))]
+        let above_stop_sign = false;
+        if l.stop_sign.is_some() && !above_stop_sign {
+            return; // requests wait for the next configuration's leader
         }
         while l.next_slot
             < self

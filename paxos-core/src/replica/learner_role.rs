@@ -162,8 +162,10 @@ impl<S: StateMachine> Replica<S> {
             }
             m @ Message::SnapshotChunk { .. } => self.on_snapshot_chunk_message(from, m),
             Message::Snapshot { checkpoint } => self.on_snapshot(from, checkpoint),
-            // Votes, elections, proposals and recoveries are for members.
-            _ => {}
+            // Votes, elections, proposals and recoveries are for members. What a
+            // replica outside the membership answers (a member that a change removed
+            // holds the chosen log the new members may still lack), it answers too.
+            other => self.handle_message_from_outsider(from, other),
         }
     }
 
@@ -201,6 +203,13 @@ impl<S: StateMachine> Replica<S> {
                 }
                 self.on_snapshot_request(from, slot, digest, offset)
             }
+            // A member of an epoch before ours that this configuration left out, still
+            // campaigning or leading there: tell it how far the log went.
+            Message::PreVote { ballot }
+            | Message::Prepare { ballot, .. }
+            | Message::Recover { ballot, .. }
+            | Message::Heartbeat { ballot, .. }
+            | Message::Accept { ballot, .. } => self.tell_behind(from, ballot),
             _ => {}
         }
     }
@@ -238,7 +247,7 @@ impl<S: StateMachine> Replica<S> {
     /// Before the first piece of a checkpoint goes to a learner: a replica takes a
     /// checkpoint only below a commit point it heard of, and a learner hears of commit
     /// points only from answers like this one (no leader tells it), so tell it ours.
-    fn tell_commit_point(&mut self, to: NodeId) {
+    pub(super) fn tell_commit_point(&mut self, to: NodeId) {
         let commit_point = self.log.commit_point();
         self.send(
             to,

@@ -10,7 +10,7 @@ use crate::error::ReplicaError;
 use crate::message::Message;
 use crate::sessions::SessionCheck;
 use crate::traits::{AcceptorStatus, PersistOp, PersistentState, StateMachine};
-use crate::types::{Ballot, ClientId, NodeId, Reply, Request, Response, Slot};
+use crate::types::{Ballot, ClientId, Member, Membership, NodeId, Reply, Request, Response, Slot};
 
 #[cfg(test)]
 use crate::mutation::Mutation;
@@ -25,6 +25,7 @@ mod leader;
 mod learner;
 mod learner_role;
 mod log;
+mod membership;
 mod reads;
 mod recovery;
 #[cfg(test)]
@@ -193,6 +194,11 @@ pub struct Replica<S> {
     /// This replica's index in `cfg.members`.
     me: usize,
     quorum: u32,
+    /// The configuration in force: `cfg.members` are its ids (see `membership.rs`).
+    membership: std::sync::Arc<Membership>,
+    /// The first slot the configuration governs (at most: after a checkpoint's
+    /// install, the checkpoint's slot), 0 for epoch 0.
+    epoch_start: Slot,
     rng: ChaCha8Rng,
     /// The state machine, the session table, what was executed and the checkpoint.
     exec: Executor<S>,
@@ -282,9 +288,22 @@ impl<S: StateMachine> Replica<S> {
             quorum = 2.min(cfg.members.len() as u32);
         }
         let me = cfg.members.iter().position(|m| *m == cfg.id).unwrap_or(0);
+        let membership = std::sync::Arc::new(Membership {
+            epoch: 0,
+            members: cfg
+                .members
+                .iter()
+                .map(|&id| Member {
+                    id,
+                    address: String::new(),
+                })
+                .collect(),
+        });
         let mut r = Replica {
             me,
             quorum,
+            membership,
+            epoch_start: 0,
             rng,
             exec: Executor::new(state_machine),
             status: state.status,
@@ -533,6 +552,9 @@ impl<S: StateMachine> Replica<S> {
         }
         if self.status != AcceptorStatus::Voter {
             self.handle_message_not_voting(from, message);
+            return;
+        }
+        if self.from_later_epoch(from, &message) {
             return;
         }
         if let RoleState::Leader(l) = &mut self.role {

@@ -94,6 +94,13 @@ struct Grant {
     incarnations: Vec<(NodeId, u64)>,
 }
 
+impl Recovery {
+    /// The incarnation this attempt asks for.
+    pub(super) fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+}
+
 impl<S: StateMachine> Replica<S> {
     /// Starts (or restarts) an attempt to found or recover: called at start-up by a
     /// replica that is not a voter, and after a refusal.
@@ -104,6 +111,13 @@ impl<S: StateMachine> Replica<S> {
             .max(self.recovery.as_ref().map_or(0, |r| r.ballot.round))
             + 1;
         self.max_round_seen = self.max_round_seen.max(round);
+        if self.behind_epoch(round) {
+            // Our members may have moved on: catch up first (the stop-sign restarts the
+            // recovery among the new members; see `membership.rs`).
+            self.recovery = None;
+            self.probe_peers();
+            return;
+        }
         self.recovery = Some(Recovery {
             ballot: Ballot::new(round, self.cfg.id),
             incarnation,
@@ -144,6 +158,14 @@ impl<S: StateMachine> Replica<S> {
 
     /// A tick while not a voter: resend what is unanswered.
     pub(super) fn recovery_tick(&mut self) {
+        if self.recovery.is_none() && self.timers.election.expired(self.now) {
+            // Put off until a later configuration is known (see `start_recovery`):
+            // try again now and then, which asks the peers where they are.
+            let ticks = self.random_timeout();
+            self.timers.election.reset(self.now, ticks);
+            let incarnation = self.incarnation.max(1);
+            self.start_recovery(incarnation);
+        }
         let due = self
             .recovery
             .as_ref()
@@ -286,6 +308,10 @@ impl<S: StateMachine> Replica<S> {
     ) {
         if pristine && self.never_voted() {
             self.send(from, Message::NeverVoted { nonce });
+            return;
+        }
+        if self.status == AcceptorStatus::Voter && ballot.epoch() < self.membership.epoch {
+            self.tell_behind(from, ballot);
             return;
         }
         if self.status != AcceptorStatus::Voter || ballot.node != from {

@@ -340,6 +340,15 @@ impl<S: StateMachine> Replica<S> {
             .unwrap_or(0);
         self.catch_up.raise(promised_commit);
         // Merge: per slot, a chosen value wins; otherwise the highest ballot's value.
+        // After a membership change, entries accepted under an older epoch's ballots
+        // above our commit point (past the stop-sign) were never chosen: left out
+        // (R3 of `membership.rs`).
+        let epoch = self.membership.epoch;
+        #[cfg(test)]
+        let old_epochs_count = self.cfg.mutation == Mutation::OldEpochEntriesMerged;
+        #[cfg(not(test))]
+        let old_epochs_count = false;
+        let current = |b: Ballot, chosen: bool| chosen || b.epoch() >= epoch || old_epochs_count;
         let mut merged: BTreeMap<Slot, (Ballot, Value, bool)> = self
             .log
             .range(c.from_slot..)
@@ -353,6 +362,7 @@ impl<S: StateMachine> Replica<S> {
                     ),
                 )
             })
+            .filter(|(_, (b, _, chosen))| current(*b, *chosen))
             .collect();
         #[cfg(test)]
         let ignore_promises = self.cfg.mutation == Mutation::IgnorePromisedValues;
@@ -361,6 +371,9 @@ impl<S: StateMachine> Replica<S> {
         if !ignore_promises {
             for p in c.promises.into_values() {
                 for e in p.entries {
+                    if !current(e.ballot, e.chosen) {
+                        continue;
+                    }
                     match merged.get_mut(&e.slot) {
                         None => {
                             merged.insert(e.slot, (e.ballot, e.value, e.chosen));
@@ -377,12 +390,25 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
         }
+        // R2: a stop-sign of this epoch is kept, with nothing above it, unless the
+        // merge shows it was not chosen.
+        let stop_sign = membership::stop_sign_rule(
+            &mut merged,
+            epoch,
+            #[cfg(test)]
+            self.cfg.mutation,
+        );
         for (s, (_, v, chosen)) in &merged {
             if *chosen {
                 self.learn(*s, v.clone());
             }
         }
         self.advance_commit();
+        if self.membership.epoch != epoch {
+            // The merge showed the stop-sign chosen, and executing it ended this
+            // epoch (and the candidacy): the new members elect the next leader.
+            return;
+        }
         let start = self.log.commit_point();
         let end = merged
             .last_key_value()
@@ -475,6 +501,8 @@ impl<S: StateMachine> Replica<S> {
             reads: Box::new(Reads::new(self.now)),
             transfer: None,
             clock: SessionClock::start(clock_from, self.now, self.cfg.session_clock_ticks),
+            stop_sign: stop_sign.filter(|s| *s >= start),
+            voted_at: vec![None; self.cfg.members.len()],
         });
         self.record_view(ViewChange {
             ballot,

@@ -59,14 +59,93 @@ impl<W: Workload> Sim<W> {
         slot: Slot,
         ballot: Ballot,
     ) -> Result<(), Violation> {
-        let quorum = self.quorum;
+        let epoch = ballot.epoch();
+        let Some(members) = self.epochs.get(epoch as usize).cloned() else {
+            return Err(self.violation(format!(
+                "node {node} vouched for slot {slot} at {ballot}, of epoch {epoch}, which \
+                 no chosen stop-sign started"
+            )));
+        };
+        let quorum = members.len() / 2 + 1;
         let Some(entry) = self.accepts.get_mut(&(slot, ballot)) else {
             return Ok(());
         };
         entry.1.insert(node);
-        if entry.1.len() >= quorum {
+        // Only the epoch's members count (an acceptor votes on ballots, whoever it is).
+        if entry.1.iter().filter(|n| members.contains(n)).count() >= quorum {
             let v = entry.0.clone();
+            if self.chosen_epoch.insert(slot, epoch).is_none() {
+                self.check_epoch_of(slot, epoch)?;
+            }
             self.chose(slot, v, "an accept quorum")?;
+        }
+        Ok(())
+    }
+
+    /// Each slot is decided in one epoch: nothing chosen in epoch `k` above the
+    /// stop-sign that ended it, nor in a later epoch at or below it.
+    fn check_epoch_of(&self, slot: Slot, epoch: u64) -> Result<(), Violation> {
+        if let Some(&s) = self.stop_signs.get(epoch as usize) {
+            if slot > s {
+                return Err(self.violation(format!(
+                    "slot {slot} chosen in epoch {epoch}, above the stop-sign in slot {s} \
+                     that ended it"
+                )));
+            }
+        }
+        if let Some(&s) = epoch
+            .checked_sub(1)
+            .and_then(|e| self.stop_signs.get(e as usize))
+        {
+            if slot <= s {
+                return Err(self.violation(format!(
+                    "slot {slot} chosen in epoch {epoch}, at or below the stop-sign in slot \
+                     {s} that started it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the chosen log in slot order (as far as it is chosen without a gap) and
+    /// records each configuration a stop-sign starts, as every replica executes them.
+    fn scan_epochs(&mut self) -> Result<(), Violation> {
+        while let Some(v) = self.chosen.get(&self.epochs_scanned) {
+            let slot = self.epochs_scanned;
+            self.epochs_scanned += 1;
+            let Value::Reconfigure(m) = v else {
+                continue;
+            };
+            if m.epoch as usize != self.epochs.len() || m.validate().is_err() {
+                continue; // executes as a no-op
+            }
+            let ids = m.ids();
+            self.epochs.push(ids.clone());
+            self.stop_signs.push(slot);
+            self.stats.epochs = m.epoch;
+            let ended = m.epoch - 1;
+            if let Some((t, _)) = self
+                .chosen_epoch
+                .iter()
+                .find(|(t, e)| (**e == ended && **t > slot) || (**e > ended && **t <= slot))
+            {
+                return Err(self.violation(format!(
+                    "the stop-sign of epoch {ended} is chosen in slot {slot}, but slot {t} \
+                     was chosen in epoch {}",
+                    self.chosen_epoch[t]
+                )));
+            }
+            self.quorum = ids.len() / 2 + 1;
+            self.learners = self
+                .members
+                .iter()
+                .chain(&self.learners)
+                .copied()
+                .filter(|id| !ids.contains(id))
+                .collect();
+            self.learners.sort_unstable();
+            self.members = ids;
+            self.asked_members = None;
         }
         Ok(())
     }
@@ -391,6 +470,7 @@ impl<W: Workload> Sim<W> {
             .iter()
             .filter(|n| {
                 n.paused_until <= self.now
+                    && self.members.contains(&n.id)
                     && n.replica
                         .as_ref()
                         .is_some_and(|r| r.acceptor_status() == AcceptorStatus::Voter)
@@ -440,6 +520,9 @@ impl<W: Workload> Sim<W> {
             Some(_) => Ok(()),
             None => {
                 self.chosen.insert(slot, value);
+                if slot == self.epochs_scanned {
+                    self.scan_epochs()?;
+                }
                 Ok(())
             }
         }

@@ -76,6 +76,11 @@ pub(crate) struct Faults {
     /// run is served by the others, and learners must turn away from it. Off unless a
     /// profile sets it.
     pub(crate) lose_leader_at_heal: bool,
+    /// Now and then the leader is asked to change the membership to as many replicas
+    /// as `nodes`, drawn from the members and the learners (ids up to `nodes +
+    /// learners`), whatever else is going on: replicas join, leave and come back. Off
+    /// unless a profile sets it.
+    pub(crate) reconfigure: bool,
 }
 
 impl Faults {
@@ -137,6 +142,7 @@ impl Faults {
             session_clock: crate::config::DEFAULT_SESSION_CLOCK_TICKS,
             learners: 0,
             lose_leader_at_heal: false,
+            reconfigure: false,
         }
         .with_eviction(rng)
     }
@@ -160,11 +166,21 @@ pub(super) fn chance(rng: &mut ChaCha8Rng, p: f64) -> bool {
 
 impl<W: Workload> Sim<W> {
     /// Replicas that count against the fault bound: crashed, or recovering from lost
-    /// storage (and the replicas still founding the cluster, at the start).
+    /// storage (and the replicas still founding the cluster, at the start, or joining
+    /// it). With a membership change asked for and not yet chosen, the bound holds
+    /// for both configurations: the more faulty of the two counts.
     pub(super) fn faulty(&self) -> usize {
+        let now = self.faulty_among(&self.members);
+        match &self.asked_members {
+            Some(next) => now.max(self.faulty_among(next)),
+            None => now,
+        }
+    }
+
+    fn faulty_among(&self, members: &[NodeId]) -> usize {
         self.nodes
             .iter()
-            .filter(|n| self.members.contains(&n.id) && !self.lost.contains(&n.id))
+            .filter(|n| members.contains(&n.id) && !self.lost.contains(&n.id))
             .filter(|n| {
                 n.recovering
                     || n.replica
@@ -190,6 +206,9 @@ impl<W: Workload> Sim<W> {
                     self.stats.transfers += 1;
                 }
             }
+        }
+        if self.faults.reconfigure && chance(&mut self.rng, 0.004) {
+            self.ask_reconfigure();
         }
         if self.faults.pauses && chance(&mut self.rng, 0.003) {
             let i = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
@@ -295,6 +314,9 @@ impl<W: Workload> Sim<W> {
     }
 
     pub(super) fn heal(&mut self) -> Result<(), Violation> {
+        // No more faults: a change still in flight is bounded by its outcome (once
+        // chosen, its members are the members).
+        self.asked_members = None;
         self.blocked.clear();
         self.lossy.clear();
         self.leaky.clear();
@@ -336,6 +358,48 @@ impl<W: Workload> Sim<W> {
         }
     }
 
+    /// Asks the leader (if any) for a membership of `nodes` replicas: up to `f` of the
+    /// current members replaced by replicas outside (as many as a change may add).
+    pub(super) fn ask_reconfigure(&mut self) {
+        let f = (self.faults.nodes - 1) / 2;
+        let mut outside: Vec<NodeId> = (1..=(self.faults.nodes + self.faults.learners) as u64)
+            .filter(|id| !self.lost.contains(id) && !self.members.contains(id))
+            .collect();
+        let mut members = self.members.clone();
+        let k = (self.rng.next_u64() % (f as u64 + 1)) as usize;
+        for _ in 0..k.min(outside.len()) {
+            let i = (self.rng.next_u64() % members.len() as u64) as usize;
+            let j = (self.rng.next_u64() % outside.len() as u64) as usize;
+            members[i] = outside.swap_remove(j);
+        }
+        // The operator keeps to the fault bound: the new configuration, counting its
+        // members that do not vote yet (those joining among them), has at most `f`
+        // faulty (the leader refuses what it can see is worse, but not a member that
+        // crashed a moment ago).
+        if self.faulty_among(&members) > f {
+            return;
+        }
+        let leader = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.replica.as_mut())
+            .find(|r| r.is_leader());
+        if let Some(r) = leader {
+            let members: Vec<crate::Member> = members
+                .into_iter()
+                .map(|id| crate::Member {
+                    id,
+                    address: String::new(),
+                })
+                .collect();
+            let ids = members.iter().map(|m: &crate::Member| m.id).collect();
+            if r.reconfigure(members).is_ok() {
+                self.stats.reconfigurations += 1;
+                self.asked_members = Some(ids);
+            }
+        }
+    }
+
     /// The node's storage is lost: it restarts as a new incarnation with nothing.
     pub(super) fn wipe(&mut self, i: usize) {
         let node = &mut self.nodes[i];
@@ -353,9 +417,11 @@ impl<W: Workload> Sim<W> {
         let now = self.now;
         let node = &mut self.nodes[i];
         let state = node.storage.load().expect("mem storage loads");
+        // The founding members, as a restarted `bank node` reads them from its cluster
+        // file: the replica learns later configurations from its log and checkpoint.
         let cfg = Self::config(
             node.id,
-            &self.members,
+            &self.epochs[0],
             self.seed ^ self.now,
             self.mutation,
             &self.faults,

@@ -253,6 +253,9 @@ pub(crate) struct Stats {
     pub(crate) checkpoint_jobs: u64,
     /// Leader transfers asked for.
     pub(crate) transfers: u64,
+    /// Membership changes asked for, and the epochs reached (stop-signs chosen).
+    pub(crate) reconfigurations: u64,
+    pub(crate) epochs: u64,
     /// A digest of every delivery, to show that a seed replays identically.
     pub(crate) trace: u64,
 }
@@ -482,6 +485,17 @@ pub(crate) struct Sim<W: Workload> {
     /// Members crashed for good at healing (`Faults::lose_leader_at_heal`).
     lost: Vec<NodeId>,
     quorum: usize,
+    /// The members of each epoch, from the stop-signs chosen in slot order (the
+    /// founding members first); `members` and `quorum` are the latest's.
+    epochs: Vec<Vec<NodeId>>,
+    /// The membership last asked for, until a stop-sign is chosen.
+    asked_members: Option<Vec<NodeId>>,
+    /// The slot of the stop-sign that ended each epoch.
+    stop_signs: Vec<Slot>,
+    /// The slots the scan for stop-signs has passed (every one chosen).
+    epochs_scanned: Slot,
+    /// The epoch of the ballot each slot was chosen at by an accept quorum.
+    chosen_epoch: HashMap<Slot, u64>,
     network: Vec<(u64, Envelope)>,
     blocked: HashSet<(NodeId, NodeId)>,
     /// Selective loss: message kinds dropped on which directed links, and how often.
@@ -634,6 +648,11 @@ impl<W: Workload> Sim<W> {
             workload,
             faults,
             nodes,
+            epochs: vec![members.clone()],
+            stop_signs: Vec::new(),
+            asked_members: None,
+            epochs_scanned: 0,
+            chosen_epoch: HashMap::new(),
             members,
             learners,
             lost: Vec::new(),
