@@ -112,6 +112,8 @@ mod error;
 mod handover_tests;
 #[cfg(test)]
 mod learner_tests;
+#[cfg(test)]
+mod membership_attack_tests;
 mod message;
 #[cfg(test)]
 mod mutation;

@@ -198,4 +198,7 @@ pub(crate) enum Mutation {
     OldEpochEntriesMerged,
     /// An acceptor votes for ballots of an epoch whose stop-sign it has not executed.
     VotesInUnknownEpoch,
+    /// A recovered voter enters a configuration its lost life may have voted in without
+    /// recovering again there.
+    RecoveredVoterSkipsNewEpoch,
 }

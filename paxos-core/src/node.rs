@@ -81,6 +81,10 @@ enum Command<S> {
     Request(Request, oneshot::Sender<Reply>),
     Inspect(InspectFn<S>),
     TransferLeadership(NodeId, oneshot::Sender<Result<(), TransferError>>),
+    Reconfigure(
+        Vec<crate::Member>,
+        oneshot::Sender<Result<crate::Slot, crate::ReconfigureError>>,
+    ),
     Shutdown,
 }
 
@@ -214,6 +218,7 @@ where
         waiters: HashMap::new(),
         inspections: Vec::new(),
         metrics: NodeMetrics::new(id),
+        epoch: 0,
         #[cfg(test)]
         order,
     };
@@ -244,6 +249,8 @@ struct Driver<S, T, St> {
     inspections: Vec<InspectFn<S>>,
     /// What the driver publishes through the `metrics` facade.
     metrics: NodeMetrics,
+    /// The epoch of the configuration the transport was last told of.
+    epoch: u64,
     #[cfg(test)]
     order: FlushOrder,
 }
@@ -259,6 +266,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
     async fn run(mut self) {
         let id = self.replica.id();
         info!(node = id, "node started");
+        self.sync_membership();
         self.metrics.publish(&self.replica, self.rx.len());
         let mut ticker = tokio::time::interval(self.options.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -357,6 +365,10 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
             Command::TransferLeadership(to, tx) => {
                 let _ = tx.send(self.replica.transfer_leadership(to));
             }
+            // The stop-sign's ACCEPTs leave with this round's flush.
+            Command::Reconfigure(members, tx) => {
+                let _ = tx.send(self.replica.reconfigure(members));
+            }
             Command::Shutdown => {}
         }
     }
@@ -365,8 +377,24 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
     /// every PROMISE, ACCEPTED and client reply of the round vouches for state in its
     /// writes, so none leaves before [`Storage::persist`] has returned. A storage error
     /// drops the round's messages and replies and stops the node.
+    /// Tells the transport of a configuration it has not seen yet.
+    fn sync_membership(&mut self) {
+        let membership = self.replica.membership();
+        if membership.epoch != self.epoch {
+            self.epoch = membership.epoch;
+            info!(
+                node = self.replica.id(),
+                epoch = membership.epoch,
+                members = ?membership.ids(),
+                "new configuration"
+            );
+            self.transport.update_membership(membership);
+        }
+    }
+
     fn flush(&mut self) -> Result<(), crate::StorageError> {
         let mut ready = self.replica.take_ready();
+        self.sync_membership();
         if ready.is_empty() {
             return Ok(());
         }
@@ -517,6 +545,31 @@ impl<S: StateMachine + Send + 'static> NodeHandle<S> {
         rx.await
             .map_err(|_| NodeError::Stopped)?
             .map_err(NodeError::Transfer)
+    }
+
+    /// Asks this node, which must lead, to change the cluster's membership to
+    /// `members` ([`Replica::reconfigure`]): it proposes the stop-sign and returns its
+    /// slot. `Ok` means the change was proposed, not that it took effect: watch
+    /// [`membership`](Self::membership) (on any member) for the new epoch. A leader
+    /// deposed before the stop-sign is chosen may lose it; ask again.
+    ///
+    /// Start new members first, as [learners](crate::Config::learner) that know the
+    /// current members, and let them catch up. Refusals come back as
+    /// [`NodeError::Reconfigure`].
+    pub async fn reconfigure(&self, members: Vec<crate::Member>) -> Result<crate::Slot, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Reconfigure(members, tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::Reconfigure)
+    }
+
+    /// The configuration this node is in ([`Replica::membership`]).
+    pub async fn membership(&self) -> Result<crate::Membership, NodeError> {
+        self.inspect(|r| r.membership().clone()).await
     }
 
     /// The replica's status (role, ballot, leader, commit point...).

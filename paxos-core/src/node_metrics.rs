@@ -75,6 +75,13 @@ pub mod names {
     pub const CLOCK_STEPS_IGNORED: &str = "paxos_clock_steps_ignored_total";
     /// Counter: slots proposed as leader that carry several requests.
     pub const BATCHED_SLOTS: &str = "paxos_batched_slots_total";
+    /// Gauge: the epoch of the configuration the replica is in (0 until the membership
+    /// first changes).
+    pub const EPOCH: &str = "paxos_epoch";
+    /// Gauge: the number of voting members of that configuration.
+    pub const MEMBERS: &str = "paxos_members";
+    /// Counter: membership changes the replica went through.
+    pub const MEMBERSHIP_CHANGES: &str = "paxos_membership_changes_total";
     /// Counter: driver rounds (inputs folded, then persist, send, reply).
     pub const ROUNDS: &str = "paxos_rounds_total";
     /// Counter, label `kind`: protocol messages received from peers.
@@ -174,6 +181,9 @@ pub(crate) struct NodeMetrics {
     clocks_proposed: Counter,
     clock_steps_ignored: Counter,
     batched_slots: Counter,
+    epoch: Gauge,
+    members: Gauge,
+    membership_changes: Counter,
     rounds: Counter,
     received: Vec<Counter>,
     persist_seconds: Histogram,
@@ -215,6 +225,9 @@ impl NodeMetrics {
             clocks_proposed: counter!(CLOCKS_PROPOSED, "node" => n.clone()),
             clock_steps_ignored: counter!(CLOCK_STEPS_IGNORED, "node" => n.clone()),
             batched_slots: counter!(BATCHED_SLOTS, "node" => n.clone()),
+            epoch: gauge!(EPOCH, "node" => n.clone()),
+            members: gauge!(MEMBERS, "node" => n.clone()),
+            membership_changes: counter!(MEMBERSHIP_CHANGES, "node" => n.clone()),
             rounds: counter!(ROUNDS, "node" => n.clone()),
             received: KINDS
                 .iter()
@@ -291,5 +304,9 @@ impl NodeMetrics {
         self.clocks_proposed.absolute(c.clocks_proposed);
         self.clock_steps_ignored.absolute(c.clock_steps_ignored);
         self.batched_slots.absolute(c.batched_slots);
+        self.membership_changes.absolute(c.membership_changes);
+        let m = replica.membership();
+        self.epoch.set(m.epoch as f64);
+        self.members.set(m.members.len() as f64);
     }
 }

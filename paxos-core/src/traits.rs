@@ -191,6 +191,21 @@ pub trait Transport: Send + 'static {
     fn try_recv(&mut self) -> Option<(NodeId, Message)> {
         None
     }
+
+    /// The cluster moved to configuration `membership` (a
+    /// [`Value::Reconfigure`](crate::Value::Reconfigure) executed, or a checkpoint of a
+    /// later configuration installed): from now on the node sends to its members, at
+    /// the addresses they carry ([`Member::address`](crate::Member::address)).
+    /// A transport that reaches any node by id needs nothing (the default); one with an
+    /// address book adds the members it did not know. Keep connections to former
+    /// members: they may still ask this node for the log as learners.
+    ///
+    /// [`spawn_node`](crate::spawn_node) calls it before sending anything of the round
+    /// in which the change happened, and at start-up when the stored log already holds
+    /// changes.
+    fn update_membership(&mut self, membership: &crate::Membership) {
+        let _ = membership;
+    }
 }
 
 /// One log entry as the acceptor stores it.

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use paxos_core::{
-    AcceptorStatus, Ballot, ClientId, NodeId, Replica, ReplicaStatus, Reply, Request, Role, Slot,
-    SlotInfo, StateMachine, ViewChange,
+    AcceptorStatus, Ballot, ClientId, Member, Membership, NodeId, Replica, ReplicaStatus, Reply,
+    Request, Role, Slot, SlotInfo, StateMachine, ViewChange,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use thiserror::Error;
@@ -69,6 +69,18 @@ pub enum NodeRequest {
     /// administrative call: refused with [`ServerError::Forbidden`] unless the node runs
     /// with [`NodeServerOptions::admin_calls`](crate::NodeServerOptions::admin_calls).
     TransferLeader(NodeId),
+    /// The configuration the replica is in: [`NodeResponse::Members`].
+    Members,
+    /// Change the cluster's membership to these members
+    /// ([`NodeHandle::reconfigure`](paxos_core::NodeHandle::reconfigure)): the replica,
+    /// which must lead, proposes the stop-sign. Answered
+    /// [`NodeResponse::ReconfigureStarted`] with its slot (proposed, not yet chosen:
+    /// watch [`NodeRequest::Members`] for the new epoch), or refused with
+    /// [`ServerError::NotLeader`], [`ServerError::ReconfigureBusy`],
+    /// [`ServerError::TooManyNewMembers`], [`ServerError::MembersNotVoting`] or
+    /// [`ServerError::InvalidMembership`]. An administrative call, like
+    /// [`NodeRequest::TransferLeader`].
+    Reconfigure(Vec<Member>),
 }
 
 impl NodeRequest {
@@ -83,6 +95,8 @@ impl NodeRequest {
             NodeRequest::Query(_) => "query",
             NodeRequest::SetAvailable(_) => "set-available",
             NodeRequest::TransferLeader(_) => "transfer-leader",
+            NodeRequest::Members => "members",
+            NodeRequest::Reconfigure(_) => "reconfigure",
         }
     }
 
@@ -127,6 +141,11 @@ pub enum NodeResponse {
     /// The answer to [`NodeRequest::TransferLeader`]: the replica leads and has started
     /// to hand over.
     TransferStarted,
+    /// The answer to [`NodeRequest::Members`].
+    Members(Membership),
+    /// The answer to [`NodeRequest::Reconfigure`]: the stop-sign was proposed in this
+    /// slot.
+    ReconfigureStarted(Slot),
 }
 
 impl NodeResponse {
@@ -143,6 +162,8 @@ impl NodeResponse {
             NodeResponse::AvailabilitySet(_) => "availability-set",
             NodeResponse::Error(_) => "error",
             NodeResponse::TransferStarted => "transfer-started",
+            NodeResponse::Members(_) => "members",
+            NodeResponse::ReconfigureStarted(_) => "reconfigure-started",
         }
     }
 
@@ -206,6 +227,31 @@ pub enum ServerError {
     /// version of the protocol has no variant for).
     #[error("the replica refused to hand leadership over")]
     TransferRefused,
+    /// [`NodeRequest::Reconfigure`]: a change or a hand-over is under way; try again.
+    #[error("a membership change or leader hand-over is under way; try again")]
+    ReconfigureBusy,
+    /// [`NodeRequest::Reconfigure`] added more members at once than the new
+    /// configuration tolerates failures.
+    #[error("{added} new members at once; at most {max}")]
+    TooManyNewMembers {
+        /// Members not in the current configuration.
+        added: usize,
+        /// The most allowed at once.
+        max: usize,
+    },
+    /// [`NodeRequest::Reconfigure`]: `silent` of the staying members have not voted
+    /// for the leader lately; with `added` new members the new configuration could not
+    /// vote.
+    #[error("{silent} staying members have not voted lately; with {added} new members the new configuration could not vote")]
+    MembersNotVoting {
+        /// Staying members not heard voting.
+        silent: usize,
+        /// Members not in the current configuration.
+        added: usize,
+    },
+    /// [`NodeRequest::Reconfigure`] named no member, too many, or one twice.
+    #[error("invalid membership")]
+    InvalidMembership,
 }
 
 /// Bytes that are not a message of the protocol, or a message that cannot be encoded.

@@ -486,6 +486,31 @@ impl RemoteNode {
         })
         .await
     }
+
+    /// The configuration the replica is in ([`NodeRequest::Members`]).
+    pub async fn members(&self) -> Result<paxos_core::Membership, RemoteError> {
+        self.typed(NodeRequest::Members, |r| match r {
+            NodeResponse::Members(m) => Ok(m),
+            other => Err(other.kind()),
+        })
+        .await
+    }
+
+    /// Asks the replica, which must lead, to change the membership to `members`
+    /// ([`NodeRequest::Reconfigure`]); returns the slot of the stop-sign it proposed.
+    /// `Ok` means proposed: poll [`members`](Self::members) for the new epoch.
+    /// Refusals come back as [`RemoteError::Server`] (see the request's doc), or
+    /// [`ServerError::Forbidden`] from a node without admin calls.
+    pub async fn reconfigure(
+        &self,
+        members: Vec<paxos_core::Member>,
+    ) -> Result<paxos_core::Slot, RemoteError> {
+        self.typed(NodeRequest::Reconfigure(members), |r| match r {
+            NodeResponse::ReconfigureStarted(slot) => Ok(slot),
+            other => Err(other.kind()),
+        })
+        .await
+    }
 }
 
 /// A [`paxos_core::Endpoint`] that submits through one [`RemoteNode`].

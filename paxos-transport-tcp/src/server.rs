@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use paxos_core::{
-    spawn_node, Config, NodeError, NodeHandle, NodeId, NodeOptions, Replica, Slot, SlotInfo,
-    StateMachine, Storage, TransferError,
+    spawn_node, Config, NodeError, NodeHandle, NodeId, NodeOptions, ReconfigureError, Replica,
+    Slot, SlotInfo, StateMachine, Storage, TransferError,
 };
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -501,6 +501,9 @@ async fn handle_call<S: StateMachine + Send + 'static>(
         NodeRequest::TransferLeader(to) => {
             return transfer_leader(handle, options, available, to).await;
         }
+        NodeRequest::Reconfigure(members) => {
+            return reconfigure(handle, options, available, members).await;
+        }
         NodeRequest::Query(_) if options.query.is_none() => {
             return NodeResponse::Error(ServerError::NoQuery);
         }
@@ -519,6 +522,7 @@ async fn handle_call<S: StateMachine + Send + 'static>(
         }
         NodeRequest::Slot(slot) => NodeResponse::Slot(r.slot(slot)),
         NodeRequest::Views => NodeResponse::Views(r.view_changes().cloned().collect()),
+        NodeRequest::Members => NodeResponse::Members(r.membership().clone()),
         NodeRequest::Query(bytes) => match query {
             Some(query) => {
                 // The hook only reads the state, so a panic half-way leaves nothing
@@ -541,9 +545,10 @@ async fn handle_call<S: StateMachine + Send + 'static>(
             }
             None => NodeResponse::Error(ServerError::NoQuery),
         },
-        NodeRequest::Submit(_) | NodeRequest::SetAvailable(_) | NodeRequest::TransferLeader(_) => {
-            NodeResponse::Error(ServerError::Malformed)
-        }
+        NodeRequest::Submit(_)
+        | NodeRequest::SetAvailable(_)
+        | NodeRequest::TransferLeader(_)
+        | NodeRequest::Reconfigure(_) => NodeResponse::Error(ServerError::Malformed),
     });
     match tokio::time::timeout(limit, answer).await {
         Ok(Ok(response)) => response,
@@ -582,6 +587,50 @@ async fn transfer_leader<S: StateMachine + Send + 'static>(
             TransferError::NotAMember(id) => ServerError::NotAMember(id),
             TransferError::AlreadyLeader => ServerError::AlreadyLeader,
             _ => ServerError::TransferRefused,
+        }),
+        Ok(Err(_)) => NodeResponse::Error(ServerError::Stopped),
+        Err(_) => NodeResponse::Error(ServerError::Timeout(limit)),
+    }
+}
+
+/// Serves [`NodeRequest::Reconfigure`]: an administrative call, refused unless
+/// [`NodeServerOptions::admin_calls`].
+async fn reconfigure<S: StateMachine + Send + 'static>(
+    handle: &NodeHandle<S>,
+    options: &NodeServerOptions<S>,
+    available: bool,
+    members: Vec<paxos_core::Member>,
+) -> NodeResponse {
+    if !options.admin_calls {
+        warn!(
+            node = handle.id(),
+            "a client asked for a membership change; admin calls are off"
+        );
+        return NodeResponse::Error(ServerError::Forbidden);
+    }
+    if !available {
+        return NodeResponse::Unavailable;
+    }
+    let ids: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+    let limit = options.inspect_timeout;
+    match tokio::time::timeout(limit, handle.reconfigure(members)).await {
+        Ok(Ok(slot)) => {
+            info!(node = handle.id(), slot, members = ?ids, "membership change asked by a client");
+            NodeResponse::ReconfigureStarted(slot)
+        }
+        Ok(Err(NodeError::Reconfigure(refused))) => NodeResponse::Error(match refused {
+            ReconfigureError::NotLeader { leader } => ServerError::NotLeader { leader },
+            ReconfigureError::TooManyNewMembers { added, max } => {
+                ServerError::TooManyNewMembers { added, max }
+            }
+            ReconfigureError::MembersNotVoting { members, added } => {
+                ServerError::MembersNotVoting {
+                    silent: members.len(),
+                    added,
+                }
+            }
+            ReconfigureError::Invalid(_) => ServerError::InvalidMembership,
+            _ => ServerError::ReconfigureBusy,
         }),
         Ok(Err(_)) => NodeResponse::Error(ServerError::Stopped),
         Err(_) => NodeResponse::Error(ServerError::Timeout(limit)),

@@ -51,6 +51,22 @@ struct Shared {
     client_slots: Arc<Semaphore>,
     /// Open client connections per remote IP address.
     client_ips: Mutex<HashMap<IpAddr, usize>>,
+    /// Peers learned from the cluster's configurations after start-up
+    /// ([`Transport::update_membership`]): they may connect as peers too.
+    joined: Mutex<HashMap<NodeId, SocketAddr>>,
+}
+
+impl Shared {
+    /// Whether `id` may connect as a peer: a node of the configuration the transport
+    /// started with, or a member it learned of since.
+    fn knows_peer(&self, id: NodeId) -> bool {
+        self.config.peers.contains_key(&id)
+            || self
+                .joined
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(&id)
+    }
 }
 
 /// A handshaken connection's place under the connection limits; dropping it frees the
@@ -199,6 +215,7 @@ impl TcpTransport {
             peer_slots: Arc::new(Semaphore::new(peer_slots)),
             client_slots: Arc::new(Semaphore::new(client_slots)),
             client_ips: Mutex::new(HashMap::new()),
+            joined: Mutex::new(HashMap::new()),
         });
         let config = &shared.config;
 
@@ -321,9 +338,58 @@ impl fmt::Debug for TcpTransport {
     }
 }
 
+impl TcpTransport {
+    /// Adds peer `id` at `addr`: dials it for outbound messages and lets it connect as
+    /// a peer. A peer already known keeps its address (a node's address does not
+    /// change under a running transport; restart it to move a node). Returns whether
+    /// the peer was new.
+    pub fn add_peer(&mut self, id: NodeId, addr: SocketAddr) -> bool {
+        if id == self.node_id || self.queues.contains_key(&id) {
+            return false;
+        }
+        self.shared
+            .joined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, addr);
+        let (tx, rx) = mpsc::channel(self.shared.config.peer_queue_capacity);
+        self.queues.insert(id, tx);
+        let writer = peer_writer(self.shared.clone(), id, addr, rx);
+        self.tasks.push(tokio::spawn(until_cancelled(
+            self.shared.token.clone(),
+            writer,
+        )));
+        info!(node = self.node_id, peer = id, %addr, "peer added");
+        true
+    }
+}
+
 impl Transport for TcpTransport {
     fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
         self.enqueue(to, message)
+    }
+
+    /// Adds the members this transport has no address for, at the address each
+    /// member carries (`host:port`; one that does not parse is skipped with a
+    /// warning, and messages to that member are then refused as to an unknown peer).
+    fn update_membership(&mut self, membership: &paxos_core::Membership) {
+        for m in &membership.members {
+            if m.id == self.node_id || self.queues.contains_key(&m.id) {
+                continue;
+            }
+            match m.address.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    self.add_peer(m.id, addr);
+                }
+                Err(e) => warn!(
+                    node = self.node_id,
+                    peer = m.id,
+                    address = %m.address,
+                    error = %e,
+                    "a new member's address is not host:port; cannot reach it"
+                ),
+            }
+        }
     }
 
     async fn recv(&mut self) -> Option<(NodeId, Message)> {
@@ -406,7 +472,7 @@ async fn handle_inbound(
         config.node_id,
         config.handshake_timeout,
         |hello| match hello.role {
-            Role::Peer(id) if id == config.node_id || !config.peers.contains_key(&id) => {
+            Role::Peer(id) if id == config.node_id || !shared.knows_peer(id) => {
                 Err(TcpError::UnknownNode(id))
             }
             role => shared.take_slot(role, remote),

@@ -31,7 +31,9 @@ use crate::error::TcpError;
 /// FETCH-REPLY carry and that log inspection returns; a version-4 node could decode
 /// neither. Version 6 adds batches of requests in one slot (`Value::Batch`) and the
 /// chained clock steps of session expiry (`Value::ClockStep`) to the same log values.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// Version 7 adds membership changes: the stop-sign value (`Value::Reconfigure`) in
+/// those log values, and the `Members` and `Reconfigure` client calls.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The first bytes of every handshake frame.
 pub(crate) const MAGIC: [u8; 4] = *b"PXTC";

@@ -167,14 +167,33 @@ impl Processes {
     /// Starts `size` nodes and one learner (id `size + 1`, listed under `[[learners]]`
     /// in the cluster file), each with a data directory.
     pub(crate) fn start_with_learner(rt: &tokio::runtime::Runtime, size: u64) -> Processes {
+        Processes::start_with_learner_as(rt, size, false)
+    }
+
+    /// [`Processes::start_with_learner`], every node with `--admin-calls` when
+    /// `admin_calls` (so that `bank members` may change the membership).
+    pub(crate) fn start_with_learner_as(
+        rt: &tokio::runtime::Runtime,
+        size: u64,
+        admin_calls: bool,
+    ) -> Processes {
         let learner = size + 1;
-        let mut procs = Processes::start_cluster(rt, size, &BTreeSet::new(), |config| {
+        let adjust = |config: &mut ClusterConfig| {
             let port = free_ports(1)[0];
             config.learners = vec![NodeConfig {
                 id: learner,
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             }];
-        });
+        };
+        let mut procs = Processes::start_cluster_serving(
+            rt,
+            size,
+            &BTreeSet::new(),
+            false,
+            admin_calls,
+            &[],
+            adjust,
+        );
         let child = procs.spawn_node(learner);
         procs.nodes.insert(learner, child);
         assert!(

@@ -62,7 +62,14 @@ impl<S: StateMachine> Replica<S> {
         true
     }
 
+    /// Remembers the highest round seen, for the next ballot. A round of a later
+    /// configuration epoch than ours is not one this replica may use (its members
+    /// are not ours): it only marks the replica as left behind (see `membership.rs`).
     pub(super) fn saw_round(&mut self, round: u64) {
+        if Ballot::new(round, 0).epoch() > self.membership.epoch {
+            self.later_epoch_seen = true;
+            return;
+        }
         self.max_round_seen = self.max_round_seen.max(round);
     }
 

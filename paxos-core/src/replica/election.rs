@@ -18,12 +18,17 @@ impl<S: StateMachine> Replica<S> {
         debug_assert!(!self.cfg.learner, "a learner never campaigns");
         let round = self.max_round_seen.max(self.promised.round) + 1;
         let ticks = self.random_timeout();
-        if self.behind_epoch(round) {
-            // A later configuration exists: this replica's members may have moved on.
-            // Catch up (the stop-sign changes its members) instead of campaigning.
-            self.timers.election.reset(self.now, ticks);
+        if self.later_epoch_seen {
+            // A later configuration exists: our members may have moved on. Ask where
+            // the log went; while there is somewhere to catch up from, catch up (the
+            // stop-sign changes our members) rather than campaign. With nowhere to go
+            // (those that moved on are gone), campaign in our own epoch: a leader
+            // there re-proposes the stop-sign (R1, R2) and the epoch ends.
             self.probe_peers();
-            return;
+            if self.catch_up.known() > self.log.commit_point() {
+                self.timers.election.reset(self.now, ticks);
+                return;
+            }
         }
         let ballot = Ballot::new(round, self.cfg.id);
         self.prevote = Some((ballot, 1 << self.me));
@@ -87,11 +92,6 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn start_election(&mut self, handover: bool) {
         debug_assert!(!self.cfg.learner, "a learner never campaigns");
         let round = self.max_round_seen.max(self.promised.round) + 1;
-        if self.behind_epoch(round) {
-            self.prevote = None;
-            self.restart_election_timers();
-            return;
-        }
         self.prevote = None;
         self.step_down_queue(None);
         self.max_round_seen = round;

@@ -38,11 +38,25 @@
 //! state says it is a voter already, it first recovers (`recovery.rs`), so that a
 //! replica that lost its disk and came back as a "new" node cannot vote twice.
 //!
-//! A replica left behind in an epoch whose members moved on (say it was cut off while
-//! the stop-sign was chosen) cannot win an election there: the new members answer its
-//! PRE-VOTE, PREPARE and RECOVER with their commit point instead (a FETCH-REPLY
-//! without entries), and it catches up as any replica behind does. A replica that
-//! has seen a ballot of a later epoch than its own never campaigns: it fetches.
+//! A replica votes only in its own epoch: a message with a ballot of a later one is
+//! not handled, but tells it whom to catch up from. So an acceptor never promises
+//! the next epoch's leader before holding the stop-sign: otherwise, with that leader
+//! gone, nobody might know the stop-sign was chosen, and the old members could run
+//! phase 1 in neither epoch. A replica left behind in an epoch whose members moved on
+//! (say it was cut off while the stop-sign was chosen) cannot win an election there:
+//! the new members answer its PRE-VOTE, PREPARE and RECOVER with their commit point
+//! instead (a FETCH-REPLY without entries), and it catches up as any replica behind
+//! does. One that has seen a later epoch asks its peers where the log went before
+//! each election, and campaigns (in its own epoch) only when none knows more.
+//!
+//! A recovery (`recovery.rs`) is granted by a majority of the recovering replica's
+//! configuration, which may be behind: a replica wiped after voting in epoch `k + 1`
+//! can recover among epoch-`k` members that never heard of `k + 1`. So a recovered
+//! replica that enters, as a member, an epoch whose stop-sign was in its log when it
+//! recovered (or restarted) recovers again among that epoch's members
+//! ([`Replica::note_pending_stop_signs`]). A stop-sign chosen before the recovery is
+//! in some grant (the grant majority meets the quorum that chose it), so that rule
+//! misses none.
 
 use std::sync::Arc;
 
@@ -237,6 +251,9 @@ impl<S: StateMachine> Replica<S> {
             self.set_promised(base);
         }
         self.max_round_seen = self.max_round_seen.max(base.round);
+        self.later_epoch_seen = false;
+        let lost_life_may_have_voted = self.recover_on_entering.remove(&m.epoch);
+        self.recover_on_entering.retain(|e| *e > m.epoch);
         self.membership = Arc::new(m);
         let member = self.membership.contains(self.cfg.id);
         if member && self.cfg.learner {
@@ -249,6 +266,21 @@ impl<S: StateMachine> Replica<S> {
             self.cfg.learner = true;
             self.recovery = None;
             self.timers.fetch = Timeout::after(self.now, 1);
+        }
+        #[cfg(test)]
+        let lost_life_may_have_voted =
+            lost_life_may_have_voted && self.cfg.mutation != Mutation::RecoveredVoterSkipsNewEpoch;
+        if !self.cfg.learner && self.status == AcceptorStatus::Voter && lost_life_may_have_voted {
+            // See `note_pending_stop_signs`: vote in this epoch only once a majority of
+            // its members granted a new incarnation.
+            let incarnation = self.incarnation + 1;
+            tracing::info!(
+                node = self.cfg.id,
+                epoch = self.membership.epoch,
+                incarnation,
+                "a recovered member enters a configuration its lost life may have voted in: recovering again"
+            );
+            self.set_status(AcceptorStatus::Recovering, incarnation);
         }
         if !self.cfg.learner && self.status != AcceptorStatus::Voter {
             // (Re)start founding or recovery among the new members: grants of the old
@@ -267,11 +299,26 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// The epoch a replica that has seen `round` should be in, if later than ours: it
-    /// must not campaign (its ballots would belong to an epoch whose members it does
-    /// not know) but catch up.
-    pub(super) fn behind_epoch(&self, round: u64) -> bool {
-        Ballot::new(round, 0).epoch() > self.membership.epoch
+    /// A replica whose vote comes from a recovery (incarnation 1 or more) may have
+    /// voted, in its lost life, in the configurations that stop-signs in its log
+    /// start: the peers that granted its recovery were members of an earlier one and
+    /// need not have known of them. Each such epoch is noted, and entering it as a
+    /// member the replica recovers again, among that epoch's members. Called when a
+    /// recovery completes and when a recovered replica starts from its storage.
+    pub(super) fn note_pending_stop_signs(&mut self) {
+        if self.incarnation == 0 {
+            return; // the founding life: no earlier life voted anywhere
+        }
+        let from = self.exec.executed();
+        let epochs: Vec<u64> = self
+            .log
+            .range(from..)
+            .filter_map(|(_, e)| match &e.value {
+                Value::Reconfigure(m) if m.epoch > self.membership.epoch => Some(m.epoch),
+                _ => None,
+            })
+            .collect();
+        self.recover_on_entering.extend(epochs);
     }
 
     /// A message of a later epoch than ours, from a leader or candidate of it (`None`
@@ -282,7 +329,7 @@ impl<S: StateMachine> Replica<S> {
     /// old epoch's members could neither run phase 1 in their epoch (their promise is
     /// above it) nor in the next (they do not know its members). Instead, catch up from
     /// the sender: its commit point is past the stop-sign.
-    pub(super) fn from_later_epoch(&mut self, from: NodeId, message: &Message) -> bool {
+    pub(super) fn sent_in_later_epoch(&mut self, from: NodeId, message: &Message) -> bool {
         let (ballot, commit_point) = match message {
             Message::Prepare {
                 ballot, from_slot, ..

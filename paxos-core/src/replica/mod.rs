@@ -122,7 +122,7 @@ impl Ready {
 enum RoleState {
     Follower,
     Candidate(Candidate),
-    Leader(Leader),
+    Leader(Box<Leader>),
 }
 
 /// A Multi-Paxos replica: proposer, acceptor and learner in one, with no IO.
@@ -199,6 +199,11 @@ pub struct Replica<S> {
     /// The first slot the configuration governs (at most: after a checkpoint's
     /// install, the checkpoint's slot), 0 for epoch 0.
     epoch_start: Slot,
+    /// A ballot of a later epoch than ours was seen: our members may have moved on.
+    later_epoch_seen: bool,
+    /// Epochs this replica must recover in before voting there, if it enters them as
+    /// a member (see `membership.rs`).
+    recover_on_entering: std::collections::BTreeSet<u64>,
     rng: ChaCha8Rng,
     /// The state machine, the session table, what was executed and the checkpoint.
     exec: Executor<S>,
@@ -304,6 +309,8 @@ impl<S: StateMachine> Replica<S> {
             quorum,
             membership,
             epoch_start: 0,
+            later_epoch_seen: false,
+            recover_on_entering: std::collections::BTreeSet::new(),
             rng,
             exec: Executor::new(state_machine),
             status: state.status,
@@ -340,6 +347,11 @@ impl<S: StateMachine> Replica<S> {
             r.install(cp).map_err(ReplicaError::Checkpoint)?;
         }
         let stored_commit = state.commit_point;
+        if r.status == AcceptorStatus::Voter {
+            // A recovered voter restarting: stop-signs in its log may start epochs its
+            // lost life voted in (see `membership.rs`).
+            r.note_pending_stop_signs();
+        }
         r.log.mark_chosen_below(stored_commit);
         r.log.advance_commit();
         // Replaying may take a checkpoint; its writes go out with the first `Ready`.
@@ -554,7 +566,7 @@ impl<S: StateMachine> Replica<S> {
             self.handle_message_not_voting(from, message);
             return;
         }
-        if self.from_later_epoch(from, &message) {
+        if self.sent_in_later_epoch(from, &message) {
             return;
         }
         if let RoleState::Leader(l) = &mut self.role {

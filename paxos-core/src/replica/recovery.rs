@@ -111,12 +111,11 @@ impl<S: StateMachine> Replica<S> {
             .max(self.recovery.as_ref().map_or(0, |r| r.ballot.round))
             + 1;
         self.max_round_seen = self.max_round_seen.max(round);
-        if self.behind_epoch(round) {
-            // Our members may have moved on: catch up first (the stop-sign restarts the
-            // recovery among the new members; see `membership.rs`).
-            self.recovery = None;
+        if self.later_epoch_seen {
+            // Our members may have moved on: ask where the log went as well (a
+            // stop-sign reached while recovering restarts the recovery among the new
+            // members; see `membership.rs`).
             self.probe_peers();
-            return;
         }
         self.recovery = Some(Recovery {
             ballot: Ballot::new(round, self.cfg.id),
@@ -158,14 +157,6 @@ impl<S: StateMachine> Replica<S> {
 
     /// A tick while not a voter: resend what is unanswered.
     pub(super) fn recovery_tick(&mut self) {
-        if self.recovery.is_none() && self.timers.election.expired(self.now) {
-            // Put off until a later configuration is known (see `start_recovery`):
-            // try again now and then, which asks the peers where they are.
-            let ticks = self.random_timeout();
-            self.timers.election.reset(self.now, ticks);
-            let incarnation = self.incarnation.max(1);
-            self.start_recovery(incarnation);
-        }
         let due = self
             .recovery
             .as_ref()
@@ -314,6 +305,12 @@ impl<S: StateMachine> Replica<S> {
             self.tell_behind(from, ballot);
             return;
         }
+        if ballot.epoch() > self.membership.epoch {
+            // A recovery among members of a configuration we have not reached: not
+            // ours to grant (we would promise a ballot of an epoch we cannot vote in).
+            self.saw_round(ballot.round);
+            return;
+        }
         if self.status != AcceptorStatus::Voter || ballot.node != from {
             return;
         }
@@ -427,7 +424,7 @@ impl<S: StateMachine> Replica<S> {
         self.restart_election_timers();
     }
 
-    fn set_status(&mut self, status: AcceptorStatus, incarnation: u64) {
+    pub(super) fn set_status(&mut self, status: AcceptorStatus, incarnation: u64) {
         self.status = status;
         self.incarnation = incarnation;
         self.ready.persist.push(PersistOp::Status {
@@ -552,5 +549,6 @@ impl<S: StateMachine> Replica<S> {
         self.set_status(AcceptorStatus::Voter, incarnation);
         self.role = RoleState::Follower;
         self.restart_election_timers();
+        self.note_pending_stop_signs();
     }
 }

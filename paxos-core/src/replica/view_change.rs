@@ -290,6 +290,10 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
             self.advance_commit();
+            if candidate.ballot.epoch() != self.membership.epoch {
+                // What we learned held a stop-sign: this epoch's candidacy is over.
+                return;
+            }
             let from_slot = self.log.commit_point();
             let ballot = candidate.ballot;
             let nonce = candidate.nonce;
@@ -481,7 +485,7 @@ impl<S: StateMachine> Replica<S> {
         if self.cfg.mutation == Mutation::LeaderClockFromExecuted {
             clock_from = self.exec.sessions().log_time();
         }
-        self.role = RoleState::Leader(Leader {
+        self.role = RoleState::Leader(Box::new(Leader {
             ballot,
             next_slot: end,
             inflight_bytes: inflight.values().map(|i: &Inflight| i.bytes).sum(),
@@ -503,7 +507,7 @@ impl<S: StateMachine> Replica<S> {
             clock: SessionClock::start(clock_from, self.now, self.cfg.session_clock_ticks),
             stop_sign: stop_sign.filter(|s| *s >= start),
             voted_at: vec![None; self.cfg.members.len()],
-        });
+        }));
         self.record_view(ViewChange {
             ballot,
             leader: self.cfg.id,

@@ -23,6 +23,7 @@ mod heal;
 mod health;
 mod leader;
 mod log;
+mod members;
 mod node;
 mod options;
 mod output;
@@ -156,6 +157,11 @@ enum Command {
     /// run with --admin-calls).
     #[command(subcommand)]
     Leader(leader::LeaderCommand),
+    /// The voting members (`bank members`), and changing them: `bank members add --id N
+    /// [--addr IP:PORT]`, `bank members remove --id N` (the nodes must run with
+    /// --admin-calls). The change goes through the log; every node, and a node that
+    /// restarts, learns it from there.
+    Members(members::MembersArgs),
 }
 
 fn main() -> ExitCode {
@@ -261,5 +267,6 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Balance(args) => balance::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,
         Command::Leader(command) => leader::run(&config, command).await,
+        Command::Members(args) => members::run(&config, args).await,
     }
 }
