@@ -114,6 +114,8 @@ mod handover_tests;
 mod learner_tests;
 #[cfg(test)]
 mod membership_attack_tests;
+#[cfg(test)]
+mod membership_attack_tests2;
 mod message;
 #[cfg(test)]
 mod mutation;

@@ -198,7 +198,10 @@ pub(crate) enum Mutation {
     OldEpochEntriesMerged,
     /// An acceptor votes for ballots of an epoch whose stop-sign it has not executed.
     VotesInUnknownEpoch,
-    /// A recovered voter enters a configuration its lost life may have voted in without
-    /// recovering again there.
-    RecoveredVoterSkipsNewEpoch,
+    /// A recovery completes with a stop-sign of a later epoch still undecided in its
+    /// log (a later epoch the lost life voted in may have begun).
+    RecoveryIgnoresStopSigns,
+    /// A candidate refused with a promise of a later epoch adopts that promise, and can
+    /// then vote in neither epoch.
+    NackAdoptsLaterEpoch,
 }

@@ -172,7 +172,15 @@ impl<S: StateMachine> Replica<S> {
             RoleState::Follower => None,
         };
         if mine == Some(ballot) && promised > ballot {
-            self.set_promised(promised);
+            // A promise of a later epoch is not ours to adopt: we could then vote in
+            // neither epoch (`saw_round` noted that we may be behind).
+            #[cfg(test)]
+            let adopts_any = self.cfg.mutation == Mutation::NackAdoptsLaterEpoch;
+            #[cfg(not(test))]
+            let adopts_any = false;
+            if promised.epoch() <= self.membership.epoch || adopts_any {
+                self.set_promised(promised);
+            }
             self.become_follower(None);
             self.restart_election_timers();
         }

@@ -51,12 +51,16 @@
 //!
 //! A recovery (`recovery.rs`) is granted by a majority of the recovering replica's
 //! configuration, which may be behind: a replica wiped after voting in epoch `k + 1`
-//! can recover among epoch-`k` members that never heard of `k + 1`. So a recovered
-//! replica that enters, as a member, an epoch whose stop-sign was in its log when it
-//! recovered (or restarted) recovers again among that epoch's members
-//! ([`Replica::note_pending_stop_signs`]). A stop-sign chosen before the recovery is
-//! in some grant (the grant majority meets the quorum that chose it), so that rule
-//! misses none.
+//! can recover among epoch-`k` members that never heard of `k + 1`. So a recovery
+//! does not complete while a stop-sign of a later epoch lies at or above the
+//! replica's commit point ([`Replica::undecided_stop_sign`]): it waits until that slot
+//! is decided. If the stop-sign is chosen, executing it moves the replica to the next
+//! epoch while it still recovers, and the recovery starts over among that epoch's
+//! members (by installing a checkpoint of a later epoch, too). A stop-sign chosen
+//! before the grants is in one of them, or below a grantor's commit point (then
+//! executed during the catch-up): the grant majority meets the quorum that chose it.
+//! So a recovery that completes in epoch `k` completes before epoch `k + 1` began,
+//! and the lost life cannot have voted in it or any later one.
 
 use std::sync::Arc;
 
@@ -252,8 +256,6 @@ impl<S: StateMachine> Replica<S> {
         }
         self.max_round_seen = self.max_round_seen.max(base.round);
         self.later_epoch_seen = false;
-        let lost_life_may_have_voted = self.recover_on_entering.remove(&m.epoch);
-        self.recover_on_entering.retain(|e| *e > m.epoch);
         self.membership = Arc::new(m);
         let member = self.membership.contains(self.cfg.id);
         if member && self.cfg.learner {
@@ -266,21 +268,6 @@ impl<S: StateMachine> Replica<S> {
             self.cfg.learner = true;
             self.recovery = None;
             self.timers.fetch = Timeout::after(self.now, 1);
-        }
-        #[cfg(test)]
-        let lost_life_may_have_voted =
-            lost_life_may_have_voted && self.cfg.mutation != Mutation::RecoveredVoterSkipsNewEpoch;
-        if !self.cfg.learner && self.status == AcceptorStatus::Voter && lost_life_may_have_voted {
-            // See `note_pending_stop_signs`: vote in this epoch only once a majority of
-            // its members granted a new incarnation.
-            let incarnation = self.incarnation + 1;
-            tracing::info!(
-                node = self.cfg.id,
-                epoch = self.membership.epoch,
-                incarnation,
-                "a recovered member enters a configuration its lost life may have voted in: recovering again"
-            );
-            self.set_status(AcceptorStatus::Recovering, incarnation);
         }
         if !self.cfg.learner && self.status != AcceptorStatus::Voter {
             // (Re)start founding or recovery among the new members: grants of the old
@@ -299,26 +286,13 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// A replica whose vote comes from a recovery (incarnation 1 or more) may have
-    /// voted, in its lost life, in the configurations that stop-signs in its log
-    /// start: the peers that granted its recovery were members of an earlier one and
-    /// need not have known of them. Each such epoch is noted, and entering it as a
-    /// member the replica recovers again, among that epoch's members. Called when a
-    /// recovery completes and when a recovered replica starts from its storage.
-    pub(super) fn note_pending_stop_signs(&mut self) {
-        if self.incarnation == 0 {
-            return; // the founding life: no earlier life voted anywhere
-        }
-        let from = self.exec.executed();
-        let epochs: Vec<u64> = self
-            .log
-            .range(from..)
-            .filter_map(|(_, e)| match &e.value {
-                Value::Reconfigure(m) if m.epoch > self.membership.epoch => Some(m.epoch),
-                _ => None,
-            })
-            .collect();
-        self.recover_on_entering.extend(epochs);
+    /// A stop-sign of a later epoch than ours in the log at or above the commit point:
+    /// a recovery does not complete while there is one (see `maybe_finish_recovery`).
+    pub(super) fn undecided_stop_sign(&self) -> Option<Slot> {
+        self.log
+            .range(self.log.commit_point()..)
+            .find(|(_, e)| matches!(&e.value, Value::Reconfigure(m) if m.epoch > self.membership.epoch))
+            .map(|(s, _)| s)
     }
 
     /// A message of a later epoch than ours, from a leader or candidate of it (`None`

@@ -201,9 +201,6 @@ pub struct Replica<S> {
     epoch_start: Slot,
     /// A ballot of a later epoch than ours was seen: our members may have moved on.
     later_epoch_seen: bool,
-    /// Epochs this replica must recover in before voting there, if it enters them as
-    /// a member (see `membership.rs`).
-    recover_on_entering: std::collections::BTreeSet<u64>,
     rng: ChaCha8Rng,
     /// The state machine, the session table, what was executed and the checkpoint.
     exec: Executor<S>,
@@ -310,7 +307,6 @@ impl<S: StateMachine> Replica<S> {
             membership,
             epoch_start: 0,
             later_epoch_seen: false,
-            recover_on_entering: std::collections::BTreeSet::new(),
             rng,
             exec: Executor::new(state_machine),
             status: state.status,
@@ -347,11 +343,6 @@ impl<S: StateMachine> Replica<S> {
             r.install(cp).map_err(ReplicaError::Checkpoint)?;
         }
         let stored_commit = state.commit_point;
-        if r.status == AcceptorStatus::Voter {
-            // A recovered voter restarting: stop-signs in its log may start epochs its
-            // lost life voted in (see `membership.rs`).
-            r.note_pending_stop_signs();
-        }
         r.log.mark_chosen_below(stored_commit);
         r.log.advance_commit();
         // Replaying may take a checkpoint; its writes go out with the first `Ready`.
@@ -553,9 +544,9 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         let Some(from_idx) = self.index_of(from) else {
-            if !self.cfg.learner {
-                self.handle_message_from_outsider(from, message);
-            }
+            // A learner, or a member a membership change left out (a learner hears
+            // from those only once the cluster has changed its membership).
+            self.handle_message_from_outsider(from, message);
             return;
         };
         if self.cfg.learner {

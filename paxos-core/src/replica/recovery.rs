@@ -166,6 +166,15 @@ impl<S: StateMachine> Replica<S> {
                 r.resend.reset(self.now, self.cfg.retransmit_ticks);
             }
             self.send_recover();
+            let waiting = self
+                .recovery
+                .as_ref()
+                .is_some_and(|r| r.catch_up_to.is_some_and(|t| self.log.commit_point() >= t));
+            if waiting && self.undecided_stop_sign().is_some() {
+                // Caught up, waiting to know whether the stop-sign was chosen: if the
+                // members moved on without us, no leader tells us; ask.
+                self.probe_peers();
+            }
         }
         self.maybe_fetch();
         self.maybe_finish_recovery();
@@ -538,6 +547,16 @@ impl<S: StateMachine> Replica<S> {
         if self.log.commit_point() < target {
             return;
         }
+        #[cfg(test)]
+        let waits = self.cfg.mutation != Mutation::RecoveryIgnoresStopSigns;
+        #[cfg(not(test))]
+        let waits = true;
+        if waits && self.undecided_stop_sign().is_some() {
+            // A later epoch may have begun: wait until the stop-sign's slot is decided
+            // (see `membership.rs`).
+            return;
+        }
+        let Some(r) = &self.recovery else { return };
         let incarnation = r.incarnation;
         self.recovery = None;
         tracing::info!(
@@ -549,6 +568,5 @@ impl<S: StateMachine> Replica<S> {
         self.set_status(AcceptorStatus::Voter, incarnation);
         self.role = RoleState::Follower;
         self.restart_election_timers();
-        self.note_pending_stop_signs();
     }
 }
