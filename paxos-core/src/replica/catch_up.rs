@@ -163,6 +163,11 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub(super) fn on_fetch(&mut self, from: NodeId, lo: Slot, hi: Slot) {
+        if lo == hi {
+            // A recovering replica waits for this slot to be decided (see
+            // `membership.rs`): an idle leader decides it.
+            self.fill_next_slot(lo);
+        }
         if lo < self.log.start() && self.exec.checkpoint().is_some() {
             if self.membership.epoch > 0 {
                 // The sender may be a member left behind by a membership change, whom

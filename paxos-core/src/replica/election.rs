@@ -13,6 +13,10 @@ use crate::types::{Ballot, NodeId, Response, Slot};
 #[cfg(test)]
 use crate::mutation::Mutation;
 
+/// Election timeouts a replica that saw a later epoch spends catching up, without its
+/// commit point moving, before it campaigns in its own epoch.
+const LATER_EPOCH_WAITS: u32 = 3;
+
 impl<S: StateMachine> Replica<S> {
     pub(super) fn start_prevote(&mut self) {
         debug_assert!(!self.cfg.learner, "a learner never campaigns");
@@ -25,7 +29,12 @@ impl<S: StateMachine> Replica<S> {
             // (those that moved on are gone), campaign in our own epoch: a leader
             // there re-proposes the stop-sign (R1, R2) and the epoch ends.
             self.probe_peers();
-            if self.catch_up.known() > self.log.commit_point() {
+            // Only for a few timeouts without progress: what we heard of may be gone
+            // (a replica that told us its commit point, then lost its disk).
+            if self.catch_up.known() > self.log.commit_point()
+                && self.later_epoch_waits < LATER_EPOCH_WAITS
+            {
+                self.later_epoch_waits += 1;
                 self.timers.election.reset(self.now, ticks);
                 return;
             }

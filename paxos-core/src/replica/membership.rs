@@ -348,6 +348,42 @@ impl<S: StateMachine> Replica<S> {
         true
     }
 
+    /// Proposes a no-op in `slot` if this replica leads, `slot` is its next slot and
+    /// its commit point, and it is idle (nothing queued, in flight, to re-propose or
+    /// handed over, and no stop-sign of its own: R1). A recovering replica that adopted
+    /// a stop-sign from its grants waits until that slot is decided; an idle leader
+    /// would otherwise decide nothing there until a request came.
+    pub(super) fn fill_next_slot(&mut self, slot: Slot) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let idle = l.queue.is_empty()
+            && l.inflight.is_empty()
+            && l.readopt.is_empty()
+            && l.transfer.is_none()
+            && l.stop_sign.is_none();
+        if !idle || l.next_slot != slot || self.log.commit_point() != slot {
+            return;
+        }
+        if self.log.is_chosen(slot) {
+            self.step_down_superseded(slot);
+            return;
+        }
+        l.next_slot += 1;
+        let resend = Timeout::after(self.now, self.cfg.retransmit_ticks);
+        l.propose(
+            &mut self.ready,
+            &mut self.log,
+            self.me,
+            resend,
+            slot,
+            Value::Noop,
+        );
+        if self.quorum == 1 {
+            self.check_commits();
+        }
+    }
+
     /// Asks every peer for its commit point (a FETCH from our own): a replica that may
     /// be behind a membership change finds out whom to catch up from.
     pub(super) fn probe_peers(&mut self) {

@@ -201,6 +201,9 @@ pub struct Replica<S> {
     epoch_start: Slot,
     /// A ballot of a later epoch than ours was seen: our members may have moved on.
     later_epoch_seen: bool,
+    /// Election timeouts spent catching up since then, without the commit point
+    /// moving (see `start_prevote`).
+    later_epoch_waits: u32,
     rng: ChaCha8Rng,
     /// The state machine, the session table, what was executed and the checkpoint.
     exec: Executor<S>,
@@ -307,6 +310,7 @@ impl<S: StateMachine> Replica<S> {
             membership,
             epoch_start: 0,
             later_epoch_seen: false,
+            later_epoch_waits: 0,
             rng,
             exec: Executor::new(state_machine),
             status: state.status,

@@ -172,8 +172,14 @@ impl<S: StateMachine> Replica<S> {
                 .is_some_and(|r| r.catch_up_to.is_some_and(|t| self.log.commit_point() >= t));
             if waiting && self.undecided_stop_sign().is_some() {
                 // Caught up, waiting to know whether the stop-sign was chosen: if the
-                // members moved on without us, no leader tells us; ask.
-                self.probe_peers();
+                // members moved on without us, no leader tells us; ask. The question
+                // names no slot to send (`from == to`): an idle leader whose next
+                // slot it is decides it (`on_fetch`), else nothing would while no
+                // request comes.
+                let lo = self.log.commit_point();
+                for m in self.peers() {
+                    self.send(m, Message::Fetch { from: lo, to: lo });
+                }
             }
         }
         self.maybe_fetch();
