@@ -4,17 +4,8 @@
 //! hand through one message sequence.
 
 use crate::mutation::Mutation;
-use crate::scripted::{all, leader_with_session, Deliver, Drop, Scripted as H};
-use crate::{Member, Message, NodeId};
-
-fn members(ids: &[NodeId]) -> Vec<Member> {
-    ids.iter()
-        .map(|&id| Member {
-            id,
-            address: String::new(),
-        })
-        .collect()
-}
+use crate::scripted::{all, leader_with_session, members, Deliver, Drop, Scripted as H};
+use crate::{Message, NodeId};
 
 /// Found by review (a liveness bug, now fixed): in the first version a replica that
 /// had seen a ballot of a later epoch never campaigned in its own; it only probed its

@@ -5,17 +5,8 @@
 //! log, makes both safe; the broken variant `RecoveryIgnoresStopSigns` replays the bug.
 
 use crate::mutation::Mutation;
-use crate::scripted::{leader_with_session, Deliver, Drop, Fate, Scripted as H};
-use crate::{AcceptorStatus, Member, Message, NodeId, Slot};
-
-fn members(ids: &[NodeId]) -> Vec<Member> {
-    ids.iter()
-        .map(|&id| Member {
-            id,
-            address: String::new(),
-        })
-        .collect()
-}
+use crate::scripted::{leader_with_session, members, Deliver, Drop, Fate, Scripted as H};
+use crate::{AcceptorStatus, Message, NodeId, Slot};
 
 /// Messages between two replicas of `group` only.
 fn within(group: &'static [NodeId]) -> impl Fn(NodeId, NodeId, &Message) -> Fate {

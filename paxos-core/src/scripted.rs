@@ -276,6 +276,16 @@ impl Scripted {
     }
 }
 
+/// Members `ids` without addresses, for [`Replica::reconfigure`].
+pub(crate) fn members(ids: &[NodeId]) -> Vec<crate::Member> {
+    ids.iter()
+        .map(|&id| crate::Member {
+            id,
+            address: String::new(),
+        })
+        .collect()
+}
+
 /// Every message arrives.
 pub(crate) fn all(_: NodeId, _: NodeId, _: &Message) -> Fate {
     Deliver
