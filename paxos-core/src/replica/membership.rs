@@ -97,6 +97,7 @@ impl<S: StateMachine> Replica<S> {
     /// it has caught up. At most as many members as the new configuration tolerates
     /// failures may be new at once (one for three or four members, two for five):
     /// each new member votes only once a majority of the others granted its recovery.
+    /// So a cluster of one cannot grow this way (start it with its final members).
     ///
     /// ```
     /// use paxos_core::{Config, Member, MemStorage, Replica, Storage, StateMachine, RestoreError};
@@ -114,11 +115,15 @@ impl<S: StateMachine> Replica<S> {
     ///     replica.drive(&mut storage, |_, _| {}, |_| {}).unwrap();
     /// }
     /// let member = |id: u64| Member { id, address: String::new() };
-    /// // A cluster of one chooses the stop-sign with its own vote, at once.
-    /// replica.reconfigure(vec![member(1), member(2), member(3)]).unwrap();
+    /// // Two new members at once is more than three members tolerate failing.
+    /// assert!(replica.reconfigure(vec![member(1), member(2), member(3)]).is_err());
+    /// // A cluster of one chooses a stop-sign with its own vote, at once (here, one
+    /// // that gives the member an address).
+    /// let me = Member { id: 1, address: "127.0.0.1:7001".into() };
+    /// replica.reconfigure(vec![me]).unwrap();
     /// replica.drive(&mut storage, |_, _| {}, |_| {}).unwrap();
     /// assert_eq!(replica.membership().epoch, 1);
-    /// assert_eq!(replica.membership().ids(), vec![1, 2, 3]);
+    /// assert_eq!(replica.membership().address(1), Some("127.0.0.1:7001"));
     /// ```
     pub fn reconfigure(&mut self, members: Vec<Member>) -> Result<Slot, ReconfigureError> {
         let membership = Membership {
