@@ -250,7 +250,6 @@ impl<S: StateMachine> Replica<S> {
             quorum = 2.min(self.cfg.members.len() as u32);
         }
         self.quorum = quorum;
-        self.epoch_start = start;
         let base = Ballot::epoch_base(m.epoch);
         #[cfg(test)]
         let keeps_promise = self.cfg.mutation == Mutation::EpochKeepsOldPromise;

@@ -196,9 +196,6 @@ pub struct Replica<S> {
     quorum: u32,
     /// The configuration in force: `cfg.members` are its ids (see `membership.rs`).
     membership: std::sync::Arc<Membership>,
-    /// The first slot the configuration governs (at most: after a checkpoint's
-    /// install, the checkpoint's slot), 0 for epoch 0.
-    epoch_start: Slot,
     /// A ballot of a later epoch than ours was seen: our members may have moved on.
     later_epoch_seen: bool,
     /// Election timeouts spent catching up since then, without the commit point
@@ -308,7 +305,6 @@ impl<S: StateMachine> Replica<S> {
             me,
             quorum,
             membership,
-            epoch_start: 0,
             later_epoch_seen: false,
             later_epoch_waits: 0,
             rng,
