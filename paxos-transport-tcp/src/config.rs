@@ -88,6 +88,14 @@ pub struct TcpConfig {
     /// The most client connections open at once from one IP address; a client beyond it
     /// is refused in the handshake.
     pub max_client_connections_per_ip: usize,
+    /// How many nodes outside the configuration (neither in [`peers`](Self::peers) nor
+    /// in a membership the node has learned) may connect as peers. Such a node is one
+    /// about to be added as a member (`bank members add --id N --addr A`): it copies
+    /// the chosen log as a learner before the change, so that it votes soon after.
+    /// The replica answers it only with chosen values and checkpoint pieces, never a
+    /// vote. The transport dials it back at the address its handshake gives, and
+    /// keeps it until it stops. 0 refuses every node not configured. Default 8.
+    pub max_joining_nodes: usize,
     /// A client connection with no request outstanding that sends nothing for this long
     /// is closed. Clients ([`TcpClient`](crate::TcpClient)) reconnect on their next call.
     /// A client that does not read its responses is idle too: a response frame (or a
@@ -136,6 +144,7 @@ impl TcpConfig {
             max_peer_connections: 64,
             max_client_connections: 1024,
             max_client_connections_per_ip: DEFAULT_MAX_CLIENT_CONNECTIONS_PER_IP,
+            max_joining_nodes: 8,
             client_idle_timeout: Duration::from_secs(300),
             peer_idle_timeout: Duration::from_secs(60),
             backoff_min: Duration::from_millis(50),

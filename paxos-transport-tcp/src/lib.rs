@@ -144,10 +144,14 @@
 //!   connection cannot make a node allocate much.
 //! - **Handshake.** The connecting side sends a first frame of `b"PXTC"`, the protocol
 //!   version ([`PROTOCOL_VERSION`], big-endian `u16`) and a postcard body with the cluster
-//!   id and its role: a peer node with its node id, or a client. The accepting side checks
-//!   the version, the cluster id and (for a peer) that the id is in its peer map, then
-//!   answers with the same preamble and its own cluster and node id, or with the reason
-//!   for refusing. Any mismatch, and a handshake not completed within
+//!   id and its role: a peer node with its node id and the address it listens on, or a
+//!   client. The accepting side checks the version, the cluster id and (for a peer) that
+//!   the id is in its peer map or a membership it learned, then answers with the same
+//!   preamble and its own cluster and node id, or with the reason for refusing. A peer
+//!   it does not know is a node about to be added: up to
+//!   [`TcpConfig::max_joining_nodes`] of them are admitted, and dialed back at the
+//!   address they gave, so that they copy the chosen log as learners before they
+//!   vote (the replica answers them nothing else). Any mismatch, and a handshake not completed within
 //!   [`TcpConfig::handshake_timeout`], closes the connection with a `tracing` warning.
 //! - **Peers.** Each node keeps one outbound connection per peer, used only for sending,
 //!   and accepts inbound connections only for receiving; two nodes that dial each other

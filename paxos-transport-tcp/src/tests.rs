@@ -187,6 +187,14 @@ fn response_body(call: u64, tag: u8, response: &[u8]) -> Vec<u8> {
     body
 }
 
+/// A peer's role in a handshake, listening on a port nothing serves.
+fn peer_role(id: NodeId) -> Role {
+    Role::Peer {
+        id,
+        listen: SocketAddr::from(([127, 0, 0, 1], 9)),
+    }
+}
+
 fn hello_frame(version: u16, cluster_id: u64, role: Role) -> Vec<u8> {
     let body = wire::encode_handshake(version, &Hello { cluster_id, role }).expect("encode");
     frame(&body)
@@ -239,7 +247,7 @@ async fn bad_input(bytes: &[u8], handshake: bool, half_close: bool, needle: &str
     let (logs, _guard) = capture();
     let mut c = cluster(|_| {}).await;
     let mut s = if handshake {
-        handshaken(c.addr, Role::Peer(3)).await
+        handshaken(c.addr, peer_role(3)).await
     } else {
         TcpStream::connect(c.addr).await.expect("connect")
     };
@@ -412,7 +420,7 @@ async fn handshake_mismatches_are_refused_and_the_node_keeps_serving() {
 
     let reply = refused(
         c.addr,
-        hello_frame(PROTOCOL_VERSION, CLUSTER + 1, Role::Peer(3)),
+        hello_frame(PROTOCOL_VERSION, CLUSTER + 1, peer_role(3)),
     )
     .await;
     assert!(
@@ -423,7 +431,7 @@ async fn handshake_mismatches_are_refused_and_the_node_keeps_serving() {
 
     let reply = refused(
         c.addr,
-        hello_frame(PROTOCOL_VERSION + 1, CLUSTER, Role::Peer(3)),
+        hello_frame(PROTOCOL_VERSION + 1, CLUSTER, peer_role(3)),
     )
     .await;
     assert!(
@@ -432,13 +440,17 @@ async fn handshake_mismatches_are_refused_and_the_node_keeps_serving() {
     );
     logs.wait_warn("protocol version mismatch").await;
 
-    for id in [9, 1] {
-        // An id outside the peer map, and the node's own id.
-        let reply = refused(
-            c.addr,
-            hello_frame(PROTOCOL_VERSION, CLUSTER, Role::Peer(id)),
-        )
-        .await;
+    let nowhere = Role::Peer {
+        id: 9,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    for role in [nowhere, peer_role(1)] {
+        // An id outside the peer map that gives no address to answer it at, and the
+        // node's own id.
+        let Role::Peer { id, .. } = role else {
+            unreachable!()
+        };
+        let reply = refused(c.addr, hello_frame(PROTOCOL_VERSION, CLUSTER, role)).await;
         assert!(
             matches!(&reply, Some(HelloReply::Rejected { reason }) if reason.contains("unknown node id")),
             "{reply:?}"
@@ -458,10 +470,55 @@ async fn handshake_mismatches_are_refused_and_the_node_keeps_serving() {
     c.assert_healthy().await;
 }
 
+/// A node outside the configuration (one about to be added) may connect as a peer and
+/// copy the log: node 1 delivers its messages and answers it at the address its
+/// handshake gave, within `max_joining_nodes`.
+#[tokio::test]
+async fn a_node_outside_the_configuration_joins_within_the_limit() {
+    let c = cluster(|cfg| cfg.max_joining_nodes = 1).await;
+    let (mut a, _b) = (c.a, c.b);
+    // Node 7 knows node 1; node 1 does not know node 7.
+    let l7 = listener().await;
+    let c7 = test_config(7, l7.local_addr().expect("addr")).with_peer(1, c.addr);
+    let (mut n7, _) = TcpTransport::from_listener(c7, l7).expect("node 7");
+    within(async {
+        loop {
+            n7.send(1, heartbeat(7)).expect("send");
+            match tokio::time::timeout(Duration::from_millis(100), a.recv()).await {
+                Ok(Some((7, Message::Heartbeat { .. }))) => break,
+                Ok(None) => panic!("node 1 stopped"),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    // Node 1 answers it: its transport dialed node 7 back.
+    a.send(7, heartbeat(8)).expect("node 1 knows node 7 now");
+    let got = within(n7.recv()).await;
+    assert!(
+        matches!(got, Some((1, Message::Heartbeat { .. }))),
+        "{got:?}"
+    );
+
+    // A second outsider is over the limit: refused in its handshake.
+    let reply = refused(c.addr, hello_frame(PROTOCOL_VERSION, CLUSTER, peer_role(8))).await;
+    assert!(
+        matches!(&reply, Some(HelloReply::Rejected { reason }) if reason.contains("unknown node id")),
+        "{reply:?}"
+    );
+    assert!(
+        matches!(
+            a.send(8, heartbeat(9)),
+            Err(paxos_core::TransportError::UnknownPeer(8))
+        ),
+        "a refused outsider is no peer"
+    );
+}
+
 #[tokio::test]
 async fn messages_are_attributed_to_the_handshake_id() {
     let mut c = cluster(|_| {}).await;
-    let mut s = handshaken(c.addr, Role::Peer(3)).await;
+    let mut s = handshaken(c.addr, peer_role(3)).await;
     // The ballot names node 2; the connection proved node 3.
     let msg = heartbeat(5);
     s.write_all(&frame(&wire::encode_message(&msg).expect("encode")))
@@ -474,8 +531,8 @@ async fn messages_are_attributed_to_the_handshake_id() {
 async fn newer_peer_connection_replaces_older() {
     let (logs, _guard) = capture();
     let c = cluster(|_| {}).await;
-    let mut old = handshaken(c.addr, Role::Peer(3)).await;
-    let _new = handshaken(c.addr, Role::Peer(3)).await;
+    let mut old = handshaken(c.addr, peer_role(3)).await;
+    let _new = handshaken(c.addr, peer_role(3)).await;
     expect_closed(&mut old).await;
     assert!(logs
         .text()
@@ -534,7 +591,7 @@ async fn peers_keep_reserved_slots_when_clients_fill_theirs() {
     logs.wait_warn("too many client connections (limit 3)")
         .await;
     // A peer that reconnects now still gets in, and is heard.
-    let mut peer = handshaken(c.addr, Role::Peer(3)).await;
+    let mut peer = handshaken(c.addr, peer_role(3)).await;
     let msg = heartbeat(7);
     peer.write_all(&frame(&wire::encode_message(&msg).expect("encode")))
         .await
@@ -563,11 +620,7 @@ async fn peer_connections_have_their_own_cap() {
         }
     })
     .await;
-    let reply = refused(
-        c.addr,
-        hello_frame(PROTOCOL_VERSION, CLUSTER, Role::Peer(3)),
-    )
-    .await;
+    let reply = refused(c.addr, hello_frame(PROTOCOL_VERSION, CLUSTER, peer_role(3))).await;
     assert!(
         matches!(&reply, Some(HelloReply::Rejected { reason }) if reason.contains("too many peer connections")),
         "{reply:?}"
@@ -663,7 +716,7 @@ async fn idle_peer_connections_are_closed() {
     let (logs, _guard) = capture();
     let mut c = cluster(|c| c.peer_idle_timeout = Duration::from_millis(200)).await;
     let started = std::time::Instant::now();
-    let mut silent = handshaken(c.addr, Role::Peer(3)).await;
+    let mut silent = handshaken(c.addr, peer_role(3)).await;
     expect_closed(&mut silent).await;
     assert!(started.elapsed() >= Duration::from_millis(200));
     let text = logs.text();
@@ -723,7 +776,7 @@ async fn client_frames_have_their_own_small_limit() {
     assert_eq!(got.len(), request.len());
     // A peer's frame of the same announced size is within the peer limit: the node
     // waits for its body rather than closing the connection.
-    let mut peer = handshaken(c.addr, Role::Peer(3)).await;
+    let mut peer = handshaken(c.addr, peer_role(3)).await;
     peer.write_all(&(16u32 << 20).to_be_bytes())
         .await
         .expect("write");

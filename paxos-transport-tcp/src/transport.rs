@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,6 +54,14 @@ struct Shared {
     /// Peers learned from the cluster's configurations after start-up
     /// ([`Transport::update_membership`]): they may connect as peers too.
     joined: Mutex<HashMap<NodeId, SocketAddr>>,
+    /// Nodes outside the configuration admitted by their handshake (at most
+    /// [`TcpConfig::max_joining_nodes`]), at the address each listens on.
+    joining: Mutex<HashMap<NodeId, SocketAddr>>,
+    /// Set when [`joining`](Self::joining) gained a node the transport has no queue
+    /// for yet.
+    new_joiners: AtomicBool,
+    /// The address this node's handshakes give as the one it listens on.
+    advertise: SocketAddr,
 }
 
 impl Shared {
@@ -66,6 +74,39 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .contains_key(&id)
+    }
+
+    /// Admits node `id`, which the configuration does not list, as a joining node
+    /// listening on `listen` (an unspecified IP stands for `remote`'s), within
+    /// [`TcpConfig::max_joining_nodes`]. The transport adds it as a peer at its next
+    /// receive, before the replica sees the node's first message.
+    fn admit_joining(
+        &self,
+        id: NodeId,
+        listen: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<(), TcpError> {
+        if listen.port() == 0 {
+            return Err(TcpError::UnknownNode(id));
+        }
+        let listen = if listen.ip().is_unspecified() {
+            SocketAddr::new(remote.ip(), listen.port())
+        } else {
+            listen
+        };
+        let mut joining = self
+            .joining
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !joining.contains_key(&id) {
+            if joining.len() >= self.config.max_joining_nodes {
+                return Err(TcpError::UnknownNode(id));
+            }
+            info!(node = self.config.node_id, peer = id, %listen, "a node outside the configuration connected; it may copy the log");
+            joining.insert(id, listen);
+            self.new_joiners.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 }
 
@@ -116,7 +157,7 @@ impl Shared {
     fn take_slot(self: &Arc<Self>, role: Role, remote: SocketAddr) -> Result<Slot, TcpError> {
         let config = &self.config;
         match role {
-            Role::Peer(_) => self
+            Role::Peer { .. } => self
                 .peer_slots
                 .clone()
                 .try_acquire_owned()
@@ -216,6 +257,9 @@ impl TcpTransport {
             client_slots: Arc::new(Semaphore::new(client_slots)),
             client_ips: Mutex::new(HashMap::new()),
             joined: Mutex::new(HashMap::new()),
+            joining: Mutex::new(HashMap::new()),
+            new_joiners: AtomicBool::new(false),
+            advertise: local_addr,
         });
         let config = &shared.config;
 
@@ -364,6 +408,27 @@ impl TcpTransport {
     }
 }
 
+impl TcpTransport {
+    /// Adds as peers the joining nodes admitted since the last call (see
+    /// [`TcpConfig::max_joining_nodes`]), so that the replica's answers reach them.
+    fn add_joiners(&mut self) {
+        if !self.shared.new_joiners.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let joining: Vec<(NodeId, SocketAddr)> = self
+            .shared
+            .joining
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(&id, &addr)| (id, addr))
+            .collect();
+        for (id, addr) in joining {
+            self.add_peer(id, addr);
+        }
+    }
+}
+
 impl Transport for TcpTransport {
     fn send(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
         self.enqueue(to, message)
@@ -393,11 +458,15 @@ impl Transport for TcpTransport {
     }
 
     async fn recv(&mut self) -> Option<(NodeId, Message)> {
-        self.inbound.recv().await
+        let received = self.inbound.recv().await;
+        self.add_joiners();
+        received
     }
 
     fn try_recv(&mut self) -> Option<(NodeId, Message)> {
-        self.inbound.try_recv().ok()
+        let received = self.inbound.try_recv().ok();
+        self.add_joiners();
+        received
     }
 }
 
@@ -472,8 +541,10 @@ async fn handle_inbound(
         config.node_id,
         config.handshake_timeout,
         |hello| match hello.role {
-            Role::Peer(id) if id == config.node_id || !shared.knows_peer(id) => {
-                Err(TcpError::UnknownNode(id))
+            Role::Peer { id, .. } if id == config.node_id => Err(TcpError::UnknownNode(id)),
+            Role::Peer { id, listen } if !shared.knows_peer(id) => {
+                shared.admit_joining(id, listen, remote)?;
+                shared.take_slot(hello.role, remote)
             }
             role => shared.take_slot(role, remote),
         },
@@ -497,7 +568,7 @@ async fn handle_inbound(
         }
     };
     match role {
-        Role::Peer(peer) => {
+        Role::Peer { id: peer, .. } => {
             conn.codec_mut().set_max_frame_size(config.max_frame_size);
             serve_peer(&shared, conn, remote, peer, inbound).await
         }
@@ -590,7 +661,7 @@ async fn peer_writer(
     // A message taken from the queue while no connection was open: the first to send.
     let mut first: Option<Message> = None;
     loop {
-        match dial(config, peer, addr).await {
+        match dial(config, shared.advertise, peer, addr).await {
             Ok((reader, writer)) => {
                 if failures > 0 {
                     info!(peer, %addr, "connected to peer");
@@ -658,6 +729,7 @@ async fn peer_writer(
 /// Dials a peer, runs the handshake, and splits the connection.
 async fn dial(
     config: &TcpConfig,
+    listen: SocketAddr,
     peer: NodeId,
     addr: SocketAddr,
 ) -> Result<
@@ -669,7 +741,10 @@ async fn dial(
 > {
     let hello = Hello {
         cluster_id: config.cluster_id,
-        role: Role::Peer(config.node_id),
+        role: Role::Peer {
+            id: config.node_id,
+            listen,
+        },
     };
     let (conn, found) = wire::connect(
         addr,

@@ -1,6 +1,7 @@
 //! What travels inside the frames: handshakes, peer messages, client requests and
 //! responses.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -32,8 +33,10 @@ use crate::error::TcpError;
 /// neither. Version 6 adds batches of requests in one slot (`Value::Batch`) and the
 /// chained clock steps of session expiry (`Value::ClockStep`) to the same log values.
 /// Version 7 adds membership changes: the stop-sign value (`Value::Reconfigure`) in
-/// those log values, and the `Members` and `Reconfigure` client calls.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// those log values, and the `Members` and `Reconfigure` client calls. Version 8 adds
+/// the address a node listens on to its handshake, so that a node the acceptor does
+/// not know yet (one about to be added) can copy the log as a learner.
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// The first bytes of every handshake frame.
 pub(crate) const MAGIC: [u8; 4] = *b"PXTC";
@@ -48,8 +51,17 @@ const MAX_REASON_LEN: usize = 256;
 /// Who opened a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Role {
-    /// A node of the cluster, with its id; it will send [`Message`]s.
-    Peer(NodeId),
+    /// A node, with its id and the address it listens on; it will send [`Message`]s.
+    /// A node the acceptor does not know may join as a learner, within
+    /// [`TcpConfig::max_joining_nodes`](crate::TcpConfig::max_joining_nodes): the
+    /// acceptor then dials it back at `listen`.
+    Peer {
+        /// The node's id.
+        id: NodeId,
+        /// Where the node accepts connections (an unspecified IP stands for the
+        /// connection's source address).
+        listen: SocketAddr,
+    },
     /// A client; it will send requests and wait for responses.
     Client,
 }
@@ -433,7 +445,10 @@ mod tests {
     fn handshake_round_trip() {
         let hello = Hello {
             cluster_id: 7,
-            role: Role::Peer(3),
+            role: Role::Peer {
+                id: 3,
+                listen: "127.0.0.1:7003".parse().expect("address"),
+            },
         };
         let frame = encode_handshake(PROTOCOL_VERSION, &hello).ok();
         let back = frame.and_then(|f| decode_handshake::<Hello>(&f).ok());
