@@ -74,6 +74,8 @@ pub(crate) struct Processes {
     admin_calls: bool,
     /// More arguments for every `bank node` command line.
     node_args: Vec<String>,
+    /// Nodes started with a cluster file of their own instead of `config_path`.
+    own_config: BTreeMap<NodeId, PathBuf>,
 }
 
 impl Drop for Processes {
@@ -88,7 +90,12 @@ impl Drop for Processes {
         }
         if thread::panicking() {
             // Show what the nodes said, to explain the failure.
-            for id in self.config.ids() {
+            for id in self
+                .config
+                .ids()
+                .into_iter()
+                .chain(self.config.learner_ids())
+            {
                 let log = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
                 let from = lines.len().saturating_sub(LOG_TAIL);
@@ -203,6 +210,31 @@ impl Processes {
         procs
     }
 
+    /// Members `1..=size` (with `--admin-calls`), whose cluster file knows nothing more,
+    /// and node `size + 1`, started with a cluster file of its own that lists it as a
+    /// learner: a node about to be added with `bank members add --addr`. `config` (and
+    /// so [`remote`](Self::remote)) lists it as a learner; `bank` commands use the
+    /// members' file.
+    pub(crate) fn start_with_outside_learner(rt: &tokio::runtime::Runtime, size: u64) -> Processes {
+        let mut procs =
+            Processes::start_cluster_serving(rt, size, &BTreeSet::new(), false, true, &[], |_| {});
+        let learner = size + 1;
+        procs.config.learners = vec![NodeConfig {
+            id: learner,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, free_ports(1)[0])),
+        }];
+        let path = procs.dir.path().join(format!("cluster-n{learner}.toml"));
+        std::fs::write(&path, procs.config.to_toml_string()).expect("write config");
+        procs.own_config.insert(learner, path);
+        let child = procs.spawn_node(learner);
+        procs.nodes.insert(learner, child);
+        assert!(
+            procs.wait_until_serving(rt, Duration::from_secs(10)),
+            "the learner did not start"
+        );
+        procs
+    }
+
     fn start_cluster_serving(
         rt: &tokio::runtime::Runtime,
         size: u64,
@@ -246,6 +278,7 @@ impl Processes {
                 metrics,
                 admin_calls,
                 node_args: node_args.iter().map(|a| a.to_string()).collect(),
+                own_config: BTreeMap::new(),
             };
             for id in 1..=size {
                 let child = procs.spawn_node(id);
@@ -285,7 +318,7 @@ impl Processes {
                 &id.to_string(),
                 "--config",
             ])
-            .arg(&self.config_path);
+            .arg(self.own_config.get(&id).unwrap_or(&self.config_path));
         if self.admin_calls {
             command.arg("--admin-calls");
         }

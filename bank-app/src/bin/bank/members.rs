@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use bank_app::{gather_health, health_leader, ClusterConfig, RemoteCluster, RemoteError};
 use paxos_core::{Member, Membership, NodeId};
+use paxos_transport_tcp::NodeConfig;
 use paxos_transport_tcp::ServerError;
 use serde_json::json;
 use tokio::time::Instant;
@@ -36,9 +37,12 @@ pub(crate) enum MembersCommand {
     /// Add node N to the voting members.
     ///
     /// Start node N first (`bank node --id N` with a cluster file that lists it, as a
-    /// learner, beside the current members): it copies the log as a learner, and
-    /// votes once the change is chosen and it has recovered. The members learn its
-    /// address from the change itself (no cluster file to edit on them). At most as
+    /// learner, beside the current members): it copies the log as a learner. The
+    /// members need not know it: give its address with --addr if their cluster file
+    /// does not. The command waits until N has caught up with the leader's commit
+    /// point, then asks for the change; N votes once the change is chosen and it has
+    /// recovered. The members learn its address from the change itself (no cluster
+    /// file to edit on them). At most as
     /// many members as the new configuration tolerates failures may be new at once:
     /// one for three or four members, two for five.
     ///
@@ -170,7 +174,11 @@ async fn change_members(
                 "--id {id}: the cluster file has no address for it; give --addr IP:PORT"
             )));
         }
+        let joining: std::net::SocketAddr = address
+            .parse()
+            .map_err(|e| anyhow!("n{id}'s address {address:?} is not IP:PORT: {e}"))?;
         members.push(Member { id, address });
+        catch_up(config, cluster, id, joining, deadline).await?;
     } else {
         if !current.contains(id) {
             stdout_text(&format!(
@@ -210,6 +218,59 @@ async fn change_members(
                 ask(cluster, leader, members.clone()).await?;
                 asked = Some(Instant::now());
             }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until node `id` (at `addr`), which copies the log as a learner, has reached
+/// the commit point the leader had when the wait began: a new member that votes soon
+/// after the change, not one that first copies the whole log while the configuration
+/// counts on it.
+async fn catch_up(
+    config: &ClusterConfig,
+    cluster: &RemoteCluster,
+    id: NodeId,
+    addr: std::net::SocketAddr,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let mut with = config.clone();
+    if with.node(id).is_none() {
+        with.learners.push(NodeConfig { id, addr });
+    }
+    let joining = remote(&with)?;
+    let node = joining.node(id)?;
+    let started = Instant::now();
+    let mut target = None;
+    let mut reached = None;
+    loop {
+        if target.is_none() {
+            let answers = gather_health(cluster).await;
+            target = health_leader(&answers).map(|s| s.replica.commit_point);
+        }
+        if let Ok(status) = node.status().await {
+            reached = Some(status.replica.commit_point);
+        }
+        if let (Some(t), Some(r)) = (target, reached) {
+            if r >= t {
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                // On stderr: stdout is the change's outcome (JSON with --json).
+                eprintln!("n{id} has caught up to slot {r} ({ms:.1} ms)");
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            let at = reached.map_or("it did not answer".to_string(), |r| {
+                format!("it is at slot {r}")
+            });
+            let of = target.map_or("no leader answered".to_string(), |t| {
+                format!("the leader was at slot {t}")
+            });
+            bail!(
+                "n{id} at {addr} did not catch up in time ({at}; {of}): start it first \
+                 (`bank node --id {id}` with a cluster file that lists it under [[learners]]), \
+                 or give more --timeout"
+            );
         }
         tokio::time::sleep(POLL).await;
     }
