@@ -262,6 +262,37 @@ pub enum Message {
 }
 
 impl Message {
+    /// The ballot and commit point of a leader's message that carries both: ACCEPT,
+    /// NEW-VIEW, HEARTBEAT, COMMIT and READ-INDEX.
+    pub(crate) fn leader_commit_point(&self) -> Option<(Ballot, Slot)> {
+        match self {
+            Message::Accept {
+                ballot,
+                commit_point,
+                ..
+            }
+            | Message::NewView {
+                ballot,
+                commit_point,
+                ..
+            }
+            | Message::Heartbeat {
+                ballot,
+                commit_point,
+            }
+            | Message::Commit {
+                ballot,
+                commit_point,
+            }
+            | Message::ReadIndex {
+                ballot,
+                commit_point,
+                ..
+            } => Some((*ballot, *commit_point)),
+            _ => None,
+        }
+    }
+
     /// True for the messages that vouch for the sender's stored state, which must be
     /// durable before they leave: a PROMISE (its promise), an ACCEPTED (its accepts), a
     /// RECOVER (the new incarnation it announces), and a voter's answers to a recovery

@@ -52,7 +52,7 @@ pub(super) struct Leader {
     /// (before any request) as the in-flight byte budget allows.
     pub(super) readopt: BTreeMap<Slot, Value>,
     /// Reads waiting for a confirmed round and for execution.
-    pub(super) reads: Box<Reads>,
+    pub(super) reads: Reads,
     /// A leader transfer in progress: no new proposals meanwhile.
     pub(super) transfer: Option<super::handover::Transfer>,
     /// When to propose the next clock entry, and with what time.

@@ -312,31 +312,11 @@ impl<S: StateMachine> Replica<S> {
             Message::Prepare {
                 ballot, from_slot, ..
             } => (*ballot, Some(*from_slot)),
-            Message::Accept {
-                ballot,
-                commit_point,
-                ..
-            }
-            | Message::NewView {
-                ballot,
-                commit_point,
-                ..
-            }
-            | Message::Heartbeat {
-                ballot,
-                commit_point,
-            }
-            | Message::Commit {
-                ballot,
-                commit_point,
-            }
-            | Message::ReadIndex {
-                ballot,
-                commit_point,
-                ..
-            } => (*ballot, Some(*commit_point)),
             Message::PreVote { ballot } | Message::TimeoutNow { ballot } => (*ballot, None),
-            _ => return false,
+            other => match other.leader_commit_point() {
+                Some((ballot, commit_point)) => (ballot, Some(commit_point)),
+                None => return false,
+            },
         };
         if ballot.epoch() <= self.membership.epoch {
             return false;

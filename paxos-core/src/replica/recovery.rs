@@ -205,15 +205,8 @@ impl<S: StateMachine> Replica<S> {
         // replica recovers rather than founds (a pristine replica waiting for a
         // NEVER-VOTED from a peer that learned something would wait for ever). A
         // PRE-VOTE proves nothing: a lone founder sends them before anyone voted.
-        let majority_votes = matches!(
-            message,
-            Message::Prepare { .. }
-                | Message::Accept { .. }
-                | Message::NewView { .. }
-                | Message::Heartbeat { .. }
-                | Message::Commit { .. }
-                | Message::ReadIndex { .. }
-        );
+        let leader_says = message.leader_commit_point();
+        let majority_votes = leader_says.is_some() || matches!(message, Message::Prepare { .. });
         match message {
             Message::Recover {
                 ballot,
@@ -243,35 +236,6 @@ impl<S: StateMachine> Replica<S> {
                 promised,
             } => self.on_recover_refused(nonce, incarnation, promised),
             Message::NeverVoted { nonce } => self.on_never_voted(from, nonce),
-            Message::Heartbeat {
-                ballot,
-                commit_point,
-            }
-            | Message::Commit {
-                ballot,
-                commit_point,
-            }
-            | Message::ReadIndex {
-                ballot,
-                commit_point,
-                ..
-            }
-            | Message::Accept {
-                ballot,
-                commit_point,
-                ..
-            }
-            | Message::NewView {
-                ballot,
-                commit_point,
-                ..
-            } if ballot.node == from => {
-                self.saw_round(ballot.round);
-                self.set_leader(Some(from));
-                // Entries held here at `ballot` came from that leader's proposals
-                // (through the grants), so its commit point vouches for them.
-                self.learn_commit_point(from, ballot, commit_point);
-            }
             Message::Fetch { from: lo, to: hi } => self.on_fetch(from, lo, hi),
             Message::FetchReply {
                 commit_point,
@@ -287,7 +251,15 @@ impl<S: StateMachine> Replica<S> {
             Message::PreVote { ballot } | Message::Prepare { ballot, .. } => {
                 self.saw_round(ballot.round)
             }
+            // A leader's messages: below.
             _ => {}
+        }
+        if let Some((ballot, commit_point)) = leader_says.filter(|(b, _)| b.node == from) {
+            self.saw_round(ballot.round);
+            self.set_leader(Some(from));
+            // Entries held here at `ballot` came from that leader's proposals (through
+            // the grants), so its commit point vouches for them.
+            self.learn_commit_point(from, ballot, commit_point);
         }
         if self.status == AcceptorStatus::Pristine && (majority_votes || !self.never_voted()) {
             self.recover_instead_of_founding();

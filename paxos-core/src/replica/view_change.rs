@@ -502,7 +502,7 @@ impl<S: StateMachine> Replica<S> {
             min_incarnation,
             view_end: end,
             readopt,
-            reads: Box::new(Reads::new(self.now)),
+            reads: Reads::new(self.now),
             transfer: None,
             clock: SessionClock::start(clock_from, self.now, self.cfg.session_clock_ticks),
             stop_sign: stop_sign.filter(|s| *s >= start),
