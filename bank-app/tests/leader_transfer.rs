@@ -8,15 +8,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bank_app::{Account, Bank, BankCommand, Cluster};
-use paxos_core::{Client, ClientOptions, NodeId};
+use bank_app::Cluster;
+use paxos_core::NodeId;
 
-use common::{assert_balances, initial_balances, json_lines, runtime, serial, Processes};
+use common::{assert_balances, json_lines, runtime, serial, Load, Processes};
 
 /// Concurrent clients of the load; client `i` moves one unit back and forth between
 /// two accounts of its own, so no account runs dry and nothing is rejected.
@@ -25,16 +22,6 @@ const CLIENTS: usize = 4;
 /// generous, for a loaded 2-core machine (the design target is one round trip plus a
 /// persist).
 const MAX_GAP: Duration = Duration::from_secs(2);
-
-/// What one load client did: when each operation completed, and how often each of its
-/// two directions moved a unit.
-#[derive(Default)]
-struct LoadLog {
-    completions: Vec<Instant>,
-    /// (from, to) -> units moved, for acknowledged transfers only.
-    moved: BTreeMap<(Account, Account), i64>,
-    failures: Vec<String>,
-}
 
 /// The longest interval between consecutive instants of `times` (sorted) that overlaps
 /// `window`, with where it started relative to `window.0`.
@@ -66,46 +53,9 @@ fn leader_transfer_under_load() {
     let old = procs.leader(&rt, Duration::from_secs(20));
     let target: NodeId = old % 5 + 1;
 
-    let accounts: Vec<Account> = Account::default_set().collect();
     let cluster = procs.remote();
-    let stop = Arc::new(AtomicBool::new(false));
-    let log = Arc::new(Mutex::new(LoadLog::default()));
-    let mut tasks = Vec::new();
-    for i in 0..CLIENTS {
-        let (a, b) = (accounts[2 * i], accounts[2 * i + 1]);
-        let options = ClientOptions::default()
-            .with_attempt_timeout(Duration::from_millis(500))
-            .with_default_deadline(Duration::from_secs(20));
-        let mut client = Client::<Bank>::with_options(cluster.endpoints(), options);
-        let (stop, log) = (stop.clone(), log.clone());
-        tasks.push(rt.spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let (from, to) = if n.is_multiple_of(2) { (a, b) } else { (b, a) };
-                let command = BankCommand::Transfer {
-                    from,
-                    to,
-                    amount: 1,
-                };
-                let result = client.execute(&command).await;
-                let now = Instant::now();
-                let mut log = log.lock().expect("load log");
-                match result {
-                    Ok(out) if out.is_ok() => {
-                        log.completions.push(now);
-                        *log.moved.entry((from, to)).or_default() += 1;
-                        n += 1;
-                    }
-                    Ok(out) => log.failures.push(format!("{from}->{to} rejected: {out:?}")),
-                    // Its outcome is unknown: the balances could not be checked exactly.
-                    Err(e) => log.failures.push(format!("{from}->{to} failed: {e}")),
-                }
-                if !log.failures.is_empty() {
-                    return;
-                }
-            }
-        }));
-    }
+    let load = Load::start(&rt, cluster.endpoints(), CLIENTS, Duration::from_secs(20));
+    let log = load.log.clone();
 
     // Warm up: sessions registered, a steady stream of completions.
     std::thread::sleep(Duration::from_millis(1500));
@@ -130,15 +80,7 @@ fn leader_transfer_under_load() {
     let answered = Instant::now();
     // Keep the load on after the handover, under the new leader.
     std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), t)
-                .await
-                .expect("a load client did not stop within 30 s")
-                .expect("load client task");
-        });
-    }
+    let log = load.stop(&rt);
 
     assert!(
         run.status.success(),
@@ -160,8 +102,6 @@ fn leader_transfer_under_load() {
     assert!(status.is_available_leader(), "n{target}: {status:?}");
     assert_eq!(rt.block_on(cluster.leader()), Some(target));
 
-    let log = log.lock().expect("load log");
-    assert!(log.failures.is_empty(), "load failures: {:?}", log.failures);
     let mut times = log.completions.clone();
     times.sort_unstable();
     let after = times.iter().filter(|&&t| t > answered).count();
@@ -189,10 +129,10 @@ fn leader_transfer_under_load() {
 
     // Every acknowledged transfer is in every replica's balances; the total is kept
     // (`bank db` checks it is 100 on each replica).
-    let mut expected = initial_balances();
-    for (&(from, to), &units) in &log.moved {
-        *expected.get_mut(&from).expect("from") -= units;
-        *expected.get_mut(&to).expect("to") += units;
-    }
-    assert_balances(&procs, &procs.running(), &expected, Duration::from_secs(20));
+    assert_balances(
+        &procs,
+        &procs.running(),
+        &log.expected_balances(),
+        Duration::from_secs(20),
+    );
 }

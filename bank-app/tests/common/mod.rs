@@ -15,15 +15,16 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bank_app::{
-    Account, Cluster, ClusterConfig, DbSnapshot, NodeConfig, NodeStatus, RemoteCluster,
-    RemoteOptions,
+    Account, Bank, BankCommand, Cluster, ClusterConfig, DbSnapshot, NodeConfig, NodeStatus,
+    RemoteCluster, RemoteOptions,
 };
-use paxos_core::NodeId;
+use paxos_core::{Client, ClientOptions, Endpoint, NodeId};
 use serde_json::Value;
 
 pub(crate) const BANK: &str = env!("CARGO_BIN_EXE_bank");
@@ -749,4 +750,107 @@ pub(crate) fn round_robin_script(sets: usize, rounds: usize, live: &[NodeId]) ->
         }
     }
     s
+}
+
+/// What a [`Load`]'s clients did: when each operation completed, how many units each
+/// direction moved (acknowledged transfers only), and what failed.
+#[derive(Default)]
+pub(crate) struct LoadLog {
+    pub(crate) completions: Vec<Instant>,
+    pub(crate) moved: BTreeMap<(Account, Account), i64>,
+    pub(crate) failures: Vec<String>,
+}
+
+impl LoadLog {
+    /// The balances every replica must hold once the acknowledged transfers executed.
+    pub(crate) fn expected_balances(&self) -> BTreeMap<Account, i64> {
+        let mut expected = initial_balances();
+        for (&(from, to), &units) in &self.moved {
+            *expected.get_mut(&from).expect("from") -= units;
+            *expected.get_mut(&to).expect("to") += units;
+        }
+        expected
+    }
+
+    /// Units moved by acknowledged transfers.
+    pub(crate) fn total(&self) -> i64 {
+        self.moved.values().sum()
+    }
+}
+
+/// A background load from this process: client `i` moves one unit back and forth
+/// between two accounts of its own (so nothing is ever rejected), until stopped or
+/// until one of its operations fails (then its outcome is unknown and it stops).
+pub(crate) struct Load {
+    stop: Arc<AtomicBool>,
+    pub(crate) log: Arc<Mutex<LoadLog>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `clients` (at most five) clients over `endpoints`, each operation given
+    /// up after `deadline`.
+    pub(crate) fn start(
+        rt: &tokio::runtime::Runtime,
+        endpoints: Vec<Arc<dyn Endpoint>>,
+        clients: usize,
+        deadline: Duration,
+    ) -> Load {
+        let accounts: Vec<Account> = Account::default_set().collect();
+        assert!(2 * clients <= accounts.len(), "two accounts per client");
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(LoadLog::default()));
+        let mut tasks = Vec::new();
+        for i in 0..clients {
+            let (a, b) = (accounts[2 * i], accounts[2 * i + 1]);
+            let options = ClientOptions::default()
+                .with_attempt_timeout(Duration::from_millis(500))
+                .with_default_deadline(deadline);
+            let mut client = Client::<Bank>::with_options(endpoints.clone(), options);
+            let (stop, log) = (stop.clone(), log.clone());
+            tasks.push(rt.spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (from, to) = if n.is_multiple_of(2) { (a, b) } else { (b, a) };
+                    let command = BankCommand::Transfer {
+                        from,
+                        to,
+                        amount: 1,
+                    };
+                    let result = client.execute(&command).await;
+                    let now = Instant::now();
+                    let mut log = log.lock().expect("load log");
+                    match result {
+                        Ok(out) if out.is_ok() => {
+                            log.completions.push(now);
+                            *log.moved.entry((from, to)).or_default() += 1;
+                            n += 1;
+                        }
+                        Ok(out) => log.failures.push(format!("{from}->{to} rejected: {out:?}")),
+                        Err(e) => log.failures.push(format!("{from}->{to} failed: {e}")),
+                    }
+                    if !log.failures.is_empty() {
+                        return;
+                    }
+                }
+            }));
+        }
+        Load { stop, log, tasks }
+    }
+
+    /// Stops the clients, waits for them (bounded), and checks that none failed.
+    pub(crate) fn stop(self, rt: &tokio::runtime::Runtime) -> LoadLog {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(40), t)
+                    .await
+                    .expect("a load client did not stop within 40 s")
+                    .expect("load client task");
+            });
+        }
+        let log = std::mem::take(&mut *self.log.lock().expect("load log"));
+        assert!(log.failures.is_empty(), "load failures: {:?}", log.failures);
+        log
+    }
 }
