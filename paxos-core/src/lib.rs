@@ -116,6 +116,8 @@ mod learner_tests;
 mod membership_attack_tests;
 #[cfg(test)]
 mod membership_attack_tests2;
+#[cfg(test)]
+mod membership_attack_tests3;
 mod message;
 #[cfg(test)]
 mod mutation;
