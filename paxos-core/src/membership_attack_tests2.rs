@@ -5,19 +5,8 @@
 //! log, makes both safe; the broken variant `RecoveryIgnoresStopSigns` replays the bug.
 
 use crate::mutation::Mutation;
-use crate::scripted::{leader_with_session, members, Deliver, Drop, Fate, Scripted as H};
+use crate::scripted::{leader_with_session, members, within, Deliver, Drop, Scripted as H};
 use crate::{AcceptorStatus, Message, NodeId, Slot};
-
-/// Messages between two replicas of `group` only.
-fn within(group: &'static [NodeId]) -> impl Fn(NodeId, NodeId, &Message) -> Fate {
-    move |from, to, _| {
-        if group.contains(&from) && group.contains(&to) {
-            Deliver
-        } else {
-            Drop
-        }
-    }
-}
 
 /// The slot where `id` holds a value whose summary contains `needle`.
 fn slot_of(h: &mut H, id: NodeId, needle: &str) -> Option<Slot> {

@@ -3,19 +3,8 @@
 //! no-op an idle leader fills in when a recovering replica asks `Fetch{cp, cp}`
 //! (`fill_next_slot`). Each test drives real replicas through one message sequence.
 
-use crate::scripted::{leader_with_session, members, Deliver, Drop, Fate, Scripted as H};
+use crate::scripted::{leader_with_session, members, within, Deliver, Drop, Fate, Scripted as H};
 use crate::{Message, NodeId, Slot, Value};
-
-/// Messages between two replicas of `group` only.
-fn within(group: &'static [NodeId]) -> impl Fn(NodeId, NodeId, &Message) -> Fate {
-    move |from, to, _| {
-        if group.contains(&from) && group.contains(&to) {
-            Deliver
-        } else {
-            Drop
-        }
-    }
-}
 
 /// The value `id` holds in `slot`, if any.
 fn value_at(h: &mut H, id: NodeId, slot: Slot) -> Option<Value> {

@@ -292,6 +292,17 @@ pub(crate) fn all(_: NodeId, _: NodeId, _: &Message) -> Fate {
 }
 
 /// Every message is lost.
+/// Messages between two replicas of `group` only.
+pub(crate) fn within(group: &'static [NodeId]) -> impl Fn(NodeId, NodeId, &Message) -> Fate {
+    move |from, to, _| {
+        if group.contains(&from) && group.contains(&to) {
+            Deliver
+        } else {
+            Drop
+        }
+    }
+}
+
 pub(crate) fn none(_: NodeId, _: NodeId, _: &Message) -> Fate {
     Drop
 }
