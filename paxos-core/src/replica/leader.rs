@@ -32,8 +32,9 @@ pub(super) struct Leader {
     /// uncommitted (and its successor's PROMISEs then report whole) fits a message.
     pub(super) inflight_bytes: usize,
     pub(super) queue: VecDeque<Request>,
-    /// Requests proposed and not yet executed, by client.
-    pub(super) proposed: HashMap<ClientId, u64>,
+    /// Requests proposed and not yet executed, by client (a fast hash, randomly seeded
+    /// per map: its keys come with clients' requests).
+    pub(super) proposed: HashMap<ClientId, u64, foldhash::fast::RandomState>,
     /// Proposals made since the last flush, to go out in one ACCEPT per peer.
     pub(super) fresh: Vec<(Slot, Value)>,
     /// Expires when a heartbeat is due: nothing went to the followers for

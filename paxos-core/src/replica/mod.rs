@@ -241,7 +241,7 @@ pub struct Replica<S> {
     parked_fetches: Vec<ParkedFetch>,
 
     /// Client requests this leader will answer once they execute.
-    awaiting: HashSet<(ClientId, u64)>,
+    awaiting: HashSet<(ClientId, u64), foldhash::fast::RandomState>,
     /// Stale reads waiting for execution to reach their floor, with the tick they
     /// arrived (see `reads.rs`).
     stale_reads: VecDeque<(Request, u64)>,
@@ -329,7 +329,7 @@ impl<S: StateMachine> Replica<S> {
             catch_up: CatchUp::new(state.commit_point),
             catch_up_done: state.commit_point > 0,
             parked_fetches: Vec::new(),
-            awaiting: HashSet::new(),
+            awaiting: HashSet::default(),
             stale_reads: VecDeque::new(),
             stale_read_bytes: 0,
             stale_min_floor: Slot::MAX,

@@ -491,7 +491,7 @@ impl<S: StateMachine> Replica<S> {
             inflight_bytes: inflight.values().map(|i: &Inflight| i.bytes).sum(),
             inflight,
             queue: VecDeque::new(),
-            proposed: HashMap::new(),
+            proposed: HashMap::default(),
             fresh: Vec::new(),
             heartbeat: Timeout::after(self.now, self.cfg.heartbeat_ticks),
             announced_commit: self.log.commit_point(),
