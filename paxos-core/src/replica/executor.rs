@@ -288,6 +288,12 @@ impl<S> Executor<S> {
 
     /// An output encoded with postcard (empty if it cannot be encoded, as before).
     fn encode_output<T: Serialize>(&mut self, output: &T) -> Bytes {
+        // Most outputs are small: encode them on the stack, into one allocation of
+        // their exact size (postcard's `Vec` flavour extends byte by byte).
+        let mut small = [0u8; 64];
+        if let Ok(encoded) = postcard::to_slice(output, &mut small) {
+            return Bytes::copy_from_slice(encoded);
+        }
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         let bytes = match postcard::to_extend(output, buf) {
