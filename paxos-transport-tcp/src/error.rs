@@ -66,8 +66,10 @@ pub enum TcpError {
         /// This side's cluster id.
         local: u64,
     },
-    /// A peer handshake named a node id that is not in this node's peer map (or is this
-    /// node's own id).
+    /// A peer handshake named a node id that is not in this node's peer map nor a
+    /// membership it learned, when no more joining nodes may connect
+    /// ([`TcpConfig::max_joining_nodes`](crate::TcpConfig::max_joining_nodes)) or the
+    /// handshake gave no port to answer at (or the id is this node's own).
     #[error("unknown node id {0}")]
     UnknownNode(NodeId),
     /// A dialed peer identified itself with another node id than the peer map says.
