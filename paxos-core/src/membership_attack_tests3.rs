@@ -15,6 +15,19 @@ fn value_at(h: &mut H, id: NodeId, slot: Slot) -> Option<Value> {
         .and_then(|i| i.value)
 }
 
+/// Wipes `id` and lets it recover among `group` (only `id` ticks) until it holds
+/// slot `s` with a commit point at or above it, or 200 ticks pass.
+fn wipe_and_recover_among(h: &mut H, id: NodeId, s: Slot, group: &'static [NodeId]) {
+    h.wipe(id);
+    let r = within(group);
+    for _ in 0..200 {
+        if h.r(id).commit_point() >= s && value_at(h, id, s).is_some() {
+            break;
+        }
+        h.tick(&[id], 1, &r);
+    }
+}
+
 /// The three-timeouts rule with the new epoch alive but out of reach.
 ///
 /// n = 5, epoch 0 = epoch 1 = {1..5}:
@@ -174,14 +187,7 @@ fn a_stale_leader_fills_a_no_op_where_the_stop_sign_was_chosen_and_fails() {
     });
     assert_eq!(h.r(1).membership().epoch, 0, "nobody counted the stop-sign");
     // n3 wiped: recovers among n1, n4, n5.
-    h.wipe(3);
-    let r = within(&[1, 3, 4, 5]);
-    for _ in 0..200 {
-        if h.r(3).commit_point() >= s && value_at(&mut h, 3, s).is_some() {
-            break;
-        }
-        h.tick(&[3], 1, &r);
-    }
+    wipe_and_recover_among(&mut h, 3, s, &[1, 3, 4, 5]);
     assert!(
         matches!(value_at(&mut h, 3, s), Some(Value::Reconfigure(_))),
         "n3 adopted the stop-sign from its grants"
@@ -258,14 +264,7 @@ fn an_idle_leader_decides_the_slot_of_a_stop_sign_only_its_proposer_accepted() {
         .reconfigure(members(&[1, 2, 3, 4, 5]))
         .expect("leader proposes");
     h.run(&crate::scripted::none);
-    h.wipe(3);
-    let r = within(&[1, 2, 3, 4]);
-    for _ in 0..200 {
-        if h.r(3).commit_point() >= s && value_at(&mut h, 3, s).is_some() {
-            break;
-        }
-        h.tick(&[3], 1, &r);
-    }
+    wipe_and_recover_among(&mut h, 3, s, &[1, 2, 3, 4]);
     assert!(
         matches!(value_at(&mut h, 3, s), Some(Value::Reconfigure(_))),
         "n3 adopted the stop-sign from n1's grant"

@@ -202,12 +202,7 @@ impl Processes {
             &[],
             adjust,
         );
-        let child = procs.spawn_node(learner);
-        procs.nodes.insert(learner, child);
-        assert!(
-            procs.wait_until_serving(rt, Duration::from_secs(10)),
-            "the learner did not start"
-        );
+        procs.start_learner(rt, learner);
         procs
     }
 
@@ -227,13 +222,18 @@ impl Processes {
         let path = procs.dir.path().join(format!("cluster-n{learner}.toml"));
         std::fs::write(&path, procs.config.to_toml_string()).expect("write config");
         procs.own_config.insert(learner, path);
-        let child = procs.spawn_node(learner);
-        procs.nodes.insert(learner, child);
+        procs.start_learner(rt, learner);
+        procs
+    }
+
+    /// Starts learner `id` and waits until every running node serves.
+    fn start_learner(&mut self, rt: &tokio::runtime::Runtime, id: NodeId) {
+        let child = self.spawn_node(id);
+        self.nodes.insert(id, child);
         assert!(
-            procs.wait_until_serving(rt, Duration::from_secs(10)),
+            self.wait_until_serving(rt, Duration::from_secs(10)),
             "the learner did not start"
         );
-        procs
     }
 
     fn start_cluster_serving(
