@@ -50,7 +50,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -198,7 +198,7 @@ impl Pool {
     /// are live.
     fn choose(&self, gate: &mut Option<OwnedSemaphorePermit>) -> Choice {
         let mut conns = self.lock();
-        conns.retain(|c| !c.state.closed.is_cancelled());
+        conns.retain(|c| !c.state.is_closed.load(Ordering::Acquire));
         let least = conns.iter().min_by_key(|c| c.state.load());
         if let Some(c) = least.filter(|c| c.state.load() == 0) {
             return Choice::Use(self.reserve(c, gate, false));
@@ -385,6 +385,9 @@ struct ConnState {
     inflight: AtomicUsize,
     /// Cancelled when the connection fails or its writer ends; both tasks then end.
     closed: CancellationToken,
+    /// Set just before `closed` is cancelled: what the pool checks on every call,
+    /// without the token's lock.
+    is_closed: AtomicBool,
     /// The calls written, oldest first.
     fifo: Mutex<Fifo>,
     /// Told when a call joins an empty FIFO, so the reader arms its stall timer.
@@ -454,6 +457,7 @@ impl ConnState {
             fifo.failed = true;
             std::mem::take(&mut fifo.calls)
         };
+        self.is_closed.store(true, Ordering::Release);
         self.closed.cancel();
         if !calls.is_empty() {
             debug!(
@@ -482,6 +486,7 @@ impl Conn {
         let state = Arc::new(ConnState {
             inflight: AtomicUsize::new(0),
             closed: CancellationToken::new(),
+            is_closed: AtomicBool::new(false),
             fifo: Mutex::new(Fifo::default()),
             armed: Notify::new(),
             addr: config.addr,

@@ -40,6 +40,9 @@ struct Shared {
     config: TcpConfig,
     /// Cancelled when the transport shuts down; every task stops on it.
     token: CancellationToken,
+    /// Set just before `token` is cancelled: what every send checks, without the
+    /// token's lock.
+    stopped: AtomicBool,
     /// Messages dropped by [`TcpTransport::send`] or by a writer.
     dropped: AtomicU64,
     /// The current inbound connection of each peer: a newer one replaces an older one.
@@ -250,6 +253,7 @@ impl TcpTransport {
         let shared = Arc::new(Shared {
             config,
             token: CancellationToken::new(),
+            stopped: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             inbound_peers: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
@@ -320,7 +324,7 @@ impl TcpTransport {
     /// and counted in [`dropped_messages`](Self::dropped_messages)) and still returns
     /// `Ok`: the protocol tolerates loss.
     pub fn enqueue(&self, to: NodeId, message: Message) -> Result<(), TransportError> {
-        if self.shared.token.is_cancelled() {
+        if self.shared.stopped.load(Ordering::Acquire) {
             return Err(TransportError::Closed);
         }
         let result = if to == self.node_id {
@@ -352,6 +356,7 @@ impl TcpTransport {
     /// [`recv`](Transport::recv) returns what was already queued and then `None`, and
     /// [`send`](Transport::send) fails with [`TransportError::Closed`].
     pub async fn shutdown(&mut self) {
+        self.shared.stopped.store(true, Ordering::Release);
         self.shared.token.cancel();
         self.inbound.close();
         for task in self.tasks.drain(..) {
@@ -364,6 +369,7 @@ impl TcpTransport {
 
 impl Drop for TcpTransport {
     fn drop(&mut self) {
+        self.shared.stopped.store(true, Ordering::Release);
         self.shared.token.cancel();
         for task in &self.tasks {
             task.abort();
@@ -412,7 +418,10 @@ impl TcpTransport {
     /// Adds as peers the joining nodes admitted since the last call (see
     /// [`TcpConfig::max_joining_nodes`]), so that the replica's answers reach them.
     fn add_joiners(&mut self) {
-        if !self.shared.new_joiners.swap(false, Ordering::AcqRel) {
+        // A load first: this runs at every receive, and joiners are rare.
+        if !self.shared.new_joiners.load(Ordering::Acquire)
+            || !self.shared.new_joiners.swap(false, Ordering::AcqRel)
+        {
             return;
         }
         let joining: Vec<(NodeId, SocketAddr)> = self
