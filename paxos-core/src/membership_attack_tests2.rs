@@ -58,12 +58,9 @@ fn readded_scenario(m: Mutation) -> Result<(), String> {
     // n2, n3 time out; whoever tells them of n1's commit point (n1 itself answers
     // their old-epoch pre-votes), they catch up.
     let g123 = within(&[1, 2, 3]);
-    for _ in 0..400 {
-        if h.r(2).membership().epoch == 1 && h.r(3).membership().epoch == 1 {
-            break;
-        }
-        h.tick(&[2, 3], 1, &g123);
-    }
+    h.tick_until(&[2, 3], 400, &g123, |h| {
+        h.r(2).membership().epoch == 1 && h.r(3).membership().epoch == 1
+    });
     assert_eq!(h.r(1).membership().epoch, 1);
     assert_eq!(h.r(2).membership().epoch, 1);
     assert_eq!(h.r(3).membership().epoch, 1);
@@ -79,12 +76,9 @@ fn readded_scenario(m: Mutation) -> Result<(), String> {
         .expect("epoch-1 leader proposes");
     h.run(&g123);
     // n1 (a learner now) polls and reaches epoch 2.
-    for _ in 0..100 {
-        if h.r(1).membership().epoch == 2 && h.r(3).membership().epoch == 2 {
-            break;
-        }
-        h.tick(&[1, 2, 3], 1, &g123);
-    }
+    h.tick_until(&[1, 2, 3], 100, &g123, |h| {
+        h.r(1).membership().epoch == 2 && h.r(3).membership().epoch == 2
+    });
     assert_eq!(h.r(1).membership().epoch, 2);
     assert_eq!(h.r(3).membership().epoch, 2);
     // 3. Epoch 2: n2 leads; c501 is chosen with n1's vote, n3 does not accept it.
@@ -98,12 +92,9 @@ fn readded_scenario(m: Mutation) -> Result<(), String> {
     // 4. F = n1 wiped; n2 and n3 are cut off. F recovers among n4..n7 (epoch 0).
     h.wipe(1);
     let old = within(&[1, 4, 5, 6, 7]);
-    for _ in 0..200 {
-        if h.r(1).acceptor_status() == AcceptorStatus::Voter {
-            break;
-        }
-        h.tick(&[1], 1, &old);
-    }
+    h.tick_until(&[1], 200, &old, |h| {
+        h.r(1).acceptor_status() == AcceptorStatus::Voter
+    });
     if m != Mutation::None {
         assert_eq!(
             h.r(1).acceptor_status(),
@@ -114,34 +105,23 @@ fn readded_scenario(m: Mutation) -> Result<(), String> {
     assert_eq!(h.r(1).membership().epoch, 0);
     // 5. F and n4..n7 elect an epoch-0 leader that re-proposes the stop-sign: F
     //    enters epoch 1 as a learner.
-    for _ in 0..400 {
-        if h.r(1).membership().epoch >= 1 {
-            break;
-        }
-        h.tick(&[1, 4, 5, 6, 7], 1, &old);
-    }
+    h.tick_until(&[1, 4, 5, 6, 7], 400, &old, |h| {
+        h.r(1).membership().epoch >= 1
+    });
     if m != Mutation::None {
         assert_eq!(h.r(1).membership().epoch, 1, "F in epoch 1 (a learner)");
     }
     // 6. F fetches from n3 (n2 still cut off): stop-sign 2, F enters epoch 2.
     let f13 = within(&[1, 3]);
-    for _ in 0..400 {
-        if h.r(1).membership().epoch == 2 {
-            break;
-        }
-        h.tick(&[1], 1, &f13);
-    }
+    h.tick_until(&[1], 400, &f13, |h| h.r(1).membership().epoch == 2);
     if m != Mutation::None {
         assert_eq!(h.r(1).membership().epoch, 2, "F in epoch 2");
     }
     // 7. F and n3 are a majority of epoch 2.
-    for _ in 0..600 {
-        let votes = h.r(1).acceptor_status() == AcceptorStatus::Voter;
-        if votes && (h.r(1).is_leader() || h.r(3).is_leader()) {
-            break;
-        }
-        h.tick(&[1, 3], 1, &f13);
-    }
+    h.tick_until(&[1, 3], 600, &f13, |h| {
+        h.r(1).acceptor_status() == AcceptorStatus::Voter
+            && (h.r(1).is_leader() || h.r(3).is_leader())
+    });
     if h.r(1).acceptor_status() == AcceptorStatus::Voter {
         // F votes in epoch 2 without a second recovery: the new leader's merge
         // (F and n3) has nothing in c501's slot.
@@ -204,12 +184,9 @@ fn two_epochs_scenario(m: Mutation) -> Result<(), String> {
             Drop
         }
     });
-    for _ in 0..400 {
-        if h.r(2).membership().epoch == 1 && h.r(1).is_leader() {
-            break;
-        }
-        h.tick(&[1, 2], 1, &g12);
-    }
+    h.tick_until(&[1, 2], 400, &g12, |h| {
+        h.r(2).membership().epoch == 1 && h.r(1).is_leader()
+    });
     assert_eq!(h.r(2).membership().epoch, 1);
     assert_eq!(h.r(3).membership().epoch, 0);
     // 2. Epoch 2 = {1,2,3} from n1, chosen by {1,2}.
@@ -220,12 +197,9 @@ fn two_epochs_scenario(m: Mutation) -> Result<(), String> {
         .expect("epoch-1 leader proposes");
     h.run(&g12);
     // n2 leads epoch 2 (its heartbeats carry its commit point).
-    for _ in 0..400 {
-        if h.r(1).membership().epoch == 2 && h.r(2).membership().epoch == 2 {
-            break;
-        }
-        h.tick(&[1, 2], 1, &g12);
-    }
+    h.tick_until(&[1, 2], 400, &g12, |h| {
+        h.r(1).membership().epoch == 2 && h.r(2).membership().epoch == 2
+    });
     h.r(2).start_election_now();
     h.run(&g12);
     assert!(h.r(2).is_leader(), "n2 leads epoch 2");
@@ -249,12 +223,9 @@ fn two_epochs_scenario(m: Mutation) -> Result<(), String> {
     // 4. F wiped; recovers among {3,4,5} (epoch 0).
     h.wipe(1);
     let old = within(&[1, 3, 4, 5]);
-    for _ in 0..200 {
-        if h.r(1).acceptor_status() == AcceptorStatus::Voter {
-            break;
-        }
-        h.tick(&[1], 1, &old);
-    }
+    h.tick_until(&[1], 200, &old, |h| {
+        h.r(1).acceptor_status() == AcceptorStatus::Voter
+    });
     if m != Mutation::None {
         assert_eq!(
             h.r(1).acceptor_status(),
@@ -274,33 +245,20 @@ fn two_epochs_scenario(m: Mutation) -> Result<(), String> {
             Drop
         }
     };
-    for _ in 0..400 {
-        if h.r(1).membership().epoch == 2 {
-            break;
-        }
-        h.tick(&[1, 2], 1, &snap_only);
-    }
+    h.tick_until(&[1, 2], 400, &snap_only, |h| h.r(1).membership().epoch == 2);
     if m != Mutation::None {
         assert_eq!(h.r(1).membership().epoch, 2, "F installed n2's checkpoint");
     }
     // 6. n3 catches up from F the same way (n3 was never wiped); n2 is cut off.
     let f3 = within(&[1, 3]);
-    for _ in 0..400 {
-        if h.r(3).membership().epoch == 2 {
-            break;
-        }
-        h.tick(&[1, 3], 1, &f3);
-    }
+    h.tick_until(&[1, 3], 400, &f3, |h| h.r(3).membership().epoch == 2);
     if m != Mutation::None {
         assert_eq!(h.r(3).membership().epoch, 2, "n3 installed F's checkpoint");
     }
-    for _ in 0..600 {
-        let votes = h.r(1).acceptor_status() == AcceptorStatus::Voter;
-        if votes && (h.r(1).is_leader() || h.r(3).is_leader()) {
-            break;
-        }
-        h.tick(&[1, 3], 1, &f3);
-    }
+    h.tick_until(&[1, 3], 600, &f3, |h| {
+        h.r(1).acceptor_status() == AcceptorStatus::Voter
+            && (h.r(1).is_leader() || h.r(3).is_leader())
+    });
     if h.r(1).acceptor_status() == AcceptorStatus::Voter {
         let m: NodeId = if h.r(3).is_leader() { 3 } else { 1 };
         if h.r(m).is_leader() {

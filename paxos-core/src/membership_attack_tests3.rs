@@ -20,12 +20,9 @@ fn value_at(h: &mut H, id: NodeId, slot: Slot) -> Option<Value> {
 fn wipe_and_recover_among(h: &mut H, id: NodeId, s: Slot, group: &'static [NodeId]) {
     h.wipe(id);
     let r = within(group);
-    for _ in 0..200 {
-        if h.r(id).commit_point() >= s && value_at(h, id, s).is_some() {
-            break;
-        }
-        h.tick(&[id], 1, &r);
-    }
+    h.tick_until(&[id], 200, &r, |h| {
+        h.r(id).commit_point() >= s && value_at(h, id, s).is_some()
+    });
 }
 
 /// The three-timeouts rule with the new epoch alive but out of reach.
@@ -275,12 +272,9 @@ fn an_idle_leader_decides_the_slot_of_a_stop_sign_only_its_proposer_accepted() {
     h.r(2).start_election_now();
     h.run(&rest);
     assert!(h.r(2).is_leader(), "n2 leads with n4 and n5");
-    for _ in 0..100 {
-        if h.r(3).acceptor_status() == crate::AcceptorStatus::Voter {
-            break;
-        }
-        h.tick(&[2, 3, 4, 5], 1, &rest);
-    }
+    h.tick_until(&[2, 3, 4, 5], 100, &rest, |h| {
+        h.r(3).acceptor_status() == crate::AcceptorStatus::Voter
+    });
     assert_eq!(
         h.r(3).acceptor_status(),
         crate::AcceptorStatus::Voter,

@@ -150,6 +150,25 @@ impl Scripted {
         }
     }
 
+    /// Ticks `ids` one tick at a time (running with `f` after each) until `done`
+    /// holds, checked before every tick, or `limit` ticks pass. Returns whether `done`
+    /// held.
+    pub(crate) fn tick_until(
+        &mut self,
+        ids: &[NodeId],
+        limit: usize,
+        f: Filter,
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) -> bool {
+        for _ in 0..limit {
+            if done(self) {
+                return true;
+            }
+            self.tick(ids, 1, f);
+        }
+        done(self)
+    }
+
     /// Delivers (and forgets) the held messages matching `pick`, then runs with `f`.
     pub(crate) fn release(&mut self, pick: Filter, f: Filter) {
         let held = std::mem::take(&mut self.held);
