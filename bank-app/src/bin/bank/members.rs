@@ -4,9 +4,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use bank_app::{gather_health, health_leader, ClusterConfig, RemoteCluster, RemoteError};
+use bank_app::{
+    gather_health, health_leader, ClusterConfig, NodeConfig, RemoteCluster, RemoteError,
+};
 use paxos_core::{Member, Membership, NodeId};
-use paxos_transport_tcp::NodeConfig;
 use paxos_transport_tcp::ServerError;
 use serde_json::json;
 use tokio::time::Instant;
