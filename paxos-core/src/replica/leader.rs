@@ -636,22 +636,27 @@ impl<S: StateMachine> Replica<S> {
             }
             l.announced_commit = commit_point;
             // Not acknowledged, so it does not put off the next heartbeat: that one's
-            // answers tell the leader who is still there.
-            for m in self.peers() {
-                self.send(
-                    m,
-                    Message::Commit {
-                        ballot,
-                        commit_point,
-                    },
-                );
+            // answers tell the leader who is still there. (Indexed, not `peers()`: this
+            // runs once per round, and the list is not worth an allocation.)
+            for i in 0..self.cfg.members.len() {
+                let m = self.cfg.members[i];
+                if m != self.cfg.id {
+                    self.send(
+                        m,
+                        Message::Commit {
+                            ballot,
+                            commit_point,
+                        },
+                    );
+                }
             }
             return;
         }
         let mut rest = std::mem::take(&mut l.fresh);
         l.announced_commit = commit_point;
         l.heartbeat.reset(self.now, self.cfg.heartbeat_ticks);
-        let peers = self.peers();
+        let me = self.cfg.id;
+        let last_peer = self.cfg.members.iter().rposition(|m| *m != me);
         let (max_batch, max_bytes) = self.batch_limits();
         while !rest.is_empty() {
             let n = batch_len(rest.iter().map(|(_, v)| v), max_batch, max_bytes);
@@ -664,15 +669,19 @@ impl<S: StateMachine> Replica<S> {
             let counters = self.exec.count();
             counters.accept_batches += 1;
             counters.accept_entries += chunk.len() as u64;
-            for (i, m) in peers.iter().enumerate() {
+            for i in 0..self.cfg.members.len() {
+                let m = self.cfg.members[i];
+                if m == me {
+                    continue;
+                }
                 // The last peer gets the batch itself, the others a copy.
-                let entries = if i + 1 == peers.len() {
+                let entries = if Some(i) == last_peer {
                     std::mem::take(&mut chunk)
                 } else {
                     chunk.clone()
                 };
                 self.send(
-                    *m,
+                    m,
                     Message::Accept {
                         ballot,
                         commit_point,

@@ -378,7 +378,14 @@ impl<S: StateMachine> Replica<S> {
         if !self.parked_fetches.is_empty() {
             self.answer_parked_fetches(false);
         }
-        let mut ready = std::mem::take(&mut self.ready);
+        if self.ready.is_empty() {
+            // Most calls in a busy cluster (every replica is asked after every
+            // delivery): nothing to move.
+            return Ready::default();
+        }
+        // Rearranged in place, then moved out once: `Ready` is too big to copy twice
+        // on every call.
+        let ready = &mut self.ready;
         // A reply waits for this round's writes only if the round accepted, here, a
         // value in a slot that is now committed: that slot may be chosen thanks to this
         // replica's own vote, which is not durable yet (a single-member cluster).
@@ -388,7 +395,11 @@ impl<S: StateMachine> Replica<S> {
             .iter()
             .any(|op| matches!(op, PersistOp::Accept { slot, .. } if *slot < committed));
         if !own_vote_counts {
-            ready.replies_now = std::mem::take(&mut ready.replies);
+            if ready.replies_now.is_empty() {
+                std::mem::swap(&mut ready.replies_now, &mut ready.replies);
+            } else {
+                ready.replies_now.append(&mut ready.replies);
+            }
         } else if self.quorum == 1 {
             // A cluster of one: its own vote, not yet durable, chose those slots, so
             // what serves chosen values (FETCH-REPLY, snapshot pieces, to learners)
@@ -406,7 +417,7 @@ impl<S: StateMachine> Replica<S> {
             ready.messages_now = now;
             ready.messages.extend(serving);
         }
-        ready
+        std::mem::take(&mut self.ready)
     }
 
     /// Advances the replica's clock by one tick: heartbeats, election timeouts,
