@@ -175,7 +175,7 @@ pub use replica::{
     CheckpointJob, FinishedCheckpoint, Ready, Replica, ReplicaStatus, Role, SlotInfo, SlotStatus,
     ViewChange, ViewDirection,
 };
-pub use sessions::{Session, SessionCheck, Sessions};
+pub use sessions::{CachedReply, Session, SessionCheck, Sessions};
 pub use slot_map::SlotMap;
 pub use traits::{
     apply_op, apply_owned_op, AcceptorStatus, Checkpoint, MemStorage, PersistOp, PersistentState,

@@ -9,6 +9,171 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{Ballot, ClientId, Slot};
 
+/// A session's cached reply: the encoded output of its latest request.
+///
+/// Every replica keeps one per session, for every request it executes, while only
+/// the replica that answers the client needs the reply as [`Bytes`]: outputs of up to
+/// [`CachedReply::INLINE`] bytes (most) are kept inline, with no allocation of
+/// their own, and larger ones share a [`Bytes`]. It serializes as a byte string,
+/// exactly as [`Bytes`] does, so checkpoints are the same either way.
+///
+/// ```
+/// use bytes::Bytes;
+/// use paxos_core::CachedReply;
+///
+/// let small = CachedReply::from(&b"ok"[..]);
+/// assert_eq!(small.as_bytes(), b"ok");
+/// assert_eq!(small.to_bytes(), Bytes::from_static(b"ok"));
+/// let large = CachedReply::from(Bytes::from(vec![7u8; 100]));
+/// assert_eq!(large.len(), 100);
+/// ```
+#[derive(Clone)]
+pub struct CachedReply(ReplyRepr);
+
+#[derive(Clone)]
+enum ReplyRepr {
+    Inline {
+        len: u8,
+        buf: [u8; CachedReply::INLINE],
+    },
+    Shared(Bytes),
+}
+
+impl CachedReply {
+    /// The longest reply kept inline.
+    pub const INLINE: usize = 38;
+
+    /// An empty reply (a session's before its first request).
+    pub const fn new() -> Self {
+        CachedReply(ReplyRepr::Inline {
+            len: 0,
+            buf: [0; Self::INLINE],
+        })
+    }
+
+    /// The reply's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            ReplyRepr::Inline { len, buf } => &buf[..*len as usize],
+            ReplyRepr::Shared(b) => b,
+        }
+    }
+
+    /// The reply as [`Bytes`]: a copy when it is inline, a shared handle otherwise.
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.0 {
+            ReplyRepr::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            ReplyRepr::Shared(b) => b.clone(),
+        }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// True when the reply is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for CachedReply {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<&[u8]> for CachedReply {
+    /// Inline when it fits, else copied into a [`Bytes`] of its own.
+    fn from(b: &[u8]) -> Self {
+        if b.len() <= Self::INLINE {
+            let mut buf = [0; Self::INLINE];
+            buf[..b.len()].copy_from_slice(b);
+            CachedReply(ReplyRepr::Inline {
+                len: b.len() as u8,
+                buf,
+            })
+        } else {
+            CachedReply(ReplyRepr::Shared(Bytes::copy_from_slice(b)))
+        }
+    }
+}
+
+impl From<Bytes> for CachedReply {
+    /// Inline when it fits (the `Bytes` is let go), else shared.
+    fn from(b: Bytes) -> Self {
+        if b.len() <= Self::INLINE {
+            CachedReply::from(&b[..])
+        } else {
+            CachedReply(ReplyRepr::Shared(b))
+        }
+    }
+}
+
+impl std::ops::Deref for CachedReply {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for CachedReply {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for CachedReply {}
+
+impl PartialEq<[u8]> for CachedReply {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.as_bytes() == other
+    }
+}
+
+impl std::fmt::Debug for CachedReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&Bytes::copy_from_slice(self.as_bytes()), f)
+    }
+}
+
+impl Serialize for CachedReply {
+    fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        s.serialize_bytes(self.as_bytes())
+    }
+}
+
+impl<'de> Deserialize<'de> for CachedReply {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = CachedReply;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<CachedReply, E> {
+                Ok(CachedReply::from(v))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<CachedReply, E> {
+                Ok(CachedReply::from(Bytes::from(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<CachedReply, A::Error> {
+                // Bounded by what the input holds, as `Bytes`' own visitor is.
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(CachedReply::from(Bytes::from(v)))
+            }
+        }
+        d.deserialize_bytes(Visitor)
+    }
+}
+
 /// One client's session: its latest executed request, the reply it got, and when the
 /// session was last used.
 ///
@@ -20,7 +185,7 @@ pub struct Session {
     /// The highest request number executed (0 right after registration).
     pub last_seq: u64,
     /// The encoded output of request `last_seq`.
-    pub reply: Bytes,
+    pub reply: CachedReply,
     /// The slot that last touched the session (for least-recently-used eviction).
     pub last_slot: Slot,
     /// The [log time](Sessions::log_time) when the session was last touched (registered,
@@ -201,7 +366,7 @@ impl Sessions {
     pub fn check(&self, client: ClientId, seq: u64) -> SessionCheck {
         match self.map.get(&client) {
             None => SessionCheck::Unknown,
-            Some(s) if seq == s.last_seq => SessionCheck::Duplicate(s.reply.clone()),
+            Some(s) if seq == s.last_seq => SessionCheck::Duplicate(s.reply.to_bytes()),
             Some(s) if seq < s.last_seq => SessionCheck::Stale,
             Some(_) => SessionCheck::Fresh,
         }
@@ -230,7 +395,7 @@ impl Sessions {
             client,
             Session {
                 last_seq: 0,
-                reply: Bytes::new(),
+                reply: CachedReply::new(),
                 last_slot: slot,
                 last_active: now,
             },
@@ -242,11 +407,17 @@ impl Sessions {
     /// stamping the session with the current [log time](Self::log_time). Does nothing
     /// for an unknown session. Slots are expected in increasing order, as for
     /// [`register`](Self::register).
-    pub fn record(&mut self, client: ClientId, seq: u64, reply: Bytes, slot: Slot) {
+    pub fn record(
+        &mut self,
+        client: ClientId,
+        seq: u64,
+        reply: impl Into<CachedReply>,
+        slot: Slot,
+    ) {
         let now = self.log_time;
         if let Some(s) = self.map.get_mut(&client) {
             s.last_seq = seq;
-            s.reply = reply;
+            s.reply = reply.into();
             s.last_slot = slot;
             s.last_active = now;
             self.touch(slot, client);
@@ -367,9 +538,39 @@ mod tests {
             t.check(7, 1),
             SessionCheck::Duplicate(Bytes::from_static(b"r1"))
         );
+        assert_eq!(t.get(7).unwrap().reply.as_bytes(), b"r1");
         t.record(7, 2, Bytes::from_static(b"r2"), 2);
         assert_eq!(t.check(7, 1), SessionCheck::Stale);
         assert_eq!(t.check(7, 3), SessionCheck::Fresh);
+    }
+
+    #[test]
+    fn a_cached_reply_encodes_as_bytes_do_inline_or_not() {
+        for len in [
+            0,
+            1,
+            CachedReply::INLINE - 1,
+            CachedReply::INLINE,
+            CachedReply::INLINE + 1,
+            300,
+        ] {
+            let raw: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let bytes = Bytes::from(raw.clone());
+            let reply = CachedReply::from(&raw[..]);
+            assert_eq!(CachedReply::from(bytes.clone()), reply);
+            assert_eq!(reply.to_bytes(), bytes);
+            assert_eq!(reply.len(), len);
+            // Checkpoints written with `Bytes` read back as `CachedReply`, and the
+            // other way round, byte for byte.
+            let encoded = postcard::to_allocvec(&reply).unwrap();
+            assert_eq!(encoded, postcard::to_allocvec(&bytes).unwrap(), "len {len}");
+            let back: CachedReply = postcard::from_bytes(&encoded).unwrap();
+            assert_eq!(back, reply);
+            let back: Bytes = postcard::from_bytes(&encoded).unwrap();
+            assert_eq!(back, bytes);
+        }
+        // A length prefix longer than the input is refused, not allocated.
+        assert!(postcard::from_bytes::<CachedReply>(&[0xff, 0xff, 0xff, 0x0f, 1]).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::counters::Counters;
 use crate::error::CheckpointError;
-use crate::sessions::{Session, SessionCheck, Sessions};
+use crate::sessions::{CachedReply, Session, SessionCheck, Sessions};
 use crate::traits::{Checkpoint, PersistOp, StateMachine};
 use crate::types::{Ballot, ClientId, Membership, Response, Slot, Value};
 
@@ -34,7 +34,7 @@ pub(super) struct SnapshotBody {
 #[derive(Serialize, Deserialize)]
 pub(super) struct StoredSession {
     pub(super) last_seq: u64,
-    pub(super) reply: Bytes,
+    pub(super) reply: CachedReply,
     pub(super) last_slot: Slot,
 }
 
@@ -287,28 +287,30 @@ impl<S> Executor<S> {
     }
 
     /// An output encoded with postcard (empty if it cannot be encoded, as before).
-    fn encode_output<T: Serialize>(&mut self, output: &T) -> Bytes {
-        // Most outputs are small: encode them on the stack, into one allocation of
-        // their exact size (postcard's `Vec` flavour extends byte by byte).
+    fn encode_output<T: Serialize>(&mut self, output: &T) -> CachedReply {
+        // Most outputs are small: encoded on the stack and kept inline in the session
+        // table, with no allocation (every replica caches every output; only the one
+        // that answers makes `Bytes` of it). postcard's `Vec` flavour would extend byte
+        // by byte.
         let mut small = [0u8; 64];
         if let Ok(encoded) = postcard::to_slice(output, &mut small) {
-            return Bytes::copy_from_slice(encoded);
+            return CachedReply::from(&encoded[..]);
         }
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
-        let bytes = match postcard::to_extend(output, buf) {
+        let reply = match postcard::to_extend(output, buf) {
             Ok(buf) => {
-                let bytes = Bytes::copy_from_slice(&buf);
+                let reply = CachedReply::from(&buf[..]);
                 self.scratch = buf;
-                bytes
+                reply
             }
-            Err(_) => Bytes::new(),
+            Err(_) => CachedReply::new(),
         };
         if self.scratch.capacity() > 64 << 10 {
             // One large output does not keep its buffer for ever.
             self.scratch = Vec::new();
         }
-        bytes
+        reply
     }
 
     pub(super) fn state_machine(&self) -> &S {
@@ -467,8 +469,9 @@ impl<S: StateMachine> Replica<S> {
             // Broken on purpose: no session check for a batch's later requests.
             if let Ok(cmd) = command {
                 let out = self.exec.sm.apply(cmd);
-                let bytes = self.exec.encode_output(&out);
-                self.exec.sessions.record(client, seq, bytes.clone(), slot);
+                let reply = self.exec.encode_output(&out);
+                let bytes = reply.to_bytes();
+                self.exec.sessions.record(client, seq, reply, slot);
                 self.reply_awaited(client, seq, Response::Ok(bytes));
             }
             return;
@@ -526,19 +529,22 @@ impl<S: StateMachine> Replica<S> {
             SessionCheck::Fresh => match command {
                 Ok(cmd) => {
                     let out = self.exec.sm.apply(cmd);
-                    let bytes = self.exec.encode_output(&out);
-                    if !self.awaiting.remove(&(client, seq)) {
-                        // Nobody here waits for the reply: the session table keeps the
-                        // only copy (no shared handle to make, no reply to build).
-                        self.exec.sessions.record(client, seq, bytes, slot);
+                    let reply = self.exec.encode_output(&out);
+                    if self.awaiting.is_empty() || !self.awaiting.remove(&(client, seq)) {
+                        // Nobody here waits for the reply (on a follower, nobody at
+                        // all): the session table keeps the only copy.
+                        self.exec.sessions.record(client, seq, reply, slot);
                         return;
                     }
-                    self.exec.sessions.record(client, seq, bytes.clone(), slot);
+                    let bytes = reply.to_bytes();
+                    self.exec.sessions.record(client, seq, reply, slot);
                     self.reply(client, seq, Response::Ok(bytes));
                     return;
                 }
                 Err(e) => {
-                    self.exec.sessions.record(client, seq, Bytes::new(), slot);
+                    self.exec
+                        .sessions
+                        .record(client, seq, CachedReply::new(), slot);
                     Response::Invalid {
                         reason: format!("undecodable command: {e}"),
                     }
@@ -742,7 +748,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub(super) fn reply_awaited(&mut self, client: ClientId, seq: u64, response: Response) {
-        if self.awaiting.remove(&(client, seq)) {
+        if !self.awaiting.is_empty() && self.awaiting.remove(&(client, seq)) {
             self.reply(client, seq, response);
         }
     }
