@@ -51,6 +51,15 @@ impl CachedReply {
         })
     }
 
+    /// The first `len` bytes of `buf` (`len` at most [`INLINE`](Self::INLINE)).
+    pub(crate) fn inline(buf: [u8; Self::INLINE], len: usize) -> Self {
+        debug_assert!(len <= Self::INLINE);
+        CachedReply(ReplyRepr::Inline {
+            len: len.min(Self::INLINE) as u8,
+            buf,
+        })
+    }
+
     /// The reply's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
@@ -90,10 +99,7 @@ impl From<&[u8]> for CachedReply {
         if b.len() <= Self::INLINE {
             let mut buf = [0; Self::INLINE];
             buf[..b.len()].copy_from_slice(b);
-            CachedReply(ReplyRepr::Inline {
-                len: b.len() as u8,
-                buf,
-            })
+            Self::inline(buf, b.len())
         } else {
             CachedReply(ReplyRepr::Shared(Bytes::copy_from_slice(b)))
         }

@@ -292,9 +292,10 @@ impl<S> Executor<S> {
         // table, with no allocation (every replica caches every output; only the one
         // that answers makes `Bytes` of it). postcard's `Vec` flavour would extend byte
         // by byte.
-        let mut small = [0u8; 64];
+        let mut small = [0u8; CachedReply::INLINE];
         if let Ok(encoded) = postcard::to_slice(output, &mut small) {
-            return CachedReply::from(&encoded[..]);
+            let len = encoded.len();
+            return CachedReply::inline(small, len);
         }
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
