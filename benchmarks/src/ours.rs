@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use paxos_core::{
-    Config, MemStorage, Message, NodeId, Replica, Request, Response, RestoreError, StateMachine,
-    Storage,
+    Config, MemStorage, Message, NodeId, Ready, Replica, Request, Response, RestoreError,
+    StateMachine, Storage,
 };
 
 use crate::{Progress, RunResult, NODES};
@@ -52,6 +52,8 @@ struct Cluster {
     other: u64,
     /// The payload of the last `Ok` reply (registration replies carry the session id).
     last_ok: Bytes,
+    /// One `Ready` per replica, reused every round (`Replica::take_ready_into`).
+    readies: Vec<Ready>,
 }
 
 impl Cluster {
@@ -78,6 +80,7 @@ impl Cluster {
             ok: 0,
             other: 0,
             last_ok: Bytes::new(),
+            readies: (0..NODES).map(|_| Ready::default()).collect(),
         };
         for _ in 0..1000 {
             for r in &mut c.replicas {
@@ -98,13 +101,22 @@ impl Cluster {
 
     /// Moves messages until no replica has anything to send.
     fn settle(&mut self) -> Result<()> {
+        let mut readies = std::mem::take(&mut self.readies);
+        let result = self.settle_with(&mut readies);
+        self.readies = readies;
+        result
+    }
+
+    fn settle_with(&mut self, readies: &mut [Ready]) -> Result<()> {
         loop {
             for (r, storage) in self.replicas.iter_mut().zip(&mut self.storages) {
                 let from = r.id();
                 let queue = &mut self.queue;
                 let (ok, other, last_ok) = (&mut self.ok, &mut self.other, &mut self.last_ok);
                 let persist = self.persist;
-                r.take_ready().deliver(
+                let ready = &mut readies[(from - 1) as usize];
+                r.take_ready_into(ready);
+                ready.deliver_mut(
                     |ops| {
                         if persist {
                             storage.persist_owned(ops)

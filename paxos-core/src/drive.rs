@@ -25,28 +25,46 @@ impl Ready {
     pub fn deliver<E>(
         self,
         persist: impl FnOnce(Vec<PersistOp>) -> Result<(), E>,
+        send: impl FnMut(NodeId, Message),
+        reply: impl FnMut(Reply),
+    ) -> Result<(), E> {
+        let mut ready = self;
+        ready.deliver_mut(persist, send, reply)
+    }
+
+    /// [`deliver`](Self::deliver), leaving this `Ready` empty with its vectors' capacity
+    /// kept, for [`Replica::take_ready_into`] to reuse: the same order, the same
+    /// guarantees. If `persist` fails, the messages and replies that waited for it are
+    /// dropped, never sent, and the error is returned.
+    pub fn deliver_mut<E>(
+        &mut self,
+        persist: impl FnOnce(Vec<PersistOp>) -> Result<(), E>,
         mut send: impl FnMut(NodeId, Message),
         mut reply: impl FnMut(Reply),
     ) -> Result<(), E> {
-        for job in &self.checkpoint_jobs {
+        for job in self.checkpoint_jobs.drain(..) {
             tracing::warn!(
                 slot = job.slot(),
                 "Ready::deliver dropped a checkpoint job: take it out and run it, or the replica stores no checkpoint for it"
             );
         }
-        for (to, message) in self.messages_now {
+        for (to, message) in self.messages_now.drain(..) {
             send(to, message);
         }
-        for r in self.replies_now {
+        for r in self.replies_now.drain(..) {
             reply(r);
         }
         if !self.persist.is_empty() {
-            persist(self.persist)?;
+            if let Err(e) = persist(std::mem::take(&mut self.persist)) {
+                self.messages.clear();
+                self.replies.clear();
+                return Err(e);
+            }
         }
-        for (to, message) in self.messages {
+        for (to, message) in self.messages.drain(..) {
             send(to, message);
         }
-        for r in self.replies {
+        for r in self.replies.drain(..) {
             reply(r);
         }
         Ok(())
@@ -67,9 +85,12 @@ impl<S: StateMachine> Replica<S> {
         send: impl FnMut(NodeId, Message),
         reply: impl FnMut(Reply),
     ) -> Result<(), StorageError> {
-        let mut ready = self.take_ready();
+        // One `Ready` kept between calls: its vectors serve every round.
+        let mut ready = std::mem::take(&mut self.spare_ready);
+        self.take_ready_into(&mut ready);
         let jobs = std::mem::take(&mut ready.checkpoint_jobs);
-        ready.deliver(|ops| storage.persist_owned(ops), send, reply)?;
+        ready.deliver_mut(|ops| storage.persist_owned(ops), send, reply)?;
+        self.spare_ready = ready;
         // A checkpoint the state machine snapshots off the replica's thread: here, at
         // once (a driver with threads to spare runs it elsewhere). Its writes go out
         // with the next call.

@@ -393,9 +393,12 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
     }
 
     fn flush(&mut self) -> Result<(), crate::StorageError> {
-        let mut ready = self.replica.take_ready();
+        // The replica's spare `Ready`: its vectors serve every round.
+        let mut ready = std::mem::take(&mut self.replica.spare_ready);
+        self.replica.take_ready_into(&mut ready);
         self.sync_membership();
         if ready.is_empty() {
+            self.replica.spare_ready = ready;
             return Ok(());
         }
         // A checkpoint the state machine serializes off this task: on the blocking
@@ -432,18 +435,15 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         #[cfg(test)]
         if self.order == FlushOrder::SendFirst {
             // The broken variant: messages and replies leave before the writes.
-            let writes = ready.persist.clone();
-            let unsaved = crate::Ready {
-                persist: Vec::new(),
-                ..ready
-            };
-            let _ = unsaved.deliver(|_| Ok::<(), crate::StorageError>(()), send, reply);
+            let writes = std::mem::take(&mut ready.persist);
+            let _ = ready.deliver_mut(|_| Ok::<(), crate::StorageError>(()), send, reply);
             let mut persist = persist;
             persist(writes)?;
             self.prune_waiters();
             return Ok(());
         }
-        ready.deliver(persist, send, reply)?;
+        ready.deliver_mut(persist, send, reply)?;
+        self.replica.spare_ready = ready;
         self.prune_waiters();
         Ok(())
     }

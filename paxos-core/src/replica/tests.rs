@@ -944,3 +944,51 @@ fn a_page_that_does_not_move_up_is_not_taken() {
         .expect("a new view");
     assert!(new_view.contains(&5) && new_view.contains(&10) && new_view.contains(&12));
 }
+
+#[test]
+fn a_reused_ready_sends_nothing_that_waited_for_a_failed_write_and_loses_nothing() {
+    let mut h = Harness::new(3, |_| {});
+    h.tick(100);
+    let leader = h.leader();
+    let follower = (leader + 1) % 3;
+    h.replicas[leader].handle_request(Request::register(9));
+    let mut ready = Ready::default();
+    h.replicas[leader].take_ready_into(&mut ready);
+    let accepts: Vec<(NodeId, Message)> = ready.messages_now.drain(..).collect();
+    assert!(!accepts.is_empty() && !ready.persist.is_empty());
+    // Not delivered: handed back, and kept ahead of the next outputs.
+    let persist_before = ready.persist.len();
+    h.replicas[leader].take_ready_into(&mut ready);
+    assert_eq!(ready.persist.len(), persist_before);
+
+    // A follower's ACCEPTED waits for its write; the write fails.
+    let from = h.replicas[leader].id();
+    let to = h.replicas[follower].id();
+    let accept = accepts.into_iter().find(|(t, _)| *t == to).unwrap().1;
+    h.replicas[follower].handle_message(from, accept);
+    let mut theirs = Ready::default();
+    h.replicas[follower].take_ready_into(&mut theirs);
+    assert!(!theirs.persist.is_empty() && !theirs.messages.is_empty());
+    let mut sent = Vec::new();
+    let failed = theirs.deliver_mut(
+        |_| Err("disk gone"),
+        |to, m| sent.push((to, m)),
+        |_| panic!("no reply"),
+    );
+    assert_eq!(failed, Err("disk gone"));
+    assert!(
+        sent.iter().all(|(_, m)| !m.vouches_for_writes()),
+        "sent before its write was durable: {sent:?}"
+    );
+    assert!(
+        theirs.is_empty(),
+        "what waited for the failed write is dropped"
+    );
+
+    // Delivered for good, the vectors stay with the replica for the next round.
+    let mut storage = MemStorage::new();
+    ready
+        .deliver_mut(|ops| storage.persist_owned(ops), |_, _| {}, |_| {})
+        .unwrap();
+    assert!(ready.is_empty());
+}
