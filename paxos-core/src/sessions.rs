@@ -267,9 +267,9 @@ pub enum SessionCheck {
 /// # Cost
 /// Registering, recording and checking are O(1) amortised: the table keeps a queue of
 /// `(slot, client)` touches appended in slot order (execution is in slot order, so the
-/// queue is sorted by construction, except among the sessions of one batch of
-/// requests, which share a slot: those are put in client order, a few places from the
-/// back).
+/// queue is sorted by slot by construction; the sessions one batch of requests touched
+/// share a slot and stay in execution order, and eviction breaks their tie by session
+/// id, as the sorted table of a checkpoint does).
 /// An entry whose session was touched again later is stale and skipped when it reaches
 /// the front; the queue is rebuilt without stale entries when it grows past twice the
 /// table. Eviction and expiry pop from the front: least recently used first, which is
@@ -387,9 +387,10 @@ impl Sessions {
     pub fn register(&mut self, client: ClientId, slot: Slot, max: usize) {
         let now = self.log_time;
         if let Some(s) = self.map.get_mut(&client) {
+            let again = s.last_slot == slot;
             s.last_slot = slot;
             s.last_active = now;
-            self.touch(slot, client);
+            self.touch(slot, client, again);
             return;
         }
         while self.map.len() >= max.max(1) {
@@ -406,7 +407,7 @@ impl Sessions {
                 last_active: now,
             },
         );
-        self.touch(slot, client);
+        self.touch(slot, client, false);
     }
 
     /// Records that request `seq` of `client` was executed at `slot` with `reply`,
@@ -422,11 +423,12 @@ impl Sessions {
     ) {
         let now = self.log_time;
         if let Some(s) = self.map.get_mut(&client) {
+            let again = s.last_slot == slot;
             s.last_seq = seq;
             s.reply = reply.into();
             s.last_slot = slot;
             s.last_active = now;
-            self.touch(slot, client);
+            self.touch(slot, client, again);
         }
     }
 
@@ -482,25 +484,25 @@ impl Sessions {
         }
     }
 
-    /// Appends the touch of `client` at `slot` to the queue, keeping it sorted, and
-    /// rebuilds the queue when stale entries dominate it.
-    fn touch(&mut self, slot: Slot, client: ClientId) {
-        let key = (slot, client);
+    /// Appends the touch of `client` at `slot` to the queue (`again`: the session was
+    /// touched in this slot already, so its entry is there), keeping it sorted by slot,
+    /// and rebuilds the queue when stale entries dominate it. Within a slot, entries
+    /// are in execution order; [`pop_oldest`](Self::pop_oldest) breaks the tie.
+    fn touch(&mut self, slot: Slot, client: ClientId, again: bool) {
+        if again {
+            return;
+        }
         match self.order.back() {
-            Some(&last) if last == key => return,
-            Some(&last) if last > key => {
-                // A batch's later request of a lower session id (or, by direct use of
-                // the API, an older slot): insert in place, sorted. Searched from the
-                // back, where a batch's touches are: a few places at most.
+            Some(&(last, _)) if last > slot => {
+                // An older slot (by direct use of the API; execution goes in slot
+                // order): insert in place, after the entries of its slot.
                 let mut at = self.order.len();
-                while at > 0 && self.order[at - 1] > key {
+                while at > 0 && self.order[at - 1].0 > slot {
                     at -= 1;
                 }
-                if at == 0 || self.order[at - 1] != key {
-                    self.order.insert(at, key);
-                }
+                self.order.insert(at, (slot, client));
             }
-            _ => self.order.push_back(key),
+            _ => self.order.push_back((slot, client)),
         }
         if self.order.len() > 2 * self.map.len() + ORDER_SLACK {
             let map = &self.map;
@@ -509,15 +511,41 @@ impl Sessions {
         }
     }
 
-    /// Drops the least recently used session and returns its id.
+    /// Whether the queue's entry `(slot, client)` is the session's latest touch.
+    fn is_live(&self, slot: Slot, client: ClientId) -> bool {
+        self.map.get(&client).is_some_and(|s| s.last_slot == slot)
+    }
+
+    /// Drops the least recently used session and returns its id: the one last touched
+    /// in the oldest slot, and among the sessions a batch touched in that slot, the
+    /// lowest id. (The queue holds those in execution order, a table restored from a
+    /// checkpoint in id order; the tie-break makes both evict alike.)
     fn pop_oldest(&mut self) -> Option<ClientId> {
-        while let Some((slot, client)) = self.order.pop_front() {
-            if self.map.get(&client).is_some_and(|s| s.last_slot == slot) {
-                self.map.remove(&client);
-                return Some(client);
+        loop {
+            let &(slot, client) = self.order.front()?;
+            if self.is_live(slot, client) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        let oldest = self.order.front()?.0;
+        let mut evict: Option<(usize, ClientId)> = None;
+        for (i, &(slot, client)) in self.order.iter().enumerate() {
+            if slot != oldest {
+                break;
+            }
+            let lower = match evict {
+                None => true,
+                Some((_, c)) => client < c,
+            };
+            if lower && self.is_live(slot, client) {
+                evict = Some((i, client));
             }
         }
-        None
+        let (at, client) = evict?;
+        self.order.remove(at);
+        self.map.remove(&client);
+        Some(client)
     }
 
     /// The queue's length (stale entries included), for tests of its bound.
@@ -739,6 +767,48 @@ mod tests {
                     let got = &t.map[c];
                     assert_eq!((got.last_slot, got.last_active), (*s, *active));
                 }
+            }
+        }
+    }
+
+    /// Batches: many touches share a slot, in any session order, a session touched
+    /// more than once in one; the queue keeps them in execution order, and eviction
+    /// must still pick what the ordered set picks (its lowest `(slot, id)`), restores
+    /// interleaved.
+    #[test]
+    fn touches_sharing_a_slot_evict_as_the_ordered_set_does() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for max in [1usize, 2, 5, 16] {
+            let (mut t, mut r) = (Sessions::new(), Reference::default());
+            let mut slot = 0u64;
+            for step in 0..30_000u64 {
+                if next() % 6 == 0 {
+                    slot += 1 + next() % 3;
+                }
+                let client = next() % 24;
+                match next() % 16 {
+                    0..=3 => {
+                        t.register(client, slot, max);
+                        r.touch(client, slot, max, true);
+                    }
+                    4 if step % 7 == 0 => {
+                        t = Sessions::restore(t.log_time(), t.to_sorted_vec());
+                    }
+                    _ => {
+                        t.record(client, step, Bytes::new(), slot);
+                        r.touch(client, slot, max, false);
+                    }
+                }
+                let mine: BTreeSet<ClientId> = t.map.keys().copied().collect();
+                let theirs: BTreeSet<ClientId> = r.map.keys().copied().collect();
+                assert_eq!(mine, theirs, "max {max} at step {step}, slot {slot}");
+                assert!(t.queue_len() <= 2 * t.len() + ORDER_SLACK + 1);
             }
         }
     }
