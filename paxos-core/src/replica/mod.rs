@@ -422,10 +422,13 @@ impl<S: StateMachine> Replica<S> {
     /// ```
     pub fn take_ready_into(&mut self, ready: &mut Ready) {
         if !ready.is_empty() {
-            // Not delivered (or a delivery that failed): nothing of it is dropped.
-            let mut fresh = self.take_ready();
-            ready.append(&mut fresh);
-            return;
+            // Not delivered: nothing of it is dropped, and it goes ahead of this
+            // round's outputs *before* they are sorted, so that what waits for a write
+            // is decided against the held writes too (a reply whose slot was chosen
+            // with a held, not yet durable, accept of this replica's must wait).
+            let mut fresh = std::mem::take(&mut self.ready);
+            std::mem::swap(&mut self.ready, ready);
+            self.ready.append(&mut fresh);
         }
         if self.prepare_ready() {
             std::mem::swap(&mut self.ready, ready);
