@@ -643,6 +643,17 @@ mod tests {
         assert_eq!(Sessions::from_vec(t.to_sorted_vec()).log_time(), 150);
     }
 
+    /// A small deterministic generator for the randomized tests.
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut rng = seed;
+        move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        }
+    }
+
     /// The reference the table must agree with: the former implementation, an ordered
     /// set of `(last slot, client)` with a remove and an insert per touch.
     #[derive(Default)]
@@ -686,13 +697,7 @@ mod tests {
 
     #[test]
     fn the_queue_agrees_with_an_ordered_set_and_stays_bounded() {
-        let mut rng = 0x1234_5678_9abc_def1u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(0x1234_5678_9abc_def1u64);
         let (mut t, mut r) = (Sessions::new(), Reference::default());
         let max = 20;
         let mut time = 0;
@@ -729,13 +734,7 @@ mod tests {
     /// nearly every registration) and expiry interleaved.
     #[test]
     fn the_queue_agrees_with_an_ordered_set_across_restores() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         for max in [1usize, 2, 3, 7] {
             let (mut t, mut r) = (Sessions::new(), Reference::default());
             let mut time = 0;
@@ -777,13 +776,7 @@ mod tests {
     /// interleaved.
     #[test]
     fn touches_sharing_a_slot_evict_as_the_ordered_set_does() {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         for max in [1usize, 2, 5, 16] {
             let (mut t, mut r) = (Sessions::new(), Reference::default());
             let mut slot = 0u64;
