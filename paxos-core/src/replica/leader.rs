@@ -257,17 +257,15 @@ impl<S: StateMachine> Replica<S> {
         if let Some(t) = l.voted_at.get_mut(from_idx) {
             *t = Some(self.now);
         }
-        let mut newly_chosen = Vec::new();
-        for s in slots {
-            if let Some(inf) = l.inflight.get_mut(s) {
-                inf.acks |= bit;
-                if inf.acks.count_ones() >= self.quorum {
-                    newly_chosen.push(*s);
+        for &s in slots {
+            let chosen = match l.inflight.get_mut(&s) {
+                Some(inf) => {
+                    inf.acks |= bit;
+                    inf.acks.count_ones() >= self.quorum
                 }
-            }
-        }
-        for s in newly_chosen {
-            if l.untrack(s).is_some() {
+                None => false,
+            };
+            if chosen && l.untrack(s).is_some() {
                 self.log.mark_chosen(s);
             }
         }
