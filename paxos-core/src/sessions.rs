@@ -781,7 +781,7 @@ mod tests {
             let (mut t, mut r) = (Sessions::new(), Reference::default());
             let mut slot = 0u64;
             for step in 0..30_000u64 {
-                if next() % 6 == 0 {
+                if next().is_multiple_of(6) {
                     slot += 1 + next() % 3;
                 }
                 let client = next() % 24;

@@ -219,7 +219,7 @@ fn executed_and_restored_session_tables_evict_and_expire_alike() {
                         }
                     }
                 }
-                if next() % 5 == 0 {
+                if next().is_multiple_of(5) {
                     b = Sessions::restore(b.log_time(), b.to_sorted_vec())
                         .with_clock_ballot(b.clock_ballot());
                 }
