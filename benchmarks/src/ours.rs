@@ -101,20 +101,13 @@ impl Cluster {
 
     /// Moves messages until no replica has anything to send.
     fn settle(&mut self) -> Result<()> {
-        let mut readies = std::mem::take(&mut self.readies);
-        let result = self.settle_with(&mut readies);
-        self.readies = readies;
-        result
-    }
-
-    fn settle_with(&mut self, readies: &mut [Ready]) -> Result<()> {
         loop {
-            for (r, storage) in self.replicas.iter_mut().zip(&mut self.storages) {
+            let each = self.replicas.iter_mut().zip(&mut self.storages);
+            for ((r, storage), ready) in each.zip(&mut self.readies) {
                 let from = r.id();
                 let queue = &mut self.queue;
                 let (ok, other, last_ok) = (&mut self.ok, &mut self.other, &mut self.last_ok);
                 let persist = self.persist;
-                let ready = &mut readies[(from - 1) as usize];
                 r.take_ready_into(ready);
                 ready.deliver_mut(
                     |ops| {

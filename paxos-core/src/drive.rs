@@ -86,11 +86,10 @@ impl<S: StateMachine> Replica<S> {
         reply: impl FnMut(Reply),
     ) -> Result<(), StorageError> {
         // One `Ready` kept between calls: its vectors serve every round.
-        let mut ready = std::mem::take(&mut self.spare_ready);
-        self.take_ready_into(&mut ready);
+        let mut ready = self.take_spare_ready();
         let jobs = std::mem::take(&mut ready.checkpoint_jobs);
         ready.deliver_mut(|ops| storage.persist_owned(ops), send, reply)?;
-        self.spare_ready = ready;
+        self.return_spare_ready(ready);
         // A checkpoint the state machine snapshots off the replica's thread: here, at
         // once (a driver with threads to spare runs it elsewhere). Its writes go out
         // with the next call.

@@ -394,11 +394,10 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
 
     fn flush(&mut self) -> Result<(), crate::StorageError> {
         // The replica's spare `Ready`: its vectors serve every round.
-        let mut ready = std::mem::take(&mut self.replica.spare_ready);
-        self.replica.take_ready_into(&mut ready);
+        let mut ready = self.replica.take_spare_ready();
         self.sync_membership();
         if ready.is_empty() {
-            self.replica.spare_ready = ready;
+            self.replica.return_spare_ready(ready);
             return Ok(());
         }
         // A checkpoint the state machine serializes off this task: on the blocking
@@ -443,7 +442,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
             return Ok(());
         }
         ready.deliver_mut(persist, send, reply)?;
-        self.replica.spare_ready = ready;
+        self.replica.return_spare_ready(ready);
         self.prune_waiters();
         Ok(())
     }

@@ -49,9 +49,7 @@ impl<S: StateMachine> Replica<S> {
             "election timeout: asking for pre-votes"
         );
         self.timers.election.reset(self.now, ticks);
-        for m in self.peers() {
-            self.send(m, Message::PreVote { ballot });
-        }
+        self.broadcast(Message::PreVote { ballot });
         self.check_prevotes();
     }
 
@@ -130,17 +128,12 @@ impl<S: StateMachine> Replica<S> {
             give_up,
             resend: Timeout::after(self.now, self.cfg.retransmit_ticks),
         });
-        for m in self.peers() {
-            self.send(
-                m,
-                Message::Prepare {
-                    ballot,
-                    from_slot,
-                    nonce,
-                    handover,
-                },
-            );
-        }
+        self.broadcast(Message::Prepare {
+            ballot,
+            from_slot,
+            nonce,
+            handover,
+        });
         self.check_promises();
     }
 

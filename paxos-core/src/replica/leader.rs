@@ -356,15 +356,10 @@ impl<S: StateMachine> Replica<S> {
         if l.heartbeat.expired(now) {
             l.heartbeat.reset(now, self.cfg.heartbeat_ticks);
             l.announced_commit = commit_point;
-            for m in self.peers() {
-                self.send(
-                    m,
-                    Message::Heartbeat {
-                        ballot,
-                        commit_point,
-                    },
-                );
-            }
+            self.broadcast(Message::Heartbeat {
+                ballot,
+                commit_point,
+            });
         }
     }
 
@@ -634,27 +629,16 @@ impl<S: StateMachine> Replica<S> {
             }
             l.announced_commit = commit_point;
             // Not acknowledged, so it does not put off the next heartbeat: that one's
-            // answers tell the leader who is still there. (Indexed, not `peers()`: this
-            // runs once per round, and the list is not worth an allocation.)
-            for i in 0..self.cfg.members.len() {
-                let m = self.cfg.members[i];
-                if m != self.cfg.id {
-                    self.send(
-                        m,
-                        Message::Commit {
-                            ballot,
-                            commit_point,
-                        },
-                    );
-                }
-            }
+            // answers tell the leader who is still there.
+            self.broadcast(Message::Commit {
+                ballot,
+                commit_point,
+            });
             return;
         }
         let mut rest = std::mem::take(&mut l.fresh);
         l.announced_commit = commit_point;
         l.heartbeat.reset(self.now, self.cfg.heartbeat_ticks);
-        let me = self.cfg.id;
-        let last_peer = self.cfg.members.iter().rposition(|m| *m != me);
         let (max_batch, max_bytes) = self.batch_limits();
         while !rest.is_empty() {
             let n = batch_len(rest.iter().map(|(_, v)| v), max_batch, max_bytes);
@@ -663,30 +647,15 @@ impl<S: StateMachine> Replica<S> {
             } else {
                 Vec::new()
             };
-            let mut chunk = std::mem::replace(&mut rest, tail);
+            let chunk = std::mem::replace(&mut rest, tail);
             let counters = self.exec.count();
             counters.accept_batches += 1;
             counters.accept_entries += chunk.len() as u64;
-            for i in 0..self.cfg.members.len() {
-                let m = self.cfg.members[i];
-                if m == me {
-                    continue;
-                }
-                // The last peer gets the batch itself, the others a copy.
-                let entries = if Some(i) == last_peer {
-                    std::mem::take(&mut chunk)
-                } else {
-                    chunk.clone()
-                };
-                self.send(
-                    m,
-                    Message::Accept {
-                        ballot,
-                        commit_point,
-                        entries,
-                    },
-                );
-            }
+            self.broadcast(Message::Accept {
+                ballot,
+                commit_point,
+                entries: chunk,
+            });
         }
     }
 }

@@ -373,9 +373,7 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn probe_peers(&mut self) {
         let lo = self.log.commit_point();
         let hi = lo.saturating_add(self.cfg.max_batch as u64);
-        for m in self.peers() {
-            self.send(m, Message::Fetch { from: lo, to: hi });
-        }
+        self.broadcast(Message::Fetch { from: lo, to: hi });
     }
 
     /// A message of an epoch before ours from `from` (a PRE-VOTE, PREPARE or RECOVER):

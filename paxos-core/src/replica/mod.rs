@@ -261,8 +261,9 @@ pub struct Replica<S> {
     stale_min_floor: Slot,
     views: VecDeque<ViewChange>,
     ready: Ready,
-    /// The emptied `Ready` [`Replica::drive`] keeps between calls, for its vectors.
-    pub(crate) spare_ready: Ready,
+    /// The emptied `Ready` the crate's own drivers keep between calls, for its
+    /// vectors (`take_spare_ready`, `return_spare_ready`).
+    spare_ready: Ready,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -433,6 +434,20 @@ impl<S: StateMachine> Replica<S> {
         if self.prepare_ready() {
             std::mem::swap(&mut self.ready, ready);
         }
+    }
+
+    /// [`take_ready_into`](Self::take_ready_into) the replica's spare `Ready`: for the
+    /// crate's drivers ([`Replica::drive`], the node), which hand it back emptied
+    /// with [`return_spare_ready`](Self::return_spare_ready).
+    pub(crate) fn take_spare_ready(&mut self) -> Ready {
+        let mut ready = std::mem::take(&mut self.spare_ready);
+        self.take_ready_into(&mut ready);
+        ready
+    }
+
+    /// Keeps a delivered `Ready`'s vectors for the next [`take_spare_ready`](Self::take_spare_ready).
+    pub(crate) fn return_spare_ready(&mut self, ready: Ready) {
+        self.spare_ready = ready;
     }
 
     /// The work [`take_ready`](Self::take_ready) does before it hands `self.ready`
@@ -762,6 +777,23 @@ impl<S: StateMachine> Replica<S> {
         } else {
             self.ready.messages_now.push((to, message));
         }
+    }
+
+    /// Sends `message` to every other member, in member order: a copy to each but
+    /// the last, which gets `message` itself (one copy fewer; no peer list built).
+    pub(super) fn broadcast(&mut self, message: Message) {
+        let me = self.cfg.id;
+        let Some(last) = self.cfg.members.iter().rposition(|m| *m != me) else {
+            return;
+        };
+        for i in 0..last {
+            let m = self.cfg.members[i];
+            if m != me {
+                self.send(m, message.clone());
+            }
+        }
+        let m = self.cfg.members[last];
+        self.send(m, message);
     }
 
     pub(super) fn peers(&self) -> Vec<NodeId> {

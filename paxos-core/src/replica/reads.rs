@@ -153,16 +153,11 @@ impl<S: StateMachine> Replica<S> {
         };
         let ballot = l.ballot;
         let commit_point = self.log.commit_point();
-        for m in self.peers() {
-            self.send(
-                m,
-                Message::ReadIndex {
-                    ballot,
-                    round,
-                    commit_point,
-                },
-            );
-        }
+        self.broadcast(Message::ReadIndex {
+            ballot,
+            round,
+            commit_point,
+        });
     }
 
     /// READ-INDEX: a heartbeat that asks for an answer naming its round.

@@ -177,9 +177,7 @@ impl<S: StateMachine> Replica<S> {
                 // slot it is decides it (`on_fetch`), else nothing would while no
                 // request comes.
                 let lo = self.log.commit_point();
-                for m in self.peers() {
-                    self.send(m, Message::Fetch { from: lo, to: lo });
-                }
+                self.broadcast(Message::Fetch { from: lo, to: lo });
             }
         }
         self.maybe_fetch();

@@ -311,17 +311,12 @@ impl<S: StateMachine> Replica<S> {
             });
             // Without progress, wait for the catch-up and let the tick resend.
             if from_slot > before {
-                for m in self.peers() {
-                    self.send(
-                        m,
-                        Message::Prepare {
-                            ballot,
-                            from_slot,
-                            nonce,
-                            handover,
-                        },
-                    );
-                }
+                self.broadcast(Message::Prepare {
+                    ballot,
+                    from_slot,
+                    nonce,
+                    handover,
+                });
             }
             return;
         }
@@ -517,16 +512,11 @@ impl<S: StateMachine> Replica<S> {
             tick: self.now,
         });
         let commit_point = self.log.commit_point();
-        for m in self.peers() {
-            self.send(
-                m,
-                Message::NewView {
-                    ballot,
-                    commit_point,
-                    entries: entries.clone(),
-                },
-            );
-        }
+        self.broadcast(Message::NewView {
+            ballot,
+            commit_point,
+            entries,
+        });
         // With expiry on, the clock step that opens the reign goes first.
         self.clock_opened();
         self.check_commits();
