@@ -64,12 +64,19 @@ sampler=$!
 kill "$sampler" 2>/dev/null || true
 sampler=
 awk '
-    { for (i = 0; i < 5; i++) { r = $(2 + 2 * i); d = $(3 + 2 * i);
+    { for (i = 0; i < 5; i++) { r = $(2 + 2 * i); d = $(3 + 2 * i); at[n, i] = r;
         if (r > rss[i]) rss[i] = r; if (d > disk[i]) disk[i] = d; last_rss[i] = r; last_disk[i] = d } n++ }
     END {
         printf "%d samples, every 2 s\n", n
         printf "node  max RSS MiB  last RSS MiB  max data-dir MiB  last data-dir MiB\n"
         for (i = 0; i < 5; i++)
             printf "n%d    %11.1f  %12.1f  %16.1f  %17.1f\n", i + 1, rss[i] / 1024, last_rss[i] / 1024, disk[i] / 1024, last_disk[i] / 1024
+        # Flat or growing: each node'"'"'s RSS at every tenth of the run.
+        printf "RSS MiB at each tenth of the run (10%%, 20%%, ..., 100%%):\n"
+        for (i = 0; i < 5; i++) {
+            printf "n%d  ", i + 1
+            for (t = 1; t <= 10; t++) { k = int(n * t / 10) - 1; if (k < 0) k = 0; printf " %5.1f", at[k, i] / 1024 }
+            printf "\n"
+        }
     }' "$work/samples"
 "$bank" db --config "$work/cluster.toml"
