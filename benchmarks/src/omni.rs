@@ -32,8 +32,9 @@ impl Entry for Cmd {
 #[derive(Default)]
 struct Executor {
     total: u64,
-    /// Session -> (last request number, its output).
-    sessions: HashMap<u64, (u64, u64)>,
+    /// Session -> (last request number, its output). Hashed as our session table is
+    /// (foldhash, fixed seed), so that neither side pays for a slower hash.
+    sessions: HashMap<u64, (u64, u64), foldhash::fast::FixedState>,
     /// Decided entries applied so far.
     applied: usize,
 }
