@@ -12,8 +12,8 @@ impl Ready {
     /// Hands the outputs over in the order the protocol needs: what waits for nothing
     /// (`messages_now`, `replies_now`), then **persist, then send, then reply**.
     ///
-    /// `persist` is handed the writes to keep (a store that holds them in memory moves
-    /// them in: [`Storage::persist_owned`]).
+    /// `persist` is handed the writes to keep, in a vector it owns (a store that holds
+    /// them in memory moves them in: [`Storage::persist_owned`]).
     ///
     /// The PROMISEs, ACCEPTEDs and replies in `messages` and `replies` vouch for state
     /// in `persist`, so none is sent or answered before `persist` has returned `Ok`
@@ -29,43 +29,61 @@ impl Ready {
         reply: impl FnMut(Reply),
     ) -> Result<(), E> {
         let mut ready = self;
-        ready.deliver_mut(persist, send, reply)
+        ready.deliver_mut(|ops| persist(std::mem::take(ops)), send, reply)
     }
 
     /// [`deliver`](Self::deliver), leaving this `Ready` empty with its vectors' capacity
     /// kept, for [`Replica::take_ready_into`] to reuse: the same order, the same
-    /// guarantees. If `persist` fails, the messages and replies that waited for it are
-    /// dropped, never sent, and the error is returned.
+    /// guarantees. `persist` is handed the round's writes in place: it may move them
+    /// out ([`Storage::persist_owned`] does), and whatever it leaves is dropped once it
+    /// returns, the vector's capacity kept for the next round. If `persist` fails, the
+    /// messages and replies that waited for it are dropped, never sent, and the error
+    /// is returned.
     pub fn deliver_mut<E>(
         &mut self,
-        persist: impl FnOnce(Vec<PersistOp>) -> Result<(), E>,
+        persist: impl FnOnce(&mut Vec<PersistOp>) -> Result<(), E>,
         mut send: impl FnMut(NodeId, Message),
         mut reply: impl FnMut(Reply),
     ) -> Result<(), E> {
-        for job in self.checkpoint_jobs.drain(..) {
-            tracing::warn!(
-                slot = job.slot(),
-                "Ready::deliver dropped a checkpoint job: take it out and run it, or the replica stores no checkpoint for it"
-            );
+        // Each vector is drained only if it holds something: a driver that delivers
+        // every replica's `Ready` after every input finds most of them empty, and an
+        // empty drain still costs its setup and tear-down.
+        if !self.checkpoint_jobs.is_empty() {
+            for job in self.checkpoint_jobs.drain(..) {
+                tracing::warn!(
+                    slot = job.slot(),
+                    "Ready::deliver dropped a checkpoint job: take it out and run it, or the replica stores no checkpoint for it"
+                );
+            }
         }
-        for (to, message) in self.messages_now.drain(..) {
-            send(to, message);
+        if !self.messages_now.is_empty() {
+            for (to, message) in self.messages_now.drain(..) {
+                send(to, message);
+            }
         }
-        for r in self.replies_now.drain(..) {
-            reply(r);
+        if !self.replies_now.is_empty() {
+            for r in self.replies_now.drain(..) {
+                reply(r);
+            }
         }
         if !self.persist.is_empty() {
-            if let Err(e) = persist(std::mem::take(&mut self.persist)) {
+            let persisted = persist(&mut self.persist);
+            self.persist.clear();
+            if let Err(e) = persisted {
                 self.messages.clear();
                 self.replies.clear();
                 return Err(e);
             }
         }
-        for (to, message) in self.messages.drain(..) {
-            send(to, message);
+        if !self.messages.is_empty() {
+            for (to, message) in self.messages.drain(..) {
+                send(to, message);
+            }
         }
-        for r in self.replies.drain(..) {
-            reply(r);
+        if !self.replies.is_empty() {
+            for r in self.replies.drain(..) {
+                reply(r);
+            }
         }
         Ok(())
     }

@@ -413,7 +413,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         let transport = &self.transport;
         let waiters = &mut self.waiters;
         let metrics = &self.metrics;
-        let persist = |ops: Vec<crate::PersistOp>| {
+        let persist = |ops: &mut Vec<crate::PersistOp>| {
             let (count, started) = (ops.len(), Instant::now());
             let result = persist_blocking(storage, ops);
             metrics.persisted(count, started.elapsed());
@@ -434,10 +434,10 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         #[cfg(test)]
         if self.order == FlushOrder::SendFirst {
             // The broken variant: messages and replies leave before the writes.
-            let writes = std::mem::take(&mut ready.persist);
+            let mut writes = std::mem::take(&mut ready.persist);
             let _ = ready.deliver_mut(|_| Ok::<(), crate::StorageError>(()), send, reply);
             let mut persist = persist;
-            persist(writes)?;
+            persist(&mut writes)?;
             self.prune_waiters();
             return Ok(());
         }
@@ -463,7 +463,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
 /// thread meanwhile (unless the storage says it never blocks, [`Storage::blocks`]).
 fn persist_blocking<St: Storage>(
     storage: &mut St,
-    ops: Vec<crate::PersistOp>,
+    ops: &mut Vec<crate::PersistOp>,
 ) -> Result<(), crate::StorageError> {
     if !storage.blocks() {
         return storage.persist_owned(ops);

@@ -376,11 +376,13 @@ pub trait Storage: Send + 'static {
     fn persist(&mut self, ops: &[PersistOp]) -> Result<(), StorageError>;
 
     /// [`persist`](Storage::persist), handed the operations to keep: a store that holds
-    /// them in memory ([`MemStorage`]) moves their values in rather than cloning them.
-    /// The drivers ([`Ready::deliver`](crate::Ready::deliver)) call this one. Default:
-    /// `self.persist(&ops)`.
-    fn persist_owned(&mut self, ops: Vec<PersistOp>) -> Result<(), StorageError> {
-        self.persist(&ops)
+    /// them in memory ([`MemStorage`]) moves their values out of `ops` rather than
+    /// cloning them. The caller clears whatever is left in `ops` afterwards and keeps
+    /// its capacity for the next round, so a store may take all, some or none. The
+    /// drivers ([`Ready::deliver_mut`](crate::Ready::deliver_mut)) call this one.
+    /// Default: `self.persist(ops)`.
+    fn persist_owned(&mut self, ops: &mut Vec<PersistOp>) -> Result<(), StorageError> {
+        self.persist(ops)
     }
 
     /// True when [`persist`](Storage::persist) may block the thread (on a disk, on a
@@ -428,8 +430,8 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn persist_owned(&mut self, ops: Vec<PersistOp>) -> Result<(), StorageError> {
-        for op in ops {
+    fn persist_owned(&mut self, ops: &mut Vec<PersistOp>) -> Result<(), StorageError> {
+        for op in ops.drain(..) {
             apply_owned_op(&mut self.state, op);
         }
         Ok(())

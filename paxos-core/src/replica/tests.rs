@@ -985,10 +985,16 @@ fn a_reused_ready_sends_nothing_that_waited_for_a_failed_write_and_loses_nothing
         "what waited for the failed write is dropped"
     );
 
-    // Delivered for good, the vectors stay with the replica for the next round.
+    // Delivered for good, the vectors stay with the replica for the next round, the
+    // writes' one included: the store moved the writes out, not the vector.
     let mut storage = MemStorage::new();
     ready
         .deliver_mut(|ops| storage.persist_owned(ops), |_, _| {}, |_| {})
         .unwrap();
     assert!(ready.is_empty());
+    assert!(ready.persist.capacity() >= persist_before);
+    assert!(
+        !storage.state().log.is_empty(),
+        "the accepted registration was stored"
+    );
 }

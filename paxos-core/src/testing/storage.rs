@@ -143,7 +143,7 @@ impl<F: StorageFactory> StorageSuite<F> {
             let persisted = if i % 2 == 0 {
                 storage.persist(batch)
             } else {
-                storage.persist_owned(batch.clone())
+                storage.persist_owned(&mut batch.clone())
             };
             persisted.map_err(|e| format!("persist of batch {i} failed: {e}"))?;
             for op in batch {
@@ -280,7 +280,7 @@ impl<F: StorageFactory> StorageSuite<F> {
             let persisted = if round % 2 == 0 {
                 storage.persist(&batch)
             } else {
-                storage.persist_owned(batch.clone())
+                storage.persist_owned(&mut batch.clone())
             };
             persisted.map_err(|e| format!("round {round}: persist failed: {e}"))?;
             for op in &batch {
