@@ -133,8 +133,11 @@ impl<E> SlotMap<E> {
             }
             return old;
         }
-        if let Some(e) = self.far.get_mut(&slot) {
-            return Some(std::mem::replace(e, entry));
+        // (`far` is empty but for crafted or broken input: checked before it is searched.)
+        if !self.far.is_empty() {
+            if let Some(e) = self.far.get_mut(&slot) {
+                return Some(std::mem::replace(e, entry));
+            }
         }
         self.len += 1;
         if slot == Slot::MAX {
@@ -176,12 +179,14 @@ impl<E> SlotMap<E> {
                 self.far.insert(slot, entry);
                 return None;
             }
-            self.ring.resize_with((slot - self.base) as usize, || None);
+            if slot > end {
+                self.ring.resize_with((slot - self.base) as usize, || None);
+            }
             self.ring.push_back(Some(entry));
         }
         // Whatever `far` held inside the grown span moves in: the two stay disjoint.
         let end = self.base + self.ring.len() as Slot;
-        if self.far.range(self.base..end).next().is_some() {
+        if !self.far.is_empty() && self.far.range(self.base..end).next().is_some() {
             let mut inside = self.far.split_off(&self.base);
             let mut above = inside.split_off(&end);
             self.far.append(&mut above);
@@ -214,9 +219,12 @@ impl<E> SlotMap<E> {
         if self.ring.is_empty() {
             self.base = below;
         }
-        let kept = self.far.split_off(&below);
-        let dropped_far = self.far.len();
-        self.far = kept;
+        let mut dropped_far = 0;
+        if !self.far.is_empty() {
+            let kept = self.far.split_off(&below);
+            dropped_far = self.far.len();
+            self.far = kept;
+        }
         self.len -= dropped + dropped_far;
     }
 
