@@ -49,12 +49,7 @@ impl Ready {
         // every replica's `Ready` after every input finds most of them empty, and an
         // empty drain still costs its setup and tear-down.
         if !self.checkpoint_jobs.is_empty() {
-            for job in self.checkpoint_jobs.drain(..) {
-                tracing::warn!(
-                    slot = job.slot(),
-                    "Ready::deliver dropped a checkpoint job: take it out and run it, or the replica stores no checkpoint for it"
-                );
-            }
+            self.drop_checkpoint_jobs();
         }
         if !self.messages_now.is_empty() {
             for (to, message) in self.messages_now.drain(..) {
@@ -86,6 +81,20 @@ impl Ready {
             }
         }
         Ok(())
+    }
+}
+
+impl Ready {
+    /// The checkpoint jobs a caller of `deliver` left in: dropped, with a warning.
+    #[cold]
+    #[inline(never)]
+    fn drop_checkpoint_jobs(&mut self) {
+        for job in self.checkpoint_jobs.drain(..) {
+            tracing::warn!(
+                slot = job.slot(),
+                "Ready::deliver dropped a checkpoint job: take it out and run it, or the replica stores no checkpoint for it"
+            );
+        }
     }
 }
 

@@ -133,6 +133,24 @@ impl<E> SlotMap<E> {
             }
             return old;
         }
+        // The usual insert: the slot after the ring's last, with nothing far away.
+        // (Kept apart from the rest, which is out of line: the hot path stays small.)
+        if self.far.is_empty()
+            && !self.ring.is_empty()
+            && slot == self.base + self.ring.len() as Slot
+            && slot != Slot::MAX
+        {
+            self.len += 1;
+            self.ring.push_back(Some(entry));
+            return None;
+        }
+        self.insert_elsewhere(slot, entry)
+    }
+
+    /// [`insert`](Self::insert) of a slot that is neither in the ring nor right after it.
+    #[cold]
+    #[inline(never)]
+    fn insert_elsewhere(&mut self, slot: Slot, entry: E) -> Option<E> {
         // (`far` is empty but for crafted or broken input: checked before it is searched.)
         if !self.far.is_empty() {
             if let Some(e) = self.far.get_mut(&slot) {

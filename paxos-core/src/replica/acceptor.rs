@@ -97,6 +97,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// NEW-VIEW: the new leader's merged log, accepted like an ACCEPT; it also tells a
     /// follower that the leader's phase 1 is over (it records the view change).
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_new_view(
         &mut self,
         from: NodeId,
@@ -125,29 +126,7 @@ impl<S: StateMachine> Replica<S> {
         }
         self.follow(from, ballot);
         if new_view {
-            let start = entries
-                .iter()
-                .map(|(s, _)| *s)
-                .min()
-                .unwrap_or(commit_point);
-            let end = entries.iter().map(|(s, _)| s + 1).max().unwrap_or(start);
-            let noops = entries.iter().filter(|(_, v)| *v == Value::Noop).count() as u64;
-            if !self
-                .views
-                .iter()
-                .any(|v| v.ballot == ballot && v.direction == ViewDirection::Received)
-            {
-                self.views
-                    .retain(|v| !(v.ballot == ballot && v.direction == ViewDirection::Adopted));
-                self.record_view(ViewChange {
-                    ballot,
-                    leader: from,
-                    direction: ViewDirection::Received,
-                    slots: start..end,
-                    noops,
-                    tick: self.now,
-                });
-            }
+            self.record_new_view(from, ballot, commit_point, &entries);
         }
         // Learn the leader's commit point first: what it says is chosen no longer
         // counts against the byte window below (a large request proposed right after
@@ -234,29 +213,71 @@ impl<S: StateMachine> Replica<S> {
         #[cfg(test)]
         let leader_behind = leader_behind && self.cfg.mutation != Mutation::SilentAboutDecided;
         if leader_behind {
-            // Within a message's budget, like any batch of entries.
-            let (max_batch, max_bytes) = self.batch_limits();
-            decided.truncate(batch_len(
-                decided.iter().map(|(_, v)| v),
-                max_batch,
-                max_bytes,
-            ));
-            // Without our vote for those slots the leader may never reach a quorum for
-            // them (if the others compacted them too); and nothing else tells a leader
-            // that its followers are ahead. Tell it what we know, as a FETCH-REPLY: our
-            // commit point (it then fetches, a snapshot if we compacted) and the chosen
-            // values we still hold (which it learns, stepping down if they are not its
-            // own).
-            let commit_point = self.log.commit_point();
-            self.send(
-                from,
-                Message::FetchReply {
-                    commit_point,
-                    entries: decided,
-                },
-            );
+            self.tell_leader_behind(from, decided);
         }
         self.learn_commit_point(from, ballot, commit_point);
+    }
+
+    /// The leader proposed slots decided here: tell it what we know of them.
+    #[cold]
+    #[inline(never)]
+    fn tell_leader_behind(&mut self, leader: NodeId, mut decided: Vec<(Slot, Value)>) {
+        // Within a message's budget, like any batch of entries.
+        let (max_batch, max_bytes) = self.batch_limits();
+        decided.truncate(batch_len(
+            decided.iter().map(|(_, v)| v),
+            max_batch,
+            max_bytes,
+        ));
+        // Without our vote for those slots the leader may never reach a quorum for
+        // them (if the others compacted them too); and nothing else tells a leader
+        // that its followers are ahead. Tell it what we know, as a FETCH-REPLY: our
+        // commit point (it then fetches, a snapshot if we compacted) and the chosen
+        // values we still hold (which it learns, stepping down if they are not its
+        // own).
+        let commit_point = self.log.commit_point();
+        self.send(
+            leader,
+            Message::FetchReply {
+                commit_point,
+                entries: decided,
+            },
+        );
+    }
+
+    /// Records the view change a NEW-VIEW announces (once per ballot).
+    #[cold]
+    #[inline(never)]
+    fn record_new_view(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        commit_point: Slot,
+        entries: &[(Slot, Value)],
+    ) {
+        let start = entries
+            .iter()
+            .map(|(s, _)| *s)
+            .min()
+            .unwrap_or(commit_point);
+        let end = entries.iter().map(|(s, _)| s + 1).max().unwrap_or(start);
+        let noops = entries.iter().filter(|(_, v)| *v == Value::Noop).count() as u64;
+        if !self
+            .views
+            .iter()
+            .any(|v| v.ballot == ballot && v.direction == ViewDirection::Received)
+        {
+            self.views
+                .retain(|v| !(v.ballot == ballot && v.direction == ViewDirection::Adopted));
+            self.record_view(ViewChange {
+                ballot,
+                leader: from,
+                direction: ViewDirection::Received,
+                slots: start..end,
+                noops,
+                tick: self.now,
+            });
+        }
     }
 
     pub(super) fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit_point: Slot) {

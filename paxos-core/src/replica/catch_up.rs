@@ -162,6 +162,7 @@ impl<S: StateMachine> Replica<S> {
         self.send(target, Message::Fetch { from: lo, to: hi });
     }
 
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_fetch(&mut self, from: NodeId, lo: Slot, hi: Slot) {
         if lo == hi {
             // A recovering replica waits for this slot to be decided (see
@@ -215,6 +216,7 @@ impl<S: StateMachine> Replica<S> {
         );
     }
 
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_fetch_reply(
         &mut self,
         from: NodeId,
@@ -231,6 +233,7 @@ impl<S: StateMachine> Replica<S> {
         self.advance_commit();
     }
 
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_snapshot(&mut self, from: NodeId, checkpoint: Checkpoint) {
         // Only a snapshot we asked for is useful: one above our commit point and not
         // beyond the highest commit point we have heard of.
@@ -306,6 +309,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// A peer asks for the piece of checkpoint `(slot, digest)` at `offset`: sent if we
     /// still hold that checkpoint, else our current checkpoint from the start.
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_snapshot_request(
         &mut self,
         from: NodeId,

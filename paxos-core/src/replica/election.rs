@@ -53,6 +53,7 @@ impl<S: StateMachine> Replica<S> {
         self.check_prevotes();
     }
 
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_prevote(&mut self, from: NodeId, ballot: Ballot) {
         self.tell_behind(from, ballot);
         if ballot.node != from || ballot <= self.promised || self.leader_alive() {
@@ -61,6 +62,7 @@ impl<S: StateMachine> Replica<S> {
         self.send(from, Message::PreVoteGranted { ballot });
     }
 
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_prevote_granted(&mut self, from_idx: usize, ballot: Ballot) {
         match &mut self.prevote {
             Some((b, grants)) if *b == ballot => *grants |= 1 << from_idx,
@@ -166,6 +168,7 @@ impl<S: StateMachine> Replica<S> {
         self.restart_election_timers();
     }
 
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_nack(&mut self, ballot: Ballot, promised: Ballot) {
         self.saw_round(promised.round);
         let mine = match &self.role {

@@ -95,6 +95,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// TIMEOUT-NOW: our leader hands over to us: run for leader at once.
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_timeout_now(&mut self, from: NodeId, ballot: Ballot) {
         if self.leader != Some(from) || ballot != self.promised {
             return; // not from the leader we follow, or stale

@@ -117,6 +117,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// A message that reached a learner: only the answers to its own requests matter.
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn handle_message_as_learner(&mut self, from: NodeId, message: Message) {
         match message {
             Message::FetchReply {
@@ -171,6 +172,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// A message from a replica outside the membership (a learner): it may copy the
     /// chosen log, nothing else.
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn handle_message_from_outsider(&mut self, from: NodeId, message: Message) {
         match message {
             Message::Fetch { from: lo, to: hi } => {

@@ -161,6 +161,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// READ-INDEX: a heartbeat that asks for an answer naming its round.
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_read_index(
         &mut self,
         from: NodeId,
@@ -185,6 +186,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// READ-INDEX-ACK: count it; a majority confirms the round and every earlier one.
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_read_index_ack(
         &mut self,
         from_idx: usize,

@@ -197,6 +197,7 @@ impl<S: StateMachine> Replica<S> {
     /// A message that reached a replica that does not vote: it answers RECOVERs,
     /// follows the recovery, and learns chosen values (which needs no vote), nothing
     /// else.
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn handle_message_not_voting(&mut self, from: NodeId, message: Message) {
         // A candidate got past a pre-vote granted by a majority of voters, and a leader
         // was promised by one: the cluster exists and a majority votes, so this
@@ -274,6 +275,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// A RECOVER from `from`. Any replica that never voted says so to a pristine
     /// sender; a voter grants or refuses; a recovering replica stays silent.
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_recover(
         &mut self,
         from: NodeId,

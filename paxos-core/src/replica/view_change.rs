@@ -55,6 +55,7 @@ pub(super) struct Candidate {
 }
 
 impl<S: StateMachine> Replica<S> {
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_prepare(
         &mut self,
         from: NodeId,
@@ -141,6 +142,7 @@ impl<S: StateMachine> Replica<S> {
         );
     }
 
+    #[inline(never)] // off the steady-state path (see `handle_message`)
     pub(super) fn on_promise(
         &mut self,
         from: NodeId,
