@@ -586,22 +586,29 @@ impl<S: StateMachine> Replica<S> {
                 let budget = max_bytes.saturating_sub(l.inflight_bytes);
                 let mut bytes = request_bytes(&req);
                 l.proposed.insert(req.client, req.seq);
-                let mut batch = vec![req];
-                while batch.len() < max_per_slot
-                    && l.queue.front().is_some_and(|next| {
-                        !next.is_register() && bytes.saturating_add(request_bytes(next)) <= budget
-                    })
-                {
-                    let Some(next) = l.queue.pop_front() else {
+                // How many of the waiting requests join it, counted first so that the
+                // batch is allocated once, at its size.
+                let mut joining = 0;
+                for next in l.queue.iter() {
+                    if joining + 1 >= max_per_slot
+                        || next.is_register()
+                        || bytes.saturating_add(request_bytes(next)) > budget
+                    {
                         break;
-                    };
-                    bytes = bytes.saturating_add(request_bytes(&next));
-                    l.proposed.insert(next.client, next.seq);
-                    batch.push(next);
+                    }
+                    bytes = bytes.saturating_add(request_bytes(next));
+                    joining += 1;
                 }
-                match batch.len() {
-                    1 => Value::Request(batch.swap_remove(0)),
-                    _ => Value::Batch(batch.into()),
+                if joining == 0 {
+                    Value::Request(req)
+                } else {
+                    let mut batch = Vec::with_capacity(1 + joining);
+                    batch.push(req);
+                    for next in l.queue.drain(..joining) {
+                        l.proposed.insert(next.client, next.seq);
+                        batch.push(next);
+                    }
+                    Value::Batch(batch.into())
                 }
             };
             let counters = self.exec.count();
