@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -270,6 +270,9 @@ pub(super) struct Executor<S> {
     /// Where outputs are encoded before being copied out at their exact size: one
     /// allocation per output, not a growing vector and a shared header.
     scratch: Vec<u8>,
+    /// Where the replies this replica hands out are cut from (see
+    /// [`CachedReply::to_bytes_in`]).
+    reply_arena: BytesMut,
 }
 
 impl<S> Executor<S> {
@@ -283,6 +286,7 @@ impl<S> Executor<S> {
             last_checkpoint_slot: 0,
             counters: Counters::default(),
             scratch: Vec::new(),
+            reply_arena: BytesMut::new(),
         }
     }
 
@@ -537,7 +541,7 @@ impl<S: StateMachine> Replica<S> {
                         self.exec.sessions.record(client, seq, reply, slot);
                         return;
                     }
-                    let bytes = reply.to_bytes();
+                    let bytes = reply.to_bytes_in(&mut self.exec.reply_arena);
                     self.exec.sessions.record(client, seq, reply, slot);
                     self.reply(client, seq, Response::Ok(bytes));
                     return;
