@@ -133,12 +133,15 @@ impl<E> SlotMap<E> {
             }
             return old;
         }
-        // The usual insert: the slot after the ring's last, with nothing far away.
+        // The usual insert: the slot after the ring's last, with nothing far away,
+        // within the ring's bound (which a compaction can leave the ring beyond).
         // (Kept apart from the rest, which is out of line: the hot path stays small.)
+        let places = self.ring.len() as Slot + 1;
         if self.far.is_empty()
             && !self.ring.is_empty()
             && slot == self.base + self.ring.len() as Slot
             && slot != Slot::MAX
+            && places <= MAX_SLOT_GAP.saturating_add(2 * (self.len as Slot + 1))
         {
             self.len += 1;
             self.ring.push_back(Some(entry));
@@ -480,6 +483,30 @@ mod tests {
     /// The map against a `BTreeMap` model through random inserts, lookups, ranges and
     /// prefix drops, with slots near each other, far apart (the side map), below the
     /// ring and at the very top of the slot space.
+    #[test]
+    fn appends_after_a_compaction_keep_the_ring_within_its_bound() {
+        // A compaction can leave a long, sparse ring: appends after it go to the side
+        // map until the entries justify the ring's length, as any insert does.
+        let mut m = SlotMap::default();
+        for s in 0..200_000u64 {
+            m.insert(s, s);
+        }
+        for j in 1..=3u64 {
+            m.insert(199_999 + j * (MAX_SLOT_GAP + 1), 0);
+        }
+        m.remove_below(200_000);
+        let ring = m.ring_len();
+        assert!(ring as Slot > MAX_SLOT_GAP + 2 * m.len() as Slot);
+        let end = 199_999 + 3 * (MAX_SLOT_GAP + 1) + 1; // right after the ring's last
+        for s in end..end + 10 {
+            m.insert(s, s);
+            m.check_layout();
+        }
+        assert_eq!(m.ring_len(), ring, "the ring grew beyond its bound");
+        assert_eq!(m.len(), 13);
+        assert_eq!(m.get(end + 9), Some(&(end + 9)));
+    }
+
     #[test]
     fn a_slot_map_behaves_like_a_btree_map() {
         for seed in 0..60 {
