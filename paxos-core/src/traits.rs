@@ -378,7 +378,8 @@ pub trait Storage: Send + 'static {
     /// [`persist`](Storage::persist), handed the operations to keep: a store that holds
     /// them in memory ([`MemStorage`]) moves their values out of `ops` rather than
     /// cloning them. The caller clears whatever is left in `ops` afterwards and keeps
-    /// its capacity for the next round, so a store may take all, some or none. The
+    /// its capacity for the next round, so a store may take all, some or none; every
+    /// operation, taken or left, must be durable before it returns `Ok`. The
     /// drivers ([`Ready::deliver_mut`](crate::Ready::deliver_mut)) call this one.
     /// Default: `self.persist(ops)`.
     fn persist_owned(&mut self, ops: &mut Vec<PersistOp>) -> Result<(), StorageError> {
