@@ -196,6 +196,11 @@ pub(crate) enum Mutation {
     /// A candidate of a new epoch counts entries accepted under an older epoch's
     /// ballots above the stop-sign.
     OldEpochEntriesMerged,
+    /// Every write of a round that writes a commit point is left for a later round,
+    /// not only when commit points are all it writes and nothing waits for them (see
+    /// `Replica::defer_commit_points`): an ACCEPT that carries a commit point is
+    /// acknowledged before it is stored, and a crash in between loses the vote.
+    DeferRoundsWithCommits,
     /// An acceptor votes for ballots of an epoch whose stop-sign it has not executed.
     VotesInUnknownEpoch,
     /// A recovery completes with a stop-sign of a later epoch still undecided in its

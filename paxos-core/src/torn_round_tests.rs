@@ -122,6 +122,83 @@ fn a_single_member_replies_only_after_its_vote_is_durable() {
     assert_eq!(h.r(1).executed(), 0);
 }
 
+/// A follower's ACCEPTED vouches for its accept even when the same ACCEPT moved its
+/// commit point: only a round whose writes are commit points alone, with nothing
+/// waiting for them, leaves them unwritten (`Replica::defer_commit_points`). n2 accepts
+/// c200 from an ACCEPT that also carries the commit point of c100, which n2 had not
+/// heard of; c200 is chosen by {n1, n2} and acknowledged; n1 and n2 crash. n3, elected
+/// by {n2, n3} once n2 is back, must find c200 in n2's promise. Returns whether c200
+/// survived on every replica (the client was told it is done).
+fn acknowledged_accept_with_a_commit_point(
+    mutation: crate::mutation::Mutation,
+) -> Result<(), String> {
+    let mut h = H::new(3, true, |c| c.mutation = mutation);
+    h.r(1).start_election_now();
+    h.run(&all);
+    assert!(h.r(1).is_leader());
+    // c100 is chosen; no COMMIT reaches a follower, so n2's commit point lags.
+    h.register(1, 100);
+    h.run(&|_, _, m| {
+        if matches!(m, Message::Commit { .. } | Message::Heartbeat { .. }) {
+            Drop
+        } else {
+            Deliver
+        }
+    });
+    assert!(ok_reply_for(&h, 100));
+    let behind = h.r(2).commit_point();
+    assert!(behind < h.r(1).commit_point());
+    // c200's ACCEPT (carrying the commit point past c100) reaches n2 only.
+    h.register(1, 200);
+    h.run(&|from, to, m| match m {
+        Message::Accept { .. } if to == 2 => Deliver,
+        Message::Accepted { .. } if from == 2 => Deliver,
+        _ => Drop,
+    });
+    assert!(
+        h.r(2).commit_point() > behind,
+        "the ACCEPT moved n2's commit point"
+    );
+    assert!(ok_reply_for(&h, 200), "c200 was chosen by n1 and n2");
+    h.crash(1);
+    h.crash(2);
+    h.restart(2);
+    // n3 leads {n2, n3}; a new request follows.
+    h.tick(&[2, 3], 45, &crate::scripted::none);
+    h.r(3).start_election_now();
+    h.run(&crate::scripted::within(&[2, 3]));
+    assert!(h.r(3).is_leader());
+    h.register(3, 300);
+    h.tick(&[2, 3], 10, &crate::scripted::within(&[2, 3]));
+    h.restart(1);
+    h.tick(&[1, 2, 3], 40, &all);
+    let c200 = Value::Request(Request::register(200));
+    for id in 1..=3 {
+        let r = h.r(id);
+        let found = r
+            .log(0..r.executed())
+            .iter()
+            .any(|info| info.value.as_ref() == Some(&c200));
+        if !found {
+            return Err(format!("n{id} never executed c200, which was acknowledged"));
+        }
+    }
+    h.executed_agree().map(|_| ())
+}
+
+#[test]
+fn an_accept_that_moves_the_commit_point_is_stored_before_it_is_acknowledged() {
+    acknowledged_accept_with_a_commit_point(crate::mutation::Mutation::None)
+        .expect("an acknowledged write survives");
+    let broken =
+        acknowledged_accept_with_a_commit_point(crate::mutation::Mutation::DeferRoundsWithCommits);
+    assert!(
+        broken.is_err(),
+        "the broken variant kept c200: the test cannot catch it"
+    );
+    eprintln!("broken variant: {}", broken.unwrap_err());
+}
+
 // ---------------------------------------------------------------------- simulation
 
 fn run(name: &str, n: u64, tweak: fn(&mut Faults)) {

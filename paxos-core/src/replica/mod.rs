@@ -261,6 +261,12 @@ pub struct Replica<S> {
     /// The lowest floor among `stale_reads` (`Slot::MAX` when none waits).
     stale_min_floor: Slot,
     views: VecDeque<ViewChange>,
+    /// The newest commit point not written yet, and the tick it was reached: see
+    /// [`defer_commit_points`](Self::defer_commit_points).
+    unwritten_commit: Option<(Slot, u64)>,
+    /// What `Mutation::DeferRoundsWithCommits` left unwritten, and since when.
+    #[cfg(test)]
+    mutant_unwritten: (Vec<PersistOp>, u64),
     ready: Ready,
     /// The emptied `Ready` the crate's own drivers keep between calls, for its
     /// vectors (`take_spare_ready`, `return_spare_ready`).
@@ -347,6 +353,9 @@ impl<S: StateMachine> Replica<S> {
             stale_reads: VecDeque::new(),
             stale_read_bytes: 0,
             stale_min_floor: Slot::MAX,
+            unwritten_commit: None,
+            #[cfg(test)]
+            mutant_unwritten: (Vec::new(), 0),
             views: VecDeque::new(),
             ready: Ready::default(),
             spare_ready: Ready::default(),
@@ -467,6 +476,10 @@ impl<S: StateMachine> Replica<S> {
             self.answer_parked_fetches(false);
         }
         if self.ready.is_empty() {
+            if self.unwritten_commit.is_some() {
+                self.defer_commit_points();
+                return !self.ready.is_empty();
+            }
             return false;
         }
         let ready = &mut self.ready;
@@ -487,7 +500,89 @@ impl<S: StateMachine> Replica<S> {
         } else if self.quorum == 1 {
             hold_chosen_values(ready);
         }
-        true
+        if !ready.persist.is_empty() || self.unwritten_commit.is_some() {
+            // After the sorting above: what waits for the writes is known.
+            self.defer_commit_points();
+        }
+        !self.ready.is_empty()
+    }
+
+    /// Leaves a round's commit points unwritten when they are all it would write.
+    ///
+    /// Nothing vouches for a stored commit point: it is a lower bound on the chosen
+    /// slots, kept so that a restarted replica executes what it knew to be chosen
+    /// without asking, and one that is lost is learned again from the leader (the
+    /// simulation's crashes lose the unwritten one). Writing it on its own cost a
+    /// leader an fsync after every commit, in series with the next request it could
+    /// propose (and a follower one after every COMMIT, ahead of the next ACCEPT). So
+    /// the newest one waits for the next round that writes anything, which stores it
+    /// first (it was reached before that round's writes), or for the next tick, after
+    /// which a round writes it alone. A round whose messages or replies wait for its
+    /// writes keeps its commit points, as before.
+    fn defer_commit_points(&mut self) {
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::DeferRoundsWithCommits {
+            self.defer_rounds_with_commits();
+            return;
+        }
+        let ready = &mut self.ready;
+        let commits_only = ready
+            .persist
+            .iter()
+            .all(|op| matches!(op, PersistOp::CommitPoint(_)));
+        let waited_for = !ready.messages.is_empty() || !ready.replies.is_empty();
+        if commits_only && !waited_for {
+            let newest = ready
+                .persist
+                .drain(..)
+                .filter_map(|op| match op {
+                    PersistOp::CommitPoint(c) => Some(c),
+                    _ => None,
+                })
+                .max();
+            if let Some(c) = newest {
+                let since = self.unwritten_commit.map_or(self.now, |(_, t)| t);
+                let c = self.unwritten_commit.map_or(c, |(old, _)| old.max(c));
+                self.unwritten_commit = Some((c, since));
+            }
+            if let Some((c, since)) = self.unwritten_commit {
+                if since < self.now {
+                    ready.persist.push(PersistOp::CommitPoint(c));
+                    self.unwritten_commit = None;
+                }
+            }
+        } else if !ready.persist.is_empty() {
+            if let Some((c, _)) = self.unwritten_commit.take() {
+                ready.persist.insert(0, PersistOp::CommitPoint(c));
+            }
+        }
+    }
+
+    /// The broken variant of [`defer_commit_points`](Self::defer_commit_points)
+    /// (`Mutation::DeferRoundsWithCommits`): every write of a round that writes a
+    /// commit point waits, messages or not, for the next round that writes without
+    /// one, or for the next tick.
+    #[cfg(test)]
+    fn defer_rounds_with_commits(&mut self) {
+        let ready = &mut self.ready;
+        let (held, since) = &mut self.mutant_unwritten;
+        if ready
+            .persist
+            .iter()
+            .any(|op| matches!(op, PersistOp::CommitPoint(_)))
+        {
+            if held.is_empty() {
+                *since = self.now;
+            }
+            held.append(&mut ready.persist);
+            if *since == self.now {
+                return;
+            }
+        }
+        if !held.is_empty() && (!ready.persist.is_empty() || *since < self.now) {
+            held.append(&mut ready.persist);
+            std::mem::swap(held, &mut ready.persist);
+        }
     }
 
     /// Advances the replica's clock by one tick: heartbeats, election timeouts,
