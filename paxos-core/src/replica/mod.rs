@@ -476,11 +476,14 @@ impl<S: StateMachine> Replica<S> {
             self.answer_parked_fetches(false);
         }
         if self.ready.is_empty() {
-            if self.unwritten_commit.is_some() {
-                self.defer_commit_points();
-                return !self.ready.is_empty();
-            }
-            return false;
+            // A commit point left unwritten since an earlier tick is written now.
+            return match self.unwritten_commit {
+                Some((_, since)) if since < self.now => {
+                    self.defer_commit_points();
+                    !self.ready.is_empty()
+                }
+                _ => false,
+            };
         }
         let ready = &mut self.ready;
         // A reply waits for this round's writes only if the round accepted, here, a
@@ -516,9 +519,10 @@ impl<S: StateMachine> Replica<S> {
     /// leader an fsync after every commit, in series with the next request it could
     /// propose (and a follower one after every COMMIT, ahead of the next ACCEPT). So
     /// the newest one waits for the next round that writes anything, which stores it
-    /// first (it was reached before that round's writes), or for the next tick, after
-    /// which a round writes it alone. A round whose messages or replies wait for its
-    /// writes keeps its commit points, as before.
+    /// ahead of its own writes, or for the next tick, after which a round writes it
+    /// alone. A round whose messages or replies wait for its writes keeps its commit
+    /// points, as before.
+    #[inline]
     fn defer_commit_points(&mut self) {
         #[cfg(test)]
         if self.cfg.mutation == Mutation::DeferRoundsWithCommits {
@@ -534,16 +538,18 @@ impl<S: StateMachine> Replica<S> {
         if commits_only && !waited_for {
             let newest = ready
                 .persist
-                .drain(..)
+                .iter()
                 .filter_map(|op| match op {
-                    PersistOp::CommitPoint(c) => Some(c),
+                    PersistOp::CommitPoint(c) => Some(*c),
                     _ => None,
                 })
                 .max();
+            ready.persist.clear();
             if let Some(c) = newest {
-                let since = self.unwritten_commit.map_or(self.now, |(_, t)| t);
-                let c = self.unwritten_commit.map_or(c, |(old, _)| old.max(c));
-                self.unwritten_commit = Some((c, since));
+                self.unwritten_commit = Some(match self.unwritten_commit {
+                    Some((old, since)) => (old.max(c), since),
+                    None => (c, self.now),
+                });
             }
             if let Some((c, since)) = self.unwritten_commit {
                 if since < self.now {
@@ -552,6 +558,11 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
         } else if !ready.persist.is_empty() {
+            // First: it was reached before this round's writes, and every entry below
+            // it was durable by then. A store counts the commit points written before
+            // a checkpoint in the same batch as covering its slots (and may then write
+            // the checkpoint in the background): this one must count, as it would have
+            // had it been written on its own.
             if let Some((c, _)) = self.unwritten_commit.take() {
                 ready.persist.insert(0, PersistOp::CommitPoint(c));
             }
