@@ -198,7 +198,7 @@ pub(crate) enum Mutation {
     OldEpochEntriesMerged,
     /// Every write of a round that writes a commit point is left for a later round,
     /// not only when commit points are all it writes and nothing waits for them (see
-    /// `Replica::defer_commit_points`): an ACCEPT that carries a commit point is
+    /// `Replica::write_commit_point`): an ACCEPT that carries a commit point is
     /// acknowledged before it is stored, and a crash in between loses the vote.
     DeferRoundsWithCommits,
     /// An acceptor votes for ballots of an epoch whose stop-sign it has not executed.

@@ -627,14 +627,28 @@ mod tests {
 
     #[test]
     fn mutant_deferring_every_write_of_a_round_with_a_commit_point_is_caught() {
-        // The guard of `Replica::defer_commit_points` left out: an ACCEPT that carries
-        // a commit point is acknowledged before its accept is stored, and a crash in
-        // between loses a vote. Random search finds it by its effects on liveness (seed
-        // 21 of torn rounds, 52 of five dueling leaders; none in 3,000 seeds of crashes
-        // only); the scripted replay in `torn_round_tests.rs` shows the acknowledged
-        // write it loses.
-        assert_caught(Mutation::DeferRoundsWithCommits, torn_rounds, 100);
-        assert_caught(Mutation::DeferRoundsWithCommits, five_dueling_leaders, 100);
+        // The guard of `Replica::write_commit_point` left out: an ACCEPT that carries a
+        // commit point is acknowledged before its accept is stored. Caught by the check
+        // that every ACCEPTED is backed by its sender's durable state when it leaves
+        // (before that check, random search found it only by its effects on liveness,
+        // or not at all; the scripted replay in `torn_round_tests.rs` shows the
+        // acknowledged write it loses). With three replicas and with five.
+        let what = "without holding it durably";
+        let check = "vouched-accept check";
+        assert_caught_by(
+            Mutation::DeferRoundsWithCommits,
+            torn_rounds,
+            100,
+            what,
+            check,
+        );
+        assert_caught_by(
+            Mutation::DeferRoundsWithCommits,
+            five_dueling_leaders,
+            100,
+            what,
+            check,
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ fn a_single_member_replies_only_after_its_vote_is_durable() {
 
 /// A follower's ACCEPTED vouches for its accept even when the same ACCEPT moved its
 /// commit point: only a round whose writes are commit points alone, with nothing
-/// waiting for them, leaves them unwritten (`Replica::defer_commit_points`). n2 accepts
+/// waiting for them, leaves them unwritten (`Replica::write_commit_point`). n2 accepts
 /// c200 from an ACCEPT that also carries the commit point of c100, which n2 had not
 /// heard of; c200 is chosen by {n1, n2} and acknowledged; n1 and n2 crash. n3, elected
 /// by {n2, n3} once n2 is back, must find c200 in n2's promise. Returns whether c200

@@ -92,7 +92,7 @@ impl<S: StateMachine> Replica<S> {
             }
             self.catch_up.raise(c);
             self.later_epoch_waits = 0;
-            self.ready.persist.push(PersistOp::CommitPoint(c));
+            self.write_commit_point(c);
             self.execute();
             self.serve_reads();
         }

@@ -262,8 +262,11 @@ pub struct Replica<S> {
     stale_min_floor: Slot,
     views: VecDeque<ViewChange>,
     /// The newest commit point not written yet, and the tick it was reached: see
-    /// [`defer_commit_points`](Self::defer_commit_points).
+    /// [`write_commit_point`](Self::write_commit_point).
     unwritten_commit: Option<(Slot, u64)>,
+    /// How many of `ready`'s writes come from a `Ready` handed back undelivered
+    /// ([`take_ready_into`](Self::take_ready_into)), ahead of the round's own.
+    held_writes: usize,
     /// What `Mutation::DeferRoundsWithCommits` left unwritten, and since when.
     #[cfg(test)]
     mutant_unwritten: (Vec<PersistOp>, u64),
@@ -354,6 +357,7 @@ impl<S: StateMachine> Replica<S> {
             stale_read_bytes: 0,
             stale_min_floor: Slot::MAX,
             unwritten_commit: None,
+            held_writes: 0,
             #[cfg(test)]
             mutant_unwritten: (Vec::new(), 0),
             views: VecDeque::new(),
@@ -439,9 +443,12 @@ impl<S: StateMachine> Replica<S> {
             // with a held, not yet durable, accept of this replica's must wait).
             let mut fresh = std::mem::take(&mut self.ready);
             std::mem::swap(&mut self.ready, ready);
+            self.held_writes = self.ready.persist.len();
             self.ready.append(&mut fresh);
         }
-        if self.prepare_ready() {
+        let prepared = self.prepare_ready();
+        self.held_writes = 0;
+        if prepared {
             std::mem::swap(&mut self.ready, ready);
         }
     }
@@ -479,8 +486,8 @@ impl<S: StateMachine> Replica<S> {
             // A commit point left unwritten since an earlier tick is written now.
             return match self.unwritten_commit {
                 Some((_, since)) if since < self.now => {
-                    self.defer_commit_points();
-                    !self.ready.is_empty()
+                    self.place_unwritten_commit();
+                    true
                 }
                 _ => false,
             };
@@ -503,14 +510,20 @@ impl<S: StateMachine> Replica<S> {
         } else if self.quorum == 1 {
             hold_chosen_values(ready);
         }
-        if !ready.persist.is_empty() || self.unwritten_commit.is_some() {
+        #[cfg(test)]
+        if self.cfg.mutation == Mutation::DeferRoundsWithCommits {
+            self.defer_rounds_with_commits();
+            return !self.ready.is_empty();
+        }
+        if self.unwritten_commit.is_some() {
             // After the sorting above: what waits for the writes is known.
-            self.defer_commit_points();
+            self.place_unwritten_commit();
         }
         !self.ready.is_empty()
     }
 
-    /// Leaves a round's commit points unwritten when they are all it would write.
+    /// Stores commit point `c`, or leaves it unwritten when it would be the round's
+    /// only write.
     ///
     /// Nothing vouches for a stored commit point: it is a lower bound on the chosen
     /// slots, kept so that a restarted replica executes what it knew to be chosen
@@ -518,58 +531,55 @@ impl<S: StateMachine> Replica<S> {
     /// simulation's crashes lose the unwritten one). Writing it on its own cost a
     /// leader an fsync after every commit, in series with the next request it could
     /// propose (and a follower one after every COMMIT, ahead of the next ACCEPT). So
-    /// the newest one waits for the next round that writes anything, which stores it
-    /// ahead of its own writes, or for the next tick, after which a round writes it
-    /// alone. A round whose messages or replies wait for its writes keeps its commit
-    /// points, as before.
-    #[inline]
-    fn defer_commit_points(&mut self) {
+    /// when nothing else is written yet this round, the newest one waits
+    /// ([`place_unwritten_commit`](Self::place_unwritten_commit)) for the round's
+    /// other writes, or the next round that writes anything, or at most a tick. A
+    /// round whose messages or replies wait for its writes writes it, as before.
+    pub(super) fn write_commit_point(&mut self, c: Slot) {
         #[cfg(test)]
         if self.cfg.mutation == Mutation::DeferRoundsWithCommits {
-            self.defer_rounds_with_commits();
+            self.ready.persist.push(PersistOp::CommitPoint(c));
             return;
         }
-        let ready = &mut self.ready;
-        let commits_only = ready
-            .persist
-            .iter()
-            .all(|op| matches!(op, PersistOp::CommitPoint(_)));
-        let waited_for = !ready.messages.is_empty() || !ready.replies.is_empty();
-        if commits_only && !waited_for {
-            let newest = ready
-                .persist
-                .iter()
-                .filter_map(|op| match op {
-                    PersistOp::CommitPoint(c) => Some(*c),
-                    _ => None,
-                })
-                .max();
-            ready.persist.clear();
-            if let Some(c) = newest {
-                self.unwritten_commit = Some(match self.unwritten_commit {
-                    Some((old, since)) => (old.max(c), since),
-                    None => (c, self.now),
-                });
-            }
-            if let Some((c, since)) = self.unwritten_commit {
-                if since < self.now {
-                    ready.persist.push(PersistOp::CommitPoint(c));
-                    self.unwritten_commit = None;
-                }
-            }
-        } else if !ready.persist.is_empty() {
-            // First: it was reached before this round's writes, and every entry below
-            // it was durable by then. A store counts the commit points written before
-            // a checkpoint in the same batch as covering its slots (and may then write
-            // the checkpoint in the background): this one must count, as it would have
-            // had it been written on its own.
-            if let Some((c, _)) = self.unwritten_commit.take() {
-                ready.persist.insert(0, PersistOp::CommitPoint(c));
-            }
+        if self.ready.persist.is_empty() {
+            self.unwritten_commit = Some(match self.unwritten_commit {
+                Some((old, since)) => (old.max(c), since),
+                None => (c, self.now),
+            });
+        } else {
+            // It supersedes the one left unwritten, which a write of this round took
+            // ahead of itself already if there was one (`place_unwritten_commit`).
+            self.unwritten_commit = None;
+            self.ready.persist.push(PersistOp::CommitPoint(c));
         }
     }
 
-    /// The broken variant of [`defer_commit_points`](Self::defer_commit_points)
+    /// At the end of a round, writes the commit point left unwritten if the round
+    /// writes anything else, if its messages or replies wait for its writes, or if it
+    /// has waited since an earlier tick.
+    fn place_unwritten_commit(&mut self) {
+        let Some((c, since)) = self.unwritten_commit else {
+            return;
+        };
+        let ready = &mut self.ready;
+        let held = self.held_writes.min(ready.persist.len());
+        if ready.persist.len() > held {
+            // First among the round's own writes (after those of a `Ready` handed
+            // back undelivered, which it may need): it was reached before them, every
+            // entry below it written by then. A store counts the commit points written
+            // before a checkpoint in its batch as covering the checkpoint's slots (and
+            // may then write the checkpoint in the background): this one counts, as it
+            // would have had it been written on its own.
+            ready.persist.insert(held, PersistOp::CommitPoint(c));
+        } else if ready.messages.is_empty() && ready.replies.is_empty() && since >= self.now {
+            return;
+        } else {
+            ready.persist.push(PersistOp::CommitPoint(c));
+        }
+        self.unwritten_commit = None;
+    }
+
+    /// The broken variant of [`write_commit_point`](Self::write_commit_point)
     /// (`Mutation::DeferRoundsWithCommits`): every write of a round that writes a
     /// commit point waits, messages or not, for the next round that writes without
     /// one, or for the next tick.

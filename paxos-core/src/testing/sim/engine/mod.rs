@@ -1098,7 +1098,11 @@ impl<W: Workload> Sim<W> {
     ) -> Result<(), Violation> {
         for (to, message) in messages {
             if let Message::Accepted { ballot, slots, .. } = &message {
-                // An ACCEPTED vouches for the proposal at that ballot.
+                // An ACCEPTED vouches for the proposal at that ballot: the sender holds
+                // it durably (accepted there at that ballot or a later one, or known
+                // chosen, or covered by its stored checkpoint), or a crash could lose a
+                // vote that counted.
+                self.check_vouched(id, *ballot, slots)?;
                 for s in slots {
                     self.vote(id, *s, *ballot)?;
                 }
@@ -1126,6 +1130,36 @@ impl<W: Workload> Sim<W> {
         }
         for reply in replies {
             self.send(Envelope::Reply { from: id, reply });
+        }
+        Ok(())
+    }
+
+    /// `id`'s storage durably holds an accept at `ballot` or later (or a chosen
+    /// value, or a checkpoint past it) in each of `slots`.
+    fn check_vouched(&self, id: NodeId, ballot: Ballot, slots: &[Slot]) -> Result<(), Violation> {
+        let Some(node) = self.nodes.iter().find(|n| n.id == id) else {
+            return Ok(());
+        };
+        let stored = node.storage.state();
+        let below = stored
+            .checkpoint
+            .as_ref()
+            .map_or(0, |c| c.slot)
+            .max(stored.commit_point);
+        for &slot in slots {
+            let held = slot < below
+                || stored
+                    .log
+                    .get(slot)
+                    .is_some_and(|e| e.chosen || e.ballot >= ballot);
+            // An acceptor acknowledges a slot it knows decided (from a commit point it
+            // may not have written yet): a vote for the chosen value (the agreement
+            // check sees to that), which no crash can un-choose.
+            if !held && !self.chosen.contains_key(&slot) {
+                return Err(self.violation(format!(
+                    "node {id} sent ACCEPTED for slot {slot} at {ballot} without holding it durably"
+                )));
+            }
         }
         Ok(())
     }
