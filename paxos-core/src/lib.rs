@@ -149,6 +149,8 @@ pub mod testing;
 mod torn_round_tests;
 mod traits;
 mod types;
+#[cfg(test)]
+mod unwritten_commit_tests;
 
 #[cfg(feature = "runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]

@@ -231,6 +231,11 @@ impl Scripted {
             .expect("the test storage takes every write");
     }
 
+    /// The durable state of `id`.
+    pub(crate) fn stored(&self, id: NodeId) -> &crate::PersistentState {
+        self.storage[(id - 1) as usize].state()
+    }
+
     /// The replica crashes (its storage is kept).
     pub(crate) fn crash(&mut self, id: NodeId) {
         self.replicas[(id - 1) as usize] = None;

@@ -547,8 +547,8 @@ impl<S: StateMachine> Replica<S> {
                 None => (c, self.now),
             });
         } else {
-            // It supersedes the one left unwritten, which a write of this round took
-            // ahead of itself already if there was one (`place_unwritten_commit`).
+            // It goes out with the round's other writes and supersedes any left
+            // unwritten before (commit points only rise).
             self.unwritten_commit = None;
             self.ready.persist.push(PersistOp::CommitPoint(c));
         }
