@@ -83,6 +83,11 @@ pub struct Ready {
     /// once.
     pub replies_now: Vec<Reply>,
     /// Writes to make durable before `messages` and `replies` leave.
+    ///
+    /// A new commit point that would be a round's only write is held back (nothing
+    /// vouches for a stored commit point, and writing it alone would cost an fsync in
+    /// series with the next request): it comes first in the next `Ready` that writes
+    /// anything, or alone in the first one after a [`Replica::tick`].
     pub persist: Vec<PersistOp>,
     /// Messages that vouch for `persist` (PROMISE, ACCEPTED, the answers to a
     /// recovery), as `(destination, message)`: send them only once it is durable.
