@@ -51,16 +51,8 @@ impl Ready {
         if !self.checkpoint_jobs.is_empty() {
             self.drop_checkpoint_jobs();
         }
-        if !self.messages_now.is_empty() {
-            for (to, message) in self.messages_now.drain(..) {
-                send(to, message);
-            }
-        }
-        if !self.replies_now.is_empty() {
-            for r in self.replies_now.drain(..) {
-                reply(r);
-            }
-        }
+        drain_each(&mut self.messages_now, |(to, m)| send(to, m));
+        drain_each(&mut self.replies_now, &mut reply);
         if !self.persist.is_empty() {
             let persisted = persist(&mut self.persist);
             self.persist.clear();
@@ -70,17 +62,20 @@ impl Ready {
                 return Err(e);
             }
         }
-        if !self.messages.is_empty() {
-            for (to, message) in self.messages.drain(..) {
-                send(to, message);
-            }
-        }
-        if !self.replies.is_empty() {
-            for r in self.replies.drain(..) {
-                reply(r);
-            }
-        }
+        drain_each(&mut self.messages, |(to, m)| send(to, m));
+        drain_each(&mut self.replies, &mut reply);
         Ok(())
+    }
+}
+
+/// Hands each item of `items` to `f`, leaving the vector empty with its capacity;
+/// touches nothing when it is empty.
+#[inline(always)]
+fn drain_each<T>(items: &mut Vec<T>, mut f: impl FnMut(T)) {
+    if !items.is_empty() {
+        for item in items.drain(..) {
+            f(item);
+        }
     }
 }
 
