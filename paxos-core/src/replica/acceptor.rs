@@ -221,28 +221,14 @@ impl<S: StateMachine> Replica<S> {
     /// The leader proposed slots decided here: tell it what we know of them.
     #[cold]
     #[inline(never)]
-    fn tell_leader_behind(&mut self, leader: NodeId, mut decided: Vec<(Slot, Value)>) {
-        // Within a message's budget, like any batch of entries.
-        let (max_batch, max_bytes) = self.batch_limits();
-        decided.truncate(batch_len(
-            decided.iter().map(|(_, v)| v),
-            max_batch,
-            max_bytes,
-        ));
+    fn tell_leader_behind(&mut self, leader: NodeId, decided: Vec<(Slot, Value)>) {
         // Without our vote for those slots the leader may never reach a quorum for
         // them (if the others compacted them too); and nothing else tells a leader
         // that its followers are ahead. Tell it what we know, as a FETCH-REPLY: our
         // commit point (it then fetches, a snapshot if we compacted) and the chosen
         // values we still hold (which it learns, stepping down if they are not its
         // own).
-        let commit_point = self.log.commit_point();
-        self.send(
-            leader,
-            Message::FetchReply {
-                commit_point,
-                entries: decided,
-            },
-        );
+        self.send_fetch_reply(leader, decided);
     }
 
     /// Records the view change a NEW-VIEW announces (once per ballot).

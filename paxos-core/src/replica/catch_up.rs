@@ -179,7 +179,7 @@ impl<S: StateMachine> Replica<S> {
             self.send_snapshot_chunk(from, 0);
             return;
         }
-        let (max_batch, max_bytes) = self.batch_limits();
+        let (max_batch, _) = self.batch_limits();
         #[cfg(test)]
         let serves_unchosen = self.cfg.mutation == Mutation::FetchServesUnchosen;
         #[cfg(not(test))]
@@ -192,7 +192,7 @@ impl<S: StateMachine> Replica<S> {
         #[cfg(not(test))]
         let r4_broken = false;
         let contiguous = (self.membership.epoch > 0 || self.promised.epoch() > 0) && !r4_broken;
-        let mut entries: Vec<(Slot, Value)> = self
+        let entries: Vec<(Slot, Value)> = self
             .log
             .range(lo..hi.max(lo))
             .filter(|(s, e)| {
@@ -201,6 +201,13 @@ impl<S: StateMachine> Replica<S> {
             .take(max_batch)
             .map(|(s, e)| (s, e.value.clone()))
             .collect();
+        self.send_fetch_reply(from, entries);
+    }
+
+    /// Sends `to` a FETCH-REPLY: our commit point and as many of `entries` (chosen
+    /// values, in slot order) as fit a message's budget, like any batch of entries.
+    pub(super) fn send_fetch_reply(&mut self, to: NodeId, mut entries: Vec<(Slot, Value)>) {
+        let (max_batch, max_bytes) = self.batch_limits();
         entries.truncate(batch_len(
             entries.iter().map(|(_, v)| v),
             max_batch,
@@ -208,7 +215,7 @@ impl<S: StateMachine> Replica<S> {
         ));
         let commit_point = self.log.commit_point();
         self.send(
-            from,
+            to,
             Message::FetchReply {
                 commit_point,
                 entries,
