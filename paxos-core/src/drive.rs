@@ -51,8 +51,7 @@ impl Ready {
         if !self.checkpoint_jobs.is_empty() {
             self.drop_checkpoint_jobs();
         }
-        drain_each(&mut self.messages_now, |(to, m)| send(to, m));
-        drain_each(&mut self.replies_now, &mut reply);
+        self.deliver_now(&mut send, &mut reply);
         if !self.persist.is_empty() {
             let persisted = persist(&mut self.persist);
             self.persist.clear();
@@ -65,6 +64,21 @@ impl Ready {
         drain_each(&mut self.messages, |(to, m)| send(to, m));
         drain_each(&mut self.replies, &mut reply);
         Ok(())
+    }
+}
+
+impl Ready {
+    /// The first step of [`deliver_mut`](Self::deliver_mut): sends `messages_now` and
+    /// delivers `replies_now`, which wait for nothing in this `Ready` (a driver that
+    /// makes the writes durable elsewhere sends the rest once they are).
+    #[inline(always)]
+    pub(crate) fn deliver_now(
+        &mut self,
+        mut send: impl FnMut(NodeId, Message),
+        reply: impl FnMut(Reply),
+    ) {
+        drain_each(&mut self.messages_now, |(to, m)| send(to, m));
+        drain_each(&mut self.replies_now, reply);
     }
 }
 

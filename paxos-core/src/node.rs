@@ -73,6 +73,10 @@ pub(crate) enum FlushOrder {
     PersistFirst,
     /// Broken on purpose: send and reply, then persist.
     SendFirst,
+    /// Broken on purpose: while a write is in flight, the outputs that wait for no
+    /// write of *their* round (`messages_now`, `replies_now`) leave at once, although
+    /// they may rest on the write still in flight.
+    EagerPipeline,
 }
 
 type InspectFn<S> = Box<dyn FnOnce(&Replica<S>) + Send>;
@@ -119,6 +123,13 @@ impl<S> fmt::Debug for NodeHandle<S> {
 /// handles its outputs in the required order: persist (one [`Storage::persist`] call
 /// for every input folded into the round: group commit), then send, then reply.
 /// A storage error stops the node (it will not vouch for writes it could not make).
+///
+/// A store that [blocks](Storage::blocks) writes on tokio's blocking pool while the
+/// node goes on handling inputs; everything those inputs produce, even what waits for
+/// no write of its own, leaves only once that write is durable, with the writes it
+/// brings starting right after (persistence pipelined with the next round's
+/// processing). [`NodeHandle::shutdown`] lets the write in flight finish and hands over
+/// what waited for it.
 ///
 /// ```
 /// # use paxos_core::*;
@@ -210,7 +221,9 @@ where
     let driver = Driver {
         replica,
         transport,
-        storage,
+        storage: Some(storage),
+        inflight: None,
+        round_inputs: 0,
         rx,
         checkpoints,
         checkpoints_tx,
@@ -221,6 +234,8 @@ where
         epoch: 0,
         #[cfg(test)]
         order,
+        #[cfg(test)]
+        early: None,
     };
     tokio::spawn(async move {
         driver.run().await;
@@ -236,7 +251,14 @@ where
 struct Driver<S, T, St> {
     replica: Replica<S>,
     transport: T,
-    storage: St,
+    /// `None` while a write is in flight (the blocking pool has it).
+    storage: Option<St>,
+    /// The write in flight, on the blocking pool, and what waits for it: the rest of
+    /// its round (see [`Driver::flush`]).
+    inflight: Option<Inflight<S, St>>,
+    /// Inputs handled since the last flush: while a write is in flight, the driver
+    /// takes no more than [`NodeOptions::max_inputs_per_round`] of them.
+    round_inputs: usize,
     rx: mpsc::Receiver<Command<S>>,
     /// Checkpoints finished on the blocking pool ([`Ready::checkpoint_jobs`]).
     checkpoints: mpsc::Receiver<crate::FinishedCheckpoint>,
@@ -245,7 +267,8 @@ struct Driver<S, T, St> {
     waiters: HashMap<(ClientId, u64), Vec<oneshot::Sender<Reply>>>,
     /// Inspections received during the round: they run once its writes are durable, so
     /// that none sees a slot chosen thanks to a vote not yet stored (in a cluster of
-    /// one, a request is chosen by the replica's own vote as soon as it is fed).
+    /// one, a request is chosen by the replica's own vote as soon as it is fed). While
+    /// one waits, with a write in flight, the driver takes no input.
     inspections: Vec<InspectFn<S>>,
     /// What the driver publishes through the `metrics` facade.
     metrics: NodeMetrics,
@@ -253,13 +276,48 @@ struct Driver<S, T, St> {
     epoch: u64,
     #[cfg(test)]
     order: FlushOrder,
+    /// [`FlushOrder::EagerPipeline`]'s outputs taken while a write was in flight.
+    #[cfg(test)]
+    early: Option<crate::Ready>,
 }
 
-enum Input<S> {
+enum Input<S, St> {
     Command(Option<Command<S>>),
     Message(Option<(NodeId, crate::Message)>),
     Checkpoint(crate::FinishedCheckpoint),
     Tick,
+    Persisted(Result<Persisted<St>, tokio::task::JoinError>),
+}
+
+/// A round whose write is in flight on the blocking pool: the write's task, and the
+/// outputs that wait for it.
+struct Inflight<S, St> {
+    write: tokio::task::JoinHandle<Persisted<St>>,
+    /// The round's `messages` and `replies` (what vouches for the write); the rest of
+    /// it left when the write started.
+    rest: crate::Ready,
+    /// The round's inspections.
+    inspections: Vec<InspectFn<S>>,
+}
+
+/// A finished write, and the storage back from the blocking pool.
+struct Persisted<St> {
+    storage: St,
+    /// The write's vector, emptied, for its capacity.
+    ops: Vec<crate::PersistOp>,
+    result: Result<(), crate::StorageError>,
+    count: usize,
+    took: Duration,
+}
+
+/// Waits for the write in flight, if any (never ready when there is none).
+async fn write_done<S, St>(
+    inflight: &mut Option<Inflight<S, St>>,
+) -> Result<Persisted<St>, tokio::task::JoinError> {
+    match inflight {
+        Some(i) => (&mut i.write).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
@@ -270,70 +328,69 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         self.metrics.publish(&self.replica, self.rx.len());
         let mut ticker = tokio::time::interval(self.options.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failed = false;
         loop {
+            // While a write is in flight the driver goes on taking inputs (what they
+            // produce waits for that write, see `flush`), up to a round's worth.
+            let open = self.accepts_inputs();
             let input = tokio::select! {
-                c = self.rx.recv() => Input::Command(c),
-                m = self.transport.recv() => Input::Message(m),
-                Some(f) = self.checkpoints.recv() => Input::Checkpoint(f),
-                _ = ticker.tick() => Input::Tick,
+                p = write_done(&mut self.inflight) => Input::Persisted(p),
+                c = self.rx.recv(), if open => Input::Command(c),
+                m = self.transport.recv(), if open => Input::Message(m),
+                Some(f) = self.checkpoints.recv(), if open => Input::Checkpoint(f),
+                _ = ticker.tick(), if open => Input::Tick,
             };
-            // Let the tasks that are ready run first (clients, peers on this runtime):
-            // under load what they send joins this round instead of starting a round
-            // of its own. With nothing else ready this returns at once.
-            tokio::task::yield_now().await;
+            let input = match input {
+                Input::Persisted(p) => {
+                    // What waited for the write leaves before anything else happens.
+                    if let Err(e) = self.write_finished(p) {
+                        error!(node = id, error = %e, "storage failed; stopping the node");
+                        failed = true;
+                        break;
+                    }
+                    None
+                }
+                input => Some(input),
+            };
+            if self.inflight.is_none() {
+                // Let the tasks that are ready run first (clients, peers on this
+                // runtime): under load what they send joins this round instead of
+                // starting a round of its own. With nothing else ready this returns
+                // at once.
+                tokio::task::yield_now().await;
+            }
             // One round: the input, whatever else is queued, then persist, send, reply.
             // Nothing in it awaits, so the span is entered for the round's length.
             let _round = debug_span!("round", node = id).entered();
-            let ticked = matches!(input, Input::Tick);
+            let ticked = matches!(input, Some(Input::Tick));
+            if input.is_some() {
+                self.round_inputs += 1;
+            }
             match input {
-                Input::Command(None) | Input::Command(Some(Command::Shutdown)) => break,
-                Input::Command(Some(c)) => self.command(c),
-                Input::Message(None) => {
+                None | Some(Input::Persisted(_)) => {}
+                Some(Input::Command(None)) | Some(Input::Command(Some(Command::Shutdown))) => break,
+                Some(Input::Command(Some(c))) => self.command(c),
+                Some(Input::Message(None)) => {
                     info!(node = id, "transport closed; stopping");
                     break;
                 }
-                Input::Message(Some((from, m))) => self.message(from, m),
-                Input::Checkpoint(f) => self.replica.checkpoint_finished(f),
-                Input::Tick => self.replica.tick(),
+                Some(Input::Message(Some((from, m)))) => self.message(from, m),
+                Some(Input::Checkpoint(f)) => self.replica.checkpoint_finished(f),
+                Some(Input::Tick) => self.replica.tick(),
             }
-            // Fold whatever else is already queued into this round (group commit),
-            // taking peer messages and client commands in turn: preferring messages
-            // let a busy leader's rounds fill with ACCEPTEDs while requests waited, so
-            // each round proposed a batch of one or two.
-            let mut stop = false;
-            let mut inputs = 1;
-            while inputs < self.options.max_inputs_per_round {
-                let before = inputs;
-                if let Some((from, m)) = self.transport.try_recv() {
-                    self.message(from, m);
-                    inputs += 1;
-                    if inputs >= self.options.max_inputs_per_round {
-                        break;
-                    }
-                }
-                match self.rx.try_recv() {
-                    Ok(Command::Shutdown) => {
-                        stop = true;
-                        break;
-                    }
-                    Ok(c) => {
-                        self.command(c);
-                        inputs += 1;
-                    }
-                    Err(_) => {}
-                }
-                if inputs == before {
+            let stop = self.fold_queued();
+            #[cfg(test)]
+            if self.order == FlushOrder::EagerPipeline && self.inflight.is_some() {
+                self.send_early();
+            }
+            if self.inflight.is_none() {
+                if let Err(e) = self.flush() {
+                    error!(node = id, error = %e, "storage failed; stopping the node");
+                    failed = true;
                     break;
                 }
+                self.metrics.round_done(&self.replica);
             }
-            if let Err(e) = self.flush() {
-                error!(node = id, error = %e, "storage failed; stopping the node");
-                break;
-            }
-            for f in std::mem::take(&mut self.inspections) {
-                f(&self.replica);
-            }
-            self.metrics.round_done(&self.replica);
             if ticked {
                 // Gauges and totals once a tick: fresh enough for any scrape.
                 self.metrics.publish(&self.replica, self.rx.len());
@@ -342,7 +399,76 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                 break;
             }
         }
+        if !failed {
+            if let Err(e) = self.finish().await {
+                error!(node = id, error = %e, "storage failed while stopping");
+            }
+        }
         info!(node = id, "node stopped");
+    }
+
+    /// Whether the driver takes another input now: always between writes; while a
+    /// write is in flight, up to a round's worth ([`NodeOptions::max_inputs_per_round`]),
+    /// and none while an inspection waits, for the write in flight or the next: it must
+    /// see the state of exactly the inputs handled before it, once their writes are
+    /// durable (an input handled after it could make a slot chosen with a vote not
+    /// yet written).
+    fn accepts_inputs(&self) -> bool {
+        match &self.inflight {
+            None => true,
+            Some(i) => {
+                self.round_inputs < self.options.max_inputs_per_round
+                    && self.inspections.is_empty()
+                    && i.inspections.is_empty()
+            }
+        }
+    }
+
+    /// Folds whatever else is already queued into this round (group commit), taking
+    /// peer messages and client commands in turn: preferring messages let a busy
+    /// leader's rounds fill with ACCEPTEDs while requests waited, so each round proposed
+    /// a batch of one or two. True when a shutdown was asked for.
+    fn fold_queued(&mut self) -> bool {
+        loop {
+            let before = self.round_inputs;
+            if !self.accepts_inputs() || self.round_inputs >= self.options.max_inputs_per_round {
+                return false;
+            }
+            if let Some((from, m)) = self.transport.try_recv() {
+                self.message(from, m);
+                self.round_inputs += 1;
+                if !self.accepts_inputs() || self.round_inputs >= self.options.max_inputs_per_round
+                {
+                    return false;
+                }
+            }
+            match self.rx.try_recv() {
+                Ok(Command::Shutdown) => return true,
+                Ok(c) => {
+                    self.command(c);
+                    self.round_inputs += 1;
+                }
+                Err(_) => {}
+            }
+            if self.round_inputs == before {
+                return false;
+            }
+        }
+    }
+
+    /// Stopping: waits for the write in flight and hands over what waited for it, then
+    /// flushes what the last inputs produced, so that nothing handled is left half done.
+    async fn finish(&mut self) -> Result<(), crate::StorageError> {
+        loop {
+            if self.inflight.is_some() {
+                let p = write_done(&mut self.inflight).await;
+                self.write_finished(p)?;
+            }
+            self.flush()?;
+            if self.inflight.is_none() {
+                return Ok(());
+            }
+        }
     }
 
     fn message(&mut self, from: NodeId, m: crate::Message) {
@@ -392,12 +518,36 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         }
     }
 
+    /// Hands over the outputs of everything handled since the last flush
+    /// ([`Ready::deliver`](crate::Ready::deliver)): what waits for nothing leaves at
+    /// once; the writes are made durable; then the PROMISEs, ACCEPTEDs and client replies
+    /// that vouch for them leave. Called only with no write in flight.
+    ///
+    /// A storage that blocks ([`Storage::blocks`]) writes on the blocking pool, and the
+    /// driver goes on taking inputs meanwhile (persistence pipelined with the next
+    /// round's processing). What those inputs produce waits: the next flush happens
+    /// once the write is durable ([`write_finished`](Self::write_finished)). So every
+    /// output leaves after the writes of its own round *and of every earlier one*, as
+    /// it would had the inputs arrived just after the write ended: the replica decides
+    /// what waits for its writes within a round, counting its own vote at once (see
+    /// [`Ready`](crate::Ready)), and an ACCEPTED that completes a quorum with a vote
+    /// still being written is acted on (a reply, a commit point) only after that write.
+    /// Storage that does not block writes here, at once.
     fn flush(&mut self) -> Result<(), crate::StorageError> {
+        debug_assert!(self.inflight.is_none());
+        self.round_inputs = 0;
+        #[cfg(test)]
+        if let Some(early) = self.early.take() {
+            // Ahead of the new outputs (`take_ready_into` keeps an undelivered `Ready`).
+            self.replica.return_spare_ready(early);
+        }
         // The replica's spare `Ready`: its vectors serve every round.
         let mut ready = self.replica.take_spare_ready();
         self.sync_membership();
         if ready.is_empty() {
             self.replica.return_spare_ready(ready);
+            let inspections = std::mem::take(&mut self.inspections);
+            self.run_inspections(inspections);
             return Ok(());
         }
         // A checkpoint the state machine serializes off this task: on the blocking
@@ -409,42 +559,135 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                 let _ = tx.blocking_send(job.run());
             });
         }
-        let storage = &mut self.storage;
+        let Some(storage) = self.storage.as_mut() else {
+            unreachable!("flush runs with no write in flight");
+        };
         let transport = &self.transport;
         let waiters = &mut self.waiters;
         let metrics = &self.metrics;
-        let persist = |ops: &mut Vec<crate::PersistOp>| {
-            let (count, started) = (ops.len(), Instant::now());
-            let result = persist_blocking(storage, ops);
-            metrics.persisted(count, started.elapsed());
-            result
-        };
         let send = |to: NodeId, m: crate::Message| {
             if let Err(e) = transport.send(to, m) {
                 debug!(to, error = %e, "send failed");
             }
         };
-        let reply = |reply: Reply| {
-            if let Some(ws) = waiters.remove(&(reply.client, reply.seq)) {
-                for w in ws {
-                    let _ = w.send(reply.clone());
-                }
-            }
-        };
+        let reply = |reply: Reply| answer(waiters, reply);
         #[cfg(test)]
         if self.order == FlushOrder::SendFirst {
             // The broken variant: messages and replies leave before the writes.
             let mut writes = std::mem::take(&mut ready.persist);
             let _ = ready.deliver_mut(|_| Ok::<(), crate::StorageError>(()), send, reply);
-            let mut persist = persist;
-            persist(&mut writes)?;
+            let (count, started) = (writes.len(), Instant::now());
+            storage.persist_owned(&mut writes)?;
+            metrics.persisted(count, started.elapsed());
+            let inspections = std::mem::take(&mut self.inspections);
+            self.run_inspections(inspections);
             self.prune_waiters();
             return Ok(());
         }
-        ready.deliver_mut(persist, send, reply)?;
-        self.replica.return_spare_ready(ready);
+        if ready.persist.is_empty() || !storage.blocks() {
+            ready.deliver_mut(
+                |ops| {
+                    let (count, started) = (ops.len(), Instant::now());
+                    let result = storage.persist_owned(ops);
+                    metrics.persisted(count, started.elapsed());
+                    result
+                },
+                send,
+                reply,
+            )?;
+            self.replica.return_spare_ready(ready);
+            let inspections = std::mem::take(&mut self.inspections);
+            self.run_inspections(inspections);
+            self.prune_waiters();
+            return Ok(());
+        }
+        ready.deliver_now(send, reply);
+        let mut ops = std::mem::take(&mut ready.persist);
+        let Some(mut storage) = self.storage.take() else {
+            unreachable!("flush runs with no write in flight");
+        };
+        let write = tokio::task::spawn_blocking(move || {
+            let (count, started) = (ops.len(), Instant::now());
+            let result = storage.persist_owned(&mut ops);
+            ops.clear();
+            Persisted {
+                storage,
+                ops,
+                result,
+                count,
+                took: started.elapsed(),
+            }
+        });
+        self.inflight = Some(Inflight {
+            write,
+            rest: ready,
+            inspections: std::mem::take(&mut self.inspections),
+        });
+        Ok(())
+    }
+
+    /// A write finished: the storage is back; what waited for the write leaves (or, if
+    /// it failed, is dropped and the error returned: the node stops), and the round's
+    /// inspections run.
+    fn write_finished(
+        &mut self,
+        done: Result<Persisted<St>, tokio::task::JoinError>,
+    ) -> Result<(), crate::StorageError> {
+        let Some(Inflight {
+            mut rest,
+            inspections,
+            ..
+        }) = self.inflight.take()
+        else {
+            return Ok(());
+        };
+        let done = done.map_err(|e| crate::StorageError::io_because("the write task failed", e))?;
+        self.storage = Some(done.storage);
+        self.metrics.persisted(done.count, done.took);
+        done.result?;
+        rest.persist = done.ops;
+        let transport = &self.transport;
+        let waiters = &mut self.waiters;
+        rest.deliver_mut(
+            |_| Ok::<(), crate::StorageError>(()),
+            |to, m| {
+                if let Err(e) = transport.send(to, m) {
+                    debug!(to, error = %e, "send failed");
+                }
+            },
+            |reply| answer(waiters, reply),
+        )?;
+        self.replica.return_spare_ready(rest);
+        self.run_inspections(inspections);
         self.prune_waiters();
         Ok(())
+    }
+
+    /// Runs `inspections`: those of a round whose writes are durable, and whose
+    /// outputs have left.
+    fn run_inspections(&self, inspections: Vec<InspectFn<S>>) {
+        for f in inspections {
+            f(&self.replica);
+        }
+    }
+
+    /// [`FlushOrder::EagerPipeline`]: with a write in flight, sends what this round's
+    /// outputs say waits for nothing, and keeps the rest for the next flush.
+    #[cfg(test)]
+    fn send_early(&mut self) {
+        if let Some(early) = self.early.take() {
+            self.replica.return_spare_ready(early);
+        }
+        let mut ready = self.replica.take_spare_ready();
+        let transport = &self.transport;
+        let waiters = &mut self.waiters;
+        ready.deliver_now(
+            |to, m| {
+                let _ = transport.send(to, m);
+            },
+            |reply| answer(waiters, reply),
+        );
+        self.early = Some(ready);
     }
 
     /// Drops waiters whose callers gave up, so the map cannot grow without bound.
@@ -458,21 +701,12 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
     }
 }
 
-/// Makes `ops` durable (one [`Storage::persist`] call: group commit). A durable storage
-/// blocks on fsync: on a multi-threaded runtime, the scheduler moves other tasks off this
-/// thread meanwhile (unless the storage says it never blocks, [`Storage::blocks`]).
-fn persist_blocking<St: Storage>(
-    storage: &mut St,
-    ops: &mut Vec<crate::PersistOp>,
-) -> Result<(), crate::StorageError> {
-    if !storage.blocks() {
-        return storage.persist_owned(ops);
-    }
-    match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| storage.persist_owned(ops))
+/// Hands `reply` to the callers waiting for it.
+fn answer(waiters: &mut HashMap<(ClientId, u64), Vec<oneshot::Sender<Reply>>>, reply: Reply) {
+    if let Some(ws) = waiters.remove(&(reply.client, reply.seq)) {
+        for w in ws {
+            let _ = w.send(reply.clone());
         }
-        _ => storage.persist_owned(ops),
     }
 }
 

@@ -103,14 +103,12 @@ async fn an_inspection_waits_for_the_write_of_every_input_before_it() {
         started: started.clone(),
     };
     let options = NodeOptions::default().with_tick(Duration::from_millis(2));
-    let node: NodeHandle<Sum> = spawn_node(
-        Config::new(1, vec![1]),
-        Sum::default(),
-        Alone,
-        storage,
-        options,
-    )
-    .expect("node starts");
+    // One request per slot: a request is proposed, and chosen, as soon as it is fed
+    // (with several per slot, the leader proposes at the end of the round).
+    let mut config = Config::new(1, vec![1]);
+    config.max_requests_per_slot = 1;
+    let node: NodeHandle<Sum> =
+        spawn_node(config, Sum::default(), Alone, storage, options).expect("node starts");
     // A leader with a session.
     let session = loop {
         let reply = node.submit(Request::register(7)).await.expect("answers");
@@ -170,18 +168,26 @@ async fn an_inspection_waits_for_the_write_of_every_input_before_it() {
         started.load(Ordering::SeqCst) > before
     })
     .await;
+    // A third request comes while the inspection's write is in flight: the node may
+    // handle it only after the inspection ran (it is chosen by the replica's own vote
+    // as soon as it is fed, and its write comes after the inspection's).
+    let third = tokio::spawn({
+        let (node, r) = (node.clone(), request(3));
+        async move { node.submit(r).await }
+    });
     tokio::time::sleep(Duration::from_millis(30)).await;
     if inspection.is_finished() {
         let (commit, missing) = inspection.await.expect("task").expect("answers");
         panic!("the inspection ran before the second write: commit point {commit}, slots not stored {missing:?}");
     }
+    // The second write lands (and the third's, if it came to that).
     permits.set(u64::MAX);
     let (commit, missing) = inspection.await.expect("task").expect("answers");
     assert!(
         missing.is_empty(),
         "commit point {commit}, slots not stored {missing:?}"
     );
-    for call in [first, second] {
+    for call in [first, second, third] {
         let reply = call.await.expect("task").expect("answers");
         assert!(matches!(reply.response, Response::Ok(_)), "{reply:?}");
     }

@@ -680,6 +680,29 @@ async fn a_driver_that_sends_before_persisting_is_caught() {
     );
 }
 
+/// The driver writes on the blocking pool and handles the next inputs meanwhile; their
+/// outputs must wait for the write in flight too, not only for their own round's. A
+/// driver that lets them go once their own round's writes (none yet) allow is caught
+/// with a leader slower to write than its followers: their ACCEPTEDs complete a
+/// majority with its vote while that vote is still being written, and the reply and
+/// commit point that follow leave before a majority holds the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pipelining_driver_that_sends_ahead_of_the_write_in_flight_is_caught() {
+    let run = run_bounded(FlushOrder::EagerPipeline, SLOW_LEADER).await;
+    let (violations, checked) = check_order(&run.events);
+    assert!(checked.replies > 0, "{checked:?}");
+    let reply = violations
+        .iter()
+        .any(|v| matches!(v, Violation::Reply { .. }));
+    let commit_point = violations
+        .iter()
+        .any(|v| matches!(v, Violation::CommitPoint { .. }));
+    assert!(
+        reply && commit_point,
+        "early replies and commit points are caught: {violations:#?}"
+    );
+}
+
 #[test]
 fn the_order_checker_flags_each_early_output_on_a_hand_made_log() {
     let b = Ballot::new(1, 1);

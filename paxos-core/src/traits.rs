@@ -387,12 +387,14 @@ pub trait Storage: Send + 'static {
     }
 
     /// True when [`persist`](Storage::persist) may block the thread (on a disk, on a
-    /// lock another process holds...). The node driver then runs it through
-    /// [`tokio::task::block_in_place`] on a multi-threaded runtime, so the runtime moves
-    /// the thread's other tasks elsewhere meanwhile; that hand-over costs a thread
-    /// wake-up per round, which a store that never waits ([`MemStorage`]) skips by
-    /// answering `false`. Default `true`: a store that blocks but answers `false`
-    /// stalls every task sharing the thread for the length of each write.
+    /// lock another process holds...). The node driver then writes on tokio's
+    /// blocking pool ([`tokio::task::spawn_blocking`]), the store moved there and back
+    /// for each write, and goes on handling inputs meanwhile; what they produce waits
+    /// for the write (see [`spawn_node`](crate::spawn_node)). That hand-over costs a
+    /// thread wake-up per write, which a store that never waits ([`MemStorage`]) skips
+    /// by answering `false`: the driver then writes in place. Default `true`: a store
+    /// that blocks but answers `false` stalls every task sharing the thread for the
+    /// length of each write.
     fn blocks(&self) -> bool {
         true
     }

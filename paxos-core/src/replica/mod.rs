@@ -166,8 +166,11 @@ enum RoleState {
 /// commit). Committed entries are executed inside the replica, strictly in slot order,
 /// against the [`StateMachine`] it owns; each reply is in the `Ready` list that says
 /// what it waits for, so a client never hears of a result before the writes it depends on
-/// are durable. Finish each round's persist before feeding the next input: that is what
-/// lets the leader's ACCEPTs leave before its own write (see [`Ready`]).
+/// are durable. Finish each round's persist before feeding the next input, or hold
+/// back *every* output of the inputs fed meanwhile until it is finished (what the node
+/// driver does, to handle inputs while a write is in flight): a round's `Ready` says
+/// what waits for its own writes only, and assumes those of earlier rounds are durable.
+/// That is what lets the leader's ACCEPTs leave before its own write (see [`Ready`]).
 ///
 /// ```
 /// use paxos_core::{Config, MemStorage, Replica, Request, Storage, StateMachine, RestoreError};
