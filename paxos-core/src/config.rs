@@ -97,6 +97,15 @@ pub struct Config {
     /// holds what a majority held above its commit point until its commit point
     /// moves, and its own grant to another recovering replica can then be large.)
     pub max_requests_per_slot: usize,
+    /// With several requests per slot: while slots the leader proposed earlier are in
+    /// flight (proposed, not yet committed), a slot that would not be full (fewer than
+    /// `max_requests_per_slot` requests wait) waits for them, and the requests that
+    /// arrive meanwhile join it. A lone client never waits for this (nothing is in
+    /// flight when its request comes); under load it turns many small ACCEPT rounds,
+    /// each an fsync on every member, into fewer, fuller ones. `false` proposes what
+    /// waits at the end of every round, full or not: more rounds in flight, for
+    /// clusters whose round trips cost more than their writes. Default `true`.
+    pub hold_partial_slots: bool,
     /// The most client requests a leader queues while its window is full; beyond that
     /// it answers [`Response::Busy`](crate::Response::Busy). Also bounds the requests a
     /// replica tracks for replies.
@@ -172,6 +181,7 @@ impl Config {
             max_batch: 1024,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_requests_per_slot: 64,
+            hold_partial_slots: true,
             max_pending: 65_536,
             max_sessions: 100_000,
             session_ttl_ticks: DEFAULT_SESSION_TTL_TICKS,

@@ -209,4 +209,8 @@ pub(crate) enum Mutation {
     /// A candidate refused with a promise of a later epoch adopts that promise, and can
     /// then vote in neither epoch.
     NackAdoptsLaterEpoch,
+    /// `Config::hold_partial_slots` broken: a slot that would not be full waits even
+    /// when nothing is in flight, so the last few requests of a burst are never
+    /// proposed.
+    HoldsPartialSlotsWhenIdle,
 }

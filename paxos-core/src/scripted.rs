@@ -63,6 +63,9 @@ impl Scripted {
                 // entries (a new leader opens its reign with one) would move them.
                 // A test about expiry turns it on in `tweak`.
                 c.session_ttl_ticks = 0;
+                // Likewise, a slot proposed every round, full or not, not held while
+                // others are in flight: a test about holding turns it on.
+                c.hold_partial_slots = false;
                 tweak(&mut c);
                 c
             })

@@ -228,6 +228,36 @@ mod tests {
     }
 
     #[test]
+    fn simulation_holds_invariants_with_held_partial_slots() {
+        run_seeds(
+            "simulation (heavy batching, held slots)",
+            seeds(300),
+            held_slots,
+        );
+    }
+
+    /// Heavy batching with [`Config::hold_partial_slots`](crate::Config) on (off in
+    /// every other profile): a leader proposes a slot that is not full only once
+    /// nothing it proposed is in flight.
+    fn held_slots(f: &mut Faults) {
+        heavy_batching(f);
+        f.hold_partial_slots = true;
+    }
+
+    #[test]
+    fn mutant_holding_partial_slots_when_idle_is_caught() {
+        // The rule's condition left out: requests that do not fill a slot wait even
+        // when nothing is in flight, and the last of a burst are never proposed.
+        assert_caught_by(
+            Mutation::HoldsPartialSlotsWhenIdle,
+            held_slots,
+            50,
+            "liveness",
+            "liveness check",
+        );
+    }
+
+    #[test]
     fn simulation_holds_invariants_with_pages() {
         run_seeds("simulation (pages)", seeds(300), pages);
     }

@@ -40,6 +40,11 @@ pub(crate) struct Faults {
     /// three clients and leave most requests to the end of the tick, so that batches
     /// form.
     pub(crate) requests_per_slot: usize,
+    /// [`Config::hold_partial_slots`](crate::Config): off except in the profile that
+    /// turns it on. Off, a leader proposes every round's requests at once, which keeps
+    /// more slots in flight for the adversary (and the seeds pinned by tests replay as
+    /// they were found).
+    pub(crate) hold_partial_slots: bool,
     /// [`Config::max_message_bytes`](crate::Config): the default, or small (a few
     /// batches' worth) where a profile wants the byte bounds to bind.
     pub(crate) max_message_bytes: usize,
@@ -129,6 +134,7 @@ impl Faults {
             deferred_snapshots: false,
             stale_reads: false,
             requests_per_slot: 1,
+            hold_partial_slots: false,
             max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
             amnesia: chance(rng, 0.3),
             pauses: chance(rng, 0.3),

@@ -702,6 +702,7 @@ impl<W: Workload> Sim<W> {
         cfg.max_inflight = 8;
         cfg.max_batch = 4;
         cfg.max_requests_per_slot = faults.requests_per_slot;
+        cfg.hold_partial_slots = faults.hold_partial_slots;
         cfg.max_message_bytes = faults.max_message_bytes;
         cfg.max_sessions = faults.max_sessions;
         cfg.session_ttl_ticks = faults.session_ttl;
