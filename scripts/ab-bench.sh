@@ -10,8 +10,9 @@
 #
 # OLD_ARGS and NEW_ARGS, if set, are added to each side's `bank node` command line
 # (e.g. NEW_ARGS="--requests-per-slot 64" against an OLD build without the flag).
-# FSYNC_DELAY_US, if set, runs every node under strace with that many microseconds
-# added to each fdatasync: a slower disk than the machine's (needs strace).
+# FSYNC_DELAY_US, if set, adds that many microseconds to each fdatasync and fsync of
+# every node, in the thread that syncs: a slower disk than the machine's (needs a C
+# compiler for scripts/slow-sync.c, loaded with LD_PRELOAD).
 # Ports 17201-17205; every process it starts is killed on exit, its temp dir removed.
 set -euo pipefail
 old=${1:?usage: ab-bench.sh OLD_BANK NEW_BANK [TRANSFERS] [CLIENTS] [ROUNDS]}
@@ -23,7 +24,6 @@ work=$(mktemp -d)
 pids=()
 stop_nodes() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    # Under strace (FSYNC_DELAY_US) the pids are the tracers': their nodes outlive them.
     pkill -9 -f -- "--config $work/" 2>/dev/null || true
     wait 2>/dev/null || true
     pids=()
@@ -33,6 +33,11 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+preload=
+if [ -n "${FSYNC_DELAY_US:-}" ]; then
+    cc -shared -fPIC -O2 -o "$work/slow-sync.so" "$(dirname "$0")/slow-sync.c" -ldl
+    preload="$work/slow-sync.so"
+fi
 for r in $(seq "$rounds"); do
     for side in A B; do
         if [ "$side" = A ]; then bank=$old; args=${OLD_ARGS:-}; else bank=$new; args=${NEW_ARGS:-}; fi
@@ -44,13 +49,9 @@ for r in $(seq "$rounds"); do
                 printf '[[nodes]]\nid = %d\naddr = "127.0.0.1:1720%d"\n' "$i" "$i"
             done
         } > "$dir/cluster.toml"
-        wrap=()
-        if [ -n "${FSYNC_DELAY_US:-}" ]; then
-            wrap=(strace -f -qq --seccomp-bpf -e trace=fdatasync
-                -e "inject=fdatasync:delay_exit=$FSYNC_DELAY_US" -o /dev/null)
-        fi
         for i in 1 2 3 4 5; do
-            RUST_LOG=warn "${wrap[@]}" "$bank" node --id "$i" --config "$dir/cluster.toml" \
+            LD_PRELOAD=$preload SLOW_SYNC_US=${FSYNC_DELAY_US:-0} RUST_LOG=warn \
+                "$bank" node --id "$i" --config "$dir/cluster.toml" \
                 --data-dir "$dir/n$i" $args 2> "$dir/n$i.log" &
             pids+=($!)
         done
