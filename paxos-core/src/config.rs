@@ -100,11 +100,14 @@ pub struct Config {
     /// With several requests per slot: while slots the leader proposed earlier are in
     /// flight (proposed, not yet committed), a slot that would not be full (fewer than
     /// `max_requests_per_slot` requests wait) waits for them, and the requests that
-    /// arrive meanwhile join it. A lone client never waits for this (nothing is in
-    /// flight when its request comes); under load it turns many small ACCEPT rounds,
-    /// each an fsync on every member, into fewer, fuller ones. `false` proposes what
-    /// waits at the end of every round, full or not: more rounds in flight, for
-    /// clusters whose round trips cost more than their writes. Default `true`.
+    /// arrive meanwhile join it. It waits for the slots in flight when its first
+    /// request began to wait, not for any proposed since, so the wait is bounded by
+    /// one round of those. A lone client seldom waits at all (nothing is in flight when
+    /// its request comes, unless a session clock entry is); under load it turns many
+    /// small ACCEPT rounds, each an fsync on every member, into fewer, fuller ones.
+    /// `false` proposes what waits at the end of every round, full or not: more rounds
+    /// in flight, for clusters whose round trips cost more than their writes. Default
+    /// `true`.
     pub hold_partial_slots: bool,
     /// The most client requests a leader queues while its window is full; beyond that
     /// it answers [`Response::Busy`](crate::Response::Busy). Also bounds the requests a

@@ -111,6 +111,8 @@ mod error;
 #[cfg(test)]
 mod handover_tests;
 #[cfg(test)]
+mod held_slot_review_tests;
+#[cfg(test)]
 mod learner_tests;
 #[cfg(test)]
 mod membership_attack_tests;
@@ -131,6 +133,8 @@ mod node_metrics;
 mod node_order_tests;
 #[cfg(all(test, feature = "runtime"))]
 mod node_transfer_tests;
+#[cfg(all(test, feature = "runtime"))]
+mod pipeline_review_tests;
 #[cfg(test)]
 mod read_tests;
 mod replica;

@@ -213,4 +213,8 @@ pub(crate) enum Mutation {
     /// when nothing is in flight, so the last few requests of a burst are never
     /// proposed.
     HoldsPartialSlotsWhenIdle,
+    /// `Config::hold_partial_slots` without `held_until`: a slot that would not be full
+    /// waits until nothing at all is in flight, so a clock entry proposed every period
+    /// and acknowledged more slowly than that holds a lone request for ever.
+    HoldsBehindAllInFlight,
 }

@@ -504,6 +504,7 @@ impl<S: StateMachine> Replica<S> {
             clock: SessionClock::start(clock_from, self.now, self.cfg.session_clock_ticks),
             stop_sign: stop_sign.filter(|s| *s >= start),
             voted_at: vec![None; self.cfg.members.len()],
+            held_until: None,
         }));
         self.record_view(ViewChange {
             ballot,
