@@ -237,9 +237,14 @@ mod tests {
     }
 
     /// Heavy batching with [`Config::hold_partial_slots`](crate::Config) on (off in
-    /// every other profile): a leader proposes a slot that is not full only once
-    /// nothing it proposed is in flight.
+    /// every other profile): a leader proposes a slot that is not full only once what
+    /// was in flight when its requests began to wait is committed. Half the seeds have
+    /// session expiry on, so that clock entries are proposed every period whatever is
+    /// in flight (what held requests must not wait for).
     fn held_slots(f: &mut Faults) {
+        if f.fault_ticks.is_multiple_of(2) {
+            expiry(f);
+        }
         heavy_batching(f);
         f.hold_partial_slots = true;
     }
@@ -252,6 +257,20 @@ mod tests {
             Mutation::HoldsPartialSlotsWhenIdle,
             held_slots,
             50,
+            "liveness",
+            "liveness check",
+        );
+    }
+
+    #[test]
+    fn mutant_holding_behind_everything_in_flight_is_caught() {
+        // `held_until` left out: requests that do not fill a slot wait until nothing
+        // at all is in flight, and clock entries proposed every period keep something
+        // in flight (the scripted replay is in `held_slot_review_tests.rs`).
+        assert_caught_by(
+            Mutation::HoldsBehindAllInFlight,
+            held_slots,
+            3000,
             "liveness",
             "liveness check",
         );
