@@ -13,7 +13,8 @@ use crate::mutation::Mutation;
 use crate::scripted::{all, write, Deliver, Drop, Hold, Scripted as H};
 use crate::{ClientId, Config, Message, NodeId, Request, Response, Value};
 
-fn oks(h: &H, session: ClientId, seq: u64) -> usize {
+/// How many Ok replies request `seq` of `session` got.
+pub(crate) fn oks(h: &H, session: ClientId, seq: u64) -> usize {
     h.replies
         .iter()
         .filter(|(_, r)| {

@@ -10,7 +10,8 @@ use crate::{ClientId, Message, NodeId, Response, Value};
 const TTL: u64 = 25;
 const PERIOD: u64 = 5;
 
-fn registered(h: &H, nonce: ClientId) -> ClientId {
+/// The session id the registration with `nonce` was answered with.
+pub(crate) fn registered(h: &H, nonce: ClientId) -> ClientId {
     h.replies
         .iter()
         .find_map(|(_, r)| match &r.response {

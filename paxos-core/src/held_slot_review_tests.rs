@@ -4,28 +4,12 @@
 //! Fixed by `Leader::held_until`: requests wait only for what was in flight when
 //! they began to wait.
 
+use crate::batch_tests::oks;
+use crate::clock_tests::registered;
 use crate::mutation::Mutation;
 use crate::scripted::{all, write, Deliver, Hold, Scripted as H};
-use crate::{ClientId, Config, Message, NodeId, Response};
-
-fn oks(h: &H, session: ClientId, seq: u64) -> usize {
-    h.replies
-        .iter()
-        .filter(|(_, r)| {
-            r.client == session && r.seq == seq && matches!(r.response, Response::Ok(_))
-        })
-        .count()
-}
-
-fn registered(h: &H, nonce: u64) -> ClientId {
-    h.replies
-        .iter()
-        .find_map(|(_, r)| match &r.response {
-            Response::Ok(b) if r.client == nonce && r.seq == 0 => postcard::from_bytes(b).ok(),
-            _ => None,
-        })
-        .expect("registered")
-}
+use crate::sim::tests::{crashes_only, expiry, heavy_batching};
+use crate::{Config, Message, NodeId};
 
 /// Holds every ACCEPTED (the test releases them one tick later: a round trip a bit
 /// longer than a tick).
@@ -164,179 +148,11 @@ fn review_lone_request_is_not_starved_period_5_round_trip_6() {
     );
 }
 
-/// A search, not a regression test: `hold_partial_slots` on in the simulation's other
-/// profiles (with several requests per slot, or the rule does nothing). Run with
-/// `PAXOS_SIM_SEEDS=N cargo test --release -p paxos-core --lib review_sim_search -- --ignored --nocapture`
-/// (`REVIEW_PROFILE=name` for one profile). Reports the first failing seed of each.
-#[test]
-#[ignore]
-fn review_sim_search_hold_in_other_profiles() {
-    use crate::testing::sim::engine::{seeds, Faults, Sim};
-    fn on(f: &mut Faults, per_slot: usize) {
-        f.requests_per_slot = f.requests_per_slot.max(per_slot);
-        f.hold_partial_slots = true;
-    }
-    fn heavy(f: &mut Faults) {
-        f.requests_per_slot = 8;
-        f.clients = f.clients.max(6) + 2;
-        f.requests_per_client = f.requests_per_client.max(15);
-        f.max_message_bytes = 1024;
-    }
-    fn expiry(f: &mut Faults) {
-        f.session_ttl = 30 + f.fault_ticks % 121;
-        f.session_clock = 5 + f.fault_ticks % 16;
-        f.crashes = true;
-        f.requests_per_client = f.requests_per_client.max(10);
-        f.max_sessions = 1024;
-    }
-    type Profile = (&'static str, fn(&mut Faults));
-    let profiles: Vec<Profile> = vec![
-        ("base4", |f| on(f, 4)),
-        ("base2", |f| on(f, 2)),
-        ("five_dueling", |f| {
-            f.nodes = 5;
-            f.crashes = true;
-            f.partitions = true;
-            f.loss = f.loss.min(0.1);
-            f.long_delay = 0.3;
-            on(f, 4);
-        }),
-        ("stale_leaders", |f| {
-            f.nodes = 5;
-            f.selective = true;
-            f.pauses = true;
-            f.skew = true;
-            f.partitions = true;
-            f.one_way = true;
-            f.long_delay = f.long_delay.max(0.1);
-            f.loss = f.loss.min(0.15);
-            on(f, 4);
-        }),
-        ("membership", |f| {
-            f.learners = 2;
-            f.reconfigure = true;
-            f.crashes = true;
-            f.requests_per_client = f.requests_per_client.max(10);
-            heavy(f);
-            on(f, 8);
-        }),
-        ("learners", |f| {
-            f.learners = 1 + (f.fault_ticks % 2) as usize;
-            f.crashes = true;
-            f.amnesia = f.amnesia || f.fault_ticks.is_multiple_of(3);
-            f.stale_reads = true;
-            f.requests_per_client = f.requests_per_client.max(10);
-            f.lose_leader_at_heal = f.fault_ticks % 3 == 1;
-            heavy(f);
-            on(f, 8);
-        }),
-        ("expiry_heavy", |f| {
-            expiry(f);
-            heavy(f);
-            on(f, 8);
-        }),
-        ("expiry_short_clock", |f| {
-            expiry(f);
-            heavy(f);
-            f.session_clock = 1 + f.fault_ticks % 3;
-            on(f, 8);
-        }),
-        ("expiry_short_clock_off", |f| {
-            expiry(f);
-            heavy(f);
-            f.session_clock = 1 + f.fault_ticks % 3;
-            on(f, 8);
-            f.hold_partial_slots = false;
-        }),
-        ("pages", |f| {
-            heavy(f);
-            f.max_message_bytes = 384;
-            f.crashes = true;
-            f.loss = f.loss.max(0.05);
-            on(f, 8);
-        }),
-        ("torn_heavy", |f| {
-            heavy(f);
-            f.crashes = true;
-            f.batch_inputs = true;
-            f.torn_crash = 0.03;
-            on(f, 8);
-        }),
-        ("eviction_heavy", |f| {
-            heavy(f);
-            f.clients = f.clients.max(4);
-            f.max_sessions = f.clients - 1;
-            f.requests_per_client = f.requests_per_client.max(10);
-            f.duplicate = f.duplicate.max(0.2);
-            f.long_delay = f.long_delay.max(0.1);
-            on(f, 8);
-        }),
-        ("crashes_only_heavy", |f| {
-            heavy(f);
-            f.crashes = true;
-            f.partitions = false;
-            f.selective = false;
-            f.pauses = false;
-            f.amnesia = false;
-            f.downtime = 2_000;
-            f.fault_ticks = f.fault_ticks.max(3_000);
-            on(f, 8);
-        }),
-        ("crashes_only_heavy_off", |f| {
-            heavy(f);
-            f.crashes = true;
-            f.partitions = false;
-            f.selective = false;
-            f.pauses = false;
-            f.amnesia = false;
-            f.downtime = 2_000;
-            f.fault_ticks = f.fault_ticks.max(3_000);
-            on(f, 8);
-            f.hold_partial_slots = false;
-        }),
-    ];
-    let only = std::env::var("REVIEW_PROFILE").ok();
-    let mut failures = Vec::new();
-    for (name, p) in profiles {
-        if only.as_deref().is_some_and(|o| o != name) {
-            continue;
-        }
-        let seeds = seeds(200);
-        let n = seeds.len();
-        let mut bad = Vec::new();
-        for seed in seeds {
-            if let Err(v) = Sim::protocol(seed, Mutation::None, p).run() {
-                if bad.is_empty() {
-                    println!("{name}: seed {seed}: {v}");
-                }
-                bad.push(seed);
-            }
-        }
-        println!(
-            "{name}: {n} seeds, {} failed: {:?}",
-            bad.len(),
-            &bad[..bad.len().min(20)]
-        );
-        if !bad.is_empty() {
-            failures.push((name, bad));
-        }
-    }
-    assert!(failures.is_empty(), "{failures:?}");
-}
-
 /// The simulation's heavy batching with expiry, a clock entry every 1 to 3 ticks
 /// (`session_clock_ticks`, valid: positive), with `hold_partial_slots` on or off.
 fn expiry_short_clock(f: &mut crate::testing::sim::engine::Faults, hold: bool) {
-    f.session_ttl = 30 + f.fault_ticks % 121;
+    expiry_heavy(f, hold);
     f.session_clock = 1 + f.fault_ticks % 3;
-    f.crashes = true;
-    f.requests_per_client = f.requests_per_client.max(10);
-    f.max_sessions = 1024;
-    f.requests_per_slot = 8;
-    f.clients = f.clients.max(6) + 2;
-    f.requests_per_client = f.requests_per_client.max(15);
-    f.max_message_bytes = 1024;
-    f.hold_partial_slots = hold;
 }
 
 /// Seed 0 of that profile: with the rule off every request completes; with it on,
@@ -356,15 +172,8 @@ fn review_sim_seed_0_short_clock_period_liveness() {
 /// The simulation's own "heavy batching, expiry" profile (clock entry every 5 to 20
 /// ticks), with `hold_partial_slots` on or off.
 fn expiry_heavy(f: &mut crate::testing::sim::engine::Faults, hold: bool) {
-    f.session_ttl = 30 + f.fault_ticks % 121;
-    f.session_clock = 5 + f.fault_ticks % 16;
-    f.crashes = true;
-    f.requests_per_client = f.requests_per_client.max(10);
-    f.max_sessions = 1024;
-    f.requests_per_slot = 8;
-    f.clients = f.clients.max(6) + 2;
-    f.requests_per_client = f.requests_per_client.max(15);
-    f.max_message_bytes = 1024;
+    expiry(f);
+    heavy_batching(f);
     f.hold_partial_slots = hold;
 }
 
@@ -413,17 +222,8 @@ fn review_sim_expiry_heavy_liveness_with_rule_on() {
 fn review_sim_crashes_only_heavy_seed_1732_liveness_with_rule_on() {
     use crate::testing::sim::engine::{Faults, Sim};
     fn profile(f: &mut Faults, hold: bool) {
-        f.requests_per_slot = 8;
-        f.clients = f.clients.max(6) + 2;
-        f.requests_per_client = f.requests_per_client.max(15);
-        f.max_message_bytes = 1024;
-        f.crashes = true;
-        f.partitions = false;
-        f.selective = false;
-        f.pauses = false;
-        f.amnesia = false;
-        f.downtime = 2_000;
-        f.fault_ticks = f.fault_ticks.max(3_000);
+        heavy_batching(f);
+        crashes_only(f);
         f.hold_partial_slots = hold;
     }
     Sim::protocol(1732, Mutation::None, |f| profile(f, false))

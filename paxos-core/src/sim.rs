@@ -8,7 +8,7 @@
 pub(crate) use crate::testing::sim::engine::Recorder;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
 
     use crate::mutation::Mutation;
@@ -336,7 +336,7 @@ mod tests {
     /// small (`max_message_bytes` of a few batches): most slots carry batches, and the
     /// byte bounds (ACCEPT and FETCH-REPLY cuts, the leader's in-flight budget, the
     /// acceptor's byte window) bind all the time.
-    fn heavy_batching(f: &mut Faults) {
+    pub(crate) fn heavy_batching(f: &mut Faults) {
         f.requests_per_slot = 8;
         f.clients = f.clients.max(6) + 2;
         f.requests_per_client = f.requests_per_client.max(15);
@@ -498,7 +498,7 @@ mod tests {
     /// 5 to 20 ticks (varied with the drawn fault span), among three or five replicas
     /// with the drawn faults plus crashes: sessions expire while their clients wait out
     /// lost requests, stale leaders, crashes and pauses, and after they finish.
-    fn expiry(f: &mut Faults) {
+    pub(crate) fn expiry(f: &mut Faults) {
         f.session_ttl = 30 + f.fault_ticks % 121;
         f.session_clock = 5 + f.fault_ticks % 16;
         f.crashes = true;
@@ -553,7 +553,7 @@ mod tests {
     }
 
     /// Crashes only, no partitions: a replica is often down while the rest could serve.
-    fn crashes_only(f: &mut Faults) {
+    pub(crate) fn crashes_only(f: &mut Faults) {
         f.crashes = true;
         f.partitions = false;
         f.selective = false;
