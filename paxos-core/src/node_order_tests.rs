@@ -657,25 +657,26 @@ fn check_correct_run(run: &Run, disks: Disks) {
     assert_eq!(AppendLog::check_fast(ops), Ok(()));
 }
 
+/// Which kinds of early output `violations` show: PROMISE, ACCEPTED, reply, commit
+/// point.
+fn kinds_caught(violations: &[Violation]) -> [bool; 4] {
+    let any = |kind: fn(&Violation) -> bool| violations.iter().any(kind);
+    [
+        any(|v| matches!(v, Violation::Promise { .. })),
+        any(|v| matches!(v, Violation::Accepted { .. })),
+        any(|v| matches!(v, Violation::Reply { .. })),
+        any(|v| matches!(v, Violation::CommitPoint { .. })),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_driver_that_sends_before_persisting_is_caught() {
     let run = run_bounded(FlushOrder::SendFirst, SLOW_FOLLOWERS).await;
     let (violations, checked) = check_order(&run.events);
     assert!(checked.replies > 0, "{checked:?}");
-    let promise = violations
-        .iter()
-        .any(|v| matches!(v, Violation::Promise { .. }));
-    let accepted = violations
-        .iter()
-        .any(|v| matches!(v, Violation::Accepted { .. }));
-    let reply = violations
-        .iter()
-        .any(|v| matches!(v, Violation::Reply { .. }));
-    let commit_point = violations
-        .iter()
-        .any(|v| matches!(v, Violation::CommitPoint { .. }));
-    assert!(
-        promise && accepted && reply && commit_point,
+    assert_eq!(
+        kinds_caught(&violations),
+        [true; 4],
         "each kind of early output is caught: {violations:#?}"
     );
 }
@@ -691,12 +692,7 @@ async fn a_pipelining_driver_that_sends_ahead_of_the_write_in_flight_is_caught()
     let run = run_bounded(FlushOrder::EagerPipeline, SLOW_LEADER).await;
     let (violations, checked) = check_order(&run.events);
     assert!(checked.replies > 0, "{checked:?}");
-    let reply = violations
-        .iter()
-        .any(|v| matches!(v, Violation::Reply { .. }));
-    let commit_point = violations
-        .iter()
-        .any(|v| matches!(v, Violation::CommitPoint { .. }));
+    let [_, _, reply, commit_point] = kinds_caught(&violations);
     assert!(
         reply && commit_point,
         "early replies and commit points are caught: {violations:#?}"

@@ -214,37 +214,30 @@ async fn stress_with(
     v
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn review_pipeline_current_thread() {
-    for (max_inputs, per_slot) in [(1, 1), (3, 4), (512, 64), (2, 64)] {
-        let v = stress(max_inputs, per_slot, false).await;
+/// [`stress`] with each `(max_inputs_per_round, requests per slot)`: no violation.
+async fn stress_each(settings: &[(usize, usize)], shutdown_under_load: bool) {
+    for &(max_inputs, per_slot) in settings {
+        let v = stress(max_inputs, per_slot, shutdown_under_load).await;
         assert!(
             v.is_empty(),
             "max_inputs {max_inputs} per_slot {per_slot}: {v:#?}"
         );
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn review_pipeline_current_thread() {
+    stress_each(&[(1, 1), (3, 4), (512, 64), (2, 64)], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_pipeline_multi_thread() {
-    for (max_inputs, per_slot) in [(1, 1), (3, 4), (512, 64)] {
-        let v = stress(max_inputs, per_slot, false).await;
-        assert!(
-            v.is_empty(),
-            "max_inputs {max_inputs} per_slot {per_slot}: {v:#?}"
-        );
-    }
+    stress_each(&[(1, 1), (3, 4), (512, 64)], false).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn review_pipeline_shutdown_under_load() {
-    for (max_inputs, per_slot) in [(1, 1), (3, 4), (512, 64)] {
-        let v = stress(max_inputs, per_slot, true).await;
-        assert!(
-            v.is_empty(),
-            "max_inputs {max_inputs} per_slot {per_slot}: {v:#?}"
-        );
-    }
+    stress_each(&[(1, 1), (3, 4), (512, 64)], true).await;
 }
 
 /// A store that fails after a few writes: the node stops, every caller gets an
