@@ -217,4 +217,8 @@ pub(crate) enum Mutation {
     /// waits until nothing at all is in flight, so a clock entry proposed every period
     /// and acknowledged more slowly than that holds a lone request for ever.
     HoldsBehindAllInFlight,
+    /// PROMISEs leave before the promise they vouch for is durable (ACCEPTEDs still
+    /// wait): a crash in the middle of the round takes back a promise a candidate
+    /// counted.
+    PromisesLeaveEarly,
 }

@@ -604,8 +604,30 @@ pub(crate) mod tests {
     #[test]
     fn mutant_sending_votes_before_their_writes_is_caught() {
         // Seed 851 when this was written (two values chosen in one slot: a counted
-        // ACCEPTED whose accept was lost in the crash).
+        // ACCEPTED whose accept was lost in the crash); seed 1 since the PROMISE is
+        // checked as it leaves.
         assert_caught(Mutation::VotesLeaveEarly, torn_rounds, 1500);
+    }
+
+    #[test]
+    fn mutant_sending_promises_before_their_writes_is_caught() {
+        // Caught when the PROMISE leaves, by the check that the sender durably holds
+        // the promise, with three replicas and with five. (Only a round cut short by a
+        // crash shows it: otherwise the simulation puts a round's messages on the
+        // network once all its writes are made.)
+        let what = "while its storage holds a promise of";
+        let check = "vouched-promise check";
+        assert_caught_by(Mutation::PromisesLeaveEarly, torn_rounds, 100, what, check);
+        assert_caught_by(
+            Mutation::PromisesLeaveEarly,
+            |f| {
+                torn_rounds(f);
+                f.nodes = 5;
+            },
+            100,
+            what,
+            check,
+        );
     }
 
     #[test]

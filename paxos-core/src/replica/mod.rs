@@ -884,7 +884,10 @@ impl<S: StateMachine> Replica<S> {
         #[allow(unused_mut)]
         let mut waits = message.vouches_for_writes();
         #[cfg(test)]
-        if self.cfg.mutation == Mutation::VotesLeaveEarly {
+        if self.cfg.mutation == Mutation::VotesLeaveEarly
+            || (self.cfg.mutation == Mutation::PromisesLeaveEarly
+                && matches!(message, Message::Promise { .. }))
+        {
             waits = false;
         }
         if waits {

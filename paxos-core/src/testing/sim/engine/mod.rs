@@ -1108,6 +1108,13 @@ impl<W: Workload> Sim<W> {
                     self.vote(id, *s, *ballot)?;
                 }
             }
+            if let Message::Promise { ballot, .. } = &message {
+                // A PROMISE vouches for the promise: the sender durably promised that
+                // ballot or a later one, or a crash could take back a promise a
+                // candidate counted (the check at restart sees that only after a
+                // crash that happens to expose it).
+                self.check_promised(id, *ballot)?;
+            }
             if let Message::NewView { ballot, .. } = &message {
                 // One per leadership, not one per follower it is sent to.
                 if self.views.insert(*ballot) {
@@ -1161,6 +1168,20 @@ impl<W: Workload> Sim<W> {
                     "node {id} sent ACCEPTED for slot {slot} at {ballot} without holding it durably"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Fails unless `id`'s storage holds a promise of `ballot` or a later one.
+    fn check_promised(&self, id: NodeId, ballot: Ballot) -> Result<(), Violation> {
+        let Some(node) = self.nodes.iter().find(|n| n.id == id) else {
+            return Ok(());
+        };
+        let stored = node.storage.state().promised;
+        if stored < ballot {
+            return Err(self.violation(format!(
+                "node {id} sent PROMISE for {ballot} while its storage holds a promise of {stored} only"
+            )));
         }
         Ok(())
     }
