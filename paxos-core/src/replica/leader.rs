@@ -183,7 +183,6 @@ fn request_bytes(request: &Request) -> usize {
 }
 
 impl Leader {
-    /// Adds a proposal to the in-flight table, counting its bytes.
     /// Whether a slot that would not be full may be proposed now: nothing is in
     /// flight, or nothing of what was in flight when requests began to wait. (Starts
     /// the wait when it says no.)
@@ -198,6 +197,7 @@ impl Leader {
         }
     }
 
+    /// Adds a proposal to the in-flight table, counting its bytes.
     pub(super) fn track(&mut self, slot: Slot, inflight: Inflight) {
         self.inflight_bytes = self.inflight_bytes.saturating_add(inflight.bytes);
         if let Some(old) = self.inflight.insert(slot, inflight) {
