@@ -565,11 +565,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         let transport = &self.transport;
         let waiters = &mut self.waiters;
         let metrics = &self.metrics;
-        let send = |to: NodeId, m: crate::Message| {
-            if let Err(e) = transport.send(to, m) {
-                debug!(to, error = %e, "send failed");
-            }
-        };
+        let send = |to: NodeId, m: crate::Message| send(transport, to, m);
         let reply = |reply: Reply| answer(waiters, reply);
         #[cfg(test)]
         if self.order == FlushOrder::SendFirst {
@@ -650,11 +646,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         let waiters = &mut self.waiters;
         rest.deliver_mut(
             |_| Ok::<(), crate::StorageError>(()),
-            |to, m| {
-                if let Err(e) = transport.send(to, m) {
-                    debug!(to, error = %e, "send failed");
-                }
-            },
+            |to, m| send(transport, to, m),
             |reply| answer(waiters, reply),
         )?;
         self.replica.return_spare_ready(rest);
@@ -682,9 +674,7 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
         let transport = &self.transport;
         let waiters = &mut self.waiters;
         ready.deliver_now(
-            |to, m| {
-                let _ = transport.send(to, m);
-            },
+            |to, m| send(transport, to, m),
             |reply| answer(waiters, reply),
         );
         self.early = Some(ready);
@@ -698,6 +688,14 @@ impl<S: StateMachine, T: Transport, St: Storage> Driver<S, T, St> {
                 !ws.is_empty()
             });
         }
+    }
+}
+
+/// Sends `m` to `to`; a transport that refuses it is logged, not fatal (the protocol
+/// retransmits what matters).
+fn send<T: Transport>(transport: &T, to: NodeId, m: crate::Message) {
+    if let Err(e) = transport.send(to, m) {
+        debug!(to, error = %e, "send failed");
     }
 }
 

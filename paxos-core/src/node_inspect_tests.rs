@@ -62,7 +62,7 @@ impl Storage for GatedStorage {
 }
 
 /// A cluster of one needs no network.
-struct Alone;
+pub(crate) struct Alone;
 
 impl Transport for Alone {
     fn send(&self, _: NodeId, _: Message) -> Result<(), TransportError> {

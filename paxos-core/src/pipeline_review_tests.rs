@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::node::{spawn_node, NodeHandle, NodeOptions};
+use crate::node_inspect_tests::Alone;
 use crate::node_transfer_tests::Sum;
 use crate::{
-    Config, MemStorage, Member, Message, NodeId, PersistOp, PersistentState, Request, Response,
-    Storage, StorageError, Transport, TransportError,
+    Config, MemStorage, Member, PersistOp, PersistentState, Reply, Request, Response, Storage,
+    StorageError,
 };
 
 struct SlowStorage {
@@ -40,16 +41,14 @@ impl Storage for SlowStorage {
     }
 }
 
-struct Alone;
-
-impl Transport for Alone {
-    fn send(&self, _: NodeId, _: Message) -> Result<(), TransportError> {
-        Ok(())
-    }
-
-    async fn recv(&mut self) -> Option<(NodeId, Message)> {
-        std::future::pending().await
-    }
+/// Whether `reply` says Ok to `(client, seq)` while no durable log entry holds it.
+fn answered_before_write(
+    reply: &Reply,
+    durable: &Mutex<MemStorage>,
+    client: u64,
+    seq: u64,
+) -> bool {
+    matches!(reply.response, Response::Ok(_)) && !durably_holds(durable, client, seq)
 }
 
 /// Whether `(client, seq)` is in a durable log entry.
@@ -133,9 +132,7 @@ async fn stress_with(
                 };
                 match node.submit(r).await {
                     Ok(reply) => {
-                        if matches!(reply.response, Response::Ok(_))
-                            && !durably_holds(&durable, session, seq)
-                        {
+                        if answered_before_write(&reply, &durable, session, seq) {
                             violations
                                 .lock()
                                 .unwrap()
@@ -283,9 +280,7 @@ async fn review_pipeline_storage_failure_stops_cleanly() {
                 };
                 match node.submit(r).await {
                     Ok(reply) => {
-                        if matches!(reply.response, Response::Ok(_))
-                            && !durably_holds(&durable, session, seq)
-                        {
+                        if answered_before_write(&reply, &durable, session, seq) {
                             return Err(format!("reply to ({session}, {seq}) before its write"));
                         }
                     }
